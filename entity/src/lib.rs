@@ -1,0 +1,16 @@
+//! SeaORM entities of tagbase: the shape of the data, nothing else.
+//! Behaviour lives in the `tagbase` crate's services.
+
+pub mod app_setting;
+pub mod audit_log;
+pub mod casbin_rule;
+pub mod customer;
+pub mod customer_identity;
+pub mod customer_tag;
+pub mod enums;
+pub mod org_unit;
+pub mod staff;
+pub mod tag;
+pub mod tag_alert;
+pub mod tag_event;
+pub mod tag_group;

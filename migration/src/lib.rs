@@ -1,0 +1,18 @@
+//! Database migrations of tagbase.
+//!
+//! Every migration here must run unchanged on SQLite (the embedded default)
+//! and PostgreSQL (production): only portable column types, no
+//! database-specific SQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_foundation;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_foundation::Migration)]
+    }
+}

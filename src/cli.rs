@@ -1,0 +1,155 @@
+//! The command line: `serve`, `migrate`, `seed-demo`, `token`,
+//! `export-schema`. Every setting is a flag with a matching environment
+//! variable.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use entity::staff;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use tracing_subscriber::EnvFilter;
+
+use crate::auth::JwtKeys;
+use crate::config::{Limits, Settings};
+use crate::startup::Application;
+use crate::{db, graphql, seed};
+
+#[derive(Debug, Parser)]
+#[command(name = "tagbase", version, about = "Customer-tag management backend (GraphQL)")]
+pub struct Cli {
+    /// Database URL: `sqlite://file.db` (created when missing) or
+    /// `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = Settings::DEFAULT_DATABASE_URL, global = true)]
+    database_url: String,
+
+    /// HMAC key for tokens (at least 32 bytes). Unset: a random key is
+    /// created in the database on first start and used by every command.
+    #[arg(long, env = "TAGBASE_JWT_SECRET", hide_env_values = true, global = true)]
+    jwt_secret: Option<String>,
+
+    /// Log filter, e.g. `info` or `tagbase=debug,info`.
+    #[arg(long, env = "TAGBASE_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[arg(long, env = "TAGBASE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate the database, then serve the API.
+    Serve {
+        #[arg(long, env = "TAGBASE_LISTEN", default_value = Settings::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Load the demo data (as `seed-demo`) before serving.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Load the demo organisation, staff, tag library and customers
+    /// (deterministic; running it again changes nothing).
+    SeedDemo,
+    /// Print a signed token for a staff member.
+    Token {
+        #[arg(long)]
+        login: String,
+        /// How long the token is valid, e.g. `8h`, `30m`, `7d`.
+        #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Print the GraphQL schema (SDL).
+    ExportSchema,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = |listen: Option<SocketAddr>| Settings {
+        database_url: cli.database_url.clone(),
+        listen: listen.unwrap_or_else(|| Settings::DEFAULT_LISTEN.parse().expect("default address")),
+        jwt_secret: cli.jwt_secret.clone(),
+        jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
+        jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
+        limits: Limits::default(),
+    };
+    match cli.command {
+        Command::Serve { listen, demo } => {
+            let app = Application::build(settings(Some(listen))).await?;
+            if demo {
+                let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+                tracing::info!(%report, "demo data loaded");
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            app.serve(listener).await
+        }
+        Command::Migrate => {
+            let db = db::connect(&cli.database_url).await?;
+            db::migrate(&db).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::SeedDemo => {
+            let app = Application::build(settings(None)).await?;
+            let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+            eprintln!("demo data loaded: {report}");
+            Ok(())
+        }
+        Command::Token { login, ttl } => {
+            let settings = settings(None);
+            let db = db::connect(&settings.database_url).await?;
+            db::migrate(&db).await?;
+            let staff =
+                staff::Entity::find().filter(staff::Column::Login.eq(login.as_str())).one(&db).await?.with_context(
+                    || format!("no staff member with login {login:?} (run `tagbase seed-demo` for the demo staff)"),
+                )?;
+            anyhow::ensure!(staff.active, "staff member {login:?} is deactivated");
+            let keys = JwtKeys::load(&db, &settings).await?;
+            println!("{}", keys.mint(&staff, ttl)?);
+            Ok(())
+        }
+        Command::ExportSchema => {
+            print!("{}", graphql::sdl());
+            Ok(())
+        }
+    }
+}

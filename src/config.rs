@@ -1,0 +1,80 @@
+//! Typed settings. Every tunable lives here (with its environment variable
+//! and CLI flag in `cli.rs`); nothing else in the code base hard-codes them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings of a running tagbase.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    /// HMAC key for tokens. `None`: use (or create) the key stored in the
+    /// database, so a fresh demo needs no set-up.
+    pub jwt_secret: Option<String>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub limits: Limits,
+}
+
+/// Limits of the API and of the data (SPEC §5, §10).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body on `/graphql`.
+    pub max_body_bytes: usize,
+    pub max_query_depth: usize,
+    pub max_query_complexity: usize,
+    pub max_recursive_depth: usize,
+    /// Page size used when `first` is not given.
+    pub default_page_size: u32,
+    /// `first` is clamped to this.
+    pub max_page_size: u32,
+    /// Hard cap of tags one customer may hold.
+    pub max_tags_per_customer: u32,
+    /// Crossing this count raises an alert for review.
+    pub tag_alert_threshold: u32,
+    /// Customers one `tagCustomers`/`untagCustomers` call may touch; larger
+    /// runs are bulk jobs.
+    pub max_customers_per_tagging: usize,
+    /// Tags one tagging call may name.
+    pub max_tags_per_tagging: usize,
+    /// How long a request may run before it is cut off.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_query_depth: 12,
+            max_query_complexity: 5_000,
+            max_recursive_depth: 32,
+            default_page_size: 20,
+            max_page_size: 100,
+            max_tags_per_customer: 200,
+            tag_alert_threshold: 20,
+            max_customers_per_tagging: 1_000,
+            max_tags_per_tagging: 50,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    pub const DEFAULT_DATABASE_URL: &'static str = "sqlite://tagbase.db?mode=rwc";
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_ISSUER: &'static str = "tagbase";
+    pub const DEFAULT_AUDIENCE: &'static str = "tagbase-api";
+
+    /// Settings for a given database with every other value at its default.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            listen: Self::DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            jwt_secret: None,
+            jwt_issuer: Self::DEFAULT_ISSUER.to_owned(),
+            jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
+            limits: Limits::default(),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Domain types that parse raw input once. Services take only these, so a
+//! value that reached a service has already been checked.
+
+mod id;
+mod name;
+mod page;
+mod phone;
+
+pub use id::{CustomerId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
+pub use name::{
+    Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, TagName, VisibilityClass,
+};
+pub use page::{Cursor, PageSize};
+pub use phone::Phone;

@@ -1,0 +1,246 @@
+//! Names and short texts.
+
+use regex::Regex;
+
+use crate::error::{AppError, AppResult};
+
+/// Trims, and checks the length in characters (not bytes: names are
+/// mostly Chinese).
+fn bounded(raw: &str, field: &str, min: usize, max: usize) -> AppResult<String> {
+    let value = raw.trim();
+    let len = value.chars().count();
+    if len < min {
+        return Err(AppError::validation(field, "must not be empty"));
+    }
+    if len > max {
+        return Err(AppError::validation(field, format!("must be at most {max} characters (got {len})")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AppError::validation(field, "must not contain control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A tag or tag-group name: trimmed, 1–64 characters, any Unicode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagName(String);
+
+impl TagName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        bounded(raw, field, 1, Self::MAX_CHARS).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A customer's name: trimmed, 1–100 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerName(String);
+
+impl CustomerName {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        bounded(raw, field, 1, 100).map(Self)
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A free description, up to 500 characters, possibly empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(raw: Option<&str>, field: &str) -> AppResult<Self> {
+        match raw {
+            None => Ok(Self::default()),
+            Some(raw) if raw.trim().is_empty() => Ok(Self::default()),
+            Some(raw) => bounded(raw, field, 0, 500).map(Self),
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// An optional short attribute (city, industry, channel): trimmed, empty
+/// means absent, at most 64 characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptionalText(Option<String>);
+
+impl OptionalText {
+    pub fn parse(raw: Option<&str>, field: &str) -> AppResult<Self> {
+        match raw.map(str::trim) {
+            None | Some("") => Ok(Self(None)),
+            Some(value) => bounded(value, field, 1, 64).map(|v| Self(Some(v))),
+        }
+    }
+
+    pub fn into_inner(self) -> Option<String> {
+        self.0
+    }
+}
+
+/// A visibility class of a tag group: lower-case ASCII word, as policies
+/// name it (`basic`, `service`, `value`, `sensitive`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VisibilityClass(String);
+
+impl VisibilityClass {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        let value = raw.trim();
+        let ok = (1..=32).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_lowercase())
+            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(AppError::validation(field, "must be 1-32 characters of a-z, 0-9 and _, starting with a letter"))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A naming pattern of a tag group: a regular expression every tag name in
+/// the group must match, anchored as written.
+#[derive(Debug, Clone)]
+pub struct NamingPattern {
+    source: String,
+    regex: Regex,
+}
+
+impl NamingPattern {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        let source = raw.trim();
+        if source.is_empty() || source.chars().count() > 200 {
+            return Err(AppError::validation(field, "must be 1-200 characters"));
+        }
+        let regex = regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| AppError::validation(field, format!("is not a valid regular expression: {e}")))?;
+        Ok(Self { source: source.to_owned(), regex })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Checks a tag name against the pattern.
+    pub fn check(&self, name: &TagName, field: &str) -> AppResult<()> {
+        if self.regex.is_match(name.as_str()) {
+            Ok(())
+        } else {
+            Err(AppError::validation(
+                field,
+                format!("{:?} does not match the group's naming pattern {}", name.as_str(), self.source),
+            ))
+        }
+    }
+}
+
+/// Aliases (近义词) of a tag: each a valid tag name, no repeats, at most 20.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aliases(Vec<String>);
+
+impl Aliases {
+    pub const MAX: usize = 20;
+
+    pub fn parse(raw: &[String], field: &str) -> AppResult<Self> {
+        if raw.len() > Self::MAX {
+            return Err(AppError::validation(field, format!("at most {} aliases", Self::MAX)));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(raw.len());
+        for alias in raw {
+            let alias = TagName::parse(alias, field)?.into_inner();
+            if !out.contains(&alias) {
+                out.push(alias);
+            }
+        }
+        Ok(Self(out))
+    }
+
+    pub fn into_json(self) -> serde_json::Value {
+        serde_json::Value::from(self.0)
+    }
+}
+
+/// An external identity: provider (a short lower-case word such as `wecom`,
+/// `unionid`, `crm`, `shop`) and the id there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub provider: String,
+    pub external_id: String,
+}
+
+impl ExternalIdentity {
+    pub fn parse(provider: &str, external_id: &str, field: &str) -> AppResult<Self> {
+        let provider = provider.trim();
+        let provider_ok = (1..=32).contains(&provider.len())
+            && provider.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !provider_ok {
+            return Err(AppError::validation(field, "provider must be 1-32 characters of a-z, 0-9, _ and -"));
+        }
+        let external_id = external_id.trim();
+        if external_id.is_empty() || external_id.len() > 128 || external_id.chars().any(char::is_control) {
+            return Err(AppError::validation(field, "external id must be 1-128 bytes of printable text"));
+        }
+        Ok(Self { provider: provider.to_owned(), external_id: external_id.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_names_are_trimmed_and_counted_in_characters() {
+        assert_eq!(TagName::parse("  房贷用户 ", "name").unwrap().as_str(), "房贷用户");
+        let sixty_four = "标".repeat(64);
+        assert!(TagName::parse(&sixty_four, "name").is_ok());
+        let err = TagName::parse(&"标".repeat(65), "name").unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
+    }
+
+    #[test]
+    fn blank_and_control_character_names_are_refused() {
+        assert!(TagName::parse("   ", "name").is_err());
+        assert!(TagName::parse("a\u{0}b", "name").is_err());
+    }
+
+    #[test]
+    fn naming_pattern_checks_tag_names() {
+        let pattern = NamingPattern::parse(r"^年龄_\d+-\d+$", "pattern").unwrap();
+        assert!(pattern.check(&TagName::parse("年龄_26-35", "n").unwrap(), "n").is_ok());
+        assert!(pattern.check(&TagName::parse("中年", "n").unwrap(), "n").is_err());
+        assert!(NamingPattern::parse("([", "pattern").is_err());
+    }
+
+    #[test]
+    fn visibility_classes_are_lower_case_words() {
+        assert!(VisibilityClass::parse("service", "c").is_ok());
+        assert!(VisibilityClass::parse("Service", "c").is_err());
+        assert!(VisibilityClass::parse("1abc", "c").is_err());
+    }
+
+    #[test]
+    fn aliases_drop_repeats_and_are_bounded() {
+        let aliases = Aliases::parse(&["升学咨询".into(), " 升学咨询".into()], "aliases").unwrap();
+        assert_eq!(aliases.into_json(), serde_json::json!(["升学咨询"]));
+        let many: Vec<String> = (0..21).map(|i| format!("a{i}")).collect();
+        assert!(Aliases::parse(&many, "aliases").is_err());
+    }
+}

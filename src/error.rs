@@ -1,0 +1,168 @@
+//! The one error type of tagbase and its stable codes (SPEC §10).
+//!
+//! Services return [`AppError`]; the API maps it to a GraphQL error with
+//! `extensions.code` in one place. Internal errors are logged with their
+//! whole cause chain and shown to the caller as a generic message that
+//! carries the request id, never SQL or a stack trace.
+
+use std::fmt;
+
+use async_graphql::ErrorExtensions;
+
+use crate::request_id;
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Stable error codes, as clients see them in `extensions.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    ForbiddenField,
+    NotFound,
+    Validation,
+    Conflict,
+    Locked,
+    LimitExceeded,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::ForbiddenField => "FORBIDDEN_FIELD",
+            Self::NotFound => "NOT_FOUND",
+            Self::Validation => "VALIDATION",
+            Self::Conflict => "CONFLICT",
+            Self::Locked => "LOCKED",
+            Self::LimitExceeded => "LIMIT_EXCEEDED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every service function.
+///
+/// Deliberately not `Display`: async-graphql converts any `Display` value
+/// into an error *without* a code, so leaving `Display` out makes the
+/// compiler route every `?` in a resolver through our conversion below.
+#[derive(Debug)]
+pub enum AppError {
+    Unauthenticated(String),
+    Forbidden(String),
+    ForbiddenField {
+        field: String,
+    },
+    /// Also used for objects outside the caller's scope, so that the two
+    /// cannot be told apart.
+    NotFound {
+        kind: &'static str,
+        id: String,
+    },
+    Validation {
+        field: String,
+        message: String,
+    },
+    Conflict(String),
+    LimitExceeded(String),
+    Internal(anyhow::Error),
+}
+
+impl AppError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::ForbiddenField { .. } => ErrorCode::ForbiddenField,
+            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::Validation { .. } => ErrorCode::Validation,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation { field: field.into(), message: message.into() }
+    }
+
+    pub fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
+        Self::NotFound { kind, id: id.to_string() }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    /// The message for a caller, internal errors aside.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::Conflict(m) | Self::LimitExceeded(m) => m.clone(),
+            Self::ForbiddenField { field } => format!("you may not read {field}"),
+            Self::NotFound { kind, id } => format!("{kind} {id} not found"),
+            Self::Validation { field, message } => format!("{field}: {message}"),
+            Self::Internal(_) => "internal error".to_owned(),
+        }
+    }
+
+    /// The message the caller sees. Internal errors are logged here, with
+    /// their cause chain, and replaced by a generic text.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(err) => {
+                let request_id = request_id::current().unwrap_or_else(|| "-".to_owned());
+                tracing::error!(request_id = %request_id, error = format!("{err:#}"), "internal error");
+                format!("internal error (request id {request_id})")
+            }
+            other => other.message(),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<sea_orm::TransactionError<AppError>> for AppError {
+    fn from(err: sea_orm::TransactionError<AppError>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(app) => app,
+        }
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(err: AppError) -> Self {
+        let code = err.code();
+        let field = match &err {
+            AppError::Validation { field, .. } | AppError::ForbiddenField { field } => Some(field.clone()),
+            _ => None,
+        };
+        async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
+            ext.set("code", code.as_str());
+            if let Some(field) = &field {
+                ext.set("field", field.as_str());
+            }
+            if let Some(id) = request_id::current() {
+                ext.set("requestId", id);
+            }
+        })
+    }
+}
+
+/// True when a database error is a unique-constraint violation, on SQLite
+/// and PostgreSQL alike.
+pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}

@@ -1,0 +1,119 @@
+//! Per-request DataLoaders: one batched query per kind of object, whatever
+//! the page size (no N+1). They live on the request, never on the schema,
+//! so nothing is cached across callers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use entity::{customer_identity, customer_tag, staff, tag, tag_group};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+use crate::authz::Principal;
+use crate::error::AppError;
+use crate::service::{customer, tag_library, tagging};
+
+/// Keys of the batched loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TagsOfCustomer(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdentitiesOfCustomer(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TagById(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupById(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StaffById(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActiveTagsOfGroup(pub i64);
+
+pub struct DbLoader {
+    db: DatabaseConnection,
+    principal: Arc<Principal>,
+}
+
+pub type Loaders = DataLoader<DbLoader>;
+
+/// Loaders for one request.
+pub fn for_request(db: DatabaseConnection, principal: Arc<Principal>) -> Loaders {
+    DataLoader::new(DbLoader { db, principal }, tokio::spawn)
+}
+
+type LoadResult<K, V> = Result<HashMap<K, V>, async_graphql::Error>;
+
+impl Loader<TagsOfCustomer> for DbLoader {
+    type Value = Vec<customer_tag::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[TagsOfCustomer]) -> LoadResult<TagsOfCustomer, Self::Value> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let rows = tagging::visible_assignments_of(&self.db, &self.principal, &ids).await?;
+        Ok(rows.into_iter().map(|(k, v)| (TagsOfCustomer(k), v)).collect())
+    }
+}
+
+impl Loader<IdentitiesOfCustomer> for DbLoader {
+    type Value = Vec<customer_identity::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[IdentitiesOfCustomer]) -> LoadResult<IdentitiesOfCustomer, Self::Value> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let rows = customer::identities_of(&self.db, &ids).await?;
+        Ok(rows.into_iter().map(|(k, v)| (IdentitiesOfCustomer(k), v)).collect())
+    }
+}
+
+impl Loader<TagById> for DbLoader {
+    type Value = tag::Model;
+    type Error = async_graphql::Error;
+
+    /// Tags reached from visible objects (a customer's visible tags, a
+    /// tag's canonical tag); other people's personal tags are still dropped.
+    async fn load(&self, keys: &[TagById]) -> LoadResult<TagById, Self::Value> {
+        let rows = tag::Entity::find()
+            .filter(tag::Column::Id.is_in(keys.iter().map(|k| k.0)))
+            .all(&self.db)
+            .await
+            .map_err(AppError::from)?;
+        Ok(rows
+            .into_iter()
+            .filter(|t| t.owner_staff_id.is_none_or(|o| o == self.principal.staff.id))
+            .map(|t| (TagById(t.id), t))
+            .collect())
+    }
+}
+
+impl Loader<GroupById> for DbLoader {
+    type Value = tag_group::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[GroupById]) -> LoadResult<GroupById, Self::Value> {
+        let rows = tag_library::groups_by_id(&self.db, keys.iter().map(|k| k.0)).await?;
+        Ok(rows.into_iter().map(|(k, v)| (GroupById(k), v)).collect())
+    }
+}
+
+impl Loader<StaffById> for DbLoader {
+    type Value = staff::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[StaffById]) -> LoadResult<StaffById, Self::Value> {
+        let rows = staff::Entity::find()
+            .filter(staff::Column::Id.is_in(keys.iter().map(|k| k.0)))
+            .all(&self.db)
+            .await
+            .map_err(AppError::from)?;
+        Ok(rows.into_iter().map(|s| (StaffById(s.id), s)).collect())
+    }
+}
+
+impl Loader<ActiveTagsOfGroup> for DbLoader {
+    type Value = Vec<tag::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[ActiveTagsOfGroup]) -> LoadResult<ActiveTagsOfGroup, Self::Value> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let rows = tag_library::tags_of_groups(&self.db, &ids, false).await?;
+        Ok(rows.into_iter().map(|(k, v)| (ActiveTagsOfGroup(k), v)).collect())
+    }
+}

@@ -1,0 +1,69 @@
+//! The GraphQL API. Resolvers are thin: they read the caller from the
+//! context, parse arguments into domain types, call one service function
+//! and map the result.
+
+mod customer;
+mod loaders;
+mod org;
+mod tag;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use sea_orm::DatabaseConnection;
+
+pub use loaders::{Loaders, for_request as loaders_for_request};
+
+use crate::authz::Principal;
+use crate::config::Limits;
+use crate::state::AppState;
+
+#[derive(MergedObject, Default)]
+pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(customer::CustomerMutation, tag::TagMutation);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+}
+
+/// The schema with its limits and the shared state.
+pub fn build_schema(state: AppState) -> AppSchema {
+    let limits = &state.settings.limits;
+    builder()
+        .limit_depth(limits.max_query_depth)
+        .limit_complexity(limits.max_query_complexity)
+        .limit_recursive_depth(limits.max_recursive_depth)
+        .limit_directives(16)
+        .extension(async_graphql::extensions::Tracing)
+        .data(state)
+        .finish()
+}
+
+/// The SDL that `schema.graphql` must equal.
+pub fn sdl() -> String {
+    builder().finish().sdl()
+}
+
+/// What every resolver needs: the caller, the database, the limits.
+pub(crate) struct Env<'a> {
+    pub principal: &'a Principal,
+    pub db: &'a DatabaseConnection,
+    pub limits: &'a Limits,
+    pub loaders: &'a Loaders,
+}
+
+pub(crate) fn env<'a>(ctx: &'a Context<'_>) -> Env<'a> {
+    let state = ctx.data_unchecked::<AppState>();
+    Env {
+        // The HTTP layer refuses unauthenticated requests before execution,
+        // so a principal is always present.
+        principal: ctx.data_unchecked::<Arc<Principal>>().as_ref(),
+        db: &state.db,
+        limits: &state.settings.limits,
+        loaders: ctx.data_unchecked::<Loaders>(),
+    }
+}

@@ -1,0 +1,142 @@
+//! Org units, staff and `me`.
+
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use entity::{enums::OrgUnitKind, org_unit, staff};
+
+use super::env;
+use super::loaders::StaffById;
+use crate::authz::Action;
+use crate::error::AppError;
+
+/// A node of the organisation tree (HQ → region → store).
+pub struct OrgUnit(pub org_unit::Model);
+
+#[Object]
+impl OrgUnit {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn kind(&self) -> OrgUnitKind {
+        self.0.kind
+    }
+    /// Codes from the root down, each followed by `/` (`hq/south/sz01/`).
+    async fn path(&self) -> &str {
+        &self.0.path
+    }
+    async fn parent(&self, ctx: &Context<'_>) -> Option<OrgUnit> {
+        let env = env(ctx);
+        self.0.parent_id.and_then(|p| env.principal.org.get(p)).cloned().map(OrgUnit)
+    }
+}
+
+/// Resolves an org unit the caller knows of.
+pub(crate) fn org_unit(ctx: &Context<'_>, id: i64) -> Result<OrgUnit> {
+    let env = env(ctx);
+    env.principal.org.get(id).cloned().map(OrgUnit).ok_or_else(|| AppError::not_found("org unit", id).into())
+}
+
+/// A staff member.
+pub struct Staff(pub staff::Model);
+
+#[Object]
+impl Staff {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn login(&self) -> &str {
+        &self.0.login
+    }
+    async fn display_name(&self) -> &str {
+        &self.0.display_name
+    }
+    async fn active(&self) -> bool {
+        self.0.active
+    }
+    async fn home_org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
+        org_unit(ctx, self.0.home_org_unit_id)
+    }
+}
+
+/// Loads a staff member by id through the request's loader.
+pub(crate) async fn staff_by_id(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<Staff>> {
+    match id {
+        None => Ok(None),
+        Some(id) => Ok(env(ctx).loaders.load_one(StaffById(id)).await?.map(Staff)),
+    }
+}
+
+/// A role bound to the caller at an org unit (and its subtree).
+#[derive(SimpleObject)]
+pub struct RoleBinding {
+    role: String,
+    org_unit: OrgUnit,
+}
+
+/// What the caller may do at one org unit, so front ends can hide what
+/// would be refused instead of guessing.
+#[derive(SimpleObject)]
+pub struct UnitPermissions {
+    org_unit: OrgUnit,
+    /// `customer:read`, `customer_tag:write`, … as in the policy.
+    actions: Vec<String>,
+}
+
+/// The signed-in staff member.
+pub struct Me;
+
+#[Object]
+impl Me {
+    async fn staff(&self, ctx: &Context<'_>) -> Staff {
+        Staff(env(ctx).principal.staff.clone())
+    }
+
+    async fn roles(&self, ctx: &Context<'_>) -> Vec<RoleBinding> {
+        let p = env(ctx).principal;
+        p.bindings
+            .iter()
+            .filter_map(|b| {
+                let unit = p.org.get(b.org_unit_id)?.clone();
+                Some(RoleBinding { role: b.role.clone(), org_unit: OrgUnit(unit) })
+            })
+            .collect()
+    }
+
+    /// Per org unit where the caller may do anything, the actions allowed.
+    async fn permissions(&self, ctx: &Context<'_>) -> Vec<UnitPermissions> {
+        let p = env(ctx).principal;
+        p.org
+            .all()
+            .iter()
+            .filter_map(|unit| {
+                let actions: Vec<String> =
+                    Action::ALL.iter().filter(|a| p.may(**a, unit.id)).map(|a| a.name()).collect();
+                (!actions.is_empty()).then(|| UnitPermissions { org_unit: OrgUnit(unit.clone()), actions })
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+pub struct OrgQuery;
+
+#[Object]
+impl OrgQuery {
+    /// The signed-in staff member, its roles and what it may do.
+    async fn me(&self) -> Me {
+        Me
+    }
+
+    /// The org units the caller can see: those in its scopes and their
+    /// ancestors, parents first.
+    async fn org_units(&self, ctx: &Context<'_>) -> Vec<OrgUnit> {
+        let p = env(ctx).principal;
+        let visible = p.visible_units();
+        p.org.all().iter().filter(|u| visible.contains(&u.id)).cloned().map(OrgUnit).collect()
+    }
+}

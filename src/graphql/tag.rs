@@ -1,0 +1,383 @@
+//! Tag libraries, tags, personal tags, and tagging.
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::{
+    customer_tag,
+    enums::{TagCategory, TagSource, TagStatus},
+    tag as tag_entity, tag_group,
+};
+
+use super::customer::Customer;
+use super::env;
+use super::loaders::{ActiveTagsOfGroup, GroupById, TagById};
+use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use crate::domain::{
+    Aliases, CustomerId, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass, parse_ids,
+};
+use crate::error::AppError;
+use crate::service::tag_library::{self, NewTag, NewTagGroup};
+use crate::service::tagging::{self, TagRequest, TaggingOutcome};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum TagKind {
+    /// Part of a tag group of the enterprise library.
+    Enterprise,
+    /// A private note of one staff member (个人标签).
+    Personal,
+}
+
+/// A tag: enterprise (in a group) or personal (seen only by its owner).
+pub struct Tag(pub tag_entity::Model);
+
+#[Object]
+impl Tag {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn kind(&self) -> TagKind {
+        if self.0.owner_staff_id.is_some() { TagKind::Personal } else { TagKind::Enterprise }
+    }
+    async fn status(&self) -> TagStatus {
+        self.0.status
+    }
+    /// Synonyms (近义词).
+    async fn aliases(&self) -> Vec<String> {
+        serde_json::from_value(self.0.aliases.clone()).unwrap_or_default()
+    }
+    /// Assignments of this tag expire this many seconds after tagging.
+    async fn ttl_seconds(&self) -> Option<i64> {
+        self.0.ttl_seconds
+    }
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    /// The group of an enterprise tag.
+    async fn group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
+        match self.0.group_id {
+            None => Ok(None),
+            Some(id) => Ok(env(ctx).loaders.load_one(GroupById(id)).await?.map(TagGroup)),
+        }
+    }
+    /// The owner of a personal tag (always the caller: nobody else sees it).
+    async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.owner_staff_id).await
+    }
+    /// The HQ tag this one rolls up to in statistics.
+    async fn canonical_tag(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {
+        load_tag(ctx, self.0.canonical_tag_id).await
+    }
+    /// For a `MERGED` tag, the tag it was merged into.
+    async fn merged_into(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {
+        load_tag(ctx, self.0.merged_into_id).await
+    }
+}
+
+async fn load_tag(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<Tag>> {
+    match id {
+        None => Ok(None),
+        Some(id) => Ok(env(ctx).loaders.load_one(TagById(id)).await?.map(Tag)),
+    }
+}
+
+/// A tag group (标签组) of one library layer.
+pub struct TagGroup(pub tag_group::Model);
+
+#[Object]
+impl TagGroup {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn category(&self) -> TagCategory {
+        self.0.category
+    }
+    /// Policies grant visibility classes to roles.
+    async fn visibility_class(&self) -> &str {
+        &self.0.visibility_class
+    }
+    /// A customer holds at most one tag of an exclusive group.
+    async fn exclusive(&self) -> bool {
+        self.0.exclusive
+    }
+    /// Every tag name in the group must match this regular expression.
+    async fn naming_pattern(&self) -> Option<&str> {
+        self.0.naming_pattern.as_deref()
+    }
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    /// The library layer (org unit) the group belongs to.
+    async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
+        org_unit(ctx, self.0.org_unit_id)
+    }
+    /// Active tags of the group.
+    async fn tags(&self, ctx: &Context<'_>) -> Result<Vec<Tag>> {
+        let tags = env(ctx).loaders.load_one(ActiveTagsOfGroup(self.0.id)).await?.unwrap_or_default();
+        Ok(tags.into_iter().map(Tag).collect())
+    }
+}
+
+/// A tag on a customer, with where it came from.
+pub struct CustomerTag(pub customer_tag::Model);
+
+#[Object]
+impl CustomerTag {
+    async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
+        load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
+    }
+    async fn source(&self) -> TagSource {
+        self.0.source
+    }
+    /// The rule, job or import behind the assignment.
+    async fn source_ref(&self) -> Option<&str> {
+        self.0.source_ref.as_deref()
+    }
+    async fn tagged_at(&self) -> DateTime<Utc> {
+        self.0.tagged_at
+    }
+    async fn tagged_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.tagged_by).await
+    }
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at
+    }
+}
+
+/// One layer of an effective library.
+#[derive(SimpleObject)]
+pub struct TagLibraryLayer {
+    org_unit: OrgUnit,
+    groups: Vec<TagGroup>,
+}
+
+/// The effective tag library (标签库) of an org unit: HQ + region + store
+/// layers, root first, and the caller's personal tags.
+pub struct TagLibrary {
+    org_unit: OrgUnit,
+    layers: Vec<TagLibraryLayer>,
+}
+
+#[Object]
+impl TagLibrary {
+    async fn org_unit(&self) -> &OrgUnit {
+        &self.org_unit
+    }
+    async fn layers(&self) -> &[TagLibraryLayer] {
+        &self.layers
+    }
+    /// Every group of every layer, root layer first.
+    async fn groups(&self) -> Vec<TagGroup> {
+        self.layers.iter().flat_map(|l| l.groups.iter().map(|g| TagGroup(g.0.clone()))).collect()
+    }
+    /// The caller's own personal tags.
+    async fn personal_tags(&self, ctx: &Context<'_>) -> Result<Vec<Tag>> {
+        let env = env(ctx);
+        Ok(tag_library::personal_tags(env.db, env.principal).await?.into_iter().map(Tag).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct TagQuery;
+
+#[Object]
+impl TagQuery {
+    /// The effective library of an org unit the caller may read.
+    async fn tag_library(&self, ctx: &Context<'_>, org_unit_id: ID) -> Result<TagLibrary> {
+        let env = env(ctx);
+        let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
+        let library = tag_library::library_for(env.db, env.principal, unit).await?;
+        Ok(TagLibrary {
+            org_unit: OrgUnit(library.org_unit),
+            layers: library
+                .layers
+                .into_iter()
+                .map(|l| TagLibraryLayer {
+                    org_unit: OrgUnit(l.org_unit),
+                    groups: l.groups.into_iter().map(TagGroup).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn tag_group(&self, ctx: &Context<'_>, id: ID) -> Result<TagGroup> {
+        let env = env(ctx);
+        let id = TagGroupId::parse(&id, "id")?;
+        Ok(TagGroup(tag_library::find_group(env.db, env.principal, id).await?))
+    }
+
+    async fn tag(&self, ctx: &Context<'_>, id: ID) -> Result<Tag> {
+        let env = env(ctx);
+        let id = TagId::parse(&id, "id")?;
+        Ok(Tag(tag_library::find_tag(env.db, env.principal, id).await?))
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateTagGroupInput {
+    /// The library layer: an HQ, region or store unit.
+    org_unit_id: ID,
+    name: String,
+    description: Option<String>,
+    category: TagCategory,
+    /// `basic`, `service`, `value`, `sensitive`, … (policies grant classes).
+    visibility_class: String,
+    #[graphql(default)]
+    exclusive: bool,
+    /// A regular expression every tag name of the group must match.
+    naming_pattern: Option<String>,
+}
+
+/// Result of a library edit: `applied` with the object when the change took
+/// effect.
+#[derive(SimpleObject)]
+pub struct TagGroupPayload {
+    applied: bool,
+    tag_group: Option<TagGroup>,
+}
+
+#[derive(InputObject)]
+pub struct CreateTagInput {
+    group_id: ID,
+    name: String,
+    description: Option<String>,
+    #[graphql(default)]
+    aliases: Vec<String>,
+    /// An active tag of a higher layer this tag rolls up to.
+    canonical_tag_id: Option<ID>,
+    /// Assignments expire this many seconds after tagging.
+    ttl_seconds: Option<i64>,
+}
+
+#[derive(SimpleObject)]
+pub struct TagPayload {
+    applied: bool,
+    tag: Option<Tag>,
+}
+
+#[derive(InputObject)]
+pub struct CreatePersonalTagInput {
+    name: String,
+    description: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct TagCustomersInput {
+    customer_ids: Vec<ID>,
+    tag_ids: Vec<ID>,
+    /// Overrides the tags' own TTL.
+    expires_at: Option<DateTime<Utc>>,
+    /// A reference to what prompted the change (a ticket, a campaign).
+    source_ref: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UntagCustomersInput {
+    customer_ids: Vec<ID>,
+    tag_ids: Vec<ID>,
+}
+
+/// What a tagging call changed.
+#[derive(SimpleObject)]
+pub struct TaggingPayload {
+    customers: Vec<Customer>,
+    added: u32,
+    /// Assignments removed (by untagging, or replaced in an exclusive group).
+    removed: u32,
+    /// Requested changes that were already in place.
+    unchanged: u32,
+    /// Customers that crossed the tag-count alert threshold.
+    alerts_raised: u32,
+}
+
+impl From<TaggingOutcome> for TaggingPayload {
+    fn from(o: TaggingOutcome) -> Self {
+        Self {
+            customers: o.customers.into_iter().map(Customer).collect(),
+            added: o.added,
+            removed: o.removed,
+            unchanged: o.unchanged,
+            alerts_raised: o.alerts_raised,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct TagMutation;
+
+#[Object]
+impl TagMutation {
+    async fn create_tag_group(&self, ctx: &Context<'_>, input: CreateTagGroupInput) -> Result<TagGroupPayload> {
+        let env = env(ctx);
+        let new = NewTagGroup {
+            org_unit: OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?,
+            name: TagName::parse(&input.name, "name")?,
+            description: Description::parse(input.description.as_deref(), "description")?,
+            category: input.category,
+            visibility_class: VisibilityClass::parse(&input.visibility_class, "visibilityClass")?,
+            exclusive: input.exclusive,
+            naming_pattern: input
+                .naming_pattern
+                .as_deref()
+                .map(|p| NamingPattern::parse(p, "namingPattern"))
+                .transpose()?,
+        };
+        let group = tag_library::create_group(env.db, env.principal, new).await?;
+        Ok(TagGroupPayload { applied: true, tag_group: Some(TagGroup(group)) })
+    }
+
+    async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
+        let env = env(ctx);
+        let new = NewTag {
+            group: TagGroupId::parse(&input.group_id, "groupId")?,
+            name: TagName::parse(&input.name, "name")?,
+            description: Description::parse(input.description.as_deref(), "description")?,
+            aliases: Aliases::parse(&input.aliases, "aliases")?,
+            canonical_tag: input.canonical_tag_id.map(|id| TagId::parse(&id, "canonicalTagId")).transpose()?,
+            ttl_seconds: input.ttl_seconds,
+        };
+        let tag = tag_library::create_tag(env.db, env.principal, new).await?;
+        Ok(TagPayload { applied: true, tag: Some(Tag(tag)) })
+    }
+
+    /// Creates a personal tag, seen and used only by the caller.
+    async fn create_personal_tag(&self, ctx: &Context<'_>, input: CreatePersonalTagInput) -> Result<TagPayload> {
+        let env = env(ctx);
+        let name = TagName::parse(&input.name, "name")?;
+        let description = Description::parse(input.description.as_deref(), "description")?;
+        let tag = tag_library::create_personal_tag(env.db, env.principal, name, description).await?;
+        Ok(TagPayload { applied: true, tag: Some(Tag(tag)) })
+    }
+
+    /// Adds tags to customers: idempotent, all or nothing.
+    async fn tag_customers(&self, ctx: &Context<'_>, input: TagCustomersInput) -> Result<TaggingPayload> {
+        let env = env(ctx);
+        let req = TagRequest {
+            customers: parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?,
+            tags: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?,
+            expires_at: input.expires_at,
+            source: TagSource::Manual,
+            source_ref: input.source_ref,
+        };
+        Ok(tagging::apply_tags(env.db, env.principal, env.limits, req).await?.into())
+    }
+
+    /// Removes tags from customers: idempotent, all or nothing.
+    async fn untag_customers(&self, ctx: &Context<'_>, input: UntagCustomersInput) -> Result<TaggingPayload> {
+        let env = env(ctx);
+        let customers = parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?;
+        let tags = parse_ids(&input.tag_ids, "tagIds", TagId::parse)?;
+        Ok(tagging::remove_tags(env.db, env.principal, env.limits, customers, tags).await?.into())
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP surface: `/graphql` (POST executes, GET serves GraphiQL),
+//! `/healthz`, `/readyz`; request ids, tracing and a body-size limit.
+
+use std::sync::Arc;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::auth;
+use crate::error::AppError;
+use crate::graphql::{AppSchema, loaders_for_request};
+use crate::request_id;
+use crate::state::AppState;
+
+#[derive(Clone)]
+struct HttpState {
+    app: AppState,
+    schema: AppSchema,
+}
+
+/// The application's router.
+pub fn router(app: AppState, schema: AppSchema) -> Router {
+    let body_limit = app.settings.limits.max_body_bytes;
+    let graphql = Router::new()
+        .route("/graphql", get(graphiql).post(graphql_handler))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit));
+    Router::new()
+        .merge(graphql)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { app, schema })
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+async fn graphql_handler(State(state): State<HttpState>, headers: HeaderMap, req: GraphQLRequest) -> Response {
+    let id = request_id_of(&headers);
+    request_id::scope(id, async move {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match auth::authenticate(&state.app.db, &state.app.keys, &state.app.authz, authorization).await {
+            Ok(principal) => {
+                let principal = Arc::new(principal);
+                let loaders = loaders_for_request(state.app.db.clone(), principal.clone());
+                let request = req.into_inner().data(principal).data(loaders);
+                GraphQLResponse::from(state.schema.execute(request).await).into_response()
+            }
+            Err(err) => unauthenticated(err),
+        }
+    })
+    .await
+}
+
+/// A GraphQL-shaped error body with status 401 (or 500 when the sign-in
+/// itself failed for an internal reason).
+fn unauthenticated(err: AppError) -> Response {
+    let status = match err {
+        AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let gql: async_graphql::Error = err.into();
+    let body = json!({
+        "data": null,
+        "errors": [{ "message": gql.message, "extensions": gql.extensions }],
+    });
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").title("tagbase").finish())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    match state.app.db.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok" }))).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "database": "unreachable" })))
+                .into_response()
+        }
+    }
+}

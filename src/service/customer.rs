@@ -1,0 +1,452 @@
+//! Customers: reads limited to the caller's scope, creation, and updates
+//! guarded by the version the caller read.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use entity::{customer, customer_identity, customer_tag, enums::Gender};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, Order, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Func, Query},
+};
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use super::like_escape;
+use super::tag_library;
+use crate::authz::{Action, Principal};
+use crate::domain::{
+    Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId,
+};
+use crate::error::{AppError, AppResult, is_unique_violation};
+
+/// Filter of a customer list; ids are checked against the caller's view.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFilter {
+    /// Customers of this unit and its subtree.
+    pub org_unit: Option<OrgUnitId>,
+    /// Part of the name, or a whole phone number.
+    pub search: Option<String>,
+    pub has_all_tags: Vec<TagId>,
+    pub has_any_tags: Vec<TagId>,
+    /// A tag of the lifecycle group.
+    pub lifecycle_stage: Option<TagId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortField {
+    #[default]
+    AddedAt,
+    UpdatedAt,
+    Name,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CustomerOrder {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+impl CustomerOrder {
+    /// The name a cursor is tied to.
+    fn tag(self) -> String {
+        let field = match self.field {
+            SortField::AddedAt => "ADDED_AT",
+            SortField::UpdatedAt => "UPDATED_AT",
+            SortField::Name => "NAME",
+        };
+        format!("{field}_{}", if self.descending { "DESC" } else { "ASC" })
+    }
+
+    fn column(self) -> customer::Column {
+        match self.field {
+            SortField::AddedAt => customer::Column::AddedAt,
+            SortField::UpdatedAt => customer::Column::UpdatedAt,
+            SortField::Name => customer::Column::Name,
+        }
+    }
+
+    fn key_of(self, c: &customer::Model) -> String {
+        match self.field {
+            SortField::AddedAt => c.added_at.to_rfc3339(),
+            SortField::UpdatedAt => c.updated_at.to_rfc3339(),
+            SortField::Name => c.name.clone(),
+        }
+    }
+
+    /// Rows strictly after the cursor in this order.
+    fn after(self, cursor: &Cursor) -> AppResult<Condition> {
+        let col = self.column();
+        let value: sea_orm::Value = match self.field {
+            SortField::AddedAt | SortField::UpdatedAt => DateTime::parse_from_rfc3339(&cursor.key)
+                .map_err(|_| AppError::validation("after", "is not a valid cursor"))?
+                .with_timezone(&Utc)
+                .into(),
+            SortField::Name => cursor.key.clone().into(),
+        };
+        let (beyond, id_beyond) = if self.descending {
+            (Expr::col(col).lt(value.clone()), customer::Column::Id.lt(cursor.id))
+        } else {
+            (Expr::col(col).gt(value.clone()), customer::Column::Id.gt(cursor.id))
+        };
+        Ok(Condition::any().add(beyond).add(Condition::all().add(Expr::col(col).eq(value)).add(id_beyond)))
+    }
+}
+
+/// One page of a keyset-paged list.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<(String, T)>,
+    pub has_next_page: bool,
+}
+
+/// Finds a customer the caller may read.
+///
+/// # Errors
+/// [`AppError::NotFound`] for a missing id and for one outside the caller's
+/// scope alike.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn find_in_scope(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    id: CustomerId,
+) -> AppResult<customer::Model> {
+    customer::Entity::find_by_id(id.0)
+        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("customer", id))
+}
+
+/// The condition of a filter, scope included.
+async fn filter_condition(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    filter: &CustomerFilter,
+) -> AppResult<Condition> {
+    let mut cond = Condition::all().add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
+    if let Some(unit) = filter.org_unit {
+        if !principal.visible_units().contains(&unit.0) {
+            return Err(AppError::not_found("org unit", unit));
+        }
+        cond = cond.add(customer::Column::OrgUnitId.is_in(principal.org.subtree(unit.0).map(|u| u.id)));
+    }
+    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        if search.chars().count() > 64 {
+            return Err(AppError::validation("filter.search", "must be at most 64 characters"));
+        }
+        let pattern = format!("%{}%", like_escape(&search.to_lowercase()));
+        let mut any = Condition::any().add(
+            Expr::expr(Func::lower(Expr::col(customer::Column::Name)))
+                .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
+        );
+        if let Ok(phone) = Phone::parse(search, "filter.search") {
+            any = any.add(customer::Column::Phone.eq(phone.into_inner()));
+        }
+        cond = cond.add(any);
+    }
+    let mut named: Vec<TagId> = filter.has_all_tags.iter().chain(&filter.has_any_tags).copied().collect();
+    named.extend(filter.lifecycle_stage);
+    // Unknown and invisible tags are NOT_FOUND, so filters cannot probe.
+    let tags = tag_library::visible_tags(db, principal, &named, "filter").await?;
+    if let Some(stage) = filter.lifecycle_stage {
+        tag_library::require_lifecycle_tag(db, &tags[&stage]).await?;
+    }
+    let has_tag = |tag_ids: Vec<i64>| {
+        customer::Column::Id.in_subquery(
+            Query::select()
+                .column(customer_tag::Column::CustomerId)
+                .from(customer_tag::Entity)
+                .and_where(customer_tag::Column::TagId.is_in(tag_ids))
+                .to_owned(),
+        )
+    };
+    for tag in filter.has_all_tags.iter().chain(&filter.lifecycle_stage) {
+        cond = cond.add(has_tag(vec![tag.0]));
+    }
+    if !filter.has_any_tags.is_empty() {
+        cond = cond.add(has_tag(filter.has_any_tags.iter().map(|t| t.0).collect()));
+    }
+    Ok(cond)
+}
+
+/// One page of the customers the caller may read, in `order`.
+///
+/// # Errors
+/// `VALIDATION` for a bad cursor or search; `NOT_FOUND` for unknown or
+/// invisible org units and tags in the filter.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn list_in_scope(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    filter: &CustomerFilter,
+    order: CustomerOrder,
+    first: PageSize,
+    after: Option<&str>,
+) -> AppResult<Page<customer::Model>> {
+    let mut cond = filter_condition(db, principal, filter).await?;
+    if let Some(raw) = after {
+        cond = cond.add(order.after(&Cursor::decode(raw, &order.tag())?)?);
+    }
+    let dir = if order.descending { Order::Desc } else { Order::Asc };
+    let mut rows = customer::Entity::find()
+        .filter(cond)
+        .order_by(order.column(), dir.clone())
+        .order_by(customer::Column::Id, dir)
+        .limit(first.get() + 1)
+        .all(db)
+        .await?;
+    let has_next_page = rows.len() as u64 > first.get();
+    rows.truncate(first.get() as usize);
+    let items = rows
+        .into_iter()
+        .map(|c| (Cursor { ordering: order.tag(), key: order.key_of(&c), id: c.id }.encode(), c))
+        .collect();
+    Ok(Page { items, has_next_page })
+}
+
+/// How many customers match the filter within the caller's scope.
+///
+/// # Errors
+/// As [`list_in_scope`].
+pub async fn count_in_scope(db: &DatabaseConnection, principal: &Principal, filter: &CustomerFilter) -> AppResult<u64> {
+    let cond = filter_condition(db, principal, filter).await?;
+    Ok(customer::Entity::find().filter(cond).count(db).await?)
+}
+
+/// Input of [`create`], parsed.
+#[derive(Debug, Clone)]
+pub struct NewCustomer {
+    pub org_unit: OrgUnitId,
+    pub name: CustomerName,
+    pub phone: Option<Phone>,
+    pub gender: Gender,
+    pub birth_date: Option<NaiveDate>,
+    pub city: OptionalText,
+    pub industry: OptionalText,
+    pub channel: OptionalText,
+    pub identities: Vec<ExternalIdentity>,
+}
+
+/// A created customer and the customers in scope that share its phone.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub customer: customer::Model,
+    pub possible_duplicates: Vec<customer::Model>,
+}
+
+fn check_birth_date(date: Option<NaiveDate>) -> AppResult<()> {
+    match date {
+        Some(d) if d > Utc::now().date_naive() => Err(AppError::validation("birthDate", "must not be in the future")),
+        Some(d) if d < NaiveDate::from_ymd_opt(1900, 1, 1).expect("valid date") => {
+            Err(AppError::validation("birthDate", "must be after 1900-01-01"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates a customer in an org unit, owned by the caller, with its
+/// external identities; audited in the same transaction.
+///
+/// # Errors
+/// `NOT_FOUND` for an org unit the caller cannot see, `FORBIDDEN` without
+/// `customer:create` there, `CONFLICT` when an external id already belongs
+/// to a customer, `VALIDATION` for bad input.
+#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
+pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCustomer) -> AppResult<Created> {
+    if !principal.visible_units().contains(&input.org_unit.0) {
+        return Err(AppError::not_found("org unit", input.org_unit));
+    }
+    principal.require(Action::CustomerCreate, input.org_unit.0)?;
+    check_birth_date(input.birth_date)?;
+    if input.identities.len() > 10 {
+        return Err(AppError::validation("externalIds", "at most 10 external ids"));
+    }
+    let now = Utc::now();
+    let phone = input.phone.map(Phone::into_inner);
+    let txn = db.begin().await?;
+    let model = customer::Entity::insert(customer::ActiveModel {
+        id: NotSet,
+        org_unit_id: Set(input.org_unit.0),
+        owner_staff_id: Set(Some(principal.staff.id)),
+        name: Set(input.name.into_inner()),
+        phone: Set(phone.clone()),
+        gender: Set(input.gender),
+        birth_date: Set(input.birth_date),
+        city: Set(input.city.into_inner()),
+        industry: Set(input.industry.into_inner()),
+        channel: Set(input.channel.into_inner()),
+        total_spend_cents: Set(0),
+        order_count: Set(0),
+        last_order_at: Set(None),
+        added_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+    })
+    .exec_with_returning(&txn)
+    .await?;
+    for identity in &input.identities {
+        let inserted = customer_identity::Entity::insert(customer_identity::ActiveModel {
+            id: NotSet,
+            customer_id: Set(model.id),
+            provider: Set(identity.provider.clone()),
+            external_id: Set(identity.external_id.clone()),
+            created_at: Set(now),
+        })
+        .exec(&txn)
+        .await;
+        match inserted {
+            Err(err) if is_unique_violation(&err) => {
+                return Err(AppError::Conflict(format!(
+                    "external id {}:{} already belongs to a customer",
+                    identity.provider, identity.external_id
+                )));
+            }
+            other => {
+                other?;
+            }
+        }
+    }
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "customer.create", "customer", model.id)
+            .in_unit(model.org_unit_id)
+            .with_detail(json!({ "name": model.name, "externalIds": input.identities.len() })),
+    )
+    .await?;
+    txn.commit().await?;
+
+    let possible_duplicates = match &phone {
+        Some(phone) => {
+            customer::Entity::find()
+                .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+                .filter(customer::Column::Phone.eq(phone.as_str()))
+                .filter(customer::Column::Id.ne(model.id))
+                .order_by_asc(customer::Column::Id)
+                .limit(20)
+                .all(db)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(Created { customer: model, possible_duplicates })
+}
+
+/// A change to a customer's own fields. `None` leaves a field as it is;
+/// `Some(None)` clears an optional one.
+#[derive(Debug, Clone)]
+pub struct CustomerPatch {
+    pub id: CustomerId,
+    /// The version the caller read.
+    pub version: i32,
+    pub name: Option<CustomerName>,
+    pub phone: Option<Option<Phone>>,
+    pub gender: Option<Gender>,
+    pub birth_date: Option<Option<NaiveDate>>,
+    pub city: Option<OptionalText>,
+    pub industry: Option<OptionalText>,
+    pub channel: Option<OptionalText>,
+}
+
+/// Applies a patch if the customer is still at the version the caller read.
+///
+/// # Errors
+/// `NOT_FOUND` outside the scope, `FORBIDDEN` without `customer:update`,
+/// `CONFLICT` when the version is stale, `VALIDATION` for bad input or an
+/// empty patch.
+#[tracing::instrument(skip(db, principal, patch), fields(staff = principal.staff.id, customer = %patch.id))]
+pub async fn update(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    patch: CustomerPatch,
+) -> AppResult<customer::Model> {
+    let current = find_in_scope(db, principal, patch.id).await?;
+    principal.require(Action::CustomerUpdate, current.org_unit_id)?;
+    if let Some(birth_date) = patch.birth_date {
+        check_birth_date(birth_date)?;
+    }
+    let mut changes = customer::ActiveModel { ..Default::default() };
+    let mut changed: Vec<&str> = Vec::new();
+    if let Some(name) = patch.name {
+        changes.name = Set(name.into_inner());
+        changed.push("name");
+    }
+    if let Some(phone) = patch.phone {
+        changes.phone = Set(phone.map(Phone::into_inner));
+        changed.push("phone");
+    }
+    if let Some(gender) = patch.gender {
+        changes.gender = Set(gender);
+        changed.push("gender");
+    }
+    if let Some(birth_date) = patch.birth_date {
+        changes.birth_date = Set(birth_date);
+        changed.push("birthDate");
+    }
+    if let Some(city) = patch.city {
+        changes.city = Set(city.into_inner());
+        changed.push("city");
+    }
+    if let Some(industry) = patch.industry {
+        changes.industry = Set(industry.into_inner());
+        changed.push("industry");
+    }
+    if let Some(channel) = patch.channel {
+        changes.channel = Set(channel.into_inner());
+        changed.push("channel");
+    }
+    if changed.is_empty() {
+        return Err(AppError::validation("input", "nothing to change"));
+    }
+    changes.updated_at = Set(Utc::now());
+
+    let txn = db.begin().await?;
+    let result = customer::Entity::update_many()
+        .set(changes)
+        .col_expr(customer::Column::Version, Expr::col(customer::Column::Version).add(1))
+        .filter(customer::Column::Id.eq(current.id))
+        .filter(customer::Column::Version.eq(patch.version))
+        .exec(&txn)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(AppError::Conflict(format!(
+            "customer {} was changed by someone else (you read version {}); reload and retry",
+            current.id, patch.version
+        )));
+    }
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "customer.update", "customer", current.id)
+            .in_unit(current.org_unit_id)
+            .with_detail(json!({ "fields": changed, "fromVersion": patch.version })),
+    )
+    .await?;
+    let updated = customer::Entity::find_by_id(current.id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| AppError::not_found("customer", current.id))?;
+    txn.commit().await?;
+    Ok(updated)
+}
+
+/// External identities of the given customers, by customer.
+///
+/// # Errors
+/// Database errors.
+pub async fn identities_of(
+    db: &impl ConnectionTrait,
+    customer_ids: &[i64],
+) -> AppResult<HashMap<i64, Vec<customer_identity::Model>>> {
+    let rows = customer_identity::Entity::find()
+        .filter(customer_identity::Column::CustomerId.is_in(customer_ids.iter().copied()))
+        .order_by_asc(customer_identity::Column::Id)
+        .all(db)
+        .await?;
+    let mut out: HashMap<i64, Vec<_>> = HashMap::new();
+    for row in rows {
+        out.entry(row.customer_id).or_default().push(row);
+    }
+    Ok(out)
+}

@@ -1,0 +1,392 @@
+//! Tag libraries (标签库): the HQ, region and store layers of tag groups and
+//! tags, and each staff member's personal tags.
+//!
+//! Visibility: an enterprise tag or group is visible when its layer is (the
+//! caller may read the library of its unit or of a unit below it); a
+//! personal tag only to its owner.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use entity::{
+    enums::{TagCategory, TagStatus},
+    org_unit, tag, tag_group,
+};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use crate::authz::{Action, Principal};
+use crate::domain::{Aliases, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass};
+use crate::error::{AppError, AppResult, is_unique_violation};
+
+/// Longest assignment TTL a tag may carry (ten years).
+const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
+
+/// One layer of an effective library: the groups of one org unit.
+#[derive(Debug, Clone)]
+pub struct LibraryLayer {
+    pub org_unit: org_unit::Model,
+    pub groups: Vec<tag_group::Model>,
+}
+
+/// The effective library of an org unit, root layer first.
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub org_unit: org_unit::Model,
+    pub layers: Vec<LibraryLayer>,
+}
+
+/// True when the caller may see the tag (given its group, for enterprise
+/// tags).
+pub fn tag_visible(principal: &Principal, tag: &tag::Model, group: Option<&tag_group::Model>) -> bool {
+    match (tag.owner_staff_id, group) {
+        (Some(owner), _) => owner == principal.staff.id,
+        (None, Some(group)) => principal.may_read_library_layer(group.org_unit_id),
+        (None, None) => false,
+    }
+}
+
+/// The effective library of an org unit: HQ + region + … + the unit.
+///
+/// # Errors
+/// `NOT_FOUND` when the caller may not read the unit's library.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn library_for(db: &impl ConnectionTrait, principal: &Principal, unit: OrgUnitId) -> AppResult<Library> {
+    if !principal.may(Action::TagLibraryRead, unit.0) {
+        return Err(AppError::not_found("org unit", unit));
+    }
+    let chain: Vec<org_unit::Model> = principal.org.ancestors_or_self(unit.0).into_iter().cloned().collect();
+    let groups = tag_group::Entity::find()
+        .filter(tag_group::Column::OrgUnitId.is_in(chain.iter().map(|u| u.id)))
+        .order_by_asc(tag_group::Column::Id)
+        .all(db)
+        .await?;
+    let mut by_unit: HashMap<i64, Vec<tag_group::Model>> = HashMap::new();
+    for group in groups {
+        by_unit.entry(group.org_unit_id).or_default().push(group);
+    }
+    let org_unit = chain.last().cloned().ok_or_else(|| AppError::not_found("org unit", unit))?;
+    let layers = chain
+        .into_iter()
+        .map(|u| LibraryLayer { groups: by_unit.remove(&u.id).unwrap_or_default(), org_unit: u })
+        .collect();
+    Ok(Library { org_unit, layers })
+}
+
+/// A tag group the caller may see.
+///
+/// # Errors
+/// `NOT_FOUND` for missing and invisible groups alike.
+pub async fn find_group(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    id: TagGroupId,
+) -> AppResult<tag_group::Model> {
+    tag_group::Entity::find_by_id(id.0)
+        .one(db)
+        .await?
+        .filter(|g| principal.may_read_library_layer(g.org_unit_id))
+        .ok_or_else(|| AppError::not_found("tag group", id))
+}
+
+/// A tag the caller may see.
+///
+/// # Errors
+/// `NOT_FOUND` for missing and invisible tags alike.
+pub async fn find_tag(db: &impl ConnectionTrait, principal: &Principal, id: TagId) -> AppResult<tag::Model> {
+    let tags = visible_tags(db, principal, &[id], "id").await?;
+    tags.into_values().next().ok_or_else(|| AppError::not_found("tag", id))
+}
+
+/// The named tags, all of which must be visible to the caller.
+///
+/// # Errors
+/// `NOT_FOUND` naming the first tag that is missing or invisible.
+pub async fn visible_tags(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    ids: &[TagId],
+    _field: &str,
+) -> AppResult<HashMap<TagId, tag::Model>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tags = tag::Entity::find().filter(tag::Column::Id.is_in(ids.iter().map(|t| t.0))).all(db).await?;
+    let groups = groups_by_id(db, tags.iter().filter_map(|t| t.group_id)).await?;
+    let visible: HashMap<TagId, tag::Model> = tags
+        .into_iter()
+        .filter(|t| tag_visible(principal, t, t.group_id.and_then(|g| groups.get(&g))))
+        .map(|t| (TagId(t.id), t))
+        .collect();
+    match ids.iter().find(|id| !visible.contains_key(id)) {
+        Some(missing) => Err(AppError::not_found("tag", missing)),
+        None => Ok(visible),
+    }
+}
+
+/// Groups by id (no visibility check: callers reach them from visible tags).
+///
+/// # Errors
+/// Database errors.
+pub async fn groups_by_id(
+    db: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = i64>,
+) -> AppResult<HashMap<i64, tag_group::Model>> {
+    let ids: Vec<i64> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let groups = tag_group::Entity::find().filter(tag_group::Column::Id.is_in(ids)).all(db).await?;
+    Ok(groups.into_iter().map(|g| (g.id, g)).collect())
+}
+
+/// Checks that a tag belongs to the HQ-level lifecycle group.
+///
+/// # Errors
+/// `VALIDATION` otherwise.
+pub async fn require_lifecycle_tag(db: &impl ConnectionTrait, tag: &tag::Model) -> AppResult<()> {
+    let group = match tag.group_id {
+        Some(id) => tag_group::Entity::find_by_id(id).one(db).await?,
+        None => None,
+    };
+    if group.is_some_and(|g| g.category == TagCategory::Lifecycle) {
+        Ok(())
+    } else {
+        Err(AppError::validation("filter.lifecycleStage", format!("tag {} is not a lifecycle stage", tag.id)))
+    }
+}
+
+/// The tags of the given groups, active ones only unless asked.
+///
+/// # Errors
+/// Database errors.
+pub async fn tags_of_groups(
+    db: &impl ConnectionTrait,
+    group_ids: &[i64],
+    include_archived: bool,
+) -> AppResult<HashMap<i64, Vec<tag::Model>>> {
+    let mut query = tag::Entity::find().filter(tag::Column::GroupId.is_in(group_ids.iter().copied()));
+    if !include_archived {
+        query = query.filter(tag::Column::Status.eq(TagStatus::Active));
+    }
+    let mut out: HashMap<i64, Vec<tag::Model>> = HashMap::new();
+    for tag in query.order_by_asc(tag::Column::Id).all(db).await? {
+        if let Some(group) = tag.group_id {
+            out.entry(group).or_default().push(tag);
+        }
+    }
+    Ok(out)
+}
+
+/// The caller's own personal tags.
+///
+/// # Errors
+/// Database errors.
+pub async fn personal_tags(db: &impl ConnectionTrait, principal: &Principal) -> AppResult<Vec<tag::Model>> {
+    Ok(tag::Entity::find()
+        .filter(tag::Column::OwnerStaffId.eq(principal.staff.id))
+        .filter(tag::Column::Status.eq(TagStatus::Active))
+        .order_by_asc(tag::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Input of [`create_group`], parsed.
+#[derive(Debug, Clone)]
+pub struct NewTagGroup {
+    pub org_unit: OrgUnitId,
+    pub name: TagName,
+    pub description: Description,
+    pub category: TagCategory,
+    pub visibility_class: VisibilityClass,
+    pub exclusive: bool,
+    pub naming_pattern: Option<NamingPattern>,
+}
+
+/// Creates a tag group in a library layer.
+///
+/// # Errors
+/// `NOT_FOUND` for a unit the caller cannot see, `FORBIDDEN` without
+/// `tag_library:write` there, `CONFLICT` when the layer has a group of that
+/// name.
+#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
+pub async fn create_group(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    input: NewTagGroup,
+) -> AppResult<tag_group::Model> {
+    if !principal.may_read_library_layer(input.org_unit.0) {
+        return Err(AppError::not_found("org unit", input.org_unit));
+    }
+    principal.require(Action::TagLibraryWrite, input.org_unit.0)?;
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let inserted = tag_group::Entity::insert(tag_group::ActiveModel {
+        id: NotSet,
+        org_unit_id: Set(input.org_unit.0),
+        name: Set(input.name.as_str().to_owned()),
+        description: Set(input.description.into_inner()),
+        category: Set(input.category),
+        visibility_class: Set(input.visibility_class.into_inner()),
+        exclusive: Set(input.exclusive),
+        naming_pattern: Set(input.naming_pattern.map(|p| p.as_str().to_owned())),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_with_returning(&txn)
+    .await;
+    let group = match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(AppError::Conflict(format!(
+                "this library layer already has a tag group named {:?}",
+                input.name.as_str()
+            )));
+        }
+        other => other?,
+    };
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "tag_group.create", "tag_group", group.id)
+            .in_unit(group.org_unit_id)
+            .with_detail(json!({ "name": group.name, "category": group.category, "exclusive": group.exclusive })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(group)
+}
+
+/// Input of [`create_tag`], parsed.
+#[derive(Debug, Clone)]
+pub struct NewTag {
+    pub group: TagGroupId,
+    pub name: TagName,
+    pub description: Description,
+    pub aliases: Aliases,
+    pub canonical_tag: Option<TagId>,
+    pub ttl_seconds: Option<i64>,
+}
+
+fn check_ttl(ttl: Option<i64>) -> AppResult<()> {
+    match ttl {
+        Some(t) if !(1..=MAX_TTL_SECONDS).contains(&t) => {
+            Err(AppError::validation("ttlSeconds", format!("must be between 1 and {MAX_TTL_SECONDS}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates an enterprise tag in a group.
+///
+/// # Errors
+/// `NOT_FOUND` for an invisible group or canonical tag, `FORBIDDEN` without
+/// `tag_library:write` at the group's unit, `VALIDATION` when the name
+/// breaks the group's pattern or the canonical tag is not an active tag of
+/// a higher layer, `CONFLICT` when the group has a tag of that name.
+#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
+pub async fn create_tag(db: &DatabaseConnection, principal: &Principal, input: NewTag) -> AppResult<tag::Model> {
+    let group = find_group(db, principal, input.group).await?;
+    principal.require(Action::TagLibraryWrite, group.org_unit_id)?;
+    if let Some(pattern) = &group.naming_pattern {
+        NamingPattern::parse(pattern, "namingPattern")?.check(&input.name, "name")?;
+    }
+    check_ttl(input.ttl_seconds)?;
+    if let Some(canonical) = input.canonical_tag {
+        let canonical = find_tag(db, principal, canonical).await?;
+        let canonical_group = match canonical.group_id {
+            Some(id) => tag_group::Entity::find_by_id(id).one(db).await?,
+            None => None,
+        };
+        let higher_layer = canonical_group.is_some_and(|cg| {
+            cg.org_unit_id != group.org_unit_id && principal.org.is_within(group.org_unit_id, cg.org_unit_id)
+        });
+        if !higher_layer || canonical.status != TagStatus::Active {
+            return Err(AppError::validation(
+                "canonicalTagId",
+                "must be an active enterprise tag of a higher library layer",
+            ));
+        }
+    }
+    insert_tag(
+        db,
+        principal,
+        tag::ActiveModel {
+            group_id: Set(Some(group.id)),
+            owner_staff_id: Set(None),
+            name: Set(input.name.as_str().to_owned()),
+            description: Set(input.description.into_inner()),
+            aliases: Set(input.aliases.into_json()),
+            canonical_tag_id: Set(input.canonical_tag.map(|t| t.0)),
+            ttl_seconds: Set(input.ttl_seconds),
+            ..Default::default()
+        },
+        Some(group.org_unit_id),
+        "this tag group already has a tag with that name",
+    )
+    .await
+}
+
+/// Creates a personal tag (个人标签) of the caller, seen only by it.
+///
+/// # Errors
+/// `FORBIDDEN` without `personal_tag:manage` anywhere, `CONFLICT` when the
+/// caller already has a personal tag of that name.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn create_personal_tag(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    name: TagName,
+    description: Description,
+) -> AppResult<tag::Model> {
+    if !principal.may_anywhere(Action::PersonalTagManage) {
+        return Err(AppError::Forbidden(format!("you may not {}", Action::PersonalTagManage.name())));
+    }
+    insert_tag(
+        db,
+        principal,
+        tag::ActiveModel {
+            group_id: Set(None),
+            owner_staff_id: Set(Some(principal.staff.id)),
+            name: Set(name.into_inner()),
+            description: Set(description.into_inner()),
+            aliases: Set(json!([])),
+            canonical_tag_id: Set(None),
+            ttl_seconds: Set(None),
+            ..Default::default()
+        },
+        None,
+        "you already have a personal tag with that name",
+    )
+    .await
+}
+
+async fn insert_tag(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    mut model: tag::ActiveModel,
+    org_unit_id: Option<i64>,
+    clash: &str,
+) -> AppResult<tag::Model> {
+    let now = Utc::now();
+    model.id = NotSet;
+    model.status = Set(TagStatus::Active);
+    model.merged_into_id = Set(None);
+    model.version = Set(1);
+    model.created_at = Set(now);
+    model.updated_at = Set(now);
+    let txn = db.begin().await?;
+    let tag = match tag::Entity::insert(model).exec_with_returning(&txn).await {
+        Err(err) if is_unique_violation(&err) => return Err(AppError::Conflict(clash.to_owned())),
+        other => other?,
+    };
+    let mut entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id)
+        .with_detail(json!({ "name": tag.name, "groupId": tag.group_id, "personal": tag.owner_staff_id.is_some() }));
+    entry.org_unit_id = org_unit_id;
+    audit::record(&txn, entry).await?;
+    txn.commit().await?;
+    Ok(tag)
+}

@@ -1,0 +1,450 @@
+//! Tagging (打标签): adding and removing tags on customers.
+//!
+//! One call is one transaction: assignments, tag events, alerts and the
+//! audit row land together or not at all. Tagging is idempotent (a tag the
+//! customer has is left alone), exclusive groups hold one tag per customer
+//! (the new one replaces the old, as one change), and the per-customer cap
+//! is checked before anything is written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use entity::{
+    customer, customer_tag,
+    enums::{AlertKind, TagOp, TagSource, TagStatus},
+    tag, tag_alert, tag_event, tag_group,
+};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::Query,
+};
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use super::tag_library;
+use crate::authz::{Action, Principal};
+use crate::config::Limits;
+use crate::domain::{CustomerId, TagId};
+use crate::error::{AppError, AppResult, is_unique_violation};
+
+/// Rows per multi-row statement: well under SQLite's bound-parameter limit.
+const CHUNK: usize = 500;
+
+/// What to tag.
+#[derive(Debug, Clone)]
+pub struct TagRequest {
+    pub customers: Vec<CustomerId>,
+    pub tags: Vec<TagId>,
+    /// Overrides the tags' own TTL.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub source: TagSource,
+    pub source_ref: Option<String>,
+}
+
+/// What a tagging call changed.
+#[derive(Debug, Clone, Default)]
+pub struct TaggingOutcome {
+    /// The customers named, in the order given.
+    pub customers: Vec<customer::Model>,
+    pub added: u32,
+    /// Assignments removed: by `untag`, or replaced in an exclusive group.
+    pub removed: u32,
+    /// Requested changes that were already in place.
+    pub unchanged: u32,
+    pub alerts_raised: u32,
+}
+
+fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> {
+    if customers == 0 {
+        return Err(AppError::validation("customerIds", "must name at least one customer"));
+    }
+    if tags == 0 {
+        return Err(AppError::validation("tagIds", "must name at least one tag"));
+    }
+    if customers > limits.max_customers_per_tagging {
+        return Err(AppError::LimitExceeded(format!(
+            "at most {} customers per call; use a bulk job for more",
+            limits.max_customers_per_tagging
+        )));
+    }
+    if tags > limits.max_tags_per_tagging {
+        return Err(AppError::LimitExceeded(format!("at most {} tags per call", limits.max_tags_per_tagging)));
+    }
+    Ok(())
+}
+
+/// Loads the named customers inside the transaction, locking their rows
+/// (on PostgreSQL) so that concurrent tagging of one customer serialises.
+async fn lock_customers(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    ids: &[CustomerId],
+) -> AppResult<Vec<customer::Model>> {
+    let mut sorted: Vec<i64> = ids.iter().map(|c| c.0).collect();
+    sorted.sort_unstable();
+    let found = customer::Entity::find()
+        .filter(customer::Column::Id.is_in(sorted))
+        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .order_by_asc(customer::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    let by_id: HashMap<i64, customer::Model> = found.into_iter().map(|c| (c.id, c)).collect();
+    ids.iter().map(|id| by_id.get(&id.0).cloned().ok_or_else(|| AppError::not_found("customer", id))).collect()
+}
+
+/// A tag with its group, checked for use by the caller.
+struct UsableTag {
+    tag: tag::Model,
+    group: Option<tag_group::Model>,
+}
+
+async fn usable_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<UsableTag>> {
+    let mut tags = tag_library::visible_tags(db, principal, ids, "tagIds").await?;
+    let groups = tag_library::groups_by_id(db, tags.values().filter_map(|t| t.group_id)).await?;
+    ids.iter()
+        .map(|id| {
+            let tag = tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))?;
+            let group = tag.group_id.and_then(|g| groups.get(&g).cloned());
+            Ok(UsableTag { tag, group })
+        })
+        .collect()
+}
+
+/// The permission needed to put (or take off) this tag.
+fn action_for(tag: &tag::Model) -> Action {
+    if tag.owner_staff_id.is_some() { Action::PersonalTagManage } else { Action::CustomerTagWrite }
+}
+
+/// Adds tags to customers.
+///
+/// # Errors
+/// `NOT_FOUND` for customers or tags the caller cannot see; `FORBIDDEN`
+/// without the right to tag a customer; `VALIDATION` for archived or merged
+/// tags, tags outside the customer's library, or two tags of one exclusive
+/// group; `LIMIT_EXCEEDED` when a customer would pass the cap or the call
+/// is too large. Nothing is written on error.
+#[tracing::instrument(skip(db, principal, limits, req), fields(staff = principal.staff.id, customers = req.customers.len(), tags = req.tags.len()))]
+pub async fn apply_tags(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    req: TagRequest,
+) -> AppResult<TaggingOutcome> {
+    check_sizes(limits, req.customers.len(), req.tags.len())?;
+    if req.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(AppError::validation("expiresAt", "must be in the future"));
+    }
+    if req.source_ref.as_ref().is_some_and(|r| r.chars().count() > 128) {
+        return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
+    }
+    let txn = db.begin().await?;
+    let customers = lock_customers(&txn, principal, &req.customers).await?;
+    let tags = usable_tags(&txn, principal, &req.tags).await?;
+
+    let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
+    for UsableTag { tag, group } in &tags {
+        match tag.status {
+            TagStatus::Active => {}
+            TagStatus::Archived => {
+                return Err(AppError::validation("tagIds", format!("tag {:?} is archived", tag.name)));
+            }
+            TagStatus::Merged => {
+                return Err(AppError::validation(
+                    "tagIds",
+                    format!("tag {:?} was merged into tag {}", tag.name, tag.merged_into_id.unwrap_or_default()),
+                ));
+            }
+        }
+        if let Some(group) = group.as_ref().filter(|g| g.exclusive) {
+            if let Some(other) = exclusive_seen.insert(group.id, tag.id) {
+                return Err(AppError::validation(
+                    "tagIds",
+                    format!("tags {other} and {} are both in the exclusive group {:?}", tag.id, group.name),
+                ));
+            }
+        }
+    }
+    for c in &customers {
+        for UsableTag { tag, group } in &tags {
+            principal.require(action_for(tag), c.org_unit_id)?;
+            // An enterprise tag must come from the customer's effective
+            // library (its unit's layer or a layer above).
+            if let Some(group) = group {
+                if !principal.org.is_within(c.org_unit_id, group.org_unit_id) {
+                    return Err(AppError::validation(
+                        "tagIds",
+                        format!("tag {:?} is not in the tag library of customer {}'s org unit", tag.name, c.id),
+                    ));
+                }
+            }
+        }
+    }
+
+    let customer_ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+    let existing = assignments_of(&txn, &customer_ids).await?;
+    // Existing tags that sit in an exclusive group the request touches.
+    let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
+    let existing_tag_ids: HashSet<i64> = existing.values().flatten().map(|a| a.tag_id).collect();
+    let exclusive_members: HashMap<i64, i64> = if exclusive_groups.is_empty() || existing_tag_ids.is_empty() {
+        HashMap::new()
+    } else {
+        tag::Entity::find()
+            .filter(tag::Column::Id.is_in(existing_tag_ids))
+            .filter(tag::Column::GroupId.is_in(exclusive_groups))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.group_id?)))
+            .collect()
+    };
+
+    let now = Utc::now();
+    let mut outcome = TaggingOutcome::default();
+    let mut removals: Vec<(i64, i64)> = Vec::new();
+    let mut additions: Vec<customer_tag::ActiveModel> = Vec::new();
+    let mut events: Vec<tag_event::ActiveModel> = Vec::new();
+    let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
+    let event = |customer_id: i64, tag_id: i64, op: TagOp| tag_event::ActiveModel {
+        seq: NotSet,
+        customer_id: Set(customer_id),
+        tag_id: Set(tag_id),
+        op: Set(op),
+        source: Set(req.source),
+        source_ref: Set(req.source_ref.clone()),
+        actor_staff_id: Set(Some(principal.staff.id)),
+        occurred_at: Set(now),
+    };
+    for c in &customers {
+        let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
+        let before = held.len() as u32;
+        let mut after = before;
+        for UsableTag { tag, group } in &tags {
+            if held.contains(&tag.id) {
+                outcome.unchanged += 1;
+                continue;
+            }
+            if let Some(group) = group.as_ref().filter(|g| g.exclusive) {
+                for old in held.iter().filter(|t| exclusive_members.get(t) == Some(&group.id)) {
+                    removals.push((c.id, *old));
+                    events.push(event(c.id, *old, TagOp::Remove));
+                    outcome.removed += 1;
+                    after -= 1;
+                }
+            }
+            let expires_at = req.expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));
+            additions.push(customer_tag::ActiveModel {
+                customer_id: Set(c.id),
+                tag_id: Set(tag.id),
+                source: Set(req.source),
+                source_ref: Set(req.source_ref.clone()),
+                tagged_by: Set(Some(principal.staff.id)),
+                tagged_at: Set(now),
+                expires_at: Set(expires_at),
+            });
+            events.push(event(c.id, tag.id, TagOp::Add));
+            outcome.added += 1;
+            after += 1;
+        }
+        if after > limits.max_tags_per_customer {
+            return Err(AppError::LimitExceeded(format!(
+                "customer {} would hold {after} tags; the limit is {}",
+                c.id, limits.max_tags_per_customer
+            )));
+        }
+        if before <= limits.tag_alert_threshold && after > limits.tag_alert_threshold {
+            alerts.push(tag_alert::ActiveModel {
+                id: NotSet,
+                customer_id: Set(c.id),
+                kind: Set(AlertKind::TagCountThreshold),
+                tag_count: Set(after as i32),
+                threshold: Set(limits.tag_alert_threshold as i32),
+                created_at: Set(now),
+                resolved_at: Set(None),
+            });
+        }
+    }
+    outcome.alerts_raised = alerts.len() as u32;
+
+    delete_assignments(&txn, &removals).await?;
+    for chunk in additions.chunks(CHUNK) {
+        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(&txn).await {
+            // Another transaction added the same assignment after we read.
+            Err(err) if is_unique_violation(&err) => {
+                return Err(AppError::Conflict("these customers' tags changed meanwhile; retry".to_owned()));
+            }
+            other => {
+                other?;
+            }
+        }
+    }
+    insert_events(&txn, events).await?;
+    if !alerts.is_empty() {
+        tag_alert::Entity::insert_many(alerts).exec(&txn).await?;
+    }
+    audit::record(
+        &txn,
+        batch_entry(principal, "customer.tag", &customer_ids).with_detail(json!({
+            "customerIds": customer_ids,
+            "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
+            "added": outcome.added,
+            "replaced": outcome.removed,
+            "unchanged": outcome.unchanged,
+            "source": req.source,
+        })),
+    )
+    .await?;
+    txn.commit().await?;
+    outcome.customers = customers;
+    Ok(outcome)
+}
+
+/// Removes tags from customers. Tags a customer does not hold are left
+/// alone (idempotent).
+///
+/// # Errors
+/// As [`apply_tags`], except that archived tags may be removed.
+#[tracing::instrument(skip(db, principal, limits), fields(staff = principal.staff.id))]
+pub async fn remove_tags(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    customer_ids: Vec<CustomerId>,
+    tag_ids: Vec<TagId>,
+) -> AppResult<TaggingOutcome> {
+    check_sizes(limits, customer_ids.len(), tag_ids.len())?;
+    let txn = db.begin().await?;
+    let customers = lock_customers(&txn, principal, &customer_ids).await?;
+    let tags = usable_tags(&txn, principal, &tag_ids).await?;
+    for c in &customers {
+        for t in &tags {
+            principal.require(action_for(&t.tag), c.org_unit_id)?;
+        }
+    }
+    let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+    let existing = assignments_of(&txn, &ids).await?;
+    let now = Utc::now();
+    let mut outcome = TaggingOutcome::default();
+    let mut removals = Vec::new();
+    let mut events = Vec::new();
+    for c in &customers {
+        let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
+        for t in &tags {
+            if held.contains(&t.tag.id) {
+                removals.push((c.id, t.tag.id));
+                events.push(tag_event::ActiveModel {
+                    seq: NotSet,
+                    customer_id: Set(c.id),
+                    tag_id: Set(t.tag.id),
+                    op: Set(TagOp::Remove),
+                    source: Set(TagSource::Manual),
+                    source_ref: Set(None),
+                    actor_staff_id: Set(Some(principal.staff.id)),
+                    occurred_at: Set(now),
+                });
+                outcome.removed += 1;
+            } else {
+                outcome.unchanged += 1;
+            }
+        }
+    }
+    delete_assignments(&txn, &removals).await?;
+    insert_events(&txn, events).await?;
+    audit::record(
+        &txn,
+        batch_entry(principal, "customer.untag", &ids).with_detail(json!({
+            "customerIds": ids,
+            "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
+            "removed": outcome.removed,
+            "unchanged": outcome.unchanged,
+        })),
+    )
+    .await?;
+    txn.commit().await?;
+    outcome.customers = customers;
+    Ok(outcome)
+}
+
+/// The tags of the given customers that the caller may see, by customer,
+/// oldest assignment first. Other people's personal tags are left out here,
+/// in the query, so they never reach the API layer.
+///
+/// # Errors
+/// Database errors.
+pub async fn visible_assignments_of(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    customer_ids: &[i64],
+) -> AppResult<BTreeMap<i64, Vec<customer_tag::Model>>> {
+    let others_personal = Query::select()
+        .column(tag::Column::Id)
+        .from(tag::Entity)
+        .and_where(tag::Column::OwnerStaffId.is_not_null())
+        .and_where(tag::Column::OwnerStaffId.ne(principal.staff.id))
+        .to_owned();
+    let rows = customer_tag::Entity::find()
+        .filter(customer_tag::Column::CustomerId.is_in(customer_ids.iter().copied()))
+        .filter(customer_tag::Column::TagId.not_in_subquery(others_personal))
+        .order_by_asc(customer_tag::Column::TaggedAt)
+        .order_by_asc(customer_tag::Column::TagId)
+        .all(db)
+        .await?;
+    let mut out: BTreeMap<i64, Vec<customer_tag::Model>> = BTreeMap::new();
+    for row in rows {
+        out.entry(row.customer_id).or_default().push(row);
+    }
+    Ok(out)
+}
+
+/// Every assignment of the customers (visibility aside: used for counts and
+/// exclusivity, never shown).
+async fn assignments_of(
+    txn: &DatabaseTransaction,
+    customer_ids: &[i64],
+) -> AppResult<HashMap<i64, Vec<customer_tag::Model>>> {
+    let mut out: HashMap<i64, Vec<customer_tag::Model>> = HashMap::new();
+    for chunk in customer_ids.chunks(CHUNK) {
+        let rows = customer_tag::Entity::find()
+            .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        for row in rows {
+            out.entry(row.customer_id).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {
+    for chunk in pairs.chunks(CHUNK) {
+        let cond = chunk.iter().fold(Condition::any(), |cond, (customer_id, tag_id)| {
+            cond.add(
+                Condition::all()
+                    .add(customer_tag::Column::CustomerId.eq(*customer_id))
+                    .add(customer_tag::Column::TagId.eq(*tag_id)),
+            )
+        });
+        customer_tag::Entity::delete_many().filter(cond).exec(txn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
+    for chunk in events.chunks(CHUNK) {
+        tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    Ok(())
+}
+
+/// The audit row of a tagging call: the customer as object when there is
+/// one, the ids in the detail always.
+fn batch_entry(principal: &Principal, action: &'static str, customer_ids: &[i64]) -> AuditEntry {
+    let mut entry = AuditEntry::ok(principal.staff_id(), action, "customer", "");
+    entry.object_id = match customer_ids {
+        [one] => Some(one.to_string()),
+        _ => None,
+    };
+    entry
+}
