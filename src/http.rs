@@ -63,17 +63,28 @@ async fn graphql_handler(State(state): State<HttpState>, headers: HeaderMap, req
     let id = request_id_of(&headers);
     request_id::scope(id, async move {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match auth::authenticate(&state.app.db, &state.app.keys, &state.app.authz, authorization).await {
-            Ok(principal) => {
-                let principal = Arc::new(principal);
-                let loaders = loaders_for_request(state.app.db.clone(), principal.clone());
-                let request = req.into_inner().data(principal).data(loaders);
-                GraphQLResponse::from(state.schema.execute(request).await).into_response()
-            }
+        match execute(&state.app, &state.schema, authorization, req.into_inner()).await {
+            Ok(response) => GraphQLResponse::from(response).into_response(),
             Err(err) => unauthenticated(err),
         }
     })
     .await
+}
+
+/// Signs the caller in and executes one GraphQL request as it. Used by the
+/// HTTP handler and by in-process tests alike.
+///
+/// # Errors
+/// [`AppError::Unauthenticated`] when sign-in fails (nothing is executed).
+pub async fn execute(
+    app: &AppState,
+    schema: &AppSchema,
+    authorization: Option<&str>,
+    request: async_graphql::Request,
+) -> Result<async_graphql::Response, AppError> {
+    let principal = Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?);
+    let loaders = loaders_for_request(app.db.clone(), principal.clone());
+    Ok(schema.execute(request.data(principal).data(loaders)).await)
 }
 
 /// A GraphQL-shaped error body with status 401 (or 500 when the sign-in

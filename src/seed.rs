@@ -28,8 +28,9 @@ use sea_orm::{
 use crate::authz::Authz;
 use crate::domain::StaffId;
 
-const SEED: u64 = 2026_11_23;
-const CUSTOMERS_PER_STORE: usize = 500;
+const SEED: u64 = 20_261_123;
+/// Customers per store of the full demo (four stores: 2,000 in all).
+pub const DEMO_CUSTOMERS_PER_STORE: usize = 500;
 const DEMO_PROVIDER: &str = "demo";
 
 /// The instant the demo data is anchored at (its "now").
@@ -293,14 +294,14 @@ fn between(rng: &mut ChaCha8Rng, from: DateTime<Utc>, to: DateTime<Utc>) -> Date
 }
 
 /// Generates every demo customer, in a fixed order, from the fixed seed.
-fn generate_customers() -> Vec<DemoCustomer> {
+fn generate_customers(per_store: usize) -> Vec<DemoCustomer> {
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let now = anchor();
     let mut out = Vec::new();
     let mut n = 0;
     for store in ["bj01", "tj01", "sz01", "gz01"] {
         let region_group = if matches!(store, "bj01" | "tj01") { "华北区域标签" } else { "华南区域标签" };
-        for _ in 0..CUSTOMERS_PER_STORE {
+        for _ in 0..per_store {
             n += 1;
             let gender = if rng.random_bool(0.58) { Gender::Female } else { Gender::Male };
             let name =
@@ -470,11 +471,19 @@ fn generate_customers() -> Vec<DemoCustomer> {
 /// # Errors
 /// Database errors; nothing of a failed run's customer part is committed.
 pub async fn seed_demo(db: &DatabaseConnection, authz: &Authz) -> anyhow::Result<SeedReport> {
+    seed_demo_sized(db, authz, DEMO_CUSTOMERS_PER_STORE).await
+}
+
+/// [`seed_demo`] with `per_store` customers in each store (tests use a few).
+///
+/// # Errors
+/// As [`seed_demo`].
+pub async fn seed_demo_sized(db: &DatabaseConnection, authz: &Authz, per_store: usize) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
     let units = seed_org(db, &mut report).await?;
     let staff = seed_staff(db, authz, &units, &mut report).await?;
     let tags = seed_library(db, &units, &staff, &mut report).await?;
-    let customers = generate_customers();
+    let customers = generate_customers(per_store);
     let txn = db.begin().await?;
     seed_customers(&txn, &customers, &units, &staff, &tags, &mut report).await?;
     txn.commit().await?;

@@ -202,7 +202,7 @@ mod tests {
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         let err = keys.verify(&token).unwrap_err();
-        assert_eq!(err.to_string(), "token expired");
+        assert_eq!(err.message(), "token expired");
     }
 
     #[test]

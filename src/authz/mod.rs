@@ -253,10 +253,10 @@ async fn seed_default_policy(db: &DatabaseConnection) -> anyhow::Result<()> {
     // Two instances starting on an empty database at once: the unique index
     // makes the second insert fail; what it wanted is there already.
     let inserted = casbin_rule::Entity::insert_many(rows).on_conflict_do_nothing().exec(db).await;
-    if let Err(err) = inserted {
-        if !matches!(err, sea_orm::DbErr::RecordNotInserted) {
-            return Err(err.into());
-        }
+    if let Err(err) = inserted
+        && !matches!(err, sea_orm::DbErr::RecordNotInserted)
+    {
+        return Err(err.into());
     }
     write_revision(db, &uuid::Uuid::new_v4().to_string()).await?;
     tracing::info!("default policy stored");

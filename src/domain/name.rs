@@ -212,7 +212,7 @@ mod tests {
         let sixty_four = "标".repeat(64);
         assert!(TagName::parse(&sixty_four, "name").is_ok());
         let err = TagName::parse(&"标".repeat(65), "name").unwrap_err();
-        assert!(err.to_string().contains("at most 64"), "{err}");
+        assert!(err.message().contains("at most 64"), "{err:?}");
     }
 
     #[test]

@@ -21,10 +21,11 @@ impl Phone {
         }
         let digits = if trimmed.starts_with("00") { digits[2..].to_owned() } else { digits };
         let mainland = if international { digits.strip_prefix("86") } else { Some(digits.as_str()) };
-        if let Some(local) = mainland {
-            if local.len() == 11 && local.starts_with('1') {
-                return Ok(Self(local.to_owned()));
-            }
+        if let Some(local) = mainland
+            && local.len() == 11
+            && local.starts_with('1')
+        {
+            return Ok(Self(local.to_owned()));
         }
         if international && (6..=15).contains(&digits.len()) {
             return Ok(Self(format!("+{digits}")));

@@ -5,10 +5,10 @@ use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, MaybeUndefine
 use chrono::{DateTime, NaiveDate, Utc};
 use entity::{customer as customer_entity, enums::Gender, enums::TagCategory};
 
-use super::env;
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{CustomerTag, Tag};
+use super::{CustomerPrefetch, env, prefetch_customers};
 use crate::authz::Action;
 use crate::domain::{
     CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId, parse_ids,
@@ -190,6 +190,16 @@ fn parse_filter(input: Option<CustomerFilterInput>) -> Result<CustomerFilter> {
     })
 }
 
+/// What a selection of `Customer` fields will load.
+fn prefetch_for(node: &async_graphql::Lookahead<'_>) -> CustomerPrefetch {
+    let tags = node.field("tags").exists() || node.field("lifecycleStage").exists();
+    CustomerPrefetch {
+        tags,
+        staff: node.field("owner").exists() || node.field("tags").field("taggedBy").exists(),
+        external_ids: node.field("externalIds").exists(),
+    }
+}
+
 #[derive(Default)]
 pub struct CustomerQuery;
 
@@ -226,6 +236,9 @@ impl CustomerQuery {
         };
         let first = PageSize::parse(first, env.limits)?;
         let page = service::list_in_scope(env.db, env.principal, &filter, order, first, after.as_deref()).await?;
+        let node = ctx.look_ahead().field("edges").field("node");
+        let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
+        prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;
         let end_cursor = page.items.last().map(|(c, _)| c.clone());
         Ok(CustomerConnection {
             edges: page.items.into_iter().map(|(cursor, c)| CustomerEdge { cursor, node: Customer(c) }).collect(),

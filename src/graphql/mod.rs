@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
+pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
 pub use loaders::{Loaders, for_request as loaders_for_request};
 
 use crate::authz::Principal;

@@ -198,6 +198,12 @@ impl TagQuery {
         let env = env(ctx);
         let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
         let library = tag_library::library_for(env.db, env.principal, unit).await?;
+        let look = ctx.look_ahead();
+        if look.field("layers").field("groups").field("tags").exists() || look.field("groups").field("tags").exists() {
+            let groups: Vec<ActiveTagsOfGroup> =
+                library.layers.iter().flat_map(|l| &l.groups).map(|g| ActiveTagsOfGroup(g.id)).collect();
+            env.loaders.load_many(groups).await?;
+        }
         Ok(TagLibrary {
             org_unit: OrgUnit(library.org_unit),
             layers: library

@@ -158,13 +158,13 @@ pub async fn apply_tags(
                 ));
             }
         }
-        if let Some(group) = group.as_ref().filter(|g| g.exclusive) {
-            if let Some(other) = exclusive_seen.insert(group.id, tag.id) {
-                return Err(AppError::validation(
-                    "tagIds",
-                    format!("tags {other} and {} are both in the exclusive group {:?}", tag.id, group.name),
-                ));
-            }
+        if let Some(group) = group.as_ref().filter(|g| g.exclusive)
+            && let Some(other) = exclusive_seen.insert(group.id, tag.id)
+        {
+            return Err(AppError::validation(
+                "tagIds",
+                format!("tags {other} and {} are both in the exclusive group {:?}", tag.id, group.name),
+            ));
         }
     }
     for c in &customers {
@@ -172,13 +172,13 @@ pub async fn apply_tags(
             principal.require(action_for(tag), c.org_unit_id)?;
             // An enterprise tag must come from the customer's effective
             // library (its unit's layer or a layer above).
-            if let Some(group) = group {
-                if !principal.org.is_within(c.org_unit_id, group.org_unit_id) {
-                    return Err(AppError::validation(
-                        "tagIds",
-                        format!("tag {:?} is not in the tag library of customer {}'s org unit", tag.name, c.id),
-                    ));
-                }
+            if let Some(group) = group
+                && !principal.org.is_within(c.org_unit_id, group.org_unit_id)
+            {
+                return Err(AppError::validation(
+                    "tagIds",
+                    format!("tag {:?} is not in the tag library of customer {}'s org unit", tag.name, c.id),
+                ));
             }
         }
     }

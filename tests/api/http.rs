@@ -1,0 +1,148 @@
+//! Through the real router on a real port: sign-in, health, limits.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tagbase::config::Limits;
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+
+use crate::helpers::TestApp;
+use crate::on_both_databases;
+
+struct Running {
+    base: String,
+    client: reqwest::Client,
+    _app: TestApp,
+}
+
+async fn start(app: TestApp) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = app.app.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Running { base, client: reqwest::Client::new(), _app: app }
+}
+
+impl Running {
+    async fn post(&self, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req = self.client.post(format!("{}/graphql", self.base)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+async fn requests_without_a_valid_token_are_unauthenticated(app: TestApp) {
+    let deactivated = app.staff("bj01.sales").id;
+    let foreign_keys =
+        tagbase::auth::JwtKeys::from_secret(b"another-secret-another-secret-123", "tagbase", "tagbase-api");
+    let foreign = foreign_keys.mint(app.staff("admin"), std::time::Duration::from_secs(60)).unwrap();
+    let deactivated_token = app.token("bj01.sales");
+    entity::staff::Entity::update_many()
+        .col_expr(entity::staff::Column::Active, Expr::value(false))
+        .filter(entity::staff::Column::Id.eq(deactivated))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let server = start(app).await;
+    let query = json!({ "query": "{ me { staff { login } } }" });
+    for token in [None, Some("garbage"), Some(foreign.as_str()), Some(deactivated_token.as_str())] {
+        let (status, body) = server.post(token, query.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+        assert_eq!(code(&body), "UNAUTHENTICATED", "{body}");
+        assert!(body["data"].is_null());
+    }
+    // Even introspection needs a token.
+    let (status, _) = server.post(None, json!({ "query": "{ __schema { queryType { name } } }" })).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+async fn a_valid_token_reaches_the_api(app: TestApp) {
+    let token = app.token("sz01.manager");
+    let server = start(app).await;
+    let (status, body) = server.post(Some(&token), json!({ "query": "{ me { staff { login } } }" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["me"]["staff"]["login"], "sz01.manager");
+}
+
+async fn health_and_readiness_answer(app: TestApp) {
+    let server = start(app).await;
+    let health = server.client.get(format!("{}/healthz", server.base)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.json::<Value>().await.unwrap()["database"], "ok");
+    // Every response carries a request id.
+    assert!(health.headers().contains_key("x-request-id"));
+}
+
+async fn get_serves_the_playground_and_never_executes(app: TestApp) {
+    let server = start(app).await;
+    let res = server.client.get(format!("{}/graphql?query=%7B__typename%7D", server.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("graphiql"), "GET should serve GraphiQL");
+    assert!(!body.contains("\"data\""), "GET must not execute");
+}
+
+async fn oversized_bodies_are_refused(app: TestApp) {
+    let token = app.token("admin");
+    let limit = Limits::default().max_body_bytes;
+    let server = start(app).await;
+    let huge = format!("{{ me {{ staff {{ login }} }} }} #{}", "x".repeat(limit));
+    let res = server
+        .client
+        .post(format!("{}/graphql", server.base))
+        .bearer_auth(&token)
+        .json(&json!({ "query": huge }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+async fn too_deep_queries_are_refused(app: TestApp) {
+    let token = app.token("admin");
+    let server = start(app).await;
+    let deep = "{ me { staff { homeOrgUnit { parent { parent { parent { parent { parent { parent { parent { parent { parent { parent { parent { name } } } } } } } } } } } } } } }";
+    let (_, body) = server.post(Some(&token), json!({ "query": deep })).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nested too deep"), "{body}");
+    assert!(body["data"].is_null());
+}
+
+async fn errors_carry_the_request_id(app: TestApp) {
+    let token = app.token("admin");
+    let server = start(app).await;
+    let res = server
+        .client
+        .post(format!("{}/graphql", server.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-42")
+        .json(&json!({ "query": "{ customer(id: \"abc\") { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "req-42");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(code(&body), "VALIDATION");
+    assert_eq!(body["errors"][0]["extensions"]["requestId"], "req-42");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "id");
+}
+
+on_both_databases!(
+    requests_without_a_valid_token_are_unauthenticated,
+    a_valid_token_reaches_the_api,
+    health_and_readiness_answer,
+    get_serves_the_playground_and_never_executes,
+    oversized_bodies_are_refused,
+    too_deep_queries_are_refused,
+    errors_carry_the_request_id,
+);

@@ -1,0 +1,13 @@
+//! Black-box and in-process tests of the tagbase API. One test binary (one
+//! link) with a module per area; every database test runs on SQLite and on
+//! PostgreSQL.
+
+mod helpers;
+
+mod customers;
+mod http;
+mod n_plus_one;
+mod schema_drift;
+mod seed;
+mod tag_library;
+mod tagging;
