@@ -262,3 +262,45 @@ async fn seed_default_policy(db: &DatabaseConnection) -> anyhow::Result<()> {
     tracing::info!("default policy stored");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
+
+    use super::{DEFAULT_POLICY, MODEL, parse_policy_csv};
+
+    async fn enforcer() -> Enforcer {
+        let model = DefaultModel::from_str(MODEL).await.unwrap();
+        let mut e = Enforcer::new(model, MemoryAdapter::default()).await.unwrap();
+        e.get_role_manager().write().matching_fn(None, Some(casbin::function_map::key_match));
+        let rules: Vec<Vec<String>> =
+            parse_policy_csv(DEFAULT_POLICY).into_iter().filter(|(p, _)| p == "p").map(|(_, v)| v).collect();
+        e.add_policies(rules).await.unwrap();
+        e.add_grouping_policy(vec!["staff:1".into(), "store_manager".into(), "hq/south/sz01/*".into()]).await.unwrap();
+        e.add_grouping_policy(vec!["staff:2".into(), "region_manager".into(), "hq/south/*".into()]).await.unwrap();
+        e
+    }
+
+    #[tokio::test]
+    async fn a_role_bound_at_a_unit_applies_to_its_subtree_only() {
+        let e = enforcer().await;
+        let may = |sub: &str, dom: &str| e.enforce((sub, dom, "customer", "read")).unwrap();
+        assert!(may("staff:1", "hq/south/sz01/"));
+        assert!(may("staff:1", "hq/south/sz01/counter/"), "depth may grow");
+        assert!(!may("staff:1", "hq/south/"), "not the parent");
+        assert!(!may("staff:1", "hq/south/gz01/"), "not a sibling");
+        assert!(!may("staff:1", "hq/south/sz012/"), "not a unit whose code merely starts alike");
+        assert!(may("staff:2", "hq/south/"));
+        assert!(may("staff:2", "hq/south/gz01/"));
+        assert!(!may("staff:2", "hq/"));
+        assert!(!may("staff:2", "hq/north/bj01/"));
+    }
+
+    #[tokio::test]
+    async fn roles_grant_only_the_listed_actions() {
+        let e = enforcer().await;
+        assert!(e.enforce(("staff:1", "hq/south/sz01/", "tag_library", "write")).unwrap());
+        assert!(!e.enforce(("staff:1", "hq/south/sz01/", "audit_log", "read")).unwrap());
+        assert!(!e.enforce(("staff:3", "hq/south/sz01/", "customer", "read")).unwrap(), "no binding, no access");
+    }
+}

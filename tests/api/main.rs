@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod cli;
 mod customers;
 mod http;
 mod n_plus_one;
