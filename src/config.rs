@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_query_depth: usize,
     pub max_query_complexity: usize,
     pub max_recursive_depth: usize,
+    /// Directives one operation may use.
+    pub max_directives: usize,
     /// Page size used when `first` is not given.
     pub default_page_size: u32,
     /// `first` is clamped to this.
@@ -49,6 +51,7 @@ impl Default for Limits {
             max_query_depth: 12,
             max_query_complexity: 5_000,
             max_recursive_depth: 32,
+            max_directives: 16,
             default_page_size: 20,
             max_page_size: 100,
             max_tags_per_customer: 200,

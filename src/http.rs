@@ -16,11 +16,12 @@ use serde_json::json;
 use tower_http::{
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
     trace::TraceLayer,
 };
 
 use crate::auth;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::graphql::{AppSchema, loaders_for_request};
 use crate::request_id;
 use crate::state::AppState;
@@ -34,6 +35,7 @@ struct HttpState {
 /// The application's router.
 pub fn router(app: AppState, schema: AppSchema) -> Router {
     let body_limit = app.settings.limits.max_body_bytes;
+    let timeout = app.settings.limits.request_timeout;
     let graphql = Router::new()
         .route("/graphql", get(graphiql).post(graphql_handler))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -48,6 +50,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
             let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
@@ -84,7 +87,34 @@ pub async fn execute(
 ) -> Result<async_graphql::Response, AppError> {
     let principal = Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?);
     let loaders = loaders_for_request(app.db.clone(), principal.clone());
-    Ok(schema.execute(request.data(principal).data(loaders)).await)
+    let mut response = schema.execute(request.data(principal).data(loaders)).await;
+    for error in &mut response.errors {
+        give_code(error);
+    }
+    Ok(response)
+}
+
+/// Errors raised by async-graphql itself (parsing, validation, argument
+/// coercion, limits) carry no code; give them one, so that every error a
+/// client sees has `extensions.code`.
+fn give_code(error: &mut async_graphql::ServerError) {
+    let extensions = error.extensions.get_or_insert_with(Default::default);
+    if extensions.get("code").is_some() {
+        return;
+    }
+    let code = if error.message.contains("nested too deep")
+        || error.message.contains("too complex")
+        || error.message.contains("recursion depth")
+        || error.message.contains("directives")
+    {
+        ErrorCode::LimitExceeded
+    } else {
+        ErrorCode::Validation
+    };
+    extensions.set("code", code.as_str());
+    if let Some(id) = request_id::current() {
+        extensions.set("requestId", id);
+    }
 }
 
 /// A GraphQL-shaped error body with status 401 (or 500 when the sign-in

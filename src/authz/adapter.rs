@@ -24,6 +24,16 @@ impl DbAdapter {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db, filtered: false }
     }
+
+    /// Every stored rule, in insertion order.
+    async fn all_rows(&self) -> casbin::Result<Vec<casbin_rule::Model>> {
+        let rows = casbin_rule::Entity::find()
+            .order_by_asc(casbin_rule::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(adapter_err)?;
+        Ok(rows.into_iter().filter(|r| !r.ptype.is_empty()).collect())
+    }
 }
 
 fn adapter_err(err: impl std::error::Error + Send + Sync + 'static) -> casbin::Error {
@@ -39,7 +49,8 @@ fn values_of(row: &casbin_rule::Model) -> Vec<String> {
     values
 }
 
-fn to_active(ptype: &str, rule: &[String]) -> casbin_rule::ActiveModel {
+/// A rule as a row to insert.
+pub(super) fn to_active(ptype: &str, rule: &[String]) -> casbin_rule::ActiveModel {
     let v = |i: usize| Set(rule.get(i).cloned().unwrap_or_default());
     casbin_rule::ActiveModel {
         id: NotSet,
@@ -81,12 +92,7 @@ fn put_into_model(m: &mut dyn Model, row: &casbin_rule::Model) {
 #[async_trait]
 impl Adapter for DbAdapter {
     async fn load_policy(&mut self, m: &mut dyn Model) -> casbin::Result<()> {
-        let rows = casbin_rule::Entity::find()
-            .order_by_asc(casbin_rule::Column::Id)
-            .all(&self.db)
-            .await
-            .map_err(adapter_err)?;
-        for row in rows.iter().filter(|r| !r.ptype.is_empty()) {
+        for row in &self.all_rows().await? {
             put_into_model(m, row);
         }
         self.filtered = false;
@@ -94,12 +100,7 @@ impl Adapter for DbAdapter {
     }
 
     async fn load_filtered_policy<'a>(&mut self, m: &mut dyn Model, f: Filter<'a>) -> casbin::Result<()> {
-        let rows = casbin_rule::Entity::find()
-            .order_by_asc(casbin_rule::Column::Id)
-            .all(&self.db)
-            .await
-            .map_err(adapter_err)?;
-        for row in rows.iter().filter(|r| !r.ptype.is_empty()) {
+        for row in &self.all_rows().await? {
             let wanted = if row.ptype.starts_with('p') { &f.p } else { &f.g };
             let values = values_of(row);
             let keep = wanted.iter().enumerate().all(|(i, w)| w.is_empty() || values.get(i).is_some_and(|v| v == w));

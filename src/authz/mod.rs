@@ -236,19 +236,7 @@ async fn seed_default_policy(db: &DatabaseConnection) -> anyhow::Result<()> {
     }
     let rows: Vec<casbin_rule::ActiveModel> = parse_policy_csv(DEFAULT_POLICY)
         .into_iter()
-        .map(|(ptype, values)| {
-            let v = |i: usize| Set(values.get(i).cloned().unwrap_or_default());
-            casbin_rule::ActiveModel {
-                ptype: Set(ptype),
-                v0: v(0),
-                v1: v(1),
-                v2: v(2),
-                v3: v(3),
-                v4: v(4),
-                v5: v(5),
-                ..Default::default()
-            }
-        })
+        .map(|(ptype, values)| adapter::to_active(&ptype, &values))
         .collect();
     // Two instances starting on an empty database at once: the unique index
     // makes the second insert fail; what it wanted is there already.

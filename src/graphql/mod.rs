@@ -38,7 +38,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
         .limit_depth(limits.max_query_depth)
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(limits.max_recursive_depth)
-        .limit_directives(16)
+        .limit_directives(limits.max_directives)
         .extension(async_graphql::extensions::Tracing)
         .data(state)
         .finish()

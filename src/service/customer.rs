@@ -150,7 +150,7 @@ async fn filter_condition(
     let mut named: Vec<TagId> = filter.has_all_tags.iter().chain(&filter.has_any_tags).copied().collect();
     named.extend(filter.lifecycle_stage);
     // Unknown and invisible tags are NOT_FOUND, so filters cannot probe.
-    let tags = tag_library::visible_tags(db, principal, &named, "filter").await?;
+    let tags = tag_library::visible_tags(db, principal, &named).await?;
     if let Some(stage) = filter.lifecycle_stage {
         tag_library::require_lifecycle_tag(db, &tags[&stage]).await?;
     }

@@ -98,7 +98,7 @@ pub async fn find_group(
 /// # Errors
 /// `NOT_FOUND` for missing and invisible tags alike.
 pub async fn find_tag(db: &impl ConnectionTrait, principal: &Principal, id: TagId) -> AppResult<tag::Model> {
-    let tags = visible_tags(db, principal, &[id], "id").await?;
+    let tags = visible_tags(db, principal, &[id]).await?;
     tags.into_values().next().ok_or_else(|| AppError::not_found("tag", id))
 }
 
@@ -110,7 +110,6 @@ pub async fn visible_tags(
     db: &impl ConnectionTrait,
     principal: &Principal,
     ids: &[TagId],
-    _field: &str,
 ) -> AppResult<HashMap<TagId, tag::Model>> {
     if ids.is_empty() {
         return Ok(HashMap::new());

@@ -102,7 +102,7 @@ struct UsableTag {
 }
 
 async fn usable_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<UsableTag>> {
-    let mut tags = tag_library::visible_tags(db, principal, ids, "tagIds").await?;
+    let mut tags = tag_library::visible_tags(db, principal, ids).await?;
     let groups = tag_library::groups_by_id(db, tags.values().filter_map(|t| t.group_id)).await?;
     ids.iter()
         .map(|id| {
@@ -207,15 +207,12 @@ pub async fn apply_tags(
     let mut additions: Vec<customer_tag::ActiveModel> = Vec::new();
     let mut events: Vec<tag_event::ActiveModel> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let event = |customer_id: i64, tag_id: i64, op: TagOp| tag_event::ActiveModel {
-        seq: NotSet,
-        customer_id: Set(customer_id),
-        tag_id: Set(tag_id),
-        op: Set(op),
-        source: Set(req.source),
-        source_ref: Set(req.source_ref.clone()),
-        actor_staff_id: Set(Some(principal.staff.id)),
-        occurred_at: Set(now),
+    let event = |customer_id: i64, tag_id: i64, op: TagOp| {
+        EventBy { principal, source: req.source, source_ref: req.source_ref.clone(), at: now }.event(
+            customer_id,
+            tag_id,
+            op,
+        )
     };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
@@ -334,16 +331,8 @@ pub async fn remove_tags(
         for t in &tags {
             if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                events.push(tag_event::ActiveModel {
-                    seq: NotSet,
-                    customer_id: Set(c.id),
-                    tag_id: Set(t.tag.id),
-                    op: Set(TagOp::Remove),
-                    source: Set(TagSource::Manual),
-                    source_ref: Set(None),
-                    actor_staff_id: Set(Some(principal.staff.id)),
-                    occurred_at: Set(now),
-                });
+                let by = EventBy { principal, source: TagSource::Manual, source_ref: None, at: now };
+                events.push(by.event(c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
                 outcome.unchanged += 1;
@@ -429,6 +418,29 @@ async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> 
         customer_tag::Entity::delete_many().filter(cond).exec(txn).await?;
     }
     Ok(())
+}
+
+/// Who, how and when, shared by the events of one call.
+struct EventBy<'a> {
+    principal: &'a Principal,
+    source: TagSource,
+    source_ref: Option<String>,
+    at: DateTime<Utc>,
+}
+
+impl EventBy<'_> {
+    fn event(&self, customer_id: i64, tag_id: i64, op: TagOp) -> tag_event::ActiveModel {
+        tag_event::ActiveModel {
+            seq: NotSet,
+            customer_id: Set(customer_id),
+            tag_id: Set(tag_id),
+            op: Set(op),
+            source: Set(self.source),
+            source_ref: Set(self.source_ref.clone()),
+            actor_staff_id: Set(Some(self.principal.staff.id)),
+            occurred_at: Set(self.at),
+        }
+    }
 }
 
 async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {

@@ -54,6 +54,19 @@ async fn malformed_ids_are_validation_errors(app: TestApp) {
     }
 }
 
+async fn malformed_operations_are_validation_errors(app: TestApp) {
+    for query in [
+        "{ customers(first: \"ten\") { totalCount } }",
+        "{ customers { noSuchField } }",
+        "{ customers { totalCount ",
+        "mutation { createCustomer(input: { name: \"no unit\" }) { customer { id } } }",
+    ] {
+        let res = app.gql("admin", query, no_vars()).await;
+        let errors = res.0["errors"].as_array().unwrap_or_else(|| panic!("{query}: {}", res.0));
+        assert!(errors.iter().all(|e| e["extensions"]["code"] == "VALIDATION"), "{query}: {}", res.0);
+    }
+}
+
 async fn paging_walks_every_customer_once_in_every_order(app: TestApp) {
     let query = "query($after: String, $o: CustomerOrderInput) {
         customers(first: 5, after: $after, orderBy: $o) { edges { cursor node { id name addedAt } } pageInfo { hasNextPage endCursor } } }";
@@ -289,6 +302,7 @@ on_both_databases!(
     region_managers_see_their_region_only,
     out_of_scope_and_missing_customers_look_the_same,
     malformed_ids_are_validation_errors,
+    malformed_operations_are_validation_errors,
     paging_walks_every_customer_once_in_every_order,
     cursors_are_checked,
     page_size_is_clamped,

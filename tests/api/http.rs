@@ -115,7 +115,43 @@ async fn too_deep_queries_are_refused(app: TestApp) {
     let (_, body) = server.post(Some(&token), json!({ "query": deep })).await;
     let message = body["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("nested too deep"), "{body}");
+    assert_eq!(code(&body), "LIMIT_EXCEEDED");
     assert!(body["data"].is_null());
+}
+
+async fn alias_floods_are_refused_as_too_complex(app: TestApp) {
+    let token = app.token("admin");
+    let server = start(app).await;
+    let aliases: String = (0..2000).map(|i| format!("a{i}: me {{ staff {{ login }} }} ")).collect();
+    let (_, body) = server.post(Some(&token), json!({ "query": format!("{{ {aliases} }}") })).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too complex"), "{body}");
+    assert_eq!(code(&body), "LIMIT_EXCEEDED");
+    assert!(body["data"].is_null());
+}
+
+async fn slow_requests_time_out(backend: crate::helpers::Backend) {
+    // A zero timeout: any request that waits on the database runs out.
+    let limits = Limits { request_timeout: std::time::Duration::ZERO, ..Limits::default() };
+    let app = TestApp::spawn_with(backend, limits).await;
+    let token = app.token("admin");
+    let server = start(app).await;
+    let (status, _) = server.post(Some(&token), json!({ "query": "{ customers { totalCount } }" })).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+}
+
+mod slow_requests_time_out {
+    use crate::helpers::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::slow_requests_time_out(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::slow_requests_time_out(Backend::Postgres).await;
+    }
 }
 
 async fn errors_carry_the_request_id(app: TestApp) {
@@ -144,5 +180,6 @@ on_both_databases!(
     get_serves_the_playground_and_never_executes,
     oversized_bodies_are_refused,
     too_deep_queries_are_refused,
+    alias_floods_are_refused_as_too_complex,
     errors_carry_the_request_id,
 );
