@@ -13,7 +13,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tracing_subscriber::EnvFilter;
 
 use crate::auth::JwtKeys;
+use crate::authz::Authz;
 use crate::config::{Limits, Settings};
+use crate::service::tag_library;
 use crate::startup::Application;
 use crate::{db, graphql, seed};
 
@@ -72,6 +74,16 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL).
     ExportSchema,
+    /// Inspect the stored policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the permission matrix (role × action / field / tag class) as
+    /// Markdown.
+    Table,
 }
 
 /// Entry point of the binary.
@@ -149,6 +161,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ExportSchema => {
             print!("{}", graphql::sdl());
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Table) => {
+            let db = db::connect(&cli.database_url).await?;
+            db::migrate(&db).await?;
+            let authz = Authz::load(&db).await?;
+            let classes = tag_library::visibility_classes(&db).await.map_err(|e| anyhow::anyhow!(e.message()))?;
+            print!("{}", authz.table(&classes));
             Ok(())
         }
     }

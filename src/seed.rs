@@ -194,6 +194,7 @@ const GROUPS: &[GroupSpec] = &[
         &[("孩子0-3岁", None), ("孩子3-6岁", None), ("孩子6-12岁", None), ("本地居民", None)],
     ),
     g("hq", "教育需求", TagCategory::Interest, "interest", false, &[("升学咨询", None), ("小升初需求", None)]),
+    g("hq", "健康关注", TagCategory::Predictive, "sensitive", false, &[("孕期", None), ("过敏体质", None)]),
     g(
         "hq",
         "服务需求",
@@ -235,6 +236,14 @@ const GROUPS: &[GroupSpec] = &[
     ),
     g("sz01", "门店专属", TagCategory::Service, "service", false, &[("特殊护理需求", None)]),
 ];
+
+/// The visibility classes of the demo library, sorted.
+pub fn demo_visibility_classes() -> Vec<String> {
+    let mut classes: Vec<String> = GROUPS.iter().map(|g| g.class.to_owned()).collect();
+    classes.sort();
+    classes.dedup();
+    classes
+}
 
 /// owner login, tag name, share of that owner's store customers holding it.
 const PERSONAL: &[(&str, &str, f64)] =
@@ -409,6 +418,8 @@ fn generate_customers(per_store: usize) -> Vec<DemoCustomer> {
             for (group, tag, p) in [
                 ("教育需求", "升学咨询", 0.05),
                 ("教育需求", "小升初需求", 0.05),
+                ("健康关注", "孕期", 0.03),
+                ("健康关注", "过敏体质", 0.05),
                 ("服务需求", "投诉记录", 0.04),
                 ("服务需求", "售后咨询", 0.1),
                 ("活动", "试驾预约", 0.08),

@@ -150,7 +150,7 @@ pub async fn authenticate(
         .ok_or_else(|| AppError::Unauthenticated("unknown or deactivated staff member".to_owned()))?;
     authz.refresh().await?;
     let org = Arc::new(OrgTree::load(db).await?);
-    Ok(authz.principal(staff, org).await)
+    Ok(authz.principal(staff, org))
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ fn value_column(i: usize) -> casbin_rule::Column {
 }
 
 /// The condition matching exactly one stored rule.
-fn rule_condition(ptype: &str, rule: &[String]) -> Condition {
+pub(super) fn rule_condition(ptype: &str, rule: &[String]) -> Condition {
     (0..VALUES).fold(Condition::all().add(casbin_rule::Column::Ptype.eq(ptype)), |cond, i| {
         cond.add(value_column(i).eq(rule.get(i).cloned().unwrap_or_default()))
     })

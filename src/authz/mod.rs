@@ -6,18 +6,24 @@
 //! the names of [`Action`]s, never user-supplied strings.
 
 pub mod adapter;
+mod fields;
 mod org_tree;
 mod principal;
+mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use casbin::{CoreApi, DefaultModel, Enforcer, MgmtApi};
+use casbin::{CoreApi, DefaultModel, Enforcer};
 use chrono::Utc;
 use entity::{app_setting, casbin_rule, staff};
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait, sea_query::OnConflict};
-use tokio::sync::{Mutex, RwLock};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    sea_query::OnConflict,
+};
+use tokio::sync::Mutex;
 
+pub use fields::{ClassAccess, CustomerField, FIELD_RULES, FieldAccess};
 pub use org_tree::OrgTree;
 pub use principal::{Principal, RoleBinding, Scope};
 
@@ -33,7 +39,9 @@ pub const DEFAULT_POLICY: &str = include_str!("../../policies/policy.csv");
 /// that every instance sharing the database reloads on its next request.
 const POLICY_REVISION_KEY: &str = "policy_revision";
 
-/// What a caller may do, as (object kind, action) pairs of the policy.
+/// Fixed operations, as (object, action) pairs of the policy. Field and
+/// tag-class permissions are built by [`Permission::field`] and
+/// [`Permission::tag_class`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     CustomerRead,
@@ -41,27 +49,28 @@ pub enum Action {
     CustomerUpdate,
     CustomerTagWrite,
     PersonalTagManage,
+    PersonalTagReadAll,
     TagLibraryRead,
     TagLibraryWrite,
     AuditLogRead,
-    /// Read a customer's phone in full; without it the API masks it.
-    CustomerPhoneRead,
+    PolicyEdit,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
         Action::CustomerTagWrite,
         Action::PersonalTagManage,
+        Action::PersonalTagReadAll,
         Action::TagLibraryRead,
         Action::TagLibraryWrite,
         Action::AuditLogRead,
-        Action::CustomerPhoneRead,
+        Action::PolicyEdit,
     ];
 
-    /// `(object kind, action)` as written in `policy.csv`.
+    /// `(object, action)` as written in `policy.csv`.
     pub fn policy_pair(self) -> (&'static str, &'static str) {
         match self {
             Action::CustomerRead => ("customer", "read"),
@@ -69,17 +78,58 @@ impl Action {
             Action::CustomerUpdate => ("customer", "update"),
             Action::CustomerTagWrite => ("customer_tag", "write"),
             Action::PersonalTagManage => ("personal_tag", "manage"),
+            Action::PersonalTagReadAll => ("personal_tag", "read_all"),
             Action::TagLibraryRead => ("tag_library", "read"),
             Action::TagLibraryWrite => ("tag_library", "write"),
             Action::AuditLogRead => ("audit_log", "read"),
-            Action::CustomerPhoneRead => ("customer.phone", "read"),
+            Action::PolicyEdit => ("policy", "edit"),
         }
     }
 
     /// `customer:read`: how the action is named to API clients.
     pub fn name(self) -> String {
-        let (obj, act) = self.policy_pair();
-        format!("{obj}:{act}")
+        Permission::from(self).name()
+    }
+}
+
+/// One thing a policy can grant: an object (or, in the policy, a pattern
+/// of objects) and an action.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission {
+    pub object: String,
+    pub action: String,
+}
+
+impl Permission {
+    pub fn new(object: impl Into<String>, action: impl Into<String>) -> Self {
+        Self { object: object.into(), action: action.into() }
+    }
+
+    /// Reading a customer field in full (`read`) or masked (`read_masked`).
+    pub fn field(field: CustomerField, action: &str) -> Self {
+        Self::new(field.object(), action)
+    }
+
+    /// Seeing (`read`) or using (`use`) tags of a visibility class.
+    pub fn tag_class(class: &str, access: ClassAccess) -> Self {
+        Self::new(format!("tag_class:{class}"), access.as_str())
+    }
+
+    /// Binding a role to staff.
+    pub fn assign_role(role: &str) -> Self {
+        Self::new(format!("role:{role}"), "assign")
+    }
+
+    /// `object:action`.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.object, self.action)
+    }
+}
+
+impl From<Action> for Permission {
+    fn from(action: Action) -> Self {
+        let (object, act) = action.policy_pair();
+        Self::new(object, act)
     }
 }
 
@@ -88,11 +138,17 @@ fn subject(staff: StaffId) -> String {
 }
 
 /// Role bindings are stored with the domain pattern `<path>*`.
-fn domain_pattern(org_path: &str) -> String {
+pub(crate) fn domain_pattern(org_path: &str) -> String {
     format!("{org_path}*")
 }
 
-/// The shared enforcer. Cheap to clone.
+/// The shared policy. Cheap to clone.
+///
+/// The enforcer is immutable once built: a policy change writes the
+/// `casbin_rule` rows (in the caller's transaction, with its audit row),
+/// bumps the revision, and every instance then builds a fresh enforcer
+/// from the database and swaps it in. A request keeps the snapshot it
+/// started with, so it sees one consistent policy.
 #[derive(Clone)]
 pub struct Authz {
     inner: Arc<Inner>,
@@ -100,9 +156,17 @@ pub struct Authz {
 
 struct Inner {
     db: DatabaseConnection,
-    enforcer: RwLock<Enforcer>,
-    /// The policy revision the in-memory enforcer was loaded at.
+    enforcer: RwLock<Arc<Enforcer>>,
+    /// The policy revision the current enforcer was built at.
     revision: Mutex<Option<String>>,
+}
+
+async fn build_enforcer(db: &DatabaseConnection) -> anyhow::Result<Enforcer> {
+    let model = DefaultModel::from_str(MODEL).await.context("parsing policies/model.conf")?;
+    let mut enforcer = Enforcer::new(model, adapter::DbAdapter::new(db.clone())).await.context("loading the policy")?;
+    enforcer.get_role_manager().write().matching_fn(None, Some(casbin::function_map::key_match));
+    enforcer.build_role_links().context("building role links")?;
+    Ok(enforcer)
 }
 
 impl Authz {
@@ -110,62 +174,83 @@ impl Authz {
     /// when the database has none.
     pub async fn load(db: &DatabaseConnection) -> anyhow::Result<Self> {
         seed_default_policy(db).await?;
-        let model = DefaultModel::from_str(MODEL).await.context("parsing policies/model.conf")?;
-        let mut enforcer =
-            Enforcer::new(model, adapter::DbAdapter::new(db.clone())).await.context("loading the policy")?;
-        enforcer.get_role_manager().write().matching_fn(None, Some(casbin::function_map::key_match));
-        enforcer.build_role_links().context("building role links")?;
         let revision = read_revision(db).await?;
+        let enforcer = build_enforcer(db).await?;
         Ok(Self {
-            inner: Arc::new(Inner { db: db.clone(), enforcer: RwLock::new(enforcer), revision: Mutex::new(revision) }),
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                enforcer: RwLock::new(Arc::new(enforcer)),
+                revision: Mutex::new(revision),
+            }),
         })
     }
 
-    /// Reloads the policy when another process (or instance) changed it.
+    /// Reloads the policy when it changed (here or on another instance).
     /// Called once per request, so a change applies on the next request on
     /// every instance that shares the database.
     pub async fn refresh(&self) -> AppResult<()> {
         let current = read_revision(&self.inner.db).await.map_err(AppError::internal)?;
         let mut seen = self.inner.revision.lock().await;
         if *seen != current {
-            let mut enforcer = self.inner.enforcer.write().await;
-            enforcer.load_policy().await.map_err(AppError::internal)?;
-            enforcer.build_role_links().map_err(AppError::internal)?;
+            let enforcer = build_enforcer(&self.inner.db).await.map_err(AppError::internal)?;
+            *self.inner.enforcer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(enforcer);
             tracing::info!(revision = ?current, "policy reloaded");
             *seen = current;
         }
         Ok(())
     }
 
+    fn snapshot(&self) -> Arc<Enforcer> {
+        self.inner.enforcer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Binds `role` to `staff` at the org unit with path `org_path` (and so
-    /// at everything below it). Returns false when the binding existed.
+    /// at everything below it), with no questions asked: for the seed and
+    /// for services that checked the caller's right first. Returns false
+    /// when the binding existed.
     pub async fn assign_role(&self, staff: StaffId, role: &str, org_path: &str) -> anyhow::Result<bool> {
-        let added = {
-            let mut enforcer = self.inner.enforcer.write().await;
-            enforcer.add_grouping_policy(vec![subject(staff), role.to_owned(), domain_pattern(org_path)]).await?
-        };
+        let added =
+            store_rule(&self.inner.db, "g", &[subject(staff), role.to_owned(), domain_pattern(org_path)]).await?;
         if added {
-            self.bump_revision().await?;
+            self.changed(&self.inner.db).await?;
         }
         Ok(added)
     }
 
-    /// The roles known to the policy (those that grant something).
-    pub async fn roles(&self) -> Vec<String> {
-        let enforcer = self.inner.enforcer.read().await;
-        let mut roles = enforcer.get_all_subjects();
-        roles.sort();
-        roles.dedup();
-        roles
+    /// Marks the stored policy as changed (inside the writer's transaction
+    /// when `conn` is one); every instance, this one included, reloads on
+    /// its next request.
+    pub async fn changed(&self, conn: &impl ConnectionTrait) -> anyhow::Result<()> {
+        write_revision(conn, &uuid::Uuid::new_v4().to_string()).await
     }
 
-    /// Resolves a signed-in staff member into a [`Principal`]: role bindings
-    /// and, per action, the org units where it is allowed.
-    pub async fn principal(&self, staff: staff::Model, org: Arc<OrgTree>) -> Principal {
+    /// Every role the policy grants something to, in policy order.
+    pub fn roles(&self) -> Vec<String> {
+        roles_in_order(&self.permissions())
+    }
+
+    /// Every `p` rule: (role, object, action).
+    pub fn permissions(&self) -> Vec<(String, Permission)> {
+        let enforcer = self.snapshot();
+        casbin::MgmtApi::get_policy(enforcer.as_ref())
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.clone(), Permission::new(r.get(1)?.clone(), r.get(2)?.clone()))))
+            .collect()
+    }
+
+    /// The permission matrix of the stored policy, as Markdown, for the
+    /// given visibility classes and those the policy names.
+    pub fn table(&self, classes: &[String]) -> String {
+        let classes = with_named_classes(classes, &self.permissions());
+        table::render(&self.snapshot(), &self.roles(), &classes)
+    }
+
+    /// Resolves a signed-in staff member into a [`Principal`] holding this
+    /// moment's policy.
+    pub fn principal(&self, staff: staff::Model, org: Arc<OrgTree>) -> Principal {
+        let enforcer = self.snapshot();
         let sub = subject(StaffId(staff.id));
-        let enforcer = self.inner.enforcer.read().await;
-        let bindings: Vec<RoleBinding> = enforcer
-            .get_filtered_grouping_policy(0, vec![sub.clone()])
+        let bindings: Vec<RoleBinding> = casbin::MgmtApi::get_filtered_grouping_policy(enforcer.as_ref(), 0, vec![sub])
             .into_iter()
             .filter_map(|rule| {
                 let path = rule.get(2)?.strip_suffix('*')?;
@@ -178,30 +263,39 @@ impl Authz {
                 }
             })
             .collect();
-        let allowed = |unit_path: &str, action: Action| {
-            let (obj, act) = action.policy_pair();
-            enforcer.enforce((sub.as_str(), unit_path, obj, act)).unwrap_or_else(|err| {
-                tracing::error!(error = %err, "policy evaluation failed; denying");
-                false
-            })
-        };
-        Principal::resolve(staff, bindings, org, allowed)
-    }
-
-    async fn bump_revision(&self) -> anyhow::Result<()> {
-        let revision = uuid::Uuid::new_v4().to_string();
-        write_revision(&self.inner.db, &revision).await?;
-        // This instance already holds the new policy.
-        *self.inner.revision.lock().await = Some(revision);
-        Ok(())
+        Principal::new(staff, bindings, org, enforcer)
     }
 }
 
-async fn read_revision(db: &DatabaseConnection) -> anyhow::Result<Option<String>> {
+/// Inserts one policy row unless it exists. Returns whether it was added.
+pub(crate) async fn store_rule(conn: &impl ConnectionTrait, ptype: &str, values: &[String]) -> anyhow::Result<bool> {
+    let exists = casbin_rule::Entity::find().filter(rule_filter(ptype, values)).count(conn).await? > 0;
+    if !exists {
+        casbin_rule::Entity::insert(adapter::to_active(ptype, values)).exec(conn).await?;
+    }
+    Ok(!exists)
+}
+
+/// Deletes one policy row. Returns whether it existed.
+pub(crate) async fn delete_rule(conn: &impl ConnectionTrait, ptype: &str, values: &[String]) -> anyhow::Result<bool> {
+    let removed = casbin_rule::Entity::delete_many().filter(rule_filter(ptype, values)).exec(conn).await?;
+    Ok(removed.rows_affected > 0)
+}
+
+fn rule_filter(ptype: &str, values: &[String]) -> sea_orm::Condition {
+    adapter::rule_condition(ptype, values)
+}
+
+/// The subject a staff member has in `g` rules.
+pub(crate) fn staff_subject(staff: StaffId) -> String {
+    subject(staff)
+}
+
+async fn read_revision(db: &impl ConnectionTrait) -> anyhow::Result<Option<String>> {
     Ok(app_setting::Entity::find_by_id(POLICY_REVISION_KEY.to_owned()).one(db).await?.map(|s| s.value))
 }
 
-async fn write_revision(db: &DatabaseConnection, revision: &str) -> anyhow::Result<()> {
+async fn write_revision(db: &impl ConnectionTrait, revision: &str) -> anyhow::Result<()> {
     app_setting::Entity::insert(app_setting::ActiveModel {
         key: Set(POLICY_REVISION_KEY.to_owned()),
         value: Set(revision.to_owned()),
@@ -249,6 +343,42 @@ async fn seed_default_policy(db: &DatabaseConnection) -> anyhow::Result<()> {
     write_revision(db, &uuid::Uuid::new_v4().to_string()).await?;
     tracing::info!("default policy stored");
     Ok(())
+}
+
+fn roles_in_order(rules: &[(String, Permission)]) -> Vec<String> {
+    let mut roles: Vec<String> = Vec::new();
+    for (role, _) in rules {
+        if !roles.contains(role) {
+            roles.push(role.clone());
+        }
+    }
+    roles
+}
+
+/// `classes` and the classes the rules name, sorted, without repeats.
+fn with_named_classes(classes: &[String], rules: &[(String, Permission)]) -> Vec<String> {
+    let mut all: Vec<String> = classes.to_vec();
+    all.extend(
+        rules.iter().filter_map(|(_, p)| p.object.strip_prefix("tag_class:")).filter(|c| *c != "*").map(str::to_owned),
+    );
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The permission matrix of the default policy, with the given classes.
+///
+/// # Errors
+/// A broken `model.conf` or `policy.csv`.
+pub async fn default_policy_table(classes: &[String]) -> anyhow::Result<String> {
+    let model = DefaultModel::from_str(MODEL).await?;
+    let mut enforcer = Enforcer::new(model, casbin::MemoryAdapter::default()).await?;
+    let rules: Vec<Vec<String>> =
+        parse_policy_csv(DEFAULT_POLICY).into_iter().filter(|(p, _)| p == "p").map(|(_, v)| v).collect();
+    let named: Vec<(String, Permission)> =
+        rules.iter().map(|r| (r[0].clone(), Permission::new(r[1].clone(), r[2].clone()))).collect();
+    casbin::MgmtApi::add_policies(&mut enforcer, rules).await?;
+    Ok(table::render(&enforcer, &roles_in_order(&named), &with_named_classes(classes, &named)))
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! The caller of a request, resolved once: who it is, where its roles are
-//! bound, and for each action the set of org units where it is allowed.
+//! bound, and, asked lazily and remembered for the request, the set of org
+//! units where each permission holds.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use casbin::{CoreApi, Enforcer};
 use entity::staff;
 use sea_orm::{ColumnTrait, Condition, sea_query::IntoCondition};
 
-use super::{Action, OrgTree};
+use super::{Action, ClassAccess, CustomerField, FieldAccess, OrgTree, Permission};
 use crate::domain::StaffId;
 use crate::error::{AppError, AppResult};
 
@@ -38,60 +40,79 @@ impl Scope {
         self.units.iter().copied()
     }
 
+    /// True when every unit of `other` is in this scope.
+    pub fn covers(&self, other: &Scope) -> bool {
+        other.units.is_subset(&self.units)
+    }
+
+    pub fn intersect(&self, other: &Scope) -> Scope {
+        Scope { units: self.units.intersection(&other.units).copied().collect() }
+    }
+
     /// `column IN (<units>)`; on an empty scope a condition that is false.
     pub fn condition(&self, column: impl ColumnTrait) -> Condition {
         column.is_in(self.units.iter().copied()).into_condition()
     }
 }
 
-#[derive(Debug, Clone)]
+impl FromIterator<i64> for Scope {
+    fn from_iter<T: IntoIterator<Item = i64>>(iter: T) -> Self {
+        Scope { units: iter.into_iter().collect() }
+    }
+}
+
 pub struct Principal {
     pub staff: staff::Model,
     pub bindings: Vec<RoleBinding>,
     pub org: Arc<OrgTree>,
-    scopes: HashMap<Action, Scope>,
-    /// Units whose tag-library layer the caller may read: the units where it
-    /// may read the library, and their ancestors (a store sees HQ + region +
-    /// store layers).
-    library_layers: BTreeSet<i64>,
+    /// The policy as it was when the request started.
+    enforcer: Arc<Enforcer>,
+    scopes: Mutex<HashMap<Permission, Arc<Scope>>>,
 }
 
 impl Principal {
-    /// Builds the scopes from the bindings. `allowed(path, action)` answers
-    /// whether the caller may perform `action` at the unit with that path;
-    /// since a role bound at a unit applies to its whole subtree, asking at
-    /// each binding's unit is enough.
-    pub(super) fn resolve(
+    pub(super) fn new(
         staff: staff::Model,
         bindings: Vec<RoleBinding>,
         org: Arc<OrgTree>,
-        allowed: impl Fn(&str, Action) -> bool,
+        enforcer: Arc<Enforcer>,
     ) -> Self {
-        let mut scopes: HashMap<Action, Scope> = HashMap::new();
-        for action in Action::ALL {
-            let scope = scopes.entry(action).or_default();
-            for binding in &bindings {
-                let Some(unit) = org.get(binding.org_unit_id) else { continue };
-                if allowed(&unit.path, action) {
-                    scope.units.extend(org.subtree(unit.id).map(|u| u.id));
-                }
-            }
-        }
-        let mut library_layers = BTreeSet::new();
-        for unit in scopes[&Action::TagLibraryRead].unit_ids() {
-            library_layers.extend(org.ancestors_or_self(unit).iter().map(|u| u.id));
-        }
-        Self { staff, bindings, org, scopes, library_layers }
+        Self { staff, bindings, org, enforcer, scopes: Mutex::new(HashMap::new()) }
     }
 
     pub fn staff_id(&self) -> StaffId {
         StaffId(self.staff.id)
     }
 
+    /// The units where `permission` holds. A role bound at a unit holds
+    /// everywhere below it, so asking at each binding's unit is enough.
+    pub fn scope_of(&self, permission: &Permission) -> Arc<Scope> {
+        if let Some(scope) = self.scopes.lock().unwrap_or_else(|e| e.into_inner()).get(permission) {
+            return scope.clone();
+        }
+        let sub = format!("staff:{}", self.staff.id);
+        let mut units = BTreeSet::new();
+        for binding in &self.bindings {
+            let Some(unit) = self.org.get(binding.org_unit_id) else { continue };
+            let allowed = self
+                .enforcer
+                .enforce((sub.as_str(), unit.path.as_str(), permission.object.as_str(), permission.action.as_str()))
+                .unwrap_or_else(|err| {
+                    tracing::error!(error = %err, "policy evaluation failed; denying");
+                    false
+                });
+            if allowed {
+                units.extend(self.org.subtree(unit.id).map(|u| u.id));
+            }
+        }
+        let scope = Arc::new(Scope { units });
+        self.scopes.lock().unwrap_or_else(|e| e.into_inner()).insert(permission.clone(), scope.clone());
+        scope
+    }
+
     /// Where the caller may perform `action`.
-    pub fn scope(&self, action: Action) -> &Scope {
-        static EMPTY: Scope = Scope { units: BTreeSet::new() };
-        self.scopes.get(&action).unwrap_or(&EMPTY)
+    pub fn scope(&self, action: Action) -> Arc<Scope> {
+        self.scope_of(&action.into())
     }
 
     pub fn may(&self, action: Action, org_unit_id: i64) -> bool {
@@ -108,23 +129,65 @@ impl Principal {
     /// # Errors
     /// [`AppError::Forbidden`] naming the action and the unit.
     pub fn require(&self, action: Action, org_unit_id: i64) -> AppResult<()> {
-        if self.may(action, org_unit_id) {
+        self.require_permission(&action.into(), org_unit_id)
+    }
+
+    /// As [`require`](Self::require), for any permission.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] naming the permission and the unit.
+    pub fn require_permission(&self, permission: &Permission, org_unit_id: i64) -> AppResult<()> {
+        if self.scope_of(permission).contains(org_unit_id) {
             return Ok(());
         }
         let unit = self.org.get(org_unit_id).map(|u| u.name.as_str()).unwrap_or("this org unit");
-        Err(AppError::Forbidden(format!("you may not {} in {unit}", action.name())))
+        Err(AppError::Forbidden(format!("you may not {} in {unit}", permission.name())))
     }
 
-    /// True when the tag-library layer of the unit is visible to the caller.
+    /// How the caller may read `field` of a customer of the unit.
+    pub fn field_access(&self, field: CustomerField, org_unit_id: i64) -> FieldAccess {
+        if self.scope_of(&Permission::field(field, "read")).contains(org_unit_id) {
+            FieldAccess::Full
+        } else if field.maskable() && self.scope_of(&Permission::field(field, "read_masked")).contains(org_unit_id) {
+            FieldAccess::Masked
+        } else {
+            FieldAccess::Hidden
+        }
+    }
+
+    /// Units whose customers' `field` the caller may read in full: what a
+    /// filter or an ordering on the field may cover.
+    pub fn field_scope(&self, field: CustomerField) -> Arc<Scope> {
+        self.scope_of(&Permission::field(field, "read"))
+    }
+
+    /// Units where the caller may see (or use) tags of a visibility class.
+    pub fn class_scope(&self, class: &str, access: ClassAccess) -> Arc<Scope> {
+        self.scope_of(&Permission::tag_class(class, access))
+    }
+
+    /// True when the caller sees other people's personal tags.
+    pub fn reads_all_personal_tags(&self) -> bool {
+        self.may_anywhere(Action::PersonalTagReadAll)
+    }
+
+    /// True when the tag-library layer of the unit is visible to the caller:
+    /// the unit is where it may read the library, or above such a unit.
     pub fn may_read_library_layer(&self, org_unit_id: i64) -> bool {
-        self.library_layers.contains(&org_unit_id)
+        let Some(layer) = self.org.get(org_unit_id) else { return false };
+        self.scope(Action::TagLibraryRead)
+            .unit_ids()
+            .filter_map(|u| self.org.get(u))
+            .any(|u| u.path.starts_with(&layer.path))
     }
 
-    /// Units the caller should know exist: its scopes and their ancestors.
+    /// Units the caller should know exist: where a role is bound, what is
+    /// below, and the ancestors (a store sees HQ + region + store).
     pub fn visible_units(&self) -> BTreeSet<i64> {
-        let mut units = self.library_layers.clone();
-        for scope in self.scopes.values() {
-            units.extend(scope.unit_ids());
+        let mut units = BTreeSet::new();
+        for binding in &self.bindings {
+            units.extend(self.org.subtree(binding.org_unit_id).map(|u| u.id));
+            units.extend(self.org.ancestors_or_self(binding.org_unit_id).iter().map(|u| u.id));
         }
         units
     }

@@ -9,10 +9,11 @@ use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{CustomerTag, Tag};
 use super::{CustomerPrefetch, env, prefetch_customers};
-use crate::authz::Action;
+use crate::authz::{FIELD_RULES, FieldAccess};
 use crate::domain::{
     CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId, parse_ids,
 };
+use crate::error::AppError;
 use crate::service::customer::{self as service, CustomerFilter, CustomerOrder, CustomerPatch, NewCustomer, SortField};
 
 /// A customer (客户).
@@ -26,18 +27,21 @@ impl Customer {
     async fn name(&self) -> &str {
         &self.0.name
     }
-    /// Normalised phone; masked (`138****5678`) unless the caller may read
-    /// it in full.
+    /// Normalised phone; masked (`138****5678`) where the caller may only
+    /// read it masked; `null` with `FORBIDDEN_FIELD` where it may not.
     async fn phone(&self, ctx: &Context<'_>) -> Option<String> {
-        let p = env(ctx).principal;
         let phone = self.0.phone.as_deref()?;
-        Some(if p.may(Action::CustomerPhoneRead, self.0.org_unit_id) { phone.to_owned() } else { Phone::mask(phone) })
+        guarded(ctx, &self.0, "phone", |access| match access {
+            FieldAccess::Full => Some(phone.to_owned()),
+            _ => Some(Phone::mask(phone)),
+        })
+        .flatten()
     }
     async fn gender(&self) -> Gender {
         self.0.gender
     }
-    async fn birth_date(&self) -> Option<NaiveDate> {
-        self.0.birth_date
+    async fn birth_date(&self, ctx: &Context<'_>) -> Option<NaiveDate> {
+        guarded(ctx, &self.0, "birthDate", |_| self.0.birth_date).flatten()
     }
     async fn city(&self) -> Option<&str> {
         self.0.city.as_deref()
@@ -50,14 +54,14 @@ impl Customer {
         self.0.channel.as_deref()
     }
     /// Total spend in integer cents (分).
-    async fn total_spend(&self) -> i64 {
-        self.0.total_spend_cents
+    async fn total_spend(&self, ctx: &Context<'_>) -> Option<i64> {
+        guarded(ctx, &self.0, "totalSpend", |_| self.0.total_spend_cents)
     }
-    async fn order_count(&self) -> i32 {
-        self.0.order_count
+    async fn order_count(&self, ctx: &Context<'_>) -> Option<i32> {
+        guarded(ctx, &self.0, "orderCount", |_| self.0.order_count)
     }
-    async fn last_order_at(&self) -> Option<DateTime<Utc>> {
-        self.0.last_order_at
+    async fn last_order_at(&self, ctx: &Context<'_>) -> Option<DateTime<Utc>> {
+        guarded(ctx, &self.0, "lastOrderAt", |_| self.0.last_order_at).flatten()
     }
     async fn added_at(&self) -> DateTime<Utc> {
         self.0.added_at
@@ -101,6 +105,29 @@ impl Customer {
         let rows = env(ctx).loaders.load_one(IdentitiesOfCustomer(self.0.id)).await?.unwrap_or_default();
         Ok(rows.into_iter().map(|r| ExternalId { provider: r.provider, external_id: r.external_id }).collect())
     }
+}
+
+/// The value of a field guarded by a rule of [`FIELD_RULES`], or `null` and
+/// a `FORBIDDEN_FIELD` error at the field's path when the caller may not
+/// read it for this customer. `value` gets the access (full or masked).
+fn guarded<T>(
+    ctx: &Context<'_>,
+    customer: &customer_entity::Model,
+    api_field: &str,
+    value: impl FnOnce(FieldAccess) -> T,
+) -> Option<T> {
+    let rule = FIELD_RULES.iter().find(|(name, _)| *name == api_field).map(|(_, rule)| *rule);
+    let access = match rule {
+        Some(rule) => env(ctx).principal.field_access(rule, customer.org_unit_id),
+        // A guarded field without a rule is a bug: refuse rather than leak.
+        None => FieldAccess::Hidden,
+    };
+    if access == FieldAccess::Hidden {
+        let err: async_graphql::Error = AppError::ForbiddenField { field: format!("Customer.{api_field}") }.into();
+        ctx.add_error(ctx.set_error_path(err.into_server_error(ctx.item.pos)));
+        return None;
+    }
+    Some(value(access))
 }
 
 #[derive(SimpleObject, InputObject, Clone)]
@@ -154,6 +181,10 @@ pub struct CustomerFilterInput {
     has_any_tags: Option<Vec<ID>>,
     /// A tag of the lifecycle group (客户阶段).
     lifecycle_stage: Option<ID>,
+    /// Total spend at least this many cents (needs `customer.totalSpend:read`).
+    total_spend_min: Option<i64>,
+    /// Total spend at most this many cents (needs `customer.totalSpend:read`).
+    total_spend_max: Option<i64>,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
@@ -162,6 +193,8 @@ pub enum CustomerOrderField {
     AddedAt,
     UpdatedAt,
     Name,
+    /// Needs `customer.totalSpend:read` over the whole scope listed.
+    TotalSpend,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
@@ -187,6 +220,8 @@ fn parse_filter(input: Option<CustomerFilterInput>) -> Result<CustomerFilter> {
         has_all_tags: parse_ids(&input.has_all_tags.unwrap_or_default(), "filter.hasAllTags", TagId::parse)?,
         has_any_tags: parse_ids(&input.has_any_tags.unwrap_or_default(), "filter.hasAnyTags", TagId::parse)?,
         lifecycle_stage: input.lifecycle_stage.map(|id| TagId::parse(&id, "filter.lifecycleStage")).transpose()?,
+        total_spend_min: input.total_spend_min,
+        total_spend_max: input.total_spend_max,
     })
 }
 
@@ -231,6 +266,7 @@ impl CustomerQuery {
                 CustomerOrderField::AddedAt => SortField::AddedAt,
                 CustomerOrderField::UpdatedAt => SortField::UpdatedAt,
                 CustomerOrderField::Name => SortField::Name,
+                CustomerOrderField::TotalSpend => SortField::TotalSpend,
             },
             descending: order_by.direction == OrderDirection::Desc,
         };

@@ -104,17 +104,18 @@ impl Loader<TagById> for DbLoader {
     type Value = tag::Model;
     type Error = async_graphql::Error;
 
-    /// Tags reached from visible objects (a customer's visible tags, a
-    /// tag's canonical tag); other people's personal tags are still dropped.
+    /// Tags reached from other objects (a customer's tags, a tag's
+    /// canonical tag); only those the caller may see come back.
     async fn load(&self, keys: &[TagById]) -> LoadResult<TagById, Self::Value> {
         let rows = tag::Entity::find()
             .filter(tag::Column::Id.is_in(keys.iter().map(|k| k.0)))
             .all(&self.db)
             .await
             .map_err(AppError::from)?;
+        let groups = tag_library::groups_by_id(&self.db, rows.iter().filter_map(|t| t.group_id)).await?;
         Ok(rows
             .into_iter()
-            .filter(|t| t.owner_staff_id.is_none_or(|o| o == self.principal.staff.id))
+            .filter(|t| tag_library::tag_visible(&self.principal, t, t.group_id.and_then(|g| groups.get(&g)), None))
             .map(|t| (TagById(t.id), t))
             .collect())
     }

@@ -2,6 +2,7 @@
 //! context, parse arguments into domain types, call one service function
 //! and map the result.
 
+mod admin;
 mod customer;
 mod loaders;
 mod org;
@@ -20,10 +21,10 @@ use crate::config::Limits;
 use crate::state::AppState;
 
 #[derive(MergedObject, Default)]
-pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery);
+pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(customer::CustomerMutation, tag::TagMutation);
+pub struct Mutation(customer::CustomerMutation, tag::TagMutation, admin::AdminMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

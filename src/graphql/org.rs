@@ -1,12 +1,14 @@
 //! Org units, staff and `me`.
 
-use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use entity::{enums::OrgUnitKind, org_unit, staff};
 
 use super::env;
 use super::loaders::StaffById;
-use crate::authz::Action;
+use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Permission};
 use crate::error::AppError;
+use crate::service::tag_library;
+use crate::state::AppState;
 
 /// A node of the organisation tree (HQ → region → store).
 pub struct OrgUnit(pub org_unit::Model);
@@ -85,6 +87,34 @@ pub struct UnitPermissions {
     org_unit: OrgUnit,
     /// `customer:read`, `customer_tag:write`, … as in the policy.
     actions: Vec<String>,
+    /// Guarded customer fields the caller may read here, and how.
+    fields: Vec<FieldPermission>,
+    /// Tag visibility classes the caller may see or use here.
+    tag_classes: Vec<TagClassPermission>,
+    /// Roles the caller may bind to staff here.
+    assignable_roles: Vec<String>,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum FieldReadAccess {
+    Full,
+    Masked,
+}
+
+#[derive(SimpleObject)]
+pub struct FieldPermission {
+    /// The `Customer` field (`phone`, `totalSpend`, …).
+    field: String,
+    access: FieldReadAccess,
+}
+
+#[derive(SimpleObject)]
+pub struct TagClassPermission {
+    class: String,
+    read: bool,
+    /// May put tags of the class on customers and take them off.
+    #[graphql(name = "use")]
+    usable: bool,
 }
 
 /// The signed-in staff member.
@@ -107,18 +137,56 @@ impl Me {
             .collect()
     }
 
-    /// Per org unit where the caller may do anything, the actions allowed.
-    async fn permissions(&self, ctx: &Context<'_>) -> Vec<UnitPermissions> {
-        let p = env(ctx).principal;
-        p.org
+    /// Per org unit where the caller may do anything: the actions allowed,
+    /// the guarded fields it reads, the tag classes it sees and uses.
+    async fn permissions(&self, ctx: &Context<'_>) -> Result<Vec<UnitPermissions>> {
+        let env = env(ctx);
+        let p = env.principal;
+        let classes = tag_library::visibility_classes(env.db).await?;
+        let roles = ctx.data_unchecked::<AppState>().authz.roles();
+        Ok(p.org
             .all()
             .iter()
             .filter_map(|unit| {
                 let actions: Vec<String> =
                     Action::ALL.iter().filter(|a| p.may(**a, unit.id)).map(|a| a.name()).collect();
-                (!actions.is_empty()).then(|| UnitPermissions { org_unit: OrgUnit(unit.clone()), actions })
+                if actions.is_empty() {
+                    return None;
+                }
+                let fields = FIELD_RULES
+                    .iter()
+                    .filter_map(|(name, rule)| {
+                        let access = match p.field_access(*rule, unit.id) {
+                            FieldAccess::Full => FieldReadAccess::Full,
+                            FieldAccess::Masked => FieldReadAccess::Masked,
+                            FieldAccess::Hidden => return None,
+                        };
+                        Some(FieldPermission { field: (*name).to_owned(), access })
+                    })
+                    .collect();
+                let tag_classes = classes
+                    .iter()
+                    .map(|class| TagClassPermission {
+                        class: class.clone(),
+                        read: p.class_scope(class, ClassAccess::Read).contains(unit.id),
+                        usable: p.class_scope(class, ClassAccess::Use).contains(unit.id),
+                    })
+                    .filter(|c| c.read || c.usable)
+                    .collect();
+                let assignable_roles = roles
+                    .iter()
+                    .filter(|r| p.scope_of(&Permission::assign_role(r)).contains(unit.id))
+                    .cloned()
+                    .collect();
+                Some(UnitPermissions {
+                    org_unit: OrgUnit(unit.clone()),
+                    actions,
+                    fields,
+                    tag_classes,
+                    assignable_roles,
+                })
             })
-            .collect()
+            .collect())
     }
 }
 

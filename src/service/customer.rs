@@ -16,7 +16,7 @@ use serde_json::json;
 use super::audit::{self, AuditEntry};
 use super::like_escape;
 use super::tag_library;
-use crate::authz::{Action, Principal};
+use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId,
 };
@@ -33,6 +33,9 @@ pub struct CustomerFilter {
     pub has_any_tags: Vec<TagId>,
     /// A tag of the lifecycle group.
     pub lifecycle_stage: Option<TagId>,
+    /// Total spend range in cents, both ends included.
+    pub total_spend_min: Option<i64>,
+    pub total_spend_max: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +44,7 @@ pub enum SortField {
     AddedAt,
     UpdatedAt,
     Name,
+    TotalSpend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +60,7 @@ impl CustomerOrder {
             SortField::AddedAt => "ADDED_AT",
             SortField::UpdatedAt => "UPDATED_AT",
             SortField::Name => "NAME",
+            SortField::TotalSpend => "TOTAL_SPEND",
         };
         format!("{field}_{}", if self.descending { "DESC" } else { "ASC" })
     }
@@ -65,7 +70,13 @@ impl CustomerOrder {
             SortField::AddedAt => customer::Column::AddedAt,
             SortField::UpdatedAt => customer::Column::UpdatedAt,
             SortField::Name => customer::Column::Name,
+            SortField::TotalSpend => customer::Column::TotalSpendCents,
         }
+    }
+
+    /// The field rule an ordering reveals values of, if any.
+    fn guarded_by(self) -> Option<CustomerField> {
+        (self.field == SortField::TotalSpend).then_some(CustomerField::TotalSpend)
     }
 
     fn key_of(self, c: &customer::Model) -> String {
@@ -73,18 +84,19 @@ impl CustomerOrder {
             SortField::AddedAt => c.added_at.to_rfc3339(),
             SortField::UpdatedAt => c.updated_at.to_rfc3339(),
             SortField::Name => c.name.clone(),
+            SortField::TotalSpend => c.total_spend_cents.to_string(),
         }
     }
 
     /// Rows strictly after the cursor in this order.
     fn after(self, cursor: &Cursor) -> AppResult<Condition> {
+        let invalid = || AppError::validation("after", "is not a valid cursor");
         let col = self.column();
+        let time = |key: &str| DateTime::parse_from_rfc3339(key).map(|t| t.with_timezone(&Utc)).map_err(|_| invalid());
         let value: sea_orm::Value = match self.field {
-            SortField::AddedAt | SortField::UpdatedAt => DateTime::parse_from_rfc3339(&cursor.key)
-                .map_err(|_| AppError::validation("after", "is not a valid cursor"))?
-                .with_timezone(&Utc)
-                .into(),
+            SortField::AddedAt | SortField::UpdatedAt => time(&cursor.key)?.into(),
             SortField::Name => cursor.key.clone().into(),
+            SortField::TotalSpend => cursor.key.parse::<i64>().map_err(|_| invalid())?.into(),
         };
         let (beyond, id_beyond) = if self.descending {
             (Expr::col(col).lt(value.clone()), customer::Column::Id.lt(cursor.id))
@@ -120,19 +132,45 @@ pub async fn find_in_scope(
         .ok_or_else(|| AppError::not_found("customer", id))
 }
 
-/// The condition of a filter, scope included.
+/// The condition of a filter, scope included, after checking that the
+/// filter reveals nothing the caller may not read: tags it cannot see are
+/// `NOT_FOUND`, a tag matches only customers of units where its class is
+/// visible, and a guarded field may be filtered on only where it is
+/// readable in full over the whole scope searched (else `FORBIDDEN_FIELD`).
 async fn filter_condition(
     db: &DatabaseConnection,
     principal: &Principal,
     filter: &CustomerFilter,
+    order: Option<CustomerOrder>,
 ) -> AppResult<Condition> {
-    let mut cond = Condition::all().add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
+    let mut searched: Scope = (*principal.scope(Action::CustomerRead)).clone();
     if let Some(unit) = filter.org_unit {
         if !principal.visible_units().contains(&unit.0) {
             return Err(AppError::not_found("org unit", unit));
         }
-        cond = cond.add(customer::Column::OrgUnitId.is_in(principal.org.subtree(unit.0).map(|u| u.id)));
+        searched = searched.intersect(&principal.org.subtree(unit.0).map(|u| u.id).collect());
     }
+    let mut cond = Condition::all().add(searched.condition(customer::Column::OrgUnitId));
+
+    let require_field = |field: CustomerField, api: &str| {
+        if principal.field_scope(field).covers(&searched) {
+            Ok(())
+        } else {
+            Err(AppError::ForbiddenField { field: api.to_owned() })
+        }
+    };
+    if let Some(guard) = order.and_then(CustomerOrder::guarded_by) {
+        require_field(guard, "orderBy")?;
+    }
+    if let Some(min) = filter.total_spend_min {
+        require_field(CustomerField::TotalSpend, "filter.totalSpendMin")?;
+        cond = cond.add(customer::Column::TotalSpendCents.gte(min));
+    }
+    if let Some(max) = filter.total_spend_max {
+        require_field(CustomerField::TotalSpend, "filter.totalSpendMax")?;
+        cond = cond.add(customer::Column::TotalSpendCents.lte(max));
+    }
+
     if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         if search.chars().count() > 64 {
             return Err(AppError::validation("filter.search", "must be at most 64 characters"));
@@ -142,32 +180,57 @@ async fn filter_condition(
             Expr::expr(Func::lower(Expr::col(customer::Column::Name)))
                 .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
         );
+        // A whole number finds its customer where the caller sees the phone
+        // at least masked (a service desk looking up a caller); never where
+        // the phone is hidden from it.
         if let Ok(phone) = Phone::parse(search, "filter.search") {
-            any = any.add(customer::Column::Phone.eq(phone.into_inner()));
+            let readable: Scope = principal
+                .scope_of(&Permission::field(CustomerField::Phone, "read"))
+                .unit_ids()
+                .chain(principal.scope_of(&Permission::field(CustomerField::Phone, "read_masked")).unit_ids())
+                .collect();
+            any = any.add(
+                Condition::all()
+                    .add(customer::Column::Phone.eq(phone.into_inner()))
+                    .add(readable.condition(customer::Column::OrgUnitId)),
+            );
         }
         cond = cond.add(any);
     }
+
     let mut named: Vec<TagId> = filter.has_all_tags.iter().chain(&filter.has_any_tags).copied().collect();
     named.extend(filter.lifecycle_stage);
     // Unknown and invisible tags are NOT_FOUND, so filters cannot probe.
     let tags = tag_library::visible_tags(db, principal, &named).await?;
     if let Some(stage) = filter.lifecycle_stage {
-        tag_library::require_lifecycle_tag(db, &tags[&stage]).await?;
+        tag_library::require_lifecycle_tag(&tags[&stage])?;
     }
-    let has_tag = |tag_ids: Vec<i64>| {
-        customer::Column::Id.in_subquery(
-            Query::select()
-                .column(customer_tag::Column::CustomerId)
-                .from(customer_tag::Entity)
-                .and_where(customer_tag::Column::TagId.is_in(tag_ids))
-                .to_owned(),
-        )
+    // Holders of the tag, in units where the caller may see its class.
+    let holds = |id: &TagId| {
+        let visible = &tags[id];
+        let mut held = Condition::all().add(
+            customer::Column::Id.in_subquery(
+                Query::select()
+                    .column(customer_tag::Column::CustomerId)
+                    .from(customer_tag::Entity)
+                    .and_where(customer_tag::Column::TagId.eq(id.0))
+                    .to_owned(),
+            ),
+        );
+        if let Some(group) = &visible.group {
+            held = held.add(
+                principal
+                    .class_scope(&group.visibility_class, ClassAccess::Read)
+                    .condition(customer::Column::OrgUnitId),
+            );
+        }
+        held
     };
     for tag in filter.has_all_tags.iter().chain(&filter.lifecycle_stage) {
-        cond = cond.add(has_tag(vec![tag.0]));
+        cond = cond.add(holds(tag));
     }
     if !filter.has_any_tags.is_empty() {
-        cond = cond.add(has_tag(filter.has_any_tags.iter().map(|t| t.0).collect()));
+        cond = cond.add(filter.has_any_tags.iter().fold(Condition::any(), |any, tag| any.add(holds(tag))));
     }
     Ok(cond)
 }
@@ -186,7 +249,7 @@ pub async fn list_in_scope(
     first: PageSize,
     after: Option<&str>,
 ) -> AppResult<Page<customer::Model>> {
-    let mut cond = filter_condition(db, principal, filter).await?;
+    let mut cond = filter_condition(db, principal, filter, Some(order)).await?;
     if let Some(raw) = after {
         cond = cond.add(order.after(&Cursor::decode(raw, &order.tag())?)?);
     }
@@ -212,7 +275,7 @@ pub async fn list_in_scope(
 /// # Errors
 /// As [`list_in_scope`].
 pub async fn count_in_scope(db: &DatabaseConnection, principal: &Principal, filter: &CustomerFilter) -> AppResult<u64> {
-    let cond = filter_condition(db, principal, filter).await?;
+    let cond = filter_condition(db, principal, filter, None).await?;
     Ok(customer::Entity::find().filter(cond).count(db).await?)
 }
 

@@ -2,6 +2,7 @@
 //! function takes the caller's [`Principal`](crate::authz::Principal) and
 //! limits what it reads and writes to the caller's scopes.
 
+pub mod admin;
 pub mod audit;
 pub mod customer;
 pub mod tag_library;

@@ -14,12 +14,13 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use crate::authz::{Action, Principal};
+use crate::authz::{Action, ClassAccess, Principal};
 use crate::domain::{Aliases, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
@@ -40,14 +41,41 @@ pub struct Library {
     pub layers: Vec<LibraryLayer>,
 }
 
-/// True when the caller may see the tag (given its group, for enterprise
-/// tags).
-pub fn tag_visible(principal: &Principal, tag: &tag::Model, group: Option<&tag_group::Model>) -> bool {
+/// True when the caller may see a tag group: its library layer is readable
+/// and the caller may read its visibility class — at `at_unit` when given
+/// (a customer's unit, a library's unit), somewhere otherwise.
+pub fn group_visible(principal: &Principal, group: &tag_group::Model, at_unit: Option<i64>) -> bool {
+    if !principal.may_read_library_layer(group.org_unit_id) {
+        return false;
+    }
+    let classes = principal.class_scope(&group.visibility_class, ClassAccess::Read);
+    match at_unit {
+        Some(unit) => classes.contains(unit),
+        None => !classes.is_empty(),
+    }
+}
+
+/// True when the caller may see the tag: a personal tag only by its owner
+/// (or with `personal_tag:read_all`), an enterprise tag when its group is
+/// visible (see [`group_visible`]).
+pub fn tag_visible(
+    principal: &Principal,
+    tag: &tag::Model,
+    group: Option<&tag_group::Model>,
+    at_unit: Option<i64>,
+) -> bool {
     match (tag.owner_staff_id, group) {
-        (Some(owner), _) => owner == principal.staff.id,
-        (None, Some(group)) => principal.may_read_library_layer(group.org_unit_id),
+        (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),
+        (None, Some(group)) => group_visible(principal, group, at_unit),
         (None, None) => false,
     }
+}
+
+/// A tag the caller may see, with its group (enterprise tags).
+#[derive(Debug, Clone)]
+pub struct VisibleTag {
+    pub tag: tag::Model,
+    pub group: Option<tag_group::Model>,
 }
 
 /// The effective library of an org unit: HQ + region + … + the unit.
@@ -60,11 +88,14 @@ pub async fn library_for(db: &impl ConnectionTrait, principal: &Principal, unit:
         return Err(AppError::not_found("org unit", unit));
     }
     let chain: Vec<org_unit::Model> = principal.org.ancestors_or_self(unit.0).into_iter().cloned().collect();
-    let groups = tag_group::Entity::find()
+    let groups: Vec<tag_group::Model> = tag_group::Entity::find()
         .filter(tag_group::Column::OrgUnitId.is_in(chain.iter().map(|u| u.id)))
         .order_by_asc(tag_group::Column::Id)
         .all(db)
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|g| group_visible(principal, g, Some(unit.0)))
+        .collect();
     let mut by_unit: HashMap<i64, Vec<tag_group::Model>> = HashMap::new();
     for group in groups {
         by_unit.entry(group.org_unit_id).or_default().push(group);
@@ -89,7 +120,7 @@ pub async fn find_group(
     tag_group::Entity::find_by_id(id.0)
         .one(db)
         .await?
-        .filter(|g| principal.may_read_library_layer(g.org_unit_id))
+        .filter(|g| group_visible(principal, g, None))
         .ok_or_else(|| AppError::not_found("tag group", id))
 }
 
@@ -99,27 +130,33 @@ pub async fn find_group(
 /// `NOT_FOUND` for missing and invisible tags alike.
 pub async fn find_tag(db: &impl ConnectionTrait, principal: &Principal, id: TagId) -> AppResult<tag::Model> {
     let tags = visible_tags(db, principal, &[id]).await?;
-    tags.into_values().next().ok_or_else(|| AppError::not_found("tag", id))
+    tags.into_values().next().map(|v| v.tag).ok_or_else(|| AppError::not_found("tag", id))
 }
 
-/// The named tags, all of which must be visible to the caller.
+/// The named tags, all of which must be visible to the caller (somewhere
+/// in its scope), with their groups.
 ///
 /// # Errors
-/// `NOT_FOUND` naming the first tag that is missing or invisible.
+/// `NOT_FOUND` naming the first tag that is missing or invisible: unknown
+/// and invisible tags cannot be told apart.
 pub async fn visible_tags(
     db: &impl ConnectionTrait,
     principal: &Principal,
     ids: &[TagId],
-) -> AppResult<HashMap<TagId, tag::Model>> {
+) -> AppResult<HashMap<TagId, VisibleTag>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let tags = tag::Entity::find().filter(tag::Column::Id.is_in(ids.iter().map(|t| t.0))).all(db).await?;
     let groups = groups_by_id(db, tags.iter().filter_map(|t| t.group_id)).await?;
-    let visible: HashMap<TagId, tag::Model> = tags
+    let visible: HashMap<TagId, VisibleTag> = tags
         .into_iter()
-        .filter(|t| tag_visible(principal, t, t.group_id.and_then(|g| groups.get(&g))))
-        .map(|t| (TagId(t.id), t))
+        .map(|tag| {
+            let group = tag.group_id.and_then(|g| groups.get(&g).cloned());
+            VisibleTag { tag, group }
+        })
+        .filter(|v| tag_visible(principal, &v.tag, v.group.as_ref(), None))
+        .map(|v| (TagId(v.tag.id), v))
         .collect();
     match ids.iter().find(|id| !visible.contains_key(id)) {
         Some(missing) => Err(AppError::not_found("tag", missing)),
@@ -143,19 +180,15 @@ pub async fn groups_by_id(
     Ok(groups.into_iter().map(|g| (g.id, g)).collect())
 }
 
-/// Checks that a tag belongs to the HQ-level lifecycle group.
+/// Checks that a tag belongs to a lifecycle group.
 ///
 /// # Errors
 /// `VALIDATION` otherwise.
-pub async fn require_lifecycle_tag(db: &impl ConnectionTrait, tag: &tag::Model) -> AppResult<()> {
-    let group = match tag.group_id {
-        Some(id) => tag_group::Entity::find_by_id(id).one(db).await?,
-        None => None,
-    };
-    if group.is_some_and(|g| g.category == TagCategory::Lifecycle) {
+pub fn require_lifecycle_tag(tag: &VisibleTag) -> AppResult<()> {
+    if tag.group.as_ref().is_some_and(|g| g.category == TagCategory::Lifecycle) {
         Ok(())
     } else {
-        Err(AppError::validation("filter.lifecycleStage", format!("tag {} is not a lifecycle stage", tag.id)))
+        Err(AppError::validation("filter.lifecycleStage", format!("tag {} is not a lifecycle stage", tag.tag.id)))
     }
 }
 
@@ -179,6 +212,22 @@ pub async fn tags_of_groups(
         }
     }
     Ok(out)
+}
+
+/// The visibility classes in use by tag groups, sorted.
+///
+/// # Errors
+/// Database errors.
+pub async fn visibility_classes(db: &impl ConnectionTrait) -> AppResult<Vec<String>> {
+    let mut classes: Vec<String> = tag_group::Entity::find()
+        .select_only()
+        .column(tag_group::Column::VisibilityClass)
+        .distinct()
+        .into_tuple()
+        .all(db)
+        .await?;
+    classes.sort();
+    Ok(classes)
 }
 
 /// The caller's own personal tags.

@@ -16,15 +16,15 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::Query,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
+    Order, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Query},
 };
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use super::tag_library;
-use crate::authz::{Action, Principal};
+use super::tag_library::{self, VisibleTag};
+use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
 use crate::domain::{CustomerId, TagId};
 use crate::error::{AppError, AppResult, is_unique_violation};
@@ -95,27 +95,25 @@ async fn lock_customers(
     ids.iter().map(|id| by_id.get(&id.0).cloned().ok_or_else(|| AppError::not_found("customer", id))).collect()
 }
 
-/// A tag with its group, checked for use by the caller.
-struct UsableTag {
-    tag: tag::Model,
-    group: Option<tag_group::Model>,
-}
-
-async fn usable_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<UsableTag>> {
+/// The named tags, visible to the caller, in the order given.
+async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<VisibleTag>> {
     let mut tags = tag_library::visible_tags(db, principal, ids).await?;
-    let groups = tag_library::groups_by_id(db, tags.values().filter_map(|t| t.group_id)).await?;
-    ids.iter()
-        .map(|id| {
-            let tag = tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))?;
-            let group = tag.group_id.and_then(|g| groups.get(&g).cloned());
-            Ok(UsableTag { tag, group })
-        })
-        .collect()
+    ids.iter().map(|id| tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))).collect()
 }
 
-/// The permission needed to put (or take off) this tag.
-fn action_for(tag: &tag::Model) -> Action {
-    if tag.owner_staff_id.is_some() { Action::PersonalTagManage } else { Action::CustomerTagWrite }
+/// `FORBIDDEN` unless the caller may put this tag on (or take it off) a
+/// customer of the unit: a personal tag only by its owner; an enterprise
+/// tag with `customer_tag:write` and the use of its visibility class there.
+fn require_use(principal: &Principal, tag: &VisibleTag, org_unit_id: i64) -> AppResult<()> {
+    match (&tag.tag.owner_staff_id, &tag.group) {
+        (Some(owner), _) if *owner == principal.staff.id => principal.require(Action::PersonalTagManage, org_unit_id),
+        (Some(_), _) => Err(AppError::Forbidden("only its owner uses a personal tag".to_owned())),
+        (None, Some(group)) => {
+            principal.require(Action::CustomerTagWrite, org_unit_id)?;
+            principal.require_permission(&Permission::tag_class(&group.visibility_class, ClassAccess::Use), org_unit_id)
+        }
+        (None, None) => Err(AppError::not_found("tag", tag.tag.id)),
+    }
 }
 
 /// Adds tags to customers.
@@ -142,10 +140,10 @@ pub async fn apply_tags(
     }
     let txn = db.begin().await?;
     let customers = lock_customers(&txn, principal, &req.customers).await?;
-    let tags = usable_tags(&txn, principal, &req.tags).await?;
+    let tags = named_tags(&txn, principal, &req.tags).await?;
 
     let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
-    for UsableTag { tag, group } in &tags {
+    for VisibleTag { tag, group } in &tags {
         match tag.status {
             TagStatus::Active => {}
             TagStatus::Archived => {
@@ -168,8 +166,9 @@ pub async fn apply_tags(
         }
     }
     for c in &customers {
-        for UsableTag { tag, group } in &tags {
-            principal.require(action_for(tag), c.org_unit_id)?;
+        for named in &tags {
+            require_use(principal, named, c.org_unit_id)?;
+            let VisibleTag { tag, group } = named;
             // An enterprise tag must come from the customer's effective
             // library (its unit's layer or a layer above).
             if let Some(group) = group
@@ -218,7 +217,7 @@ pub async fn apply_tags(
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = held.len() as u32;
         let mut after = before;
-        for UsableTag { tag, group } in &tags {
+        for VisibleTag { tag, group } in &tags {
             if held.contains(&tag.id) {
                 outcome.unchanged += 1;
                 continue;
@@ -314,10 +313,10 @@ pub async fn remove_tags(
     check_sizes(limits, customer_ids.len(), tag_ids.len())?;
     let txn = db.begin().await?;
     let customers = lock_customers(&txn, principal, &customer_ids).await?;
-    let tags = usable_tags(&txn, principal, &tag_ids).await?;
+    let tags = named_tags(&txn, principal, &tag_ids).await?;
     for c in &customers {
         for t in &tags {
-            principal.require(action_for(&t.tag), c.org_unit_id)?;
+            require_use(principal, t, c.org_unit_id)?;
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
@@ -356,9 +355,25 @@ pub async fn remove_tags(
     Ok(outcome)
 }
 
+/// An assignment with what deciding its visibility needs.
+#[derive(Debug, FromQueryResult)]
+struct AssignmentRow {
+    customer_id: i64,
+    tag_id: i64,
+    source: TagSource,
+    source_ref: Option<String>,
+    tagged_by: Option<i64>,
+    tagged_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    owner_staff_id: Option<i64>,
+    visibility_class: Option<String>,
+    org_unit_id: i64,
+}
+
 /// The tags of the given customers that the caller may see, by customer,
-/// oldest assignment first. Other people's personal tags are left out here,
-/// in the query, so they never reach the API layer.
+/// oldest assignment first: other people's personal tags and tags of
+/// classes the caller may not read at the customer's unit are left out
+/// here, so they never reach the API layer. One statement.
 ///
 /// # Errors
 /// Database errors.
@@ -367,22 +382,54 @@ pub async fn visible_assignments_of(
     principal: &Principal,
     customer_ids: &[i64],
 ) -> AppResult<BTreeMap<i64, Vec<customer_tag::Model>>> {
-    let others_personal = Query::select()
-        .column(tag::Column::Id)
-        .from(tag::Entity)
-        .and_where(tag::Column::OwnerStaffId.is_not_null())
-        .and_where(tag::Column::OwnerStaffId.ne(principal.staff.id))
+    let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
+    let query = Query::select()
+        .columns([
+            ct(customer_tag::Column::CustomerId),
+            ct(customer_tag::Column::TagId),
+            ct(customer_tag::Column::Source),
+            ct(customer_tag::Column::SourceRef),
+            ct(customer_tag::Column::TaggedBy),
+            ct(customer_tag::Column::TaggedAt),
+            ct(customer_tag::Column::ExpiresAt),
+        ])
+        .column((tag::Entity, tag::Column::OwnerStaffId))
+        .column((tag_group::Entity, tag_group::Column::VisibilityClass))
+        .column((customer::Entity, customer::Column::OrgUnitId))
+        .from(customer_tag::Entity)
+        .inner_join(tag::Entity, Expr::col((tag::Entity, tag::Column::Id)).equals(ct(customer_tag::Column::TagId)))
+        .left_join(
+            tag_group::Entity,
+            Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
+        )
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id)).equals(ct(customer_tag::Column::CustomerId)),
+        )
+        .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(customer_ids.iter().copied()))
+        .order_by(ct(customer_tag::Column::TaggedAt), Order::Asc)
+        .order_by(ct(customer_tag::Column::TagId), Order::Asc)
         .to_owned();
-    let rows = customer_tag::Entity::find()
-        .filter(customer_tag::Column::CustomerId.is_in(customer_ids.iter().copied()))
-        .filter(customer_tag::Column::TagId.not_in_subquery(others_personal))
-        .order_by_asc(customer_tag::Column::TaggedAt)
-        .order_by_asc(customer_tag::Column::TagId)
-        .all(db)
-        .await?;
+    let rows = AssignmentRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let reads_all_personal = principal.reads_all_personal_tags();
     let mut out: BTreeMap<i64, Vec<customer_tag::Model>> = BTreeMap::new();
     for row in rows {
-        out.entry(row.customer_id).or_default().push(row);
+        let visible = match (row.owner_staff_id, &row.visibility_class) {
+            (Some(owner), _) => owner == principal.staff.id || reads_all_personal,
+            (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(row.org_unit_id),
+            (None, None) => false,
+        };
+        if visible {
+            out.entry(row.customer_id).or_default().push(customer_tag::Model {
+                customer_id: row.customer_id,
+                tag_id: row.tag_id,
+                source: row.source,
+                source_ref: row.source_ref,
+                tagged_by: row.tagged_by,
+                tagged_at: row.tagged_at,
+                expires_at: row.expires_at,
+            });
+        }
     }
     Ok(out)
 }

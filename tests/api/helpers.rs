@@ -137,6 +137,11 @@ impl TestApp {
         self.staff.get(login).unwrap_or_else(|| panic!("no demo staff {login}"))
     }
 
+    /// Makes a staff member created by a test known to [`gql`](Self::gql).
+    pub fn register(&mut self, member: staff::Model) {
+        self.staff.insert(member.login.clone(), member);
+    }
+
     pub fn unit(&self, code: &str) -> i64 {
         self.units[code]
     }

@@ -8,6 +8,7 @@ mod cli;
 mod customers;
 mod http;
 mod n_plus_one;
+mod permission_matrix;
 mod schema_drift;
 mod seed;
 mod tag_library;
