@@ -156,12 +156,26 @@ impl TestApp {
 
     /// Runs a GraphQL operation in process, signed in as `login`.
     pub async fn gql(&self, login: &str, query: &str, variables: Value) -> Gql {
+        self.gql_on(&self.app, login, query, variables).await
+    }
+
+    /// As [`gql`](Self::gql), on another instance of the application
+    /// (sharing this database).
+    pub async fn gql_on(&self, instance: &Application, login: &str, query: &str, variables: Value) -> Gql {
         let request = async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables));
         let auth = format!("Bearer {}", self.token(login));
-        let response = tagbase::http::execute(&self.app.state, &self.app.schema, Some(&auth), request)
+        let response = tagbase::http::execute(&instance.state, &instance.schema, Some(&auth), request)
             .await
             .unwrap_or_else(|e| panic!("sign-in failed: {}", e.message()));
         Gql(serde_json::to_value(response).expect("response json"))
+    }
+
+    /// A second instance of the application on the same database, as a
+    /// second server behind a load balancer would be.
+    pub async fn second_instance(&self) -> Application {
+        let mut settings = Settings::for_database(self._test_db.url.clone());
+        settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
+        Application::with_database(settings, self.db.clone()).await.expect("second instance")
     }
 
     /// Number of SQL statements run so far (through this connection).

@@ -13,3 +13,4 @@ mod schema_drift;
 mod seed;
 mod tag_library;
 mod tagging;
+mod visibility;
