@@ -26,6 +26,8 @@ pub struct GroupById(pub i64);
 pub struct StaffById(pub i64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ActiveTagsOfGroup(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HoldersOfTag(pub i64);
 
 pub struct DbLoader {
     db: DatabaseConnection,
@@ -142,6 +144,17 @@ impl Loader<StaffById> for DbLoader {
             .await
             .map_err(AppError::from)?;
         Ok(rows.into_iter().map(|s| (StaffById(s.id), s)).collect())
+    }
+}
+
+impl Loader<HoldersOfTag> for DbLoader {
+    type Value = u64;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[HoldersOfTag]) -> LoadResult<HoldersOfTag, Self::Value> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let counts = tagging::holder_counts(&self.db, &self.principal, &ids).await?;
+        Ok(counts.into_iter().map(|(k, v)| (HoldersOfTag(k), v)).collect())
     }
 }
 

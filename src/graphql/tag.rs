@@ -10,7 +10,7 @@ use entity::{
 
 use super::customer::Customer;
 use super::env;
-use super::loaders::{ActiveTagsOfGroup, GroupById, TagById};
+use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use crate::domain::{
     Aliases, CustomerId, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass, parse_ids,
@@ -57,6 +57,11 @@ impl Tag {
     }
     async fn version(&self) -> i32 {
         self.0.version
+    }
+    /// Customers holding the tag, among those the caller may read (a store
+    /// sees its own customers' count of an HQ tag, not HQ's).
+    async fn customer_count(&self, ctx: &Context<'_>) -> Result<u64> {
+        Ok(env(ctx).loaders.load_one(HoldersOfTag(self.0.id)).await?.unwrap_or_default())
     }
     /// The group of an enterprise tag.
     async fn group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {

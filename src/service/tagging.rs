@@ -18,7 +18,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
     Order, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait, Query},
+    sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
 };
 use serde_json::json;
 
@@ -432,6 +432,71 @@ pub async fn visible_assignments_of(
         }
     }
     Ok(out)
+}
+
+#[derive(Debug, FromQueryResult)]
+struct CountRow {
+    tag_id: i64,
+    org_unit_id: i64,
+    owner_staff_id: Option<i64>,
+    visibility_class: Option<String>,
+    holders: i64,
+}
+
+/// How many customers hold each tag, counting only customers the caller may
+/// read, in units where it may see the tag's class. One statement.
+///
+/// # Errors
+/// Database errors.
+pub async fn holder_counts(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    tag_ids: &[i64],
+) -> AppResult<HashMap<i64, u64>> {
+    let unit = (customer::Entity, customer::Column::OrgUnitId);
+    let query = Query::select()
+        .column((customer_tag::Entity, customer_tag::Column::TagId))
+        .column(unit)
+        .column((tag::Entity, tag::Column::OwnerStaffId))
+        .column((tag_group::Entity, tag_group::Column::VisibilityClass))
+        .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::CustomerId)).count(), "holders")
+        .from(customer_tag::Entity)
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id))
+                .equals((customer_tag::Entity, customer_tag::Column::CustomerId)),
+        )
+        .inner_join(
+            tag::Entity,
+            Expr::col((tag::Entity, tag::Column::Id)).equals((customer_tag::Entity, customer_tag::Column::TagId)),
+        )
+        .left_join(
+            tag_group::Entity,
+            Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
+        )
+        .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).is_in(tag_ids.iter().copied()))
+        .and_where(Expr::col(unit).is_in(principal.scope(Action::CustomerRead).unit_ids()))
+        .group_by_columns([
+            (customer_tag::Entity, customer_tag::Column::TagId).into_column_ref(),
+            unit.into_column_ref(),
+            (tag::Entity, tag::Column::OwnerStaffId).into_column_ref(),
+            (tag_group::Entity, tag_group::Column::VisibilityClass).into_column_ref(),
+        ])
+        .to_owned();
+    let rows = CountRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let reads_all_personal = principal.reads_all_personal_tags();
+    let mut counts: HashMap<i64, u64> = tag_ids.iter().map(|t| (*t, 0)).collect();
+    for row in rows {
+        let visible = match (row.owner_staff_id, &row.visibility_class) {
+            (Some(owner), _) => owner == principal.staff.id || reads_all_personal,
+            (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(row.org_unit_id),
+            (None, None) => false,
+        };
+        if visible {
+            *counts.entry(row.tag_id).or_default() += row.holders as u64;
+        }
+    }
+    Ok(counts)
 }
 
 /// Every assignment of the customers (visibility aside: used for counts and

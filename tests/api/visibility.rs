@@ -130,6 +130,51 @@ async fn a_tag_counts_only_customers_where_its_class_is_visible(mut app: TestApp
     assert!(tags.ok()["customer"]["tags"].as_array().unwrap().iter().all(|t| t["tag"]["id"] != json!(tier)));
 }
 
+/// Holders of a tag by the admin's count, in a unit or everywhere.
+async fn holders(app: &TestApp, tag: &str, unit: Option<&str>) -> u64 {
+    let mut filter = json!({ "hasAllTags": [tag] });
+    if let Some(unit) = unit {
+        filter["orgUnitId"] = json!(app.unit_id(unit));
+    }
+    app.gql("admin", COUNT, json!({ "f": filter })).await.ok()["customers"]["totalCount"].as_u64().unwrap()
+}
+
+async fn an_hq_tags_customer_count_seen_from_a_store_counts_that_store_only(app: TestApp) {
+    let inquiry = app.tag_id("活动", "询价").await;
+    let sz = app.customers_of("sz01").await;
+    let gz = app.customers_of("gz01").await;
+    app.gql("admin", TAG, json!({ "c": [sz[0], sz[1], gz[0], gz[1], gz[2]], "t": [inquiry] })).await.ok();
+    let q = "query($id: ID!) { tag(id: $id) { customerCount } }";
+    let from_store = app.gql("sz01.sales", q, json!({ "id": inquiry })).await;
+    assert_eq!(from_store.ok()["tag"]["customerCount"].as_u64().unwrap(), holders(&app, &inquiry, Some("sz01")).await);
+    let from_region = app.gql("south.manager", q, json!({ "id": inquiry })).await;
+    assert_eq!(
+        from_region.ok()["tag"]["customerCount"].as_u64().unwrap(),
+        holders(&app, &inquiry, Some("south")).await
+    );
+    let from_hq = app.gql("admin", q, json!({ "id": inquiry })).await;
+    assert_eq!(from_hq.ok()["tag"]["customerCount"].as_u64().unwrap(), holders(&app, &inquiry, None).await);
+    assert!(holders(&app, &inquiry, None).await > holders(&app, &inquiry, Some("sz01")).await);
+    // Counts through the library edge are scoped the same way.
+    let library = app
+        .gql(
+            "sz01.sales",
+            "query($u: ID!) { tagLibrary(orgUnitId: $u) { groups { name tags { id customerCount } } } }",
+            json!({ "u": app.unit_id("sz01") }),
+        )
+        .await;
+    let in_library = library.ok()["tagLibrary"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["tags"].as_array().unwrap().iter())
+        .find(|t| t["id"] == json!(inquiry))
+        .unwrap()["customerCount"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(in_library, holders(&app, &inquiry, Some("sz01")).await);
+}
+
 const ASSIGN: &str = "mutation($i: RoleBindingInput!) { assignRole(input: $i) { changed } }";
 const REVOKE: &str = "mutation($i: RoleBindingInput!) { revokeRole(input: $i) { changed } }";
 
@@ -254,6 +299,7 @@ on_both_databases!(
     customer_service_cannot_filter_or_sort_by_spend,
     customer_service_cannot_learn_that_a_customer_has_a_value_tag,
     a_tag_counts_only_customers_where_its_class_is_visible,
+    an_hq_tags_customer_count_seen_from_a_store_counts_that_store_only,
     region_managers_assign_store_roles_in_their_region_only,
     a_granted_permission_applies_on_the_next_request_on_every_instance,
     only_policy_editors_change_permissions_and_one_always_remains,
