@@ -8,7 +8,8 @@ mod phone;
 
 pub use id::{CustomerId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 pub use name::{
-    Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, TagName, VisibilityClass,
+    Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,
+    VisibilityClass,
 };
 pub use page::{Cursor, PageSize};
 pub use phone::Phone;

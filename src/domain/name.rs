@@ -98,19 +98,39 @@ pub struct VisibilityClass(String);
 
 impl VisibilityClass {
     pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
-        let value = raw.trim();
-        let ok = (1..=32).contains(&value.len())
-            && value.starts_with(|c: char| c.is_ascii_lowercase())
-            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(AppError::validation(field, "must be 1-32 characters of a-z, 0-9 and _, starting with a letter"))
-        }
+        policy_word(raw, field).map(Self)
     }
 
     pub fn into_inner(self) -> String {
         self.0
+    }
+}
+
+/// A role name as policies spell it: `store_manager`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleName(String);
+
+impl RoleName {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        policy_word(raw, field).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A word of the policy language (role, visibility class): lower-case
+/// ASCII, digits and `_`, starting with a letter, at most 32 characters.
+fn policy_word(raw: &str, field: &str) -> AppResult<String> {
+    let value = raw.trim();
+    let ok = (1..=32).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(AppError::validation(field, "must be 1-32 characters of a-z, 0-9 and _, starting with a letter"))
     }
 }
 

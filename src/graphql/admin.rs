@@ -3,8 +3,8 @@
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 
 use super::env;
-use crate::domain::{OrgUnitId, StaffId};
-use crate::service::admin::{self, RoleName};
+use crate::domain::{OrgUnitId, RoleName, StaffId};
+use crate::service::admin;
 use crate::state::AppState;
 
 #[derive(InputObject)]

@@ -9,30 +9,8 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use crate::authz::{self, Action, Authz, CustomerField, Permission, Principal};
-use crate::domain::{OrgUnitId, StaffId};
+use crate::domain::{OrgUnitId, RoleName, StaffId};
 use crate::error::{AppError, AppResult};
-
-/// A role name as policies spell it: `store_manager`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleName(String);
-
-impl RoleName {
-    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
-        let value = raw.trim();
-        let ok = (1..=32).contains(&value.len())
-            && value.starts_with(|c: char| c.is_ascii_lowercase())
-            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(AppError::validation(field, "must be 1-32 characters of a-z, 0-9 and _, starting with a letter"))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 /// Checks that an (object, action) pair is one the server understands, so
 /// that a typo cannot silently grant nothing (or something else).

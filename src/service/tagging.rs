@@ -355,6 +355,17 @@ pub async fn remove_tags(
     Ok(outcome)
 }
 
+/// True when the caller may see a tag on a customer of `org_unit_id`: a
+/// personal tag (`owner` set) by its owner or with `personal_tag:read_all`,
+/// an enterprise tag when its class is readable in that unit.
+fn on_customer_visible(principal: &Principal, owner: Option<i64>, class: Option<&str>, org_unit_id: i64) -> bool {
+    match (owner, class) {
+        (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),
+        (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(org_unit_id),
+        (None, None) => false,
+    }
+}
+
 /// An assignment with what deciding its visibility needs.
 #[derive(Debug, FromQueryResult)]
 struct AssignmentRow {
@@ -411,15 +422,9 @@ pub async fn visible_assignments_of(
         .order_by(ct(customer_tag::Column::TagId), Order::Asc)
         .to_owned();
     let rows = AssignmentRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
-    let reads_all_personal = principal.reads_all_personal_tags();
     let mut out: BTreeMap<i64, Vec<customer_tag::Model>> = BTreeMap::new();
     for row in rows {
-        let visible = match (row.owner_staff_id, &row.visibility_class) {
-            (Some(owner), _) => owner == principal.staff.id || reads_all_personal,
-            (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(row.org_unit_id),
-            (None, None) => false,
-        };
-        if visible {
+        if on_customer_visible(principal, row.owner_staff_id, row.visibility_class.as_deref(), row.org_unit_id) {
             out.entry(row.customer_id).or_default().push(customer_tag::Model {
                 customer_id: row.customer_id,
                 tag_id: row.tag_id,
@@ -484,15 +489,9 @@ pub async fn holder_counts(
         ])
         .to_owned();
     let rows = CountRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
-    let reads_all_personal = principal.reads_all_personal_tags();
     let mut counts: HashMap<i64, u64> = tag_ids.iter().map(|t| (*t, 0)).collect();
     for row in rows {
-        let visible = match (row.owner_staff_id, &row.visibility_class) {
-            (Some(owner), _) => owner == principal.staff.id || reads_all_personal,
-            (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(row.org_unit_id),
-            (None, None) => false,
-        };
-        if visible {
+        if on_customer_visible(principal, row.owner_staff_id, row.visibility_class.as_deref(), row.org_unit_id) {
             *counts.entry(row.tag_id).or_default() += row.holders as u64;
         }
     }
