@@ -308,8 +308,6 @@ pub struct TaggingPayload {
     removed: u32,
     /// Requested changes that were already in place.
     unchanged: u32,
-    /// Customers that crossed the tag-count alert threshold.
-    alerts_raised: u32,
 }
 
 impl From<TaggingOutcome> for TaggingPayload {
@@ -319,7 +317,6 @@ impl From<TaggingOutcome> for TaggingPayload {
             added: o.added,
             removed: o.removed,
             unchanged: o.unchanged,
-            alerts_raised: o.alerts_raised,
         }
     }
 }

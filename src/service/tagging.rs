@@ -246,7 +246,7 @@ pub async fn apply_tags(
         }
         if after > limits.max_tags_per_customer {
             return Err(AppError::LimitExceeded(format!(
-                "customer {} would hold {after} tags; the limit is {}",
+                "customer {} would hold more than {} tags",
                 c.id, limits.max_tags_per_customer
             )));
         }
