@@ -15,6 +15,7 @@ pub mod graphql;
 pub mod http;
 pub mod request_id;
 pub mod seed;
+pub mod segment;
 pub mod service;
 pub mod startup;
 pub mod state;

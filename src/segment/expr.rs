@@ -1,0 +1,98 @@
+//! The expression model. The structured GraphQL input and the text form
+//! both become a [`SegmentExpr`]; the text form prints back from it.
+
+use chrono::{DateTime, Utc};
+use entity::enums::Gender;
+
+/// A tag named in an expression: by name (text form, resolved in the
+/// caller's library) or by id (structured form, or after resolution).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TagRef {
+    Name(String),
+    Id(i64),
+}
+
+/// An inclusive range; an open end is `None`. At least one end is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range<T> {
+    pub min: Option<T>,
+    pub max: Option<T>,
+}
+
+impl<T: PartialOrd + Copy> Range<T> {
+    pub fn contains(&self, value: T) -> bool {
+        self.min.is_none_or(|min| value >= min) && self.max.is_none_or(|max| value <= max)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentExpr {
+    And(Vec<SegmentExpr>),
+    Or(Vec<SegmentExpr>),
+    Not(Box<SegmentExpr>),
+    /// Holds the tag.
+    Tag(TagRef),
+    /// Holds at least one of the tags.
+    AnyTags(Vec<TagRef>),
+    /// Holds every one of the tags.
+    AllTags(Vec<TagRef>),
+    /// Holds any tag of the group (by name in the caller's library).
+    Group(String),
+    /// Was given the tag between the two instants (inclusive), per the tag
+    /// event log, whether or not it still holds it.
+    TaggedBetween {
+        tag: TagRef,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    City(String),
+    Channel(String),
+    Gender(Gender),
+    /// Holds this tag of the lifecycle group.
+    Lifecycle(TagRef),
+    /// Belongs to the org unit (by code) or a unit below it.
+    OrgUnit(String),
+    /// Age in whole years.
+    Age(Range<i64>),
+    /// Total spend in cents (分).
+    Spend(Range<i64>),
+    Orders(Range<i64>),
+    LastOrderBefore(DateTime<Utc>),
+    LastOrderAfter(DateTime<Utc>),
+    AddedBefore(DateTime<Utc>),
+    AddedAfter(DateTime<Utc>),
+    /// Member of another saved segment (by name).
+    Segment(String),
+}
+
+impl SegmentExpr {
+    /// Every tag the expression names.
+    pub fn tags(&self) -> Vec<&TagRef> {
+        let mut out = Vec::new();
+        self.walk(&mut |e| match e {
+            SegmentExpr::Tag(t) | SegmentExpr::Lifecycle(t) | SegmentExpr::TaggedBetween { tag: t, .. } => out.push(t),
+            SegmentExpr::AnyTags(ts) | SegmentExpr::AllTags(ts) => out.extend(ts),
+            _ => {}
+        });
+        out
+    }
+
+    /// Visits the expression and every sub-expression, parents first.
+    pub fn walk<'a>(&'a self, visit: &mut impl FnMut(&'a SegmentExpr)) {
+        visit(self);
+        match self {
+            SegmentExpr::And(items) | SegmentExpr::Or(items) => items.iter().for_each(|i| i.walk(visit)),
+            SegmentExpr::Not(inner) => inner.walk(visit),
+            _ => {}
+        }
+    }
+
+    /// Nesting depth (a leaf is 1).
+    pub fn depth(&self) -> usize {
+        match self {
+            SegmentExpr::And(items) | SegmentExpr::Or(items) => 1 + items.iter().map(Self::depth).max().unwrap_or(0),
+            SegmentExpr::Not(inner) => 1 + inner.depth(),
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Segments (客群): a boolean expression language over tags, tag history
+//! and customer attributes. This module holds the expression model and its
+//! text form; `docs/segment-language.md` is the grammar for people.
+
+mod expr;
+mod text;
+
+pub use expr::{Range, SegmentExpr, TagRef};
+pub use text::{ParseError, parse, print};
