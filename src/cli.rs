@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::FixedOffset;
 use clap::{Parser, Subcommand, ValueEnum};
 use entity::staff;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -38,6 +39,11 @@ pub struct Cli {
 
     #[arg(long, env = "TAGBASE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+
+    /// The organisation's time zone as a UTC offset; dates in segments are
+    /// midnight there.
+    #[arg(long, env = "TAGBASE_UTC_OFFSET", default_value = "+08:00", value_parser = parse_offset, global = true)]
+    utc_offset: FixedOffset,
 
     #[command(subcommand)]
     command: Command,
@@ -106,6 +112,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn parse_offset(raw: &str) -> Result<FixedOffset, String> {
+    raw.parse::<FixedOffset>().map_err(|_| format!("{raw:?} is not a UTC offset such as +08:00"))
+}
+
 fn init_tracing(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -122,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         jwt_secret: cli.jwt_secret.clone(),
         jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
         jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
+        utc_offset: cli.utc_offset,
         limits: Limits::default(),
     };
     match cli.command {

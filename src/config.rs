@@ -2,6 +2,8 @@
 //! and CLI flag in `cli.rs`); nothing else in the code base hard-codes them.
 
 use std::net::SocketAddr;
+
+use chrono::FixedOffset;
 use std::time::Duration;
 
 /// Settings of a running tagbase.
@@ -14,6 +16,9 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// The organisation's time zone, as a fixed UTC offset (China keeps no
+    /// daylight saving time): dates in segments are midnight there.
+    pub utc_offset: FixedOffset,
     pub limits: Limits,
 }
 
@@ -40,6 +45,8 @@ pub struct Limits {
     pub max_customers_per_tagging: usize,
     /// Tags one tagging call may name.
     pub max_tags_per_tagging: usize,
+    /// Nodes one segment expression may have.
+    pub max_segment_nodes: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
 }
@@ -58,6 +65,7 @@ impl Default for Limits {
             tag_alert_threshold: 20,
             max_customers_per_tagging: 1_000,
             max_tags_per_tagging: 50,
+            max_segment_nodes: 500,
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -69,6 +77,11 @@ impl Settings {
     pub const DEFAULT_ISSUER: &'static str = "tagbase";
     pub const DEFAULT_AUDIENCE: &'static str = "tagbase-api";
 
+    /// Asia/Shanghai.
+    pub fn default_utc_offset() -> FixedOffset {
+        FixedOffset::east_opt(8 * 3600).expect("valid offset")
+    }
+
     /// Settings for a given database with every other value at its default.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         Self {
@@ -77,6 +90,7 @@ impl Settings {
             jwt_secret: None,
             jwt_issuer: Self::DEFAULT_ISSUER.to_owned(),
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
+            utc_offset: Self::default_utc_offset(),
             limits: Limits::default(),
         }
     }

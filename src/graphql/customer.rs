@@ -7,6 +7,7 @@ use entity::{customer as customer_entity, enums::Gender, enums::TagCategory};
 
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use super::segment::{SegmentInput, resolve_segment};
 use super::tag::{CustomerTag, Tag};
 use super::{CustomerPrefetch, env, prefetch_customers};
 use crate::authz::{FIELD_RULES, FieldAccess};
@@ -222,6 +223,7 @@ fn parse_filter(input: Option<CustomerFilterInput>) -> Result<CustomerFilter> {
         lifecycle_stage: input.lifecycle_stage.map(|id| TagId::parse(&id, "filter.lifecycleStage")).transpose()?,
         total_spend_min: input.total_spend_min,
         total_spend_max: input.total_spend_max,
+        segment: None,
     })
 }
 
@@ -257,31 +259,49 @@ impl CustomerQuery {
         after: Option<String>,
         filter: Option<CustomerFilterInput>,
         order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Only members of this segment (structured or `{ text: \"…\" }`).")] segment: Option<
+            SegmentInput,
+        >,
     ) -> Result<CustomerConnection> {
-        let env = env(ctx);
-        let filter = parse_filter(filter)?;
-        let order_by = order_by.unwrap_or_default();
-        let order = CustomerOrder {
-            field: match order_by.field {
-                CustomerOrderField::AddedAt => SortField::AddedAt,
-                CustomerOrderField::UpdatedAt => SortField::UpdatedAt,
-                CustomerOrderField::Name => SortField::Name,
-                CustomerOrderField::TotalSpend => SortField::TotalSpend,
-            },
-            descending: order_by.direction == OrderDirection::Desc,
-        };
-        let first = PageSize::parse(first, env.limits)?;
-        let page = service::list_in_scope(env.db, env.principal, &filter, order, first, after.as_deref()).await?;
-        let node = ctx.look_ahead().field("edges").field("node");
-        let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
-        prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;
-        let end_cursor = page.items.last().map(|(c, _)| c.clone());
-        Ok(CustomerConnection {
-            edges: page.items.into_iter().map(|(cursor, c)| CustomerEdge { cursor, node: Customer(c) }).collect(),
-            page_info: PageInfo { has_next_page: page.has_next_page, end_cursor },
-            filter,
-        })
+        let mut filter = parse_filter(filter)?;
+        if let Some(segment) = segment {
+            filter.segment = Some(resolve_segment(ctx, segment).await?);
+        }
+        customer_connection(ctx, filter, order_by, first, after).await
     }
+}
+
+/// A page of customers matching `filter`, with what its selection needs
+/// prefetched.
+pub(crate) async fn customer_connection(
+    ctx: &Context<'_>,
+    filter: CustomerFilter,
+    order_by: Option<CustomerOrderInput>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<CustomerConnection> {
+    let env = env(ctx);
+    let order_by = order_by.unwrap_or_default();
+    let order = CustomerOrder {
+        field: match order_by.field {
+            CustomerOrderField::AddedAt => SortField::AddedAt,
+            CustomerOrderField::UpdatedAt => SortField::UpdatedAt,
+            CustomerOrderField::Name => SortField::Name,
+            CustomerOrderField::TotalSpend => SortField::TotalSpend,
+        },
+        descending: order_by.direction == OrderDirection::Desc,
+    };
+    let first = PageSize::parse(first, env.limits)?;
+    let page = service::list_in_scope(env.db, env.principal, &filter, order, first, after.as_deref()).await?;
+    let node = ctx.look_ahead().field("edges").field("node");
+    let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
+    prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;
+    let end_cursor = page.items.last().map(|(c, _)| c.clone());
+    Ok(CustomerConnection {
+        edges: page.items.into_iter().map(|(cursor, c)| CustomerEdge { cursor, node: Customer(c) }).collect(),
+        page_info: PageInfo { has_next_page: page.has_next_page, end_cursor },
+        filter,
+    })
 }
 
 #[derive(InputObject)]

@@ -6,6 +6,7 @@ mod admin;
 mod customer;
 mod loaders;
 mod org;
+mod segment;
 mod tag;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::config::Limits;
 use crate::state::AppState;
 
 #[derive(MergedObject, Default)]
-pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery, admin::AdminQuery);
+pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery, segment::SegmentQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(customer::CustomerMutation, tag::TagMutation, admin::AdminMutation);

@@ -4,12 +4,21 @@
 use chrono::{DateTime, Utc};
 use entity::enums::Gender;
 
-/// A tag named in an expression: by name (text form, resolved in the
-/// caller's library) or by id (structured form, or after resolution).
+/// A tag, tag group or saved segment named in an expression: by name (text
+/// form, resolved in the caller's view) or by id (structured form, `#12` in
+/// text, or after resolution).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TagRef {
+pub enum Ref {
     Name(String),
     Id(i64),
+}
+
+/// What a [`Ref`] names, for printing names of ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefKind {
+    Tag,
+    Group,
+    Segment,
 }
 
 /// An inclusive range; an open end is `None`. At least one end is set.
@@ -31,17 +40,17 @@ pub enum SegmentExpr {
     Or(Vec<SegmentExpr>),
     Not(Box<SegmentExpr>),
     /// Holds the tag.
-    Tag(TagRef),
+    Tag(Ref),
     /// Holds at least one of the tags.
-    AnyTags(Vec<TagRef>),
+    AnyTags(Vec<Ref>),
     /// Holds every one of the tags.
-    AllTags(Vec<TagRef>),
-    /// Holds any tag of the group (by name in the caller's library).
-    Group(String),
+    AllTags(Vec<Ref>),
+    /// Holds any tag of the group.
+    Group(Ref),
     /// Was given the tag between the two instants (inclusive), per the tag
     /// event log, whether or not it still holds it.
     TaggedBetween {
-        tag: TagRef,
+        tag: Ref,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     },
@@ -49,7 +58,7 @@ pub enum SegmentExpr {
     Channel(String),
     Gender(Gender),
     /// Holds this tag of the lifecycle group.
-    Lifecycle(TagRef),
+    Lifecycle(Ref),
     /// Belongs to the org unit (by code) or a unit below it.
     OrgUnit(String),
     /// Age in whole years.
@@ -61,13 +70,13 @@ pub enum SegmentExpr {
     LastOrderAfter(DateTime<Utc>),
     AddedBefore(DateTime<Utc>),
     AddedAfter(DateTime<Utc>),
-    /// Member of another saved segment (by name).
-    Segment(String),
+    /// Member of another saved segment.
+    Segment(Ref),
 }
 
 impl SegmentExpr {
     /// Every tag the expression names.
-    pub fn tags(&self) -> Vec<&TagRef> {
+    pub fn tags(&self) -> Vec<&Ref> {
         let mut out = Vec::new();
         self.walk(&mut |e| match e {
             SegmentExpr::Tag(t) | SegmentExpr::Lifecycle(t) | SegmentExpr::TaggedBetween { tag: t, .. } => out.push(t),

@@ -3,7 +3,7 @@
 //! text form; `docs/segment-language.md` is the grammar for people.
 
 mod expr;
-mod text;
+pub(crate) mod text;
 
-pub use expr::{Range, SegmentExpr, TagRef};
+pub use expr::{Range, Ref, RefKind, SegmentExpr};
 pub use text::{ParseError, parse, print};

@@ -8,7 +8,7 @@ use std::fmt;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc};
 use entity::enums::Gender;
 
-use super::expr::{Range, SegmentExpr, TagRef};
+use super::expr::{Range, Ref, RefKind, SegmentExpr};
 
 /// Longest expression accepted, in characters.
 pub const MAX_LENGTH: usize = 10_000;
@@ -268,8 +268,8 @@ impl Parser {
             "tag" => self.call(|p| Ok(SegmentExpr::Tag(p.tag_ref()?))),
             "anytag" | "anytags" => self.call(|p| Ok(SegmentExpr::AnyTags(p.tag_list()?))),
             "alltags" => self.call(|p| Ok(SegmentExpr::AllTags(p.tag_list()?))),
-            "group" => self.call(|p| Ok(SegmentExpr::Group(p.string()?))),
-            "segment" => self.call(|p| Ok(SegmentExpr::Segment(p.string()?))),
+            "group" => self.call(|p| Ok(SegmentExpr::Group(p.tag_ref()?))),
+            "segment" => self.call(|p| Ok(SegmentExpr::Segment(p.tag_ref()?))),
             "taggedbetween" => self.call(|p| {
                 let tag = p.tag_ref()?;
                 p.expect(&Tok::Comma, "`,`")?;
@@ -373,11 +373,11 @@ impl Parser {
         }
     }
 
-    fn tag_ref(&mut self) -> Result<TagRef, ParseError> {
+    fn tag_ref(&mut self) -> Result<Ref, ParseError> {
         match self.peek().clone() {
             Tok::Str(s) => {
                 self.bump();
-                Ok(TagRef::Name(s))
+                Ok(Ref::Name(s))
             }
             Tok::Hash => {
                 self.bump();
@@ -386,13 +386,13 @@ impl Parser {
                 if id <= 0 {
                     return Err(ParseError { column, expected: "a tag id".into(), found: format!("{id}") });
                 }
-                Ok(TagRef::Id(id))
+                Ok(Ref::Id(id))
             }
-            _ => self.fail("a tag name in double quotes or `#<tag id>`"),
+            _ => self.fail("a name in double quotes or `#<id>`"),
         }
     }
 
-    fn tag_list(&mut self) -> Result<Vec<TagRef>, ParseError> {
+    fn tag_list(&mut self) -> Result<Vec<Ref>, ParseError> {
         let mut tags = vec![self.tag_ref()?];
         while *self.peek() == Tok::Comma {
             self.bump();
@@ -463,15 +463,16 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// Prints the canonical text of an expression. Tags given by id print by
+/// Prints the canonical text of an expression. References by id print by
 /// name when `name_of` knows it, as `#id` otherwise; instants print as
 /// dates when they are midnight at `offset`.
-pub fn print(expr: &SegmentExpr, name_of: &dyn Fn(i64) -> Option<String>, offset: FixedOffset) -> String {
-    let tag = |t: &TagRef| match t {
-        TagRef::Name(n) => quote(n),
-        TagRef::Id(id) => name_of(*id).map(|n| quote(&n)).unwrap_or_else(|| format!("#{id}")),
+pub fn print(expr: &SegmentExpr, name_of: &dyn Fn(RefKind, i64) -> Option<String>, offset: FixedOffset) -> String {
+    let named = |kind: RefKind, r: &Ref| match r {
+        Ref::Name(n) => quote(n),
+        Ref::Id(id) => name_of(kind, *id).map(|n| quote(&n)).unwrap_or_else(|| format!("#{id}")),
     };
-    let tags = |ts: &[TagRef]| ts.iter().map(tag).collect::<Vec<_>>().join(", ");
+    let tag = |t: &Ref| named(RefKind::Tag, t);
+    let tags = |ts: &[Ref]| ts.iter().map(tag).collect::<Vec<_>>().join(", ");
     let instant = |t: &DateTime<Utc>| {
         let local = t.with_timezone(&offset);
         if local.time() == NaiveTime::MIN {
@@ -508,7 +509,7 @@ pub fn print(expr: &SegmentExpr, name_of: &dyn Fn(i64) -> Option<String>, offset
         SegmentExpr::Tag(t) => format!("tag({})", tag(t)),
         SegmentExpr::AnyTags(ts) => format!("anyTag({})", tags(ts)),
         SegmentExpr::AllTags(ts) => format!("allTags({})", tags(ts)),
-        SegmentExpr::Group(g) => format!("group({})", quote(g)),
+        SegmentExpr::Group(g) => format!("group({})", named(RefKind::Group, g)),
         SegmentExpr::TaggedBetween { tag: t, from, to } => {
             format!("taggedBetween({}, {}, {})", tag(t), instant(from), instant(to))
         }
@@ -524,7 +525,7 @@ pub fn print(expr: &SegmentExpr, name_of: &dyn Fn(i64) -> Option<String>, offset
         SegmentExpr::LastOrderAfter(t) => format!("lastOrder > {}", instant(t)),
         SegmentExpr::AddedBefore(t) => format!("added < {}", instant(t)),
         SegmentExpr::AddedAfter(t) => format!("added > {}", instant(t)),
-        SegmentExpr::Segment(name) => format!("segment({})", quote(name)),
+        SegmentExpr::Segment(s) => format!("segment({})", named(RefKind::Segment, s)),
     }
 }
 
@@ -540,7 +541,7 @@ mod tests {
         parse(text, shanghai()).unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
-    fn no_names(_: i64) -> Option<String> {
+    fn no_names(_: RefKind, _: i64) -> Option<String> {
         None
     }
 
@@ -554,9 +555,9 @@ mod tests {
         assert_eq!(
             e,
             SegmentExpr::And(vec![
-                SegmentExpr::Tag(TagRef::Name("房贷用户".into())),
-                SegmentExpr::Tag(TagRef::Name("有车一族".into())),
-                SegmentExpr::Not(Box::new(SegmentExpr::Tag(TagRef::Name("流失客户".into())))),
+                SegmentExpr::Tag(Ref::Name("房贷用户".into())),
+                SegmentExpr::Tag(Ref::Name("有车一族".into())),
+                SegmentExpr::Not(Box::new(SegmentExpr::Tag(Ref::Name("流失客户".into())))),
                 SegmentExpr::City("深圳".into()),
             ])
         );
@@ -567,10 +568,10 @@ mod tests {
         assert_eq!(
             p(r#"tag("a") OR tag("b") AND tag("c")"#),
             SegmentExpr::Or(vec![
-                SegmentExpr::Tag(TagRef::Name("a".into())),
+                SegmentExpr::Tag(Ref::Name("a".into())),
                 SegmentExpr::And(vec![
-                    SegmentExpr::Tag(TagRef::Name("b".into())),
-                    SegmentExpr::Tag(TagRef::Name("c".into()))
+                    SegmentExpr::Tag(Ref::Name("b".into())),
+                    SegmentExpr::Tag(Ref::Name("c".into()))
                 ]),
             ])
         );
@@ -606,7 +607,7 @@ mod tests {
     #[test]
     fn tags_by_id_print_by_name_when_known() {
         let e = p("tag(#12) OR lifecycle = #3");
-        let names = |id: i64| (id == 12).then(|| "房贷用户".to_owned());
+        let names = |kind: RefKind, id: i64| (kind == RefKind::Tag && id == 12).then(|| "房贷用户".to_owned());
         assert_eq!(print(&e, &names, shanghai()), r#"tag("房贷用户") OR lifecycle = #3"#);
     }
 
@@ -664,8 +665,8 @@ mod tests {
         fn name(rng: &mut rand_chacha::ChaCha8Rng) -> String {
             ["房贷用户", "a\"b", "back\\slash", "有车 一族", "x"][rng.random_range(0..5)].to_owned()
         }
-        fn tag(rng: &mut rand_chacha::ChaCha8Rng) -> TagRef {
-            if rng.random_bool(0.5) { TagRef::Name(name(rng)) } else { TagRef::Id(rng.random_range(1..1000)) }
+        fn tag(rng: &mut rand_chacha::ChaCha8Rng) -> Ref {
+            if rng.random_bool(0.5) { Ref::Name(name(rng)) } else { Ref::Id(rng.random_range(1..1000)) }
         }
         fn instant(rng: &mut rand_chacha::ChaCha8Rng) -> DateTime<Utc> {
             let secs = rng.random_range(1_600_000_000i64..1_900_000_000);
@@ -687,7 +688,7 @@ mod tests {
                 0 => SegmentExpr::Tag(tag(rng)),
                 1 => SegmentExpr::AnyTags((0..rng.random_range(1..4)).map(|_| tag(rng)).collect()),
                 2 => SegmentExpr::AllTags((0..rng.random_range(1..4)).map(|_| tag(rng)).collect()),
-                3 => SegmentExpr::Group(name(rng)),
+                3 => SegmentExpr::Group(tag(rng)),
                 4 => SegmentExpr::TaggedBetween { tag: tag(rng), from: instant(rng), to: instant(rng) },
                 5 => SegmentExpr::City(name(rng)),
                 6 => SegmentExpr::Channel(name(rng)),
@@ -701,7 +702,7 @@ mod tests {
                 14 => SegmentExpr::LastOrderAfter(instant(rng)),
                 15 => SegmentExpr::AddedBefore(instant(rng)),
                 16 => SegmentExpr::AddedAfter(instant(rng)),
-                17 => SegmentExpr::Segment(name(rng)),
+                17 => SegmentExpr::Segment(tag(rng)),
                 18 => SegmentExpr::Not(Box::new(expr(rng, depth - 1))),
                 19 => SegmentExpr::And((0..rng.random_range(2..4)).map(|_| expr(rng, depth - 1)).collect()),
                 _ => SegmentExpr::Or((0..rng.random_range(2..4)).map(|_| expr(rng, depth - 1)).collect()),

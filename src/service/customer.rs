@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use entity::{customer, customer_identity, customer_tag, enums::Gender};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use super::like_escape;
-use super::tag_library;
+use super::{segment, tag_library};
 use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId,
@@ -36,6 +36,15 @@ pub struct CustomerFilter {
     /// Total spend range in cents, both ends included.
     pub total_spend_min: Option<i64>,
     pub total_spend_max: Option<i64>,
+    /// Members of a segment.
+    pub segment: Option<SegmentFilter>,
+}
+
+/// A resolved segment expression and the time zone its dates are in.
+#[derive(Debug, Clone)]
+pub struct SegmentFilter {
+    pub resolved: segment::Resolved,
+    pub offset: FixedOffset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -231,6 +240,9 @@ async fn filter_condition(
     }
     if !filter.has_any_tags.is_empty() {
         cond = cond.add(filter.has_any_tags.iter().fold(Condition::any(), |any, tag| any.add(holds(tag))));
+    }
+    if let Some(seg) = &filter.segment {
+        cond = cond.add(segment::condition(principal, &seg.resolved, &searched, seg.offset, Utc::now())?);
     }
     Ok(cond)
 }

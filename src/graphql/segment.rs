@@ -1,0 +1,197 @@
+//! Segments in the API: the structured `@oneOf` input (or its text form)
+//! and `segmentPreview`.
+
+use async_graphql::{ComplexObject, Context, ID, InputObject, OneofObject, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::enums::Gender;
+
+use super::customer::{CustomerConnection, CustomerOrderInput, customer_connection};
+use super::env;
+use crate::domain::{OrgUnitId, TagGroupId, TagId};
+use crate::error::AppError;
+use crate::segment::{Range, Ref, SegmentExpr};
+use crate::service::customer::{CustomerFilter, SegmentFilter};
+use crate::service::segment as service;
+use crate::state::AppState;
+
+/// One node of a segment expression: exactly one field is set. `text`
+/// takes the text form (see docs/segment-language.md) anywhere in a tree.
+#[derive(OneofObject)]
+pub enum SegmentInput {
+    Text(String),
+    And(Vec<SegmentInput>),
+    Or(Vec<SegmentInput>),
+    Not(Box<SegmentInput>),
+    /// Holds the tag.
+    Tag(ID),
+    /// Holds at least one of the tags.
+    AnyTags(Vec<ID>),
+    /// Holds every one of the tags.
+    AllTags(Vec<ID>),
+    /// Holds any tag of the group.
+    Group(ID),
+    /// Was given the tag in the window (tag event log).
+    TaggedBetween(TaggedBetweenInput),
+    City(String),
+    Channel(String),
+    Gender(Gender),
+    /// Holds this tag of the lifecycle group.
+    Lifecycle(ID),
+    /// Belongs to the org unit or one below it.
+    OrgUnit(ID),
+    /// Age in whole years.
+    Age(IntRangeInput),
+    /// Total spend in cents.
+    Spend(IntRangeInput),
+    Orders(IntRangeInput),
+    LastOrderBefore(DateTime<Utc>),
+    LastOrderAfter(DateTime<Utc>),
+    AddedBefore(DateTime<Utc>),
+    AddedAfter(DateTime<Utc>),
+    /// Member of a saved segment.
+    Segment(ID),
+}
+
+#[derive(InputObject)]
+pub struct TaggedBetweenInput {
+    tag: ID,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// An inclusive range; give at least one end.
+#[derive(InputObject)]
+pub struct IntRangeInput {
+    min: Option<i64>,
+    max: Option<i64>,
+}
+
+fn range(input: IntRangeInput, field: &str) -> Result<Range<i64>, AppError> {
+    match (input.min, input.max) {
+        (None, None) => Err(AppError::validation(field, "give min, max or both")),
+        (Some(a), Some(b)) if a > b => Err(AppError::validation(field, "min must not exceed max")),
+        (min, max) => Ok(Range { min, max }),
+    }
+}
+
+fn items(inputs: Vec<SegmentInput>, ctx: &Context<'_>, field: &str) -> Result<Vec<SegmentExpr>, AppError> {
+    if inputs.is_empty() {
+        return Err(AppError::validation(field, "needs at least one item"));
+    }
+    inputs.into_iter().map(|i| to_expr(i, ctx)).collect()
+}
+
+fn tag_ref(id: &ID, field: &str) -> Result<Ref, AppError> {
+    TagId::parse(id, field).map(|t| Ref::Id(t.0))
+}
+
+fn tag_refs(ids: &[ID], field: &str) -> Result<Vec<Ref>, AppError> {
+    if ids.is_empty() {
+        return Err(AppError::validation(field, "needs at least one tag"));
+    }
+    ids.iter().map(|id| tag_ref(id, field)).collect()
+}
+
+/// The structured input as an expression (names and ids unresolved).
+fn to_expr(input: SegmentInput, ctx: &Context<'_>) -> Result<SegmentExpr, AppError> {
+    let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
+    Ok(match input {
+        SegmentInput::Text(text) => service::parse_text(&text, offset)?,
+        SegmentInput::And(list) => {
+            let mut list = items(list, ctx, "segment.and")?;
+            if list.len() == 1 { list.remove(0) } else { SegmentExpr::And(list) }
+        }
+        SegmentInput::Or(list) => {
+            let mut list = items(list, ctx, "segment.or")?;
+            if list.len() == 1 { list.remove(0) } else { SegmentExpr::Or(list) }
+        }
+        SegmentInput::Not(inner) => SegmentExpr::Not(Box::new(to_expr(*inner, ctx)?)),
+        SegmentInput::Tag(id) => SegmentExpr::Tag(tag_ref(&id, "segment.tag")?),
+        SegmentInput::AnyTags(ids) => SegmentExpr::AnyTags(tag_refs(&ids, "segment.anyTags")?),
+        SegmentInput::AllTags(ids) => SegmentExpr::AllTags(tag_refs(&ids, "segment.allTags")?),
+        SegmentInput::Group(id) => SegmentExpr::Group(Ref::Id(TagGroupId::parse(&id, "segment.group")?.0)),
+        SegmentInput::TaggedBetween(t) => {
+            if t.from > t.to {
+                return Err(AppError::validation("segment.taggedBetween", "from must not be after to"));
+            }
+            SegmentExpr::TaggedBetween { tag: tag_ref(&t.tag, "segment.taggedBetween.tag")?, from: t.from, to: t.to }
+        }
+        SegmentInput::City(city) => SegmentExpr::City(city.trim().to_owned()),
+        SegmentInput::Channel(channel) => SegmentExpr::Channel(channel.trim().to_owned()),
+        SegmentInput::Gender(g) => SegmentExpr::Gender(g),
+        SegmentInput::Lifecycle(id) => SegmentExpr::Lifecycle(tag_ref(&id, "segment.lifecycle")?),
+        SegmentInput::OrgUnit(id) => {
+            let id = OrgUnitId::parse(&id, "segment.orgUnit")?;
+            let principal = env(ctx).principal;
+            let unit = principal
+                .org
+                .get(id.0)
+                .filter(|u| principal.visible_units().contains(&u.id))
+                .ok_or_else(|| AppError::not_found("org unit", id))?;
+            SegmentExpr::OrgUnit(unit.code.clone())
+        }
+        SegmentInput::Age(r) => SegmentExpr::Age(range(r, "segment.age")?),
+        SegmentInput::Spend(r) => SegmentExpr::Spend(range(r, "segment.spend")?),
+        SegmentInput::Orders(r) => SegmentExpr::Orders(range(r, "segment.orders")?),
+        SegmentInput::LastOrderBefore(t) => SegmentExpr::LastOrderBefore(t),
+        SegmentInput::LastOrderAfter(t) => SegmentExpr::LastOrderAfter(t),
+        SegmentInput::AddedBefore(t) => SegmentExpr::AddedBefore(t),
+        SegmentInput::AddedAfter(t) => SegmentExpr::AddedAfter(t),
+        SegmentInput::Segment(id) => SegmentExpr::Segment(Ref::Id(
+            id.parse::<i64>().map_err(|_| AppError::validation("segment.segment", "is not a valid segment id"))?,
+        )),
+    })
+}
+
+/// Resolves a segment input in the caller's view.
+pub(crate) async fn resolve_segment(ctx: &Context<'_>, input: SegmentInput) -> Result<SegmentFilter> {
+    let env = env(ctx);
+    let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
+    let expr = to_expr(input, ctx)?;
+    let resolved = service::resolve(env.db, env.principal, env.limits, expr).await?;
+    Ok(SegmentFilter { resolved, offset })
+}
+
+/// A segment evaluated now, for the caller.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct SegmentPreview {
+    /// The canonical text form of the expression.
+    text: String,
+    #[graphql(skip)]
+    filter: CustomerFilter,
+}
+
+#[ComplexObject]
+impl SegmentPreview {
+    /// Members the caller may see.
+    async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
+        let env = env(ctx);
+        Ok(crate::service::customer::count_in_scope(env.db, env.principal, &self.filter).await?)
+    }
+
+    /// A page of the members.
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        order_by: Option<CustomerOrderInput>,
+    ) -> Result<CustomerConnection> {
+        customer_connection(ctx, self.filter.clone(), order_by, first, after).await
+    }
+}
+
+#[derive(Default)]
+pub struct SegmentQuery;
+
+#[async_graphql::Object]
+impl SegmentQuery {
+    /// Evaluates a segment without saving it: its canonical text, member
+    /// count and members, all limited to what the caller may see.
+    async fn segment_preview(&self, ctx: &Context<'_>, segment: SegmentInput) -> Result<SegmentPreview> {
+        let seg = resolve_segment(ctx, segment).await?;
+        let text = seg.resolved.text(seg.offset);
+        Ok(SegmentPreview { text, filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
+    }
+}
