@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use entity::{
     customer, customer_identity, customer_tag,
-    enums::{Gender, OrgUnitKind, TagCategory, TagOp, TagSource, TagStatus},
-    org_unit, staff, tag, tag_event, tag_group,
+    enums::{Gender, OrgUnitKind, SegmentKind, TagCategory, TagOp, TagSource, TagStatus},
+    org_unit, segment, staff, tag, tag_event, tag_group,
 };
 use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
@@ -49,18 +49,20 @@ pub struct SeedReport {
     pub customers_created: usize,
     pub customers_updated: usize,
     pub assignments: usize,
+    pub segments: usize,
 }
 
 impl fmt::Display for SeedReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "created {} org units, {} staff, {} role bindings, {} tag groups, {} tags, {} customers ({} updated), {} tag assignments",
+            "created {} org units, {} staff, {} role bindings, {} tag groups, {} tags, {} segments, {} customers ({} updated), {} tag assignments",
             self.org_units,
             self.staff,
             self.role_bindings,
             self.tag_groups,
             self.tags,
+            self.segments,
             self.customers_created,
             self.customers_updated,
             self.assignments
@@ -494,6 +496,7 @@ pub async fn seed_demo_sized(db: &DatabaseConnection, authz: &Authz, per_store: 
     let units = seed_org(db, &mut report).await?;
     let staff = seed_staff(db, authz, &units, &mut report).await?;
     let tags = seed_library(db, &units, &staff, &mut report).await?;
+    seed_segments(db, &units, &staff, &tags, &mut report).await?;
     let customers = generate_customers(per_store);
     let txn = db.begin().await?;
     seed_customers(&txn, &customers, &units, &staff, &tags, &mut report).await?;
@@ -562,6 +565,73 @@ async fn seed_staff(
         out.insert(*login, member);
     }
     Ok(out)
+}
+
+/// Saved segments of the articles, at HQ, by the HQ marketer. Stored with
+/// tags by id, as the API stores them.
+async fn seed_segments(
+    db: &DatabaseConnection,
+    units: &HashMap<&'static str, org_unit::Model>,
+    staff: &HashMap<&'static str, staff::Model>,
+    tags: &TagIndex,
+    report: &mut SeedReport,
+) -> anyhow::Result<()> {
+    let t = |group: &str, name: &str| format!("#{}", tags[&(group.to_owned(), name.to_owned())]);
+    let specs = [
+        (
+            "母亲节促销",
+            "母亲节活动：本地、有3-6岁孩子的女性客户",
+            format!("gender = FEMALE AND tag({}) AND tag({})", t("家庭情况", "孩子3-6岁"), t("家庭情况", "本地居民")),
+        ),
+        (
+            "房贷有车深圳客户",
+            "交叉分析：深圳的房贷 + 有车客户，不含流失客户",
+            format!(
+                "tag({}) AND tag({}) AND NOT tag({}) AND city = \"深圳\"",
+                t("资产状况", "房贷用户"),
+                t("资产状况", "有车一族"),
+                t("客户阶段", "流失客户")
+            ),
+        ),
+        ("高价值客户", "消费等级 S 或 A", format!("anyTag({}, {})", t("消费等级", "S级"), t("消费等级", "A级"))),
+        (
+            "购车后资金需求",
+            "半年前标记购车意向、本月标记资金需求",
+            format!(
+                "taggedBetween({}, \"2026-04-15\", \"2026-05-20\") AND taggedBetween({}, \"2026-10-10\", \"2026-11-01\")",
+                t("活动", "购车意向"),
+                t("活动", "资金需求")
+            ),
+        ),
+    ];
+    let hq = units["hq"].id;
+    for (name, description, expression) in specs {
+        let exists = segment::Entity::find()
+            .filter(segment::Column::OrgUnitId.eq(hq))
+            .filter(segment::Column::Name.eq(name))
+            .one(db)
+            .await?
+            .is_some();
+        if exists {
+            continue;
+        }
+        report.segments += 1;
+        segment::ActiveModel {
+            id: NotSet,
+            org_unit_id: Set(hq),
+            name: Set(name.to_owned()),
+            description: Set(description.to_owned()),
+            kind: Set(SegmentKind::Dynamic),
+            expression: Set(expression),
+            owner_staff_id: Set(staff["hq.marketing"].id),
+            member_count: Set(None),
+            created_at: Set(anchor()),
+            updated_at: Set(anchor()),
+        }
+        .insert(db)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Tag ids by (group name, or `@login` for personal tags; tag name).

@@ -71,3 +71,9 @@ stored_enum!(
 stored_enum!(
     AlertKind { TagCountThreshold = "TAG_COUNT" }
 );
+
+stored_enum!(
+    /// Dynamic segments are re-evaluated on every use; static ones keep the
+    /// members they had when saved.
+    SegmentKind { Dynamic = "DYNAMIC", Static = "STATIC" }
+);

@@ -9,6 +9,8 @@ pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;
 pub mod org_unit;
+pub mod segment;
+pub mod segment_member;
 pub mod staff;
 pub mod tag;
 pub mod tag_alert;

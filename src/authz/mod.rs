@@ -54,10 +54,12 @@ pub enum Action {
     TagLibraryWrite,
     AuditLogRead,
     PolicyEdit,
+    SegmentRead,
+    SegmentWrite,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 12] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -68,6 +70,8 @@ impl Action {
         Action::TagLibraryWrite,
         Action::AuditLogRead,
         Action::PolicyEdit,
+        Action::SegmentRead,
+        Action::SegmentWrite,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -83,6 +87,8 @@ impl Action {
             Action::TagLibraryWrite => ("tag_library", "write"),
             Action::AuditLogRead => ("audit_log", "read"),
             Action::PolicyEdit => ("policy", "edit"),
+            Action::SegmentRead => ("segment", "read"),
+            Action::SegmentWrite => ("segment", "write"),
         }
     }
 

@@ -145,6 +145,12 @@ pub struct PageInfo {
     end_cursor: Option<String>,
 }
 
+impl PageInfo {
+    pub fn new(has_next_page: bool, end_cursor: Option<String>) -> Self {
+        Self { has_next_page, end_cursor }
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct CustomerEdge {
     cursor: String,

@@ -22,10 +22,17 @@ use crate::config::Limits;
 use crate::state::AppState;
 
 #[derive(MergedObject, Default)]
-pub struct Query(org::OrgQuery, customer::CustomerQuery, tag::TagQuery, segment::SegmentQuery, admin::AdminQuery);
+pub struct Query(
+    org::OrgQuery,
+    customer::CustomerQuery,
+    tag::TagQuery,
+    segment::SegmentQuery,
+    segment::SegmentSavedQuery,
+    admin::AdminQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(customer::CustomerMutation, tag::TagMutation, admin::AdminMutation);
+pub struct Mutation(customer::CustomerMutation, tag::TagMutation, segment::SegmentMutation, admin::AdminMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

@@ -3,11 +3,12 @@
 
 use async_graphql::{ComplexObject, Context, ID, InputObject, OneofObject, Result, SimpleObject};
 use chrono::{DateTime, Utc};
-use entity::enums::Gender;
+use entity::enums::{Gender, SegmentKind};
 
-use super::customer::{CustomerConnection, CustomerOrderInput, customer_connection};
+use super::customer::{CustomerConnection, CustomerOrderInput, PageInfo, customer_connection};
 use super::env;
-use crate::domain::{OrgUnitId, TagGroupId, TagId};
+use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
 use crate::error::AppError;
 use crate::segment::{Range, Ref, SegmentExpr};
 use crate::service::customer::{CustomerFilter, SegmentFilter};
@@ -193,5 +194,186 @@ impl SegmentQuery {
         let seg = resolve_segment(ctx, segment).await?;
         let text = seg.resolved.text(seg.offset);
         Ok(SegmentPreview { text, filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
+    }
+}
+
+/// A saved segment (客群).
+pub struct Segment(pub entity::segment::Model);
+
+#[async_graphql::Object]
+impl Segment {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn kind(&self) -> SegmentKind {
+        self.0.kind
+    }
+    async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
+        org_unit(ctx, self.0.org_unit_id)
+    }
+    async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, Some(self.0.owner_staff_id)).await
+    }
+    /// Members when a static segment was saved (its snapshot).
+    async fn snapshot_size(&self) -> Option<i32> {
+        self.0.member_count
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// The expression's canonical text, in the caller's view.
+    async fn text(&self, ctx: &Context<'_>) -> Result<String> {
+        let env = env(ctx);
+        let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
+        let expr = service::parse_text(&self.0.expression, chrono::FixedOffset::east_opt(0).expect("UTC"))?;
+        let resolved = service::resolve(env.db, env.principal, env.limits, expr).await?;
+        Ok(resolved.text(offset))
+    }
+    /// Members the caller may see (a static segment: of its snapshot).
+    async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
+        let env = env(ctx);
+        let filter = self.filter(ctx).await?;
+        Ok(crate::service::customer::count_in_scope(env.db, env.principal, &filter).await?)
+    }
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        order_by: Option<CustomerOrderInput>,
+    ) -> Result<CustomerConnection> {
+        let filter = self.filter(ctx).await?;
+        customer_connection(ctx, filter, order_by, first, after).await
+    }
+}
+
+impl Segment {
+    async fn filter(&self, ctx: &Context<'_>) -> Result<CustomerFilter> {
+        let env = env(ctx);
+        let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
+        let resolved = service::resolve_saved(env.db, env.principal, env.limits, &self.0).await?;
+        Ok(CustomerFilter { segment: Some(SegmentFilter { resolved, offset }), ..Default::default() })
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct SegmentEdge {
+    cursor: String,
+    node: Segment,
+}
+
+/// Saved segments, oldest first.
+#[derive(SimpleObject)]
+pub struct SegmentConnection {
+    edges: Vec<SegmentEdge>,
+    page_info: PageInfo,
+    total_count: u64,
+}
+
+#[derive(InputObject)]
+pub struct SaveSegmentInput {
+    /// Where the segment lives (who may see and use it).
+    org_unit_id: ID,
+    name: String,
+    description: Option<String>,
+    #[graphql(default_with = "SegmentKind::Dynamic")]
+    kind: SegmentKind,
+    segment: SegmentInput,
+}
+
+#[derive(SimpleObject)]
+pub struct SaveSegmentPayload {
+    segment: Segment,
+}
+
+#[derive(SimpleObject)]
+pub struct DeleteSegmentPayload {
+    deleted_id: ID,
+}
+
+#[derive(Default)]
+pub struct SegmentSavedQuery;
+
+#[async_graphql::Object]
+impl SegmentSavedQuery {
+    async fn segment(&self, ctx: &Context<'_>, id: ID) -> Result<Segment> {
+        let env = env(ctx);
+        let id = parse_segment_id(&id, "id")?;
+        Ok(Segment(service::find(env.db, env.principal, id).await?))
+    }
+
+    /// Saved segments the caller may see (its units' and those above).
+    async fn segments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<SegmentConnection> {
+        let env = env(ctx);
+        let all = service::list(env.db, env.principal).await?;
+        let first = PageSize::parse(first, env.limits)?.get() as usize;
+        let start = match after {
+            Some(raw) => {
+                let cursor = Cursor::decode(&raw, "SEGMENT_ID")?;
+                all.iter().position(|s| s.id > cursor.id).unwrap_or(all.len())
+            }
+            None => 0,
+        };
+        let total_count = all.len() as u64;
+        let page: Vec<_> = all.into_iter().skip(start).take(first + 1).collect();
+        let has_next_page = page.len() > first;
+        let edges: Vec<SegmentEdge> = page
+            .into_iter()
+            .take(first)
+            .map(|s| SegmentEdge {
+                cursor: Cursor { ordering: "SEGMENT_ID".into(), key: String::new(), id: s.id }.encode(),
+                node: Segment(s),
+            })
+            .collect();
+        let end_cursor = edges.last().map(|e| e.cursor.clone());
+        Ok(SegmentConnection { edges, page_info: PageInfo::new(has_next_page, end_cursor), total_count })
+    }
+}
+
+fn parse_segment_id(raw: &ID, field: &str) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::validation(field, "is not a valid segment id"))
+}
+
+#[derive(Default)]
+pub struct SegmentMutation;
+
+#[async_graphql::Object]
+impl SegmentMutation {
+    /// Saves a segment: dynamic (re-evaluated on use) or static (keeps the
+    /// members the caller sees now).
+    async fn save_segment(&self, ctx: &Context<'_>, input: SaveSegmentInput) -> Result<SaveSegmentPayload> {
+        let env = env(ctx);
+        let seg = resolve_segment(ctx, input.segment).await?;
+        let new = service::NewSegment {
+            org_unit: OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?,
+            name: TagName::parse(&input.name, "name")?,
+            description: Description::parse(input.description.as_deref(), "description")?,
+            kind: input.kind,
+            resolved: seg.resolved,
+        };
+        Ok(SaveSegmentPayload { segment: Segment(service::save(env.db, env.principal, new).await?) })
+    }
+
+    /// Deletes a saved segment that no other segment uses.
+    async fn delete_segment(&self, ctx: &Context<'_>, id: ID) -> Result<DeleteSegmentPayload> {
+        let env = env(ctx);
+        let segment_id = parse_segment_id(&id, "id")?;
+        service::delete(env.db, env.principal, segment_id).await?;
+        Ok(DeleteSegmentPayload { deleted_id: id })
     }
 }

@@ -291,6 +291,26 @@ pub async fn count_in_scope(db: &DatabaseConnection, principal: &Principal, filt
     Ok(customer::Entity::find().filter(cond).count(db).await?)
 }
 
+/// Ids of every customer matching the filter within the caller's scope.
+///
+/// # Errors
+/// As [`list_in_scope`].
+pub async fn ids_in_scope(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    filter: &CustomerFilter,
+) -> AppResult<Vec<i64>> {
+    let cond = filter_condition(db, principal, filter, None).await?;
+    Ok(customer::Entity::find()
+        .select_only()
+        .column(customer::Column::Id)
+        .filter(cond)
+        .order_by_asc(customer::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
 /// Input of [`create`], parsed.
 #[derive(Debug, Clone)]
 pub struct NewCustomer {

@@ -5,21 +5,33 @@
 //! engine is checked against, and what answers until that engine is built.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 
 use chrono::{DateTime, FixedOffset, Months, Utc};
-use entity::{customer, customer_tag, enums::TagCategory, enums::TagOp, tag, tag_event, tag_group};
+use entity::{
+    customer, customer_tag,
+    enums::{SegmentKind, TagCategory, TagOp},
+    segment, segment_member, tag, tag_event, tag_group,
+};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
 };
 
 use super::like_escape;
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use super::customer::{self as customer_service, CustomerFilter, SegmentFilter};
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
-use crate::domain::{TagGroupId, TagId};
-use crate::error::{AppError, AppResult};
-use crate::segment::{self, Range, Ref, RefKind, SegmentExpr};
+use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::segment::{self as language, Range, Ref, RefKind, SegmentExpr};
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.
@@ -31,6 +43,16 @@ pub struct Resolved {
     /// Tags whose name means more than one tag to the caller: printed as
     /// `#id` so that the text resolves back to the same tags.
     pub ambiguous: HashSet<i64>,
+    /// Saved segments the expression refers to.
+    pub segments: HashMap<i64, SavedRef>,
+}
+
+/// A saved segment named in an expression: a dynamic one is evaluated from
+/// its own (resolved) expression, a static one from its member snapshot.
+#[derive(Debug, Clone)]
+pub struct SavedRef {
+    pub saved: segment::Model,
+    pub inner: Option<Box<Resolved>>,
 }
 
 impl Resolved {
@@ -40,9 +62,9 @@ impl Resolved {
             RefKind::Tag if self.ambiguous.contains(&id) => None,
             RefKind::Tag => self.tags.get(&id).map(|t| t.tag.name.clone()),
             RefKind::Group => self.groups.get(&id).map(|g| g.name.clone()),
-            RefKind::Segment => None,
+            RefKind::Segment => self.segments.get(&id).map(|s| s.saved.name.clone()),
         };
-        segment::print(&self.expr, &name_of, offset)
+        language::print(&self.expr, &name_of, offset)
     }
 }
 
@@ -52,7 +74,7 @@ impl Resolved {
 /// `VALIDATION` on field `segment.text`, with the column and what was
 /// expected.
 pub fn parse_text(text: &str, offset: FixedOffset) -> AppResult<SegmentExpr> {
-    segment::parse(text, offset).map_err(|e| AppError::validation("segment.text", e.to_string()))
+    language::parse(text, offset).map_err(|e| AppError::validation("segment.text", e.to_string()))
 }
 
 fn ambiguous(kind: &str, name: &str, candidates: Vec<String>) -> AppError {
@@ -67,9 +89,105 @@ fn ambiguous(kind: &str, name: &str, candidates: Vec<String>) -> AppError {
 /// # Errors
 /// `NOT_FOUND` for references the caller cannot see (unknown and invisible
 /// alike), `VALIDATION` for ambiguous names, an expression too large, a
-/// lifecycle predicate on a tag outside the lifecycle group, or a saved
-/// segment (not available yet).
+/// lifecycle predicate on a tag outside the lifecycle group, or saved
+/// segments that refer to each other in a cycle.
 pub async fn resolve(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    limits: &Limits,
+    expr: SegmentExpr,
+) -> AppResult<Resolved> {
+    resolve_within(db, principal, limits, expr, Vec::new()).await
+}
+
+/// [`resolve`], inside the saved segments in `stack` (to refuse cycles).
+fn resolve_within<'a, C: ConnectionTrait>(
+    db: &'a C,
+    principal: &'a Principal,
+    limits: &'a Limits,
+    expr: SegmentExpr,
+    stack: Vec<i64>,
+) -> Pin<Box<dyn Future<Output = AppResult<Resolved>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut resolved = resolve_references(db, principal, limits, expr).await?;
+        let mut refs = Vec::new();
+        resolved.expr.walk(&mut |e| {
+            if let SegmentExpr::Segment(r) = e {
+                refs.push(r.clone());
+            }
+        });
+        let mut names = HashMap::new();
+        for r in refs {
+            let saved = find_saved(db, principal, &r).await?;
+            if stack.contains(&saved.id) {
+                return Err(AppError::validation(
+                    "segment",
+                    format!("segment {:?} refers to itself through segment(…)", saved.name),
+                ));
+            }
+            let inner = match saved.kind {
+                SegmentKind::Static => None,
+                SegmentKind::Dynamic => {
+                    let expr = parse_text(&saved.expression, FixedOffset::east_opt(0).expect("UTC"))?;
+                    let mut within = stack.clone();
+                    within.push(saved.id);
+                    Some(Box::new(resolve_within(db, principal, limits, expr, within).await?))
+                }
+            };
+            if let Ref::Name(n) = &r {
+                names.insert(n.clone(), saved.id);
+            }
+            resolved.segments.insert(saved.id, SavedRef { saved, inner });
+        }
+        resolved.expr = name_segments(resolved.expr, &names);
+        Ok(resolved)
+    })
+}
+
+fn name_segments(expr: SegmentExpr, names: &HashMap<String, i64>) -> SegmentExpr {
+    match expr {
+        SegmentExpr::And(items) => SegmentExpr::And(items.into_iter().map(|e| name_segments(e, names)).collect()),
+        SegmentExpr::Or(items) => SegmentExpr::Or(items.into_iter().map(|e| name_segments(e, names)).collect()),
+        SegmentExpr::Not(inner) => SegmentExpr::Not(Box::new(name_segments(*inner, names))),
+        SegmentExpr::Segment(Ref::Name(n)) => SegmentExpr::Segment(Ref::Id(names[&n])),
+        other => other,
+    }
+}
+
+/// A saved segment the caller may use, by id or name.
+async fn find_saved(db: &impl ConnectionTrait, principal: &Principal, r: &Ref) -> AppResult<segment::Model> {
+    let found: Vec<segment::Model> = match r {
+        Ref::Id(id) => segment::Entity::find_by_id(*id).all(db).await?,
+        Ref::Name(n) => segment::Entity::find().filter(segment::Column::Name.eq(n.as_str())).all(db).await?,
+    }
+    .into_iter()
+    .filter(|s| saved_visible(principal, s))
+    .collect();
+    match found.as_slice() {
+        [] => Err(match r {
+            Ref::Id(id) => AppError::not_found("segment", id),
+            Ref::Name(n) => AppError::NotFound { kind: "segment", id: format!("{n:?}") },
+        }),
+        [one] => Ok(one.clone()),
+        many => {
+            let listed = many.iter().map(|s| format!("{} (#{})", s.name, s.id)).collect();
+            Err(ambiguous("segment", &many[0].name, listed))
+        }
+    }
+}
+
+/// A saved segment is visible where its unit is one whose segments the
+/// caller may read, or above one (an HQ segment is usable in a store).
+pub fn saved_visible(principal: &Principal, saved: &segment::Model) -> bool {
+    let Some(unit) = principal.org.get(saved.org_unit_id) else { return false };
+    principal
+        .scope(Action::SegmentRead)
+        .unit_ids()
+        .filter_map(|u| principal.org.get(u))
+        .any(|u| u.path.starts_with(&unit.path))
+}
+
+async fn resolve_references(
     db: &impl ConnectionTrait,
     principal: &Principal,
     limits: &Limits,
@@ -77,11 +195,11 @@ pub async fn resolve(
 ) -> AppResult<Resolved> {
     let mut nodes = 0;
     expr.walk(&mut |_| nodes += 1);
-    if nodes > limits.max_segment_nodes || expr.depth() > segment::text::MAX_DEPTH {
+    if nodes > limits.max_segment_nodes || expr.depth() > language::text::MAX_DEPTH {
         return Err(AppError::LimitExceeded(format!(
             "a segment may have at most {} nodes and {} levels of nesting",
             limits.max_segment_nodes,
-            segment::text::MAX_DEPTH
+            language::text::MAX_DEPTH
         )));
     }
     // Tags by name (or alias), among those the caller may see.
@@ -170,7 +288,7 @@ pub async fn resolve(
     }
     require_fields(principal, &expr)?;
     let expr = rewrite(expr, &by_name, &group_names, principal, &tags)?;
-    Ok(Resolved { expr, tags, groups, ambiguous })
+    Ok(Resolved { expr, tags, groups, ambiguous, segments: HashMap::new() })
 }
 
 /// Predicates on guarded fields need the field readable in full wherever
@@ -183,7 +301,9 @@ fn require_fields(principal: &Principal, expr: &SegmentExpr) -> AppResult<()> {
             SegmentExpr::Age(_) => Some((CustomerField::BirthDate, "age")),
             SegmentExpr::Spend(_) => Some((CustomerField::TotalSpend, "spend")),
             SegmentExpr::Orders(_) => Some((CustomerField::TotalSpend, "orders")),
-            SegmentExpr::LastOrderBefore(_) | SegmentExpr::LastOrderAfter(_) => Some((CustomerField::TotalSpend, "lastOrder")),
+            SegmentExpr::LastOrderBefore(_) | SegmentExpr::LastOrderAfter(_) => {
+                Some((CustomerField::TotalSpend, "lastOrder"))
+            }
             _ => None,
         };
         if let Some((field, name)) = needs
@@ -267,12 +387,6 @@ fn rewrite(
                 return Err(AppError::NotFound { kind: "org unit", id: format!("{code:?}") });
             }
             SegmentExpr::OrgUnit(code)
-        }
-        SegmentExpr::Segment(_) => {
-            return Err(AppError::validation(
-                "segment",
-                "segment(…) needs saved segments, which are not available yet",
-            ));
         }
         other => other,
     })
@@ -449,12 +563,173 @@ impl Compiler<'_> {
             }
             SegmentExpr::AddedBefore(t) => Condition::all().add(customer::Column::AddedAt.lt(*t)),
             SegmentExpr::AddedAfter(t) => Condition::all().add(customer::Column::AddedAt.gt(*t)),
-            SegmentExpr::Segment(_) => {
-                return Err(AppError::validation(
-                    "segment",
-                    "segment(…) needs saved segments, which are not available yet",
-                ));
+            SegmentExpr::Segment(r) => {
+                let saved = &self.resolved.segments[&id_of(r)];
+                match &saved.inner {
+                    Some(inner) => Compiler { resolved: inner, ..*self }.compile(&inner.expr)?,
+                    None => Condition::all().add(
+                        customer::Column::Id.in_subquery(
+                            Query::select()
+                                .column(segment_member::Column::CustomerId)
+                                .from(segment_member::Entity)
+                                .and_where(segment_member::Column::SegmentId.eq(saved.saved.id))
+                                .to_owned(),
+                        ),
+                    ),
+                }
             }
         })
     }
+}
+
+/// Input of [`save`].
+#[derive(Debug, Clone)]
+pub struct NewSegment {
+    pub org_unit: OrgUnitId,
+    pub name: TagName,
+    pub description: Description,
+    pub kind: SegmentKind,
+    pub resolved: Resolved,
+}
+
+/// The stored form of an expression: every reference by id, dates in UTC.
+fn stored_text(resolved: &Resolved) -> String {
+    language::print(&resolved.expr, &|_, _| None, FixedOffset::east_opt(0).expect("UTC"))
+}
+
+/// Saves a segment; a static one keeps the members the caller sees now.
+///
+/// # Errors
+/// `NOT_FOUND` for a unit the caller cannot see, `FORBIDDEN` without
+/// `segment:write` there, `CONFLICT` when the unit has a segment of that
+/// name.
+#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
+pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegment) -> AppResult<segment::Model> {
+    if !principal.visible_units().contains(&input.org_unit.0) {
+        return Err(AppError::not_found("org unit", input.org_unit));
+    }
+    principal.require(Action::SegmentWrite, input.org_unit.0)?;
+    let members = match input.kind {
+        SegmentKind::Static => {
+            let filter = CustomerFilter {
+                segment: Some(SegmentFilter {
+                    resolved: input.resolved.clone(),
+                    offset: FixedOffset::east_opt(0).expect("UTC"),
+                }),
+                ..Default::default()
+            };
+            Some(customer_service::ids_in_scope(db, principal, &filter).await?)
+        }
+        SegmentKind::Dynamic => None,
+    };
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let inserted = segment::Entity::insert(segment::ActiveModel {
+        id: NotSet,
+        org_unit_id: Set(input.org_unit.0),
+        name: Set(input.name.as_str().to_owned()),
+        description: Set(input.description.into_inner()),
+        kind: Set(input.kind),
+        expression: Set(stored_text(&input.resolved)),
+        owner_staff_id: Set(principal.staff.id),
+        member_count: Set(members.as_ref().map(|m| m.len() as i32)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_with_returning(&txn)
+    .await;
+    let saved = match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(AppError::Conflict(format!(
+                "this org unit already has a segment named {:?}",
+                input.name.as_str()
+            )));
+        }
+        other => other?,
+    };
+    for chunk in members.as_deref().unwrap_or_default().chunks(500) {
+        let rows =
+            chunk.iter().map(|c| segment_member::ActiveModel { segment_id: Set(saved.id), customer_id: Set(*c) });
+        segment_member::Entity::insert_many(rows).exec(&txn).await?;
+    }
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "segment.save", "segment", saved.id)
+            .in_unit(saved.org_unit_id)
+            .with_detail(json!({ "name": saved.name, "kind": saved.kind, "members": saved.member_count })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(saved)
+}
+
+/// A saved segment the caller may see.
+///
+/// # Errors
+/// `NOT_FOUND` for missing and invisible segments alike.
+pub async fn find(db: &impl ConnectionTrait, principal: &Principal, id: i64) -> AppResult<segment::Model> {
+    find_saved(db, principal, &Ref::Id(id)).await
+}
+
+/// Saved segments the caller may see, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn list(db: &impl ConnectionTrait, principal: &Principal) -> AppResult<Vec<segment::Model>> {
+    let mut units = HashSet::new();
+    for unit in principal.scope(Action::SegmentRead).unit_ids() {
+        units.extend(principal.org.ancestors_or_self(unit).iter().map(|u| u.id));
+    }
+    Ok(segment::Entity::find()
+        .filter(segment::Column::OrgUnitId.is_in(units))
+        .order_by_asc(segment::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Deletes a saved segment no other segment refers to.
+///
+/// # Errors
+/// `NOT_FOUND`, `FORBIDDEN` without `segment:write` at its unit, `CONFLICT`
+/// when another segment uses it.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn delete(db: &DatabaseConnection, principal: &Principal, id: i64) -> AppResult<()> {
+    let saved = find(db, principal, id).await?;
+    principal.require(Action::SegmentWrite, saved.org_unit_id)?;
+    let txn = db.begin().await?;
+    let users = segment::Entity::find()
+        .filter(segment::Column::Expression.like(format!("%segment(#{id})%")))
+        .filter(segment::Column::Id.ne(id))
+        .all(&txn)
+        .await?;
+    if let Some(user) = users.first() {
+        let name =
+            if saved_visible(principal, user) { format!("{:?}", user.name) } else { "another segment".to_owned() };
+        return Err(AppError::Conflict(format!("segment {:?} is used by {name}", saved.name)));
+    }
+    segment_member::Entity::delete_many().filter(segment_member::Column::SegmentId.eq(id)).exec(&txn).await?;
+    segment::Entity::delete_by_id(id).exec(&txn).await?;
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "segment.delete", "segment", id)
+            .in_unit(saved.org_unit_id)
+            .with_detail(json!({ "name": saved.name })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Re-resolves a saved segment in the caller's view.
+///
+/// # Errors
+/// As [`resolve`]: a segment using tags the caller may not see is
+/// `NOT_FOUND` for it.
+pub async fn resolve_saved(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    limits: &Limits,
+    saved: &segment::Model,
+) -> AppResult<Resolved> {
+    resolve(db, principal, limits, SegmentExpr::Segment(Ref::Id(saved.id))).await
 }

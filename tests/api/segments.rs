@@ -290,3 +290,121 @@ on_both_databases!(
     aliases_find_their_tag,
     random_segments_agree_with_brute_force,
 );
+
+const SAVE: &str =
+    "mutation($i: SaveSegmentInput!) { saveSegment(input: $i) { segment { id name kind text count snapshotSize } } }";
+const SEGMENT: &str =
+    "query($id: ID!) { segment(id: $id) { name text count customers(first: 5) { edges { node { id } } } } }";
+
+async fn saved_segments_are_shared_downwards_and_counted_per_caller(app: TestApp) {
+    let mothers_day = r#"gender = FEMALE AND anyTag("孩子0-3岁", "孩子3-6岁") AND tag("本地居民")"#;
+    let res = app
+        .gql(
+            "hq.marketing",
+            SAVE,
+            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "母亲节", "segment": { "text": mothers_day } } }),
+        )
+        .await;
+    let saved = res.ok()["saveSegment"]["segment"].clone();
+    assert_eq!(saved["text"], mothers_day);
+    assert_eq!(saved["kind"], "DYNAMIC");
+    let id = saved["id"].clone();
+    // A store's salesperson uses the HQ segment, counted in its own store.
+    let (store_count, _) = preview_count(&app, "sz01.sales", json!({ "text": mothers_day })).await;
+    let seen = app.gql("sz01.sales", SEGMENT, json!({ "id": id })).await;
+    assert_eq!(seen.ok()["segment"]["count"].as_u64().unwrap(), store_count);
+    let listed =
+        app.gql("sz01.sales", "{ segments { totalCount edges { node { name } } } }", serde_json::Value::Null).await;
+    let names: Vec<&str> = listed.ok()["segments"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"母亲节") && names.contains(&"母亲节促销"), "{names:?}");
+    // Customer service may not use segments at all.
+    assert_eq!(app.gql("sz01.service", SEGMENT, json!({ "id": id })).await.code(), "NOT_FOUND");
+    // Composition: a segment inside another expression.
+    let (nested, text) =
+        preview_count(&app, "admin", json!({ "text": "segment(\"母亲节\") AND city = \"深圳\"" })).await;
+    assert_eq!(text, "segment(\"母亲节\") AND city = \"深圳\"");
+    let (inlined, _) =
+        preview_count(&app, "admin", json!({ "text": format!("({mothers_day}) AND city = \"深圳\"") })).await;
+    assert_eq!(nested, inlined);
+    // The same name twice in one unit is a conflict; a salesperson cannot save.
+    let again = app
+        .gql("hq.marketing", SAVE, json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "母亲节", "segment": { "text": "gender = FEMALE" } } }))
+        .await;
+    assert_eq!(again.code(), "CONFLICT");
+    let sales = app
+        .gql("sz01.sales", SAVE, json!({ "i": { "orgUnitId": app.unit_id("sz01"), "name": "我的", "segment": { "text": "gender = FEMALE" } } }))
+        .await;
+    assert_eq!(sales.code(), "FORBIDDEN");
+}
+
+async fn a_static_segment_keeps_its_snapshot(app: TestApp) {
+    let inquiry = app.tag_id("活动", "询价").await;
+    let text = "tag(\"询价\")";
+    let save = |name: &str, kind: &str| json!({ "i": { "orgUnitId": app.unit_id("sz01"), "name": name, "kind": kind, "segment": { "text": text } } });
+    let frozen = app.gql("sz01.manager", SAVE, save("询价快照", "STATIC")).await;
+    let frozen = frozen.ok()["saveSegment"]["segment"].clone();
+    let live = app.gql("sz01.manager", SAVE, save("询价实时", "DYNAMIC")).await;
+    let live = live.ok()["saveSegment"]["segment"].clone();
+    assert_eq!(frozen["count"], live["count"]);
+    assert_eq!(frozen["snapshotSize"], frozen["count"]);
+    // Tag every sz01 customer: the dynamic segment grows, the static does not.
+    let customers = app.customers_of("sz01").await;
+    app.gql(
+        "sz01.manager",
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }",
+        json!({ "c": customers, "t": [inquiry] }),
+    )
+    .await
+    .ok();
+    let count = |id: serde_json::Value| {
+        let app = &app;
+        async move { app.gql("sz01.manager", SEGMENT, json!({ "id": id })).await.ok()["segment"]["count"].as_u64().unwrap() }
+    };
+    assert_eq!(count(live["id"].clone()).await, customers.len() as u64);
+    assert_eq!(count(frozen["id"].clone()).await, frozen["count"].as_u64().unwrap());
+}
+
+async fn a_segment_in_use_cannot_be_deleted(app: TestApp) {
+    let save = |name: &str, text: &str| json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "segment": { "text": text } } });
+    let base = app.gql("hq.marketing", SAVE, save("女性", "gender = FEMALE")).await;
+    let base_id = base.ok()["saveSegment"]["segment"]["id"].clone();
+    let user = app.gql("hq.marketing", SAVE, save("深圳女性", "segment(\"女性\") AND city = \"深圳\"")).await;
+    let user_id = user.ok()["saveSegment"]["segment"]["id"].clone();
+    const DELETE: &str = "mutation($id: ID!) { deleteSegment(id: $id) { deletedId } }";
+    let before = app.snapshot().await;
+    assert_eq!(app.gql("hq.marketing", DELETE, json!({ "id": base_id })).await.code(), "CONFLICT");
+    assert_eq!(app.gql("sz01.sales", DELETE, json!({ "id": user_id })).await.code(), "FORBIDDEN");
+    assert_eq!(app.snapshot().await, before);
+    app.gql("hq.marketing", DELETE, json!({ "id": user_id })).await.ok();
+    app.gql("hq.marketing", DELETE, json!({ "id": base_id })).await.ok();
+    assert_eq!(app.gql("hq.marketing", SEGMENT, json!({ "id": base_id })).await.code(), "NOT_FOUND");
+}
+
+on_both_databases!(
+    saved_segments_are_shared_downwards_and_counted_per_caller,
+    a_static_segment_keeps_its_snapshot,
+    a_segment_in_use_cannot_be_deleted,
+);
+
+async fn the_demo_segments_evaluate_as_their_text_does(app: TestApp) {
+    let listed = app
+        .gql("hq.marketing", "{ segments(first: 50) { edges { node { name text count } } } }", serde_json::Value::Null)
+        .await;
+    let edges = listed.ok()["segments"]["edges"].as_array().unwrap().clone();
+    let names: Vec<&str> = edges.iter().map(|e| e["node"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["母亲节促销", "房贷有车深圳客户", "高价值客户", "购车后资金需求"]);
+    for edge in &edges {
+        let node = &edge["node"];
+        let (count, text) = preview_count(&app, "hq.marketing", json!({ "text": node["text"] })).await;
+        assert_eq!(text, node["text"].as_str().unwrap());
+        assert_eq!(count, node["count"].as_u64().unwrap(), "{}", node["name"]);
+    }
+    assert_eq!(edges[0]["node"]["text"], r#"gender = FEMALE AND tag("孩子3-6岁") AND tag("本地居民")"#);
+}
+
+on_both_databases!(the_demo_segments_evaluate_as_their_text_does);
