@@ -7,8 +7,10 @@ use entity::enums::{Gender, SegmentKind};
 
 use super::customer::{CustomerConnection, CustomerOrderInput, PageInfo, customer_connection};
 use super::env;
+use super::loaders::TagById;
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
-use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
+use super::tag::Tag;
+use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::segment::{Range, Ref, SegmentExpr};
 use crate::service::customer::{CustomerFilter, SegmentFilter};
@@ -183,11 +185,40 @@ impl SegmentPreview {
     }
 }
 
+/// How many customers hold both tags (`a` = `b`: hold the tag).
+#[derive(SimpleObject)]
+pub struct TagPairCount {
+    a: Tag,
+    b: Tag,
+    count: u64,
+}
+
 #[derive(Default)]
 pub struct SegmentQuery;
 
 #[async_graphql::Object]
 impl SegmentQuery {
+    /// Cross analysis (交叉分析): for every pair of the tags, how many
+    /// customers hold both — among a segment's members when one is given —
+    /// counting only what the caller may see.
+    async fn tag_cooccurrence(
+        &self,
+        ctx: &Context<'_>,
+        tag_ids: Vec<ID>,
+        segment: Option<SegmentInput>,
+    ) -> Result<Vec<TagPairCount>> {
+        let env = env(ctx);
+        let ids = parse_ids(&tag_ids, "tagIds", TagId::parse)?;
+        let mut filter = CustomerFilter::default();
+        if let Some(segment) = segment {
+            filter.segment = Some(resolve_segment(ctx, segment).await?);
+        }
+        let pairs = service::cooccurrence(env.db, env.principal, env.limits, &ids, &filter).await?;
+        let tags = env.loaders.load_many(ids.iter().map(|t| TagById(t.0))).await?;
+        let tag = |id: i64| tags.get(&TagById(id)).cloned().map(Tag).ok_or_else(|| AppError::not_found("tag", id));
+        pairs.into_iter().map(|(a, b, count)| Ok(TagPairCount { a: tag(a)?, b: tag(b)?, count })).collect()
+    }
+
     /// Evaluates a segment without saving it: its canonical text, member
     /// count and members, all limited to what the caller may see.
     async fn segment_preview(&self, ctx: &Context<'_>, segment: SegmentInput) -> Result<SegmentPreview> {

@@ -146,7 +146,7 @@ pub async fn find_in_scope(
 /// `NOT_FOUND`, a tag matches only customers of units where its class is
 /// visible, and a guarded field may be filtered on only where it is
 /// readable in full over the whole scope searched (else `FORBIDDEN_FIELD`).
-async fn filter_condition(
+pub(crate) async fn filter_condition(
     db: &DatabaseConnection,
     principal: &Principal,
     filter: &CustomerFilter,

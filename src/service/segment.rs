@@ -16,16 +16,15 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
     TransactionTrait,
-    sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
+    sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
 };
-
-use super::like_escape;
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use super::customer::{self as customer_service, CustomerFilter, SegmentFilter};
+use super::like_escape;
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
@@ -732,4 +731,85 @@ pub async fn resolve_saved(
     saved: &segment::Model,
 ) -> AppResult<Resolved> {
     resolve(db, principal, limits, SegmentExpr::Segment(Ref::Id(saved.id))).await
+}
+
+#[derive(Debug, FromQueryResult)]
+struct PairRow {
+    a: i64,
+    b: i64,
+    org_unit_id: i64,
+    holders: i64,
+}
+
+/// How many customers hold each pair of tags (a tag with itself: how many
+/// hold it), among the customers matching `filter` in the caller's view,
+/// counting a tag only where its class is visible (cross analysis, 交叉分析).
+///
+/// # Errors
+/// `NOT_FOUND` for tags the caller cannot see, `LIMIT_EXCEEDED` for more
+/// than `max_tags_per_tagging` tags, and the filter's own errors.
+pub async fn cooccurrence(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    tag_ids: &[TagId],
+    filter: &CustomerFilter,
+) -> AppResult<Vec<(i64, i64, u64)>> {
+    if tag_ids.is_empty() {
+        return Err(AppError::validation("tagIds", "name at least one tag"));
+    }
+    if tag_ids.len() > limits.max_tags_per_tagging {
+        return Err(AppError::LimitExceeded(format!("at most {} tags per analysis", limits.max_tags_per_tagging)));
+    }
+    let tags = tag_library::visible_tags(db, principal, tag_ids).await?;
+    let cond = customer_service::filter_condition(db, principal, filter, None).await?;
+    let ids: Vec<i64> = tag_ids.iter().map(|t| t.0).collect();
+    let (a, b) = (Alias::new("a"), Alias::new("b"));
+    let query = Query::select()
+        .expr_as(Expr::col((a.clone(), customer_tag::Column::TagId)), Alias::new("a"))
+        .expr_as(Expr::col((b.clone(), customer_tag::Column::TagId)), Alias::new("b"))
+        .column((customer::Entity, customer::Column::OrgUnitId))
+        .expr_as(Expr::col((customer::Entity, customer::Column::Id)).count(), Alias::new("holders"))
+        .from_as(customer_tag::Entity, a.clone())
+        .join_as(
+            sea_orm::JoinType::InnerJoin,
+            customer_tag::Entity,
+            b.clone(),
+            Expr::col((b.clone(), customer_tag::Column::CustomerId))
+                .equals((a.clone(), customer_tag::Column::CustomerId)),
+        )
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id)).equals((a.clone(), customer_tag::Column::CustomerId)),
+        )
+        .and_where(Expr::col((a.clone(), customer_tag::Column::TagId)).is_in(ids.clone()))
+        .and_where(Expr::col((b.clone(), customer_tag::Column::TagId)).is_in(ids.clone()))
+        .and_where(
+            Expr::col((a.clone(), customer_tag::Column::TagId))
+                .lte(Expr::col((b.clone(), customer_tag::Column::TagId))),
+        )
+        .cond_where(cond)
+        .group_by_col((a.clone(), customer_tag::Column::TagId))
+        .group_by_col((b.clone(), customer_tag::Column::TagId))
+        .group_by_col((customer::Entity, customer::Column::OrgUnitId))
+        .to_owned();
+    let rows = PairRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let visible_at = |tag: i64, unit: i64| match tags.get(&TagId(tag)).and_then(|t| t.group.as_ref()) {
+        Some(group) => principal.class_scope(&group.visibility_class, ClassAccess::Read).contains(unit),
+        None => true,
+    };
+    let mut counts: HashMap<(i64, i64), u64> = HashMap::new();
+    for (i, x) in ids.iter().enumerate() {
+        for y in &ids[i..] {
+            counts.insert((Ord::min(*x, *y), Ord::max(*x, *y)), 0);
+        }
+    }
+    for row in rows {
+        if visible_at(row.a, row.org_unit_id) && visible_at(row.b, row.org_unit_id) {
+            *counts.entry((row.a, row.b)).or_default() += row.holders as u64;
+        }
+    }
+    let mut out: Vec<(i64, i64, u64)> = counts.into_iter().map(|((x, y), n)| (x, y, n)).collect();
+    out.sort();
+    Ok(out)
 }

@@ -408,3 +408,41 @@ async fn the_demo_segments_evaluate_as_their_text_does(app: TestApp) {
 }
 
 on_both_databases!(the_demo_segments_evaluate_as_their_text_does);
+
+async fn cross_analysis_counts_pairs_inside_a_segment(app: TestApp) {
+    let mortgage = app.tag_id("资产状况", "房贷用户").await;
+    let car = app.tag_id("资产状况", "有车一族").await;
+    // Every sz01 customer (most live in 深圳) holds both.
+    app.gql(
+        "admin",
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }",
+        json!({ "c": app.customers_of("sz01").await, "t": [mortgage, car] }),
+    )
+    .await
+    .ok();
+    let q =
+        "query($t: [ID!]!, $s: SegmentInput) { tagCooccurrence(tagIds: $t, segment: $s) { a { id } b { id } count } }";
+    let res = app.gql("admin", q, json!({ "t": [mortgage, car], "s": { "text": "city = \"深圳\"" } })).await;
+    let pairs = res.ok()["tagCooccurrence"].as_array().unwrap().clone();
+    assert_eq!(pairs.len(), 3, "two diagonals and one pair");
+    let world = World::load(&app).await;
+    let (m, c): (i64, i64) = (mortgage.parse().unwrap(), car.parse().unwrap());
+    let expected = |x: i64, y: i64| {
+        world
+            .customers
+            .iter()
+            .filter(|cu| cu.city.as_deref() == Some("深圳"))
+            .filter(|cu| world.tags.get(&cu.id).is_some_and(|t| t.contains(&x) && t.contains(&y)))
+            .count() as u64
+    };
+    for pair in &pairs {
+        let a: i64 = pair["a"]["id"].as_str().unwrap().parse().unwrap();
+        let b: i64 = pair["b"]["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(pair["count"].as_u64().unwrap(), expected(a, b), "{a} × {b}");
+    }
+    assert!(expected(m, m) > 0 && expected(m, c) > 0, "the demo has such customers");
+    let hidden = app.gql("sz01.service", q, json!({ "t": [mortgage, car] })).await;
+    assert_eq!(hidden.code(), "NOT_FOUND");
+}
+
+on_both_databases!(cross_analysis_counts_pairs_inside_a_segment);
