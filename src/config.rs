@@ -47,6 +47,8 @@ pub struct Limits {
     pub max_tags_per_tagging: usize,
     /// Nodes one segment expression may have.
     pub max_segment_nodes: usize,
+    /// Rows one CSV export may have.
+    pub max_export_rows: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
 }
@@ -66,6 +68,7 @@ impl Default for Limits {
             max_customers_per_tagging: 1_000,
             max_tags_per_tagging: 50,
             max_segment_nodes: 500,
+            max_export_rows: 100_000,
             request_timeout: Duration::from_secs(30),
         }
     }

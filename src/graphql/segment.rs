@@ -173,6 +173,13 @@ impl SegmentPreview {
         Ok(crate::service::customer::count_in_scope(env.db, env.principal, &self.filter).await?)
     }
 
+    /// The members as CSV: only the columns the caller may read, masked
+    /// or left empty per customer as the field rules say. Audited.
+    async fn csv(&self, ctx: &Context<'_>) -> Result<String> {
+        let env = env(ctx);
+        Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, &self.filter).await?.0)
+    }
+
     /// A page of the members.
     async fn customers(
         &self,
@@ -266,6 +273,13 @@ impl Segment {
         let resolved = service::resolve(env.db, env.principal, env.limits, expr).await?;
         Ok(resolved.text(offset))
     }
+    /// The members as CSV (see `SegmentPreview.csv`). Audited.
+    async fn csv(&self, ctx: &Context<'_>) -> Result<String> {
+        let env = env(ctx);
+        let filter = self.filter(ctx).await?;
+        Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, &filter).await?.0)
+    }
+
     /// Members the caller may see (a static segment: of its snapshot).
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         let env = env(ctx);

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod customer;
+pub mod export;
 pub mod segment;
 pub mod tag_library;
 pub mod tagging;

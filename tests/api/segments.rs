@@ -446,3 +446,31 @@ async fn cross_analysis_counts_pairs_inside_a_segment(app: TestApp) {
 }
 
 on_both_databases!(cross_analysis_counts_pairs_inside_a_segment);
+
+async fn exports_carry_only_what_the_caller_may_read(app: TestApp) {
+    let q = "query($s: SegmentInput!) { segmentPreview(segment: $s) { count csv } }";
+    let all = json!({ "s": { "text": "added > \"2000-01-01\"" } });
+    let before = app.snapshot().await;
+    let service = app.gql("sz01.service", q, all.clone()).await;
+    let csv = service.ok()["segmentPreview"]["csv"].as_str().unwrap().to_owned();
+    assert_eq!(app.snapshot().await.audit, before.audit + 1, "the export is audited");
+    let mut lines = csv.trim_start_matches('\u{feff}').lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert!(header.contains(&"phone") && !header.contains(&"totalSpendCents"), "{header:?}");
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len() as u64, service.ok()["segmentPreview"]["count"].as_u64().unwrap());
+    let phone_col = header.iter().position(|h| *h == "phone").unwrap();
+    for row in &rows {
+        let phone = row.split(',').nth(phone_col).unwrap();
+        assert!(phone.is_empty() || phone.contains("****"), "masked: {row}");
+    }
+    // No value tags in a customer-service export.
+    let value_tags = ["S级", "A级", "B级", "C级", "D级", "房贷用户", "有车一族"];
+    assert!(!rows.iter().any(|r| value_tags.iter().any(|t| r.contains(t))), "{csv}");
+    let sales = app.gql("sz01.sales", q, all).await;
+    let csv = sales.ok()["segmentPreview"]["csv"].as_str().unwrap().to_owned();
+    let header = csv.trim_start_matches('\u{feff}').lines().next().unwrap().to_owned();
+    assert!(header.contains("totalSpendCents"), "{header}");
+}
+
+on_both_databases!(exports_carry_only_what_the_caller_may_read);
