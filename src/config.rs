@@ -19,6 +19,9 @@ pub struct Settings {
     /// The organisation's time zone, as a fixed UTC offset (China keeps no
     /// daylight saving time): dates in segments are midnight there.
     pub utc_offset: FixedOffset,
+    /// How often the segment index reads the tag event log for other
+    /// instances' writes (this instance's own show at once).
+    pub index_follow_interval: Duration,
     pub limits: Limits,
 }
 
@@ -94,6 +97,7 @@ impl Settings {
             jwt_issuer: Self::DEFAULT_ISSUER.to_owned(),
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
             utc_offset: Self::default_utc_offset(),
+            index_follow_interval: Duration::from_millis(250),
             limits: Limits::default(),
         }
     }

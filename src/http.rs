@@ -145,8 +145,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
+    let index = if state.app.index.is_ready() { "ready" } else { "building" };
     match state.app.db.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok" }))).into_response(),
+        Ok(()) if state.app.index.is_ready() => {
+            (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok", "segmentIndex": index })))
+                .into_response()
+        }
+        Ok(()) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "database": "ok", "segmentIndex": index })),
+        )
+            .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "database": "unreachable" })))

@@ -11,6 +11,7 @@ use crate::auth::JwtKeys;
 use crate::authz::Authz;
 use crate::config::Settings;
 use crate::graphql::{AppSchema, build_schema};
+use crate::segment::SegmentIndex;
 use crate::state::AppState;
 use crate::{db, http};
 
@@ -33,7 +34,9 @@ impl Application {
     pub async fn with_database(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
         let authz = Authz::load(&db).await?;
         let keys = JwtKeys::load(&db, &settings).await?;
-        let state = AppState { db, authz, keys, settings: Arc::new(settings) };
+        let index = SegmentIndex::new();
+        index.spawn_follower(db.clone(), settings.index_follow_interval);
+        let state = AppState { db, authz, keys, settings: Arc::new(settings), index };
         let schema = build_schema(state.clone());
         Ok(Self { state, schema })
     }

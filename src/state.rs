@@ -7,6 +7,7 @@ use sea_orm::DatabaseConnection;
 use crate::auth::JwtKeys;
 use crate::authz::Authz;
 use crate::config::Settings;
+use crate::segment::SegmentIndex;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,4 +15,6 @@ pub struct AppState {
     pub authz: Authz,
     pub keys: JwtKeys,
     pub settings: Arc<Settings>,
+    /// The in-memory segment index of this instance.
+    pub index: Arc<SegmentIndex>,
 }

@@ -386,6 +386,7 @@ impl CustomerMutation {
             identities,
         };
         let created = service::create(env.db, env.principal, new).await?;
+        super::tag::caught_up(ctx).await;
         Ok(CreateCustomerPayload {
             customer: Customer(created.customer),
             possible_duplicates: created.possible_duplicates.into_iter().map(Customer).collect(),

@@ -170,7 +170,8 @@ impl SegmentPreview {
     /// Members the caller may see.
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         let env = env(ctx);
-        Ok(crate::service::customer::count_in_scope(env.db, env.principal, &self.filter).await?)
+        let index = &ctx.data_unchecked::<AppState>().index;
+        Ok(service::count_members(env.db, index, env.principal, &self.filter).await?)
     }
 
     /// The members as CSV: only the columns the caller may read, masked
@@ -284,7 +285,8 @@ impl Segment {
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         let env = env(ctx);
         let filter = self.filter(ctx).await?;
-        Ok(crate::service::customer::count_in_scope(env.db, env.principal, &filter).await?)
+        let index = &ctx.data_unchecked::<AppState>().index;
+        Ok(service::count_members(env.db, index, env.principal, &filter).await?)
     }
     async fn customers(
         &self,

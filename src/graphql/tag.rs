@@ -18,6 +18,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::service::tag_library::{self, NewTag, NewTagGroup};
 use crate::service::tagging::{self, TagRequest, TaggingOutcome};
+use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum TagKind {
@@ -321,6 +322,16 @@ impl From<TaggingOutcome> for TaggingPayload {
     }
 }
 
+/// Brings this instance's segment index up to date after a write, so the
+/// writer sees its own change at once. A failure only delays it until the
+/// follower's next round; the write itself has committed.
+pub(crate) async fn caught_up(ctx: &Context<'_>) {
+    let state = ctx.data_unchecked::<AppState>();
+    if let Err(err) = state.index.catch_up(&state.db).await {
+        tracing::warn!(error = %err, "segment index catch-up failed");
+    }
+}
+
 #[derive(Default)]
 pub struct TagMutation;
 
@@ -378,7 +389,9 @@ impl TagMutation {
             source: TagSource::Manual,
             source_ref: input.source_ref,
         };
-        Ok(tagging::apply_tags(env.db, env.principal, env.limits, req).await?.into())
+        let outcome = tagging::apply_tags(env.db, env.principal, env.limits, req).await?;
+        caught_up(ctx).await;
+        Ok(outcome.into())
     }
 
     /// Removes tags from customers: idempotent, all or nothing.
@@ -386,6 +399,8 @@ impl TagMutation {
         let env = env(ctx);
         let customers = parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?;
         let tags = parse_ids(&input.tag_ids, "tagIds", TagId::parse)?;
-        Ok(tagging::remove_tags(env.db, env.principal, env.limits, customers, tags).await?.into())
+        let outcome = tagging::remove_tags(env.db, env.principal, env.limits, customers, tags).await?;
+        caught_up(ctx).await;
+        Ok(outcome.into())
     }
 }

@@ -3,7 +3,9 @@
 //! text form; `docs/segment-language.md` is the grammar for people.
 
 mod expr;
+mod index;
 pub(crate) mod text;
 
 pub use expr::{Range, Ref, RefKind, SegmentExpr};
+pub use index::SegmentIndex;
 pub use text::{ParseError, parse, print};

@@ -813,3 +813,29 @@ pub async fn cooccurrence(
     out.sort();
     Ok(out)
 }
+
+/// Members of a segment filter the caller may see: from the in-memory index
+/// when it can answer, by SQL otherwise.
+///
+/// # Errors
+/// As [`customer_service::count_in_scope`].
+pub async fn count_members(
+    db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
+    principal: &Principal,
+    filter: &CustomerFilter,
+) -> AppResult<u64> {
+    if let Some(seg) = &filter.segment
+        && filter.org_unit.is_none()
+        && filter.search.is_none()
+        && filter.has_all_tags.is_empty()
+        && filter.has_any_tags.is_empty()
+        && filter.lifecycle_stage.is_none()
+        && filter.total_spend_min.is_none()
+        && filter.total_spend_max.is_none()
+        && let Some(members) = index.evaluate(principal, &seg.resolved)
+    {
+        return Ok(members.len());
+    }
+    customer_service::count_in_scope(db, principal, filter).await
+}

@@ -75,6 +75,21 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     Ok(())
 }
 
+/// Key of the PostgreSQL advisory lock that orders tag-event writers.
+const EVENT_LOG_LOCK: i64 = 0x0074_6167_6261_7365; // "tagbase" in ASCII
+
+/// Makes tag-event sequence numbers commit in order. PostgreSQL hands out
+/// sequence values at insert time, so without this a transaction could
+/// commit seq 101 after another committed 102, and an index that already
+/// read past 102 would never see 101. The lock is held to the end of the
+/// transaction. SQLite writes one transaction at a time anyway.
+async fn serialize_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOG_LOCK})")).await?;
+    }
+    Ok(())
+}
+
 /// Loads the named customers inside the transaction, locking their rows
 /// (on PostgreSQL) so that concurrent tagging of one customer serialises.
 async fn lock_customers(
@@ -139,6 +154,7 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
+    serialize_event_log(&txn).await?;
     let customers = lock_customers(&txn, principal, &req.customers).await?;
     let tags = named_tags(&txn, principal, &req.tags).await?;
 
@@ -312,6 +328,7 @@ pub async fn remove_tags(
 ) -> AppResult<TaggingOutcome> {
     check_sizes(limits, customer_ids.len(), tag_ids.len())?;
     let txn = db.begin().await?;
+    serialize_event_log(&txn).await?;
     let customers = lock_customers(&txn, principal, &customer_ids).await?;
     let tags = named_tags(&txn, principal, &tag_ids).await?;
     for c in &customers {

@@ -73,12 +73,16 @@ async fn a_valid_token_reaches_the_api(app: TestApp) {
 }
 
 async fn health_and_readiness_answer(app: TestApp) {
+    // Ready once the segment index is built (the app builds it in the
+    // background; build it here so the test does not race it).
+    app.app.state.index.rebuild(&app.db).await.unwrap();
     let server = start(app).await;
     let health = server.client.get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let ready = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
-    assert_eq!(ready.json::<Value>().await.unwrap()["database"], "ok");
+    let body = ready.json::<Value>().await.unwrap();
+    assert_eq!((body["database"].as_str(), body["segmentIndex"].as_str()), (Some("ok"), Some("ready")));
     // Every response carries a request id.
     assert!(health.headers().contains_key("x-request-id"));
 }

@@ -11,6 +11,7 @@ mod n_plus_one;
 mod permission_matrix;
 mod schema_drift;
 mod seed;
+mod segment_index;
 mod segments;
 mod tag_library;
 mod tagging;

@@ -1,0 +1,266 @@
+//! The in-memory segment index: one compressed bitmap (`roaring`) per tag
+//! and per org unit, built from the database and kept current by following
+//! the tag event log's sequence numbers. The database stays the source of
+//! truth: the index can be dropped and rebuilt at any time.
+//!
+//! It answers expressions over tags, lifecycle stages, org units and
+//! dynamic saved segments made of those; anything else (attributes, tag
+//! history, static snapshots) is answered by SQL.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use entity::{customer, customer_tag, enums::TagOp, tag_event};
+use roaring::RoaringBitmap;
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::{Ref, SegmentExpr};
+use crate::authz::{Action, ClassAccess, Principal};
+use crate::service::segment::Resolved;
+
+/// Events read per round trip while catching up.
+const EVENT_BATCH: u64 = 50_000;
+
+#[derive(Default)]
+struct State {
+    tags: HashMap<i64, RoaringBitmap>,
+    units: HashMap<i64, RoaringBitmap>,
+    last_seq: i64,
+    last_customer: i64,
+}
+
+/// The index, shared by all requests of an instance.
+#[derive(Default)]
+pub struct SegmentIndex {
+    state: RwLock<State>,
+    ready: AtomicBool,
+    /// Serialises catch-ups, so two never apply the same events.
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+fn id32(id: i64) -> Option<u32> {
+    u32::try_from(id).ok()
+}
+
+impl SegmentIndex {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// True once the first build finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Drops everything and loads it again from the database.
+    ///
+    /// # Errors
+    /// Database errors; the old index stays in place.
+    pub async fn rebuild(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
+        let _guard = self.catching_up.lock().await;
+        // The event position first: everything after it is applied later,
+        // and applying an event twice is harmless.
+        let last_seq: i64 = tag_event::Entity::find()
+            .select_only()
+            .column_as(tag_event::Column::Seq.max(), "m")
+            .into_tuple::<Option<i64>>()
+            .one(db)
+            .await?
+            .flatten()
+            .unwrap_or(0);
+        let mut fresh = State { last_seq, ..State::default() };
+        let customers: Vec<(i64, i64)> = customer::Entity::find()
+            .select_only()
+            .columns([customer::Column::Id, customer::Column::OrgUnitId])
+            .order_by_asc(customer::Column::Id)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (id, unit) in customers {
+            if let Some(bit) = id32(id) {
+                fresh.units.entry(unit).or_default().insert(bit);
+            }
+            fresh.last_customer = fresh.last_customer.max(id);
+        }
+        let assignments: Vec<(i64, i64)> = customer_tag::Entity::find()
+            .select_only()
+            .columns([customer_tag::Column::TagId, customer_tag::Column::CustomerId])
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (tag, customer) in assignments {
+            if let Some(bit) = id32(customer) {
+                fresh.tags.entry(tag).or_default().insert(bit);
+            }
+        }
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        drop(_guard);
+        self.catch_up(db).await?;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies the tag events and new customers written since the last
+    /// call. Cheap when nothing changed (two indexed queries).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn catch_up(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
+        let _guard = self.catching_up.lock().await;
+        loop {
+            let (last_seq, last_customer) = {
+                let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+                (s.last_seq, s.last_customer)
+            };
+            let events = tag_event::Entity::find()
+                .filter(tag_event::Column::Seq.gt(last_seq))
+                .order_by_asc(tag_event::Column::Seq)
+                .limit(EVENT_BATCH)
+                .all(db)
+                .await?;
+            let customers: Vec<(i64, i64)> = customer::Entity::find()
+                .select_only()
+                .columns([customer::Column::Id, customer::Column::OrgUnitId])
+                .filter(customer::Column::Id.gt(last_customer))
+                .order_by_asc(customer::Column::Id)
+                .into_tuple()
+                .all(db)
+                .await?;
+            let more = events.len() as u64 == EVENT_BATCH;
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for (id, unit) in customers {
+                if let Some(bit) = id32(id) {
+                    s.units.entry(unit).or_default().insert(bit);
+                }
+                s.last_customer = s.last_customer.max(id);
+            }
+            for e in events {
+                if let Some(bit) = id32(e.customer_id) {
+                    let bitmap = s.tags.entry(e.tag_id).or_default();
+                    match e.op {
+                        TagOp::Add => bitmap.insert(bit),
+                        TagOp::Remove => bitmap.remove(bit),
+                    };
+                }
+                s.last_seq = e.seq;
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Builds the index in the background, then follows the log every
+    /// `interval`, so that writes of other instances show within about
+    /// that time. `/healthz` answers meanwhile; `/readyz` waits for it.
+    pub fn spawn_follower<C: ConnectionTrait + Clone + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        db: C,
+        interval: Duration,
+    ) {
+        let index = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Err(err) = index.rebuild(&db).await {
+                tracing::error!(error = %err, "building the segment index failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            tracing::info!("segment index ready");
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Err(err) = index.catch_up(&db).await {
+                    tracing::warn!(error = %err, "following the tag event log failed");
+                }
+            }
+        });
+    }
+
+    /// The members of a resolved expression that the caller may see, or
+    /// `None` when the expression needs more than the index holds (or the
+    /// index is not ready).
+    pub fn evaluate(&self, principal: &Principal, resolved: &Resolved) -> Option<RoaringBitmap> {
+        if !self.is_ready() {
+            return None;
+        }
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let universe = union_of_units(&s, principal.scope(Action::CustomerRead).unit_ids());
+        let members = Evaluator { s: &s, principal, universe: &universe }.eval(resolved, &resolved.expr)?;
+        Some(members & &universe)
+    }
+}
+
+fn union_of_units(s: &State, units: impl Iterator<Item = i64>) -> RoaringBitmap {
+    let mut out = RoaringBitmap::new();
+    for unit in units {
+        if let Some(b) = s.units.get(&unit) {
+            out |= b;
+        }
+    }
+    out
+}
+
+struct Evaluator<'a> {
+    s: &'a State,
+    principal: &'a Principal,
+    universe: &'a RoaringBitmap,
+}
+
+impl Evaluator<'_> {
+    /// Holders of the tag, where the caller may see it.
+    fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
+        let Ref::Id(id) = r else { return None };
+        let holders = self.s.tags.get(id).cloned().unwrap_or_default();
+        match resolved.tags.get(id).and_then(|t| t.group.as_ref()) {
+            Some(group) => {
+                let classes = self.principal.class_scope(&group.visibility_class, ClassAccess::Read);
+                Some(holders & union_of_units(self.s, classes.unit_ids()))
+            }
+            None => Some(holders),
+        }
+    }
+
+    fn eval(&self, resolved: &Resolved, e: &SegmentExpr) -> Option<RoaringBitmap> {
+        Some(match e {
+            SegmentExpr::And(items) => {
+                let mut acc = self.eval(resolved, &items[0])?;
+                for item in &items[1..] {
+                    acc &= self.eval(resolved, item)?;
+                }
+                acc
+            }
+            SegmentExpr::Or(items) => {
+                let mut acc = RoaringBitmap::new();
+                for item in items {
+                    acc |= self.eval(resolved, item)?;
+                }
+                acc
+            }
+            SegmentExpr::Not(inner) => self.universe - self.eval(resolved, inner)?,
+            SegmentExpr::Tag(r) | SegmentExpr::Lifecycle(r) => self.holds(resolved, r)?,
+            SegmentExpr::AnyTags(rs) => {
+                let mut acc = RoaringBitmap::new();
+                for r in rs {
+                    acc |= self.holds(resolved, r)?;
+                }
+                acc
+            }
+            SegmentExpr::AllTags(rs) => {
+                let mut acc = self.holds(resolved, &rs[0])?;
+                for r in &rs[1..] {
+                    acc &= self.holds(resolved, r)?;
+                }
+                acc
+            }
+            SegmentExpr::OrgUnit(code) => {
+                let unit = self.principal.org.by_code(code)?;
+                union_of_units(self.s, self.principal.org.subtree(unit.id).map(|u| u.id))
+            }
+            SegmentExpr::Segment(Ref::Id(id)) => {
+                let inner = resolved.segments.get(id)?.inner.as_ref()?;
+                self.eval(inner, &inner.expr)?
+            }
+            _ => return None,
+        })
+    }
+}
