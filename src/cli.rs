@@ -83,6 +83,26 @@ enum Command {
     /// Inspect the stored policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Benchmarks (print a table; never part of the tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The segment index against plain SQL on PostgreSQL (DATABASE_URL),
+    /// on generated data that is reused by later runs.
+    Segments {
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: i64,
+        #[arg(long, default_value_t = 2_000)]
+        tags: i64,
+        #[arg(long, default_value_t = 20)]
+        tags_per_customer: i64,
+        /// Timed runs per measurement.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +194,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportSchema => {
             print!("{}", graphql::sdl());
             Ok(())
+        }
+        Command::Bench(BenchCommand::Segments { customers, tags, tags_per_customer, runs }) => {
+            let size = crate::bench::BenchSize { customers, tags, tags_per_customer };
+            crate::bench::run(settings(None), size, runs).await
         }
         Command::Policy(PolicyCommand::Table) => {
             let db = db::connect(&cli.database_url).await?;

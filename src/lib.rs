@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -176,6 +176,12 @@ impl SegmentIndex {
         });
     }
 
+    /// Bytes the bitmaps take (serialized size, close to the heap size).
+    pub fn memory_bytes(&self) -> usize {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        s.tags.values().chain(s.units.values()).map(RoaringBitmap::serialized_size).sum()
+    }
+
     /// The members of a resolved expression that the caller may see, or
     /// `None` when the expression needs more than the index holds (or the
     /// index is not ready).
