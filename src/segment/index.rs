@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use entity::{customer, customer_tag, enums::TagOp, tag_event};
+use entity::{customer, customer_tag, enums::TagOp, tag, tag_event};
 use roaring::RoaringBitmap;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -27,8 +27,13 @@ const EVENT_BATCH: u64 = 50_000;
 struct State {
     tags: HashMap<i64, RoaringBitmap>,
     units: HashMap<i64, RoaringBitmap>,
+    /// Tags of each group, from the tag rows seen so far. Tags cannot move
+    /// between groups yet; when library edits add moves, the follower must
+    /// re-read moved tags.
+    group_tags: HashMap<i64, Vec<i64>>,
     last_seq: i64,
     last_customer: i64,
+    last_tag: i64,
 }
 
 /// The index, shared by all requests of an instance.
@@ -128,8 +133,23 @@ impl SegmentIndex {
                 .into_tuple()
                 .all(db)
                 .await?;
+            let last_tag = self.state.read().unwrap_or_else(|e| e.into_inner()).last_tag;
+            let new_tags: Vec<(i64, Option<i64>)> = tag::Entity::find()
+                .select_only()
+                .columns([tag::Column::Id, tag::Column::GroupId])
+                .filter(tag::Column::Id.gt(last_tag))
+                .order_by_asc(tag::Column::Id)
+                .into_tuple()
+                .all(db)
+                .await?;
             let more = events.len() as u64 == EVENT_BATCH;
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for (id, group) in new_tags {
+                if let Some(group) = group {
+                    s.group_tags.entry(group).or_default().push(id);
+                }
+                s.last_tag = s.last_tag.max(id);
+            }
             for (id, unit) in customers {
                 if let Some(bit) = id32(id) {
                     s.units.entry(unit).or_default().insert(bit);
@@ -261,6 +281,17 @@ impl Evaluator<'_> {
             SegmentExpr::OrgUnit(code) => {
                 let unit = self.principal.org.by_code(code)?;
                 union_of_units(self.s, self.principal.org.subtree(unit.id).map(|u| u.id))
+            }
+            SegmentExpr::Group(Ref::Id(id)) => {
+                let group = resolved.groups.get(id)?;
+                let classes = self.principal.class_scope(&group.visibility_class, ClassAccess::Read);
+                let mut holders = RoaringBitmap::new();
+                for tag in self.s.group_tags.get(id).into_iter().flatten() {
+                    if let Some(b) = self.s.tags.get(tag) {
+                        holders |= b;
+                    }
+                }
+                holders & union_of_units(self.s, classes.unit_ids())
             }
             SegmentExpr::Segment(Ref::Id(id)) => {
                 let inner = resolved.segments.get(id)?.inner.as_ref()?;

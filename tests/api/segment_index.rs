@@ -28,10 +28,10 @@ async fn both_counts(app: &TestApp, login: &str, text: &str) -> Option<(Option<u
     Some((engine, sql))
 }
 
-fn random_text(rng: &mut rand_chacha::ChaCha8Rng, tags: &[String], depth: usize) -> String {
+fn random_text(rng: &mut rand_chacha::ChaCha8Rng, tags: &[String], groups: &[String], depth: usize) -> String {
     if depth > 0 && rng.random_bool(0.5) {
-        let a = random_text(rng, tags, depth - 1);
-        let b = random_text(rng, tags, depth - 1);
+        let a = random_text(rng, tags, groups, depth - 1);
+        let b = random_text(rng, tags, groups, depth - 1);
         return match rng.random_range(0..3) {
             0 => format!("NOT ({a})"),
             1 => format!("({a}) AND ({b})"),
@@ -39,8 +39,9 @@ fn random_text(rng: &mut rand_chacha::ChaCha8Rng, tags: &[String], depth: usize)
         };
     }
     let tag = |rng: &mut rand_chacha::ChaCha8Rng| format!("#{}", tags[rng.random_range(0..tags.len())]);
-    match rng.random_range(0..5) {
-        0 | 1 => format!("tag({})", tag(rng)),
+    match rng.random_range(0..6) {
+        0 => format!("group(#{})", groups[rng.random_range(0..groups.len())]),
+        1 => format!("tag({})", tag(rng)),
         2 => format!("anyTag({}, {})", tag(rng), tag(rng)),
         3 => format!("allTags({}, {})", tag(rng), tag(rng)),
         _ => ["orgUnit = \"south\"", "orgUnit = \"sz01\"", "orgUnit = \"north\""][rng.random_range(0..3)].to_owned(),
@@ -63,11 +64,15 @@ async fn the_index_and_sql_agree_for_every_role(app: TestApp) {
         use sea_orm::EntityTrait;
         all.all(&app.db).await.unwrap().into_iter().map(|t| t.id.to_string()).collect()
     };
+    let groups: Vec<String> = {
+        use sea_orm::EntityTrait;
+        entity::tag_group::Entity::find().all(&app.db).await.unwrap().into_iter().map(|g| g.id.to_string()).collect()
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut compared = 0;
     for login in ["admin", "south.manager", "sz01.sales", "sz01.service", "hq.marketing", "bj01.sales"] {
         for _ in 0..30 {
-            let text = random_text(&mut rng, &tags, 3);
+            let text = random_text(&mut rng, &tags, &groups, 3);
             let Some((engine, sql)) = both_counts(&app, login, &text).await else { continue };
             let engine = engine.unwrap_or_else(|| panic!("the index answers tag expressions: {text}"));
             assert_eq!(engine, sql, "{login}: {text}");
