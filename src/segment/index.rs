@@ -17,7 +17,7 @@ use roaring::RoaringBitmap;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{Ref, SegmentExpr};
-use crate::authz::{Action, ClassAccess, Principal};
+use crate::authz::{Action, ClassAccess, Principal, Scope};
 use crate::service::segment::Resolved;
 
 /// Events read per round trip while catching up.
@@ -34,6 +34,9 @@ struct State {
     last_seq: i64,
     last_customer: i64,
     last_tag: i64,
+    /// Unions of unit bitmaps by unit set (a caller's universe, a class's
+    /// units), reused until a customer is added.
+    unions: HashMap<Vec<i64>, Arc<RoaringBitmap>>,
 }
 
 /// The index, shared by all requests of an instance.
@@ -150,6 +153,9 @@ impl SegmentIndex {
                 }
                 s.last_tag = s.last_tag.max(id);
             }
+            if !customers.is_empty() {
+                s.unions.clear();
+            }
             for (id, unit) in customers {
                 if let Some(bit) = id32(id) {
                     s.units.entry(unit).or_default().insert(bit);
@@ -209,10 +215,25 @@ impl SegmentIndex {
         if !self.is_ready() {
             return None;
         }
+        let read_scope = principal.scope(Action::CustomerRead);
+        let universe = self.union_of(read_scope.unit_ids());
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let universe = union_of_units(&s, principal.scope(Action::CustomerRead).unit_ids());
-        let members = Evaluator { s: &s, principal, universe: &universe }.eval(resolved, &resolved.expr)?;
-        Some(members & &universe)
+        let evaluator = Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe };
+        let members = evaluator.eval(resolved, &resolved.expr)?;
+        Some(members & universe.as_ref())
+    }
+
+    /// The customers of a set of units, cached until a customer is added.
+    fn union_of(&self, units: impl Iterator<Item = i64>) -> Arc<RoaringBitmap> {
+        let mut key: Vec<i64> = units.collect();
+        key.sort_unstable();
+        if let Some(hit) = self.state.read().unwrap_or_else(|e| e.into_inner()).unions.get(&key) {
+            return Arc::clone(hit);
+        }
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let union = Arc::new(union_of_units(&s, key.iter().copied()));
+        s.unions.insert(key, Arc::clone(&union));
+        union
     }
 }
 
@@ -229,19 +250,28 @@ fn union_of_units(s: &State, units: impl Iterator<Item = i64>) -> RoaringBitmap 
 struct Evaluator<'a> {
     s: &'a State,
     principal: &'a Principal,
+    read_scope: &'a Scope,
     universe: &'a RoaringBitmap,
 }
 
 impl Evaluator<'_> {
+    /// Customers of the units where the caller may see the class; `None`
+    /// when that covers all it may read anyway (the result is intersected
+    /// with its universe at the end), which spares a union on the hot path.
+    fn class_units(&self, class: &str) -> Option<RoaringBitmap> {
+        let classes = self.principal.class_scope(class, ClassAccess::Read);
+        if classes.covers(self.read_scope) {
+            return None;
+        }
+        Some(union_of_units(self.s, classes.unit_ids()))
+    }
+
     /// Holders of the tag, where the caller may see it.
     fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
         let Ref::Id(id) = r else { return None };
         let holders = self.s.tags.get(id).cloned().unwrap_or_default();
-        match resolved.tags.get(id).and_then(|t| t.group.as_ref()) {
-            Some(group) => {
-                let classes = self.principal.class_scope(&group.visibility_class, ClassAccess::Read);
-                Some(holders & union_of_units(self.s, classes.unit_ids()))
-            }
+        match resolved.tags.get(id).and_then(|t| t.group.as_ref()).and_then(|g| self.class_units(&g.visibility_class)) {
+            Some(units) => Some(holders & units),
             None => Some(holders),
         }
     }
@@ -284,14 +314,16 @@ impl Evaluator<'_> {
             }
             SegmentExpr::Group(Ref::Id(id)) => {
                 let group = resolved.groups.get(id)?;
-                let classes = self.principal.class_scope(&group.visibility_class, ClassAccess::Read);
                 let mut holders = RoaringBitmap::new();
                 for tag in self.s.group_tags.get(id).into_iter().flatten() {
                     if let Some(b) = self.s.tags.get(tag) {
                         holders |= b;
                     }
                 }
-                holders & union_of_units(self.s, classes.unit_ids())
+                match self.class_units(&group.visibility_class) {
+                    Some(units) => holders & units,
+                    None => holders,
+                }
             }
             SegmentExpr::Segment(Ref::Id(id)) => {
                 let inner = resolved.segments.get(id)?.inner.as_ref()?;
