@@ -262,7 +262,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
             segment: Some(customer::SegmentFilter { resolved: resolved.clone(), offset: settings.utc_offset }),
             ..Default::default()
         };
-        let sql_runs = runs.clamp(1, 5);
+        let sql_runs = runs.clamp(1, 3);
         let (s50, _, sql_count) = timed(sql_runs, || async {
             customer::count_in_scope(&db, &principal, &filter).await.map_err(|e| anyhow::anyhow!(e.message()))
         })
