@@ -128,6 +128,10 @@ impl TestApp {
         settings.limits = limits;
         let app = Application::with_database(settings, db.clone()).await.expect("build app");
         tagbase::seed::seed_demo_sized(&db, &app.state.authz, TEST_CUSTOMERS_PER_STORE).await.expect("seed");
+        // The seed wrote behind the application's back: bring its segment
+        // index up to date now rather than at the follower's next round, so
+        // tests see the index the way a caller after its own write does.
+        app.state.index.rebuild(&db).await.expect("segment index");
         let staff = staff::Entity::find().all(&db).await.unwrap().into_iter().map(|s| (s.login.clone(), s)).collect();
         let units = org_unit::Entity::find().all(&db).await.unwrap().into_iter().map(|u| (u.code, u.id)).collect();
         Self { app, db, statements, staff, units, _test_db: test_db }
