@@ -286,7 +286,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     println!("| index memory (bitmaps) | {:.1} MiB |", index.memory_bytes() as f64 / (1024.0 * 1024.0));
     // A write on one instance, seen by another following the log.
     let follower = SegmentIndex::new();
-    follower.spawn_follower(db.clone(), settings.index_follow_interval);
+    follower.spawn_follower(db.clone(), settings.index_follow_interval.unwrap_or(Duration::from_millis(250)));
     while !follower.is_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

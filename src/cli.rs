@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
         jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
         utc_offset: cli.utc_offset,
-        index_follow_interval: std::time::Duration::from_millis(250),
+        index_follow_interval: Some(std::time::Duration::from_millis(250)),
         limits: Limits::default(),
     };
     match cli.command {

@@ -20,8 +20,10 @@ pub struct Settings {
     /// daylight saving time): dates in segments are midnight there.
     pub utc_offset: FixedOffset,
     /// How often the segment index reads the tag event log for other
-    /// instances' writes (this instance's own show at once).
-    pub index_follow_interval: Duration,
+    /// instances' writes (this instance's own show at once). `None`: no
+    /// background follower; the index is built and caught up only when
+    /// asked (tests that count statements use this).
+    pub index_follow_interval: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -97,7 +99,7 @@ impl Settings {
             jwt_issuer: Self::DEFAULT_ISSUER.to_owned(),
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
             utc_offset: Self::default_utc_offset(),
-            index_follow_interval: Duration::from_millis(250),
+            index_follow_interval: Some(Duration::from_millis(250)),
             limits: Limits::default(),
         }
     }

@@ -35,7 +35,9 @@ impl Application {
         let authz = Authz::load(&db).await?;
         let keys = JwtKeys::load(&db, &settings).await?;
         let index = SegmentIndex::new();
-        index.spawn_follower(db.clone(), settings.index_follow_interval);
+        if let Some(interval) = settings.index_follow_interval {
+            index.spawn_follower(db.clone(), interval);
+        }
         let state = AppState { db, authz, keys, settings: Arc::new(settings), index };
         let schema = build_schema(state.clone());
         Ok(Self { state, schema })

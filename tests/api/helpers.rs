@@ -126,6 +126,10 @@ impl TestApp {
         let mut settings = Settings::for_database(test_db.url.clone());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
         settings.limits = limits;
+        // No background follower: statement counts stay exact, and the
+        // index is caught up after the seed below and after every write
+        // made through the API.
+        settings.index_follow_interval = None;
         let app = Application::with_database(settings, db.clone()).await.expect("build app");
         tagbase::seed::seed_demo_sized(&db, &app.state.authz, TEST_CUSTOMERS_PER_STORE).await.expect("seed");
         // The seed wrote behind the application's back: bring its segment
