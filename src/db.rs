@@ -12,6 +12,13 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 /// failing with `database is locked`, and WAL mode lets other processes
 /// (the CLI next to a running server) read meanwhile.
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    connect_with(url, crate::config::Limits::default().request_timeout).await
+}
+
+/// As [`connect`], with PostgreSQL statements cut off after
+/// `statement_timeout`: a request that times out drops its future, but
+/// without this its query would go on running inside the server.
+pub async fn connect_with(url: &str, statement_timeout: Duration) -> anyhow::Result<DatabaseConnection> {
     let url = sqlite_create_if_missing(url);
     let url = url.as_str();
     let mut options = ConnectOptions::new(url.to_owned());
@@ -19,7 +26,10 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     if url.starts_with("sqlite:") {
         options.max_connections(1).min_connections(1);
     } else {
-        options.max_connections(16);
+        let millis = statement_timeout.as_millis().max(1).to_string();
+        options
+            .max_connections(16)
+            .map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", millis.as_str())]));
     }
     let db = Database::connect(options).await.with_context(|| format!("connecting to {}", redact(url)))?;
     if db.get_database_backend() == DbBackend::Sqlite {

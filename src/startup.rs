@@ -25,7 +25,7 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, loads the policy and keys.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = db::connect(&settings.database_url).await?;
+        let db = db::connect_with(&settings.database_url, settings.limits.request_timeout).await?;
         db::migrate(&db).await?;
         Self::with_database(settings, db).await
     }

@@ -187,3 +187,15 @@ on_both_databases!(
     alias_floods_are_refused_as_too_complex,
     errors_carry_the_request_id,
 );
+
+/// A timed-out request drops its future; PostgreSQL must not go on running
+/// its query. (SQLite runs in-process and stops with the future.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statements_are_cut_off_at_the_request_timeout() {
+    use sea_orm::ConnectionTrait;
+    let test_db = crate::helpers::TestDb::new(crate::helpers::Backend::Postgres).await;
+    let db = tagbase::db::connect_with(&test_db.url, std::time::Duration::from_millis(200)).await.unwrap();
+    let slow = db.execute_unprepared("SELECT pg_sleep(5)").await.expect_err("the statement is cancelled");
+    assert!(format!("{slow}").contains("statement timeout"), "{slow}");
+    db.close().await.unwrap();
+}
