@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use entity::{customer, customer_tag, enums::TagOp, tag, tag_event};
 use roaring::RoaringBitmap;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 
 use super::{Ref, SegmentExpr};
 use crate::authz::{Action, ClassAccess, Principal, Scope};
@@ -66,8 +69,16 @@ impl SegmentIndex {
     ///
     /// # Errors
     /// Database errors; the old index stays in place.
-    pub async fn rebuild(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    pub async fn rebuild(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
         let _guard = self.catching_up.lock().await;
+        // One read-only transaction: a consistent snapshot, and no statement
+        // timeout (loading millions of assignments may take longer than a
+        // request may).
+        let txn = outer.begin().await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
+        }
+        let db = &txn;
         // The event position first: everything after it is applied later,
         // and applying an event twice is harmless.
         let last_seq: i64 = tag_event::Entity::find()
@@ -103,9 +114,10 @@ impl SegmentIndex {
                 fresh.tags.entry(tag).or_default().insert(bit);
             }
         }
+        txn.commit().await?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         drop(_guard);
-        self.catch_up(db).await?;
+        self.catch_up(outer).await?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -181,11 +193,7 @@ impl SegmentIndex {
     /// Builds the index in the background, then follows the log every
     /// `interval`, so that writes of other instances show within about
     /// that time. `/healthz` answers meanwhile; `/readyz` waits for it.
-    pub fn spawn_follower<C: ConnectionTrait + Clone + Send + Sync + 'static>(
-        self: &Arc<Self>,
-        db: C,
-        interval: Duration,
-    ) {
+    pub fn spawn_follower(self: &Arc<Self>, db: DatabaseConnection, interval: Duration) {
         let index = Arc::clone(self);
         tokio::spawn(async move {
             while let Err(err) = index.rebuild(&db).await {
