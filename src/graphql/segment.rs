@@ -169,16 +169,13 @@ pub struct SegmentPreview {
 impl SegmentPreview {
     /// Members the caller may see.
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
-        let env = env(ctx);
-        let index = &ctx.data_unchecked::<AppState>().index;
-        Ok(service::count_members(env.db, index, env.principal, &self.filter).await?)
+        members_count(ctx, &self.filter).await
     }
 
     /// The members as CSV: only the columns the caller may read, masked
     /// or left empty per customer as the field rules say. Audited.
     async fn csv(&self, ctx: &Context<'_>) -> Result<String> {
-        let env = env(ctx);
-        Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, &self.filter).await?.0)
+        members_csv(ctx, &self.filter).await
     }
 
     /// A page of the members.
@@ -237,7 +234,13 @@ impl SegmentQuery {
 }
 
 /// A saved segment (客群).
-pub struct Segment(pub entity::segment::Model);
+pub struct Segment(pub entity::segment::Model, tokio::sync::OnceCell<CustomerFilter>);
+
+impl Segment {
+    fn new(model: entity::segment::Model) -> Self {
+        Self(model, tokio::sync::OnceCell::new())
+    }
+}
 
 #[async_graphql::Object]
 impl Segment {
@@ -276,17 +279,12 @@ impl Segment {
     }
     /// The members as CSV (see `SegmentPreview.csv`). Audited.
     async fn csv(&self, ctx: &Context<'_>) -> Result<String> {
-        let env = env(ctx);
-        let filter = self.filter(ctx).await?;
-        Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, &filter).await?.0)
+        members_csv(ctx, self.filter(ctx).await?).await
     }
 
     /// Members the caller may see (a static segment: of its snapshot).
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
-        let env = env(ctx);
-        let filter = self.filter(ctx).await?;
-        let index = &ctx.data_unchecked::<AppState>().index;
-        Ok(service::count_members(env.db, index, env.principal, &filter).await?)
+        members_count(ctx, self.filter(ctx).await?).await
     }
     async fn customers(
         &self,
@@ -295,18 +293,41 @@ impl Segment {
         after: Option<String>,
         order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
-        let filter = self.filter(ctx).await?;
+        let filter = self.filter(ctx).await?.clone();
         customer_connection(ctx, filter, order_by, first, after).await
     }
 }
 
 impl Segment {
-    async fn filter(&self, ctx: &Context<'_>) -> Result<CustomerFilter> {
-        let env = env(ctx);
-        let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
-        let resolved = service::resolve_saved(env.db, env.principal, env.limits, &self.0).await?;
-        Ok(CustomerFilter { segment: Some(SegmentFilter { resolved, offset }), ..Default::default() })
+    /// The saved segment resolved in the caller's view, once per object
+    /// however many of its fields are selected.
+    async fn filter(&self, ctx: &Context<'_>) -> Result<&CustomerFilter> {
+        self.1
+            .get_or_try_init(|| async {
+                let env = env(ctx);
+                let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
+                let resolved = service::resolve_saved(env.db, env.principal, env.limits, &self.0).await?;
+                Ok::<_, async_graphql::Error>(CustomerFilter {
+                    segment: Some(SegmentFilter { resolved, offset }),
+                    ..Default::default()
+                })
+            })
+            .await
     }
+}
+
+/// Members of a filter the caller may see: from the index when it can
+/// answer (shared by `SegmentPreview` and `Segment`).
+async fn members_count(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<u64> {
+    let env = env(ctx);
+    let index = &ctx.data_unchecked::<AppState>().index;
+    Ok(service::count_members(env.db, index, env.principal, filter).await?)
+}
+
+/// Members of a filter as CSV (audited).
+async fn members_csv(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<String> {
+    let env = env(ctx);
+    Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, filter).await?.0)
 }
 
 #[derive(SimpleObject)]
@@ -352,7 +373,7 @@ impl SegmentSavedQuery {
     async fn segment(&self, ctx: &Context<'_>, id: ID) -> Result<Segment> {
         let env = env(ctx);
         let id = parse_segment_id(&id, "id")?;
-        Ok(Segment(service::find(env.db, env.principal, id).await?))
+        Ok(Segment::new(service::find(env.db, env.principal, id).await?))
     }
 
     /// Saved segments the caller may see (its units' and those above).
@@ -380,7 +401,7 @@ impl SegmentSavedQuery {
             .take(first)
             .map(|s| SegmentEdge {
                 cursor: Cursor { ordering: "SEGMENT_ID".into(), key: String::new(), id: s.id }.encode(),
-                node: Segment(s),
+                node: Segment::new(s),
             })
             .collect();
         let end_cursor = edges.last().map(|e| e.cursor.clone());
@@ -413,7 +434,7 @@ impl SegmentMutation {
             kind: input.kind,
             resolved: seg.resolved,
         };
-        Ok(SaveSegmentPayload { segment: Segment(service::save(env.db, env.principal, new).await?) })
+        Ok(SaveSegmentPayload { segment: Segment::new(service::save(env.db, env.principal, new).await?) })
     }
 
     /// Deletes a saved segment that no other segment uses.
