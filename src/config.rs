@@ -50,6 +50,15 @@ pub struct Limits {
     pub max_customers_per_tagging: usize,
     /// Tags one tagging call may name.
     pub max_tags_per_tagging: usize,
+    /// A tagging call naming more customers than this is a bulk operation:
+    /// it runs under modification locks for callers with
+    /// `customer_tag:bulk`, and becomes a change request for others.
+    pub bulk_threshold: usize,
+    /// Customers per transaction of a bulk run.
+    pub bulk_batch_size: usize,
+    /// How long a bulk run's locks hold at most (they are released when
+    /// the run ends).
+    pub bulk_lock_seconds: i64,
     /// Nodes one segment expression may have.
     pub max_segment_nodes: usize,
     /// Rows one CSV export may have.
@@ -72,6 +81,9 @@ impl Default for Limits {
             tag_alert_threshold: 20,
             max_customers_per_tagging: 1_000,
             max_tags_per_tagging: 50,
+            bulk_threshold: 200,
+            bulk_batch_size: 200,
+            bulk_lock_seconds: 15 * 60,
             max_segment_nodes: 500,
             max_export_rows: 100_000,
             request_timeout: Duration::from_secs(30),

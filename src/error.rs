@@ -72,8 +72,20 @@ pub enum AppError {
         message: String,
     },
     Conflict(String),
+    /// A modification lock (修改锁) held by somebody else covers the change.
+    Locked(LockInfo),
     LimitExceeded(String),
     Internal(anyhow::Error),
+}
+
+/// Who holds the lock that refused a change, why, and until when.
+#[derive(Debug, Clone)]
+pub struct LockInfo {
+    pub lock_id: i64,
+    pub group: String,
+    pub holder: String,
+    pub reason: String,
+    pub until: chrono::DateTime<chrono::Utc>,
 }
 
 impl AppError {
@@ -85,6 +97,7 @@ impl AppError {
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::Validation { .. } => ErrorCode::Validation,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Locked(_) => ErrorCode::Locked,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -109,6 +122,13 @@ impl AppError {
             Self::ForbiddenField { field } => format!("you may not read {field}"),
             Self::NotFound { kind, id } => format!("{kind} {id} not found"),
             Self::Validation { field, message } => format!("{field}: {message}"),
+            Self::Locked(lock) => format!(
+                "tag group {:?} is locked by {} until {} ({})",
+                lock.group,
+                lock.holder,
+                lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                lock.reason
+            ),
             Self::Internal(_) => "internal error".to_owned(),
         }
     }
@@ -149,8 +169,18 @@ impl From<AppError> for async_graphql::Error {
             AppError::Validation { field, .. } | AppError::ForbiddenField { field } => Some(field.clone()),
             _ => None,
         };
+        let lock = match &err {
+            AppError::Locked(lock) => Some(lock.clone()),
+            _ => None,
+        };
         async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
+            if let Some(lock) = &lock {
+                ext.set("lockId", lock.lock_id.to_string());
+                ext.set("holder", lock.holder.as_str());
+                ext.set("reason", lock.reason.as_str());
+                ext.set("until", lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
             if let Some(field) = &field {
                 ext.set("field", field.as_str());
             }

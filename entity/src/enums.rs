@@ -56,8 +56,15 @@ stored_enum!(
 );
 
 stored_enum!(
-    /// Where an assignment came from (SPEC §5).
-    TagSource { Manual = "MANUAL", Bulk = "BULK", Rule = "RULE", Import = "IMPORT", Api = "API" }
+    /// Where an assignment came from (SPEC §5); `MERGE`: moved by a merge of two tags.
+    TagSource {
+        Manual = "MANUAL",
+        Bulk = "BULK",
+        Rule = "RULE",
+        Import = "IMPORT",
+        Api = "API",
+        Merge = "MERGE",
+    }
 );
 
 stored_enum!(
@@ -76,4 +83,15 @@ stored_enum!(
     /// Dynamic segments are re-evaluated on every use; static ones keep the
     /// members they had when saved.
     SegmentKind { Dynamic = "DYNAMIC", Static = "STATIC" }
+);
+
+stored_enum!(
+    /// Where a change request stands (SPEC §6).
+    ChangeRequestStatus {
+        Pending = "PENDING",
+        Approved = "APPROVED",
+        Rejected = "REJECTED",
+        Stale = "STALE",
+        Cancelled = "CANCELLED",
+    }
 );

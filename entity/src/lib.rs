@@ -4,10 +4,14 @@
 pub mod app_setting;
 pub mod audit_log;
 pub mod casbin_rule;
+pub mod change_request;
 pub mod customer;
 pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;
+pub mod library_version;
+pub mod modification_lock;
+pub mod modification_lock_customer;
 pub mod org_unit;
 pub mod segment;
 pub mod segment_member;

@@ -52,6 +52,10 @@ pub enum Action {
     PersonalTagReadAll,
     TagLibraryRead,
     TagLibraryWrite,
+    TagLibraryPropose,
+    ChangeRequestApprove,
+    CustomerTagBulk,
+    TagGroupLock,
     AuditLogRead,
     PolicyEdit,
     SegmentRead,
@@ -59,7 +63,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 16] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -68,6 +72,10 @@ impl Action {
         Action::PersonalTagReadAll,
         Action::TagLibraryRead,
         Action::TagLibraryWrite,
+        Action::TagLibraryPropose,
+        Action::ChangeRequestApprove,
+        Action::CustomerTagBulk,
+        Action::TagGroupLock,
         Action::AuditLogRead,
         Action::PolicyEdit,
         Action::SegmentRead,
@@ -85,6 +93,10 @@ impl Action {
             Action::PersonalTagReadAll => ("personal_tag", "read_all"),
             Action::TagLibraryRead => ("tag_library", "read"),
             Action::TagLibraryWrite => ("tag_library", "write"),
+            Action::TagLibraryPropose => ("tag_library", "propose"),
+            Action::ChangeRequestApprove => ("change_request", "approve"),
+            Action::CustomerTagBulk => ("customer_tag", "bulk"),
+            Action::TagGroupLock => ("tag_group", "lock"),
             Action::AuditLogRead => ("audit_log", "read"),
             Action::PolicyEdit => ("policy", "edit"),
             Action::SegmentRead => ("segment", "read"),

@@ -4,6 +4,7 @@
 
 mod admin;
 mod customer;
+mod governance;
 mod loaders;
 mod org;
 mod segment;
@@ -28,11 +29,18 @@ pub struct Query(
     tag::TagQuery,
     segment::SegmentQuery,
     segment::SegmentSavedQuery,
+    governance::GovernanceQuery,
     admin::AdminQuery,
 );
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(customer::CustomerMutation, tag::TagMutation, segment::SegmentMutation, admin::AdminMutation);
+pub struct Mutation(
+    customer::CustomerMutation,
+    tag::TagMutation,
+    governance::GovernanceMutation,
+    segment::SegmentMutation,
+    admin::AdminMutation,
+);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

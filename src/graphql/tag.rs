@@ -10,6 +10,7 @@ use entity::{
 
 use super::customer::Customer;
 use super::env;
+use super::governance::ChangeRequest;
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use crate::domain::{
@@ -17,7 +18,7 @@ use crate::domain::{
 };
 use crate::error::AppError;
 use crate::service::tag_library::{self, NewTag, NewTagGroup};
-use crate::service::tagging::{self, TagRequest, TaggingOutcome};
+use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -252,11 +253,18 @@ pub struct CreateTagGroupInput {
 }
 
 /// Result of a library edit: `applied` with the object when the change took
-/// effect.
+/// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagGroupPayload {
     applied: bool,
     tag_group: Option<TagGroup>,
+    change_request: Option<ChangeRequest>,
+}
+
+impl TagGroupPayload {
+    pub(crate) fn new(applied: bool, tag_group: Option<TagGroup>, change_request: Option<ChangeRequest>) -> Self {
+        Self { applied, tag_group, change_request }
+    }
 }
 
 #[derive(InputObject)]
@@ -272,10 +280,19 @@ pub struct CreateTagInput {
     ttl_seconds: Option<i64>,
 }
 
+/// Result of a library edit: `applied` with the tag when the change took
+/// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagPayload {
     applied: bool,
     tag: Option<Tag>,
+    change_request: Option<ChangeRequest>,
+}
+
+impl TagPayload {
+    pub(crate) fn new(applied: bool, tag: Option<Tag>, change_request: Option<ChangeRequest>) -> Self {
+        Self { applied, tag, change_request }
+    }
 }
 
 #[derive(InputObject)]
@@ -300,9 +317,13 @@ pub struct UntagCustomersInput {
     tag_ids: Vec<ID>,
 }
 
-/// What a tagging call changed.
+/// What a tagging call changed. A call above the bulk threshold by a caller
+/// without `customer_tag:bulk` is not applied (`applied: false`): it
+/// becomes a `changeRequest`, and the counts say what it would change.
 #[derive(SimpleObject)]
 pub struct TaggingPayload {
+    applied: bool,
+    change_request: Option<ChangeRequest>,
     customers: Vec<Customer>,
     added: u32,
     /// Assignments removed (by untagging, or replaced in an exclusive group).
@@ -311,10 +332,13 @@ pub struct TaggingPayload {
     unchanged: u32,
 }
 
-impl From<TaggingOutcome> for TaggingPayload {
-    fn from(o: TaggingOutcome) -> Self {
+impl From<TaggingResult> for TaggingPayload {
+    fn from(r: TaggingResult) -> Self {
+        let o = r.outcome;
         Self {
-            customers: o.customers.into_iter().map(Customer).collect(),
+            applied: r.applied,
+            change_request: r.change_request.map(ChangeRequest),
+            customers: if r.applied { o.customers.into_iter().map(Customer).collect() } else { Vec::new() },
             added: o.added,
             removed: o.removed,
             unchanged: o.unchanged,
@@ -353,7 +377,7 @@ impl TagMutation {
                 .transpose()?,
         };
         let group = tag_library::create_group(env.db, env.principal, new).await?;
-        Ok(TagGroupPayload { applied: true, tag_group: Some(TagGroup(group)) })
+        Ok(TagGroupPayload::new(true, Some(TagGroup(group)), None))
     }
 
     async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
@@ -367,7 +391,7 @@ impl TagMutation {
             ttl_seconds: input.ttl_seconds,
         };
         let tag = tag_library::create_tag(env.db, env.principal, new).await?;
-        Ok(TagPayload { applied: true, tag: Some(Tag(tag)) })
+        Ok(TagPayload::new(true, Some(Tag(tag)), None))
     }
 
     /// Creates a personal tag, seen and used only by the caller.
@@ -376,31 +400,45 @@ impl TagMutation {
         let name = TagName::parse(&input.name, "name")?;
         let description = Description::parse(input.description.as_deref(), "description")?;
         let tag = tag_library::create_personal_tag(env.db, env.principal, name, description).await?;
-        Ok(TagPayload { applied: true, tag: Some(Tag(tag)) })
+        Ok(TagPayload::new(true, Some(Tag(tag)), None))
     }
 
-    /// Adds tags to customers: idempotent, all or nothing.
+    /// Adds tags to customers: idempotent, all or nothing. Above the bulk
+    /// threshold: runs under modification locks, or becomes a change
+    /// request (see `TaggingPayload`).
     async fn tag_customers(&self, ctx: &Context<'_>, input: TagCustomersInput) -> Result<TaggingPayload> {
         let env = env(ctx);
-        let req = TagRequest {
-            customers: parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?,
-            tags: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?,
+        let bulk = BulkTagging {
+            op: BulkOp::Add,
+            customer_ids: parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+            tag_ids: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?.into_iter().map(|t| t.0).collect(),
             expires_at: input.expires_at,
-            source: TagSource::Manual,
             source_ref: input.source_ref,
         };
-        let outcome = tagging::apply_tags(env.db, env.principal, env.limits, req).await?;
+        let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
         caught_up(ctx).await;
-        Ok(outcome.into())
+        Ok(result.into())
     }
 
-    /// Removes tags from customers: idempotent, all or nothing.
+    /// Removes tags from customers: idempotent, all or nothing; bulk calls
+    /// as `tagCustomers`.
     async fn untag_customers(&self, ctx: &Context<'_>, input: UntagCustomersInput) -> Result<TaggingPayload> {
         let env = env(ctx);
-        let customers = parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?;
-        let tags = parse_ids(&input.tag_ids, "tagIds", TagId::parse)?;
-        let outcome = tagging::remove_tags(env.db, env.principal, env.limits, customers, tags).await?;
+        let bulk = BulkTagging {
+            op: BulkOp::Remove,
+            customer_ids: parse_ids(&input.customer_ids, "customerIds", CustomerId::parse)?
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+            tag_ids: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?.into_iter().map(|t| t.0).collect(),
+            expires_at: None,
+            source_ref: None,
+        };
+        let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
         caught_up(ctx).await;
-        Ok(outcome.into())
+        Ok(result.into())
     }
 }

@@ -141,6 +141,29 @@ pub async fn find_in_scope(
         .ok_or_else(|| AppError::not_found("customer", id))
 }
 
+/// Checks that every id names a customer the caller may read.
+///
+/// # Errors
+/// `NOT_FOUND` naming the first that is missing or out of scope.
+pub async fn require_visible_ids(db: &impl ConnectionTrait, principal: &Principal, ids: &[i64]) -> AppResult<()> {
+    let mut found = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let rows: Vec<i64> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::Id)
+            .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+            .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+            .into_tuple()
+            .all(db)
+            .await?;
+        found.extend(rows);
+    }
+    match ids.iter().find(|id| !found.contains(id)) {
+        Some(missing) => Err(AppError::not_found("customer", missing)),
+        None => Ok(()),
+    }
+}
+
 /// The condition of a filter, scope included, after checking that the
 /// filter reveals nothing the caller may not read: tags it cannot see are
 /// `NOT_FOUND`, a tag matches only customers of units where its class is

@@ -4,8 +4,11 @@
 
 pub mod admin;
 pub mod audit;
+pub mod change_request;
 pub mod customer;
 pub mod export;
+pub mod library_edit;
+pub mod locks;
 pub mod segment;
 pub mod tag_library;
 pub mod tagging;

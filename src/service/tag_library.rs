@@ -297,6 +297,7 @@ pub async fn create_group(
         }
         other => other?,
     };
+    super::library_edit::record_created_group(&txn, principal.staff_id(), &group).await?;
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "tag_group.create", "tag_group", group.id)
@@ -319,7 +320,7 @@ pub struct NewTag {
     pub ttl_seconds: Option<i64>,
 }
 
-fn check_ttl(ttl: Option<i64>) -> AppResult<()> {
+pub(crate) fn check_ttl(ttl: Option<i64>) -> AppResult<()> {
     match ttl {
         Some(t) if !(1..=MAX_TTL_SECONDS).contains(&t) => {
             Err(AppError::validation("ttlSeconds", format!("must be between 1 and {MAX_TTL_SECONDS}")))
@@ -431,6 +432,9 @@ async fn insert_tag(
         Err(err) if is_unique_violation(&err) => return Err(AppError::Conflict(clash.to_owned())),
         other => other?,
     };
+    if tag.group_id.is_some() {
+        super::library_edit::record_created_tag(&txn, principal.staff_id(), &tag).await?;
+    }
     let mut entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id)
         .with_detail(json!({ "name": tag.name, "groupId": tag.group_id, "personal": tag.owner_staff_id.is_some() }));
     entry.org_unit_id = org_unit_id;

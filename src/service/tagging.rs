@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use entity::{
-    customer, customer_tag,
-    enums::{AlertKind, TagOp, TagSource, TagStatus},
+    change_request, customer, customer_tag,
+    enums::{AlertKind, ChangeRequestStatus, TagOp, TagSource, TagStatus},
     tag, tag_alert, tag_event, tag_group,
 };
 use sea_orm::{
@@ -20,6 +20,7 @@ use sea_orm::{
     Order, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
@@ -83,7 +84,7 @@ const EVENT_LOG_LOCK: i64 = 0x0074_6167_6261_7365; // "tagbase" in ASCII
 /// commit seq 101 after another committed 102, and an index that already
 /// read past 102 would never see 101. The lock is held to the end of the
 /// transaction. SQLite writes one transaction at a time anyway.
-async fn serialize_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
+pub(crate) async fn serialize_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
     if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOG_LOCK})")).await?;
     }
@@ -154,9 +155,23 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    serialize_event_log(&txn).await?;
-    let customers = lock_customers(&txn, principal, &req.customers).await?;
-    let tags = named_tags(&txn, principal, &req.tags).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req).await?;
+    txn.commit().await?;
+    Ok(outcome)
+}
+
+/// [`apply_tags`] inside the caller's transaction (checks of the request's
+/// own fields aside).
+async fn apply_tags_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    req: TagRequest,
+) -> AppResult<TaggingOutcome> {
+    serialize_event_log(txn).await?;
+    let customers = lock_customers(txn, principal, &req.customers).await?;
+    let tags = named_tags(txn, principal, &req.tags).await?;
+    check_locks(txn, principal, &customers, &tags).await?;
 
     let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
     for VisibleTag { tag, group } in &tags {
@@ -199,7 +214,7 @@ pub async fn apply_tags(
     }
 
     let customer_ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(&txn, &customer_ids).await?;
+    let existing = assignments_of(txn, &customer_ids).await?;
     // Existing tags that sit in an exclusive group the request touches.
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
     let existing_tag_ids: HashSet<i64> = existing.values().flatten().map(|a| a.tag_id).collect();
@@ -209,7 +224,7 @@ pub async fn apply_tags(
         tag::Entity::find()
             .filter(tag::Column::Id.is_in(existing_tag_ids))
             .filter(tag::Column::GroupId.is_in(exclusive_groups))
-            .all(&txn)
+            .all(txn)
             .await?
             .into_iter()
             .filter_map(|t| Some((t.id, t.group_id?)))
@@ -280,9 +295,9 @@ pub async fn apply_tags(
     }
     outcome.alerts_raised = alerts.len() as u32;
 
-    delete_assignments(&txn, &removals).await?;
+    delete_assignments(txn, &removals).await?;
     for chunk in additions.chunks(CHUNK) {
-        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(&txn).await {
+        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await {
             // Another transaction added the same assignment after we read.
             Err(err) if is_unique_violation(&err) => {
                 return Err(AppError::Conflict("these customers' tags changed meanwhile; retry".to_owned()));
@@ -292,12 +307,12 @@ pub async fn apply_tags(
             }
         }
     }
-    insert_events(&txn, events).await?;
+    insert_events(txn, events).await?;
     if !alerts.is_empty() {
-        tag_alert::Entity::insert_many(alerts).exec(&txn).await?;
+        tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
     audit::record(
-        &txn,
+        txn,
         batch_entry(principal, "customer.tag", &customer_ids).with_detail(json!({
             "customerIds": customer_ids,
             "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
@@ -308,7 +323,6 @@ pub async fn apply_tags(
         })),
     )
     .await?;
-    txn.commit().await?;
     outcome.customers = customers;
     Ok(outcome)
 }
@@ -328,16 +342,29 @@ pub async fn remove_tags(
 ) -> AppResult<TaggingOutcome> {
     check_sizes(limits, customer_ids.len(), tag_ids.len())?;
     let txn = db.begin().await?;
-    serialize_event_log(&txn).await?;
-    let customers = lock_customers(&txn, principal, &customer_ids).await?;
-    let tags = named_tags(&txn, principal, &tag_ids).await?;
+    let outcome = remove_tags_in(&txn, principal, customer_ids, tag_ids).await?;
+    txn.commit().await?;
+    Ok(outcome)
+}
+
+/// [`remove_tags`] inside the caller's transaction.
+async fn remove_tags_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    customer_ids: Vec<CustomerId>,
+    tag_ids: Vec<TagId>,
+) -> AppResult<TaggingOutcome> {
+    serialize_event_log(txn).await?;
+    let customers = lock_customers(txn, principal, &customer_ids).await?;
+    let tags = named_tags(txn, principal, &tag_ids).await?;
+    check_locks(txn, principal, &customers, &tags).await?;
     for c in &customers {
         for t in &tags {
             require_use(principal, t, c.org_unit_id)?;
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(&txn, &ids).await?;
+    let existing = assignments_of(txn, &ids).await?;
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
@@ -355,10 +382,10 @@ pub async fn remove_tags(
             }
         }
     }
-    delete_assignments(&txn, &removals).await?;
-    insert_events(&txn, events).await?;
+    delete_assignments(txn, &removals).await?;
+    insert_events(txn, events).await?;
     audit::record(
-        &txn,
+        txn,
         batch_entry(principal, "customer.untag", &ids).with_detail(json!({
             "customerIds": ids,
             "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
@@ -367,9 +394,265 @@ pub async fn remove_tags(
         })),
     )
     .await?;
-    txn.commit().await?;
     outcome.customers = customers;
     Ok(outcome)
+}
+
+/// `LOCKED` when somebody else's modification lock covers one of these
+/// customers' tags in the group of one of these tags.
+async fn check_locks(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    customers: &[customer::Model],
+    tags: &[VisibleTag],
+) -> AppResult<()> {
+    let mut groups: Vec<i64> = tags.iter().filter_map(|t| t.group.as_ref().map(|g| g.id)).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+    super::locks::check_unlocked(txn, principal.staff.id, &groups, &ids).await
+}
+
+/// Adding or removing, for bulk tagging and its change requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BulkOp {
+    Add,
+    Remove,
+}
+
+/// A tagging call above the bulk threshold, as stored in a change request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkTagging {
+    pub op: BulkOp,
+    pub customer_ids: Vec<i64>,
+    pub tag_ids: Vec<i64>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub source_ref: Option<String>,
+}
+
+impl BulkTagging {
+    fn kind(&self) -> &'static str {
+        match self.op {
+            BulkOp::Add => "customer.tag",
+            BulkOp::Remove => "customer.untag",
+        }
+    }
+
+    fn request(&self, source: TagSource, source_ref: Option<String>) -> TagRequest {
+        TagRequest {
+            customers: self.customer_ids.iter().map(|c| CustomerId(*c)).collect(),
+            tags: self.tag_ids.iter().map(|t| TagId(*t)).collect(),
+            expires_at: self.expires_at,
+            source,
+            source_ref,
+        }
+    }
+}
+
+/// What a tagging call did: applied, or filed as a change request.
+#[derive(Debug, Clone, Default)]
+pub struct TaggingResult {
+    pub applied: bool,
+    pub outcome: TaggingOutcome,
+    pub change_request: Option<change_request::Model>,
+}
+
+async fn run_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    bulk: &BulkTagging,
+    source: TagSource,
+    source_ref: Option<String>,
+) -> AppResult<TaggingOutcome> {
+    match bulk.op {
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref)).await,
+        BulkOp::Remove => {
+            let req = bulk.request(source, source_ref);
+            remove_tags_in(txn, principal, req.customers, req.tags).await
+        }
+    }
+}
+
+/// Tags or untags customers. Up to the bulk threshold the call applies at
+/// once. Above it, a caller holding `customer_tag:bulk` for every customer
+/// runs it in batches under modification locks on the tags' groups (so
+/// nobody else's edit of those customers' tags in those groups is
+/// overwritten meanwhile: they get `LOCKED`); anybody else's call becomes a
+/// change request, checked first as if it applied.
+///
+/// # Errors
+/// As [`apply_tags`] and [`remove_tags`]; `LOCKED` when another holder's
+/// lock covers the change.
+#[tracing::instrument(skip(db, principal, limits, bulk), fields(staff = principal.staff.id, customers = bulk.customer_ids.len()))]
+pub async fn tag_or_request(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    bulk: BulkTagging,
+) -> AppResult<TaggingResult> {
+    check_sizes(limits, bulk.customer_ids.len(), bulk.tag_ids.len())?;
+    if bulk.op == BulkOp::Add {
+        if bulk.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(AppError::validation("expiresAt", "must be in the future"));
+        }
+        if bulk.source_ref.as_ref().is_some_and(|r| r.chars().count() > 128) {
+            return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
+        }
+    }
+    if bulk.customer_ids.len() <= limits.bulk_threshold {
+        let txn = db.begin().await?;
+        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone()).await?;
+        txn.commit().await?;
+        return Ok(TaggingResult { applied: true, outcome, change_request: None });
+    }
+    // Check the whole call as it would apply now, then decide.
+    let txn = db.begin().await?;
+    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone()).await?;
+    txn.rollback().await?;
+    if dry.customers.iter().all(|c| principal.may(Action::CustomerTagBulk, c.org_unit_id)) {
+        let outcome = run_locked(db, principal, limits, &bulk).await?;
+        return Ok(TaggingResult { applied: true, outcome, change_request: None });
+    }
+    let scope = common_ancestor(principal, dry.customers.iter().map(|c| c.org_unit_id))?;
+    let txn = db.begin().await?;
+    let request = change_request::Entity::insert(change_request::ActiveModel {
+        id: NotSet,
+        kind: Set(bulk.kind().to_owned()),
+        target_kind: Set("CUSTOMER".to_owned()),
+        target_id: Set(None),
+        base_versions: Set(json!({})),
+        payload: Set(serde_json::to_value(&bulk).map_err(AppError::internal)?),
+        org_unit_id: Set(scope),
+        requester_staff_id: Set(principal.staff.id),
+        reason: Set(bulk.source_ref.clone().unwrap_or_default()),
+        status: Set(ChangeRequestStatus::Pending),
+        decided_by: Set(None),
+        decided_at: Set(None),
+        decision_comment: Set(None),
+        created_at: Set(Utc::now()),
+    })
+    .exec_with_returning(&txn)
+    .await?;
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "change_request.create", "change_request", request.id)
+            .in_unit(scope)
+            .with_detail(
+                json!({ "kind": request.kind, "change": request.payload, "customers": bulk.customer_ids.len() }),
+            ),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(TaggingResult { applied: false, outcome: dry, change_request: Some(request) })
+}
+
+/// The lowest unit that contains every given unit.
+fn common_ancestor(principal: &Principal, units: impl Iterator<Item = i64>) -> AppResult<i64> {
+    let mut chain: Option<Vec<i64>> = None;
+    for unit in units {
+        let mine: Vec<i64> = principal.org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+        chain = Some(match chain {
+            None => mine,
+            Some(c) => c.into_iter().filter(|u| mine.contains(u)).collect(),
+        });
+    }
+    chain.and_then(|c| c.last().copied()).ok_or_else(|| AppError::validation("customerIds", "no customers"))
+}
+
+/// Runs a bulk call in batches, each all or nothing, under modification
+/// locks on the tags' groups for these customers; the locks are released
+/// at the end, also when a batch fails (they expire on their own if the
+/// process dies).
+async fn run_locked(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    bulk: &BulkTagging,
+) -> AppResult<TaggingOutcome> {
+    let ids: Vec<TagId> = bulk.tag_ids.iter().map(|t| TagId(*t)).collect();
+    let tags = named_tags(db, principal, &ids).await?;
+    let mut groups: Vec<&tag_group::Model> = tags.iter().filter_map(|t| t.group.as_ref()).collect();
+    groups.sort_by_key(|g| g.id);
+    groups.dedup_by_key(|g| g.id);
+    let until = Utc::now() + Duration::seconds(limits.bulk_lock_seconds);
+    let reason = format!(
+        "bulk {} of {} customers{}",
+        if bulk.op == BulkOp::Add { "tagging" } else { "untagging" },
+        bulk.customer_ids.len(),
+        bulk.source_ref.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    let txn = db.begin().await?;
+    let mut locks = Vec::new();
+    for group in &groups {
+        let lock =
+            super::locks::insert_lock(&txn, principal.staff.id, group.id, Some(&bulk.customer_ids), &reason, until)
+                .await?;
+        audit::record(
+            &txn,
+            AuditEntry::ok(principal.staff_id(), "tag_group.lock", "tag_group", group.id)
+                .in_unit(group.org_unit_id)
+                .with_detail(json!({ "lockId": lock.id, "reason": reason, "until": until, "customers": bulk.customer_ids.len() })),
+        )
+        .await?;
+        locks.push(lock.id);
+    }
+    txn.commit().await?;
+
+    let mut total = TaggingOutcome::default();
+    let mut failure = None;
+    for chunk in bulk.customer_ids.chunks(limits.bulk_batch_size.max(1)) {
+        let part = BulkTagging { customer_ids: chunk.to_vec(), ..bulk.clone() };
+        let txn = db.begin().await?;
+        match run_in(&txn, principal, limits, &part, TagSource::Bulk, bulk.source_ref.clone()).await {
+            Ok(outcome) => {
+                txn.commit().await?;
+                total.added += outcome.added;
+                total.removed += outcome.removed;
+                total.unchanged += outcome.unchanged;
+                total.alerts_raised += outcome.alerts_raised;
+                total.customers.extend(outcome.customers);
+            }
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    let txn = db.begin().await?;
+    for lock in &locks {
+        super::locks::release(&txn, *lock, principal.staff.id).await?;
+    }
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", "")
+            .with_detail(json!({ "lockIds": locks, "completed": failure.is_none() })),
+    )
+    .await?;
+    txn.commit().await?;
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(total),
+    }
+}
+
+/// Applies an approved bulk request inside the approval's transaction,
+/// with the requester's rights.
+///
+/// # Errors
+/// As [`apply_tags`].
+pub async fn apply_approved(
+    txn: &DatabaseTransaction,
+    requester: &Principal,
+    limits: &Limits,
+    bulk: BulkTagging,
+    request_id: i64,
+) -> AppResult<TaggingOutcome> {
+    run_in(txn, requester, limits, &bulk, TagSource::Bulk, Some(format!("change_request:{request_id}"))).await
 }
 
 /// True when the caller may see a tag on a customer of `org_unit_id`: a
@@ -571,7 +854,7 @@ impl EventBy<'_> {
     }
 }
 
-async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
+pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
     for chunk in events.chunks(CHUNK) {
         tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }

@@ -1,0 +1,542 @@
+//! Governance of the library: edits with versions (and their history),
+//! change requests and their decisions, and modification locks.
+
+use async_graphql::{ComplexObject, Context, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::{
+    change_request,
+    enums::{ChangeRequestStatus, TagCategory},
+    modification_lock,
+};
+use serde_json::Value;
+
+use super::customer::PageInfo;
+use super::env;
+use super::loaders::{GroupById, TagById};
+use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
+use crate::domain::{CustomerId, OrgUnitId, PageSize, StaffId, TagGroupId, TagId, parse_ids};
+use crate::service::change_request::{self as requests, RequestFilter};
+use crate::service::library_edit::{
+    self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry,
+};
+use crate::service::locks::{self, DEFAULT_LOCK_SECONDS, LockRequest};
+use crate::state::AppState;
+
+/// A library edit or bulk tagging waiting for (or past) a decision.
+pub struct ChangeRequest(pub change_request::Model);
+
+#[Object]
+impl ChangeRequest {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// `tag.update`, `tag.merge`, `tag_group.update`, `customer.tag`, …
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn status(&self) -> ChangeRequestStatus {
+        self.0.status
+    }
+    /// The intended change, as it will be applied.
+    async fn change(&self) -> Json<Value> {
+        Json(self.0.payload.clone())
+    }
+    /// The versions of the touched objects the request was made against;
+    /// approval fails (and marks the request STALE) if any moved.
+    async fn base_versions(&self) -> Json<Value> {
+        Json(self.0.base_versions.clone())
+    }
+    /// The tag the request is about, if any (and visible).
+    async fn tag(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {
+        match (self.0.target_kind.as_str(), self.0.target_id) {
+            ("TAG", Some(id)) => Ok(env(ctx).loaders.load_one(TagById(id)).await?.map(Tag)),
+            _ => Ok(None),
+        }
+    }
+    /// The tag group the request is about, if any (and visible).
+    async fn tag_group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
+        match (self.0.target_kind.as_str(), self.0.target_id) {
+            ("TAG_GROUP", Some(id)) => Ok(env(ctx).loaders.load_one(GroupById(id)).await?.map(TagGroup)),
+            _ => Ok(None),
+        }
+    }
+    /// The unit whose approvers decide (they hold `change_request:approve`
+    /// here or above).
+    async fn scope(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
+        org_unit(ctx, self.0.org_unit_id)
+    }
+    async fn requester(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, Some(self.0.requester_staff_id)).await
+    }
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn decided_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.decided_by).await
+    }
+    async fn decided_at(&self) -> Option<DateTime<Utc>> {
+        self.0.decided_at
+    }
+    /// The approver's comment or the rejection's reason.
+    async fn decision_comment(&self) -> Option<&str> {
+        self.0.decision_comment.as_deref()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct ChangeRequestEdge {
+    cursor: String,
+    node: ChangeRequest,
+}
+
+/// A page of change requests, newest first.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct ChangeRequestConnection {
+    edges: Vec<ChangeRequestEdge>,
+    page_info: PageInfo,
+    #[graphql(skip)]
+    filter: RequestFilter,
+}
+
+#[ComplexObject]
+impl ChangeRequestConnection {
+    /// Requests matching the filter that the caller may see (all pages).
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<u64> {
+        let env = env(ctx);
+        Ok(requests::count(env.db, env.principal, &self.filter).await?)
+    }
+}
+
+/// One field of a version that differs from the version before.
+#[derive(SimpleObject)]
+pub struct FieldChange {
+    field: String,
+    from: Json<Value>,
+    to: Json<Value>,
+}
+
+/// One version of a tag or tag group.
+pub struct LibraryVersion(VersionEntry);
+
+#[Object]
+impl LibraryVersion {
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    /// `create`, `update`, `archive`, `restore`, `merge`, `rollback`.
+    async fn action(&self) -> &str {
+        &self.0.action
+    }
+    /// The whole state after the change.
+    async fn state(&self) -> Json<Value> {
+        Json(self.0.state.clone())
+    }
+    /// What differs from the version before.
+    async fn changes(&self) -> Vec<FieldChange> {
+        self.0
+            .changes
+            .iter()
+            .map(|(field, from, to)| FieldChange {
+                field: field.clone(),
+                from: Json(from.clone()),
+                to: Json(to.clone()),
+            })
+            .collect()
+    }
+    /// Who made the change (none for data older than versioning).
+    async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.changed_by).await
+    }
+    async fn changed_at(&self) -> DateTime<Utc> {
+        self.0.changed_at
+    }
+    /// The approved request that made the change, if one did.
+    async fn change_request_id(&self) -> Option<ID> {
+        self.0.change_request_id.map(|id| ID(id.to_string()))
+    }
+}
+
+/// A modification lock (修改锁) on a tag group.
+pub struct ModificationLock(pub modification_lock::Model);
+
+#[Object]
+impl ModificationLock {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn tag_group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
+        Ok(env(ctx).loaders.load_one(GroupById(self.0.group_id)).await?.map(TagGroup))
+    }
+    async fn holder(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, Some(self.0.holder_staff_id)).await
+    }
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+    /// True when it covers every customer's tags of the group.
+    async fn whole_group(&self) -> bool {
+        self.0.whole_group
+    }
+    async fn acquired_at(&self) -> DateTime<Utc> {
+        self.0.acquired_at
+    }
+    /// It stops holding then, released or not.
+    async fn expires_at(&self) -> DateTime<Utc> {
+        self.0.expires_at
+    }
+    async fn released_at(&self) -> Option<DateTime<Utc>> {
+        self.0.released_at
+    }
+}
+
+#[derive(Default)]
+pub struct GovernanceQuery;
+
+#[Object]
+impl GovernanceQuery {
+    /// Change requests the caller may see: its own, and those it may decide
+    /// or audit. Newest first.
+    async fn change_requests(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<ChangeRequestStatus>,
+        scope_id: Option<ID>,
+        requester_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ChangeRequestConnection> {
+        let env = env(ctx);
+        let filter = RequestFilter {
+            status,
+            scope: scope_id.map(|id| OrgUnitId::parse(&id, "scopeId")).transpose()?,
+            requester: requester_id.map(|id| StaffId::parse(&id, "requesterId")).transpose()?,
+        };
+        let first = PageSize::parse(first, env.limits)?;
+        let page = requests::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
+        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        Ok(ChangeRequestConnection {
+            edges: page
+                .items
+                .into_iter()
+                .map(|(cursor, r)| ChangeRequestEdge { cursor, node: ChangeRequest(r) })
+                .collect(),
+            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            filter,
+        })
+    }
+
+    async fn change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequest> {
+        let env = env(ctx);
+        let id = parse_request_id(&id)?;
+        Ok(ChangeRequest(requests::find(env.db, env.principal, id).await?))
+    }
+
+    /// Every version of a tag, newest first, with what each changed.
+    async fn tag_history(&self, ctx: &Context<'_>, tag_id: ID) -> Result<Vec<LibraryVersion>> {
+        let env = env(ctx);
+        let id = TagId::parse(&tag_id, "tagId")?;
+        Ok(library_edit::tag_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
+    }
+
+    /// Every version of a tag group, newest first, with what each changed.
+    async fn tag_group_history(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<LibraryVersion>> {
+        let env = env(ctx);
+        let id = TagGroupId::parse(&group_id, "groupId")?;
+        Ok(library_edit::group_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
+    }
+
+    /// The modification locks in force on a tag group.
+    async fn modification_locks(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<ModificationLock>> {
+        let env = env(ctx);
+        let id = TagGroupId::parse(&group_id, "groupId")?;
+        Ok(locks::active_locks(env.db, env.principal, id).await?.into_iter().map(ModificationLock).collect())
+    }
+}
+
+fn parse_request_id(raw: &ID) -> Result<i64> {
+    Ok(raw.trim().parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        crate::error::AppError::validation("id", format!("{:?} is not a valid change request id", raw.as_str()))
+    })?)
+}
+
+fn parse_version(raw: i32, field: &str) -> Result<i32> {
+    if raw < 1 {
+        return Err(crate::error::AppError::validation(field, "versions start at 1").into());
+    }
+    Ok(raw)
+}
+
+#[derive(InputObject)]
+pub struct UpdateTagGroupInput {
+    id: ID,
+    /// The version you read; a newer one means somebody changed it since
+    /// (`CONFLICT`).
+    expected_version: i32,
+    name: Option<String>,
+    description: Option<String>,
+    category: Option<TagCategory>,
+    visibility_class: Option<String>,
+    exclusive: Option<bool>,
+    /// `null` removes the pattern.
+    naming_pattern: MaybeUndefined<String>,
+    /// Why: shown to approvers when the edit needs approval.
+    reason: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateTagInput {
+    id: ID,
+    /// The version you read.
+    expected_version: i32,
+    name: Option<String>,
+    description: Option<String>,
+    aliases: Option<Vec<String>>,
+    /// `null` removes the canonical tag.
+    canonical_tag_id: MaybeUndefined<ID>,
+    /// `null` removes the TTL.
+    ttl_seconds: MaybeUndefined<i64>,
+    /// Moves the tag to this group (its holders must be in the group's
+    /// library).
+    group_id: Option<ID>,
+    reason: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct TagStatusInput {
+    id: ID,
+    expected_version: i32,
+    reason: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct MergeTagsInput {
+    /// A: the tag that stays.
+    target_tag_id: ID,
+    target_expected_version: i32,
+    /// B: the tag merged into A; it becomes A's alias and is left MERGED.
+    source_tag_id: ID,
+    source_expected_version: i32,
+    reason: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct RollbackTagInput {
+    id: ID,
+    /// The version to restore.
+    version: i32,
+    /// The version you read (the current one).
+    expected_version: i32,
+    reason: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct LockTagGroupInput {
+    group_id: ID,
+    /// Leave out to lock every customer's tags of the group.
+    customer_ids: Option<Vec<ID>>,
+    /// Shown to everybody the lock refuses.
+    reason: String,
+    /// How long it holds at most (default 30 minutes, at most a day).
+    duration_seconds: Option<i64>,
+}
+
+#[derive(SimpleObject)]
+pub struct ChangeRequestPayload {
+    change_request: ChangeRequest,
+}
+
+/// The result of approving: the request, and the objects as they now are.
+#[derive(SimpleObject)]
+pub struct ApprovalPayload {
+    change_request: ChangeRequest,
+    tag: Option<Tag>,
+    tag_group: Option<TagGroup>,
+}
+
+#[derive(SimpleObject)]
+pub struct ModificationLockPayload {
+    lock: ModificationLock,
+}
+
+fn expected(key: String, version: i32) -> Result<EditContext> {
+    Ok(EditContext { expected: [(key, parse_version(version, "expectedVersion")?)].into(), reason: None })
+}
+
+fn tag_payload(outcome: EditOutcome) -> TagPayload {
+    TagPayload::new(outcome.applied, outcome.tag.map(Tag), outcome.change_request.map(ChangeRequest))
+}
+
+async fn submit(ctx: &Context<'_>, edit: LibraryEdit, edit_ctx: EditContext) -> Result<EditOutcome> {
+    let env = env(ctx);
+    let outcome = library_edit::submit(env.db, env.principal, edit, edit_ctx).await?;
+    if outcome.applied {
+        caught_up(ctx).await;
+    }
+    Ok(outcome)
+}
+
+fn tag_key(id: TagId) -> String {
+    format!("tag:{}", id.0)
+}
+
+#[derive(Default)]
+pub struct GovernanceMutation;
+
+#[Object]
+impl GovernanceMutation {
+    /// Edits a tag group: applies at once or becomes a change request, as
+    /// the policy decides.
+    async fn update_tag_group(&self, ctx: &Context<'_>, input: UpdateTagGroupInput) -> Result<TagGroupPayload> {
+        let id = TagGroupId::parse(&input.id, "id")?;
+        let changes = GroupChanges {
+            name: input.name,
+            description: input.description,
+            category: input.category,
+            visibility_class: input.visibility_class,
+            exclusive: input.exclusive,
+            naming_pattern: match input.naming_pattern {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(p) => Some(Some(p)),
+            },
+        };
+        let mut edit_ctx = expected(format!("tag_group:{}", id.0), input.expected_version)?;
+        edit_ctx.reason = input.reason;
+        let outcome = submit(ctx, LibraryEdit::UpdateTagGroup { group_id: id.0, changes }, edit_ctx).await?;
+        Ok(TagGroupPayload::new(
+            outcome.applied,
+            outcome.group.map(TagGroup),
+            outcome.change_request.map(ChangeRequest),
+        ))
+    }
+
+    /// Edits a tag (rename, description, aliases, canonical tag, TTL, move
+    /// to another group).
+    async fn update_tag(&self, ctx: &Context<'_>, input: UpdateTagInput) -> Result<TagPayload> {
+        let id = TagId::parse(&input.id, "id")?;
+        let changes = TagChanges {
+            name: input.name,
+            description: input.description,
+            aliases: input.aliases,
+            canonical_tag_id: match input.canonical_tag_id {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(t) => Some(Some(TagId::parse(&t, "canonicalTagId")?.0)),
+            },
+            ttl_seconds: match input.ttl_seconds {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(t) => Some(Some(t)),
+            },
+            group_id: input.group_id.map(|g| TagGroupId::parse(&g, "groupId")).transpose()?.map(|g| g.0),
+            status: None,
+        };
+        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
+        edit_ctx.reason = input.reason;
+        Ok(tag_payload(submit(ctx, LibraryEdit::UpdateTag { tag_id: id.0, changes }, edit_ctx).await?))
+    }
+
+    /// Archives a tag: it leaves every list and cannot be assigned; its
+    /// assignments and history stay.
+    async fn archive_tag(&self, ctx: &Context<'_>, input: TagStatusInput) -> Result<TagPayload> {
+        let id = TagId::parse(&input.id, "id")?;
+        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
+        edit_ctx.reason = input.reason;
+        Ok(tag_payload(submit(ctx, LibraryEdit::ArchiveTag { tag_id: id.0 }, edit_ctx).await?))
+    }
+
+    async fn restore_tag(&self, ctx: &Context<'_>, input: TagStatusInput) -> Result<TagPayload> {
+        let id = TagId::parse(&input.id, "id")?;
+        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
+        edit_ctx.reason = input.reason;
+        Ok(tag_payload(submit(ctx, LibraryEdit::RestoreTag { tag_id: id.0 }, edit_ctx).await?))
+    }
+
+    /// Merges tag B into tag A: B's assignments move to A (a customer with
+    /// both keeps one), B becomes an alias of A and is left MERGED.
+    async fn merge_tags(&self, ctx: &Context<'_>, input: MergeTagsInput) -> Result<TagPayload> {
+        let a = TagId::parse(&input.target_tag_id, "targetTagId")?;
+        let b = TagId::parse(&input.source_tag_id, "sourceTagId")?;
+        let edit_ctx = EditContext {
+            expected: [
+                (tag_key(a), parse_version(input.target_expected_version, "targetExpectedVersion")?),
+                (tag_key(b), parse_version(input.source_expected_version, "sourceExpectedVersion")?),
+            ]
+            .into(),
+            reason: input.reason,
+        };
+        Ok(tag_payload(submit(ctx, LibraryEdit::MergeTags { target_id: a.0, source_id: b.0 }, edit_ctx).await?))
+    }
+
+    /// Restores an earlier version of a tag (itself an edit: it may need
+    /// approval).
+    async fn rollback_tag(&self, ctx: &Context<'_>, input: RollbackTagInput) -> Result<TagPayload> {
+        let id = TagId::parse(&input.id, "id")?;
+        let version = parse_version(input.version, "version")?;
+        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
+        edit_ctx.reason = input.reason;
+        Ok(tag_payload(submit(ctx, LibraryEdit::RollbackTag { tag_id: id.0, version }, edit_ctx).await?))
+    }
+
+    /// Approves a pending request and applies its change atomically.
+    async fn approve_change_request(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        comment: Option<String>,
+    ) -> Result<ApprovalPayload> {
+        let env = env(ctx);
+        let state = ctx.data_unchecked::<AppState>();
+        let id = parse_request_id(&id)?;
+        let approval =
+            requests::approve(env.db, &state.authz, env.principal, env.limits, id, comment.as_deref()).await?;
+        caught_up(ctx).await;
+        Ok(ApprovalPayload {
+            change_request: ChangeRequest(approval.request),
+            tag: approval.outcome.tag.map(Tag),
+            tag_group: approval.outcome.group.map(TagGroup),
+        })
+    }
+
+    /// Rejects a pending request; the reason is required.
+    async fn reject_change_request(&self, ctx: &Context<'_>, id: ID, reason: String) -> Result<ChangeRequestPayload> {
+        let env = env(ctx);
+        let id = parse_request_id(&id)?;
+        let request = requests::reject(env.db, env.principal, id, Some(&reason)).await?;
+        Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
+    }
+
+    /// Withdraws one's own pending request.
+    async fn cancel_change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequestPayload> {
+        let env = env(ctx);
+        let id = parse_request_id(&id)?;
+        let request = requests::cancel(env.db, env.principal, id).await?;
+        Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
+    }
+
+    /// Takes a modification lock by hand: until it is released or expires,
+    /// only the holder changes the covered customers' tags of the group.
+    async fn lock_tag_group(&self, ctx: &Context<'_>, input: LockTagGroupInput) -> Result<ModificationLockPayload> {
+        let env = env(ctx);
+        let req = LockRequest {
+            group: TagGroupId::parse(&input.group_id, "groupId")?,
+            customers: input.customer_ids.map(|ids| parse_ids(&ids, "customerIds", CustomerId::parse)).transpose()?,
+            reason: input.reason,
+            seconds: input.duration_seconds.unwrap_or(DEFAULT_LOCK_SECONDS),
+        };
+        Ok(ModificationLockPayload { lock: ModificationLock(locks::lock_group(env.db, env.principal, req).await?) })
+    }
+
+    /// Releases a lock: its holder, or anybody who may lock the group.
+    async fn unlock_tag_group(&self, ctx: &Context<'_>, lock_id: ID) -> Result<ModificationLockPayload> {
+        let env = env(ctx);
+        let id = parse_request_id(&lock_id)
+            .map_err(|_| crate::error::AppError::validation("lockId", "is not a valid lock id"))?;
+        Ok(ModificationLockPayload { lock: ModificationLock(locks::unlock(env.db, env.principal, id).await?) })
+    }
+}

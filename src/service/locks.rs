@@ -1,0 +1,299 @@
+//! Modification locks (修改锁, SPEC §5): while a lock on a tag group holds,
+//! only its holder changes the covered customers' tags of that group;
+//! everybody else is refused with `LOCKED` (who, why, until when) instead
+//! of being overwritten. Bulk tagging takes locks on its own; people with
+//! `tag_group:lock` take and release them by hand. Locks expire on their
+//! own, so a crashed bulk run cannot freeze a group for ever.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use entity::{modification_lock, modification_lock_customer, staff, tag_group};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::Expr,
+};
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use super::tag_library::find_group;
+use crate::authz::{Action, Principal};
+use crate::domain::{CustomerId, TagGroupId};
+use crate::error::{AppError, AppResult, LockInfo};
+
+/// Longest a lock may be taken for.
+pub const MAX_LOCK_SECONDS: i64 = 24 * 3600;
+/// How long a lock holds when no duration is given.
+pub const DEFAULT_LOCK_SECONDS: i64 = 30 * 60;
+
+/// Rows per statement.
+const CHUNK: usize = 500;
+
+/// The locks in force now on these groups held by somebody other than
+/// `staff_id` that cover any of `customers`; the first one found.
+///
+/// # Errors
+/// `LOCKED` naming the lock; database errors.
+pub async fn check_unlocked(
+    db: &impl ConnectionTrait,
+    staff_id: i64,
+    groups: &[i64],
+    customers: &[i64],
+) -> AppResult<()> {
+    if groups.is_empty() || customers.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let locks = modification_lock::Entity::find()
+        .filter(modification_lock::Column::GroupId.is_in(groups.iter().copied()))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .filter(modification_lock::Column::ExpiresAt.gt(now))
+        .filter(modification_lock::Column::HolderStaffId.ne(staff_id))
+        .order_by_asc(modification_lock::Column::Id)
+        .all(db)
+        .await?;
+    for lock in locks {
+        let covers = lock.whole_group || covers_any(db, lock.id, customers).await?;
+        if covers {
+            return Err(AppError::Locked(lock_info(db, &lock).await?));
+        }
+    }
+    Ok(())
+}
+
+async fn covers_any(db: &impl ConnectionTrait, lock_id: i64, customers: &[i64]) -> AppResult<bool> {
+    for chunk in customers.chunks(CHUNK) {
+        let hit = modification_lock_customer::Entity::find()
+            .filter(modification_lock_customer::Column::LockId.eq(lock_id))
+            .filter(modification_lock_customer::Column::CustomerId.is_in(chunk.iter().copied()))
+            .limit(1)
+            .one(db)
+            .await?;
+        if hit.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn lock_info(db: &impl ConnectionTrait, lock: &modification_lock::Model) -> AppResult<LockInfo> {
+    let holder = staff::Entity::find_by_id(lock.holder_staff_id).one(db).await?;
+    let group = tag_group::Entity::find_by_id(lock.group_id).one(db).await?;
+    Ok(LockInfo {
+        lock_id: lock.id,
+        group: group.map(|g| g.name).unwrap_or_default(),
+        holder: holder
+            .map_or_else(|| lock.holder_staff_id.to_string(), |s| format!("{} ({})", s.display_name, s.login)),
+        reason: lock.reason.clone(),
+        until: lock.expires_at,
+    })
+}
+
+/// What to lock.
+#[derive(Debug, Clone)]
+pub struct LockRequest {
+    pub group: TagGroupId,
+    /// `None`: every customer's tags of the group.
+    pub customers: Option<Vec<CustomerId>>,
+    pub reason: String,
+    pub seconds: i64,
+}
+
+fn check_request(req: &LockRequest) -> AppResult<()> {
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return Err(AppError::validation("reason", "is required: others see it when they are refused"));
+    }
+    if reason.chars().count() > 500 {
+        return Err(AppError::validation("reason", "must be at most 500 characters"));
+    }
+    if !(1..=MAX_LOCK_SECONDS).contains(&req.seconds) {
+        return Err(AppError::validation("durationSeconds", format!("must be between 1 and {MAX_LOCK_SECONDS}")));
+    }
+    if req.customers.as_ref().is_some_and(Vec::is_empty) {
+        return Err(AppError::validation("customerIds", "name at least one customer, or leave it out for all"));
+    }
+    Ok(())
+}
+
+/// Inserts a lock (no permission check: the callers check). Refused with
+/// `LOCKED` when somebody else's lock overlaps it.
+pub(crate) async fn insert_lock(
+    txn: &impl ConnectionTrait,
+    holder: i64,
+    group_id: i64,
+    customers: Option<&[i64]>,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> AppResult<modification_lock::Model> {
+    let others = modification_lock::Entity::find()
+        .filter(modification_lock::Column::GroupId.eq(group_id))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .filter(modification_lock::Column::ExpiresAt.gt(Utc::now()))
+        .filter(modification_lock::Column::HolderStaffId.ne(holder))
+        .all(txn)
+        .await?;
+    for other in others {
+        let overlaps = match customers {
+            None => true,
+            Some(ids) => other.whole_group || covers_any(txn, other.id, ids).await?,
+        };
+        if overlaps {
+            return Err(AppError::Locked(lock_info(txn, &other).await?));
+        }
+    }
+    let lock = modification_lock::Entity::insert(modification_lock::ActiveModel {
+        id: NotSet,
+        group_id: Set(group_id),
+        holder_staff_id: Set(holder),
+        reason: Set(reason.trim().to_owned()),
+        whole_group: Set(customers.is_none()),
+        acquired_at: Set(Utc::now()),
+        expires_at: Set(until),
+        released_at: Set(None),
+        released_by: Set(None),
+    })
+    .exec_with_returning(txn)
+    .await?;
+    if let Some(ids) = customers {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(CHUNK) {
+            modification_lock_customer::Entity::insert_many(
+                chunk
+                    .iter()
+                    .map(|c| modification_lock_customer::ActiveModel { lock_id: Set(lock.id), customer_id: Set(*c) }),
+            )
+            .exec(txn)
+            .await?;
+        }
+    }
+    Ok(lock)
+}
+
+/// Marks a lock released (no permission check).
+pub(crate) async fn release(txn: &impl ConnectionTrait, lock_id: i64, by: i64) -> AppResult<bool> {
+    let result = modification_lock::Entity::update_many()
+        .col_expr(modification_lock::Column::ReleasedAt, Expr::value(Utc::now()))
+        .col_expr(modification_lock::Column::ReleasedBy, Expr::value(by))
+        .filter(modification_lock::Column::Id.eq(lock_id))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .exec(txn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Takes a lock by hand.
+///
+/// # Errors
+/// `NOT_FOUND` for an invisible group or customer, `FORBIDDEN` without
+/// `tag_group:lock` at the group's unit, `VALIDATION` for bad input,
+/// `LOCKED` when somebody else's lock overlaps.
+#[tracing::instrument(skip(db, principal, req), fields(staff = principal.staff.id))]
+pub async fn lock_group(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    req: LockRequest,
+) -> AppResult<modification_lock::Model> {
+    check_request(&req)?;
+    let group = find_group(db, principal, req.group).await?;
+    principal.require(Action::TagGroupLock, group.org_unit_id)?;
+    let customers: Option<Vec<i64>> = req.customers.as_ref().map(|c| c.iter().map(|c| c.0).collect());
+    if let Some(ids) = &customers {
+        super::customer::require_visible_ids(db, principal, ids).await?;
+    }
+    let until = Utc::now() + Duration::seconds(req.seconds);
+    let txn = db.begin().await?;
+    let lock = insert_lock(&txn, principal.staff.id, group.id, customers.as_deref(), &req.reason, until).await?;
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "tag_group.lock", "tag_group", group.id)
+            .in_unit(group.org_unit_id)
+            .with_detail(json!({
+                "lockId": lock.id,
+                "reason": lock.reason,
+                "until": lock.expires_at,
+                "customerIds": customers,
+            })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(lock)
+}
+
+/// Releases a lock: its holder, or anybody with `tag_group:lock` at the
+/// group's unit (an admin clearing a forgotten lock).
+///
+/// # Errors
+/// `NOT_FOUND`, `FORBIDDEN`, `CONFLICT` when already released.
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn unlock(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    lock_id: i64,
+) -> AppResult<modification_lock::Model> {
+    let lock = modification_lock::Entity::find_by_id(lock_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("lock", lock_id))?;
+    let group =
+        find_group(db, principal, TagGroupId(lock.group_id)).await.map_err(|_| AppError::not_found("lock", lock_id))?;
+    if lock.holder_staff_id != principal.staff.id {
+        principal.require(Action::TagGroupLock, group.org_unit_id)?;
+    }
+    let txn = db.begin().await?;
+    if !release(&txn, lock.id, principal.staff.id).await? {
+        return Err(AppError::Conflict(format!("lock {lock_id} was already released")));
+    }
+    audit::record(
+        &txn,
+        AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", group.id)
+            .in_unit(group.org_unit_id)
+            .with_detail(json!({ "lockId": lock.id, "holder": lock.holder_staff_id })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(modification_lock::Entity::find_by_id(lock_id).one(db).await?.unwrap_or(lock))
+}
+
+/// The locks in force on a group the caller may see, oldest first.
+///
+/// # Errors
+/// `NOT_FOUND` for an invisible group.
+pub async fn active_locks(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    group: TagGroupId,
+) -> AppResult<Vec<modification_lock::Model>> {
+    let group = find_group(db, principal, group).await?;
+    Ok(modification_lock::Entity::find()
+        .filter(modification_lock::Column::GroupId.eq(group.id))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .filter(modification_lock::Column::ExpiresAt.gt(Utc::now()))
+        .order_by_asc(modification_lock::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// How many customers each lock names (for display).
+///
+/// # Errors
+/// Database errors.
+pub async fn customer_counts(db: &impl ConnectionTrait, lock_ids: &[i64]) -> AppResult<HashMap<i64, i64>> {
+    if lock_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, i64)> = modification_lock_customer::Entity::find()
+        .select_only()
+        .column(modification_lock_customer::Column::LockId)
+        .column_as(modification_lock_customer::Column::CustomerId.count(), "n")
+        .filter(modification_lock_customer::Column::LockId.is_in(lock_ids.iter().copied()))
+        .group_by(modification_lock_customer::Column::LockId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
