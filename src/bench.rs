@@ -232,8 +232,9 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
         let resolved = segment::resolve(&db, &principal, &settings.limits, expr)
             .await
             .map_err(|e| anyhow::anyhow!(e.message()))?;
+        index.prepare(&db, &resolved).await?;
         let (e50, e99, members) = timed(runs, || async {
-            let bitmap = index.evaluate(&principal, &resolved).context("index not ready")?;
+            let bitmap = index.evaluate(&principal, &resolved, settings.utc_offset).context("index not ready")?;
             let page: Vec<u32> = bitmap.iter().take(50).collect();
             Ok((bitmap.len(), page.len()))
         })
@@ -294,7 +295,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     let expr = segment::parse_text(&probe, settings.utc_offset).map_err(|e| anyhow::anyhow!(e.message()))?;
     let resolved =
         segment::resolve(&db, &principal, &settings.limits, expr).await.map_err(|e| anyhow::anyhow!(e.message()))?;
-    let before = follower.evaluate(&principal, &resolved).context("follower not ready")?.len();
+    let before = follower.evaluate(&principal, &resolved, settings.utc_offset).context("follower not ready")?.len();
     let target: i64 = db
         .query_one_raw(sea_orm::Statement::from_string(
             DbBackend::Postgres,
@@ -323,7 +324,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     .await
     .map_err(|e| anyhow::anyhow!(e.message()))?;
     loop {
-        if follower.evaluate(&principal, &resolved).map(|b| b.len()) == Some(before + 1) {
+        if follower.evaluate(&principal, &resolved, settings.utc_offset).map(|b| b.len()) == Some(before + 1) {
             break;
         }
         anyhow::ensure!(written.elapsed() < Duration::from_secs(10), "the follower never saw the write");

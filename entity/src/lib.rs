@@ -5,6 +5,7 @@ pub mod app_setting;
 pub mod audit_log;
 pub mod casbin_rule;
 pub mod customer;
+pub mod customer_change;
 pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;

@@ -409,6 +409,7 @@ impl CustomerMutation {
             channel: patch(input.channel).map(|v| OptionalText::parse(v.as_deref(), "channel")).transpose()?,
         };
         let customer = service::update(env.db, env.principal, patch).await?;
+        super::tag::caught_up(ctx).await;
         Ok(UpdateCustomerPayload { customer: Customer(customer) })
     }
 }

@@ -8,16 +8,16 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
-use chrono::{DateTime, FixedOffset, Months, Utc};
+use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
-    customer, customer_tag,
+    customer, customer_change, customer_tag,
     enums::{SegmentKind, TagCategory, TagOp},
     segment, segment_member, tag, tag_event, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
 };
 use serde_json::json;
@@ -391,6 +391,63 @@ fn rewrite(
     })
 }
 
+/// An age range as birth-date bounds on a given day: the one definition
+/// of age that SQL and the in-memory index share. A bound too far back to
+/// compute is left open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeBounds {
+    /// At least `min` years old: born on or before today, `min` years ago.
+    pub born_on_or_before: Option<NaiveDate>,
+    /// At most `max`: born after today, `max + 1` years ago.
+    pub born_after: Option<NaiveDate>,
+}
+
+impl AgeBounds {
+    pub fn new(range: &Range<i64>, today: NaiveDate) -> Self {
+        let years_ago = |years: i64| {
+            u32::try_from(years.clamp(0, 200) * 12).ok().and_then(|m| today.checked_sub_months(Months::new(m)))
+        };
+        Self {
+            born_on_or_before: range.min.and_then(years_ago),
+            born_after: range.max.and_then(|max| years_ago(max + 1)),
+        }
+    }
+
+    /// Whether a birth date is in the range (no birth date: never).
+    pub fn contains(&self, birth_date: Option<NaiveDate>) -> bool {
+        birth_date.is_some_and(|b| {
+            self.born_on_or_before.is_none_or(|latest| b <= latest)
+                && self.born_after.is_none_or(|earliest| b > earliest)
+        })
+    }
+}
+
+/// Key of the PostgreSQL advisory lock that orders customer-change writers
+/// (see [`log_customer_change`]).
+const CUSTOMER_CHANGE_LOCK: i64 = 0x0074_6167_6375_7374; // "tagcust"
+
+/// Records, inside the writing transaction, that a customer was created or
+/// changed, so that segment indexes (this instance's and the others')
+/// pick up its attributes. As for tag events, PostgreSQL writers take an
+/// advisory lock to the end of the transaction so that sequence numbers
+/// commit in order and a follower never reads past one still to commit.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn log_customer_change(txn: &DatabaseTransaction, customer_id: i64) -> AppResult<()> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CUSTOMER_CHANGE_LOCK})")).await?;
+    }
+    customer_change::Entity::insert(customer_change::ActiveModel {
+        seq: NotSet,
+        customer_id: Set(customer_id),
+        changed_at: Set(Utc::now()),
+    })
+    .exec(txn)
+    .await?;
+    Ok(())
+}
+
 /// The SQL condition of a resolved expression over `customer`, for a caller
 /// searching `searched` (its readable units, possibly narrowed).
 ///
@@ -525,22 +582,13 @@ impl Compiler<'_> {
             }
             SegmentExpr::Age(r) => {
                 self.require(CustomerField::BirthDate, "age")?;
-                let today = self.now.with_timezone(&self.offset).date_naive();
-                let years_ago = |years: i64| {
-                    u32::try_from(years.clamp(0, 200) * 12).ok().and_then(|m| today.checked_sub_months(Months::new(m)))
-                };
+                let bounds = AgeBounds::new(r, self.now.with_timezone(&self.offset).date_naive());
                 let mut cond = Condition::all().add(customer::Column::BirthDate.is_not_null());
-                if let Some(min) = r.min {
-                    // At least `min` years old: born on or before today, `min` years ago.
-                    if let Some(latest) = years_ago(min) {
-                        cond = cond.add(customer::Column::BirthDate.lte(latest));
-                    }
+                if let Some(latest) = bounds.born_on_or_before {
+                    cond = cond.add(customer::Column::BirthDate.lte(latest));
                 }
-                if let Some(max) = r.max {
-                    // At most `max`: born after today, `max + 1` years ago.
-                    if let Some(earliest) = years_ago(max + 1) {
-                        cond = cond.add(customer::Column::BirthDate.gt(earliest));
-                    }
+                if let Some(earliest) = bounds.born_after {
+                    cond = cond.add(customer::Column::BirthDate.gt(earliest));
                 }
                 cond
             }
@@ -814,6 +862,34 @@ pub async fn cooccurrence(
     Ok(out)
 }
 
+/// The members of a filter that the caller may see, from the in-memory
+/// index: `None` when the filter holds more than a segment or the index
+/// cannot answer (not built yet), and SQL must.
+///
+/// # Errors
+/// Database errors while loading what the expression needs (event
+/// timelines, static snapshots).
+pub async fn index_members(
+    db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
+    principal: &Principal,
+    filter: &CustomerFilter,
+) -> AppResult<Option<roaring::RoaringBitmap>> {
+    let Some(seg) = &filter.segment else { return Ok(None) };
+    let segment_only = filter.org_unit.is_none()
+        && filter.search.is_none()
+        && filter.has_all_tags.is_empty()
+        && filter.has_any_tags.is_empty()
+        && filter.lifecycle_stage.is_none()
+        && filter.total_spend_min.is_none()
+        && filter.total_spend_max.is_none();
+    if !segment_only || !index.is_ready() {
+        return Ok(None);
+    }
+    index.prepare(db, &seg.resolved).await?;
+    Ok(index.evaluate(principal, &seg.resolved, seg.offset))
+}
+
 /// Members of a segment filter the caller may see: from the in-memory index
 /// when it can answer, by SQL otherwise.
 ///
@@ -825,16 +901,7 @@ pub async fn count_members(
     principal: &Principal,
     filter: &CustomerFilter,
 ) -> AppResult<u64> {
-    if let Some(seg) = &filter.segment
-        && filter.org_unit.is_none()
-        && filter.search.is_none()
-        && filter.has_all_tags.is_empty()
-        && filter.has_any_tags.is_empty()
-        && filter.lifecycle_stage.is_none()
-        && filter.total_spend_min.is_none()
-        && filter.total_spend_max.is_none()
-        && let Some(members) = index.evaluate(principal, &seg.resolved)
-    {
+    if let Some(members) = index_members(db, index, principal, filter).await? {
         return Ok(members.len());
     }
     customer_service::count_in_scope(db, principal, filter).await
