@@ -472,6 +472,15 @@ struct Compiler<'a> {
     now: DateTime<Utc>,
 }
 
+/// Correlates a subquery's customer column with the customer row of the
+/// outer query. Predicates over other tables are `EXISTS` subqueries, not
+/// `id IN (…)`: PostgreSQL turns `NOT EXISTS` into an anti-join, whereas
+/// `NOT (id IN (…))` over a million rows is evaluated row by row (a broad
+/// segment ran for more than 45 minutes).
+fn of_this_customer<C: sea_orm::sea_query::IntoColumnRef>(column: C) -> SimpleExpr {
+    Expr::col(column).equals((customer::Entity, customer::Column::Id))
+}
+
 fn id_of(r: &Ref) -> i64 {
     match r {
         Ref::Id(id) => *id,
@@ -488,26 +497,29 @@ impl Compiler<'_> {
         }
     }
 
-    /// Customers in units where the caller may see the class.
-    fn visible_in(&self, class: &str) -> Condition {
-        self.principal.class_scope(class, ClassAccess::Read).condition(customer::Column::OrgUnitId)
+    /// `cond`, limited to customers in units where the caller may see the
+    /// class. Left alone when the class is visible over the whole scope
+    /// searched (which the query is limited to anyway): a bare `NOT EXISTS`
+    /// becomes an anti-join on PostgreSQL.
+    fn visible_in(&self, cond: Condition, class: &str) -> Condition {
+        let classes = self.principal.class_scope(class, ClassAccess::Read);
+        if classes.covers(self.searched) { cond } else { cond.add(classes.condition(customer::Column::OrgUnitId)) }
     }
 
     /// Holds the tag, counted only where the caller may see it.
     fn holds(&self, tag_id: i64) -> Condition {
-        let holders = customer::Column::Id.in_subquery(
-            Query::select()
-                .column(customer_tag::Column::CustomerId)
-                .from(customer_tag::Entity)
-                .and_where(customer_tag::Column::TagId.eq(tag_id))
-                .to_owned(),
-        );
-        let mut held = Condition::all().add(holders);
+        let holders = Query::select()
+            .expr(Expr::val(1))
+            .from(customer_tag::Entity)
+            .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).eq(tag_id))
+            .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
+            .to_owned();
+        let held = Condition::all().add(Expr::exists(holders));
         // A personal tag (no group) is seen by its owner wherever it is.
-        if let Some(group) = self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
-            held = held.add(self.visible_in(&group.visibility_class));
+        match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
+            Some(group) => self.visible_in(held, &group.visibility_class),
+            None => held,
         }
-        held
     }
 
     fn range(column: customer::Column, r: &Range<i64>) -> Condition {
@@ -542,7 +554,7 @@ impl Compiler<'_> {
             SegmentExpr::Group(r) => {
                 let group = &self.resolved.groups[&id_of(r)];
                 let members = Query::select()
-                    .column((customer_tag::Entity, customer_tag::Column::CustomerId))
+                    .expr(Expr::val(1))
                     .from(customer_tag::Entity)
                     .inner_join(
                         tag::Entity,
@@ -550,26 +562,26 @@ impl Compiler<'_> {
                             .equals((customer_tag::Entity, customer_tag::Column::TagId)),
                     )
                     .and_where(Expr::col((tag::Entity, tag::Column::GroupId)).eq(group.id))
+                    .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
                     .to_owned();
-                Condition::all()
-                    .add(customer::Column::Id.in_subquery(members))
-                    .add(self.visible_in(&group.visibility_class))
+                self.visible_in(Condition::all().add(Expr::exists(members)), &group.visibility_class)
             }
             SegmentExpr::TaggedBetween { tag: r, from, to } => {
                 let tag_id = id_of(r);
                 let added = Query::select()
-                    .column(tag_event::Column::CustomerId)
+                    .expr(Expr::val(1))
                     .from(tag_event::Entity)
-                    .and_where(tag_event::Column::TagId.eq(tag_id))
-                    .and_where(tag_event::Column::Op.eq(TagOp::Add))
-                    .and_where(tag_event::Column::OccurredAt.gte(*from))
-                    .and_where(tag_event::Column::OccurredAt.lte(*to))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::TagId)).eq(tag_id))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::Op)).eq(TagOp::Add))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).gte(*from))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).lte(*to))
+                    .and_where(of_this_customer((tag_event::Entity, tag_event::Column::CustomerId)))
                     .to_owned();
-                let mut cond = Condition::all().add(customer::Column::Id.in_subquery(added));
-                if let Some(group) = self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
-                    cond = cond.add(self.visible_in(&group.visibility_class));
+                let given = Condition::all().add(Expr::exists(added));
+                match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
+                    Some(group) => self.visible_in(given, &group.visibility_class),
+                    None => given,
                 }
-                cond
             }
             SegmentExpr::City(city) => Self::known(customer::Column::City, customer::Column::City.eq(city.as_str())),
             SegmentExpr::Channel(channel) => {
@@ -614,15 +626,17 @@ impl Compiler<'_> {
                 let saved = &self.resolved.segments[&id_of(r)];
                 match &saved.inner {
                     Some(inner) => Compiler { resolved: inner, ..*self }.compile(&inner.expr)?,
-                    None => Condition::all().add(
-                        customer::Column::Id.in_subquery(
-                            Query::select()
-                                .column(segment_member::Column::CustomerId)
-                                .from(segment_member::Entity)
-                                .and_where(segment_member::Column::SegmentId.eq(saved.saved.id))
-                                .to_owned(),
-                        ),
-                    ),
+                    None => Condition::all().add(Expr::exists(
+                        Query::select()
+                            .expr(Expr::val(1))
+                            .from(segment_member::Entity)
+                            .and_where(
+                                Expr::col((segment_member::Entity, segment_member::Column::SegmentId))
+                                    .eq(saved.saved.id),
+                            )
+                            .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
+                            .to_owned(),
+                    )),
                 }
             }
         })

@@ -472,6 +472,31 @@ async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: Te
     }
 }
 
+/// The SQL fallback negates correlated `EXISTS` subqueries, never
+/// `id IN (subquery)`, which PostgreSQL evaluates row by row at scale.
+async fn negated_predicates_compile_to_not_exists(app: TestApp) {
+    use sea_orm::{DbBackend, QueryFilter, QueryTrait};
+    let state = &app.app.state;
+    let principal = principal_of(&app, "admin").await;
+    let tag = app.tag_id("活动", "试驾预约").await;
+    let group = app.group_id("活动").await;
+    let saved = app
+        .gql("admin", SAVE, json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "快照", "kind": "STATIC", "segment": { "text": "gender = MALE" } } }))
+        .await;
+    let saved = saved.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned();
+    let text = format!(
+        "NOT tag(#{tag}) AND NOT group(#{group}) AND NOT taggedBetween(#{tag}, \"2026-01-01\", \"2026-12-31\") AND NOT segment(#{saved})"
+    );
+    let offset = state.settings.utc_offset;
+    let expr = segment_service::parse_text(&text, offset).unwrap();
+    let resolved = segment_service::resolve(&state.db, &principal, &state.settings.limits, expr).await.unwrap();
+    let searched = principal.scope(Action::CustomerRead);
+    let cond = segment_service::condition(&principal, &resolved, &searched, offset, Utc::now()).unwrap();
+    let sql = customer::Entity::find().filter(cond).build(DbBackend::Postgres).to_string();
+    assert_eq!(sql.matches("NOT EXISTS").count(), 4, "{sql}");
+    assert!(!sql.contains(" IN (SELECT"), "{sql}");
+}
+
 const PREVIEW: &str = "query($s: SegmentInput!) { segmentPreview(segment: $s) { count } }";
 const UPDATE_CITY: &str = "mutation($id: ID!, $v: Int!) { updateCustomer(input: { id: $id, version: $v, city: \"拉萨\" }) { customer { id } } }";
 
@@ -515,5 +540,6 @@ async fn a_write_shows_at_once_here_and_soon_on_other_instances(app: TestApp) {
 
 on_both_databases!(
     engine_sql_and_brute_force_agree_on_random_data_and_expressions,
+    negated_predicates_compile_to_not_exists,
     a_write_shows_at_once_here_and_soon_on_other_instances
 );
