@@ -19,6 +19,9 @@
 //! as the SQL does: the result is intersected with the units it may read,
 //! a tag counts only in units where its class is visible, and predicates on
 //! guarded fields have been refused (`FORBIDDEN_FIELD`) while resolving.
+//! It also picks member pages in the customer lists' keyset order by
+//! added time or spend ([`SegmentIndex::page`]), so that only the page's
+//! rows are read from the database.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -493,6 +496,34 @@ impl SegmentIndex {
         Some(members & universe.as_ref())
     }
 
+    /// Ids of the first `limit` members in the order of a key the index
+    /// holds, ties broken by id, strictly after `after` (a key as
+    /// [`page_key`] gives it, and an id): the keyset order of customer
+    /// lists, ascending or descending. One pass over the members.
+    pub fn page(
+        &self,
+        members: &RoaringBitmap,
+        key: PageKey,
+        descending: bool,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Vec<i64> {
+        let s = self.read();
+        let column: &[i64] = match key {
+            PageKey::AddedAt => &s.attributes.added,
+            PageKey::TotalSpend => &s.attributes.spend,
+        };
+        let positions =
+            members.iter().map(|bit| (column.get(bit as usize).copied().unwrap_or(NO_TIME), i64::from(bit)));
+        if descending {
+            let after = after.map(std::cmp::Reverse);
+            let found = smallest(positions.map(std::cmp::Reverse).filter(|p| after.is_none_or(|a| *p > a)), limit);
+            found.into_iter().map(|std::cmp::Reverse((_, id))| id).collect()
+        } else {
+            smallest(positions.filter(|p| after.is_none_or(|a| *p > a)), limit).into_iter().map(|(_, id)| id).collect()
+        }
+    }
+
     /// The customers of a set of units, cached until a customer is added.
     fn union_of(&self, units: impl Iterator<Item = i64>) -> Arc<RoaringBitmap> {
         let mut key: Vec<i64> = units.collect();
@@ -505,6 +536,32 @@ impl SegmentIndex {
         s.unions.insert(key, Arc::clone(&union));
         union
     }
+}
+
+/// A key of customer lists that the index holds a column of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKey {
+    AddedAt,
+    TotalSpend,
+}
+
+/// An added time as [`SegmentIndex::page`] compares it.
+pub fn page_key(t: DateTime<Utc>) -> i64 {
+    nanos(t)
+}
+
+/// The `limit` smallest items, in order (a bounded max-heap).
+fn smallest<K: Ord>(items: impl Iterator<Item = K>, limit: usize) -> Vec<K> {
+    let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+    for item in items {
+        if heap.len() < limit {
+            heap.push(item);
+        } else if heap.peek().is_some_and(|top| item < *top) {
+            heap.pop();
+            heap.push(item);
+        }
+    }
+    heap.into_sorted_vec()
 }
 
 fn apply_event(s: &mut State, e: &tag_event::Model) {

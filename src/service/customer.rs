@@ -64,7 +64,7 @@ pub struct CustomerOrder {
 
 impl CustomerOrder {
     /// The name a cursor is tied to.
-    fn tag(self) -> String {
+    pub(crate) fn tag(self) -> String {
         let field = match self.field {
             SortField::AddedAt => "ADDED_AT",
             SortField::UpdatedAt => "UPDATED_AT",
@@ -88,7 +88,8 @@ impl CustomerOrder {
         (self.field == SortField::TotalSpend).then_some(CustomerField::TotalSpend)
     }
 
-    fn key_of(self, c: &customer::Model) -> String {
+    /// The value of the order's key a cursor carries.
+    pub(crate) fn key_of(self, c: &customer::Model) -> String {
         match self.field {
             SortField::AddedAt => c.added_at.to_rfc3339(),
             SortField::UpdatedAt => c.updated_at.to_rfc3339(),

@@ -23,14 +23,14 @@ use sea_orm::{
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use super::customer::{self as customer_service, CustomerFilter, SegmentFilter};
+use super::customer::{self as customer_service, CustomerFilter, CustomerOrder, Page, SegmentFilter, SortField};
 use super::like_escape;
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
-use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
+use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
-use crate::segment::{self as language, Range, Ref, RefKind, SegmentExpr};
+use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.
@@ -919,4 +919,71 @@ pub async fn count_members(
         return Ok(members.len());
     }
     customer_service::count_in_scope(db, principal, filter).await
+}
+
+/// One page of a filter's members in `order`. When the in-memory index
+/// answers and holds the order's key (added time, spend), the page is
+/// picked from the members' bitmap and only its rows are read, by id;
+/// otherwise SQL evaluates the whole filter. Either way the order (ties by
+/// id, in the same direction), the cursors and the checks (guarded order
+/// keys, bad cursors) are those of [`customer_service::list_in_scope`].
+///
+/// # Errors
+/// As [`customer_service::list_in_scope`].
+pub async fn list_members(
+    db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
+    principal: &Principal,
+    filter: &CustomerFilter,
+    order: CustomerOrder,
+    first: PageSize,
+    after: Option<&str>,
+) -> AppResult<Page<customer::Model>> {
+    let key = match order.field {
+        SortField::AddedAt => Some(PageKey::AddedAt),
+        SortField::TotalSpend => Some(PageKey::TotalSpend),
+        SortField::UpdatedAt | SortField::Name => None,
+    };
+    let members = match key {
+        Some(_) => index_members(db, index, principal, filter).await?,
+        None => None,
+    };
+    let (Some(key), Some(members)) = (key, members) else {
+        return customer_service::list_in_scope(db, principal, filter, order, first, after).await;
+    };
+    // The same refusals as the SQL path (a guarded order key, a field the
+    // expression may not read over the scope searched).
+    customer_service::filter_condition(db, principal, filter, Some(order)).await?;
+    let after = after.map(|raw| page_start(raw, order, key)).transpose()?;
+    let limit = usize::try_from(first.get()).unwrap_or(usize::MAX);
+    let ids = index.page(&members, key, order.descending, after, limit.saturating_add(1));
+    let has_next_page = ids.len() > limit;
+    let ids = &ids[..ids.len().min(limit)];
+    let mut rows: HashMap<i64, customer::Model> = customer::Entity::find()
+        .filter(customer::Column::Id.is_in(ids.iter().copied()))
+        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let items = ids
+        .iter()
+        .filter_map(|id| rows.remove(id))
+        .map(|c| (Cursor { ordering: order.tag(), key: order.key_of(&c), id: c.id }.encode(), c))
+        .collect();
+    Ok(Page { items, has_next_page })
+}
+
+/// A cursor of `order` as a position in the index's order.
+fn page_start(raw: &str, order: CustomerOrder, key: PageKey) -> AppResult<(i64, i64)> {
+    let cursor = Cursor::decode(raw, &order.tag())?;
+    let invalid = || AppError::validation("after", "is not a valid cursor");
+    let value = match key {
+        PageKey::AddedAt => crate::segment::page_key(
+            DateTime::parse_from_rfc3339(&cursor.key).map_err(|_| invalid())?.with_timezone(&Utc),
+        ),
+        PageKey::TotalSpend => cursor.key.parse::<i64>().map_err(|_| invalid())?,
+    };
+    Ok((value, cursor.id))
 }
