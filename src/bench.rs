@@ -205,11 +205,16 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Members a page holds in the API and in the engine measurement.
 const PAGE: i32 = 50;
 
+/// The API's default order of customer lists: newest first.
+const API_ORDER: customer::CustomerOrder =
+    customer::CustomerOrder { field: customer::SortField::AddedAt, descending: true };
+
 fn anyhow_app(e: crate::error::AppError) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", e.code(), e.message())
 }
 
-/// Count and first page through the engine, as the API asks for them.
+/// Count and first page through the engine, as the API asks for them (in
+/// [`API_ORDER`]).
 fn engine_page(
     index: &SegmentIndex,
     principal: &crate::authz::Principal,
@@ -217,7 +222,7 @@ fn engine_page(
     offset: chrono::FixedOffset,
 ) -> anyhow::Result<(u64, Vec<i64>)> {
     let members = index.evaluate(principal, resolved, offset).context("index not ready")?;
-    let page = index.page(&members, crate::segment::PageKey::AddedAt, false, None, PAGE as usize);
+    let page = index.page(&members, crate::segment::PageKey::AddedAt, true, None, PAGE as usize);
     Ok((members.len(), page))
 }
 
@@ -230,9 +235,7 @@ async fn sql_page(
 ) -> anyhow::Result<(u64, Vec<i64>)> {
     let count = customer::count_in_scope(db, principal, filter).await.map_err(anyhow_app)?;
     let first = crate::domain::PageSize::parse(Some(PAGE), limits).map_err(anyhow_app)?;
-    let page = customer::list_in_scope(db, principal, filter, customer::CustomerOrder::default(), first, None)
-        .await
-        .map_err(anyhow_app)?;
+    let page = customer::list_in_scope(db, principal, filter, API_ORDER, first, None).await.map_err(anyhow_app)?;
     Ok((count, page.items.into_iter().map(|(_, c)| c.id).collect()))
 }
 
@@ -286,7 +289,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
         ("attributes", format!("tag(#{}) AND gender = FEMALE AND spend >= 100000 AND added > \"{year_ago}\"", t(10))),
     ];
     println!(
-        "Count + first page of {PAGE} (default order), {} customers × {} tags × ≤{} each; {runs} runs.",
+        "Count + first page of {PAGE} (newest first, the API default), {} customers × {} tags × ≤{} each; {runs} runs.",
         size.customers, size.tags, size.tags_per_customer
     );
     println!();
