@@ -423,17 +423,17 @@ impl SegmentIndex {
                 .filter(tag_event::Column::TagId.eq(tag_id))
                 .filter(tag_event::Column::Op.eq(TagOp::Add))
                 .filter(tag_event::Column::Seq.lte(last_seq))
-                .order_by_asc(tag_event::Column::OccurredAt)
                 .into_tuple()
                 .all(db)
                 .await?;
-            let mut timeline = Timeline::default();
-            for (customer, at) in events {
-                if let Some(bit) = id32(customer) {
-                    timeline.times.push(nanos(at));
-                    timeline.customers.push(bit);
-                }
-            }
+            // Sorted here, by instant: SQLite would sort its text form.
+            let mut events: Vec<(i64, u32)> =
+                events.into_iter().filter_map(|(customer, at)| Some((nanos(at), id32(customer)?))).collect();
+            events.sort_unstable();
+            let timeline = Timeline {
+                times: events.iter().map(|(t, _)| *t).collect(),
+                customers: events.iter().map(|(_, c)| *c).collect(),
+            };
             self.write().timelines.insert(tag_id, timeline);
         }
         for (segment_id, created_at) in snapshots {
