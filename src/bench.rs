@@ -197,6 +197,67 @@ async fn generate(db: &DatabaseConnection, authz: &crate::authz::Authz, size: Be
     Ok(first_tag)
 }
 
+/// How long the plain-SQL side may run per statement: long enough for any
+/// sane plan at 1M customers, short enough that a pathological one is cut
+/// off (and reported) rather than running for an hour.
+const SQL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Members a page holds in the API and in the engine measurement.
+const PAGE: i32 = 50;
+
+/// The API's default order of customer lists: newest first.
+const API_ORDER: customer::CustomerOrder =
+    customer::CustomerOrder { field: customer::SortField::AddedAt, descending: true };
+
+fn anyhow_app(e: crate::error::AppError) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.code(), e.message())
+}
+
+/// Count and first page through the engine, as the API asks for them (in
+/// [`API_ORDER`]).
+fn engine_page(
+    index: &SegmentIndex,
+    principal: &crate::authz::Principal,
+    resolved: &segment::Resolved,
+    offset: chrono::FixedOffset,
+) -> anyhow::Result<(u64, Vec<i64>)> {
+    let members = index.evaluate(principal, resolved, offset).context("index not ready")?;
+    let page = index.page(&members, crate::segment::PageKey::AddedAt, true, None, PAGE as usize);
+    Ok((members.len(), page))
+}
+
+/// Count and first page by plain SQL (the service's own evaluation).
+async fn sql_page(
+    db: &DatabaseConnection,
+    principal: &crate::authz::Principal,
+    filter: &customer::CustomerFilter,
+    limits: &crate::config::Limits,
+) -> anyhow::Result<(u64, Vec<i64>)> {
+    let count = customer::count_in_scope(db, principal, filter).await.map_err(anyhow_app)?;
+    let first = crate::domain::PageSize::parse(Some(PAGE), limits).map_err(anyhow_app)?;
+    let page = customer::list_in_scope(db, principal, filter, API_ORDER, first, None).await.map_err(anyhow_app)?;
+    Ok((count, page.items.into_iter().map(|(_, c)| c.id).collect()))
+}
+
+/// Waits until `probe` on the follower gives `want`; the time since
+/// `written`.
+async fn seen_by(
+    follower: &SegmentIndex,
+    principal: &crate::authz::Principal,
+    resolved: &segment::Resolved,
+    offset: chrono::FixedOffset,
+    want: u64,
+    written: Instant,
+) -> anyhow::Result<Duration> {
+    loop {
+        if follower.evaluate(principal, resolved, offset).map(|b| b.len()) == Some(want) {
+            return Ok(written.elapsed());
+        }
+        anyhow::ensure!(written.elapsed() < Duration::from_secs(10), "the follower never saw the write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs the benchmark and prints the table.
 ///
 /// # Errors
@@ -207,6 +268,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     if db.get_database_backend() != DbBackend::Postgres {
         bail!("the segment benchmark runs on PostgreSQL: set DATABASE_URL=postgres://…");
     }
+    let sql_db = crate::db::connect_with(&settings.database_url, SQL_TIMEOUT).await?;
     let first_tag = generate(&db, &app.state.authz, size).await?;
     let index = SegmentIndex::new();
     let started = Instant::now();
@@ -217,34 +279,36 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     app.state.authz.refresh().await.map_err(|e| anyhow::anyhow!(e.message()))?;
     let principal = app.state.authz.principal(bench_admin.clone(), Arc::new(OrgTree::load(&db).await?));
     let token = app.state.keys.mint(&bench_admin, Duration::from_secs(3600))?;
-    let t = |n: i64| first_tag + n;
+    let offset = settings.utc_offset;
+    let t = |n: i64| first_tag + n.min(size.tags - 1);
+    let year_ago = (Utc::now() - chrono::TimeDelta::days(365)).format("%Y-%m-%d");
     let cases = [
         ("selective", format!("tag(#{}) AND tag(#{})", t(1500), t(1900))),
         ("medium", format!("tag(#{}) AND NOT tag(#{})", t(40), t(300))),
         ("broad", format!("anyTag(#{}, #{}) AND NOT tag(#{})", t(2), t(3), t(0))),
+        ("attributes", format!("tag(#{}) AND gender = FEMALE AND spend >= 100000 AND added > \"{year_ago}\"", t(10))),
     ];
     println!(
-        "| expression | members | engine median | engine p99 | API median | API p99 | SQL median | SQL / engine |"
+        "Count + first page of {PAGE} (newest first, the API default), {} customers × {} tags × ≤{} each; {runs} runs.",
+        size.customers, size.tags, size.tags_per_customer
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!();
+    println!(
+        "| expression | members | engine median | engine p99 | API median | API p99 | SQL median | SQL / engine | SQL / API |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // Warm the API instance's own index first.
+    app.state.index.rebuild(&db).await?;
     for (label, text) in &cases {
-        let expr = segment::parse_text(text, settings.utc_offset).map_err(|e| anyhow::anyhow!(e.message()))?;
-        let resolved = segment::resolve(&db, &principal, &settings.limits, expr)
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message()))?;
-        let (e50, e99, members) = timed(runs, || async {
-            let bitmap = index.evaluate(&principal, &resolved).context("index not ready")?;
-            let page: Vec<u32> = bitmap.iter().take(50).collect();
-            Ok((bitmap.len(), page.len()))
-        })
-        .await?;
+        let expr = segment::parse_text(text, offset).map_err(anyhow_app)?;
+        let resolved = segment::resolve(&db, &principal, &settings.limits, expr).await.map_err(anyhow_app)?;
+        index.prepare(&db, &resolved).await?;
+        let (e50, e99, engine) = timed(runs, || async { engine_page(&index, &principal, &resolved, offset) }).await?;
         let query = format!(
-            "{{ segmentPreview(segment: {{ text: {} }}) {{ count }} }}",
+            "{{ segmentPreview(segment: {{ text: {} }}) {{ count customers(first: {PAGE}) {{ edges {{ node {{ id }} }} }} }} }}",
             serde_json::to_string(text).expect("json string")
         );
         let bearer = format!("Bearer {token}");
-        // Warm the API instance's own index first.
-        app.state.index.rebuild(&db).await?;
         let (a50, a99, _) = timed(runs, || async {
             let res = crate::http::execute(
                 &app.state,
@@ -259,76 +323,122 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
         })
         .await?;
         let filter = customer::CustomerFilter {
-            segment: Some(customer::SegmentFilter { resolved: resolved.clone(), offset: settings.utc_offset }),
+            segment: Some(customer::SegmentFilter { resolved: resolved.clone(), offset }),
             ..Default::default()
         };
         let sql_runs = runs.clamp(1, 3);
-        let (s50, _, sql_count) = timed(sql_runs, || async {
-            customer::count_in_scope(&db, &principal, &filter).await.map_err(|e| anyhow::anyhow!(e.message()))
-        })
-        .await?;
-        anyhow::ensure!(sql_count == members.0, "{label}: SQL counts {sql_count}, the index {}", members.0);
+        let sql = timed(sql_runs, || sql_page(&sql_db, &principal, &filter, &settings.limits)).await;
+        let (sql_cell, ratios) = match sql {
+            Ok((s50, _, sql)) => {
+                anyhow::ensure!(sql.0 == engine.0, "{label}: SQL counts {}, the engine {}", sql.0, engine.0);
+                anyhow::ensure!(sql.1 == engine.1, "{label}: SQL and the engine differ on the first page");
+                let ratio = |d: Duration| format!("{:.0}×", s50.as_secs_f64() / d.as_secs_f64().max(1e-9));
+                (ms(s50), format!("{} | {}", ratio(e50), ratio(a50)))
+            }
+            Err(err) => {
+                eprintln!("{label}: SQL failed: {err:#}");
+                (format!("> {} s (cut off)", SQL_TIMEOUT.as_secs()), "— | —".to_owned())
+            }
+        };
         println!(
-            "| {label}: `{text}` | {} | {} | {} | {} | {} | {} | {:.0}× |",
-            members.0,
+            "| {label}: `{text}` | {} | {} | {} | {} | {} | {sql_cell} | {ratios} |",
+            engine.0,
             ms(e50),
             ms(e99),
             ms(a50),
             ms(a99),
-            ms(s50),
-            s50.as_secs_f64() / e50.as_secs_f64().max(1e-9)
         );
     }
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!("| index build (from PostgreSQL) | {:.2} s |", build.as_secs_f64());
-    println!("| index memory (bitmaps) | {:.1} MiB |", index.memory_bytes() as f64 / (1024.0 * 1024.0));
-    // A write on one instance, seen by another following the log.
+    println!(
+        "| index memory (bitmaps and attribute columns) | {:.1} MiB |",
+        index.memory_bytes() as f64 / (1024.0 * 1024.0)
+    );
+    // Writes on one instance, seen by another following the logs.
     let follower = SegmentIndex::new();
     follower.spawn_follower(db.clone(), settings.index_follow_interval.unwrap_or(Duration::from_millis(250)));
     while !follower.is_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let probe = format!("tag(#{})", t(size.tags - 1));
-    let expr = segment::parse_text(&probe, settings.utc_offset).map_err(|e| anyhow::anyhow!(e.message()))?;
-    let resolved =
-        segment::resolve(&db, &principal, &settings.limits, expr).await.map_err(|e| anyhow::anyhow!(e.message()))?;
-    let before = follower.evaluate(&principal, &resolved).context("follower not ready")?.len();
-    let target: i64 = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT min(id) AS id FROM customer c WHERE org_unit_id IN (SELECT id FROM org_unit WHERE path LIKE 'bench/%')
-                 AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id AND x.tag_id = {})",
-                t(size.tags - 1)
-            ),
-        ))
-        .await?
-        .context("a customer without the probe tag")?
-        .try_get("", "id")?;
+    let (tag_delay, attribute_delay) =
+        cross_instance_delays(&db, &follower, &principal, &settings, t(size.tags - 1)).await?;
+    println!("| tag write → visible on a second instance | {} |", ms(tag_delay));
+    println!("| attribute write → visible on a second instance | {} |", ms(attribute_delay));
+    Ok(())
+}
+
+/// The delays until a tag write and a customer update made through the
+/// services show on a second instance's index.
+async fn cross_instance_delays(
+    db: &DatabaseConnection,
+    follower: &SegmentIndex,
+    principal: &crate::authz::Principal,
+    settings: &Settings,
+    probe_tag: i64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let offset = settings.utc_offset;
+    let resolve = |text: String| async move {
+        let expr = segment::parse_text(&text, offset).map_err(anyhow_app)?;
+        segment::resolve(db, principal, &settings.limits, expr).await.map_err(anyhow_app)
+    };
+    let one = |sql: String| async move {
+        let row = db.query_one_raw(sea_orm::Statement::from_string(DbBackend::Postgres, sql)).await?;
+        anyhow::Ok(row.context("no bench customer left to change")?.try_get::<i64>("", "id")?)
+    };
+    let bench_units = "SELECT id FROM org_unit WHERE path LIKE 'bench/%'";
+    // A tag.
+    let tagged = resolve(format!("tag(#{probe_tag})")).await?;
+    let before = follower.evaluate(principal, &tagged, offset).context("follower not ready")?.len();
+    let target = one(format!(
+        "SELECT min(id) AS id FROM customer c WHERE org_unit_id IN ({bench_units})
+         AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id AND x.tag_id = {probe_tag})"
+    ))
+    .await?;
     let written = Instant::now();
     crate::service::tagging::apply_tags(
-        &db,
-        &principal,
+        db,
+        principal,
         &settings.limits,
         crate::service::tagging::TagRequest {
             customers: vec![crate::domain::CustomerId(target)],
-            tags: vec![crate::domain::TagId(t(size.tags - 1))],
+            tags: vec![crate::domain::TagId(probe_tag)],
             expires_at: None,
             source: entity::enums::TagSource::Api,
             source_ref: Some("bench".into()),
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!(e.message()))?;
-    loop {
-        if follower.evaluate(&principal, &resolved).map(|b| b.len()) == Some(before + 1) {
-            break;
-        }
-        anyhow::ensure!(written.elapsed() < Duration::from_secs(10), "the follower never saw the write");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    println!("| write → visible on a second instance | {} |", ms(written.elapsed()));
-    Ok(())
+    .map_err(anyhow_app)?;
+    let tag_delay = seen_by(follower, principal, &tagged, offset, before + 1, written).await?;
+    // An attribute (the customer change log).
+    let moved = resolve("city = \"广州\"".to_owned()).await?;
+    let before = follower.evaluate(principal, &moved, offset).context("follower not ready")?.len();
+    let target =
+        one(format!("SELECT min(id) AS id FROM customer WHERE org_unit_id IN ({bench_units}) AND city = '深圳'"))
+            .await?;
+    let version: i32 =
+        customer::find_in_scope(db, principal, crate::domain::CustomerId(target)).await.map_err(anyhow_app)?.version;
+    let written = Instant::now();
+    customer::update(
+        db,
+        principal,
+        customer::CustomerPatch {
+            id: crate::domain::CustomerId(target),
+            version,
+            name: None,
+            phone: None,
+            gender: None,
+            birth_date: None,
+            city: Some(crate::domain::OptionalText::parse(Some("广州"), "city").map_err(anyhow_app)?),
+            industry: None,
+            channel: None,
+        },
+    )
+    .await
+    .map_err(anyhow_app)?;
+    let attribute_delay = seen_by(follower, principal, &moved, offset, before + 1, written).await?;
+    Ok((tag_delay, attribute_delay))
 }

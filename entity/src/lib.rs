@@ -6,6 +6,7 @@ pub mod audit_log;
 pub mod casbin_rule;
 pub mod change_request;
 pub mod customer;
+pub mod customer_change;
 pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;

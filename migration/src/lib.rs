@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_foundation;
 mod m20261123_000002_segments;
 mod m20261125_000003_governance;
+mod m20261125_000010_segment_engine;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_foundation::Migration),
             Box::new(m20261123_000002_segments::Migration),
             Box::new(m20261125_000003_governance::Migration),
+            Box::new(m20261125_000010_segment_engine::Migration),
         ]
     }
 }

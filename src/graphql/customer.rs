@@ -298,7 +298,10 @@ pub(crate) async fn customer_connection(
         descending: order_by.direction == OrderDirection::Desc,
     };
     let first = PageSize::parse(first, env.limits)?;
-    let page = service::list_in_scope(env.db, env.principal, &filter, order, first, after.as_deref()).await?;
+    let index = &ctx.data_unchecked::<crate::state::AppState>().index;
+    let page =
+        crate::service::segment::list_members(env.db, index, env.principal, &filter, order, first, after.as_deref())
+            .await?;
     let node = ctx.look_ahead().field("edges").field("node");
     let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
     prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;
@@ -409,6 +412,7 @@ impl CustomerMutation {
             channel: patch(input.channel).map(|v| OptionalText::parse(v.as_deref(), "channel")).transpose()?,
         };
         let customer = service::update(env.db, env.principal, patch).await?;
+        super::tag::caught_up(ctx).await;
         Ok(UpdateCustomerPayload { customer: Customer(customer) })
     }
 }

@@ -1,45 +1,227 @@
-//! The in-memory segment index: one compressed bitmap (`roaring`) per tag
-//! and per org unit, built from the database and kept current by following
-//! the tag event log's sequence numbers. The database stays the source of
-//! truth: the index can be dropped and rebuilt at any time.
+//! The in-memory segment index: the engine that answers segment
+//! expressions without SQL. The database stays the source of truth: the
+//! index can be dropped and rebuilt at any time and gives the same answers
+//! as the SQL evaluation in `service::segment`, node kind for node kind.
 //!
-//! It answers expressions over tags, lifecycle stages, org units and
-//! dynamic saved segments made of those; anything else (attributes, tag
-//! history, static snapshots) is answered by SQL.
+//! What it holds:
+//! - one compressed bitmap (`roaring`) per tag and per org unit, kept
+//!   current by following the tag event log's sequence numbers;
+//! - customer attributes, kept current by following the customer change
+//!   log (`customer_change`, written with every create and update) and new
+//!   customer ids: a bitmap per distinct city, channel and gender, and
+//!   compact columns indexed by customer id for birth date, spend, order
+//!   count, last order and added time (a sentinel stands for NULL);
+//! - loaded on first use by [`SegmentIndex::prepare`]: the ADD events of a
+//!   tag sorted by time (for `taggedBetween`), and the member snapshot of a
+//!   static saved segment (immutable once saved).
+//!
+//! It answers every node kind. The caller's visibility is applied exactly
+//! as the SQL does: the result is intersected with the units it may read,
+//! a tag counts only in units where its class is visible, and predicates on
+//! guarded fields have been refused (`FORBIDDEN_FIELD`) while resolving.
+//! It also picks member pages in the customer lists' keyset order by
+//! added time or spend ([`SegmentIndex::page`]), so that only the page's
+//! rows are read from the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use entity::{customer, customer_tag, enums::TagOp, tag, tag_event};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
+use entity::{
+    customer, customer_change, customer_tag,
+    enums::{Gender, SegmentKind, TagOp},
+    segment_member, tag, tag_event,
+};
 use roaring::RoaringBitmap;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::{Ref, SegmentExpr};
 use crate::authz::{Action, ClassAccess, Principal, Scope};
-use crate::service::segment::Resolved;
+use crate::service::segment::{AgeBounds, Resolved};
 
-/// Events read per round trip while catching up.
+/// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
+
+/// Column value standing for NULL (and for "no such customer").
+const NO_DAY: i32 = i32::MIN;
+const NO_TIME: i64 = i64::MIN;
+
+/// A customer's attributes as the index reads them.
+#[derive(Debug, FromQueryResult)]
+struct CustomerRow {
+    id: i64,
+    org_unit_id: i64,
+    gender: Gender,
+    birth_date: Option<NaiveDate>,
+    city: Option<String>,
+    channel: Option<String>,
+    total_spend_cents: i64,
+    order_count: i32,
+    last_order_at: Option<DateTime<Utc>>,
+    added_at: DateTime<Utc>,
+}
+
+/// A query selecting [`CustomerRow`]s.
+fn customer_rows() -> sea_orm::Select<customer::Entity> {
+    customer::Entity::find().select_only().columns([
+        customer::Column::Id,
+        customer::Column::OrgUnitId,
+        customer::Column::Gender,
+        customer::Column::BirthDate,
+        customer::Column::City,
+        customer::Column::Channel,
+        customer::Column::TotalSpendCents,
+        customer::Column::OrderCount,
+        customer::Column::LastOrderAt,
+        customer::Column::AddedAt,
+    ])
+}
+
+/// An instant as nanoseconds since the epoch, saturating outside
+/// 1677–2262 (above [`NO_TIME`], which means NULL).
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 { NO_TIME + 1 } else { i64::MAX })
+}
+
+/// Customer attributes that predicates read, by customer id.
+#[derive(Default)]
+struct Attributes {
+    cities: HashMap<String, RoaringBitmap>,
+    channels: HashMap<String, RoaringBitmap>,
+    genders: HashMap<Gender, RoaringBitmap>,
+    /// Days from the common era; [`NO_DAY`] for none.
+    birth_day: Vec<i32>,
+    spend: Vec<i64>,
+    orders: Vec<i32>,
+    /// Nanoseconds; [`NO_TIME`] for none.
+    last_order: Vec<i64>,
+    added: Vec<i64>,
+}
+
+impl Attributes {
+    /// Stores a customer's values; `known` says whether it had some before
+    /// (whose value bitmaps must then be cleared first).
+    fn set(&mut self, bit: u32, row: &CustomerRow, known: bool) {
+        if known {
+            for b in self.cities.values_mut().chain(self.channels.values_mut()).chain(self.genders.values_mut()) {
+                b.remove(bit);
+            }
+        }
+        if let Some(city) = &row.city {
+            self.cities.entry(city.clone()).or_default().insert(bit);
+        }
+        if let Some(channel) = &row.channel {
+            self.channels.entry(channel.clone()).or_default().insert(bit);
+        }
+        self.genders.entry(row.gender).or_default().insert(bit);
+        let i = bit as usize;
+        if self.added.len() <= i {
+            let len = i + 1;
+            self.birth_day.resize(len, NO_DAY);
+            self.spend.resize(len, 0);
+            self.orders.resize(len, 0);
+            self.last_order.resize(len, NO_TIME);
+            self.added.resize(len, NO_TIME);
+        }
+        self.birth_day[i] = row.birth_date.map_or(NO_DAY, |d| d.num_days_from_ce());
+        self.spend[i] = row.total_spend_cents;
+        self.orders[i] = row.order_count;
+        self.last_order[i] = row.last_order_at.map_or(NO_TIME, nanos);
+        self.added[i] = nanos(row.added_at);
+    }
+
+    fn bytes(&self) -> usize {
+        let bitmaps: usize = self
+            .cities
+            .values()
+            .chain(self.channels.values())
+            .chain(self.genders.values())
+            .map(RoaringBitmap::serialized_size)
+            .sum();
+        bitmaps + self.added.len() * (4 + 8 + 4 + 8 + 8)
+    }
+}
+
+/// The ADD events of one tag, sorted by time: who was given it when.
+#[derive(Default)]
+struct Timeline {
+    times: Vec<i64>,
+    customers: Vec<u32>,
+}
+
+impl Timeline {
+    fn insert(&mut self, time: i64, customer: u32) {
+        let at = self.times.partition_point(|t| *t <= time);
+        self.times.insert(at, time);
+        self.customers.insert(at, customer);
+    }
+
+    /// Customers given the tag between the two instants, both included.
+    fn between(&self, from: i64, to: i64) -> RoaringBitmap {
+        let start = self.times.partition_point(|t| *t < from);
+        let end = self.times.partition_point(|t| *t <= to);
+        self.customers.get(start..end.max(start)).unwrap_or_default().iter().copied().collect()
+    }
+}
+
+/// The member snapshot of a static segment, tied to the segment row it was
+/// read for (ids can be reused after a delete on SQLite).
+struct Snapshot {
+    created_at: DateTime<Utc>,
+    members: RoaringBitmap,
+}
 
 #[derive(Default)]
 struct State {
     tags: HashMap<i64, RoaringBitmap>,
     units: HashMap<i64, RoaringBitmap>,
+    /// Every customer the index holds.
+    known: RoaringBitmap,
+    attributes: Attributes,
+    /// Loaded on first use, then followed.
+    timelines: HashMap<i64, Timeline>,
+    /// Loaded on first use; never change.
+    snapshots: HashMap<i64, Snapshot>,
     /// Tags of each group, from the tag rows seen so far. Tags cannot move
     /// between groups yet; when library edits add moves, the follower must
     /// re-read moved tags.
     group_tags: HashMap<i64, Vec<i64>>,
     last_seq: i64,
+    last_change: i64,
     last_customer: i64,
     last_tag: i64,
+    /// PostgreSQL keeps instants to the microsecond and truncates the
+    /// bounds it is given; SQLite keeps what it is given.
+    micros: bool,
     /// Unions of unit bitmaps by unit set (a caller's universe, a class's
     /// units), reused until a customer is added.
     unions: HashMap<Vec<i64>, Arc<RoaringBitmap>>,
+}
+
+impl State {
+    /// Adds a customer, or refreshes the attributes of one already held.
+    /// Customers do not move between org units.
+    fn put(&mut self, row: &CustomerRow) {
+        let Some(bit) = id32(row.id) else { return };
+        let known = self.known.contains(bit);
+        if !known {
+            self.units.entry(row.org_unit_id).or_default().insert(bit);
+            self.known.insert(bit);
+            self.unions.clear();
+        }
+        self.attributes.set(bit, row, known);
+    }
+
+    /// An instant given in an expression, as the database compares it.
+    fn bound(&self, t: DateTime<Utc>) -> i64 {
+        let n = nanos(t);
+        if self.micros { n.div_euclid(1000).saturating_mul(1000) } else { n }
+    }
 }
 
 /// The index, shared by all requests of an instance.
@@ -47,12 +229,27 @@ struct State {
 pub struct SegmentIndex {
     state: RwLock<State>,
     ready: AtomicBool,
-    /// Serialises catch-ups, so two never apply the same events.
+    /// Serialises catch-ups and loads, so two never apply the same events.
     catching_up: tokio::sync::Mutex<()>,
 }
 
 fn id32(id: i64) -> Option<u32> {
     u32::try_from(id).ok()
+}
+
+/// The largest sequence number of a log, 0 when empty.
+async fn max_seq<E: EntityTrait>(db: &impl ConnectionTrait, seq: E::Column) -> Result<i64, DbErr>
+where
+    E::Column: ColumnTrait,
+{
+    Ok(E::find()
+        .select_only()
+        .column_as(seq.max(), "m")
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten()
+        .unwrap_or(0))
 }
 
 impl SegmentIndex {
@@ -65,44 +262,40 @@ impl SegmentIndex {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Drops everything and loads it again from the database.
     ///
     /// # Errors
     /// Database errors; the old index stays in place.
     pub async fn rebuild(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
-        let _guard = self.catching_up.lock().await;
+        let guard = self.catching_up.lock().await;
         // One read-only transaction: a consistent snapshot, and no statement
         // timeout (loading millions of assignments may take longer than a
         // request may).
         let txn = outer.begin().await?;
-        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let micros = txn.get_database_backend() == DbBackend::Postgres;
+        if micros {
             txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
         }
         let db = &txn;
-        // The event position first: everything after it is applied later,
-        // and applying an event twice is harmless.
-        let last_seq: i64 = tag_event::Entity::find()
-            .select_only()
-            .column_as(tag_event::Column::Seq.max(), "m")
-            .into_tuple::<Option<i64>>()
-            .one(db)
-            .await?
-            .flatten()
-            .unwrap_or(0);
-        let mut fresh = State { last_seq, ..State::default() };
-        let customers: Vec<(i64, i64)> = customer::Entity::find()
-            .select_only()
-            .columns([customer::Column::Id, customer::Column::OrgUnitId])
-            .order_by_asc(customer::Column::Id)
-            .into_tuple()
-            .all(db)
-            .await?;
-        for (id, unit) in customers {
-            if let Some(bit) = id32(id) {
-                fresh.units.entry(unit).or_default().insert(bit);
-            }
-            fresh.last_customer = fresh.last_customer.max(id);
+        // The log positions first: everything after them is applied later,
+        // and applying an event or a change twice is harmless.
+        let last_seq = max_seq::<tag_event::Entity>(db, tag_event::Column::Seq).await?;
+        let last_change = max_seq::<customer_change::Entity>(db, customer_change::Column::Seq).await?;
+        let mut fresh = State { last_seq, last_change, micros, ..State::default() };
+        let customers = customer_rows().order_by_asc(customer::Column::Id).into_model::<CustomerRow>().all(db).await?;
+        for row in &customers {
+            fresh.put(row);
+            fresh.last_customer = fresh.last_customer.max(row.id);
         }
+        drop(customers);
         let assignments: Vec<(i64, i64)> = customer_tag::Entity::find()
             .select_only()
             .columns([customer_tag::Column::TagId, customer_tag::Column::CustomerId])
@@ -115,24 +308,25 @@ impl SegmentIndex {
             }
         }
         txn.commit().await?;
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        drop(_guard);
+        *self.write() = fresh;
+        drop(guard);
         self.catch_up(outer).await?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Applies the tag events and new customers written since the last
-    /// call. Cheap when nothing changed (two indexed queries).
+    /// Applies the tag events, customer changes and new customers written
+    /// since the last call. Cheap when nothing changed (four indexed
+    /// queries).
     ///
     /// # Errors
     /// Database errors.
     pub async fn catch_up(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
         let _guard = self.catching_up.lock().await;
         loop {
-            let (last_seq, last_customer) = {
-                let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-                (s.last_seq, s.last_customer)
+            let (last_seq, last_change, last_customer, last_tag) = {
+                let s = self.read();
+                (s.last_seq, s.last_change, s.last_customer, s.last_tag)
             };
             let events = tag_event::Entity::find()
                 .filter(tag_event::Column::Seq.gt(last_seq))
@@ -140,15 +334,34 @@ impl SegmentIndex {
                 .limit(EVENT_BATCH)
                 .all(db)
                 .await?;
-            let customers: Vec<(i64, i64)> = customer::Entity::find()
+            let changes: Vec<(i64, i64)> = customer_change::Entity::find()
                 .select_only()
-                .columns([customer::Column::Id, customer::Column::OrgUnitId])
-                .filter(customer::Column::Id.gt(last_customer))
-                .order_by_asc(customer::Column::Id)
+                .columns([customer_change::Column::Seq, customer_change::Column::CustomerId])
+                .filter(customer_change::Column::Seq.gt(last_change))
+                .order_by_asc(customer_change::Column::Seq)
+                .limit(EVENT_BATCH)
                 .into_tuple()
                 .all(db)
                 .await?;
-            let last_tag = self.state.read().unwrap_or_else(|e| e.into_inner()).last_tag;
+            // New customers (bulk loads write no change rows), and the
+            // current rows of changed ones, read after their change rows.
+            let changed: HashSet<i64> = changes.iter().map(|(_, c)| *c).collect();
+            let mut rows = customer_rows()
+                .filter(customer::Column::Id.gt(last_customer))
+                .order_by_asc(customer::Column::Id)
+                .into_model::<CustomerRow>()
+                .all(db)
+                .await?;
+            let older: Vec<i64> = changed.into_iter().filter(|c| *c <= last_customer).collect();
+            for chunk in older.chunks(1000) {
+                rows.extend(
+                    customer_rows()
+                        .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                        .into_model::<CustomerRow>()
+                        .all(db)
+                        .await?,
+                );
+            }
             let new_tags: Vec<(i64, Option<i64>)> = tag::Entity::find()
                 .select_only()
                 .columns([tag::Column::Id, tag::Column::GroupId])
@@ -157,32 +370,23 @@ impl SegmentIndex {
                 .into_tuple()
                 .all(db)
                 .await?;
-            let more = events.len() as u64 == EVENT_BATCH;
-            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let more = events.len() as u64 == EVENT_BATCH || changes.len() as u64 == EVENT_BATCH;
+            let mut s = self.write();
             for (id, group) in new_tags {
                 if let Some(group) = group {
                     s.group_tags.entry(group).or_default().push(id);
                 }
                 s.last_tag = s.last_tag.max(id);
             }
-            if !customers.is_empty() {
-                s.unions.clear();
+            for row in &rows {
+                s.put(row);
+                s.last_customer = s.last_customer.max(row.id);
             }
-            for (id, unit) in customers {
-                if let Some(bit) = id32(id) {
-                    s.units.entry(unit).or_default().insert(bit);
-                }
-                s.last_customer = s.last_customer.max(id);
+            if let Some((seq, _)) = changes.last() {
+                s.last_change = *seq;
             }
             for e in events {
-                if let Some(bit) = id32(e.customer_id) {
-                    let bitmap = s.tags.entry(e.tag_id).or_default();
-                    match e.op {
-                        TagOp::Add => bitmap.insert(bit),
-                        TagOp::Remove => bitmap.remove(bit),
-                    };
-                }
-                s.last_seq = e.seq;
+                apply_event(&mut s, &e);
             }
             if !more {
                 return Ok(());
@@ -190,7 +394,63 @@ impl SegmentIndex {
         }
     }
 
-    /// Builds the index in the background, then follows the log every
+    /// Loads what an expression needs beyond what the index always holds:
+    /// the event timelines of tags in `taggedBetween` and the snapshots of
+    /// static segments. Runs no statement when they are loaded already.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn prepare(&self, db: &impl ConnectionTrait, resolved: &Resolved) -> Result<(), DbErr> {
+        let mut timelines = HashSet::new();
+        let mut snapshots = HashMap::new();
+        needs(resolved, &mut timelines, &mut snapshots);
+        {
+            let s = self.read();
+            timelines.retain(|t| !s.timelines.contains_key(t));
+            snapshots.retain(|id, created| s.snapshots.get(id).is_none_or(|snap| snap.created_at != *created));
+        }
+        if timelines.is_empty() && snapshots.is_empty() {
+            return Ok(());
+        }
+        // Under the catch-up lock: a timeline read up to `last_seq` is
+        // continued by the next catch-up, with nothing lost or doubled.
+        let _guard = self.catching_up.lock().await;
+        let last_seq = self.read().last_seq;
+        for tag_id in timelines {
+            let events: Vec<(i64, DateTime<Utc>)> = tag_event::Entity::find()
+                .select_only()
+                .columns([tag_event::Column::CustomerId, tag_event::Column::OccurredAt])
+                .filter(tag_event::Column::TagId.eq(tag_id))
+                .filter(tag_event::Column::Op.eq(TagOp::Add))
+                .filter(tag_event::Column::Seq.lte(last_seq))
+                .into_tuple()
+                .all(db)
+                .await?;
+            // Sorted here, by instant: SQLite would sort its text form.
+            let mut events: Vec<(i64, u32)> =
+                events.into_iter().filter_map(|(customer, at)| Some((nanos(at), id32(customer)?))).collect();
+            events.sort_unstable();
+            let timeline = Timeline {
+                times: events.iter().map(|(t, _)| *t).collect(),
+                customers: events.iter().map(|(_, c)| *c).collect(),
+            };
+            self.write().timelines.insert(tag_id, timeline);
+        }
+        for (segment_id, created_at) in snapshots {
+            let members: Vec<i64> = segment_member::Entity::find()
+                .select_only()
+                .column(segment_member::Column::CustomerId)
+                .filter(segment_member::Column::SegmentId.eq(segment_id))
+                .into_tuple()
+                .all(db)
+                .await?;
+            let members = members.into_iter().filter_map(id32).collect();
+            self.write().snapshots.insert(segment_id, Snapshot { created_at, members });
+        }
+        Ok(())
+    }
+
+    /// Builds the index in the background, then follows the logs every
     /// `interval`, so that writes of other instances show within about
     /// that time. `/healthz` answers meanwhile; `/readyz` waits for it.
     pub fn spawn_follower(self: &Arc<Self>, db: DatabaseConnection, interval: Duration) {
@@ -210,39 +470,136 @@ impl SegmentIndex {
         });
     }
 
-    /// Bytes the bitmaps take (serialized size, close to the heap size).
+    /// Bytes the index takes: bitmaps (serialized size, close to the heap
+    /// size), attribute columns, timelines and snapshots.
     pub fn memory_bytes(&self) -> usize {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        s.tags.values().chain(s.units.values()).map(RoaringBitmap::serialized_size).sum()
+        let s = self.read();
+        let bitmaps: usize = s.tags.values().chain(s.units.values()).map(RoaringBitmap::serialized_size).sum();
+        let timelines: usize = s.timelines.values().map(|t| t.times.len() * 12).sum();
+        let snapshots: usize = s.snapshots.values().map(|s| s.members.serialized_size()).sum();
+        bitmaps + s.attributes.bytes() + timelines + snapshots
     }
 
-    /// The members of a resolved expression that the caller may see, or
-    /// `None` when the expression needs more than the index holds (or the
-    /// index is not ready).
-    pub fn evaluate(&self, principal: &Principal, resolved: &Resolved) -> Option<RoaringBitmap> {
+    /// The members of a resolved expression that the caller may see, with
+    /// dates read in `offset` (as the SQL evaluation does); `None` when the
+    /// index is not ready or lacks what [`prepare`](Self::prepare) loads.
+    pub fn evaluate(&self, principal: &Principal, resolved: &Resolved, offset: FixedOffset) -> Option<RoaringBitmap> {
         if !self.is_ready() {
             return None;
         }
         let read_scope = principal.scope(Action::CustomerRead);
         let universe = self.union_of(read_scope.unit_ids());
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let evaluator = Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe };
+        let s = self.read();
+        let today = Utc::now().with_timezone(&offset).date_naive();
+        let evaluator = Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today };
         let members = evaluator.eval(resolved, &resolved.expr)?;
         Some(members & universe.as_ref())
+    }
+
+    /// Ids of the first `limit` members in the order of a key the index
+    /// holds, ties broken by id, strictly after `after` (a key as
+    /// [`page_key`] gives it, and an id): the keyset order of customer
+    /// lists, ascending or descending. One pass over the members.
+    pub fn page(
+        &self,
+        members: &RoaringBitmap,
+        key: PageKey,
+        descending: bool,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Vec<i64> {
+        let s = self.read();
+        let column: &[i64] = match key {
+            PageKey::AddedAt => &s.attributes.added,
+            PageKey::TotalSpend => &s.attributes.spend,
+        };
+        let positions =
+            members.iter().map(|bit| (column.get(bit as usize).copied().unwrap_or(NO_TIME), i64::from(bit)));
+        if descending {
+            let after = after.map(std::cmp::Reverse);
+            let found = smallest(positions.map(std::cmp::Reverse).filter(|p| after.is_none_or(|a| *p > a)), limit);
+            found.into_iter().map(|std::cmp::Reverse((_, id))| id).collect()
+        } else {
+            smallest(positions.filter(|p| after.is_none_or(|a| *p > a)), limit).into_iter().map(|(_, id)| id).collect()
+        }
     }
 
     /// The customers of a set of units, cached until a customer is added.
     fn union_of(&self, units: impl Iterator<Item = i64>) -> Arc<RoaringBitmap> {
         let mut key: Vec<i64> = units.collect();
         key.sort_unstable();
-        if let Some(hit) = self.state.read().unwrap_or_else(|e| e.into_inner()).unions.get(&key) {
+        if let Some(hit) = self.read().unions.get(&key) {
             return Arc::clone(hit);
         }
-        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.write();
         let union = Arc::new(union_of_units(&s, key.iter().copied()));
         s.unions.insert(key, Arc::clone(&union));
         union
     }
+}
+
+/// A key of customer lists that the index holds a column of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKey {
+    AddedAt,
+    TotalSpend,
+}
+
+/// An added time as [`SegmentIndex::page`] compares it.
+pub fn page_key(t: DateTime<Utc>) -> i64 {
+    nanos(t)
+}
+
+/// The `limit` smallest items, in order (a bounded max-heap).
+fn smallest<K: Ord>(items: impl Iterator<Item = K>, limit: usize) -> Vec<K> {
+    let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+    for item in items {
+        if heap.len() < limit {
+            heap.push(item);
+        } else if heap.peek().is_some_and(|top| item < *top) {
+            heap.pop();
+            heap.push(item);
+        }
+    }
+    heap.into_sorted_vec()
+}
+
+fn apply_event(s: &mut State, e: &tag_event::Model) {
+    if let Some(bit) = id32(e.customer_id) {
+        let bitmap = s.tags.entry(e.tag_id).or_default();
+        match e.op {
+            TagOp::Add => bitmap.insert(bit),
+            TagOp::Remove => bitmap.remove(bit),
+        };
+        if e.op == TagOp::Add
+            && let Some(timeline) = s.timelines.get_mut(&e.tag_id)
+        {
+            timeline.insert(nanos(e.occurred_at), bit);
+        }
+    }
+    s.last_seq = e.seq;
+}
+
+/// Tags whose timelines and static segments whose snapshots an expression
+/// needs, through the dynamic segments it uses.
+fn needs(resolved: &Resolved, timelines: &mut HashSet<i64>, snapshots: &mut HashMap<i64, DateTime<Utc>>) {
+    resolved.expr.walk(&mut |e| match e {
+        SegmentExpr::TaggedBetween { tag: Ref::Id(id), .. } => {
+            timelines.insert(*id);
+        }
+        SegmentExpr::Segment(Ref::Id(id)) => match resolved.segments.get(id) {
+            Some(saved) if saved.saved.kind == SegmentKind::Static => {
+                snapshots.insert(saved.saved.id, saved.saved.created_at);
+            }
+            Some(saved) => {
+                if let Some(inner) = &saved.inner {
+                    needs(inner, timelines, snapshots);
+                }
+            }
+            None => {}
+        },
+        _ => {}
+    });
 }
 
 fn union_of_units(s: &State, units: impl Iterator<Item = i64>) -> RoaringBitmap {
@@ -260,6 +617,22 @@ struct Evaluator<'a> {
     principal: &'a Principal,
     read_scope: &'a Scope,
     universe: &'a RoaringBitmap,
+    /// Today in the expression's time zone (for ages).
+    today: NaiveDate,
+}
+
+/// A predicate answered by testing each candidate's column value.
+fn is_scan(e: &SegmentExpr) -> bool {
+    matches!(
+        e,
+        SegmentExpr::Age(_)
+            | SegmentExpr::Spend(_)
+            | SegmentExpr::Orders(_)
+            | SegmentExpr::LastOrderBefore(_)
+            | SegmentExpr::LastOrderAfter(_)
+            | SegmentExpr::AddedBefore(_)
+            | SegmentExpr::AddedAfter(_)
+    )
 }
 
 impl Evaluator<'_> {
@@ -274,25 +647,84 @@ impl Evaluator<'_> {
         Some(union_of_units(self.s, classes.unit_ids()))
     }
 
+    /// `members`, limited to where the caller may see the tag's class (a
+    /// personal tag is seen by its owner wherever it is).
+    fn where_tag_visible(&self, resolved: &Resolved, tag: i64, members: RoaringBitmap) -> RoaringBitmap {
+        match resolved.tags.get(&tag).and_then(|t| t.group.as_ref()).and_then(|g| self.class_units(&g.visibility_class))
+        {
+            Some(units) => members & units,
+            None => members,
+        }
+    }
+
     /// Holders of the tag, where the caller may see it.
     fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
         let Ref::Id(id) = r else { return None };
         let holders = self.s.tags.get(id).cloned().unwrap_or_default();
-        match resolved.tags.get(id).and_then(|t| t.group.as_ref()).and_then(|g| self.class_units(&g.visibility_class)) {
-            Some(units) => Some(holders & units),
-            None => Some(holders),
+        Some(self.where_tag_visible(resolved, *id, holders))
+    }
+
+    /// The candidates for which a scanned predicate holds. Mirrors the
+    /// SQL: a NULL value never matches, so `NOT` stays two-valued.
+    fn scan(&self, e: &SegmentExpr, candidates: &RoaringBitmap) -> RoaringBitmap {
+        let a = &self.s.attributes;
+        let keep = |test: &dyn Fn(usize) -> bool| candidates.iter().filter(|bit| test(*bit as usize)).collect();
+        let time = |column: &[i64], i: usize| column.get(i).copied().filter(|v| *v != NO_TIME);
+        match e {
+            SegmentExpr::Age(r) => {
+                let bounds = AgeBounds::new(r, self.today);
+                keep(&|i| {
+                    let day = a.birth_day.get(i).copied().filter(|d| *d != NO_DAY);
+                    bounds.contains(day.and_then(NaiveDate::from_num_days_from_ce_opt))
+                })
+            }
+            SegmentExpr::Spend(r) => keep(&|i| a.spend.get(i).is_some_and(|v| r.contains(*v))),
+            SegmentExpr::Orders(r) => keep(&|i| a.orders.get(i).is_some_and(|v| r.contains(i64::from(*v)))),
+            SegmentExpr::LastOrderBefore(t) => {
+                let t = self.s.bound(*t);
+                keep(&|i| time(&a.last_order, i).is_some_and(|v| v < t))
+            }
+            SegmentExpr::LastOrderAfter(t) => {
+                let t = self.s.bound(*t);
+                keep(&|i| time(&a.last_order, i).is_some_and(|v| v > t))
+            }
+            SegmentExpr::AddedBefore(t) => {
+                let t = self.s.bound(*t);
+                keep(&|i| time(&a.added, i).is_some_and(|v| v < t))
+            }
+            SegmentExpr::AddedAfter(t) => {
+                let t = self.s.bound(*t);
+                keep(&|i| time(&a.added, i).is_some_and(|v| v > t))
+            }
+            _ => RoaringBitmap::new(),
         }
+    }
+
+    /// Members of an `and`: the bitmap items intersected first, then the
+    /// scanned predicates tested on what is left.
+    fn all_of(&self, resolved: &Resolved, items: &[SegmentExpr]) -> Option<RoaringBitmap> {
+        let mut acc: Option<RoaringBitmap> = None;
+        for item in items.iter().filter(|i| !is_scan(i)) {
+            let members = self.eval(resolved, item)?;
+            acc = Some(match acc {
+                Some(a) => a & members,
+                None => members,
+            });
+        }
+        let mut acc = acc.unwrap_or_else(|| self.universe.clone());
+        for item in items.iter().filter(|i| is_scan(i)) {
+            acc = self.scan(item, &acc);
+        }
+        Some(acc)
+    }
+
+    fn value_bitmap(map: &HashMap<String, RoaringBitmap>, value: &str) -> RoaringBitmap {
+        map.get(value).cloned().unwrap_or_default()
     }
 
     fn eval(&self, resolved: &Resolved, e: &SegmentExpr) -> Option<RoaringBitmap> {
         Some(match e {
-            SegmentExpr::And(items) => {
-                let mut acc = self.eval(resolved, &items[0])?;
-                for item in &items[1..] {
-                    acc &= self.eval(resolved, item)?;
-                }
-                acc
-            }
+            SegmentExpr::And(items) => self.all_of(resolved, items)?,
             SegmentExpr::Or(items) => {
                 let mut acc = RoaringBitmap::new();
                 for item in items {
@@ -310,7 +742,7 @@ impl Evaluator<'_> {
                 acc
             }
             SegmentExpr::AllTags(rs) => {
-                let mut acc = self.holds(resolved, &rs[0])?;
+                let mut acc = self.holds(resolved, rs.first()?)?;
                 for r in &rs[1..] {
                     acc &= self.holds(resolved, r)?;
                 }
@@ -333,9 +765,26 @@ impl Evaluator<'_> {
                     None => holders,
                 }
             }
+            SegmentExpr::TaggedBetween { tag: Ref::Id(id), from, to } => {
+                let given = self.s.timelines.get(id)?.between(self.s.bound(*from), self.s.bound(*to));
+                self.where_tag_visible(resolved, *id, given)
+            }
+            SegmentExpr::City(city) => Self::value_bitmap(&self.s.attributes.cities, city),
+            SegmentExpr::Channel(channel) => Self::value_bitmap(&self.s.attributes.channels, channel),
+            SegmentExpr::Gender(g) => self.s.attributes.genders.get(g).cloned().unwrap_or_default(),
+            e if is_scan(e) => self.scan(e, self.universe),
             SegmentExpr::Segment(Ref::Id(id)) => {
-                let inner = resolved.segments.get(id)?.inner.as_ref()?;
-                self.eval(inner, &inner.expr)?
+                let saved = resolved.segments.get(id)?;
+                match &saved.inner {
+                    Some(inner) => self.eval(inner, &inner.expr)?,
+                    None => {
+                        let snapshot = self.s.snapshots.get(id)?;
+                        if snapshot.created_at != saved.saved.created_at {
+                            return None;
+                        }
+                        snapshot.members.clone()
+                    }
+                }
             }
             _ => return None,
         })

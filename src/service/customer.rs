@@ -64,7 +64,7 @@ pub struct CustomerOrder {
 
 impl CustomerOrder {
     /// The name a cursor is tied to.
-    fn tag(self) -> String {
+    pub(crate) fn tag(self) -> String {
         let field = match self.field {
             SortField::AddedAt => "ADDED_AT",
             SortField::UpdatedAt => "UPDATED_AT",
@@ -88,7 +88,8 @@ impl CustomerOrder {
         (self.field == SortField::TotalSpend).then_some(CustomerField::TotalSpend)
     }
 
-    fn key_of(self, c: &customer::Model) -> String {
+    /// The value of the order's key a cursor carries.
+    pub(crate) fn key_of(self, c: &customer::Model) -> String {
         match self.field {
             SortField::AddedAt => c.added_at.to_rfc3339(),
             SortField::UpdatedAt => c.updated_at.to_rfc3339(),
@@ -427,6 +428,7 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
             }
         }
     }
+    segment::log_customer_change(&txn, model.id).await?;
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.create", "customer", model.id)
@@ -534,6 +536,7 @@ pub async fn update(
             current.id, patch.version
         )));
     }
+    segment::log_customer_change(&txn, current.id).await?;
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.update", "customer", current.id)

@@ -8,29 +8,29 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
-use chrono::{DateTime, FixedOffset, Months, Utc};
+use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
-    customer, customer_tag,
+    customer, customer_change, customer_tag,
     enums::{SegmentKind, TagCategory, TagOp},
     segment, segment_member, tag, tag_event, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
 };
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use super::customer::{self as customer_service, CustomerFilter, SegmentFilter};
+use super::customer::{self as customer_service, CustomerFilter, CustomerOrder, Page, SegmentFilter, SortField};
 use super::like_escape;
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
-use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
+use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
-use crate::segment::{self as language, Range, Ref, RefKind, SegmentExpr};
+use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.
@@ -391,6 +391,63 @@ fn rewrite(
     })
 }
 
+/// An age range as birth-date bounds on a given day: the one definition
+/// of age that SQL and the in-memory index share. A bound too far back to
+/// compute is left open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeBounds {
+    /// At least `min` years old: born on or before today, `min` years ago.
+    pub born_on_or_before: Option<NaiveDate>,
+    /// At most `max`: born after today, `max + 1` years ago.
+    pub born_after: Option<NaiveDate>,
+}
+
+impl AgeBounds {
+    pub fn new(range: &Range<i64>, today: NaiveDate) -> Self {
+        let years_ago = |years: i64| {
+            u32::try_from(years.clamp(0, 200) * 12).ok().and_then(|m| today.checked_sub_months(Months::new(m)))
+        };
+        Self {
+            born_on_or_before: range.min.and_then(years_ago),
+            born_after: range.max.and_then(|max| years_ago(max + 1)),
+        }
+    }
+
+    /// Whether a birth date is in the range (no birth date: never).
+    pub fn contains(&self, birth_date: Option<NaiveDate>) -> bool {
+        birth_date.is_some_and(|b| {
+            self.born_on_or_before.is_none_or(|latest| b <= latest)
+                && self.born_after.is_none_or(|earliest| b > earliest)
+        })
+    }
+}
+
+/// Key of the PostgreSQL advisory lock that orders customer-change writers
+/// (see [`log_customer_change`]).
+const CUSTOMER_CHANGE_LOCK: i64 = 0x0074_6167_6375_7374; // "tagcust"
+
+/// Records, inside the writing transaction, that a customer was created or
+/// changed, so that segment indexes (this instance's and the others')
+/// pick up its attributes. As for tag events, PostgreSQL writers take an
+/// advisory lock to the end of the transaction so that sequence numbers
+/// commit in order and a follower never reads past one still to commit.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn log_customer_change(txn: &DatabaseTransaction, customer_id: i64) -> AppResult<()> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CUSTOMER_CHANGE_LOCK})")).await?;
+    }
+    customer_change::Entity::insert(customer_change::ActiveModel {
+        seq: NotSet,
+        customer_id: Set(customer_id),
+        changed_at: Set(Utc::now()),
+    })
+    .exec(txn)
+    .await?;
+    Ok(())
+}
+
 /// The SQL condition of a resolved expression over `customer`, for a caller
 /// searching `searched` (its readable units, possibly narrowed).
 ///
@@ -415,6 +472,15 @@ struct Compiler<'a> {
     now: DateTime<Utc>,
 }
 
+/// Correlates a subquery's customer column with the customer row of the
+/// outer query. Predicates over other tables are `EXISTS` subqueries, not
+/// `id IN (…)`: PostgreSQL turns `NOT EXISTS` into an anti-join, whereas
+/// `NOT (id IN (…))` over a million rows is evaluated row by row (a broad
+/// segment ran for more than 45 minutes).
+fn of_this_customer<C: sea_orm::sea_query::IntoColumnRef>(column: C) -> SimpleExpr {
+    Expr::col(column).equals((customer::Entity, customer::Column::Id))
+}
+
 fn id_of(r: &Ref) -> i64 {
     match r {
         Ref::Id(id) => *id,
@@ -431,26 +497,29 @@ impl Compiler<'_> {
         }
     }
 
-    /// Customers in units where the caller may see the class.
-    fn visible_in(&self, class: &str) -> Condition {
-        self.principal.class_scope(class, ClassAccess::Read).condition(customer::Column::OrgUnitId)
+    /// `cond`, limited to customers in units where the caller may see the
+    /// class. Left alone when the class is visible over the whole scope
+    /// searched (which the query is limited to anyway): a bare `NOT EXISTS`
+    /// becomes an anti-join on PostgreSQL.
+    fn visible_in(&self, cond: Condition, class: &str) -> Condition {
+        let classes = self.principal.class_scope(class, ClassAccess::Read);
+        if classes.covers(self.searched) { cond } else { cond.add(classes.condition(customer::Column::OrgUnitId)) }
     }
 
     /// Holds the tag, counted only where the caller may see it.
     fn holds(&self, tag_id: i64) -> Condition {
-        let holders = customer::Column::Id.in_subquery(
-            Query::select()
-                .column(customer_tag::Column::CustomerId)
-                .from(customer_tag::Entity)
-                .and_where(customer_tag::Column::TagId.eq(tag_id))
-                .to_owned(),
-        );
-        let mut held = Condition::all().add(holders);
+        let holders = Query::select()
+            .expr(Expr::val(1))
+            .from(customer_tag::Entity)
+            .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).eq(tag_id))
+            .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
+            .to_owned();
+        let held = Condition::all().add(Expr::exists(holders));
         // A personal tag (no group) is seen by its owner wherever it is.
-        if let Some(group) = self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
-            held = held.add(self.visible_in(&group.visibility_class));
+        match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
+            Some(group) => self.visible_in(held, &group.visibility_class),
+            None => held,
         }
-        held
     }
 
     fn range(column: customer::Column, r: &Range<i64>) -> Condition {
@@ -485,7 +554,7 @@ impl Compiler<'_> {
             SegmentExpr::Group(r) => {
                 let group = &self.resolved.groups[&id_of(r)];
                 let members = Query::select()
-                    .column((customer_tag::Entity, customer_tag::Column::CustomerId))
+                    .expr(Expr::val(1))
                     .from(customer_tag::Entity)
                     .inner_join(
                         tag::Entity,
@@ -493,26 +562,26 @@ impl Compiler<'_> {
                             .equals((customer_tag::Entity, customer_tag::Column::TagId)),
                     )
                     .and_where(Expr::col((tag::Entity, tag::Column::GroupId)).eq(group.id))
+                    .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
                     .to_owned();
-                Condition::all()
-                    .add(customer::Column::Id.in_subquery(members))
-                    .add(self.visible_in(&group.visibility_class))
+                self.visible_in(Condition::all().add(Expr::exists(members)), &group.visibility_class)
             }
             SegmentExpr::TaggedBetween { tag: r, from, to } => {
                 let tag_id = id_of(r);
                 let added = Query::select()
-                    .column(tag_event::Column::CustomerId)
+                    .expr(Expr::val(1))
                     .from(tag_event::Entity)
-                    .and_where(tag_event::Column::TagId.eq(tag_id))
-                    .and_where(tag_event::Column::Op.eq(TagOp::Add))
-                    .and_where(tag_event::Column::OccurredAt.gte(*from))
-                    .and_where(tag_event::Column::OccurredAt.lte(*to))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::TagId)).eq(tag_id))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::Op)).eq(TagOp::Add))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).gte(*from))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).lte(*to))
+                    .and_where(of_this_customer((tag_event::Entity, tag_event::Column::CustomerId)))
                     .to_owned();
-                let mut cond = Condition::all().add(customer::Column::Id.in_subquery(added));
-                if let Some(group) = self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
-                    cond = cond.add(self.visible_in(&group.visibility_class));
+                let given = Condition::all().add(Expr::exists(added));
+                match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
+                    Some(group) => self.visible_in(given, &group.visibility_class),
+                    None => given,
                 }
-                cond
             }
             SegmentExpr::City(city) => Self::known(customer::Column::City, customer::Column::City.eq(city.as_str())),
             SegmentExpr::Channel(channel) => {
@@ -525,22 +594,13 @@ impl Compiler<'_> {
             }
             SegmentExpr::Age(r) => {
                 self.require(CustomerField::BirthDate, "age")?;
-                let today = self.now.with_timezone(&self.offset).date_naive();
-                let years_ago = |years: i64| {
-                    u32::try_from(years.clamp(0, 200) * 12).ok().and_then(|m| today.checked_sub_months(Months::new(m)))
-                };
+                let bounds = AgeBounds::new(r, self.now.with_timezone(&self.offset).date_naive());
                 let mut cond = Condition::all().add(customer::Column::BirthDate.is_not_null());
-                if let Some(min) = r.min {
-                    // At least `min` years old: born on or before today, `min` years ago.
-                    if let Some(latest) = years_ago(min) {
-                        cond = cond.add(customer::Column::BirthDate.lte(latest));
-                    }
+                if let Some(latest) = bounds.born_on_or_before {
+                    cond = cond.add(customer::Column::BirthDate.lte(latest));
                 }
-                if let Some(max) = r.max {
-                    // At most `max`: born after today, `max + 1` years ago.
-                    if let Some(earliest) = years_ago(max + 1) {
-                        cond = cond.add(customer::Column::BirthDate.gt(earliest));
-                    }
+                if let Some(earliest) = bounds.born_after {
+                    cond = cond.add(customer::Column::BirthDate.gt(earliest));
                 }
                 cond
             }
@@ -566,15 +626,17 @@ impl Compiler<'_> {
                 let saved = &self.resolved.segments[&id_of(r)];
                 match &saved.inner {
                     Some(inner) => Compiler { resolved: inner, ..*self }.compile(&inner.expr)?,
-                    None => Condition::all().add(
-                        customer::Column::Id.in_subquery(
-                            Query::select()
-                                .column(segment_member::Column::CustomerId)
-                                .from(segment_member::Entity)
-                                .and_where(segment_member::Column::SegmentId.eq(saved.saved.id))
-                                .to_owned(),
-                        ),
-                    ),
+                    None => Condition::all().add(Expr::exists(
+                        Query::select()
+                            .expr(Expr::val(1))
+                            .from(segment_member::Entity)
+                            .and_where(
+                                Expr::col((segment_member::Entity, segment_member::Column::SegmentId))
+                                    .eq(saved.saved.id),
+                            )
+                            .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
+                            .to_owned(),
+                    )),
                 }
             }
         })
@@ -814,6 +876,34 @@ pub async fn cooccurrence(
     Ok(out)
 }
 
+/// The members of a filter that the caller may see, from the in-memory
+/// index: `None` when the filter holds more than a segment or the index
+/// cannot answer (not built yet), and SQL must.
+///
+/// # Errors
+/// Database errors while loading what the expression needs (event
+/// timelines, static snapshots).
+pub async fn index_members(
+    db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
+    principal: &Principal,
+    filter: &CustomerFilter,
+) -> AppResult<Option<roaring::RoaringBitmap>> {
+    let Some(seg) = &filter.segment else { return Ok(None) };
+    let segment_only = filter.org_unit.is_none()
+        && filter.search.is_none()
+        && filter.has_all_tags.is_empty()
+        && filter.has_any_tags.is_empty()
+        && filter.lifecycle_stage.is_none()
+        && filter.total_spend_min.is_none()
+        && filter.total_spend_max.is_none();
+    if !segment_only || !index.is_ready() {
+        return Ok(None);
+    }
+    index.prepare(db, &seg.resolved).await?;
+    Ok(index.evaluate(principal, &seg.resolved, seg.offset))
+}
+
 /// Members of a segment filter the caller may see: from the in-memory index
 /// when it can answer, by SQL otherwise.
 ///
@@ -825,17 +915,75 @@ pub async fn count_members(
     principal: &Principal,
     filter: &CustomerFilter,
 ) -> AppResult<u64> {
-    if let Some(seg) = &filter.segment
-        && filter.org_unit.is_none()
-        && filter.search.is_none()
-        && filter.has_all_tags.is_empty()
-        && filter.has_any_tags.is_empty()
-        && filter.lifecycle_stage.is_none()
-        && filter.total_spend_min.is_none()
-        && filter.total_spend_max.is_none()
-        && let Some(members) = index.evaluate(principal, &seg.resolved)
-    {
+    if let Some(members) = index_members(db, index, principal, filter).await? {
         return Ok(members.len());
     }
     customer_service::count_in_scope(db, principal, filter).await
+}
+
+/// One page of a filter's members in `order`. When the in-memory index
+/// answers and holds the order's key (added time, spend), the page is
+/// picked from the members' bitmap and only its rows are read, by id;
+/// otherwise SQL evaluates the whole filter. Either way the order (ties by
+/// id, in the same direction), the cursors and the checks (guarded order
+/// keys, bad cursors) are those of [`customer_service::list_in_scope`].
+///
+/// # Errors
+/// As [`customer_service::list_in_scope`].
+pub async fn list_members(
+    db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
+    principal: &Principal,
+    filter: &CustomerFilter,
+    order: CustomerOrder,
+    first: PageSize,
+    after: Option<&str>,
+) -> AppResult<Page<customer::Model>> {
+    let key = match order.field {
+        SortField::AddedAt => Some(PageKey::AddedAt),
+        SortField::TotalSpend => Some(PageKey::TotalSpend),
+        SortField::UpdatedAt | SortField::Name => None,
+    };
+    let members = match key {
+        Some(_) => index_members(db, index, principal, filter).await?,
+        None => None,
+    };
+    let (Some(key), Some(members)) = (key, members) else {
+        return customer_service::list_in_scope(db, principal, filter, order, first, after).await;
+    };
+    // The same refusals as the SQL path (a guarded order key, a field the
+    // expression may not read over the scope searched).
+    customer_service::filter_condition(db, principal, filter, Some(order)).await?;
+    let after = after.map(|raw| page_start(raw, order, key)).transpose()?;
+    let limit = usize::try_from(first.get()).unwrap_or(usize::MAX);
+    let ids = index.page(&members, key, order.descending, after, limit.saturating_add(1));
+    let has_next_page = ids.len() > limit;
+    let ids = &ids[..ids.len().min(limit)];
+    let mut rows: HashMap<i64, customer::Model> = customer::Entity::find()
+        .filter(customer::Column::Id.is_in(ids.iter().copied()))
+        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let items = ids
+        .iter()
+        .filter_map(|id| rows.remove(id))
+        .map(|c| (Cursor { ordering: order.tag(), key: order.key_of(&c), id: c.id }.encode(), c))
+        .collect();
+    Ok(Page { items, has_next_page })
+}
+
+/// A cursor of `order` as a position in the index's order.
+fn page_start(raw: &str, order: CustomerOrder, key: PageKey) -> AppResult<(i64, i64)> {
+    let cursor = Cursor::decode(raw, &order.tag())?;
+    let invalid = || AppError::validation("after", "is not a valid cursor");
+    let value = match key {
+        PageKey::AddedAt => crate::segment::page_key(
+            DateTime::parse_from_rfc3339(&cursor.key).map_err(|_| invalid())?.with_timezone(&Utc),
+        ),
+        PageKey::TotalSpend => cursor.key.parse::<i64>().map_err(|_| invalid())?,
+    };
+    Ok((value, cursor.id))
 }
