@@ -56,6 +56,20 @@ impl OrgTree {
         self.units.iter().filter(|u| unit.path.starts_with(&u.path)).collect()
     }
 
+    /// The lowest unit that is `unit` or above it for every given unit;
+    /// `None` for no units or unknown ones.
+    pub fn common_ancestor(&self, units: impl IntoIterator<Item = i64>) -> Option<i64> {
+        let mut chain: Option<Vec<i64>> = None;
+        for unit in units {
+            let mine: Vec<i64> = self.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+            chain = Some(match chain {
+                None => mine,
+                Some(c) => c.into_iter().filter(|u| mine.contains(u)).collect(),
+            });
+        }
+        chain?.last().copied()
+    }
+
     /// True when `unit` is `root` or below it.
     pub fn is_within(&self, unit: i64, root: i64) -> bool {
         match (self.get(unit), self.get(root)) {

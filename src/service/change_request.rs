@@ -10,8 +10,8 @@
 use chrono::Utc;
 use entity::{change_request, enums::ChangeRequestStatus, staff};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 use serde_json::json;
 
@@ -24,6 +24,57 @@ use crate::domain::{Cursor, OrgUnitId, PageSize, StaffId};
 use crate::error::{AppError, AppResult};
 
 const ORDERING: &str = "change_request.newest";
+
+/// A change to file for approval.
+pub struct NewRequest {
+    pub kind: &'static str,
+    pub target_kind: &'static str,
+    pub target_id: Option<i64>,
+    pub base_versions: serde_json::Value,
+    pub payload: serde_json::Value,
+    /// The unit whose approvers decide.
+    pub scope: i64,
+    pub reason: String,
+}
+
+/// Files a pending request by the caller, with its audit row, in `txn`.
+///
+/// # Errors
+/// Database errors.
+pub async fn file(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    new: NewRequest,
+) -> AppResult<change_request::Model> {
+    let request = change_request::Entity::insert(change_request::ActiveModel {
+        id: sea_orm::ActiveValue::NotSet,
+        kind: Set(new.kind.to_owned()),
+        target_kind: Set(new.target_kind.to_owned()),
+        target_id: Set(new.target_id),
+        base_versions: Set(new.base_versions),
+        payload: Set(new.payload),
+        org_unit_id: Set(new.scope),
+        requester_staff_id: Set(principal.staff.id),
+        reason: Set(new.reason),
+        status: Set(ChangeRequestStatus::Pending),
+        decided_by: Set(None),
+        decided_at: Set(None),
+        decision_comment: Set(None),
+        created_at: Set(Utc::now()),
+    })
+    .exec_with_returning(txn)
+    .await?;
+    audit::record(
+        txn,
+        AuditEntry::ok(principal.staff_id(), "change_request.create", "change_request", request.id)
+            .in_unit(request.org_unit_id)
+            .with_detail(
+                json!({ "kind": request.kind, "change": request.payload, "baseVersions": request.base_versions }),
+            ),
+    )
+    .await?;
+    Ok(request)
+}
 
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]

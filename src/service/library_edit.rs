@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{
     change_request, customer, customer_tag,
-    enums::{ChangeRequestStatus, TagCategory, TagOp, TagSource, TagStatus},
+    enums::{TagCategory, TagOp, TagSource, TagStatus},
     library_version, tag, tag_event, tag_group,
 };
 use sea_orm::{
@@ -28,8 +28,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
+use super::change_request::NewRequest;
 use super::tag_library::{find_group, find_tag};
-use super::tagging::{insert_events, serialize_event_log};
+use super::tagging::{EventBy, insert_events, serialize_event_log};
 use crate::authz::{Action, Principal};
 use crate::domain::{Aliases, Description, NamingPattern, StaffId, TagGroupId, TagId, TagName, VisibilityClass};
 use crate::error::{AppError, AppResult, is_unique_violation};
@@ -319,14 +320,10 @@ fn check_expected(current: &Versions, expected: &Versions) -> AppResult<()> {
 /// The unit whose approvers decide: the highest layer the edit touches
 /// (the lowest common ancestor of the touched layers).
 fn scope_of(principal: &Principal, units: &BTreeSet<i64>) -> AppResult<i64> {
-    let mut iter = units.iter();
-    let first = *iter.next().ok_or_else(|| AppError::internal(anyhow::anyhow!("an edit without a layer")))?;
-    let mut chain: Vec<i64> = principal.org.ancestors_or_self(first).iter().map(|u| u.id).collect();
-    for unit in iter {
-        let other: HashSet<i64> = principal.org.ancestors_or_self(*unit).iter().map(|u| u.id).collect();
-        chain.retain(|u| other.contains(u));
-    }
-    chain.last().copied().ok_or_else(|| AppError::internal(anyhow::anyhow!("touched layers share no ancestor")))
+    principal
+        .org
+        .common_ancestor(units.iter().copied())
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("touched layers share no ancestor")))
 }
 
 /// True when the caller may propose edits to the library of `scope`: it
@@ -383,33 +380,16 @@ pub async fn submit(
     }
     let (target_kind, target_id) = edit.target();
     let txn = db.begin().await?;
-    let request = change_request::Entity::insert(change_request::ActiveModel {
-        id: NotSet,
-        kind: Set(edit.kind().to_owned()),
-        target_kind: Set(target_kind.as_str().to_owned()),
-        target_id: Set(Some(target_id)),
-        base_versions: Set(json!(plan.versions)),
-        payload: Set(serde_json::to_value(&edit).map_err(AppError::internal)?),
-        org_unit_id: Set(scope),
-        requester_staff_id: Set(principal.staff.id),
-        reason: Set(reason),
-        status: Set(ChangeRequestStatus::Pending),
-        decided_by: Set(None),
-        decided_at: Set(None),
-        decision_comment: Set(None),
-        created_at: Set(Utc::now()),
-    })
-    .exec_with_returning(&txn)
-    .await?;
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "change_request.create", "change_request", request.id)
-            .in_unit(scope)
-            .with_detail(
-                json!({ "kind": request.kind, "change": request.payload, "baseVersions": request.base_versions }),
-            ),
-    )
-    .await?;
+    let new = NewRequest {
+        kind: edit.kind(),
+        target_kind: target_kind.as_str(),
+        target_id: Some(target_id),
+        base_versions: json!(plan.versions),
+        payload: serde_json::to_value(&edit).map_err(AppError::internal)?,
+        scope,
+        reason,
+    };
+    let request = super::change_request::file(&txn, principal, new).await?;
     txn.commit().await?;
     Ok(EditOutcome { applied: false, change_request: Some(request), ..Default::default() })
 }
@@ -1013,17 +993,13 @@ async fn merge(
         .filter(customer_tag::Column::TagId.eq(b.id))
         .exec(txn)
         .await?;
-    let source_ref = Some(format!("merge:{}->{}", b.id, a.id));
-    let event = |customer_id: i64, tag_id: i64, op: TagOp| tag_event::ActiveModel {
-        seq: NotSet,
-        customer_id: Set(customer_id),
-        tag_id: Set(tag_id),
-        op: Set(op),
-        source: Set(TagSource::Merge),
-        source_ref: Set(source_ref.clone()),
-        actor_staff_id: Set(Some(by.actor.0)),
-        occurred_at: Set(by.at),
+    let by_merge = EventBy {
+        actor: by.actor.0,
+        source: TagSource::Merge,
+        source_ref: Some(format!("merge:{}->{}", b.id, a.id)),
+        at: by.at,
     };
+    let event = |customer_id: i64, tag_id: i64, op: TagOp| by_merge.event(customer_id, tag_id, op);
     let mut events: Vec<tag_event::ActiveModel> = held_b.iter().map(|c| event(*c, b.id, TagOp::Remove)).collect();
     events.extend(only_b.iter().map(|c| event(*c, a.id, TagOp::Add)));
     insert_events(txn, events).await?;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use entity::{
     change_request, customer, customer_tag,
-    enums::{AlertKind, ChangeRequestStatus, TagOp, TagSource, TagStatus},
+    enums::{AlertKind, TagOp, TagSource, TagStatus},
     tag, tag_alert, tag_event, tag_group,
 };
 use sea_orm::{
@@ -237,13 +237,11 @@ async fn apply_tags_in(
     let mut additions: Vec<customer_tag::ActiveModel> = Vec::new();
     let mut events: Vec<tag_event::ActiveModel> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let event = |customer_id: i64, tag_id: i64, op: TagOp| {
-        EventBy { principal, source: req.source, source_ref: req.source_ref.clone(), at: now }.event(
-            customer_id,
-            tag_id,
-            op,
-        )
-    };
+    let event =
+        |customer_id: i64, tag_id: i64, op: TagOp| {
+            EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now }
+                .event(customer_id, tag_id, op)
+        };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = held.len() as u32;
@@ -374,7 +372,7 @@ async fn remove_tags_in(
         for t in &tags {
             if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                let by = EventBy { principal, source: TagSource::Manual, source_ref: None, at: now };
+                let by = EventBy { actor: principal.staff.id, source: TagSource::Manual, source_ref: None, at: now };
                 events.push(by.event(c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
@@ -518,50 +516,23 @@ pub async fn tag_or_request(
         let outcome = run_locked(db, principal, limits, &bulk).await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
-    let scope = common_ancestor(principal, dry.customers.iter().map(|c| c.org_unit_id))?;
+    let scope = principal
+        .org
+        .common_ancestor(dry.customers.iter().map(|c| c.org_unit_id))
+        .ok_or_else(|| AppError::validation("customerIds", "no customers"))?;
     let txn = db.begin().await?;
-    let request = change_request::Entity::insert(change_request::ActiveModel {
-        id: NotSet,
-        kind: Set(bulk.kind().to_owned()),
-        target_kind: Set("CUSTOMER".to_owned()),
-        target_id: Set(None),
-        base_versions: Set(json!({})),
-        payload: Set(serde_json::to_value(&bulk).map_err(AppError::internal)?),
-        org_unit_id: Set(scope),
-        requester_staff_id: Set(principal.staff.id),
-        reason: Set(bulk.source_ref.clone().unwrap_or_default()),
-        status: Set(ChangeRequestStatus::Pending),
-        decided_by: Set(None),
-        decided_at: Set(None),
-        decision_comment: Set(None),
-        created_at: Set(Utc::now()),
-    })
-    .exec_with_returning(&txn)
-    .await?;
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "change_request.create", "change_request", request.id)
-            .in_unit(scope)
-            .with_detail(
-                json!({ "kind": request.kind, "change": request.payload, "customers": bulk.customer_ids.len() }),
-            ),
-    )
-    .await?;
+    let new = super::change_request::NewRequest {
+        kind: bulk.kind(),
+        target_kind: "CUSTOMER",
+        target_id: None,
+        base_versions: json!({}),
+        payload: serde_json::to_value(&bulk).map_err(AppError::internal)?,
+        scope,
+        reason: bulk.source_ref.clone().unwrap_or_default(),
+    };
+    let request = super::change_request::file(&txn, principal, new).await?;
     txn.commit().await?;
     Ok(TaggingResult { applied: false, outcome: dry, change_request: Some(request) })
-}
-
-/// The lowest unit that contains every given unit.
-fn common_ancestor(principal: &Principal, units: impl Iterator<Item = i64>) -> AppResult<i64> {
-    let mut chain: Option<Vec<i64>> = None;
-    for unit in units {
-        let mine: Vec<i64> = principal.org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
-        chain = Some(match chain {
-            None => mine,
-            Some(c) => c.into_iter().filter(|u| mine.contains(u)).collect(),
-        });
-    }
-    chain.and_then(|c| c.last().copied()).ok_or_else(|| AppError::validation("customerIds", "no customers"))
 }
 
 /// Runs a bulk call in batches, each all or nothing, under modification
@@ -832,15 +803,15 @@ async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> 
 }
 
 /// Who, how and when, shared by the events of one call.
-struct EventBy<'a> {
-    principal: &'a Principal,
-    source: TagSource,
-    source_ref: Option<String>,
-    at: DateTime<Utc>,
+pub(crate) struct EventBy {
+    pub actor: i64,
+    pub source: TagSource,
+    pub source_ref: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
-impl EventBy<'_> {
-    fn event(&self, customer_id: i64, tag_id: i64, op: TagOp) -> tag_event::ActiveModel {
+impl EventBy {
+    pub(crate) fn event(&self, customer_id: i64, tag_id: i64, op: TagOp) -> tag_event::ActiveModel {
         tag_event::ActiveModel {
             seq: NotSet,
             customer_id: Set(customer_id),
@@ -848,7 +819,7 @@ impl EventBy<'_> {
             op: Set(op),
             source: Set(self.source),
             source_ref: Set(self.source_ref.clone()),
-            actor_staff_id: Set(Some(self.principal.staff.id)),
+            actor_staff_id: Set(Some(self.actor)),
             occurred_at: Set(self.at),
         }
     }
