@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
-    enums::{Gender, SegmentKind, TagOp},
+    enums::{Gender, SegmentKind, TagOp, TagSource},
     segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
@@ -422,6 +422,7 @@ impl SegmentIndex {
                 .columns([tag_event::Column::CustomerId, tag_event::Column::OccurredAt])
                 .filter(tag_event::Column::TagId.eq(tag_id))
                 .filter(tag_event::Column::Op.eq(TagOp::Add))
+                .filter(tag_event::Column::Source.ne(TagSource::Merge))
                 .filter(tag_event::Column::Seq.lte(last_seq))
                 .into_tuple()
                 .all(db)
@@ -571,7 +572,10 @@ fn apply_event(s: &mut State, e: &tag_event::Model) {
             TagOp::Add => bitmap.insert(bit),
             TagOp::Remove => bitmap.remove(bit),
         };
+        // A merge's moves are not taggings: a timeline holds when
+        // customers were tagged.
         if e.op == TagOp::Add
+            && e.source != TagSource::Merge
             && let Some(timeline) = s.timelines.get_mut(&e.tag_id)
         {
             timeline.insert(nanos(e.occurred_at), bit);
@@ -585,7 +589,7 @@ fn apply_event(s: &mut State, e: &tag_event::Model) {
 fn needs(resolved: &Resolved, timelines: &mut HashSet<i64>, snapshots: &mut HashMap<i64, DateTime<Utc>>) {
     resolved.expr.walk(&mut |e| match e {
         SegmentExpr::TaggedBetween { tag: Ref::Id(id), .. } => {
-            timelines.insert(*id);
+            timelines.extend(resolved.tag_family(*id));
         }
         SegmentExpr::Segment(Ref::Id(id)) => match resolved.segments.get(id) {
             Some(saved) if saved.saved.kind == SegmentKind::Static => {
@@ -766,7 +770,11 @@ impl Evaluator<'_> {
                 }
             }
             SegmentExpr::TaggedBetween { tag: Ref::Id(id), from, to } => {
-                let given = self.s.timelines.get(id)?.between(self.s.bound(*from), self.s.bound(*to));
+                let (from, to) = (self.s.bound(*from), self.s.bound(*to));
+                let mut given = RoaringBitmap::new();
+                for member in resolved.tag_family(*id) {
+                    given |= self.s.timelines.get(&member)?.between(from, to);
+                }
                 self.where_tag_visible(resolved, *id, given)
             }
             SegmentExpr::City(city) => Self::value_bitmap(&self.s.attributes.cities, city),

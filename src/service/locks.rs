@@ -11,8 +11,8 @@ use chrono::{DateTime, Duration, Utc};
 use entity::{modification_lock, modification_lock_customer, staff, tag_group};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
     sea_query::Expr,
 };
 use serde_json::json;
@@ -120,14 +120,19 @@ fn check_request(req: &LockRequest) -> AppResult<()> {
 
 /// Inserts a lock (no permission check: the callers check). Refused with
 /// `LOCKED` when somebody else's lock overlaps it.
+///
+/// Taken under the tag-event writers' serialization: a tagging transaction
+/// that checked for locks before this one commits has committed before the
+/// lock is in force, and one that starts after sees it.
 pub(crate) async fn insert_lock(
-    txn: &impl ConnectionTrait,
+    txn: &DatabaseTransaction,
     holder: i64,
     group_id: i64,
     customers: Option<&[i64]>,
     reason: &str,
     until: DateTime<Utc>,
 ) -> AppResult<modification_lock::Model> {
+    super::tagging::serialize_event_log(txn).await?;
     let others = modification_lock::Entity::find()
         .filter(modification_lock::Column::GroupId.eq(group_id))
         .filter(modification_lock::Column::ReleasedAt.is_null())

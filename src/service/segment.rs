@@ -11,7 +11,7 @@ use std::pin::Pin;
 use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
-    enums::{SegmentKind, TagCategory, TagOp},
+    enums::{SegmentKind, TagCategory, TagOp, TagSource},
     segment, segment_member, tag, tag_event, tag_group,
 };
 use sea_orm::{
@@ -44,6 +44,18 @@ pub struct Resolved {
     pub ambiguous: HashSet<i64>,
     /// Saved segments the expression refers to.
     pub segments: HashMap<i64, SavedRef>,
+    /// For tags in `taggedBetween`: the tags merged into them (their
+    /// taggings are the merged tag's history).
+    pub merged_from: HashMap<i64, Vec<i64>>,
+}
+
+impl Resolved {
+    /// A `taggedBetween` tag and the tags merged into it.
+    pub fn tag_family(&self, tag_id: i64) -> Vec<i64> {
+        let mut family = vec![tag_id];
+        family.extend(self.merged_from.get(&tag_id).into_iter().flatten());
+        family
+    }
 }
 
 /// A saved segment named in an expression: a dynamic one is evaluated from
@@ -287,7 +299,20 @@ async fn resolve_references(
     }
     require_fields(principal, &expr)?;
     let expr = rewrite(expr, &by_name, &group_names, principal, &tags)?;
-    Ok(Resolved { expr, tags, groups, ambiguous, segments: HashMap::new() })
+    let mut merged_from = HashMap::new();
+    let mut between = Vec::new();
+    expr.walk(&mut |e| {
+        if let SegmentExpr::TaggedBetween { tag: Ref::Id(id), .. } = e {
+            between.push(*id);
+        }
+    });
+    for id in between {
+        let family = super::library_edit::merged_family(db, id).await?;
+        if family.len() > 1 {
+            merged_from.insert(id, family[1..].to_vec());
+        }
+    }
+    Ok(Resolved { expr, tags, groups, ambiguous, segments: HashMap::new(), merged_from })
 }
 
 /// Predicates on guarded fields need the field readable in full wherever
@@ -568,11 +593,17 @@ impl Compiler<'_> {
             }
             SegmentExpr::TaggedBetween { tag: r, from, to } => {
                 let tag_id = id_of(r);
+                // The taggings of the tag and of the tags merged into it; the
+                // merge's own moves are not taggings.
                 let added = Query::select()
                     .expr(Expr::val(1))
                     .from(tag_event::Entity)
-                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::TagId)).eq(tag_id))
+                    .and_where(
+                        Expr::col((tag_event::Entity, tag_event::Column::TagId))
+                            .is_in(self.resolved.tag_family(tag_id)),
+                    )
                     .and_where(Expr::col((tag_event::Entity, tag_event::Column::Op)).eq(TagOp::Add))
+                    .and_where(Expr::col((tag_event::Entity, tag_event::Column::Source)).ne(TagSource::Merge))
                     .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).gte(*from))
                     .and_where(Expr::col((tag_event::Entity, tag_event::Column::OccurredAt)).lte(*to))
                     .and_where(of_this_customer((tag_event::Entity, tag_event::Column::CustomerId)))

@@ -44,6 +44,30 @@ macro_rules! on_both_databases {
     };
 }
 
+/// As [`on_both_databases`], with the application built with these limits:
+/// `on_both_databases_with!(name => Limits { .. })`.
+#[macro_export]
+macro_rules! on_both_databases_with {
+    ($($name:ident => $limits:expr),+ $(,)?) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Sqlite, $limits).await;
+                    super::$name(app).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let app = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Postgres, $limits).await;
+                    super::$name(app).await;
+                }
+            }
+        )+
+    };
+}
+
 /// A database that exists for one test only.
 pub struct TestDb {
     pub url: String,

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod customers;
+mod governance;
 mod http;
 mod n_plus_one;
 mod permission_matrix;
