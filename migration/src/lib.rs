@@ -2,7 +2,8 @@
 //!
 //! Every migration here must run unchanged on SQLite (the embedded default)
 //! and PostgreSQL (production): only portable column types, no
-//! database-specific SQL.
+//! database-specific SQL — except where no portable form exists (the
+//! audit log's append-only triggers), which then says so and speaks both.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -10,6 +11,7 @@ mod m20261123_000001_foundation;
 mod m20261123_000002_segments;
 mod m20261125_000003_governance;
 mod m20261125_000010_segment_engine;
+mod m20261126_000020_audit_append_only;
 
 pub struct Migrator;
 
@@ -21,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_segments::Migration),
             Box::new(m20261125_000003_governance::Migration),
             Box::new(m20261125_000010_segment_engine::Migration),
+            Box::new(m20261126_000020_audit_append_only::Migration),
         ]
     }
 }

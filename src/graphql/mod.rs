@@ -3,6 +3,7 @@
 //! and map the result.
 
 mod admin;
+mod audit;
 mod customer;
 mod governance;
 mod loaders;
@@ -30,6 +31,7 @@ pub struct Query(
     segment::SegmentQuery,
     segment::SegmentSavedQuery,
     governance::GovernanceQuery,
+    audit::AuditQuery,
     admin::AdminQuery,
 );
 
@@ -57,6 +59,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
         .limit_recursive_depth(limits.max_recursive_depth)
         .limit_directives(limits.max_directives)
         .extension(async_graphql::extensions::Tracing)
+        .extension(audit::DeniedMutationAudit)
         .data(state)
         .finish()
 }

@@ -1,12 +1,17 @@
 //! The append-only audit log. Rows are written in the same transaction as
 //! the change they describe; nothing updates or deletes them.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::{audit_log, enums::AuditOutcome};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
-use serde_json::Value;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde_json::{Value, json};
 
-use crate::domain::StaffId;
+use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Principal};
+use crate::domain::{Cursor, OrgUnitId, PageSize, Phone, StaffId};
+use crate::error::{AppError, AppResult};
 use crate::request_id;
 
 /// One audit row to write.
@@ -52,11 +57,20 @@ impl AuditEntry {
 /// # Errors
 /// Database errors.
 pub async fn record(conn: &impl ConnectionTrait, entry: AuditEntry) -> Result<(), DbErr> {
+    let action = entry.action.to_owned();
+    record_action(conn, entry, action).await
+}
+
+/// As [`record`], with an action named at run time (`mutation.<field>`).
+///
+/// # Errors
+/// Database errors.
+pub async fn record_action(conn: &impl ConnectionTrait, entry: AuditEntry, action: String) -> Result<(), DbErr> {
     audit_log::Entity::insert(audit_log::ActiveModel {
         id: sea_orm::ActiveValue::NotSet,
         occurred_at: Set(Utc::now()),
         actor_staff_id: Set(entry.actor.map(|s| s.0)),
-        action: Set(entry.action.to_owned()),
+        action: Set(action),
         object_kind: Set(entry.object_kind.to_owned()),
         object_id: Set(entry.object_id),
         org_unit_id: Set(entry.org_unit_id),
@@ -67,4 +81,192 @@ pub async fn record(conn: &impl ConnectionTrait, entry: AuditEntry) -> Result<()
     .exec(conn)
     .await?;
     Ok(())
+}
+
+/// Which rows to list; every part is optional and they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<StaffId>,
+    /// An action (`customer.tag`), or a prefix ending in `.` or `*`
+    /// (`customer.`, `tag*`).
+    pub action: Option<String>,
+    pub object_kind: Option<String>,
+    pub object_id: Option<String>,
+    /// Rows of this unit and the units below it.
+    pub scope: Option<OrgUnitId>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub outcome: Option<AuditOutcome>,
+}
+
+/// A page of rows, newest first, with each row's cursor; values the reader
+/// may not see are masked.
+pub struct AuditPage {
+    pub items: Vec<(String, audit_log::Model)>,
+    pub has_next_page: bool,
+}
+
+const ORDERING: &str = "audit.newest";
+
+/// The rows the caller may read: those of the units where it holds
+/// `audit_log:read`; rows of no unit (system-wide changes) only for
+/// readers at the root.
+fn readable(principal: &Principal) -> Condition {
+    let scope = principal.scope(Action::AuditLogRead);
+    let mut cond = Condition::any().add(scope.condition(audit_log::Column::OrgUnitId));
+    let at_root =
+        principal.org.all().iter().find(|u| u.parent_id.is_none()).is_some_and(|root| scope.contains(root.id));
+    if at_root {
+        cond = cond.add(audit_log::Column::OrgUnitId.is_null());
+    }
+    cond
+}
+
+fn filtered(principal: &Principal, filter: &AuditFilter) -> AppResult<Condition> {
+    if !principal.may_anywhere(Action::AuditLogRead) {
+        return Err(AppError::Forbidden(format!("you may not {}", Action::AuditLogRead.name())));
+    }
+    let mut cond = Condition::all().add(readable(principal));
+    if let Some(actor) = filter.actor {
+        cond = cond.add(audit_log::Column::ActorStaffId.eq(actor.0));
+    }
+    if let Some(action) = filter.action.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+        if action.chars().count() > 100 {
+            return Err(AppError::validation("filter.action", "must be at most 100 characters"));
+        }
+        cond = match action.strip_suffix('*') {
+            Some(prefix) => cond.add(audit_log::Column::Action.starts_with(prefix)),
+            None if action.ends_with('.') => cond.add(audit_log::Column::Action.starts_with(action)),
+            None => cond.add(audit_log::Column::Action.eq(action)),
+        };
+    }
+    if let Some(kind) = &filter.object_kind {
+        cond = cond.add(audit_log::Column::ObjectKind.eq(kind.as_str()));
+    }
+    if let Some(id) = &filter.object_id {
+        cond = cond.add(audit_log::Column::ObjectId.eq(id.as_str()));
+    }
+    if let Some(scope) = filter.scope {
+        if principal.org.get(scope.0).is_none() {
+            return Err(AppError::not_found("org unit", scope));
+        }
+        let units: Vec<i64> = principal.org.subtree(scope.0).map(|u| u.id).collect();
+        cond = cond.add(audit_log::Column::OrgUnitId.is_in(units));
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from > to
+    {
+        return Err(AppError::validation("filter.from", "must not be after `to`"));
+    }
+    if let Some(from) = filter.from {
+        cond = cond.add(audit_log::Column::OccurredAt.gte(from));
+    }
+    if let Some(to) = filter.to {
+        cond = cond.add(audit_log::Column::OccurredAt.lte(to));
+    }
+    if let Some(outcome) = filter.outcome {
+        cond = cond.add(audit_log::Column::Outcome.eq(outcome));
+    }
+    Ok(cond)
+}
+
+/// A page of the audit log, newest first.
+///
+/// # Errors
+/// `FORBIDDEN` without `audit_log:read` anywhere, `VALIDATION` for a bad
+/// cursor or filter, `NOT_FOUND` for an unknown scope.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    filter: &AuditFilter,
+    first: PageSize,
+    after: Option<&str>,
+) -> AppResult<AuditPage> {
+    let mut query = audit_log::Entity::find().filter(filtered(principal, filter)?);
+    if let Some(after) = after {
+        let cursor = Cursor::decode(after, ORDERING)?;
+        query = query.filter(audit_log::Column::Id.lt(cursor.id));
+    }
+    let mut rows = query.order_by_desc(audit_log::Column::Id).limit(first.get() + 1).all(db).await?;
+    let has_next_page = rows.len() as u64 > first.get();
+    rows.truncate(first.get() as usize);
+    let items = rows
+        .into_iter()
+        .map(|mut row| {
+            row.detail = masked(principal, &row);
+            let cursor = Cursor { ordering: ORDERING.to_owned(), key: String::new(), id: row.id }.encode();
+            (cursor, row)
+        })
+        .collect();
+    Ok(AuditPage { items, has_next_page })
+}
+
+/// Rows matching the filter that the caller may read.
+///
+/// # Errors
+/// As [`list`].
+pub async fn count(db: &impl ConnectionTrait, principal: &Principal, filter: &AuditFilter) -> AppResult<u64> {
+    Ok(audit_log::Entity::find().filter(filtered(principal, filter)?).count(db).await?)
+}
+
+/// Shown instead of a value the reader may not see.
+pub const HIDDEN: &str = "***";
+
+/// The row's detail as `principal` may see it:
+/// * guarded customer fields (`phone`, `birthDate`, `totalSpend`, …) as
+///   the reader's field rules say for the row's unit — in full, masked, or
+///   hidden — wherever they appear (`{ "phone": … }` and `{ "changes":
+///   { "phone": { "from", "to" } } }`);
+/// * the whole detail of a row about tags of a visibility class the
+///   reader may not see at the row's unit;
+/// * the name of somebody else's personal tag, unless the reader sees all
+///   personal tags.
+pub fn masked(principal: &Principal, row: &audit_log::Model) -> Value {
+    let unit = row.org_unit_id;
+    if let Some(class) = row.detail.get("visibilityClass").and_then(Value::as_str) {
+        let sees = unit.is_some_and(|u| principal.class_scope(class, ClassAccess::Read).contains(u));
+        if !sees {
+            return json!({ "visibilityClass": class, "hidden": HIDDEN });
+        }
+    }
+    let mut detail = row.detail.clone();
+    let personal = detail.get("personal").and_then(Value::as_bool).unwrap_or(false);
+    if personal
+        && row.actor_staff_id != Some(principal.staff.id)
+        && !principal.reads_all_personal_tags()
+        && let Some(name) = detail.get_mut("name")
+    {
+        *name = json!(HIDDEN);
+    }
+    mask_fields(principal, unit, &mut detail);
+    detail
+}
+
+fn mask_fields(principal: &Principal, unit: Option<i64>, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match FIELD_RULES.iter().find(|(name, _)| name == key) {
+                    Some((_, field)) => {
+                        let access = unit.map_or(FieldAccess::Hidden, |u| principal.field_access(*field, u));
+                        mask_value(access, inner);
+                    }
+                    None => mask_fields(principal, unit, inner),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_fields(principal, unit, v)),
+        _ => {}
+    }
+}
+
+/// Masks a guarded value, or each end of a `{ from, to }` change of one.
+fn mask_value(access: FieldAccess, value: &mut Value) {
+    match value {
+        Value::Null => {}
+        Value::Object(map) => map.values_mut().for_each(|v| mask_value(access, v)),
+        Value::String(s) if access == FieldAccess::Masked => *s = Phone::mask(s),
+        _ if access == FieldAccess::Full => {}
+        other => *other = json!(HIDDEN),
+    }
 }

@@ -11,7 +11,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, Func, Query},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
 use super::like_escape;
@@ -433,7 +433,13 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.create", "customer", model.id)
             .in_unit(model.org_unit_id)
-            .with_detail(json!({ "name": model.name, "externalIds": input.identities.len() })),
+            .with_detail(json!({
+                "name": model.name,
+                "phone": model.phone,
+                "birthDate": model.birth_date,
+                "city": model.city,
+                "externalIds": input.identities.len(),
+            })),
     )
     .await?;
     txn.commit().await?;
@@ -488,34 +494,44 @@ pub async fn update(
         check_birth_date(birth_date)?;
     }
     let mut changes = customer::ActiveModel { ..Default::default() };
-    let mut changed: Vec<&str> = Vec::new();
+    // field → { from, to } for the audit log (readers see guarded values
+    // masked as their field rules say).
+    let mut changed = serde_json::Map::new();
+    let mut note = |field: &str, from: Value, to: Value| {
+        changed.insert(field.to_owned(), json!({ "from": from, "to": to }));
+    };
     if let Some(name) = patch.name {
-        changes.name = Set(name.into_inner());
-        changed.push("name");
+        let name = name.into_inner();
+        note("name", json!(current.name), json!(name));
+        changes.name = Set(name);
     }
     if let Some(phone) = patch.phone {
-        changes.phone = Set(phone.map(Phone::into_inner));
-        changed.push("phone");
+        let phone = phone.map(Phone::into_inner);
+        note("phone", json!(current.phone), json!(phone));
+        changes.phone = Set(phone);
     }
     if let Some(gender) = patch.gender {
+        note("gender", json!(current.gender.as_str()), json!(gender.as_str()));
         changes.gender = Set(gender);
-        changed.push("gender");
     }
     if let Some(birth_date) = patch.birth_date {
+        note("birthDate", json!(current.birth_date), json!(birth_date));
         changes.birth_date = Set(birth_date);
-        changed.push("birthDate");
     }
     if let Some(city) = patch.city {
-        changes.city = Set(city.into_inner());
-        changed.push("city");
+        let city = city.into_inner();
+        note("city", json!(current.city), json!(city));
+        changes.city = Set(city);
     }
     if let Some(industry) = patch.industry {
-        changes.industry = Set(industry.into_inner());
-        changed.push("industry");
+        let industry = industry.into_inner();
+        note("industry", json!(current.industry), json!(industry));
+        changes.industry = Set(industry);
     }
     if let Some(channel) = patch.channel {
-        changes.channel = Set(channel.into_inner());
-        changed.push("channel");
+        let channel = channel.into_inner();
+        note("channel", json!(current.channel), json!(channel));
+        changes.channel = Set(channel);
     }
     if changed.is_empty() {
         return Err(AppError::validation("input", "nothing to change"));
@@ -541,7 +557,7 @@ pub async fn update(
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.update", "customer", current.id)
             .in_unit(current.org_unit_id)
-            .with_detail(json!({ "fields": changed, "fromVersion": patch.version })),
+            .with_detail(json!({ "changes": changed, "fromVersion": patch.version })),
     )
     .await?;
     let updated = customer::Entity::find_by_id(current.id)

@@ -125,6 +125,7 @@ pub async fn customers_csv(
         }
     }
     let mut entry = AuditEntry::ok(principal.staff_id(), "customer.export", "customer", "")
+        .in_unit(principal.staff.home_org_unit_id)
         .with_detail(json!({ "rows": ids.len(), "columns": header }));
     entry.object_id = None;
     audit::record(db, entry).await?;

@@ -470,16 +470,20 @@ pub async fn apply(
         }
     };
     let (kind, id) = edit.target();
-    let unit = match (&outcome.group, &outcome.tag) {
-        (Some(g), _) => Some(g.org_unit_id),
+    let group = match (&outcome.group, &outcome.tag) {
+        (Some(g), _) => Some(g.clone()),
         (None, Some(t)) => match t.group_id {
-            Some(g) => tag_group::Entity::find_by_id(g).one(txn).await?.map(|g| g.org_unit_id),
+            Some(g) => tag_group::Entity::find_by_id(g).one(txn).await?,
             None => None,
         },
         _ => None,
     };
+    let unit = group.as_ref().map(|g| g.org_unit_id);
+    // The class lets the audit log hide the row's values from readers who
+    // may not see tags of that class.
     let mut entry = AuditEntry::ok(actor, edit.kind(), if kind == ObjectKind::Tag { "tag" } else { "tag_group" }, id)
         .with_detail(json!({
+            "visibilityClass": group.as_ref().map(|g| g.visibility_class.as_str()),
             "change": edit,
             "baseVersions": base,
             "changeRequestId": change_request_id,

@@ -302,7 +302,12 @@ pub async fn create_group(
         &txn,
         AuditEntry::ok(principal.staff_id(), "tag_group.create", "tag_group", group.id)
             .in_unit(group.org_unit_id)
-            .with_detail(json!({ "name": group.name, "category": group.category, "exclusive": group.exclusive })),
+            .with_detail(json!({
+                "name": group.name,
+                "category": group.category,
+                "exclusive": group.exclusive,
+                "visibilityClass": group.visibility_class,
+            })),
     )
     .await?;
     txn.commit().await?;
@@ -373,7 +378,7 @@ pub async fn create_tag(db: &DatabaseConnection, principal: &Principal, input: N
             ttl_seconds: Set(input.ttl_seconds),
             ..Default::default()
         },
-        Some(group.org_unit_id),
+        Some(&group),
         "this tag group already has a tag with that name",
     )
     .await
@@ -417,7 +422,7 @@ async fn insert_tag(
     db: &DatabaseConnection,
     principal: &Principal,
     mut model: tag::ActiveModel,
-    org_unit_id: Option<i64>,
+    group: Option<&tag_group::Model>,
     clash: &str,
 ) -> AppResult<tag::Model> {
     let now = Utc::now();
@@ -435,9 +440,15 @@ async fn insert_tag(
     if tag.group_id.is_some() {
         super::library_edit::record_created_tag(&txn, principal.staff_id(), &tag).await?;
     }
-    let mut entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id)
-        .with_detail(json!({ "name": tag.name, "groupId": tag.group_id, "personal": tag.owner_staff_id.is_some() }));
-    entry.org_unit_id = org_unit_id;
+    // A personal tag is filed under its owner's unit; the audit log shows
+    // its name to its owner only (and to readers of all personal tags).
+    let unit = group.map_or(principal.staff.home_org_unit_id, |g| g.org_unit_id);
+    let entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id).in_unit(unit).with_detail(json!({
+        "name": tag.name,
+        "groupId": tag.group_id,
+        "personal": tag.owner_staff_id.is_some(),
+        "visibilityClass": group.map(|g| g.visibility_class.as_str()),
+    }));
     audit::record(&txn, entry).await?;
     txn.commit().await?;
     Ok(tag)

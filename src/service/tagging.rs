@@ -311,7 +311,7 @@ async fn apply_tags_in(
     }
     audit::record(
         txn,
-        batch_entry(principal, "customer.tag", &customer_ids).with_detail(json!({
+        batch_entry(principal, "customer.tag", &customers).with_detail(json!({
             "customerIds": customer_ids,
             "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
             "added": outcome.added,
@@ -384,7 +384,7 @@ async fn remove_tags_in(
     insert_events(txn, events).await?;
     audit::record(
         txn,
-        batch_entry(principal, "customer.untag", &ids).with_detail(json!({
+        batch_entry(principal, "customer.untag", &customers).with_detail(json!({
             "customerIds": ids,
             "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
             "removed": outcome.removed,
@@ -595,15 +595,16 @@ async fn run_locked(
         }
     }
     let txn = db.begin().await?;
-    for lock in &locks {
+    for (lock, group) in locks.iter().zip(&groups) {
         super::locks::release(&txn, *lock, principal.staff.id).await?;
+        audit::record(
+            &txn,
+            AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", group.id)
+                .in_unit(group.org_unit_id)
+                .with_detail(json!({ "lockId": lock, "completed": failure.is_none() })),
+        )
+        .await?;
     }
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", "")
-            .with_detail(json!({ "lockIds": locks, "completed": failure.is_none() })),
-    )
-    .await?;
     txn.commit().await?;
     match failure {
         Some(err) => Err(err),
@@ -834,11 +835,14 @@ pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_eve
 
 /// The audit row of a tagging call: the customer as object when there is
 /// one, the ids in the detail always.
-fn batch_entry(principal: &Principal, action: &'static str, customer_ids: &[i64]) -> AuditEntry {
+/// The row is filed under the customers' lowest common unit, so that the
+/// auditors of that unit see it.
+fn batch_entry(principal: &Principal, action: &'static str, customers: &[customer::Model]) -> AuditEntry {
     let mut entry = AuditEntry::ok(principal.staff_id(), action, "customer", "");
-    entry.object_id = match customer_ids {
-        [one] => Some(one.to_string()),
+    entry.object_id = match customers {
+        [one] => Some(one.id.to_string()),
         _ => None,
     };
+    entry.org_unit_id = principal.org.common_ancestor(customers.iter().map(|c| c.org_unit_id));
     entry
 }

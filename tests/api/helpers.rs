@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use entity::enums::AuditOutcome;
 use entity::{audit_log, customer, customer_tag, org_unit, staff, tag, tag_event, tag_group};
 use sea_orm::{ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -196,9 +197,14 @@ impl TestApp {
     pub async fn gql_on(&self, instance: &Application, login: &str, query: &str, variables: Value) -> Gql {
         let request = async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables));
         let auth = format!("Bearer {}", self.token(login));
-        let response = tagbase::http::execute(&instance.state, &instance.schema, Some(&auth), request)
-            .await
-            .unwrap_or_else(|e| panic!("sign-in failed: {}", e.message()));
+        // As the HTTP layer does: every request runs under a request id.
+        let request_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let response = tagbase::request_id::scope(
+            request_id,
+            tagbase::http::execute(&instance.state, &instance.schema, Some(&auth), request),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("sign-in failed: {}", e.message()));
         Gql(serde_json::to_value(response).expect("response json"))
     }
 
@@ -265,7 +271,11 @@ impl TestApp {
             customers: customer::Entity::find().count(&self.db).await.unwrap(),
             assignments: customer_tag::Entity::find().count(&self.db).await.unwrap(),
             events: tag_event::Entity::find().count(&self.db).await.unwrap(),
-            audit: audit_log::Entity::find().count(&self.db).await.unwrap(),
+            audit: audit_log::Entity::find()
+                .filter(audit_log::Column::Outcome.eq(AuditOutcome::Ok))
+                .count(&self.db)
+                .await
+                .unwrap(),
             tags: tag::Entity::find().count(&self.db).await.unwrap(),
             groups: tag_group::Entity::find().count(&self.db).await.unwrap(),
         }
@@ -277,6 +287,7 @@ pub struct Snapshot {
     pub customers: u64,
     pub assignments: u64,
     pub events: u64,
+    /// Rows of changes made (refused attempts add `DENIED` rows).
     pub audit: u64,
     pub tags: u64,
     pub groups: u64,

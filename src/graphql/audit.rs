@@ -1,0 +1,216 @@
+//! The audit log (SPEC §9): reading it, and recording refused mutation
+//! attempts. Rows of successful changes are written by the services in the
+//! change's own transaction; nothing in the API updates or deletes a row.
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo};
+use async_graphql::{
+    ComplexObject, Context, ID, InputObject, Json, Object, Result, ServerResult, SimpleObject, Value as GqlValue,
+};
+use chrono::{DateTime, Utc};
+use entity::{audit_log, enums::AuditOutcome};
+use serde_json::{Value, json};
+
+use super::customer::PageInfo;
+use super::env;
+use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use crate::authz::Principal;
+use crate::domain::{OrgUnitId, PageSize, StaffId};
+use crate::service::audit::{self, AuditEntry, AuditFilter};
+use crate::state::AppState;
+
+/// One row of the audit log, with the values the reader may not see
+/// masked.
+pub struct AuditLogEntry(audit_log::Model);
+
+#[Object]
+impl AuditLogEntry {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn occurred_at(&self) -> DateTime<Utc> {
+        self.0.occurred_at
+    }
+
+    /// Who acted; none for the system (seed, scheduled jobs).
+    async fn actor(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.actor_staff_id).await
+    }
+
+    /// `customer.tag`, `tag.merge`, `change_request.approve`, … and for
+    /// refused attempts `mutation.<field>` (e.g. `mutation.lockTagGroup`).
+    async fn action(&self) -> &str {
+        &self.0.action
+    }
+
+    /// `customer`, `tag`, `tag_group`, `change_request`, `segment`, …
+    async fn object_kind(&self) -> &str {
+        &self.0.object_kind
+    }
+
+    /// Empty for calls about many objects (their ids are in `detail`).
+    async fn object_id(&self) -> Option<&str> {
+        self.0.object_id.as_deref().filter(|id| !id.is_empty())
+    }
+
+    /// The unit the row is filed under (its auditors read it).
+    async fn org_unit(&self, ctx: &Context<'_>) -> Result<Option<OrgUnit>> {
+        self.0.org_unit_id.map(|id| org_unit(ctx, id)).transpose()
+    }
+
+    async fn outcome(&self) -> AuditOutcome {
+        self.0.outcome
+    }
+
+    /// The request that made the change (`x-request-id`).
+    async fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+
+    /// What happened, as recorded; guarded values appear as the reader's
+    /// field rules allow (`138****5678`, or `***`).
+    async fn detail(&self) -> Json<Value> {
+        Json(self.0.detail.clone())
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct AuditLogEdge {
+    cursor: String,
+    node: AuditLogEntry,
+}
+
+/// A page of the audit log, newest first.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct AuditLogConnection {
+    edges: Vec<AuditLogEdge>,
+    page_info: PageInfo,
+    #[graphql(skip)]
+    filter: AuditFilter,
+}
+
+#[ComplexObject]
+impl AuditLogConnection {
+    /// Rows matching the filter that the caller may read (all pages).
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<u64> {
+        let env = env(ctx);
+        Ok(audit::count(env.db, env.principal, &self.filter).await?)
+    }
+}
+
+/// Every part is optional; given parts must all match.
+#[derive(InputObject, Default)]
+pub struct AuditLogFilter {
+    /// The staff member who acted.
+    actor_id: Option<ID>,
+    /// An action (`customer.tag`), or a prefix: `customer.` or `tag*`.
+    action: Option<String>,
+    /// `customer`, `tag`, `tag_group`, `change_request`, …
+    object_kind: Option<String>,
+    object_id: Option<ID>,
+    /// Rows of this unit and the units below it.
+    scope_id: Option<ID>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    outcome: Option<AuditOutcome>,
+}
+
+#[derive(Default)]
+pub struct AuditQuery;
+
+#[Object]
+impl AuditQuery {
+    /// The audit log, newest first: the rows of the units where the caller
+    /// holds `audit_log:read`.
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<AuditLogConnection> {
+        let env = env(ctx);
+        let input = filter.unwrap_or_default();
+        let filter = AuditFilter {
+            actor: input.actor_id.map(|id| StaffId::parse(&id, "filter.actorId")).transpose()?,
+            action: input.action,
+            object_kind: input.object_kind,
+            object_id: input.object_id.map(|id| id.0),
+            scope: input.scope_id.map(|id| OrgUnitId::parse(&id, "filter.scopeId")).transpose()?,
+            from: input.from,
+            to: input.to,
+            outcome: input.outcome,
+        };
+        let first = PageSize::parse(first, env.limits)?;
+        let page = audit::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
+        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        Ok(AuditLogConnection {
+            edges: page
+                .items
+                .into_iter()
+                .map(|(cursor, row)| AuditLogEdge { cursor, node: AuditLogEntry(row) })
+                .collect(),
+            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            filter,
+        })
+    }
+}
+
+/// Error codes that mean "refused": a permission, a guarded field, or
+/// somebody else's modification lock.
+const REFUSALS: &[&str] = &["FORBIDDEN", "FORBIDDEN_FIELD", "LOCKED"];
+
+/// Records every refused mutation attempt as a `DENIED` row. The
+/// mutation's own transaction rolled back, so the row is written on its
+/// own, filed under the caller's home unit.
+pub struct DeniedMutationAudit;
+
+impl ExtensionFactory for DeniedMutationAudit {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(DeniedMutationAudit)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for DeniedMutationAudit {
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<GqlValue>> {
+        let top_level_mutation = info.parent_type == "Mutation";
+        let field = info.name.to_owned();
+        let result = next.run(ctx, info).await;
+        if top_level_mutation
+            && let Err(err) = &result
+            && let Some(code) = err.extensions.as_ref().and_then(|e| e.get("code")).and_then(string_of)
+            && REFUSALS.contains(&code.as_str())
+            && let (Some(principal), Some(state)) = (ctx.data_opt::<Arc<Principal>>(), ctx.data_opt::<AppState>())
+        {
+            let mut detail = json!({ "code": code, "message": err.message });
+            if let Some(lock) = err.extensions.as_ref().and_then(|e| e.get("lockId")).and_then(string_of) {
+                detail["lockId"] = json!(lock);
+            }
+            let mut entry =
+                AuditEntry::ok(principal.staff_id(), "", "mutation", "").in_unit(principal.staff.home_org_unit_id);
+            entry.outcome = AuditOutcome::Denied;
+            entry.object_id = None;
+            entry.detail = detail;
+            if let Err(e) = audit::record_action(&state.db, entry, format!("mutation.{field}")).await {
+                tracing::error!(error = %e, "could not record a denied mutation attempt");
+            }
+        }
+        result
+    }
+}
+
+fn string_of(value: &GqlValue) -> Option<String> {
+    match value {
+        GqlValue::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
