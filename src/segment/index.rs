@@ -32,7 +32,7 @@ use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
     enums::{Gender, SegmentKind, TagOp, TagSource},
-    segment_member, tag, tag_event,
+    library_version, segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
 use sea_orm::{
@@ -187,11 +187,12 @@ struct State {
     timelines: HashMap<i64, Timeline>,
     /// Loaded on first use; never change.
     snapshots: HashMap<i64, Snapshot>,
-    /// Tags of each group, from the tag rows seen so far. Tags cannot move
-    /// between groups yet; when library edits add moves, the follower must
-    /// re-read moved tags.
+    /// Tags of each group, from the tag rows seen so far; a tag's new
+    /// version (a move is one) makes the follower re-read its group.
     group_tags: HashMap<i64, Vec<i64>>,
     last_seq: i64,
+    /// The last tag version (`library_version.id`) followed.
+    last_version: i64,
     last_change: i64,
     last_customer: i64,
     last_tag: i64,
@@ -289,7 +290,8 @@ impl SegmentIndex {
         // and applying an event or a change twice is harmless.
         let last_seq = max_seq::<tag_event::Entity>(db, tag_event::Column::Seq).await?;
         let last_change = max_seq::<customer_change::Entity>(db, customer_change::Column::Seq).await?;
-        let mut fresh = State { last_seq, last_change, micros, ..State::default() };
+        let last_version = max_seq::<library_version::Entity>(db, library_version::Column::Id).await?;
+        let mut fresh = State { last_seq, last_change, last_version, micros, ..State::default() };
         let customers = customer_rows().order_by_asc(customer::Column::Id).into_model::<CustomerRow>().all(db).await?;
         for row in &customers {
             fresh.put(row);
@@ -324,9 +326,9 @@ impl SegmentIndex {
     pub async fn catch_up(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
         let _guard = self.catching_up.lock().await;
         loop {
-            let (last_seq, last_change, last_customer, last_tag) = {
+            let (last_seq, last_change, last_customer, last_tag, last_version) = {
                 let s = self.read();
-                (s.last_seq, s.last_change, s.last_customer, s.last_tag)
+                (s.last_seq, s.last_change, s.last_customer, s.last_tag, s.last_version)
             };
             let events = tag_event::Entity::find()
                 .filter(tag_event::Column::Seq.gt(last_seq))
@@ -370,8 +372,43 @@ impl SegmentIndex {
                 .into_tuple()
                 .all(db)
                 .await?;
-            let more = events.len() as u64 == EVENT_BATCH || changes.len() as u64 == EVENT_BATCH;
+            // Tags with new versions since: their group may have changed.
+            let versions: Vec<(i64, i64)> = library_version::Entity::find()
+                .select_only()
+                .columns([library_version::Column::Id, library_version::Column::ObjectId])
+                .filter(library_version::Column::Id.gt(last_version))
+                .filter(library_version::Column::ObjectKind.eq(TAG_VERSION))
+                .order_by_asc(library_version::Column::Id)
+                .limit(EVENT_BATCH)
+                .into_tuple()
+                .all(db)
+                .await?;
+            let revised: Vec<(i64, Option<i64>)> = if versions.is_empty() {
+                Vec::new()
+            } else {
+                tag::Entity::find()
+                    .select_only()
+                    .columns([tag::Column::Id, tag::Column::GroupId])
+                    .filter(tag::Column::Id.is_in(versions.iter().map(|(_, t)| *t).filter(|t| *t <= last_tag)))
+                    .into_tuple()
+                    .all(db)
+                    .await?
+            };
+            let more = events.len() as u64 == EVENT_BATCH
+                || changes.len() as u64 == EVENT_BATCH
+                || versions.len() as u64 == EVENT_BATCH;
             let mut s = self.write();
+            for (id, group) in revised {
+                for members in s.group_tags.values_mut() {
+                    members.retain(|t| *t != id);
+                }
+                if let Some(group) = group {
+                    s.group_tags.entry(group).or_default().push(id);
+                }
+            }
+            if let Some((id, _)) = versions.last() {
+                s.last_version = *id;
+            }
             for (id, group) in new_tags {
                 if let Some(group) = group {
                     s.group_tags.entry(group).or_default().push(id);
@@ -564,6 +601,9 @@ fn smallest<K: Ord>(items: impl Iterator<Item = K>, limit: usize) -> Vec<K> {
     }
     heap.into_sorted_vec()
 }
+
+/// `library_version.object_kind` of tag versions.
+const TAG_VERSION: &str = "TAG";
 
 fn apply_event(s: &mut State, e: &tag_event::Model) {
     if let Some(bit) = id32(e.customer_id) {

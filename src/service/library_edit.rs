@@ -431,6 +431,9 @@ pub async fn apply(
     change_request_id: Option<i64>,
     reason: &str,
 ) -> AppResult<EditOutcome> {
+    // Version rows commit in id order, like tag events: the segment index
+    // follows them to re-read moved tags.
+    serialize_event_log(txn).await?;
     let by = Author { actor, change_request_id, at: Utc::now() };
     let outcome = match edit {
         LibraryEdit::UpdateTagGroup { group_id, changes } => {
@@ -985,6 +988,37 @@ async fn merge(
     let held_b = holders(txn, b.id).await?;
     let held_a: HashSet<i64> = holders(txn, a.id).await?.into_iter().collect();
     let (both, only_b): (Vec<i64>, Vec<i64>) = held_b.iter().partition(|c| held_a.contains(c));
+    if group_a.exclusive {
+        // A customer holds one tag of an exclusive group: B's holders must
+        // not hold another of A's group already.
+        let others: Vec<i64> = tag::Entity::find()
+            .select_only()
+            .column(tag::Column::Id)
+            .filter(tag::Column::GroupId.eq(group_a.id))
+            .filter(tag::Column::Id.ne(a.id))
+            .filter(tag::Column::Id.ne(b.id))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        let mut clashes = 0;
+        for chunk in only_b.chunks(500) {
+            clashes += customer_tag::Entity::find()
+                .filter(customer_tag::Column::TagId.is_in(others.iter().copied()))
+                .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
+                .count(txn)
+                .await?;
+        }
+        if clashes > 0 {
+            return Err(AppError::validation(
+                "sourceTagId",
+                format!(
+                    "{clashes} holders of {:?} already hold another tag of the exclusive group {:?}; \
+                     settle those first",
+                    b.name, group_a.name
+                ),
+            ));
+        }
+    }
     for chunk in both.chunks(500) {
         customer_tag::Entity::delete_many()
             .filter(customer_tag::Column::TagId.eq(b.id))
@@ -1010,6 +1044,13 @@ async fn merge(
 
     let b_after = TagState { status: TagStatus::Merged, merged_into_id: Some(a.id), ..TagState::from(&b) };
     write_tag(txn, by, &b, b_after, base_of(base, ObjectKind::Tag, b.id)?, "merge").await?;
+    // Tags that rolled up to B roll up to A now (each a new version of its
+    // own, so their history says why).
+    let rolled_up = tag::Entity::find().filter(tag::Column::CanonicalTagId.eq(b.id)).all(txn).await?;
+    for dependent in rolled_up {
+        let after = TagState { canonical_tag_id: Some(a.id), ..TagState::from(&dependent) };
+        write_tag(txn, by, &dependent, after, dependent.version, "merge").await?;
+    }
     let mut a_after = TagState::from(&a);
     for alias in std::iter::once(b.name.clone()).chain(aliases_of(&b)) {
         if alias != a.name && !a_after.aliases.contains(&alias) {

@@ -442,6 +442,109 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     assert_eq!(versions[0]["action"], "merge");
 }
 
+/// Customers holding any tag of a group, from the tables.
+async fn group_holders(app: &TestApp, group: &str) -> usize {
+    let tags: Vec<i64> = entity::tag::Entity::find()
+        .filter(entity::tag::Column::GroupId.eq(group.parse::<i64>().unwrap()))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut customers: Vec<i64> = customer_tag::Entity::find()
+        .filter(customer_tag::Column::TagId.is_in(tags))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.customer_id)
+        .collect();
+    customers.sort_unstable();
+    customers.dedup();
+    customers.len()
+}
+
+/// A tag moved to another group counts in its new group at once (the
+/// segment index follows the move without a rebuild), and the history
+/// records the move.
+async fn a_moved_tag_counts_in_its_new_group(app: TestApp) {
+    let target = app.tag_id("活动", "晚间咨询").await;
+    let (from, to) = (app.group_id("活动").await, app.group_id("服务需求").await);
+    let customers = app.customers_of("sz01").await;
+    // Holders that only the moved tag puts in the group.
+    app.gql("admin", TAG_CUSTOMERS, json!({ "c": customers, "t": [target] })).await.ok();
+    let count = |group: &str| {
+        let app = &app;
+        let text = format!("group(#{group})");
+        async move { app.gql("admin", PREVIEW, json!({ "t": text })).await.ok()["segmentPreview"]["count"].clone() }
+    };
+    assert_eq!(count(&from).await, group_holders(&app, &from).await);
+    let res = app
+        .gql(
+            "admin",
+            &update_tag(),
+            json!({ "in": { "id": target, "expectedVersion": version_of(&app, &target).await, "groupId": to } }),
+        )
+        .await;
+    assert_eq!(res.ok()["updateTag"]["applied"], true);
+    assert_eq!(tag(&app, "admin", &target).await["group"]["id"], to.as_str());
+    let (now_from, now_to) = (group_holders(&app, &from).await, group_holders(&app, &to).await);
+    assert_eq!(count(&to).await, now_to, "the new group counts the moved tag's holders");
+    assert_eq!(count(&from).await, now_from, "the old group no longer does");
+    // The same after a rebuild from the database.
+    app.app.state.index.rebuild(&app.db).await.unwrap();
+    assert_eq!(count(&to).await, now_to);
+    let moved = &history(&app, "admin", &target).await[0];
+    let group_change = moved["changes"].as_array().unwrap().iter().find(|c| c["field"] == "groupId").cloned();
+    assert!(group_change.is_some(), "{moved:#}");
+}
+
+/// Tags that rolled up to a merged tag roll up to the tag it became.
+async fn a_merge_repoints_the_tags_rolling_up_to_it(app: TestApp) {
+    let (a, b) = (app.tag_id("消费等级", "A级").await, app.tag_id("消费等级", "B级").await);
+    let south = app.tag_id("华南区域标签", "黄金会员").await;
+    let before = version_of(&app, &south).await;
+    let res = app
+        .gql(
+            "admin",
+            "mutation($in: MergeTagsInput!) { mergeTags(input: $in) { applied } }",
+            json!({ "in": { "targetTagId": a, "targetExpectedVersion": version_of(&app, &a).await,
+                            "sourceTagId": b, "sourceExpectedVersion": version_of(&app, &b).await } }),
+        )
+        .await;
+    assert_eq!(res.ok()["mergeTags"]["applied"], true);
+    let q = "query($id: ID!) { tag(id: $id) { version canonicalTag { name } } }";
+    let now = app.gql("admin", q, json!({ "id": south })).await;
+    assert_eq!(now.ok()["tag"]["canonicalTag"]["name"], "A级");
+    assert_eq!(now.ok()["tag"]["version"], before + 1);
+    let versions = history(&app, "admin", &south).await;
+    assert_eq!(versions[0]["action"], "merge");
+    assert_eq!(versions[0]["changes"][0]["field"], "canonicalTagId");
+}
+
+/// Merging into a tag of an exclusive group is refused when it would give
+/// a customer two tags of that group; nothing changes.
+async fn a_merge_keeps_exclusive_groups_exclusive(app: TestApp) {
+    let (target, grade) = (app.tag_id("消费等级", "S级").await, app.tag_id("消费等级", "C级").await);
+    let gold = app.tag_id("华南区域标签", "黄金会员").await;
+    let customer = app.customers_of("sz01").await[0].clone();
+    app.gql("admin", TAG_CUSTOMERS, json!({ "c": [customer], "t": [gold, grade] })).await.ok();
+    let before = app.snapshot().await;
+    let res = app
+        .gql(
+            "admin",
+            "mutation($in: MergeTagsInput!) { mergeTags(input: $in) { applied } }",
+            json!({ "in": { "targetTagId": target, "targetExpectedVersion": version_of(&app, &target).await,
+                            "sourceTagId": gold, "sourceExpectedVersion": version_of(&app, &gold).await } }),
+        )
+        .await;
+    assert_eq!(res.code(), "VALIDATION");
+    assert!(res.message().contains("exclusive"), "{}", res.message());
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(tag(&app, "admin", &gold).await["status"], "ACTIVE");
+}
+
 /// A renamed tag is restored by rolling back to the version before the
 /// rename; the rollback is a new version, and the old name works again.
 async fn a_rollback_restores_a_renamed_tag(app: TestApp) {
@@ -760,6 +863,9 @@ on_both_databases!(
     only_the_requester_cancels,
     a_merge_keeps_every_customers_history,
     a_rollback_restores_a_renamed_tag,
+    a_moved_tag_counts_in_its_new_group,
+    a_merge_repoints_the_tags_rolling_up_to_it,
+    a_merge_keeps_exclusive_groups_exclusive,
     archive_and_restore_are_versions,
     a_modification_lock_refuses_instead_of_overwriting,
 );
