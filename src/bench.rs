@@ -165,13 +165,9 @@ async fn generate(db: &DatabaseConnection, authz: &crate::authz::Authz, size: Be
         .await?
         .context("count")?
         .try_get("", "n")?;
+    let store_array = format!("ARRAY[{units}]");
     if have < size.customers {
-        eprintln!(
-            "generating {} customers and about {} assignments…",
-            size.customers - have,
-            (size.customers - have) * size.tags_per_customer
-        );
-        let store_array = format!("ARRAY[{units}]");
+        eprintln!("generating {} customers…", size.customers - have);
         exec(format!(
             "INSERT INTO customer (org_unit_id, name, gender, city, total_spend_cents, order_count, added_at, updated_at, version)
              SELECT ({store_array})[1 + (i % {STORES})], '压测' || i, CASE WHEN i % 2 = 0 THEN 'FEMALE' ELSE 'MALE' END,
@@ -181,6 +177,22 @@ async fn generate(db: &DatabaseConnection, authz: &crate::authz::Authz, size: Be
             to = size.customers
         ))
         .await?;
+    }
+    // Assignments for every bench customer without any (so an interrupted
+    // run resumes where it stopped).
+    let untagged: bool = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT EXISTS (SELECT 1 FROM customer c WHERE c.org_unit_id IN ({units})
+                   AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id)) AS u"
+            ),
+        ))
+        .await?
+        .context("untagged")?
+        .try_get("", "u")?;
+    if untagged {
+        eprintln!("generating about {} assignments…", size.customers * size.tags_per_customer);
         // Zipf-like popularity: low tag numbers are far more common.
         exec(format!(
             "INSERT INTO customer_tag (customer_id, tag_id, source, tagged_at)
@@ -201,6 +213,9 @@ async fn generate(db: &DatabaseConnection, authz: &crate::authz::Authz, size: Be
 /// sane plan at 1M customers, short enough that a pathological one is cut
 /// off (and reported) rather than running for an hour.
 const SQL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long one data-generation statement may run.
+const GENERATION_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// Members a page holds in the API and in the engine measurement.
 const PAGE: i32 = 50;
@@ -269,7 +284,11 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
         bail!("the segment benchmark runs on PostgreSQL: set DATABASE_URL=postgres://…");
     }
     let sql_db = crate::db::connect_with(&settings.database_url, SQL_TIMEOUT).await?;
-    let first_tag = generate(&db, &app.state.authz, size).await?;
+    // Generating tens of millions of rows takes minutes: not under the
+    // request timeout the application's connections carry.
+    let generation_db = crate::db::connect_with(&settings.database_url, GENERATION_TIMEOUT).await?;
+    let first_tag = generate(&generation_db, &app.state.authz, size).await?;
+    generation_db.close().await?;
     let index = SegmentIndex::new();
     let started = Instant::now();
     index.rebuild(&db).await?;

@@ -196,6 +196,10 @@ impl Aliases {
     pub fn into_json(self) -> serde_json::Value {
         serde_json::Value::from(self.0)
     }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
 }
 
 /// An external identity: provider (a short lower-case word such as `wecom`,

@@ -17,7 +17,8 @@ use crate::domain::{
     Aliases, CustomerId, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass, parse_ids,
 };
 use crate::error::AppError;
-use crate::service::tag_library::{self, NewTag, NewTagGroup};
+use crate::service::library_edit::{self, EditContext, LibraryEdit, NewTagSpec};
+use crate::service::tag_library::{self, NewTagGroup};
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
 
@@ -278,6 +279,8 @@ pub struct CreateTagInput {
     canonical_tag_id: Option<ID>,
     /// Assignments expire this many seconds after tagging.
     ttl_seconds: Option<i64>,
+    /// Why: shown to approvers when the new tag needs approval.
+    reason: Option<String>,
 }
 
 /// Result of a library edit: `applied` with the tag when the change took
@@ -382,16 +385,38 @@ impl TagMutation {
 
     async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
         let env = env(ctx);
-        let new = NewTag {
-            group: TagGroupId::parse(&input.group_id, "groupId")?,
-            name: TagName::parse(&input.name, "name")?,
-            description: Description::parse(input.description.as_deref(), "description")?,
-            aliases: Aliases::parse(&input.aliases, "aliases")?,
-            canonical_tag: input.canonical_tag_id.map(|id| TagId::parse(&id, "canonicalTagId")).transpose()?,
+        let group = TagGroupId::parse(&input.group_id, "groupId")?;
+        // Parsed here for the field names of their errors; stored as given.
+        let name = TagName::parse(&input.name, "name")?;
+        let description = Description::parse(input.description.as_deref(), "description")?;
+        let aliases = Aliases::parse(&input.aliases, "aliases")?;
+        let spec = NewTagSpec {
+            name: name.as_str().to_owned(),
+            description: description.into_inner(),
+            aliases: aliases.into_vec(),
+            canonical_tag_id: input
+                .canonical_tag_id
+                .map(|id| TagId::parse(&id, "canonicalTagId"))
+                .transpose()?
+                .map(|t| t.0),
             ttl_seconds: input.ttl_seconds,
         };
-        let tag = tag_library::create_tag(env.db, env.principal, new).await?;
-        Ok(TagPayload::new(true, Some(Tag(tag)), None))
+        let edit = LibraryEdit::CreateTag { group_id: group.0, tag: spec };
+        let outcome = library_edit::submit(
+            env.db,
+            env.principal,
+            edit,
+            EditContext { expected: Default::default(), reason: input.reason },
+        )
+        .await?;
+        if outcome.applied {
+            caught_up(ctx).await;
+        }
+        Ok(TagPayload::new(
+            outcome.applied,
+            outcome.tag.map(Tag),
+            outcome.change_request.map(super::governance::ChangeRequest),
+        ))
     }
 
     /// Creates a personal tag, seen and used only by the caller.

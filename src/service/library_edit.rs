@@ -99,6 +99,24 @@ pub enum LibraryEdit {
     MergeTags { target_id: i64, source_id: i64 },
     #[serde(rename_all = "camelCase")]
     RollbackTag { tag_id: i64, version: i32 },
+    /// A new enterprise tag in a group.
+    #[serde(rename_all = "camelCase")]
+    CreateTag { group_id: i64, tag: NewTagSpec },
+}
+
+/// The tag a `CreateTag` edit creates, as checked when it was submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTagSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub canonical_tag_id: Option<i64>,
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
 }
 
 impl LibraryEdit {
@@ -111,6 +129,7 @@ impl LibraryEdit {
             Self::RestoreTag { .. } => "tag.restore",
             Self::MergeTags { .. } => "tag.merge",
             Self::RollbackTag { .. } => "tag.rollback",
+            Self::CreateTag { .. } => "tag.create",
         }
     }
 
@@ -123,6 +142,8 @@ impl LibraryEdit {
             | Self::RestoreTag { tag_id }
             | Self::RollbackTag { tag_id, .. } => (ObjectKind::Tag, *tag_id),
             Self::MergeTags { target_id, .. } => (ObjectKind::Tag, *target_id),
+            // The tag does not exist yet: the request is about its group.
+            Self::CreateTag { group_id, .. } => (ObjectKind::TagGroup, *group_id),
         }
     }
 }
@@ -278,6 +299,14 @@ async fn plan(db: &impl ConnectionTrait, principal: &Principal, edit: &LibraryEd
             let (b, gb) = enterprise_tag(db, principal, *source_id).await?;
             add_tag(&a, &ga);
             add_tag(&b, &gb);
+        }
+        LibraryEdit::CreateTag { group_id, tag } => {
+            let group = find_group(db, principal, TagGroupId(*group_id)).await?;
+            units.insert(group.org_unit_id);
+            if let Some(canonical) = tag.canonical_tag_id {
+                // NOT_FOUND, like a missing tag, when the caller cannot see it.
+                find_tag(db, principal, TagId(canonical)).await?;
+            }
         }
     }
     Ok(Plan { versions, units })
@@ -471,8 +500,15 @@ pub async fn apply(
             let t = merge(txn, &by, *target_id, *source_id, base).await?;
             EditOutcome { applied: true, tag: Some(t), ..Default::default() }
         }
+        LibraryEdit::CreateTag { group_id, tag } => {
+            let t = create_tag(txn, &by, *group_id, tag).await?;
+            EditOutcome { applied: true, tag: Some(t), ..Default::default() }
+        }
     };
-    let (kind, id) = edit.target();
+    let (kind, id) = match (edit, &outcome.tag) {
+        (LibraryEdit::CreateTag { .. }, Some(t)) => (ObjectKind::Tag, t.id),
+        _ => edit.target(),
+    };
     let group = match (&outcome.group, &outcome.tag) {
         (Some(g), _) => Some(g.clone()),
         (None, Some(t)) => match t.group_id {
@@ -958,6 +994,55 @@ async fn update_group(
 /// becomes an alias of A and is left MERGED pointing to A. B's earlier
 /// events stay as they were (the log is append-only); history queries of
 /// A include the tags merged into it.
+/// Creates an enterprise tag with its first version, checking what holds
+/// whoever applies it: the group is active, the name fits its pattern and
+/// is free, the TTL is in range, the canonical tag is an active tag of a
+/// higher layer.
+async fn create_tag(txn: &DatabaseTransaction, by: &Author, group_id: i64, spec: &NewTagSpec) -> AppResult<tag::Model> {
+    let group = load_group(txn, group_id).await?;
+    let name = TagName::parse(&spec.name, "name")?;
+    if let Some(pattern) = &group.naming_pattern {
+        NamingPattern::parse(pattern, "namingPattern")?.check(&name, "name")?;
+    }
+    let description = Description::parse(Some(&spec.description), "description")?;
+    let aliases = Aliases::parse(&spec.aliases, "aliases")?;
+    super::tag_library::check_ttl(spec.ttl_seconds)?;
+    if let Some(canonical) = spec.canonical_tag_id {
+        check_canonical(txn, canonical, &group, 0).await?;
+    }
+    let now = by.at;
+    let inserted = tag::Entity::insert(tag::ActiveModel {
+        id: NotSet,
+        group_id: Set(Some(group.id)),
+        owner_staff_id: Set(None),
+        name: Set(name.as_str().to_owned()),
+        description: Set(description.into_inner()),
+        aliases: Set(aliases.into_json()),
+        canonical_tag_id: Set(spec.canonical_tag_id),
+        ttl_seconds: Set(spec.ttl_seconds),
+        status: Set(TagStatus::Active),
+        merged_into_id: Set(None),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_with_returning(txn)
+    .await;
+    let created = match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(AppError::Conflict(format!(
+                "tag group {:?} already has a tag named {:?}",
+                group.name, spec.name
+            )));
+        }
+        other => other?,
+    };
+    let state = serde_json::to_value(TagState::from(&created)).map_err(AppError::internal)?;
+    insert_version(txn, ObjectKind::Tag, created.id, 1, "create", state, Some(by.actor.0), by.change_request_id, now)
+        .await?;
+    Ok(created)
+}
+
 async fn merge(
     txn: &DatabaseTransaction,
     by: &Author,

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use crate::authz::{Action, ClassAccess, Principal};
-use crate::domain::{Aliases, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass};
+use crate::domain::{Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
 /// Longest assignment TTL a tag may carry (ten years).
@@ -314,17 +314,6 @@ pub async fn create_group(
     Ok(group)
 }
 
-/// Input of [`create_tag`], parsed.
-#[derive(Debug, Clone)]
-pub struct NewTag {
-    pub group: TagGroupId,
-    pub name: TagName,
-    pub description: Description,
-    pub aliases: Aliases,
-    pub canonical_tag: Option<TagId>,
-    pub ttl_seconds: Option<i64>,
-}
-
 pub(crate) fn check_ttl(ttl: Option<i64>) -> AppResult<()> {
     match ttl {
         Some(t) if !(1..=MAX_TTL_SECONDS).contains(&t) => {
@@ -332,56 +321,6 @@ pub(crate) fn check_ttl(ttl: Option<i64>) -> AppResult<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Creates an enterprise tag in a group.
-///
-/// # Errors
-/// `NOT_FOUND` for an invisible group or canonical tag, `FORBIDDEN` without
-/// `tag_library:write` at the group's unit, `VALIDATION` when the name
-/// breaks the group's pattern or the canonical tag is not an active tag of
-/// a higher layer, `CONFLICT` when the group has a tag of that name.
-#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
-pub async fn create_tag(db: &DatabaseConnection, principal: &Principal, input: NewTag) -> AppResult<tag::Model> {
-    let group = find_group(db, principal, input.group).await?;
-    principal.require(Action::TagLibraryWrite, group.org_unit_id)?;
-    if let Some(pattern) = &group.naming_pattern {
-        NamingPattern::parse(pattern, "namingPattern")?.check(&input.name, "name")?;
-    }
-    check_ttl(input.ttl_seconds)?;
-    if let Some(canonical) = input.canonical_tag {
-        let canonical = find_tag(db, principal, canonical).await?;
-        let canonical_group = match canonical.group_id {
-            Some(id) => tag_group::Entity::find_by_id(id).one(db).await?,
-            None => None,
-        };
-        let higher_layer = canonical_group.is_some_and(|cg| {
-            cg.org_unit_id != group.org_unit_id && principal.org.is_within(group.org_unit_id, cg.org_unit_id)
-        });
-        if !higher_layer || canonical.status != TagStatus::Active {
-            return Err(AppError::validation(
-                "canonicalTagId",
-                "must be an active enterprise tag of a higher library layer",
-            ));
-        }
-    }
-    insert_tag(
-        db,
-        principal,
-        tag::ActiveModel {
-            group_id: Set(Some(group.id)),
-            owner_staff_id: Set(None),
-            name: Set(input.name.as_str().to_owned()),
-            description: Set(input.description.into_inner()),
-            aliases: Set(input.aliases.into_json()),
-            canonical_tag_id: Set(input.canonical_tag.map(|t| t.0)),
-            ttl_seconds: Set(input.ttl_seconds),
-            ..Default::default()
-        },
-        Some(&group),
-        "this tag group already has a tag with that name",
-    )
-    .await
 }
 
 /// Creates a personal tag (个人标签) of the caller, seen only by it.

@@ -545,6 +545,43 @@ async fn a_merge_keeps_exclusive_groups_exclusive(app: TestApp) {
     assert_eq!(tag(&app, "admin", &gold).await["status"], "ACTIVE");
 }
 
+/// A salesperson suggests a new tag for HQ's library: a request for HQ,
+/// created as the salesperson's tag when HQ approves. A name already taken
+/// is refused at once; a role without `propose` is refused.
+async fn a_salesperson_proposes_a_new_tag(app: TestApp) {
+    let group = app.group_id("活动").await;
+    let create = "mutation($g: ID!, $n: String!) { createTag(input: { groupId: $g, name: $n, aliases: [\"看车\"],
+        reason: \"门店常见需求\" }) { applied tag { id } changeRequest { id kind status scope { code } } } }";
+    let res = app.gql("sz01.sales", create, json!({ "g": group, "n": "到店看车" })).await;
+    let request = request_of(&res, "createTag");
+    assert_eq!(request["kind"], "tag.create");
+    assert_eq!(request["scope"]["code"], "hq");
+    let preview = app.gql("admin", PREVIEW, json!({ "t": "tag(\"到店看车\")" })).await;
+    assert_eq!(preview.code(), "NOT_FOUND", "not created before approval");
+
+    let dup = app.gql("sz01.sales", create, json!({ "g": group, "n": "询价" })).await;
+    assert_eq!(dup.code(), "CONFLICT");
+    let service = app.gql("sz01.service", create, json!({ "g": app.group_id("服务需求").await, "n": "新服务" })).await;
+    assert_eq!(service.code(), "FORBIDDEN");
+
+    let id = request["id"].as_str().unwrap();
+    let res = app.gql("admin", &approve(), json!({ "id": id })).await;
+    let created = &res.ok()["approveChangeRequest"]["tag"];
+    assert_eq!(created["name"], "到店看车");
+    assert_eq!(created["version"], 1);
+    let tag_id = app.tag_id("活动", "到店看车").await;
+    let versions = history(&app, "admin", &tag_id).await;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0]["action"], "create");
+    assert_eq!(versions[0]["changedBy"]["login"], "sz01.sales");
+    assert_eq!(versions[0]["changeRequestId"], id);
+    // Usable at once, by its alias too.
+    let customer = app.customers_of("sz01").await[0].clone();
+    app.gql("sz01.sales", TAG_CUSTOMERS, json!({ "c": [customer], "t": [tag_id] })).await.ok();
+    let preview = app.gql("sz01.sales", PREVIEW, json!({ "t": "tag(\"看车\")" })).await;
+    assert_eq!(preview.ok()["segmentPreview"]["count"], 1);
+}
+
 /// A renamed tag is restored by rolling back to the version before the
 /// rename; the rollback is a new version, and the old name works again.
 async fn a_rollback_restores_a_renamed_tag(app: TestApp) {
@@ -866,6 +903,7 @@ on_both_databases!(
     a_moved_tag_counts_in_its_new_group,
     a_merge_repoints_the_tags_rolling_up_to_it,
     a_merge_keeps_exclusive_groups_exclusive,
+    a_salesperson_proposes_a_new_tag,
     archive_and_restore_are_versions,
     a_modification_lock_refuses_instead_of_overwriting,
 );
