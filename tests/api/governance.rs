@@ -836,6 +836,46 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
     );
 }
 
+/// A lock nobody releases stops holding when it expires.
+async fn a_forgotten_lock_expires(app: TestApp) {
+    let group = app.group_id("活动").await;
+    let customer = app.customers_of("sz01").await[0].clone();
+    app.gql(
+        "hq.marketing",
+        "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"短锁\",
+            durationSeconds: 1 }) { lock { id } } }",
+        json!({ "g": group, "c": [customer] }),
+    )
+    .await
+    .ok();
+    let closed = app.tag_id("活动", "已完成交易").await;
+    let res = app.gql("sz01.sales", TAG_CUSTOMERS, json!({ "c": [customer], "t": [closed] })).await;
+    assert_eq!(res.code(), "LOCKED");
+    // Waiting for the expiry (not timing anything).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let res = app.gql("sz01.sales", TAG_CUSTOMERS, json!({ "c": [customer], "t": [closed] })).await;
+    assert_eq!(res.ok()["tagCustomers"]["applied"], true);
+    let locks =
+        app.gql("admin", "query($g: ID!) { modificationLocks(groupId: $g) { id } }", json!({ "g": group })).await;
+    assert_eq!(locks.ok()["modificationLocks"], json!([]));
+    // Bad lock requests are refused with the field named.
+    for (input, field) in [
+        (json!({ "groupId": group, "reason": " " }), "reason"),
+        (json!({ "groupId": group, "reason": "x", "durationSeconds": 0 }), "durationSeconds"),
+        (json!({ "groupId": group, "reason": "x", "customerIds": [] }), "customerIds"),
+    ] {
+        let res = app
+            .gql(
+                "hq.marketing",
+                "mutation($in: LockTagGroupInput!) { lockTagGroup(input: $in) { lock { id } } }",
+                json!({ "in": input }),
+            )
+            .await;
+        assert_eq!(res.code(), "VALIDATION");
+        assert_eq!(res.0["errors"][0]["extensions"]["field"], field);
+    }
+}
+
 /// Bulk tagging above the threshold by a role without `customer_tag:bulk`
 /// becomes a request for the customers' common unit; approving applies it
 /// as the requester's tagging.
@@ -906,4 +946,5 @@ on_both_databases!(
     a_salesperson_proposes_a_new_tag,
     archive_and_restore_are_versions,
     a_modification_lock_refuses_instead_of_overwriting,
+    a_forgotten_lock_expires,
 );
