@@ -17,8 +17,8 @@ use crate::domain::{
     Aliases, CustomerId, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass, parse_ids,
 };
 use crate::error::AppError;
-use crate::service::library_edit::{self, EditContext, LibraryEdit, NewTagSpec};
-use crate::service::tag_library::{self, NewTagGroup};
+use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
+use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
 
@@ -251,6 +251,8 @@ pub struct CreateTagGroupInput {
     exclusive: bool,
     /// A regular expression every tag name of the group must match.
     naming_pattern: Option<String>,
+    /// Why: shown to approvers when the new group needs approval.
+    reason: Option<String>,
 }
 
 /// Result of a library edit: `applied` with the object when the change took
@@ -366,21 +368,30 @@ pub struct TagMutation;
 impl TagMutation {
     async fn create_tag_group(&self, ctx: &Context<'_>, input: CreateTagGroupInput) -> Result<TagGroupPayload> {
         let env = env(ctx);
-        let new = NewTagGroup {
-            org_unit: OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?,
-            name: TagName::parse(&input.name, "name")?,
-            description: Description::parse(input.description.as_deref(), "description")?,
+        let org_unit = OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?;
+        // Parsed here for the field names of their errors; stored as given.
+        let name = TagName::parse(&input.name, "name")?;
+        let description = Description::parse(input.description.as_deref(), "description")?;
+        let class = VisibilityClass::parse(&input.visibility_class, "visibilityClass")?;
+        if let Some(pattern) = input.naming_pattern.as_deref() {
+            NamingPattern::parse(pattern, "namingPattern")?;
+        }
+        let spec = NewGroupSpec {
+            name: name.as_str().to_owned(),
+            description: description.into_inner(),
             category: input.category,
-            visibility_class: VisibilityClass::parse(&input.visibility_class, "visibilityClass")?,
+            visibility_class: class.into_inner(),
             exclusive: input.exclusive,
-            naming_pattern: input
-                .naming_pattern
-                .as_deref()
-                .map(|p| NamingPattern::parse(p, "namingPattern"))
-                .transpose()?,
+            naming_pattern: input.naming_pattern,
         };
-        let group = tag_library::create_group(env.db, env.principal, new).await?;
-        Ok(TagGroupPayload::new(true, Some(TagGroup(group)), None))
+        let edit = LibraryEdit::CreateTagGroup { org_unit_id: org_unit.0, group: spec };
+        let edit_ctx = EditContext { expected: Default::default(), reason: input.reason };
+        let outcome = library_edit::submit(env.db, env.principal, edit, edit_ctx).await?;
+        Ok(TagGroupPayload::new(
+            outcome.applied,
+            outcome.group.map(TagGroup),
+            outcome.change_request.map(super::governance::ChangeRequest),
+        ))
     }
 
     async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {

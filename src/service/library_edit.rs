@@ -102,6 +102,24 @@ pub enum LibraryEdit {
     /// A new enterprise tag in a group.
     #[serde(rename_all = "camelCase")]
     CreateTag { group_id: i64, tag: NewTagSpec },
+    /// A new tag group in a library layer.
+    #[serde(rename_all = "camelCase")]
+    CreateTagGroup { org_unit_id: i64, group: NewGroupSpec },
+}
+
+/// The group a `CreateTagGroup` edit creates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NewGroupSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub category: TagCategory,
+    pub visibility_class: String,
+    #[serde(default)]
+    pub exclusive: bool,
+    #[serde(default)]
+    pub naming_pattern: Option<String>,
 }
 
 /// The tag a `CreateTag` edit creates, as checked when it was submitted.
@@ -130,6 +148,7 @@ impl LibraryEdit {
             Self::MergeTags { .. } => "tag.merge",
             Self::RollbackTag { .. } => "tag.rollback",
             Self::CreateTag { .. } => "tag.create",
+            Self::CreateTagGroup { .. } => "tag_group.create",
         }
     }
 
@@ -144,6 +163,19 @@ impl LibraryEdit {
             Self::MergeTags { target_id, .. } => (ObjectKind::Tag, *target_id),
             // The tag does not exist yet: the request is about its group.
             Self::CreateTag { group_id, .. } => (ObjectKind::TagGroup, *group_id),
+            Self::CreateTagGroup { .. } => (ObjectKind::TagGroup, 0),
+        }
+    }
+
+    /// What a change request for the edit is about (nothing yet for a new
+    /// group).
+    fn request_target(&self) -> (ObjectKind, Option<i64>) {
+        match self {
+            Self::CreateTagGroup { .. } => (ObjectKind::TagGroup, None),
+            other => {
+                let (kind, id) = other.target();
+                (kind, Some(id))
+            }
         }
     }
 }
@@ -300,6 +332,12 @@ async fn plan(db: &impl ConnectionTrait, principal: &Principal, edit: &LibraryEd
             add_tag(&a, &ga);
             add_tag(&b, &gb);
         }
+        LibraryEdit::CreateTagGroup { org_unit_id, .. } => {
+            if !principal.may_read_library_layer(*org_unit_id) {
+                return Err(AppError::not_found("org unit", org_unit_id));
+            }
+            units.insert(*org_unit_id);
+        }
         LibraryEdit::CreateTag { group_id, tag } => {
             let group = find_group(db, principal, TagGroupId(*group_id)).await?;
             units.insert(group.org_unit_id);
@@ -407,12 +445,12 @@ pub async fn submit(
         apply(&txn, principal.staff_id(), &edit, &plan.versions, None, &reason).await?;
         txn.rollback().await?;
     }
-    let (target_kind, target_id) = edit.target();
+    let (target_kind, target_id) = edit.request_target();
     let txn = db.begin().await?;
     let new = NewRequest {
         kind: edit.kind(),
         target_kind: target_kind.as_str(),
-        target_id: Some(target_id),
+        target_id,
         base_versions: json!(plan.versions),
         payload: serde_json::to_value(&edit).map_err(AppError::internal)?,
         scope,
@@ -504,9 +542,14 @@ pub async fn apply(
             let t = create_tag(txn, &by, *group_id, tag).await?;
             EditOutcome { applied: true, tag: Some(t), ..Default::default() }
         }
+        LibraryEdit::CreateTagGroup { org_unit_id, group } => {
+            let g = create_group(txn, &by, *org_unit_id, group).await?;
+            EditOutcome { applied: true, group: Some(g), ..Default::default() }
+        }
     };
-    let (kind, id) = match (edit, &outcome.tag) {
-        (LibraryEdit::CreateTag { .. }, Some(t)) => (ObjectKind::Tag, t.id),
+    let (kind, id) = match (edit, &outcome.tag, &outcome.group) {
+        (LibraryEdit::CreateTag { .. }, Some(t), _) => (ObjectKind::Tag, t.id),
+        (LibraryEdit::CreateTagGroup { .. }, _, Some(g)) => (ObjectKind::TagGroup, g.id),
         _ => edit.target(),
     };
     let group = match (&outcome.group, &outcome.tag) {
@@ -1040,6 +1083,57 @@ async fn create_tag(txn: &DatabaseTransaction, by: &Author, group_id: i64, spec:
     let state = serde_json::to_value(TagState::from(&created)).map_err(AppError::internal)?;
     insert_version(txn, ObjectKind::Tag, created.id, 1, "create", state, Some(by.actor.0), by.change_request_id, now)
         .await?;
+    Ok(created)
+}
+
+/// Creates a tag group with its first version.
+async fn create_group(
+    txn: &DatabaseTransaction,
+    by: &Author,
+    org_unit_id: i64,
+    spec: &NewGroupSpec,
+) -> AppResult<tag_group::Model> {
+    let name = TagName::parse(&spec.name, "name")?;
+    let description = Description::parse(Some(&spec.description), "description")?;
+    let class = VisibilityClass::parse(&spec.visibility_class, "visibilityClass")?;
+    let pattern = spec.naming_pattern.as_deref().map(|p| NamingPattern::parse(p, "namingPattern")).transpose()?;
+    let inserted = tag_group::Entity::insert(tag_group::ActiveModel {
+        id: NotSet,
+        org_unit_id: Set(org_unit_id),
+        name: Set(name.as_str().to_owned()),
+        description: Set(description.into_inner()),
+        category: Set(spec.category),
+        visibility_class: Set(class.into_inner()),
+        exclusive: Set(spec.exclusive),
+        naming_pattern: Set(pattern.map(|p| p.as_str().to_owned())),
+        version: Set(1),
+        created_at: Set(by.at),
+        updated_at: Set(by.at),
+    })
+    .exec_with_returning(txn)
+    .await;
+    let created = match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(AppError::Conflict(format!(
+                "this library layer already has a tag group named {:?}",
+                name.as_str()
+            )));
+        }
+        other => other?,
+    };
+    let state = serde_json::to_value(GroupState::from(&created)).map_err(AppError::internal)?;
+    insert_version(
+        txn,
+        ObjectKind::TagGroup,
+        created.id,
+        1,
+        "create",
+        state,
+        Some(by.actor.0),
+        by.change_request_id,
+        by.at,
+    )
+    .await?;
     Ok(created)
 }
 

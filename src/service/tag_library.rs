@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use crate::authz::{Action, ClassAccess, Principal};
-use crate::domain::{Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass};
+use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
 /// Longest assignment TTL a tag may carry (ten years).
@@ -241,77 +241,6 @@ pub async fn personal_tags(db: &impl ConnectionTrait, principal: &Principal) -> 
         .order_by_asc(tag::Column::Id)
         .all(db)
         .await?)
-}
-
-/// Input of [`create_group`], parsed.
-#[derive(Debug, Clone)]
-pub struct NewTagGroup {
-    pub org_unit: OrgUnitId,
-    pub name: TagName,
-    pub description: Description,
-    pub category: TagCategory,
-    pub visibility_class: VisibilityClass,
-    pub exclusive: bool,
-    pub naming_pattern: Option<NamingPattern>,
-}
-
-/// Creates a tag group in a library layer.
-///
-/// # Errors
-/// `NOT_FOUND` for a unit the caller cannot see, `FORBIDDEN` without
-/// `tag_library:write` there, `CONFLICT` when the layer has a group of that
-/// name.
-#[tracing::instrument(skip(db, principal, input), fields(staff = principal.staff.id))]
-pub async fn create_group(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    input: NewTagGroup,
-) -> AppResult<tag_group::Model> {
-    if !principal.may_read_library_layer(input.org_unit.0) {
-        return Err(AppError::not_found("org unit", input.org_unit));
-    }
-    principal.require(Action::TagLibraryWrite, input.org_unit.0)?;
-    let now = Utc::now();
-    let txn = db.begin().await?;
-    let inserted = tag_group::Entity::insert(tag_group::ActiveModel {
-        id: NotSet,
-        org_unit_id: Set(input.org_unit.0),
-        name: Set(input.name.as_str().to_owned()),
-        description: Set(input.description.into_inner()),
-        category: Set(input.category),
-        visibility_class: Set(input.visibility_class.into_inner()),
-        exclusive: Set(input.exclusive),
-        naming_pattern: Set(input.naming_pattern.map(|p| p.as_str().to_owned())),
-        version: Set(1),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .exec_with_returning(&txn)
-    .await;
-    let group = match inserted {
-        Err(err) if is_unique_violation(&err) => {
-            return Err(AppError::Conflict(format!(
-                "this library layer already has a tag group named {:?}",
-                input.name.as_str()
-            )));
-        }
-        other => other?,
-    };
-    super::library_edit::record_created_group(&txn, principal.staff_id(), &group).await?;
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "tag_group.create", "tag_group", group.id)
-            .in_unit(group.org_unit_id)
-            .with_detail(json!({
-                "name": group.name,
-                "category": group.category,
-                "exclusive": group.exclusive,
-                "visibilityClass": group.visibility_class,
-            })),
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(group)
 }
 
 pub(crate) fn check_ttl(ttl: Option<i64>) -> AppResult<()> {

@@ -215,7 +215,7 @@ async fn guarded_values_are_masked(app: TestApp) {
     assert_eq!(personal["detail"]["name"], "***");
     // The store manager's own view of the same rows (it sees the class).
     let admin = log(&app, "admin", json!({ "from": started, "action": "tag_group.create" })).await;
-    assert_eq!(rows(&admin)[0]["detail"]["name"], "门店健康");
+    assert_eq!(rows(&admin)[0]["detail"]["change"]["group"]["name"], "门店健康");
 }
 
 /// A refused mutation leaves a DENIED row naming who tried what and why;

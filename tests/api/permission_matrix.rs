@@ -25,6 +25,8 @@ struct Expect {
     /// Tag with a `service` tag (服务需求/售后咨询).
     tag_service: bool,
     write_library: bool,
+    /// Proposes library edits (here and above) by change request.
+    propose_library: bool,
     phone: Phone,
     birth_date: bool,
     spend: bool,
@@ -39,6 +41,7 @@ const fn all_but(phone: Phone) -> Expect {
         tag_basic: true,
         tag_service: true,
         write_library: true,
+        propose_library: true,
         phone,
         birth_date: true,
         spend: true,
@@ -49,7 +52,10 @@ const fn all_but(phone: Phone) -> Expect {
 
 fn expectations(role: &str) -> Expect {
     match role {
-        "hq_admin" | "region_manager" => all_but(Phone::Full),
+        // hq_admin holds no `propose`: where it may not write (above its
+        // binding) it is refused.
+        "hq_admin" => Expect { propose_library: false, ..all_but(Phone::Full) },
+        "region_manager" => all_but(Phone::Full),
         "store_manager" => all_but(Phone::Masked),
         "sales" => {
             Expect { write_library: false, tag_service: false, sees_service_tags: false, ..all_but(Phone::Full) }
@@ -60,19 +66,27 @@ fn expectations(role: &str) -> Expect {
             tag_basic: false,
             tag_service: true,
             write_library: false,
+            propose_library: false,
             phone: Phone::Masked,
             birth_date: true,
             spend: false,
             sees_value_tags: false,
             sees_service_tags: true,
         },
-        "marketing" => Expect { create: false, update: false, write_library: false, ..all_but(Phone::Masked) },
+        "marketing" => Expect {
+            create: false,
+            update: false,
+            write_library: false,
+            propose_library: false,
+            ..all_but(Phone::Masked)
+        },
         "auditor" => Expect {
             create: false,
             update: false,
             tag_basic: false,
             tag_service: false,
             write_library: false,
+            propose_library: false,
             phone: Phone::Masked,
             birth_date: false,
             spend: true,
@@ -267,7 +281,14 @@ async fn check_role(mut app: TestApp, role: &str) {
         // Writing the tag library of the unit.
         let group_vars = json!({ "u": app.unit_id(unit) });
         if relation.in_scope() && expect.write_library {
-            probe.gql(GROUP, group_vars).await.ok();
+            let res = probe.gql(GROUP, group_vars).await;
+            assert_eq!(res.ok()["createTagGroup"]["applied"], true, "{ctx}: writes {unit}'s library");
+        } else if relation.visible() && expect.propose_library {
+            // Its own layers and those above: a change request, nothing applied.
+            let before = app.snapshot().await;
+            let res = probe.gql(GROUP, group_vars).await;
+            assert_eq!(res.ok()["createTagGroup"]["applied"], false, "{ctx}: proposes for {unit}'s library");
+            assert_eq!(app.snapshot().await.groups, before.groups, "{ctx}: a proposal creates no group");
         } else {
             let code = if relation.visible() { "FORBIDDEN" } else { "NOT_FOUND" };
             probe.refused(&format!("add a tag group to {unit}'s library"), code, GROUP, group_vars).await;

@@ -59,7 +59,8 @@ async fn regional_tags_roll_up_to_different_hq_tags(app: TestApp) {
     assert_eq!(s.ok()["tag"]["canonicalTag"]["name"], "B级");
 }
 
-const CREATE_GROUP: &str = "mutation($i: CreateTagGroupInput!) { createTagGroup(input: $i) { applied tagGroup { id name orgUnit { code } } } }";
+const CREATE_GROUP: &str = "mutation($i: CreateTagGroupInput!) { createTagGroup(input: $i) { applied
+    tagGroup { id name orgUnit { code } } changeRequest { id kind scope { code } } } }";
 
 async fn store_managers_create_groups_in_their_store_only(app: TestApp) {
     let input = |unit: &str, name: &str| json!({ "i": { "orgUnitId": app.unit_id(unit), "name": name, "category": "SERVICE", "visibilityClass": "service" } });
@@ -67,13 +68,20 @@ async fn store_managers_create_groups_in_their_store_only(app: TestApp) {
     assert_eq!(res.ok()["createTagGroup"]["applied"], true);
     assert_eq!(res.ok()["createTagGroup"]["tagGroup"]["orgUnit"]["code"], "sz01");
     let before = app.snapshot().await;
-    // The region layer is visible to the store manager but not writable.
+    // The region layer is visible to the store manager but not writable:
+    // the group becomes a request for the region.
     let res = app.gql("sz01.manager", CREATE_GROUP, input("south", "区域新组")).await;
-    assert_eq!(res.code(), "FORBIDDEN");
+    assert_eq!(res.ok()["createTagGroup"]["applied"], false);
+    assert!(res.ok()["createTagGroup"]["tagGroup"].is_null());
+    let proposal = res.ok()["createTagGroup"]["changeRequest"].clone();
+    assert_eq!(proposal["kind"], "tag_group.create");
+    assert_eq!(proposal["scope"]["code"], "south");
+    assert_eq!(app.snapshot().await.groups, before.groups);
     let res = app.gql("sz01.manager", CREATE_GROUP, input("bj01", "别家")).await;
     assert_eq!(res.code(), "NOT_FOUND");
-    let res = app.gql("sz01.sales", CREATE_GROUP, input("sz01", "销售建组")).await;
-    assert_eq!(res.code(), "FORBIDDEN");
+    let res = app.gql("sz01.service", CREATE_GROUP, input("sz01", "客服建组")).await;
+    assert_eq!(res.code(), "FORBIDDEN", "customer service neither writes nor proposes");
+    let before = app.snapshot().await;
     let res = app.gql("sz01.manager", CREATE_GROUP, input("sz01", " 到店偏好 ")).await;
     assert_eq!(res.code(), "CONFLICT", "names are unique per layer after trimming");
     let res = app
@@ -86,8 +94,18 @@ async fn store_managers_create_groups_in_their_store_only(app: TestApp) {
         .await;
     assert_eq!(res.code(), "VALIDATION");
     assert_eq!(app.snapshot().await, before, "refused edits change nothing");
-    // A region manager may write its region's layer.
-    let res = app.gql("south.manager", CREATE_GROUP, input("south", "区域新组")).await;
+    // The region manager approves the store's proposal: the group is made,
+    // as the store manager's.
+    let res = app
+        .gql(
+            "south.manager",
+            "mutation($id: ID!) { approveChangeRequest(id: $id) { tagGroup { name orgUnit { code } } } }",
+            json!({ "id": proposal["id"] }),
+        )
+        .await;
+    assert_eq!(res.ok()["approveChangeRequest"]["tagGroup"]["orgUnit"]["code"], "south");
+    // And may write its region's layer itself.
+    let res = app.gql("south.manager", CREATE_GROUP, input("south", "区域新组2")).await;
     assert_eq!(res.ok()["createTagGroup"]["tagGroup"]["orgUnit"]["code"], "south");
 }
 
