@@ -1,7 +1,7 @@
 //! Segments in the API: the structured `@oneOf` input (or its text form)
 //! and `segmentPreview`.
 
-use async_graphql::{ComplexObject, Context, ID, InputObject, OneofObject, Result, SimpleObject};
+use async_graphql::{Context, ID, InputObject, OneofObject, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::enums::{Gender, SegmentKind};
 
@@ -155,18 +155,20 @@ pub(crate) async fn resolve_segment(ctx: &Context<'_>, input: SegmentInput) -> R
     Ok(SegmentFilter { resolved, offset })
 }
 
-/// A segment evaluated now, for the caller.
-#[derive(SimpleObject)]
-#[graphql(complex)]
 pub struct SegmentPreview {
-    /// The canonical text form of the expression.
-    text: String,
-    #[graphql(skip)]
     filter: CustomerFilter,
 }
 
-#[ComplexObject]
+/// A segment evaluated now, for the caller.
+#[async_graphql::Object]
 impl SegmentPreview {
+    /// The canonical text form of the expression.
+    async fn text(&self, ctx: &Context<'_>) -> Result<String> {
+        let env = env(ctx);
+        let seg = self.filter.segment.as_ref().expect("a preview has a segment");
+        Ok(seg.resolved.text(env.db, env.principal, seg.offset).await?)
+    }
+
     /// Members the caller may see.
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         members_count(ctx, &self.filter).await
@@ -228,8 +230,7 @@ impl SegmentQuery {
     /// count and members, all limited to what the caller may see.
     async fn segment_preview(&self, ctx: &Context<'_>, segment: SegmentInput) -> Result<SegmentPreview> {
         let seg = resolve_segment(ctx, segment).await?;
-        let text = seg.resolved.text(seg.offset);
-        Ok(SegmentPreview { text, filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
+        Ok(SegmentPreview { filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
     }
 }
 
@@ -275,7 +276,7 @@ impl Segment {
         let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
         let expr = service::parse_text(&self.0.expression, chrono::FixedOffset::east_opt(0).expect("UTC"))?;
         let resolved = service::resolve(env.db, env.principal, env.limits, expr).await?;
-        Ok(resolved.text(offset))
+        Ok(resolved.text(env.db, env.principal, offset).await?)
     }
     /// The members as CSV (see `SegmentPreview.csv`). Audited.
     async fn csv(&self, ctx: &Context<'_>) -> Result<String> {

@@ -193,6 +193,14 @@ struct State {
     last_seq: i64,
     /// The last tag version (`library_version.id`) followed.
     last_version: i64,
+    /// Customers in (added time, id) order as of the last build, for pages
+    /// of large segments: walking it and testing membership finds the
+    /// newest 50 of 40,000 members without looking at the other 39,950.
+    /// Each with its added time at the build.
+    by_added: Vec<(i64, u32)>,
+    /// Customers put since (or whose added time changed): not in
+    /// `by_added`'s order, so every page considers all of them.
+    added_since: RoaringBitmap,
     last_change: i64,
     last_customer: i64,
     last_tag: i64,
@@ -210,6 +218,9 @@ impl State {
     fn put(&mut self, row: &CustomerRow) {
         let Some(bit) = id32(row.id) else { return };
         let known = self.known.contains(bit);
+        if self.attributes.added.get(bit as usize).copied() != Some(nanos(row.added_at)) {
+            self.added_since.insert(bit);
+        }
         if !known {
             self.units.entry(row.org_unit_id).or_default().insert(bit);
             self.known.insert(bit);
@@ -298,6 +309,11 @@ impl SegmentIndex {
             fresh.last_customer = fresh.last_customer.max(row.id);
         }
         drop(customers);
+        let added = &fresh.attributes.added;
+        let mut by_added: Vec<(i64, u32)> = fresh.known.iter().map(|bit| (added[bit as usize], bit)).collect();
+        by_added.sort_unstable();
+        fresh.by_added = by_added;
+        fresh.added_since.clear();
         let assignments: Vec<(i64, i64)> = customer_tag::Entity::find()
             .select_only()
             .columns([customer_tag::Column::TagId, customer_tag::Column::CustomerId])
@@ -515,7 +531,8 @@ impl SegmentIndex {
         let bitmaps: usize = s.tags.values().chain(s.units.values()).map(RoaringBitmap::serialized_size).sum();
         let timelines: usize = s.timelines.values().map(|t| t.times.len() * 12).sum();
         let snapshots: usize = s.snapshots.values().map(|s| s.members.serialized_size()).sum();
-        bitmaps + s.attributes.bytes() + timelines + snapshots
+        let order = s.by_added.len() * std::mem::size_of::<(i64, u32)>() + s.added_since.serialized_size();
+        bitmaps + s.attributes.bytes() + timelines + snapshots + order
     }
 
     /// The members of a resolved expression that the caller may see, with
@@ -547,6 +564,9 @@ impl SegmentIndex {
         limit: usize,
     ) -> Vec<i64> {
         let s = self.read();
+        if key == PageKey::AddedAt && walking_pays(members.len(), s.by_added.len(), limit) {
+            return s.page_by_added(members, descending, after, limit);
+        }
         let column: &[i64] = match key {
             PageKey::AddedAt => &s.attributes.added,
             PageKey::TotalSpend => &s.attributes.spend,
@@ -573,6 +593,79 @@ impl SegmentIndex {
         let union = Arc::new(union_of_units(&s, key.iter().copied()));
         s.unions.insert(key, Arc::clone(&union));
         union
+    }
+}
+
+/// True when walking the whole order until `limit` members turn up is
+/// expected to look at fewer customers than the members are (a walk meets
+/// a member every `customers / members` steps).
+fn walking_pays(members: u64, customers: usize, limit: usize) -> bool {
+    let members = members as f64;
+    members > 0.0 && (limit as f64) * (customers as f64) / members * 4.0 < members
+}
+
+impl State {
+    /// [`SegmentIndex::page`] by added time, walking `by_added` from the
+    /// right end and testing membership, merged with the customers put
+    /// since the order was built (each considered, there are few).
+    fn page_by_added(
+        &self,
+        members: &RoaringBitmap,
+        descending: bool,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Vec<i64> {
+        let added = &self.attributes.added;
+        let key = |bit: u32| (added.get(bit as usize).copied().unwrap_or(NO_TIME), i64::from(bit));
+        let past = |k: (i64, i64)| match after {
+            None => true,
+            Some(a) if descending => k < a,
+            Some(a) => k > a,
+        };
+        // Members put since the build: ordered here.
+        let recent: Vec<(i64, i64)> = {
+            let mut recent: Vec<(i64, i64)> =
+                (members & &self.added_since).iter().map(key).filter(|k| past(*k)).collect();
+            recent.sort_unstable();
+            if descending {
+                recent.reverse();
+            }
+            recent
+        };
+        // The ordered walk, from where `after` points, skipping customers
+        // whose place in the order is stale.
+        let start = after.map(|a| self.by_added.partition_point(|(t, bit)| (*t, i64::from(*bit)) < a));
+        let fresh = |(_, bit): &&(i64, u32)| members.contains(*bit) && !self.added_since.contains(*bit);
+        let as_key = |(t, bit): &(i64, u32)| (*t, i64::from(*bit));
+        let walked: Box<dyn Iterator<Item = (i64, i64)>> = if descending {
+            let end = start.unwrap_or(self.by_added.len());
+            Box::new(self.by_added[..end].iter().rev().filter(fresh).map(as_key).filter(|k| past(*k)))
+        } else {
+            let from = start.unwrap_or(0);
+            Box::new(self.by_added[from..].iter().filter(fresh).map(as_key).filter(|k| past(*k)))
+        };
+        // Merge the two ordered streams.
+        let mut out = Vec::with_capacity(limit);
+        let mut walked = walked.peekable();
+        let mut recent = recent.into_iter().peekable();
+        while out.len() < limit {
+            let next = match (walked.peek(), recent.peek()) {
+                (None, None) => break,
+                (Some(_), None) => walked.next(),
+                (None, Some(_)) => recent.next(),
+                (Some(w), Some(r)) => {
+                    if (*w < *r) != descending {
+                        walked.next()
+                    } else {
+                        recent.next()
+                    }
+                }
+            };
+            if let Some((_, id)) = next {
+                out.push(id);
+            }
+        }
+        out
     }
 }
 
@@ -712,7 +805,11 @@ impl Evaluator<'_> {
     /// SQL: a NULL value never matches, so `NOT` stays two-valued.
     fn scan(&self, e: &SegmentExpr, candidates: &RoaringBitmap) -> RoaringBitmap {
         let a = &self.s.attributes;
-        let keep = |test: &dyn Fn(usize) -> bool| candidates.iter().filter(|bit| test(*bit as usize)).collect();
+        // Candidates come in order: appending beats inserting one by one.
+        let keep = |test: &dyn Fn(usize) -> bool| {
+            RoaringBitmap::from_sorted_iter(candidates.iter().filter(|bit| test(*bit as usize)))
+                .expect("a bitmap iterates in order")
+        };
         let time = |column: &[i64], i: usize| column.get(i).copied().filter(|v| *v != NO_TIME);
         match e {
             SegmentExpr::Age(r) => {
@@ -836,5 +933,80 @@ impl Evaluator<'_> {
             }
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use roaring::RoaringBitmap;
+
+    use super::{NO_TIME, State, smallest};
+
+    /// The plain answer: every member's key, the `limit` first in order.
+    fn reference(
+        state: &State,
+        members: &RoaringBitmap,
+        descending: bool,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Vec<i64> {
+        let keys =
+            members.iter().map(|b| (state.attributes.added.get(b as usize).copied().unwrap_or(NO_TIME), i64::from(b)));
+        if descending {
+            let after = after.map(std::cmp::Reverse);
+            smallest(keys.map(std::cmp::Reverse).filter(|k| after.is_none_or(|a| *k > a)), limit)
+                .into_iter()
+                .map(|std::cmp::Reverse((_, id))| id)
+                .collect()
+        } else {
+            smallest(keys.filter(|k| after.is_none_or(|a| *k > a)), limit).into_iter().map(|(_, id)| id).collect()
+        }
+    }
+
+    #[test]
+    fn walking_the_added_order_pages_like_sorting_the_members() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for round in 0..200 {
+            let n: u32 = rng.random_range(1..3000);
+            let mut state = State::default();
+            // Few distinct times, so ties are common and ids break them.
+            state.attributes.added = (0..n).map(|_| i64::from(rng.random_range(0..50)) * 1000).collect();
+            state.known = (0..n).collect();
+            let added = &state.attributes.added;
+            let mut order: Vec<(i64, u32)> = state.known.iter().map(|b| (added[b as usize], b)).collect();
+            order.sort_unstable();
+            state.by_added = order;
+            // Customers added or moved since the build.
+            for _ in 0..rng.random_range(0..20) {
+                let bit = rng.random_range(0..n + 50);
+                let i = bit as usize;
+                if state.attributes.added.len() <= i {
+                    state.attributes.added.resize(i + 1, NO_TIME);
+                }
+                state.attributes.added[i] = i64::from(rng.random_range(0..60)) * 1000;
+                state.known.insert(bit);
+                state.added_since.insert(bit);
+            }
+            let density = rng.random_range(0.01..1.0);
+            let members: RoaringBitmap = state.known.iter().filter(|_| rng.random_bool(density)).collect();
+            let descending = rng.random_bool(0.5);
+            let limit = rng.random_range(1..60);
+            let after = match rng.random_range(0..3) {
+                0 => None,
+                1 => members
+                    .iter()
+                    .nth(rng.random_range(0..members.len().max(1)) as usize)
+                    .map(|b| (state.attributes.added[b as usize], i64::from(b))),
+                _ => Some((i64::from(rng.random_range(0..60)) * 1000, i64::from(rng.random_range(0..n)))),
+            };
+            assert_eq!(
+                state.page_by_added(&members, descending, after, limit),
+                reference(&state, &members, descending, after, limit),
+                "round {round}: n {n}, {} members, descending {descending}, after {after:?}, limit {limit}",
+                members.len()
+            );
+        }
     }
 }

@@ -39,9 +39,6 @@ pub struct Resolved {
     pub expr: SegmentExpr,
     pub tags: HashMap<i64, VisibleTag>,
     pub groups: HashMap<i64, tag_group::Model>,
-    /// Tags whose name means more than one tag to the caller: printed as
-    /// `#id` so that the text resolves back to the same tags.
-    pub ambiguous: HashSet<i64>,
     /// Saved segments the expression refers to.
     pub segments: HashMap<i64, SavedRef>,
     /// For tags in `taggedBetween`: the tags merged into them (their
@@ -67,10 +64,31 @@ pub struct SavedRef {
 }
 
 impl Resolved {
-    /// The canonical text, with names for ids where the name is unique.
-    pub fn text(&self, offset: FixedOffset) -> String {
+    /// The canonical text, with names for ids where the name is unique to
+    /// the caller (and `#id` where it is not, so that the text resolves
+    /// back to the same tags). Looks the names up: only for callers that
+    /// print, not on the evaluation path.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn text(
+        &self,
+        db: &impl ConnectionTrait,
+        principal: &Principal,
+        offset: FixedOffset,
+    ) -> AppResult<String> {
+        let mut ambiguous = HashSet::new();
+        for (id, t) in &self.tags {
+            if tags_named(db, principal, &t.tag.name).await?.len() > 1 {
+                ambiguous.insert(*id);
+            }
+        }
+        Ok(self.text_with(offset, &ambiguous))
+    }
+
+    fn text_with(&self, offset: FixedOffset, ambiguous: &HashSet<i64>) -> String {
         let name_of = |kind: RefKind, id: i64| match kind {
-            RefKind::Tag if self.ambiguous.contains(&id) => None,
+            RefKind::Tag if ambiguous.contains(&id) => None,
             RefKind::Tag => self.tags.get(&id).map(|t| t.tag.name.clone()),
             RefKind::Group => self.groups.get(&id).map(|g| g.name.clone()),
             RefKind::Segment => self.segments.get(&id).map(|s| s.saved.name.clone()),
@@ -289,14 +307,6 @@ async fn resolve_references(
             }
         }
     }
-    let mut ambiguous = HashSet::new();
-    for id in &ids {
-        if let Some(t) = tags.get(&id.0)
-            && tags_named(db, principal, &t.tag.name).await?.len() > 1
-        {
-            ambiguous.insert(id.0);
-        }
-    }
     require_fields(principal, &expr)?;
     let expr = rewrite(expr, &by_name, &group_names, principal, &tags)?;
     let mut merged_from = HashMap::new();
@@ -312,7 +322,7 @@ async fn resolve_references(
             merged_from.insert(id, family[1..].to_vec());
         }
     }
-    Ok(Resolved { expr, tags, groups, ambiguous, segments: HashMap::new(), merged_from })
+    Ok(Resolved { expr, tags, groups, segments: HashMap::new(), merged_from })
 }
 
 /// Predicates on guarded fields need the field readable in full wherever
