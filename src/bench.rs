@@ -373,7 +373,7 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
     println!("|---|---|");
     println!("| index build (from PostgreSQL) | {:.2} s |", build.as_secs_f64());
     println!(
-        "| index memory (bitmaps and attribute columns) | {:.1} MiB |",
+        "| index memory (bitmaps, attribute columns, added-time order) | {:.1} MiB |",
         index.memory_bytes() as f64 / (1024.0 * 1024.0)
     );
     // Writes on one instance, seen by another following the logs.
