@@ -220,7 +220,8 @@ impl SegmentQuery {
         if let Some(segment) = segment {
             filter.segment = Some(resolve_segment(ctx, segment).await?);
         }
-        let pairs = service::cooccurrence(env.db, env.principal, env.limits, &ids, &filter).await?;
+        let index = &ctx.data_unchecked::<AppState>().index;
+        let pairs = service::cooccurrence(env.db, index, env.principal, env.limits, &ids, &filter).await?;
         let tags = env.loaders.load_many(ids.iter().map(|t| TagById(t.0))).await?;
         let tag = |id: i64| tags.get(&TagById(id)).cloned().map(Tag).ok_or_else(|| AppError::not_found("tag", id));
         pairs.into_iter().map(|(a, b, count)| Ok(TagPairCount { a: tag(a)?, b: tag(b)?, count })).collect()

@@ -551,6 +551,53 @@ impl SegmentIndex {
         Some(members & universe.as_ref())
     }
 
+    /// Cross analysis: for every pair of the tags (a tag with itself
+    /// included), how many customers hold both — among `members` when
+    /// given, always among those the caller may read, each tag counted only
+    /// where the caller sees its visibility class (`None` for personal
+    /// tags: seen by their owner wherever they are). `None` when the index
+    /// is not ready.
+    pub fn cooccurrence(
+        &self,
+        principal: &Principal,
+        members: Option<&RoaringBitmap>,
+        tags: &[(i64, Option<&str>)],
+    ) -> Option<Vec<(i64, i64, u64)>> {
+        if !self.is_ready() {
+            return None;
+        }
+        let read_scope = principal.scope(Action::CustomerRead);
+        let universe = self.union_of(read_scope.unit_ids());
+        let base = match members {
+            Some(m) => m & universe.as_ref(),
+            None => universe.as_ref().clone(),
+        };
+        let s = self.read();
+        let holders: Vec<(i64, RoaringBitmap)> = tags
+            .iter()
+            .map(|(id, class)| {
+                let mut held = s.tags.get(id).map_or_else(RoaringBitmap::new, |b| b & &base);
+                if let Some(class) = class {
+                    let classes = principal.class_scope(class, ClassAccess::Read);
+                    if !classes.covers(&read_scope) {
+                        held &= union_of_units(&s, classes.unit_ids());
+                    }
+                }
+                (*id, held)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (i, (a, ha)) in holders.iter().enumerate() {
+            for (b, hb) in &holders[i..] {
+                let (x, y) = (Ord::min(*a, *b), Ord::max(*a, *b));
+                out.push((x, y, ha.intersection_len(hb)));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
     /// Ids of the first `limit` members in the order of a key the index
     /// holds, ties broken by id, strictly after `after` (a key as
     /// [`page_key`] gives it, and an id): the keyset order of customer

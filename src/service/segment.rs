@@ -853,6 +853,7 @@ struct PairRow {
 /// than `max_tags_per_tagging` tags, and the filter's own errors.
 pub async fn cooccurrence(
     db: &DatabaseConnection,
+    index: &crate::segment::SegmentIndex,
     principal: &Principal,
     limits: &Limits,
     tag_ids: &[TagId],
@@ -865,6 +866,17 @@ pub async fn cooccurrence(
         return Err(AppError::LimitExceeded(format!("at most {} tags per analysis", limits.max_tags_per_tagging)));
     }
     let tags = tag_library::visible_tags(db, principal, tag_ids).await?;
+    // From the index when it can answer: a few bitmap intersections.
+    let members = index_members(db, index, principal, filter).await?;
+    if members.is_some() || filter_is_empty(filter) {
+        let classes: Vec<(i64, Option<&str>)> = tag_ids
+            .iter()
+            .map(|t| (t.0, tags.get(t).and_then(|v| v.group.as_ref()).map(|g| g.visibility_class.as_str())))
+            .collect();
+        if let Some(pairs) = index.cooccurrence(principal, members.as_ref(), &classes) {
+            return Ok(pairs);
+        }
+    }
     let cond = customer_service::filter_condition(db, principal, filter, None).await?;
     let ids: Vec<i64> = tag_ids.iter().map(|t| t.0).collect();
     let (a, b) = (Alias::new("a"), Alias::new("b"));
@@ -915,6 +927,17 @@ pub async fn cooccurrence(
     let mut out: Vec<(i64, i64, u64)> = counts.into_iter().map(|((x, y), n)| (x, y, n)).collect();
     out.sort();
     Ok(out)
+}
+
+fn filter_is_empty(filter: &CustomerFilter) -> bool {
+    filter.segment.is_none()
+        && filter.org_unit.is_none()
+        && filter.search.is_none()
+        && filter.has_all_tags.is_empty()
+        && filter.has_any_tags.is_empty()
+        && filter.lifecycle_stage.is_none()
+        && filter.total_spend_min.is_none()
+        && filter.total_spend_max.is_none()
 }
 
 /// The members of a filter that the caller may see, from the in-memory

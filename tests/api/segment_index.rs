@@ -456,8 +456,50 @@ async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: Te
     assert_eq!(kinds.len(), KINDS - 1, "every node kind was compared: {kinds:?}");
     assert!(checked.len() > 80, "only {} expressions were valid", checked.len());
     assert!(sizes.len() > 10, "the expressions select different sets: {sizes:?}");
-    // Dropped and rebuilt: the same answers.
+    // Cross analysis: the index's pairwise counts equal the SQL's, with and
+    // without a segment, for every caller (a fresh index is not ready, so
+    // it makes the service answer by SQL).
     let state = &app.app.state;
+    let offset = state.settings.utc_offset;
+    let unready = tagbase::segment::SegmentIndex::new();
+    let mut compared = 0;
+    for (who, (login, principal)) in principals.iter().enumerate() {
+        for round in 0..8 {
+            let k = rng.random_range(1..6);
+            let tags: Vec<tagbase::domain::TagId> =
+                (0..k).map(|_| tagbase::domain::TagId(group_tags[rng.random_range(0..group_tags.len())])).collect();
+            let mut filter = customer_service::CustomerFilter::default();
+            if round % 2 == 1
+                && let Some((_, expr, _)) = checked.iter().filter(|(w, _, _)| *w == who).nth(round)
+            {
+                let text = tagbase::segment::print(expr, &|_, _| None, offset);
+                let parsed = segment_service::parse_text(&text, offset).unwrap();
+                let resolved =
+                    segment_service::resolve(&state.db, principal, &state.settings.limits, parsed).await.unwrap();
+                filter.segment = Some(customer_service::SegmentFilter { resolved, offset });
+            }
+            let limits = &state.settings.limits;
+            let by_index =
+                segment_service::cooccurrence(&state.db, &state.index, principal, limits, &tags, &filter).await;
+            let by_sql = segment_service::cooccurrence(&state.db, &unready, principal, limits, &tags, &filter).await;
+            match (by_index, by_sql) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(
+                        a,
+                        b,
+                        "{login}: cross analysis of {tags:?} differs (segment: {})",
+                        filter.segment.is_some()
+                    );
+                    compared += 1;
+                }
+                (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{login}"),
+                (a, b) => panic!("{login}: the index answered {a:?}, SQL {b:?}"),
+            }
+        }
+    }
+    assert!(compared > 10, "only {compared} cross analyses compared");
+
+    // Dropped and rebuilt: the same answers.
     state.index.rebuild(&app.db).await.unwrap();
     for (who, resolved_expr, expected) in &checked {
         let (login, principal) = &principals[*who];
