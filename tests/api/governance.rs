@@ -582,6 +582,59 @@ async fn a_salesperson_proposes_a_new_tag(app: TestApp) {
     assert_eq!(preview.ok()["segmentPreview"]["count"], 1);
 }
 
+/// A group edit that would break what the group promises is refused: an
+/// exclusive group whose customers hold several of its tags, a naming
+/// pattern its tags do not match. A valid edit is a version with its diff.
+async fn group_edits_keep_their_promises(app: TestApp) {
+    let group = app.group_id("活动").await;
+    let customer = app.customers_of("sz01").await[0].clone();
+    let (a, b) = (app.tag_id("活动", "询价").await, app.tag_id("活动", "晚间咨询").await);
+    app.gql("admin", TAG_CUSTOMERS, json!({ "c": [customer], "t": [a, b] })).await.ok();
+    let v = group_version(&app, &group).await;
+    let before = app.snapshot().await;
+    let res = app
+        .gql("admin", &update_group(), json!({ "in": { "id": group, "expectedVersion": v, "exclusive": true } }))
+        .await;
+    assert_eq!(res.code(), "VALIDATION");
+    assert_eq!(res.0["errors"][0]["extensions"]["field"], "exclusive");
+    let res = app
+        .gql(
+            "admin",
+            &update_group(),
+            json!({ "in": { "id": group, "expectedVersion": v, "namingPattern": "^活动_" } }),
+        )
+        .await;
+    assert_eq!(res.code(), "VALIDATION");
+    assert_eq!(res.0["errors"][0]["extensions"]["field"], "namingPattern");
+    let res = app.gql("admin", &update_group(), json!({ "in": { "id": group, "expectedVersion": v } })).await;
+    assert_eq!(res.code(), "VALIDATION", "an edit that changes nothing");
+    assert_eq!(app.snapshot().await, before);
+
+    let res = app
+        .gql(
+            "admin",
+            &update_group(),
+            json!({ "in": { "id": group, "expectedVersion": v, "description": "门店与线上活动", "visibilityClass": "interest" } }),
+        )
+        .await;
+    assert_eq!(res.ok()["updateTagGroup"]["tagGroup"]["version"], v + 1);
+    let history = app
+        .gql(
+            "hq.auditor",
+            "query($id: ID!) { tagGroupHistory(groupId: $id) { version action changes { field from to } changedBy { login } } }",
+            json!({ "id": group }),
+        )
+        .await;
+    let versions = history.ok()["tagGroupHistory"].as_array().unwrap().clone();
+    assert_eq!(versions[0]["version"], v + 1);
+    assert_eq!(versions[0]["changedBy"]["login"], "admin");
+    let mut fields: Vec<&str> =
+        versions[0]["changes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    fields.sort();
+    assert_eq!(fields, ["description", "visibilityClass"]);
+    assert_eq!(versions.last().unwrap()["version"], 1, "the state before versioning is kept as the first version");
+}
+
 /// A renamed tag is restored by rolling back to the version before the
 /// rename; the rollback is a new version, and the old name works again.
 async fn a_rollback_restores_a_renamed_tag(app: TestApp) {
@@ -944,6 +997,7 @@ on_both_databases!(
     a_merge_repoints_the_tags_rolling_up_to_it,
     a_merge_keeps_exclusive_groups_exclusive,
     a_salesperson_proposes_a_new_tag,
+    group_edits_keep_their_promises,
     archive_and_restore_are_versions,
     a_modification_lock_refuses_instead_of_overwriting,
     a_forgotten_lock_expires,
