@@ -192,15 +192,7 @@ async fn guarded_values_are_masked(app: TestApp) {
     )
     .await
     .ok();
-    let group = app
-        .gql(
-            "sz01.manager",
-            "mutation($u: ID!) { createTagGroup(input: { orgUnitId: $u, name: \"门店健康\", category: PREDICTIVE,
-                visibilityClass: \"sensitive\" }) { tagGroup { id } } }",
-            json!({ "u": app.unit_id("sz01") }),
-        )
-        .await;
-    let group = group.ok()["createTagGroup"]["tagGroup"]["id"].as_str().unwrap().to_owned();
+    let group = app.create_group("sz01.manager", "sz01", "门店健康", "sensitive", false).await;
     app.gql("sz01.sales", "mutation { createPersonalTag(input: { name: \"爱喝茶\" }) { tag { id } } }", json!({}))
         .await
         .ok();

@@ -32,6 +32,14 @@ fn update_group() -> String {
     )
 }
 
+async fn edit_tag(app: &TestApp, login: &str, input: Value) -> Gql {
+    app.gql(login, &update_tag(), json!({ "in": input })).await
+}
+
+async fn edit_group(app: &TestApp, login: &str, input: Value) -> Gql {
+    app.gql(login, &update_group(), json!({ "in": input })).await
+}
+
 fn approve() -> String {
     format!(
         "mutation($id: ID!, $c: String) {{ approveChangeRequest(id: $id, comment: $c) {{
@@ -98,23 +106,9 @@ fn request_of(res: &Gql, field: &str) -> Value {
 /// A store group sales may see (behaviour class) with one tag, made by the
 /// store manager directly: `(group id, tag id)`.
 async fn store_tag(app: &TestApp) -> (String, String) {
-    let res = app
-        .gql(
-            "sz01.manager",
-            "mutation($u: ID!) { createTagGroup(input: { orgUnitId: $u, name: \"门店活动\", category: BEHAVIOR,
-                visibilityClass: \"behavior\" }) { tagGroup { id } } }",
-            json!({ "u": app.unit_id("sz01") }),
-        )
-        .await;
-    let group = res.ok()["createTagGroup"]["tagGroup"]["id"].as_str().unwrap().to_owned();
-    let res = app
-        .gql(
-            "sz01.manager",
-            "mutation($g: ID!) { createTag(input: { groupId: $g, name: \"周末到店\" }) { tag { id } } }",
-            json!({ "g": group }),
-        )
-        .await;
-    (group, res.ok()["createTag"]["tag"]["id"].as_str().unwrap().to_owned())
+    let group = app.create_group("sz01.manager", "sz01", "门店活动", "behavior", false).await;
+    let tag = app.create_tag("sz01.manager", &group, "周末到店").await;
+    (group, tag)
 }
 
 /// A store manager edits its own store's group directly; its edit of the
@@ -124,13 +118,12 @@ async fn store_tag(app: &TestApp) -> (String, String) {
 async fn a_store_proposes_and_its_region_approves(app: TestApp) {
     // Direct: the store's own layer.
     let own = app.tag_id("门店专属", "特殊护理需求").await;
-    let res = app
-        .gql(
-            "sz01.manager",
-            &update_tag(),
-            json!({ "in": { "id": own, "expectedVersion": version_of(&app, &own).await, "description": "术后、孕产护理" } }),
-        )
-        .await;
+    let res = edit_tag(
+        &app,
+        "sz01.manager",
+        json!({ "id": own, "expectedVersion": version_of(&app, &own).await, "description": "术后、孕产护理" }),
+    )
+    .await;
     let payload = &res.ok()["updateTag"];
     assert_eq!(payload["applied"], true);
     assert!(payload["changeRequest"].is_null());
@@ -139,14 +132,13 @@ async fn a_store_proposes_and_its_region_approves(app: TestApp) {
     // By request: the region's layer.
     let regional = app.tag_id("华南区域标签", "南方气候").await;
     let before = version_of(&app, &regional).await;
-    let res = app
-        .gql(
-            "sz01.manager",
-            &update_tag(),
-            json!({ "in": { "id": regional, "expectedVersion": before, "name": "南方湿热气候",
-                            "reason": "门店反馈：名称更准确" } }),
-        )
-        .await;
+    let res = edit_tag(
+        &app,
+        "sz01.manager",
+        json!({ "id": regional, "expectedVersion": before, "name": "南方湿热气候",
+                            "reason": "门店反馈：名称更准确" }),
+    )
+    .await;
     let request = request_of(&res, "updateTag");
     assert!(res.ok()["updateTag"]["tag"].is_null());
     assert_eq!(request["status"], "PENDING");
@@ -218,14 +210,13 @@ async fn a_store_proposes_and_its_region_approves(app: TestApp) {
 async fn hq_rejects_with_a_reason(app: TestApp) {
     let group = app.group_id("资产状况").await;
     let before = group_version(&app, &group).await;
-    let res = app
-        .gql(
-            "south.manager",
-            &update_group(),
-            json!({ "in": { "id": group, "expectedVersion": before, "name": "资产与负债",
-                            "reason": "区域想统一叫法" } }),
-        )
-        .await;
+    let res = edit_group(
+        &app,
+        "south.manager",
+        json!({ "id": group, "expectedVersion": before, "name": "资产与负债",
+                            "reason": "区域想统一叫法" }),
+    )
+    .await;
     let request = request_of(&res, "updateTagGroup");
     assert_eq!(request["scope"]["code"], "hq");
     assert_eq!(request["kind"], "tag_group.update");
@@ -262,13 +253,12 @@ async fn hq_rejects_with_a_reason(app: TestApp) {
 async fn two_racing_approvers_give_one_winner(app: TestApp) {
     let (_, target) = store_tag(&app).await;
     let before = version_of(&app, &target).await;
-    let res = app
-        .gql(
-            "sz01.sales",
-            &update_tag(),
-            json!({ "in": { "id": target, "expectedVersion": before, "aliases": ["特护"], "reason": "顾客常这么说" } }),
-        )
-        .await;
+    let res = edit_tag(
+        &app,
+        "sz01.sales",
+        json!({ "id": target, "expectedVersion": before, "aliases": ["特护"], "reason": "顾客常这么说" }),
+    )
+    .await;
     let id = request_of(&res, "updateTag")["id"].as_str().unwrap().to_owned();
     assert_eq!(res.ok()["updateTag"]["changeRequest"]["scope"]["code"], "sz01");
 
@@ -297,18 +287,12 @@ async fn two_racing_approvers_give_one_winner(app: TestApp) {
 async fn an_edit_overtaken_by_another_goes_stale(app: TestApp) {
     let (_, target) = store_tag(&app).await;
     let v1 = version_of(&app, &target).await;
-    let res = app
-        .gql("sz01.sales", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v1, "name": "周末来店" } }))
-        .await;
+    let res = edit_tag(&app, "sz01.sales", json!({ "id": target, "expectedVersion": v1, "name": "周末来店" })).await;
     let id = request_of(&res, "updateTag")["id"].as_str().unwrap().to_owned();
     // Meanwhile the manager edits the tag directly.
-    let direct = app
-        .gql(
-            "sz01.manager",
-            &update_tag(),
-            json!({ "in": { "id": target, "expectedVersion": v1, "description": "需要单独服务" } }),
-        )
-        .await;
+    let direct =
+        edit_tag(&app, "sz01.manager", json!({ "id": target, "expectedVersion": v1, "description": "需要单独服务" }))
+            .await;
     assert_eq!(direct.ok()["updateTag"]["applied"], true);
 
     let res = app.gql("south.manager", &approve(), json!({ "id": id })).await;
@@ -328,25 +312,18 @@ async fn an_edit_overtaken_by_another_goes_stale(app: TestApp) {
 async fn a_stale_expected_version_is_a_conflict(app: TestApp) {
     let target = app.tag_id("活动", "询价").await;
     let v = version_of(&app, &target).await;
-    let ok = app
-        .gql("admin", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v, "name": "询价客户" } }))
-        .await;
+    let ok = edit_tag(&app, "admin", json!({ "id": target, "expectedVersion": v, "name": "询价客户" })).await;
     assert_eq!(ok.ok()["updateTag"]["tag"]["version"], v + 1);
     let snapshot = app.snapshot().await;
-    let res =
-        app.gql("admin", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v, "name": "问价" } })).await;
+    let res = edit_tag(&app, "admin", json!({ "id": target, "expectedVersion": v, "name": "问价" })).await;
     assert_eq!(res.code(), "CONFLICT");
-    let res = app
-        .gql("sz01.sales", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v, "name": "问价" } }))
-        .await;
+    let res = edit_tag(&app, "sz01.sales", json!({ "id": target, "expectedVersion": v, "name": "问价" })).await;
     assert_eq!(res.code(), "CONFLICT", "a proposal is checked against the current version too");
     assert_eq!(app.snapshot().await, snapshot);
     let listed = app.gql("admin", "{ changeRequests { totalCount } }", json!({})).await;
     assert_eq!(listed.ok()["changeRequests"]["totalCount"], 0);
     // A caller with neither write nor propose rights is refused outright.
-    let res = app
-        .gql("hq.auditor", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v + 1, "name": "问价" } }))
-        .await;
+    let res = edit_tag(&app, "hq.auditor", json!({ "id": target, "expectedVersion": v + 1, "name": "问价" })).await;
     assert_eq!(res.code(), "FORBIDDEN");
 }
 
@@ -354,9 +331,7 @@ async fn a_stale_expected_version_is_a_conflict(app: TestApp) {
 async fn only_the_requester_cancels(app: TestApp) {
     let (_, target) = store_tag(&app).await;
     let v = version_of(&app, &target).await;
-    let res = app
-        .gql("sz01.sales", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v, "ttlSeconds": 86400 } }))
-        .await;
+    let res = edit_tag(&app, "sz01.sales", json!({ "id": target, "expectedVersion": v, "ttlSeconds": 86400 })).await;
     let id = request_of(&res, "updateTag")["id"].as_str().unwrap().to_owned();
     assert_eq!(app.gql("sz01.manager", &cancel(), json!({ "id": id })).await.code(), "FORBIDDEN");
     let res = app.gql("sz01.sales", &cancel(), json!({ "id": id })).await;
@@ -480,13 +455,12 @@ async fn a_moved_tag_counts_in_its_new_group(app: TestApp) {
         async move { app.gql("admin", PREVIEW, json!({ "t": text })).await.ok()["segmentPreview"]["count"].clone() }
     };
     assert_eq!(count(&from).await, group_holders(&app, &from).await);
-    let res = app
-        .gql(
-            "admin",
-            &update_tag(),
-            json!({ "in": { "id": target, "expectedVersion": version_of(&app, &target).await, "groupId": to } }),
-        )
-        .await;
+    let res = edit_tag(
+        &app,
+        "admin",
+        json!({ "id": target, "expectedVersion": version_of(&app, &target).await, "groupId": to }),
+    )
+    .await;
     assert_eq!(res.ok()["updateTag"]["applied"], true);
     assert_eq!(tag(&app, "admin", &target).await["group"]["id"], to.as_str());
     let (now_from, now_to) = (group_holders(&app, &from).await, group_holders(&app, &to).await);
@@ -592,31 +566,22 @@ async fn group_edits_keep_their_promises(app: TestApp) {
     app.gql("admin", TAG_CUSTOMERS, json!({ "c": [customer], "t": [a, b] })).await.ok();
     let v = group_version(&app, &group).await;
     let before = app.snapshot().await;
-    let res = app
-        .gql("admin", &update_group(), json!({ "in": { "id": group, "expectedVersion": v, "exclusive": true } }))
-        .await;
+    let res = edit_group(&app, "admin", json!({ "id": group, "expectedVersion": v, "exclusive": true })).await;
     assert_eq!(res.code(), "VALIDATION");
     assert_eq!(res.0["errors"][0]["extensions"]["field"], "exclusive");
-    let res = app
-        .gql(
-            "admin",
-            &update_group(),
-            json!({ "in": { "id": group, "expectedVersion": v, "namingPattern": "^活动_" } }),
-        )
-        .await;
+    let res = edit_group(&app, "admin", json!({ "id": group, "expectedVersion": v, "namingPattern": "^活动_" })).await;
     assert_eq!(res.code(), "VALIDATION");
     assert_eq!(res.0["errors"][0]["extensions"]["field"], "namingPattern");
-    let res = app.gql("admin", &update_group(), json!({ "in": { "id": group, "expectedVersion": v } })).await;
+    let res = edit_group(&app, "admin", json!({ "id": group, "expectedVersion": v })).await;
     assert_eq!(res.code(), "VALIDATION", "an edit that changes nothing");
     assert_eq!(app.snapshot().await, before);
 
-    let res = app
-        .gql(
-            "admin",
-            &update_group(),
-            json!({ "in": { "id": group, "expectedVersion": v, "description": "门店与线上活动", "visibilityClass": "interest" } }),
-        )
-        .await;
+    let res = edit_group(
+        &app,
+        "admin",
+        json!({ "id": group, "expectedVersion": v, "description": "门店与线上活动", "visibilityClass": "interest" }),
+    )
+    .await;
     assert_eq!(res.ok()["updateTagGroup"]["tagGroup"]["version"], v + 1);
     let history = app
         .gql(
@@ -641,13 +606,11 @@ async fn a_rollback_restores_a_renamed_tag(app: TestApp) {
     let target = app.tag_id("活动", "晚间咨询").await;
     let v1 = version_of(&app, &target).await;
     let holders_before = holders(&app, &target).await;
-    app.gql("admin", &update_tag(), json!({ "in": { "id": target, "expectedVersion": v1, "name": "夜间咨询" } }))
-        .await
-        .ok();
-    app.gql(
+    edit_tag(&app, "admin", json!({ "id": target, "expectedVersion": v1, "name": "夜间咨询" })).await.ok();
+    edit_tag(
+        &app,
         "admin",
-        &update_tag(),
-        json!({ "in": { "id": target, "expectedVersion": v1 + 1, "description": "22点后咨询", "aliases": ["夜猫子"] } }),
+        json!({ "id": target, "expectedVersion": v1 + 1, "description": "22点后咨询", "aliases": ["夜猫子"] }),
     )
     .await
     .ok();
@@ -718,27 +681,10 @@ async fn archive_and_restore_are_versions(app: TestApp) {
 /// An exclusive follow-up group at HQ, as a 4S store uses it: a customer
 /// is in one stage.
 async fn follow_up_group(app: &TestApp) -> (String, String, String) {
-    let res = app
-        .gql(
-            "admin",
-            "mutation($u: ID!) { createTagGroup(input: { orgUnitId: $u, name: \"跟进阶段\", category: BEHAVIOR,
-                visibilityClass: \"behavior\", exclusive: true }) { tagGroup { id } } }",
-            json!({ "u": app.unit_id("hq") }),
-        )
-        .await;
-    let group = res.ok()["createTagGroup"]["tagGroup"]["id"].as_str().unwrap().to_owned();
-    let mut ids = Vec::new();
-    for name in ["试驾预约", "已完成交易"] {
-        let res = app
-            .gql(
-                "admin",
-                "mutation($g: ID!, $n: String!) { createTag(input: { groupId: $g, name: $n }) { tag { id } } }",
-                json!({ "g": group, "n": name }),
-            )
-            .await;
-        ids.push(res.ok()["createTag"]["tag"]["id"].as_str().unwrap().to_owned());
-    }
-    (group, ids[0].clone(), ids[1].clone())
+    let group = app.create_group("admin", "hq", "跟进阶段", "behavior", true).await;
+    let test_drive = app.create_tag("admin", &group, "试驾预约").await;
+    let closed = app.create_tag("admin", &group, "已完成交易").await;
+    (group, test_drive, closed)
 }
 
 async fn stage_of(app: &TestApp, customer: &str, group: &str) -> Vec<String> {

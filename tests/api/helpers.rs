@@ -250,6 +250,32 @@ impl TestApp {
             .to_string()
     }
 
+    /// Creates a tag group as `login` (directly: it must hold
+    /// `tag_library:write` there) and returns its id.
+    pub async fn create_group(&self, login: &str, unit: &str, name: &str, class: &str, exclusive: bool) -> String {
+        let res = self
+            .gql(
+                login,
+                "mutation($u: ID!, $n: String!, $c: String!, $x: Boolean!) { createTagGroup(input: { orgUnitId: $u,
+                    name: $n, category: BEHAVIOR, visibilityClass: $c, exclusive: $x }) { tagGroup { id } } }",
+                json!({ "u": self.unit_id(unit), "n": name, "c": class, "x": exclusive }),
+            )
+            .await;
+        res.ok()["createTagGroup"]["tagGroup"]["id"].as_str().expect("created directly").to_owned()
+    }
+
+    /// Creates a tag in a group as `login` (directly) and returns its id.
+    pub async fn create_tag(&self, login: &str, group: &str, name: &str) -> String {
+        let res = self
+            .gql(
+                login,
+                "mutation($g: ID!, $n: String!) { createTag(input: { groupId: $g, name: $n }) { tag { id } } }",
+                json!({ "g": group, "n": name }),
+            )
+            .await;
+        res.ok()["createTag"]["tag"]["id"].as_str().expect("created directly").to_owned()
+    }
+
     /// Ids of the demo customers of a store.
     pub async fn customers_of(&self, store: &str) -> Vec<String> {
         let mut ids: Vec<i64> = customer::Entity::find()
