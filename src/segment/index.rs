@@ -40,7 +40,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
 };
 
-use super::{Ref, SegmentExpr};
+use super::{Range, Ref, SegmentExpr};
 use crate::authz::{Action, ClassAccess, Principal, Scope};
 use crate::service::segment::{AgeBounds, Resolved};
 
@@ -805,6 +805,17 @@ struct Evaluator<'a> {
     today: NaiveDate,
 }
 
+/// A scanned predicate, ready to test customers against.
+enum Test<'e> {
+    Age(AgeBounds),
+    Spend(&'e Range<i64>),
+    Orders(&'e Range<i64>),
+    LastOrderBefore(i64),
+    LastOrderAfter(i64),
+    AddedBefore(i64),
+    AddedAfter(i64),
+}
+
 /// A predicate answered by testing each candidate's column value.
 fn is_scan(e: &SegmentExpr) -> bool {
     matches!(
@@ -848,43 +859,53 @@ impl Evaluator<'_> {
         Some(self.where_tag_visible(resolved, *id, holders))
     }
 
-    /// The candidates for which a scanned predicate holds. Mirrors the
-    /// SQL: a NULL value never matches, so `NOT` stays two-valued.
-    fn scan(&self, e: &SegmentExpr, candidates: &RoaringBitmap) -> RoaringBitmap {
+    /// A scanned predicate with its bounds worked out once.
+    fn test_of<'e>(&self, e: &'e SegmentExpr) -> Option<Test<'e>> {
+        Some(match e {
+            SegmentExpr::Age(r) => Test::Age(AgeBounds::new(r, self.today)),
+            SegmentExpr::Spend(r) => Test::Spend(r),
+            SegmentExpr::Orders(r) => Test::Orders(r),
+            SegmentExpr::LastOrderBefore(t) => Test::LastOrderBefore(self.s.bound(*t)),
+            SegmentExpr::LastOrderAfter(t) => Test::LastOrderAfter(self.s.bound(*t)),
+            SegmentExpr::AddedBefore(t) => Test::AddedBefore(self.s.bound(*t)),
+            SegmentExpr::AddedAfter(t) => Test::AddedAfter(self.s.bound(*t)),
+            _ => return None,
+        })
+    }
+
+    /// Whether customer `i` passes a test. Mirrors the SQL: a NULL value
+    /// never matches, so `NOT` stays two-valued.
+    fn passes(&self, test: &Test<'_>, i: usize) -> bool {
         let a = &self.s.attributes;
-        // Candidates come in order: appending beats inserting one by one.
-        let keep = |test: &dyn Fn(usize) -> bool| {
-            RoaringBitmap::from_sorted_iter(candidates.iter().filter(|bit| test(*bit as usize)))
-                .expect("a bitmap iterates in order")
-        };
-        let time = |column: &[i64], i: usize| column.get(i).copied().filter(|v| *v != NO_TIME);
-        match e {
-            SegmentExpr::Age(r) => {
-                let bounds = AgeBounds::new(r, self.today);
-                keep(&|i| {
-                    let day = a.birth_day.get(i).copied().filter(|d| *d != NO_DAY);
-                    bounds.contains(day.and_then(NaiveDate::from_num_days_from_ce_opt))
-                })
+        let time = |column: &[i64]| column.get(i).copied().filter(|v| *v != NO_TIME);
+        match test {
+            Test::Age(bounds) => {
+                let day = a.birth_day.get(i).copied().filter(|d| *d != NO_DAY);
+                bounds.contains(day.and_then(NaiveDate::from_num_days_from_ce_opt))
             }
-            SegmentExpr::Spend(r) => keep(&|i| a.spend.get(i).is_some_and(|v| r.contains(*v))),
-            SegmentExpr::Orders(r) => keep(&|i| a.orders.get(i).is_some_and(|v| r.contains(i64::from(*v)))),
-            SegmentExpr::LastOrderBefore(t) => {
-                let t = self.s.bound(*t);
-                keep(&|i| time(&a.last_order, i).is_some_and(|v| v < t))
-            }
-            SegmentExpr::LastOrderAfter(t) => {
-                let t = self.s.bound(*t);
-                keep(&|i| time(&a.last_order, i).is_some_and(|v| v > t))
-            }
-            SegmentExpr::AddedBefore(t) => {
-                let t = self.s.bound(*t);
-                keep(&|i| time(&a.added, i).is_some_and(|v| v < t))
-            }
-            SegmentExpr::AddedAfter(t) => {
-                let t = self.s.bound(*t);
-                keep(&|i| time(&a.added, i).is_some_and(|v| v > t))
-            }
-            _ => RoaringBitmap::new(),
+            Test::Spend(r) => a.spend.get(i).is_some_and(|v| r.contains(*v)),
+            Test::Orders(r) => a.orders.get(i).is_some_and(|v| r.contains(i64::from(*v))),
+            Test::LastOrderBefore(t) => time(&a.last_order).is_some_and(|v| v < *t),
+            Test::LastOrderAfter(t) => time(&a.last_order).is_some_and(|v| v > *t),
+            Test::AddedBefore(t) => time(&a.added).is_some_and(|v| v < *t),
+            Test::AddedAfter(t) => time(&a.added).is_some_and(|v| v > *t),
+        }
+    }
+
+    /// The candidates that pass every test, in one pass (candidates come
+    /// in order: appending beats inserting one by one).
+    fn scan_all(&self, tests: &[Test<'_>], candidates: &RoaringBitmap) -> RoaringBitmap {
+        RoaringBitmap::from_sorted_iter(
+            candidates.iter().filter(|bit| tests.iter().all(|t| self.passes(t, *bit as usize))),
+        )
+        .expect("a bitmap iterates in order")
+    }
+
+    /// The candidates for which a scanned predicate holds.
+    fn scan(&self, e: &SegmentExpr, candidates: &RoaringBitmap) -> RoaringBitmap {
+        match self.test_of(e) {
+            Some(test) => self.scan_all(&[test], candidates),
+            None => RoaringBitmap::new(),
         }
     }
 
@@ -899,11 +920,12 @@ impl Evaluator<'_> {
                 None => members,
             });
         }
-        let mut acc = acc.unwrap_or_else(|| self.universe.clone());
-        for item in items.iter().filter(|i| is_scan(i)) {
-            acc = self.scan(item, &acc);
+        let acc = acc.unwrap_or_else(|| self.universe.clone());
+        let tests: Vec<Test<'_>> = items.iter().filter_map(|i| self.test_of(i)).collect();
+        if tests.is_empty() {
+            return Some(acc);
         }
-        Some(acc)
+        Some(self.scan_all(&tests, &acc))
     }
 
     fn value_bitmap(map: &HashMap<String, RoaringBitmap>, value: &str) -> RoaringBitmap {
