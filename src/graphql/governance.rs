@@ -42,6 +42,16 @@ impl ChangeRequest {
     async fn change(&self) -> Json<Value> {
         Json(self.0.payload.clone())
     }
+    /// What approving would change now, field by field (current value →
+    /// proposed value), worked out by applying the edit in a transaction
+    /// that is rolled back. Empty for bulk tagging and decided requests;
+    /// `CONFLICT` when the target moved since (approving would mark the
+    /// request STALE).
+    async fn diff(&self, ctx: &Context<'_>) -> Result<Vec<FieldChange>> {
+        let env = env(ctx);
+        Ok(field_changes(library_edit::preview(env.db, &self.0).await?))
+    }
+
     /// The versions of the touched objects the request was made against;
     /// approval fails (and marks the request STALE) if any moved.
     async fn base_versions(&self) -> Json<Value> {
@@ -120,6 +130,10 @@ pub struct FieldChange {
     to: Json<Value>,
 }
 
+fn field_changes(changes: Vec<(String, Value, Value)>) -> Vec<FieldChange> {
+    changes.into_iter().map(|(field, from, to)| FieldChange { field, from: Json(from), to: Json(to) }).collect()
+}
+
 /// One version of a tag or tag group.
 pub struct LibraryVersion(VersionEntry);
 
@@ -138,15 +152,7 @@ impl LibraryVersion {
     }
     /// What differs from the version before.
     async fn changes(&self) -> Vec<FieldChange> {
-        self.0
-            .changes
-            .iter()
-            .map(|(field, from, to)| FieldChange {
-                field: field.clone(),
-                from: Json(from.clone()),
-                to: Json(to.clone()),
-            })
-            .collect()
+        field_changes(self.0.changes.clone())
     }
     /// Who made the change (none for data older than versioning).
     async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {

@@ -1286,6 +1286,50 @@ fn diff(before: Option<&Value>, after: &Value) -> Vec<(String, Value, Value)> {
         .collect()
 }
 
+/// What approving a pending library-edit request would change now, field
+/// by field (`from` the object's current state, `to` the state the edit
+/// makes): the edit is applied in a transaction that is rolled back. Empty
+/// for bulk tagging and for decided requests.
+///
+/// # Errors
+/// `CONFLICT` when the target moved since the request was made (approving
+/// would mark it `STALE`); the edit's own errors.
+pub async fn preview(
+    db: &DatabaseConnection,
+    request: &change_request::Model,
+) -> AppResult<Vec<(String, Value, Value)>> {
+    if request.kind.starts_with("customer.") || request.status != entity::enums::ChangeRequestStatus::Pending {
+        return Ok(Vec::new());
+    }
+    let edit: LibraryEdit = serde_json::from_value(request.payload.clone()).map_err(AppError::internal)?;
+    let base: Versions = serde_json::from_value(request.base_versions.clone()).map_err(AppError::internal)?;
+    let txn = db.begin().await?;
+    if !still_current(&txn, &base).await? {
+        return Err(AppError::Conflict(format!(
+            "the target of change request {} changed since it was made; approving would mark it STALE",
+            request.id
+        )));
+    }
+    let (kind, id) = edit.target();
+    let before = match (&edit, kind) {
+        (LibraryEdit::CreateTag { .. } | LibraryEdit::CreateTagGroup { .. }, _) => None,
+        (_, ObjectKind::Tag) => Some(serde_json::to_value(TagState::from(&load_tag(&txn, id).await?))),
+        (_, ObjectKind::TagGroup) => Some(serde_json::to_value(GroupState::from(&load_group(&txn, id).await?))),
+    }
+    .transpose()
+    .map_err(AppError::internal)?;
+    let outcome =
+        apply(&txn, StaffId(request.requester_staff_id), &edit, &base, Some(request.id), &request.reason).await?;
+    txn.rollback().await?;
+    let after = match (&outcome.tag, &outcome.group) {
+        (Some(t), _) => serde_json::to_value(TagState::from(t)),
+        (None, Some(g)) => serde_json::to_value(GroupState::from(g)),
+        (None, None) => return Ok(Vec::new()),
+    }
+    .map_err(AppError::internal)?;
+    Ok(diff(before.as_ref(), &after))
+}
+
 /// The versions of a tag or group, newest first. Objects created before
 /// versioning show their current state as their first version.
 ///

@@ -177,6 +177,20 @@ async fn a_store_proposes_and_its_region_approves(app: TestApp) {
     assert_eq!(pending.ok()["changeRequests"]["totalCount"], 1);
     assert_eq!(pending.ok()["changeRequests"]["edges"][0]["node"]["id"], id.as_str());
 
+    // The approver sees what approving would change.
+    let diff = app
+        .gql(
+            "south.manager",
+            "query($id: ID!) { changeRequest(id: $id) { diff { field from to } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        diff.ok()["changeRequest"]["diff"],
+        json!([{ "field": "name", "from": "南方气候", "to": "南方湿热气候" }])
+    );
+    assert_eq!(tag(&app, "admin", &regional).await["version"], before, "the preview wrote nothing");
+
     // Nobody approves their own request; a store approver is below the scope.
     let own = app.gql("sz01.manager", &approve(), json!({ "id": id })).await;
     assert_eq!(own.code(), "FORBIDDEN");
@@ -295,6 +309,10 @@ async fn an_edit_overtaken_by_another_goes_stale(app: TestApp) {
             .await;
     assert_eq!(direct.ok()["updateTag"]["applied"], true);
 
+    let diff = app
+        .gql("south.manager", "query($id: ID!) { changeRequest(id: $id) { diff { field } } }", json!({ "id": id }))
+        .await;
+    assert_eq!(diff.code(), "CONFLICT", "the preview says the target moved");
     let res = app.gql("south.manager", &approve(), json!({ "id": id })).await;
     assert_eq!(res.code(), "CONFLICT");
     let stale = app.gql("sz01.sales", &request_query(), json!({ "id": id })).await;
@@ -539,6 +557,12 @@ async fn a_salesperson_proposes_a_new_tag(app: TestApp) {
     assert_eq!(service.code(), "FORBIDDEN");
 
     let id = request["id"].as_str().unwrap();
+    let diff = app
+        .gql("admin", "query($id: ID!) { changeRequest(id: $id) { diff { field from to } } }", json!({ "id": id }))
+        .await;
+    let diff = diff.ok()["changeRequest"]["diff"].as_array().unwrap().clone();
+    let name = diff.iter().find(|c| c["field"] == "name").unwrap();
+    assert_eq!((&name["from"], &name["to"]), (&json!(null), &json!("到店看车")));
     let res = app.gql("admin", &approve(), json!({ "id": id })).await;
     let created = &res.ok()["approveChangeRequest"]["tag"];
     assert_eq!(created["name"], "到店看车");
