@@ -368,9 +368,38 @@ pub async fn run(settings: Settings, size: BenchSize, runs: usize) -> anyhow::Re
             ms(a99),
         );
     }
+    // Cross analysis (交叉分析) of five tags, popular to rare, over the
+    // caller's whole scope: the index's pairwise intersections against the
+    // SQL self-join (a fresh index is not ready, so the service uses SQL).
+    let cross: Vec<crate::domain::TagId> =
+        [t(2), t(3), t(10), t(40), t(300)].into_iter().map(crate::domain::TagId).collect();
+    let everyone = customer::CustomerFilter::default();
+    let (x50, x99, by_index) = timed(runs, || async {
+        segment::cooccurrence(&db, &index, &principal, &settings.limits, &cross, &everyone).await.map_err(anyhow_app)
+    })
+    .await?;
+    let unready = SegmentIndex::new();
+    let by_sql = timed(1, || async {
+        segment::cooccurrence(&sql_db, &unready, &principal, &settings.limits, &cross, &everyone)
+            .await
+            .map_err(anyhow_app)
+    })
+    .await;
     println!();
     println!("| measure | value |");
     println!("|---|---|");
+    println!("| cross analysis of 5 tags (15 pairs), whole scope: index median / p99 | {} / {} |", ms(x50), ms(x99));
+    match by_sql {
+        Ok((sql, _, pairs)) => {
+            anyhow::ensure!(pairs == by_index, "cross analysis: SQL and the index differ");
+            println!(
+                "| the same by plain SQL (one run) | {} ({:.0}×) |",
+                ms(sql),
+                sql.as_secs_f64() / x50.as_secs_f64().max(1e-9)
+            );
+        }
+        Err(err) => println!("| the same by plain SQL | failed: {err:#} |"),
+    }
     println!("| index build (from PostgreSQL) | {:.2} s |", build.as_secs_f64());
     println!(
         "| index memory (bitmaps, attribute columns, added-time order) | {:.1} MiB |",
