@@ -808,15 +808,12 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
 
     let db = app.db.clone();
     let watcher = async {
-        // Wait until the run holds its lock, then try as the salesperson
-        // until it lands.
+        // Wait until the run has taken its lock (held, or already released:
+        // lock rows stay, so this wait always ends), then try as the
+        // salesperson until it lands.
         loop {
-            let held = modification_lock::Entity::find()
-                .filter(modification_lock::Column::ReleasedAt.is_null())
-                .count(&db)
-                .await
-                .unwrap();
-            if held > 0 {
+            let taken = modification_lock::Entity::find().count(&db).await.unwrap();
+            if taken > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
