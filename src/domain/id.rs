@@ -35,6 +35,7 @@ typed_id!(TagId, "tag");
 typed_id!(TagGroupId, "tag group");
 typed_id!(OrgUnitId, "org unit");
 typed_id!(StaffId, "staff");
+typed_id!(EventSeq, "tag event");
 
 /// Parses a list of ids, dropping repeats but keeping the first order.
 pub fn parse_ids<T: Copy + Eq + std::hash::Hash>(

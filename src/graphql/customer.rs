@@ -8,14 +8,15 @@ use entity::{customer as customer_entity, enums::Gender, enums::TagCategory};
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::segment::{SegmentInput, resolve_segment};
-use super::tag::{CustomerTag, Tag};
+use super::tag::{CustomerTag, Tag, TagEvent};
 use super::{CustomerPrefetch, env, prefetch_customers};
 use crate::authz::{FIELD_RULES, FieldAccess};
 use crate::domain::{
-    CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId, parse_ids,
+    CustomerId, CustomerName, EventSeq, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId, parse_ids,
 };
 use crate::error::AppError;
 use crate::service::customer::{self as service, CustomerFilter, CustomerOrder, CustomerPatch, NewCustomer, SortField};
+use crate::service::tagging;
 
 /// A customer (客户).
 pub struct Customer(pub customer_entity::Model);
@@ -85,6 +86,22 @@ impl Customer {
     async fn tags(&self, ctx: &Context<'_>) -> Result<Vec<CustomerTag>> {
         let assignments = env(ctx).loaders.load_one(TagsOfCustomer(self.0.id)).await?.unwrap_or_default();
         Ok(assignments.into_iter().map(CustomerTag).collect())
+    }
+    /// The customer's tag history, newest first: every add and remove of a
+    /// tag the caller may see here, with who, when and from where. Page
+    /// back with `before`: the `id` of the last event you have.
+    async fn tag_events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+        before: Option<ID>,
+    ) -> Result<Vec<TagEvent>> {
+        let env = env(ctx);
+        let first = PageSize::parse(Some(first), env.limits)?;
+        let before = before.map(|b| EventSeq::parse(&b, "before")).transpose()?;
+        let events =
+            tagging::visible_events_of(env.db, env.principal, &self.0, first.get(), before.map(|b| b.0)).await?;
+        Ok(events.into_iter().map(TagEvent).collect())
     }
     /// The customer's tag in the HQ lifecycle group (客户阶段), if any.
     async fn lifecycle_stage(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {

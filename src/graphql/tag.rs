@@ -4,8 +4,8 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject
 use chrono::{DateTime, Utc};
 use entity::{
     customer_tag,
-    enums::{TagCategory, TagSource, TagStatus},
-    tag as tag_entity, tag_group,
+    enums::{TagCategory, TagOp, TagSource, TagStatus},
+    tag as tag_entity, tag_event, tag_group,
 };
 
 use super::customer::Customer;
@@ -160,6 +160,37 @@ impl CustomerTag {
     }
     async fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.0.expires_at
+    }
+}
+
+/// One add or remove of a tag on a customer (the append-only tag event).
+pub struct TagEvent(pub tag_event::Model);
+
+#[Object]
+impl TagEvent {
+    /// Its place in the event log (pass it as `before` for older events).
+    async fn id(&self) -> ID {
+        ID(self.0.seq.to_string())
+    }
+    /// The tag as it is now (a merged tag shows `MERGED` and `mergedInto`).
+    async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
+        load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
+    }
+    async fn op(&self) -> TagOp {
+        self.0.op
+    }
+    async fn source(&self) -> TagSource {
+        self.0.source
+    }
+    /// The rule, job, import, request or merge behind it.
+    async fn source_ref(&self) -> Option<&str> {
+        self.0.source_ref.as_deref()
+    }
+    async fn actor(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
+        staff_by_id(ctx, self.0.actor_staff_id).await
+    }
+    async fn occurred_at(&self) -> DateTime<Utc> {
+        self.0.occurred_at
     }
 }
 

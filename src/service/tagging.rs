@@ -630,6 +630,46 @@ pub async fn apply_approved(
 /// True when the caller may see a tag on a customer of `org_unit_id`: a
 /// personal tag (`owner` set) by its owner or with `personal_tag:read_all`,
 /// an enterprise tag when its class is readable in that unit.
+/// Most events one history page scans for visible ones.
+const HISTORY_SCAN: u64 = 5_000;
+
+/// A customer's tag history, newest first: the add and remove events of
+/// the tags the caller may see on that customer (as for its current tags),
+/// `first` of them before event `before` (a sequence number). A merged
+/// tag's events stay under that tag; the merge's moves have source `MERGE`.
+///
+/// # Errors
+/// Database errors.
+pub async fn visible_events_of(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    customer: &customer::Model,
+    first: u64,
+    before: Option<i64>,
+) -> AppResult<Vec<tag_event::Model>> {
+    let mut query = tag_event::Entity::find().filter(tag_event::Column::CustomerId.eq(customer.id));
+    if let Some(before) = before {
+        query = query.filter(tag_event::Column::Seq.lt(before));
+    }
+    let events = query.order_by_desc(tag_event::Column::Seq).limit(HISTORY_SCAN).all(db).await?;
+    let tag_ids: HashSet<i64> = events.iter().map(|e| e.tag_id).collect();
+    let tags: HashMap<i64, tag::Model> = tag::Entity::find()
+        .filter(tag::Column::Id.is_in(tag_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let groups = tag_library::groups_by_id(db, tags.values().filter_map(|t| t.group_id)).await?;
+    let visible = |tag_id: i64| {
+        tags.get(&tag_id).is_some_and(|t| {
+            let class = t.group_id.and_then(|g| groups.get(&g)).map(|g| g.visibility_class.as_str());
+            on_customer_visible(principal, t.owner_staff_id, class, customer.org_unit_id)
+        })
+    };
+    Ok(events.into_iter().filter(|e| visible(e.tag_id)).take(first as usize).collect())
+}
+
 fn on_customer_visible(principal: &Principal, owner: Option<i64>, class: Option<&str>, org_unit_id: i64) -> bool {
     match (owner, class) {
         (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),

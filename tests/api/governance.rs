@@ -428,6 +428,50 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     let since = format!("taggedBetween(#{a}, \"{}\", \"2100-01-01\")", merging_at.to_rfc3339());
     let since = app.gql("admin", PREVIEW, json!({ "t": since })).await;
     assert_eq!(since.ok()["segmentPreview"]["count"], 0);
+    // The customer's own history still shows the taggings with 升学咨询
+    // (now MERGED into 小升初需求) and the merge's move.
+    let events = app
+        .gql(
+            "admin",
+            "query($id: ID!) { customer(id: $id) { tagEvents(first: 100) { id op source actor { login }
+                tag { name status mergedInto { name } } } } }",
+            json!({ "id": customers[0] }),
+        )
+        .await;
+    let events = events.ok()["customer"]["tagEvents"].as_array().unwrap().clone();
+    let of = |name: &str, op: &str, source: &str| {
+        events.iter().any(|e| e["tag"]["name"] == name && e["op"] == op && e["source"] == source)
+    };
+    assert!(of("升学咨询", "ADD", "MANUAL"), "the original tagging: {events:#?}");
+    assert!(of("升学咨询", "REMOVE", "MERGE") && of("小升初需求", "ADD", "MERGE"), "the move: {events:#?}");
+    let merged = events.iter().find(|e| e["tag"]["name"] == "升学咨询").unwrap();
+    assert_eq!(merged["tag"]["status"], "MERGED");
+    assert_eq!(merged["tag"]["mergedInto"]["name"], "小升初需求");
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    // Paging back, and what a role that cannot see the class sees.
+    let older = app
+        .gql(
+            "admin",
+            "query($id: ID!, $b: ID) { customer(id: $id) { tagEvents(first: 1, before: $b) { id } } }",
+            json!({ "id": customers[0], "b": ids[0].to_string() }),
+        )
+        .await;
+    assert_eq!(older.ok()["customer"]["tagEvents"][0]["id"], ids[1].to_string());
+    let service = app
+        .gql(
+            "sz01.service",
+            "query($id: ID!) { customer(id: $id) { tagEvents(first: 100) { tag { name } } } }",
+            json!({ "id": customers[0] }),
+        )
+        .await;
+    let seen: Vec<Value> =
+        service.ok()["customer"]["tagEvents"].as_array().unwrap().iter().map(|e| e["tag"]["name"].clone()).collect();
+    assert!(
+        !seen.contains(&json!("升学咨询")) && !seen.contains(&json!("小升初需求")),
+        "interest tags are hidden: {seen:?}"
+    );
+
     // A merged tag is not used any more.
     let res = app.gql("admin", TAG_CUSTOMERS, json!({ "c": [customers[3]], "t": [b] })).await;
     assert_eq!(res.code(), "VALIDATION");
