@@ -89,7 +89,8 @@ impl Customer {
     }
     /// The customer's tag history, newest first: every add and remove of a
     /// tag the caller may see here, with who, when and from where. Page
-    /// back with `before`: the `id` of the last event you have.
+    /// back with `before`: the `id` of the last event you have. Meant for
+    /// one customer's page: it costs three statements per customer.
     async fn tag_events(
         &self,
         ctx: &Context<'_>,
