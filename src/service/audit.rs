@@ -5,12 +5,11 @@ use chrono::{DateTime, Utc};
 use entity::{audit_log, enums::AuditOutcome};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
 };
 use serde_json::{Value, json};
 
 use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Principal};
-use crate::domain::{Cursor, OrgUnitId, PageSize, Phone, StaffId};
+use crate::domain::{OrgUnitId, PageSize, Phone, StaffId};
 use crate::error::{AppError, AppResult};
 use crate::request_id;
 
@@ -101,10 +100,7 @@ pub struct AuditFilter {
 
 /// A page of rows, newest first, with each row's cursor; values the reader
 /// may not see are masked.
-pub struct AuditPage {
-    pub items: Vec<(String, audit_log::Model)>,
-    pub has_next_page: bool,
-}
+pub type AuditPage = super::NewestFirst<audit_log::Model>;
 
 const ORDERING: &str = "audit.newest";
 
@@ -182,23 +178,12 @@ pub async fn list(
     first: PageSize,
     after: Option<&str>,
 ) -> AppResult<AuditPage> {
-    let mut query = audit_log::Entity::find().filter(filtered(principal, filter)?);
-    if let Some(after) = after {
-        let cursor = Cursor::decode(after, ORDERING)?;
-        query = query.filter(audit_log::Column::Id.lt(cursor.id));
+    let query = audit_log::Entity::find().filter(filtered(principal, filter)?);
+    let mut page = super::newest_first(db, query, audit_log::Column::Id, |r| r.id, ORDERING, first, after).await?;
+    for (_, row) in &mut page.items {
+        row.detail = masked(principal, row);
     }
-    let mut rows = query.order_by_desc(audit_log::Column::Id).limit(first.get() + 1).all(db).await?;
-    let has_next_page = rows.len() as u64 > first.get();
-    rows.truncate(first.get() as usize);
-    let items = rows
-        .into_iter()
-        .map(|mut row| {
-            row.detail = masked(principal, &row);
-            let cursor = Cursor { ordering: ORDERING.to_owned(), key: String::new(), id: row.id }.encode();
-            (cursor, row)
-        })
-        .collect();
-    Ok(AuditPage { items, has_next_page })
+    Ok(page)
 }
 
 /// Rows matching the filter that the caller may read.

@@ -11,7 +11,7 @@ use chrono::Utc;
 use entity::{change_request, enums::ChangeRequestStatus, staff};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    PaginatorTrait, QueryFilter, TransactionTrait, sea_query::Expr,
 };
 use serde_json::json;
 
@@ -20,7 +20,7 @@ use super::library_edit::{self, EditOutcome, LibraryEdit, Versions};
 use super::tagging::{self, BulkTagging};
 use crate::authz::{Action, Authz, Principal};
 use crate::config::Limits;
-use crate::domain::{Cursor, OrgUnitId, PageSize, StaffId};
+use crate::domain::{OrgUnitId, PageSize, StaffId};
 use crate::error::{AppError, AppResult};
 
 const ORDERING: &str = "change_request.newest";
@@ -86,10 +86,7 @@ pub struct RequestFilter {
 }
 
 /// A page of requests, newest first, with each row's cursor.
-pub struct RequestPage {
-    pub items: Vec<(String, change_request::Model)>,
-    pub has_next_page: bool,
-}
+pub type RequestPage = super::NewestFirst<change_request::Model>;
 
 /// The requests the caller may see: its own, and those in the units where
 /// it approves or reads the audit log.
@@ -129,19 +126,8 @@ pub async fn list(
     first: PageSize,
     after: Option<&str>,
 ) -> AppResult<RequestPage> {
-    let mut query = change_request::Entity::find().filter(filtered(principal, filter)?);
-    if let Some(after) = after {
-        let cursor = Cursor::decode(after, ORDERING)?;
-        query = query.filter(change_request::Column::Id.lt(cursor.id));
-    }
-    let mut rows = query.order_by_desc(change_request::Column::Id).limit(first.get() + 1).all(db).await?;
-    let has_next_page = rows.len() as u64 > first.get();
-    rows.truncate(first.get() as usize);
-    let items = rows
-        .into_iter()
-        .map(|r| (Cursor { ordering: ORDERING.to_owned(), key: String::new(), id: r.id }.encode(), r))
-        .collect();
-    Ok(RequestPage { items, has_next_page })
+    let query = change_request::Entity::find().filter(filtered(principal, filter)?);
+    super::newest_first(db, query, change_request::Column::Id, |r| r.id, ORDERING, first, after).await
 }
 
 /// How many requests match (all pages).
