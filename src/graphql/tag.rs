@@ -52,7 +52,7 @@ impl Tag {
     }
     /// Synonyms (近义词).
     async fn aliases(&self) -> Vec<String> {
-        serde_json::from_value(self.0.aliases.clone()).unwrap_or_default()
+        library_edit::aliases_of(&self.0)
     }
     /// Assignments of this tag expire this many seconds after tagging.
     async fn ttl_seconds(&self) -> Option<i64> {

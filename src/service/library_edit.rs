@@ -31,7 +31,7 @@ use super::audit::{self, AuditEntry};
 use super::change_request::NewRequest;
 use super::tag_library::{find_group, find_tag};
 use super::tagging::{EventBy, insert_events, serialize_event_log};
-use crate::authz::{Action, Principal};
+use crate::authz::{Action, OrgTree, Principal};
 use crate::domain::{Aliases, Description, NamingPattern, StaffId, TagGroupId, TagId, TagName, VisibilityClass};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
@@ -152,30 +152,26 @@ impl LibraryEdit {
         }
     }
 
-    /// The object the edit is about: `(kind, id)`.
-    pub fn target(&self) -> (ObjectKind, i64) {
+    /// The existing object the edit changes (none for creations).
+    fn edited(&self) -> Option<(ObjectKind, i64)> {
         match self {
-            Self::UpdateTagGroup { group_id, .. } => (ObjectKind::TagGroup, *group_id),
+            Self::UpdateTagGroup { group_id, .. } => Some((ObjectKind::TagGroup, *group_id)),
             Self::UpdateTag { tag_id, .. }
             | Self::ArchiveTag { tag_id }
             | Self::RestoreTag { tag_id }
-            | Self::RollbackTag { tag_id, .. } => (ObjectKind::Tag, *tag_id),
-            Self::MergeTags { target_id, .. } => (ObjectKind::Tag, *target_id),
-            // The tag does not exist yet: the request is about its group.
-            Self::CreateTag { group_id, .. } => (ObjectKind::TagGroup, *group_id),
-            Self::CreateTagGroup { .. } => (ObjectKind::TagGroup, 0),
+            | Self::RollbackTag { tag_id, .. } => Some((ObjectKind::Tag, *tag_id)),
+            Self::MergeTags { target_id, .. } => Some((ObjectKind::Tag, *target_id)),
+            Self::CreateTag { .. } | Self::CreateTagGroup { .. } => None,
         }
     }
 
-    /// What a change request for the edit is about (nothing yet for a new
-    /// group).
+    /// What a change request for the edit is about: the edited object, or
+    /// the group a new tag goes to (nothing yet for a new group).
     fn request_target(&self) -> (ObjectKind, Option<i64>) {
-        match self {
-            Self::CreateTagGroup { .. } => (ObjectKind::TagGroup, None),
-            other => {
-                let (kind, id) = other.target();
-                (kind, Some(id))
-            }
+        match (self, self.edited()) {
+            (_, Some((kind, id))) => (kind, Some(id)),
+            (Self::CreateTag { group_id, .. }, None) => (ObjectKind::TagGroup, Some(*group_id)),
+            (_, None) => (ObjectKind::TagGroup, None),
         }
     }
 }
@@ -547,10 +543,11 @@ pub async fn apply(
             EditOutcome { applied: true, group: Some(g), ..Default::default() }
         }
     };
-    let (kind, id) = match (edit, &outcome.tag, &outcome.group) {
-        (LibraryEdit::CreateTag { .. }, Some(t), _) => (ObjectKind::Tag, t.id),
-        (LibraryEdit::CreateTagGroup { .. }, _, Some(g)) => (ObjectKind::TagGroup, g.id),
-        _ => edit.target(),
+    // The audit row is about the object as it now is (a created one too).
+    let (kind, id) = match (&outcome.tag, &outcome.group) {
+        (Some(t), _) => (ObjectKind::Tag, t.id),
+        (None, Some(g)) => (ObjectKind::TagGroup, g.id),
+        (None, None) => return Err(AppError::internal(anyhow::anyhow!("an applied edit returns its object"))),
     };
     let group = match (&outcome.group, &outcome.tag) {
         (Some(g), _) => Some(g.clone()),
@@ -666,22 +663,16 @@ async fn insert_version(
     Ok(())
 }
 
-/// Records the first version of a newly created tag.
-///
-/// # Errors
-/// Database errors.
-pub async fn record_created_tag(txn: &impl ConnectionTrait, actor: StaffId, t: &tag::Model) -> AppResult<()> {
-    let state = serde_json::to_value(TagState::from(t)).map_err(AppError::internal)?;
-    insert_version(txn, ObjectKind::Tag, t.id, t.version, "create", state, Some(actor.0), None, t.created_at).await
-}
-
-/// Records the first version of a newly created tag group.
-///
-/// # Errors
-/// Database errors.
-pub async fn record_created_group(txn: &impl ConnectionTrait, actor: StaffId, g: &tag_group::Model) -> AppResult<()> {
-    let state = serde_json::to_value(GroupState::from(g)).map_err(AppError::internal)?;
-    insert_version(txn, ObjectKind::TagGroup, g.id, g.version, "create", state, Some(actor.0), None, g.created_at).await
+/// Records the first version of an object `by` created.
+async fn record_created(
+    txn: &impl ConnectionTrait,
+    by: &Author,
+    kind: ObjectKind,
+    id: i64,
+    state: impl Serialize,
+) -> AppResult<()> {
+    let state = serde_json::to_value(state).map_err(AppError::internal)?;
+    insert_version(txn, kind, id, 1, "create", state, Some(by.actor.0), by.change_request_id, by.at).await
 }
 
 /// Writes a tag's new state if it is still at `base`, and its version.
@@ -819,8 +810,7 @@ async fn update_tag(
         after.description = Description::parse(Some(description), "description")?.into_inner();
     }
     if let Some(aliases) = &changes.aliases {
-        let parsed = Aliases::parse(aliases, "aliases")?.into_json();
-        after.aliases = serde_json::from_value(parsed).map_err(AppError::internal)?;
+        after.aliases = Aliases::parse(aliases, "aliases")?.into_vec();
     }
     if let Some(ttl) = changes.ttl_seconds {
         super::tag_library::check_ttl(ttl)?;
@@ -836,7 +826,7 @@ async fn update_tag(
         NamingPattern::parse(pattern, "namingPattern")?.check(&TagName::parse(&after.name, "name")?, "name")?;
     }
     if Some(group.id) != before.group_id {
-        check_move(txn, &before, &group).await?;
+        check_move(txn, &before, &group, None).await?;
         after.group_id = Some(group.id);
     }
     if let Some(canonical) = changes.canonical_tag_id {
@@ -852,8 +842,15 @@ async fn update_tag(
 }
 
 /// A moved tag's holders must all be within the new group's library, and
-/// an exclusive target group must not end up with two tags on a customer.
-async fn check_move(txn: &impl ConnectionTrait, t: &tag::Model, to: &tag_group::Model) -> AppResult<()> {
+/// an exclusive target group must not end up with two tags on a customer
+/// (when merging into `merging_into`, holding it and the moved tag is fine:
+/// the customer keeps one).
+async fn check_move(
+    txn: &impl ConnectionTrait,
+    t: &tag::Model,
+    to: &tag_group::Model,
+    merging_into: Option<i64>,
+) -> AppResult<()> {
     let holder_units: Vec<i64> = customer::Entity::find()
         .select_only()
         .column(customer::Column::OrgUnitId)
@@ -870,10 +867,10 @@ async fn check_move(txn: &impl ConnectionTrait, t: &tag::Model, to: &tag_group::
         .into_tuple()
         .all(txn)
         .await?;
-    let layer = unit_path(txn, to.org_unit_id).await?;
-    for unit in holder_units {
-        let path = unit_path(txn, unit).await?;
-        if !path.starts_with(&layer) {
+    if !holder_units.is_empty() {
+        let org = OrgTree::load(txn).await?;
+        if let Some(outside) = holder_units.into_iter().find(|u| !org.is_within(*u, to.org_unit_id)) {
+            let path = org.get(outside).map_or_else(|| outside.to_string(), |u| u.path.clone());
             return Err(AppError::validation(
                 "groupId",
                 format!("customers of {path} hold the tag, and {:?} is not in their library", to.name),
@@ -888,7 +885,9 @@ async fn check_move(txn: &impl ConnectionTrait, t: &tag::Model, to: &tag_group::
             .into_tuple()
             .all(txn)
             .await?;
+        ids.retain(|id| Some(*id) != merging_into);
         ids.push(t.id);
+        ids.dedup();
         if let Some(customer) = holding_several(txn, &ids).await? {
             return Err(AppError::validation(
                 "groupId",
@@ -897,15 +896,6 @@ async fn check_move(txn: &impl ConnectionTrait, t: &tag::Model, to: &tag_group::
         }
     }
     Ok(())
-}
-
-/// The materialised path of an org unit (`hq/south/`).
-async fn unit_path(db: &impl ConnectionTrait, unit: i64) -> AppResult<String> {
-    Ok(entity::org_unit::Entity::find_by_id(unit)
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::not_found("org unit", unit))?
-        .path)
 }
 
 async fn check_canonical(
@@ -924,8 +914,9 @@ async fn check_canonical(
         Some(g) => load_group(txn, g).await?,
         None => return Err(invalid()),
     };
-    let (own, higher) = (unit_path(txn, group.org_unit_id).await?, unit_path(txn, cg.org_unit_id).await?);
-    if c.status != TagStatus::Active || own == higher || !own.starts_with(&higher) {
+    let higher_layer =
+        cg.org_unit_id != group.org_unit_id && OrgTree::load(txn).await?.is_within(group.org_unit_id, cg.org_unit_id);
+    if c.status != TagStatus::Active || !higher_layer {
         return Err(invalid());
     }
     Ok(())
@@ -1031,12 +1022,6 @@ async fn update_group(
     load_group(txn, id).await
 }
 
-/// Merges tag B (`source`) into tag A (`target`): B's assignments move to
-/// A (a customer holding both keeps one), the move is written to the tag
-/// event log (REMOVE B, ADD A, source MERGE) so every index follows, B
-/// becomes an alias of A and is left MERGED pointing to A. B's earlier
-/// events stay as they were (the log is append-only); history queries of
-/// A include the tags merged into it.
 /// Creates an enterprise tag with its first version, checking what holds
 /// whoever applies it: the group is active, the name fits its pattern and
 /// is free, the TTL is in range, the canonical tag is an active tag of a
@@ -1080,9 +1065,7 @@ async fn create_tag(txn: &DatabaseTransaction, by: &Author, group_id: i64, spec:
         }
         other => other?,
     };
-    let state = serde_json::to_value(TagState::from(&created)).map_err(AppError::internal)?;
-    insert_version(txn, ObjectKind::Tag, created.id, 1, "create", state, Some(by.actor.0), by.change_request_id, now)
-        .await?;
+    record_created(txn, by, ObjectKind::Tag, created.id, TagState::from(&created)).await?;
     Ok(created)
 }
 
@@ -1121,22 +1104,16 @@ async fn create_group(
         }
         other => other?,
     };
-    let state = serde_json::to_value(GroupState::from(&created)).map_err(AppError::internal)?;
-    insert_version(
-        txn,
-        ObjectKind::TagGroup,
-        created.id,
-        1,
-        "create",
-        state,
-        Some(by.actor.0),
-        by.change_request_id,
-        by.at,
-    )
-    .await?;
+    record_created(txn, by, ObjectKind::TagGroup, created.id, GroupState::from(&created)).await?;
     Ok(created)
 }
 
+/// Merges tag B (`source`) into tag A (`target`): B's assignments move to
+/// A (a customer holding both keeps one), the move is written to the tag
+/// event log (REMOVE B, ADD A, source MERGE) so every index follows, B
+/// becomes an alias of A and is left MERGED pointing to A. B's earlier
+/// events stay as they were (the log is append-only); history queries of
+/// A include the tags merged into it.
 async fn merge(
     txn: &DatabaseTransaction,
     by: &Author,
@@ -1147,7 +1124,6 @@ async fn merge(
     if target == source {
         return Err(AppError::validation("sourceTagId", "a tag cannot be merged into itself"));
     }
-    serialize_event_log(txn).await?;
     let a = load_tag(txn, target).await?;
     let b = load_tag(txn, source).await?;
     if a.status != TagStatus::Active {
@@ -1159,7 +1135,7 @@ async fn merge(
     let group_a =
         load_group(txn, a.group_id.ok_or_else(|| AppError::validation("targetTagId", "not an enterprise tag"))?)
             .await?;
-    check_move(txn, &b, &group_a).await.map_err(|err| match err {
+    check_move(txn, &b, &group_a, Some(a.id)).await.map_err(|err| match err {
         AppError::Validation { message, .. } => AppError::validation("sourceTagId", message),
         other => other,
     })?;
@@ -1167,37 +1143,6 @@ async fn merge(
     let held_b = holders(txn, b.id).await?;
     let held_a: HashSet<i64> = holders(txn, a.id).await?.into_iter().collect();
     let (both, only_b): (Vec<i64>, Vec<i64>) = held_b.iter().partition(|c| held_a.contains(c));
-    if group_a.exclusive {
-        // A customer holds one tag of an exclusive group: B's holders must
-        // not hold another of A's group already.
-        let others: Vec<i64> = tag::Entity::find()
-            .select_only()
-            .column(tag::Column::Id)
-            .filter(tag::Column::GroupId.eq(group_a.id))
-            .filter(tag::Column::Id.ne(a.id))
-            .filter(tag::Column::Id.ne(b.id))
-            .into_tuple()
-            .all(txn)
-            .await?;
-        let mut clashes = 0;
-        for chunk in only_b.chunks(500) {
-            clashes += customer_tag::Entity::find()
-                .filter(customer_tag::Column::TagId.is_in(others.iter().copied()))
-                .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
-                .count(txn)
-                .await?;
-        }
-        if clashes > 0 {
-            return Err(AppError::validation(
-                "sourceTagId",
-                format!(
-                    "{clashes} holders of {:?} already hold another tag of the exclusive group {:?}; \
-                     settle those first",
-                    b.name, group_a.name
-                ),
-            ));
-        }
-    }
     for chunk in both.chunks(500) {
         customer_tag::Entity::delete_many()
             .filter(customer_tag::Column::TagId.eq(b.id))
@@ -1310,11 +1255,10 @@ pub async fn preview(
             request.id
         )));
     }
-    let (kind, id) = edit.target();
-    let before = match (&edit, kind) {
-        (LibraryEdit::CreateTag { .. } | LibraryEdit::CreateTagGroup { .. }, _) => None,
-        (_, ObjectKind::Tag) => Some(serde_json::to_value(TagState::from(&load_tag(&txn, id).await?))),
-        (_, ObjectKind::TagGroup) => Some(serde_json::to_value(GroupState::from(&load_group(&txn, id).await?))),
+    let before = match edit.edited() {
+        None => None,
+        Some((ObjectKind::Tag, id)) => Some(serde_json::to_value(TagState::from(&load_tag(&txn, id).await?))),
+        Some((ObjectKind::TagGroup, id)) => Some(serde_json::to_value(GroupState::from(&load_group(&txn, id).await?))),
     }
     .transpose()
     .map_err(AppError::internal)?;

@@ -5,8 +5,6 @@
 //! `tag_group:lock` take and release them by hand. Locks expire on their
 //! own, so a crashed bulk run cannot freeze a group for ever.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Duration, Utc};
 use entity::{modification_lock, modification_lock_customer, staff, tag_group};
 use sea_orm::{
@@ -20,7 +18,7 @@ use serde_json::json;
 use super::audit::{self, AuditEntry};
 use super::tag_library::find_group;
 use crate::authz::{Action, Principal};
-use crate::domain::{CustomerId, TagGroupId};
+use crate::domain::{CustomerId, StaffId, TagGroupId};
 use crate::error::{AppError, AppResult, LockInfo};
 
 /// Longest a lock may be taken for.
@@ -124,7 +122,7 @@ fn check_request(req: &LockRequest) -> AppResult<()> {
 /// Taken under the tag-event writers' serialization: a tagging transaction
 /// that checked for locks before this one commits has committed before the
 /// lock is in force, and one that starts after sees it.
-pub(crate) async fn insert_lock(
+async fn insert_lock(
     txn: &DatabaseTransaction,
     holder: i64,
     group_id: i64,
@@ -180,7 +178,7 @@ pub(crate) async fn insert_lock(
 }
 
 /// Marks a lock released (no permission check).
-pub(crate) async fn release(txn: &impl ConnectionTrait, lock_id: i64, by: i64) -> AppResult<bool> {
+async fn release(txn: &impl ConnectionTrait, lock_id: i64, by: i64) -> AppResult<bool> {
     let result = modification_lock::Entity::update_many()
         .col_expr(modification_lock::Column::ReleasedAt, Expr::value(Utc::now()))
         .col_expr(modification_lock::Column::ReleasedBy, Expr::value(by))
@@ -189,6 +187,58 @@ pub(crate) async fn release(txn: &impl ConnectionTrait, lock_id: i64, by: i64) -
         .exec(txn)
         .await?;
     Ok(result.rows_affected == 1)
+}
+
+/// Takes a lock for `holder` and records it in the audit log.
+///
+/// # Errors
+/// `LOCKED` when somebody else's lock overlaps; database errors.
+pub(crate) async fn take(
+    txn: &DatabaseTransaction,
+    holder: StaffId,
+    group: &tag_group::Model,
+    customers: Option<&[i64]>,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> AppResult<modification_lock::Model> {
+    let lock = insert_lock(txn, holder.0, group.id, customers, reason, until).await?;
+    audit::record(
+        txn,
+        AuditEntry::ok(holder, "tag_group.lock", "tag_group", group.id).in_unit(group.org_unit_id).with_detail(json!({
+            "lockId": lock.id,
+            "reason": lock.reason,
+            "until": lock.expires_at,
+            "customerIds": customers,
+        })),
+    )
+    .await?;
+    Ok(lock)
+}
+
+/// Releases a lock `by` somebody and records it in the audit log (with
+/// whether the run it guarded completed, for a bulk run's own locks);
+/// false when it was released already.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn give_back(
+    txn: &DatabaseTransaction,
+    by: StaffId,
+    lock: &modification_lock::Model,
+    group: &tag_group::Model,
+    completed: Option<bool>,
+) -> AppResult<bool> {
+    if !release(txn, lock.id, by.0).await? {
+        return Ok(false);
+    }
+    audit::record(
+        txn,
+        AuditEntry::ok(by, "tag_group.unlock", "tag_group", group.id)
+            .in_unit(group.org_unit_id)
+            .with_detail(json!({ "lockId": lock.id, "holder": lock.holder_staff_id, "completed": completed })),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Takes a lock by hand.
@@ -212,19 +262,7 @@ pub async fn lock_group(
     }
     let until = Utc::now() + Duration::seconds(req.seconds);
     let txn = db.begin().await?;
-    let lock = insert_lock(&txn, principal.staff.id, group.id, customers.as_deref(), &req.reason, until).await?;
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "tag_group.lock", "tag_group", group.id)
-            .in_unit(group.org_unit_id)
-            .with_detail(json!({
-                "lockId": lock.id,
-                "reason": lock.reason,
-                "until": lock.expires_at,
-                "customerIds": customers,
-            })),
-    )
-    .await?;
+    let lock = take(&txn, principal.staff_id(), &group, customers.as_deref(), &req.reason, until).await?;
     txn.commit().await?;
     Ok(lock)
 }
@@ -250,16 +288,9 @@ pub async fn unlock(
         principal.require(Action::TagGroupLock, group.org_unit_id)?;
     }
     let txn = db.begin().await?;
-    if !release(&txn, lock.id, principal.staff.id).await? {
+    if !give_back(&txn, principal.staff_id(), &lock, &group, None).await? {
         return Err(AppError::Conflict(format!("lock {lock_id} was already released")));
     }
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", group.id)
-            .in_unit(group.org_unit_id)
-            .with_detail(json!({ "lockId": lock.id, "holder": lock.holder_staff_id })),
-    )
-    .await?;
     txn.commit().await?;
     Ok(modification_lock::Entity::find_by_id(lock_id).one(db).await?.unwrap_or(lock))
 }
@@ -281,24 +312,4 @@ pub async fn active_locks(
         .order_by_asc(modification_lock::Column::Id)
         .all(db)
         .await?)
-}
-
-/// How many customers each lock names (for display).
-///
-/// # Errors
-/// Database errors.
-pub async fn customer_counts(db: &impl ConnectionTrait, lock_ids: &[i64]) -> AppResult<HashMap<i64, i64>> {
-    if lock_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(i64, i64)> = modification_lock_customer::Entity::find()
-        .select_only()
-        .column(modification_lock_customer::Column::LockId)
-        .column_as(modification_lock_customer::Column::CustomerId.count(), "n")
-        .filter(modification_lock_customer::Column::LockId.is_in(lock_ids.iter().copied()))
-        .group_by(modification_lock_customer::Column::LockId)
-        .into_tuple()
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().collect())
 }

@@ -365,13 +365,7 @@ async fn tags_named(db: &impl ConnectionTrait, principal: &Principal, name: &str
         .await?;
     let found: Vec<tag::Model> = found
         .into_iter()
-        .filter(|t| {
-            t.name == name
-                || serde_json::from_value::<Vec<String>>(t.aliases.clone())
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|a| a == name)
-        })
+        .filter(|t| t.name == name || super::library_edit::aliases_of(t).iter().any(|a| a == name))
         .collect();
     let groups = tag_library::groups_by_id(db, found.iter().filter_map(|t| t.group_id)).await?;
     Ok(found

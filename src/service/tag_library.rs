@@ -267,56 +267,36 @@ pub async fn create_personal_tag(
     if !principal.may_anywhere(Action::PersonalTagManage) {
         return Err(AppError::Forbidden(format!("you may not {}", Action::PersonalTagManage.name())));
     }
-    insert_tag(
-        db,
-        principal,
-        tag::ActiveModel {
-            group_id: Set(None),
-            owner_staff_id: Set(Some(principal.staff.id)),
-            name: Set(name.into_inner()),
-            description: Set(description.into_inner()),
-            aliases: Set(json!([])),
-            canonical_tag_id: Set(None),
-            ttl_seconds: Set(None),
-            ..Default::default()
-        },
-        None,
-        "you already have a personal tag with that name",
-    )
-    .await
-}
-
-async fn insert_tag(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    mut model: tag::ActiveModel,
-    group: Option<&tag_group::Model>,
-    clash: &str,
-) -> AppResult<tag::Model> {
     let now = Utc::now();
-    model.id = NotSet;
-    model.status = Set(TagStatus::Active);
-    model.merged_into_id = Set(None);
-    model.version = Set(1);
-    model.created_at = Set(now);
-    model.updated_at = Set(now);
     let txn = db.begin().await?;
-    let tag = match tag::Entity::insert(model).exec_with_returning(&txn).await {
-        Err(err) if is_unique_violation(&err) => return Err(AppError::Conflict(clash.to_owned())),
+    let inserted = tag::Entity::insert(tag::ActiveModel {
+        id: NotSet,
+        group_id: Set(None),
+        owner_staff_id: Set(Some(principal.staff.id)),
+        name: Set(name.into_inner()),
+        description: Set(description.into_inner()),
+        aliases: Set(json!([])),
+        canonical_tag_id: Set(None),
+        ttl_seconds: Set(None),
+        status: Set(TagStatus::Active),
+        merged_into_id: Set(None),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_with_returning(&txn)
+    .await;
+    let tag = match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(AppError::Conflict("you already have a personal tag with that name".to_owned()));
+        }
         other => other?,
     };
-    if tag.group_id.is_some() {
-        super::library_edit::record_created_tag(&txn, principal.staff_id(), &tag).await?;
-    }
-    // A personal tag is filed under its owner's unit; the audit log shows
-    // its name to its owner only (and to readers of all personal tags).
-    let unit = group.map_or(principal.staff.home_org_unit_id, |g| g.org_unit_id);
-    let entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id).in_unit(unit).with_detail(json!({
-        "name": tag.name,
-        "groupId": tag.group_id,
-        "personal": tag.owner_staff_id.is_some(),
-        "visibilityClass": group.map(|g| g.visibility_class.as_str()),
-    }));
+    // Filed under its owner's unit; the audit log shows its name to its
+    // owner only (and to readers of all personal tags).
+    let entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id)
+        .in_unit(principal.staff.home_org_unit_id)
+        .with_detail(json!({ "name": tag.name, "personal": true }));
     audit::record(&txn, entry).await?;
     txn.commit().await?;
     Ok(tag)

@@ -561,16 +561,8 @@ async fn run_locked(
     let mut locks = Vec::new();
     for group in &groups {
         let lock =
-            super::locks::insert_lock(&txn, principal.staff.id, group.id, Some(&bulk.customer_ids), &reason, until)
-                .await?;
-        audit::record(
-            &txn,
-            AuditEntry::ok(principal.staff_id(), "tag_group.lock", "tag_group", group.id)
-                .in_unit(group.org_unit_id)
-                .with_detail(json!({ "lockId": lock.id, "reason": reason, "until": until, "customers": bulk.customer_ids.len() })),
-        )
-        .await?;
-        locks.push(lock.id);
+            super::locks::take(&txn, principal.staff_id(), group, Some(&bulk.customer_ids), &reason, until).await?;
+        locks.push(lock);
     }
     txn.commit().await?;
 
@@ -596,14 +588,7 @@ async fn run_locked(
     }
     let txn = db.begin().await?;
     for (lock, group) in locks.iter().zip(&groups) {
-        super::locks::release(&txn, *lock, principal.staff.id).await?;
-        audit::record(
-            &txn,
-            AuditEntry::ok(principal.staff_id(), "tag_group.unlock", "tag_group", group.id)
-                .in_unit(group.org_unit_id)
-                .with_detail(json!({ "lockId": lock, "completed": failure.is_none() })),
-        )
-        .await?;
+        super::locks::give_back(&txn, principal.staff_id(), lock, group, Some(failure.is_none())).await?;
     }
     txn.commit().await?;
     match failure {
@@ -627,9 +612,6 @@ pub async fn apply_approved(
     run_in(txn, requester, limits, &bulk, TagSource::Bulk, Some(format!("change_request:{request_id}"))).await
 }
 
-/// True when the caller may see a tag on a customer of `org_unit_id`: a
-/// personal tag (`owner` set) by its owner or with `personal_tag:read_all`,
-/// an enterprise tag when its class is readable in that unit.
 /// Most events one history page scans for visible ones.
 const HISTORY_SCAN: u64 = 5_000;
 
@@ -670,6 +652,9 @@ pub async fn visible_events_of(
     Ok(events.into_iter().filter(|e| visible(e.tag_id)).take(first as usize).collect())
 }
 
+/// True when the caller may see a tag on a customer of `org_unit_id`: a
+/// personal tag (`owner` set) by its owner or with `personal_tag:read_all`,
+/// an enterprise tag when its class is readable in that unit.
 fn on_customer_visible(principal: &Principal, owner: Option<i64>, class: Option<&str>, org_unit_id: i64) -> bool {
     match (owner, class) {
         (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),
