@@ -36,6 +36,8 @@ typed_id!(TagGroupId, "tag group");
 typed_id!(OrgUnitId, "org unit");
 typed_id!(StaffId, "staff");
 typed_id!(EventSeq, "tag event");
+typed_id!(ChangeRequestId, "change request");
+typed_id!(LockId, "lock");
 
 /// Parses a list of ids, dropping repeats but keeping the first order.
 pub fn parse_ids<T: Copy + Eq + std::hash::Hash>(

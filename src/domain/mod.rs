@@ -6,7 +6,7 @@ mod name;
 mod page;
 mod phone;
 
-pub use id::{CustomerId, EventSeq, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
+pub use id::{ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 pub use name::{
     Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,
     VisibilityClass,

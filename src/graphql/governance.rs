@@ -15,12 +15,13 @@ use super::env;
 use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
-use crate::domain::{CustomerId, OrgUnitId, PageSize, StaffId, TagGroupId, TagId, parse_ids};
+use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, PageSize, StaffId, TagGroupId, TagId, parse_ids};
 use crate::service::change_request::{self as requests, RequestFilter};
 use crate::service::library_edit::{
     self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry,
 };
 use crate::service::locks::{self, DEFAULT_LOCK_SECONDS, LockRequest};
+use crate::service::tag_library;
 use crate::state::AppState;
 
 /// A library edit or bulk tagging waiting for (or past) a decision.
@@ -67,7 +68,11 @@ impl ChangeRequest {
     /// The tag group the request is about, if any (and visible).
     async fn tag_group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
         match (self.0.target_kind.as_str(), self.0.target_id) {
-            ("TAG_GROUP", Some(id)) => Ok(env(ctx).loaders.load_one(GroupById(id)).await?.map(TagGroup)),
+            ("TAG_GROUP", Some(id)) => {
+                let env = env(ctx);
+                let group = env.loaders.load_one(GroupById(id)).await?;
+                Ok(group.filter(|g| tag_library::group_visible(env.principal, g, None)).map(TagGroup))
+            }
             _ => Ok(None),
         }
     }
@@ -238,7 +243,7 @@ impl GovernanceQuery {
 
     async fn change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequest> {
         let env = env(ctx);
-        let id = parse_request_id(&id)?;
+        let id = ChangeRequestId::parse(&id, "id")?.0;
         Ok(ChangeRequest(requests::find(env.db, env.principal, id).await?))
     }
 
@@ -262,12 +267,6 @@ impl GovernanceQuery {
         let id = TagGroupId::parse(&group_id, "groupId")?;
         Ok(locks::active_locks(env.db, env.principal, id).await?.into_iter().map(ModificationLock).collect())
     }
-}
-
-fn parse_request_id(raw: &ID) -> Result<i64> {
-    Ok(raw.trim().parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        crate::error::AppError::validation("id", format!("{:?} is not a valid change request id", raw.as_str()))
-    })?)
 }
 
 fn parse_version(raw: i32, field: &str) -> Result<i32> {
@@ -373,11 +372,13 @@ fn expected(key: String, version: i32) -> Result<EditContext> {
     Ok(EditContext { expected: [(key, parse_version(version, "expectedVersion")?)].into(), reason: None })
 }
 
-fn tag_payload(outcome: EditOutcome) -> TagPayload {
+pub(super) fn tag_payload(outcome: EditOutcome) -> TagPayload {
     TagPayload::new(outcome.applied, outcome.tag.map(Tag), outcome.change_request.map(ChangeRequest))
 }
 
-async fn submit(ctx: &Context<'_>, edit: LibraryEdit, edit_ctx: EditContext) -> Result<EditOutcome> {
+/// Submits a library edit as the caller; catches the segment index up when
+/// it applied.
+pub(super) async fn submit(ctx: &Context<'_>, edit: LibraryEdit, edit_ctx: EditContext) -> Result<EditOutcome> {
     let env = env(ctx);
     let outcome = library_edit::submit(env.db, env.principal, edit, edit_ctx).await?;
     if outcome.applied {
@@ -498,7 +499,7 @@ impl GovernanceMutation {
     ) -> Result<ApprovalPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
-        let id = parse_request_id(&id)?;
+        let id = ChangeRequestId::parse(&id, "id")?.0;
         let approval =
             requests::approve(env.db, &state.authz, env.principal, env.limits, id, comment.as_deref()).await?;
         caught_up(ctx).await;
@@ -512,7 +513,7 @@ impl GovernanceMutation {
     /// Rejects a pending request; the reason is required.
     async fn reject_change_request(&self, ctx: &Context<'_>, id: ID, reason: String) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
-        let id = parse_request_id(&id)?;
+        let id = ChangeRequestId::parse(&id, "id")?.0;
         let request = requests::reject(env.db, env.principal, id, Some(&reason)).await?;
         Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
     }
@@ -520,7 +521,7 @@ impl GovernanceMutation {
     /// Withdraws one's own pending request.
     async fn cancel_change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
-        let id = parse_request_id(&id)?;
+        let id = ChangeRequestId::parse(&id, "id")?.0;
         let request = requests::cancel(env.db, env.principal, id).await?;
         Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
     }
@@ -541,8 +542,7 @@ impl GovernanceMutation {
     /// Releases a lock: its holder, or anybody who may lock the group.
     async fn unlock_tag_group(&self, ctx: &Context<'_>, lock_id: ID) -> Result<ModificationLockPayload> {
         let env = env(ctx);
-        let id = parse_request_id(&lock_id)
-            .map_err(|_| crate::error::AppError::validation("lockId", "is not a valid lock id"))?;
+        let id = LockId::parse(&lock_id, "lockId")?.0;
         Ok(ModificationLockPayload { lock: ModificationLock(locks::unlock(env.db, env.principal, id).await?) })
     }
 }

@@ -11,11 +11,10 @@ use entity::{
 use super::customer::Customer;
 use super::env;
 use super::governance::ChangeRequest;
+use super::governance::{submit, tag_payload};
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
-use crate::domain::{
-    Aliases, CustomerId, Description, NamingPattern, OrgUnitId, TagGroupId, TagId, TagName, VisibilityClass, parse_ids,
-};
+use crate::domain::{CustomerId, Description, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
@@ -398,44 +397,32 @@ pub struct TagMutation;
 #[Object]
 impl TagMutation {
     async fn create_tag_group(&self, ctx: &Context<'_>, input: CreateTagGroupInput) -> Result<TagGroupPayload> {
-        let env = env(ctx);
         let org_unit = OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?;
-        // Parsed here for the field names of their errors; stored as given.
-        let name = TagName::parse(&input.name, "name")?;
-        let description = Description::parse(input.description.as_deref(), "description")?;
-        let class = VisibilityClass::parse(&input.visibility_class, "visibilityClass")?;
-        if let Some(pattern) = input.naming_pattern.as_deref() {
-            NamingPattern::parse(pattern, "namingPattern")?;
-        }
+        // Names, class and pattern are checked where the edit applies.
         let spec = NewGroupSpec {
-            name: name.as_str().to_owned(),
-            description: description.into_inner(),
+            name: input.name,
+            description: input.description.unwrap_or_default(),
             category: input.category,
-            visibility_class: class.into_inner(),
+            visibility_class: input.visibility_class,
             exclusive: input.exclusive,
             naming_pattern: input.naming_pattern,
         };
         let edit = LibraryEdit::CreateTagGroup { org_unit_id: org_unit.0, group: spec };
-        let edit_ctx = EditContext { expected: Default::default(), reason: input.reason };
-        let outcome = library_edit::submit(env.db, env.principal, edit, edit_ctx).await?;
+        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason: input.reason }).await?;
         Ok(TagGroupPayload::new(
             outcome.applied,
             outcome.group.map(TagGroup),
-            outcome.change_request.map(super::governance::ChangeRequest),
+            outcome.change_request.map(ChangeRequest),
         ))
     }
 
     async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
-        let env = env(ctx);
         let group = TagGroupId::parse(&input.group_id, "groupId")?;
-        // Parsed here for the field names of their errors; stored as given.
-        let name = TagName::parse(&input.name, "name")?;
-        let description = Description::parse(input.description.as_deref(), "description")?;
-        let aliases = Aliases::parse(&input.aliases, "aliases")?;
+        // Name, aliases and the rest are checked where the edit applies.
         let spec = NewTagSpec {
-            name: name.as_str().to_owned(),
-            description: description.into_inner(),
-            aliases: aliases.into_vec(),
+            name: input.name,
+            description: input.description.unwrap_or_default(),
+            aliases: input.aliases,
             canonical_tag_id: input
                 .canonical_tag_id
                 .map(|id| TagId::parse(&id, "canonicalTagId"))
@@ -444,21 +431,8 @@ impl TagMutation {
             ttl_seconds: input.ttl_seconds,
         };
         let edit = LibraryEdit::CreateTag { group_id: group.0, tag: spec };
-        let outcome = library_edit::submit(
-            env.db,
-            env.principal,
-            edit,
-            EditContext { expected: Default::default(), reason: input.reason },
-        )
-        .await?;
-        if outcome.applied {
-            caught_up(ctx).await;
-        }
-        Ok(TagPayload::new(
-            outcome.applied,
-            outcome.tag.map(Tag),
-            outcome.change_request.map(super::governance::ChangeRequest),
-        ))
+        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason: input.reason }).await?;
+        Ok(tag_payload(outcome))
     }
 
     /// Creates a personal tag, seen and used only by the caller.

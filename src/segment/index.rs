@@ -577,11 +577,8 @@ impl SegmentIndex {
             .iter()
             .map(|(id, class)| {
                 let mut held = s.tags.get(id).map_or_else(RoaringBitmap::new, |b| b & &base);
-                if let Some(class) = class {
-                    let classes = principal.class_scope(class, ClassAccess::Read);
-                    if !classes.covers(&read_scope) {
-                        held &= union_of_units(&s, classes.unit_ids());
-                    }
+                if let Some(units) = class.and_then(|c| class_units(&s, principal, &read_scope, c)) {
+                    held &= units;
                 }
                 (*id, held)
             })
@@ -805,6 +802,17 @@ struct Evaluator<'a> {
     today: NaiveDate,
 }
 
+/// Customers of the units where the caller may see the class; `None` when
+/// that covers all it may read anyway (results are intersected with its
+/// universe at the end), which spares a union on the hot path.
+fn class_units(s: &State, principal: &Principal, read_scope: &Scope, class: &str) -> Option<RoaringBitmap> {
+    let classes = principal.class_scope(class, ClassAccess::Read);
+    if classes.covers(read_scope) {
+        return None;
+    }
+    Some(union_of_units(s, classes.unit_ids()))
+}
+
 /// A scanned predicate, ready to test customers against.
 enum Test<'e> {
     Age(AgeBounds),
@@ -835,11 +843,7 @@ impl Evaluator<'_> {
     /// when that covers all it may read anyway (the result is intersected
     /// with its universe at the end), which spares a union on the hot path.
     fn class_units(&self, class: &str) -> Option<RoaringBitmap> {
-        let classes = self.principal.class_scope(class, ClassAccess::Read);
-        if classes.covers(self.read_scope) {
-            return None;
-        }
-        Some(union_of_units(self.s, classes.unit_ids()))
+        class_units(self.s, self.principal, self.read_scope, class)
     }
 
     /// `members`, limited to where the caller may see the tag's class (a

@@ -862,7 +862,7 @@ pub async fn cooccurrence(
     let tags = tag_library::visible_tags(db, principal, tag_ids).await?;
     // From the index when it can answer: a few bitmap intersections.
     let members = index_members(db, index, principal, filter).await?;
-    if members.is_some() || filter_is_empty(filter) {
+    if members.is_some() || (filter.segment.is_none() && segment_only(filter)) {
         let classes: Vec<(i64, Option<&str>)> = tag_ids
             .iter()
             .map(|t| (t.0, tags.get(t).and_then(|v| v.group.as_ref()).map(|g| g.visibility_class.as_str())))
@@ -923,9 +923,9 @@ pub async fn cooccurrence(
     Ok(out)
 }
 
-fn filter_is_empty(filter: &CustomerFilter) -> bool {
-    filter.segment.is_none()
-        && filter.org_unit.is_none()
+/// True when the filter asks for nothing but (at most) a segment.
+fn segment_only(filter: &CustomerFilter) -> bool {
+    filter.org_unit.is_none()
         && filter.search.is_none()
         && filter.has_all_tags.is_empty()
         && filter.has_any_tags.is_empty()
@@ -948,14 +948,7 @@ pub async fn index_members(
     filter: &CustomerFilter,
 ) -> AppResult<Option<roaring::RoaringBitmap>> {
     let Some(seg) = &filter.segment else { return Ok(None) };
-    let segment_only = filter.org_unit.is_none()
-        && filter.search.is_none()
-        && filter.has_all_tags.is_empty()
-        && filter.has_any_tags.is_empty()
-        && filter.lifecycle_stage.is_none()
-        && filter.total_spend_min.is_none()
-        && filter.total_spend_max.is_none();
-    if !segment_only || !index.is_ready() {
+    if !segment_only(filter) || !index.is_ready() {
         return Ok(None);
     }
     index.prepare(db, &seg.resolved).await?;
