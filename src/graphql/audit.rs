@@ -182,11 +182,14 @@ impl Extension for DeniedMutationAudit {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<GqlValue>> {
-        let top_level_mutation = info.parent_type == "Mutation";
+        // Called for every field of every request: nothing but this test
+        // for fields other than the top-level mutation fields.
+        if info.parent_type != "Mutation" {
+            return next.run(ctx, info).await;
+        }
         let field = info.name.to_owned();
         let result = next.run(ctx, info).await;
-        if top_level_mutation
-            && let Err(err) = &result
+        if let Err(err) = &result
             && let Some(code) = err.extensions.as_ref().and_then(|e| e.get("code")).and_then(string_of)
             && REFUSALS.contains(&code.as_str())
             && let (Some(principal), Some(state)) = (ctx.data_opt::<Arc<Principal>>(), ctx.data_opt::<AppState>())

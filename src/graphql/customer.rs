@@ -374,7 +374,7 @@ pub struct UpdateCustomerPayload {
 }
 
 /// Absent → no change; `null` → clear; a value → set.
-fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
+pub(super) fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     match value {
         MaybeUndefined::Undefined => None,
         MaybeUndefined::Null => Some(None),

@@ -10,7 +10,7 @@ use entity::{
 };
 use serde_json::Value;
 
-use super::customer::PageInfo;
+use super::customer::{PageInfo, patch};
 use super::env;
 use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
@@ -406,11 +406,7 @@ impl GovernanceMutation {
             category: input.category,
             visibility_class: input.visibility_class,
             exclusive: input.exclusive,
-            naming_pattern: match input.naming_pattern {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(p) => Some(Some(p)),
-            },
+            naming_pattern: patch(input.naming_pattern),
         };
         let mut edit_ctx = expected(format!("tag_group:{}", id.0), input.expected_version)?;
         edit_ctx.reason = input.reason;
@@ -430,16 +426,10 @@ impl GovernanceMutation {
             name: input.name,
             description: input.description,
             aliases: input.aliases,
-            canonical_tag_id: match input.canonical_tag_id {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(t) => Some(Some(TagId::parse(&t, "canonicalTagId")?.0)),
-            },
-            ttl_seconds: match input.ttl_seconds {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(t) => Some(Some(t)),
-            },
+            canonical_tag_id: patch(input.canonical_tag_id)
+                .map(|t| t.map(|t| TagId::parse(&t, "canonicalTagId").map(|t| t.0)).transpose())
+                .transpose()?,
+            ttl_seconds: patch(input.ttl_seconds),
             group_id: input.group_id.map(|g| TagGroupId::parse(&g, "groupId")).transpose()?.map(|g| g.0),
             status: None,
         };
