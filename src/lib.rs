@@ -14,6 +14,8 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod observability;
+pub mod rate_limit;
 pub mod request_id;
 pub mod seed;
 pub mod segment;
