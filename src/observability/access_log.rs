@@ -30,15 +30,15 @@ pub fn write(e: &Entry<'_>) {
             tracing::event!(
                 target: TARGET,
                 $level,
-                method = e.method,
-                path = e.path,
-                operation = e.operation.unwrap_or("-"),
+                method = %e.method,
+                path = %e.path,
+                operation = %e.operation.unwrap_or("-"),
                 status = e.status,
-                outcome = e.outcome,
+                outcome = %e.outcome,
                 duration_ms = (e.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                request_id = e.request_id,
+                request_id = %e.request_id,
                 trace_id = %format_args!("{:032x}", e.trace_id),
-                staff_id = e.staff_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                staff_id = %StaffId(e.staff_id),
                 "request"
             )
         };
@@ -47,5 +47,17 @@ pub fn write(e: &Entry<'_>) {
         line!(tracing::Level::DEBUG);
     } else {
         line!(tracing::Level::INFO);
+    }
+}
+
+/// A staff id, or `-` before sign-in.
+struct StaffId(Option<i64>);
+
+impl std::fmt::Display for StaffId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
     }
 }

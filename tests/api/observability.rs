@@ -75,18 +75,21 @@ async fn metrics_listener_exposes_the_named_series(app: TestApp) {
     let token = app.token("sz01.manager");
     let server = start(&app.app).await;
     let before = server.scrape().await;
+    // Series are process-wide and tests run in parallel: a name of our own.
+    let name = format!("ObserveProbe{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let probe = json!({ "query": format!("query {name} {{ me {{ staff {{ login }} }} }}") });
 
     for _ in 0..3 {
-        let res = server.post(Some(&token), json!({ "query": "query ObserveProbe { me { staff { login } } }" })).await;
+        let res = server.post(Some(&token), probe.clone()).await;
         assert_eq!(res.status(), StatusCode::OK);
     }
     let res = server.post(Some(&token), json!({ "query": "{ noSuchField }" })).await;
     assert_eq!(code(&res.json::<Value>().await.unwrap()), "VALIDATION");
-    let res = server.post(None, json!({ "query": "query ObserveProbe { me { staff { login } } }" })).await;
+    let res = server.post(None, probe.clone()).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
     let after = server.scrape().await;
-    let ok = [("operation", "ObserveProbe"), ("outcome", "ok")];
+    let ok = [("operation", name.as_str()), ("outcome", "ok")];
     assert_eq!(series(&after, "tagbase_graphql_requests_total", &ok), 3.0, "{after}");
     // Process-wide counters: other tests run meanwhile, so compare growth.
     for code in ["VALIDATION", "UNAUTHENTICATED"] {
@@ -96,9 +99,9 @@ async fn metrics_listener_exposes_the_named_series(app: TestApp) {
     }
     let invalid = [("operation", "anonymous"), ("outcome", "VALIDATION")];
     assert!(series(&after, "tagbase_graphql_requests_total", &invalid) >= 1.0, "{after}");
-    let latency = [("operation", "ObserveProbe"), ("le", "30")];
+    let latency = [("operation", name.as_str()), ("le", "30")];
     assert_eq!(series(&after, "tagbase_graphql_request_duration_seconds_bucket", &latency), 3.0, "{after}");
-    assert!(after.contains("tagbase_graphql_request_duration_seconds_bucket{operation=\"ObserveProbe\",le=\"0.0001\"}"));
+    assert!(after.contains(&format!("tagbase_graphql_request_duration_seconds_bucket{{operation=\"{name}\",le=\"0.0001\"}}")));
     for gauge in [
         "tagbase_db_pool_max_connections",
         "tagbase_segment_index_customers",
