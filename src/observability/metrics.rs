@@ -183,7 +183,9 @@ async fn render(app: &AppState) -> Response {
 
 /// `/metrics` without a token, for the operator's metrics listener.
 pub fn listener_router(app: AppState) -> Router {
-    Router::new().route("/metrics", get(|State(app): State<AppState>| async move { render(&app).await })).with_state(app)
+    Router::new()
+        .route("/metrics", get(|State(app): State<AppState>| async move { render(&app).await }))
+        .with_state(app)
 }
 
 /// `/metrics` on the main listener when the settings allow it, for bearer

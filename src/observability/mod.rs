@@ -83,8 +83,7 @@ pub async fn observe(State(state): State<HttpObserver>, mut req: Request, next: 
     req.extensions_mut().insert(trace);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let request_id =
-        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
     let quiet = QUIET_PATHS.contains(&path.as_str());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let observation = Arc::new(Observation::default());

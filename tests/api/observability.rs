@@ -101,7 +101,11 @@ async fn metrics_listener_exposes_the_named_series(app: TestApp) {
     assert!(series(&after, "tagbase_graphql_requests_total", &invalid) >= 1.0, "{after}");
     let latency = [("operation", name.as_str()), ("le", "30")];
     assert_eq!(series(&after, "tagbase_graphql_request_duration_seconds_bucket", &latency), 3.0, "{after}");
-    assert!(after.contains(&format!("tagbase_graphql_request_duration_seconds_bucket{{operation=\"{name}\",le=\"0.0001\"}}")));
+    assert!(
+        after.contains(&format!(
+            "tagbase_graphql_request_duration_seconds_bucket{{operation=\"{name}\",le=\"0.0001\"}}"
+        ))
+    );
     for gauge in [
         "tagbase_db_pool_max_connections",
         "tagbase_segment_index_customers",
@@ -344,11 +348,16 @@ async fn field_span_cost() {
     };
     let without_spans = tagbase::graphql::build_schema(app.app.state.clone());
     let token = format!("Bearer {}", app.token("admin"));
-    let query = "{ customers(first: 20) { edges { node { id name tags { id name } } } } }";
+    let query = "{ customers(first: 20) { edges { node { id name tags { tag { id name } source taggedAt } } } } }";
     let _info = tracing::subscriber::set_default(
         tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::sink).finish(),
     );
-    for (label, schema) in [("with field spans", &with_spans), ("without", &without_spans), ("with field spans", &with_spans), ("without", &without_spans)] {
+    for (label, schema) in [
+        ("with field spans", &with_spans),
+        ("without", &without_spans),
+        ("with field spans", &with_spans),
+        ("without", &without_spans),
+    ] {
         let runs = 200;
         let started = std::time::Instant::now();
         for _ in 0..runs {
