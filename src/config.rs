@@ -2,6 +2,7 @@
 //! and CLI flag in `cli.rs`); nothing else in the code base hard-codes them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use chrono::FixedOffset;
 use std::time::Duration;
@@ -24,6 +25,13 @@ pub struct Settings {
     /// background follower; the index is built and caught up only when
     /// asked (tests that count statements use this).
     pub index_follow_interval: Option<Duration>,
+    /// Browser origins (`scheme://host[:port]`) granted CORS access. Empty:
+    /// same-origin only, no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// A trusted-documents manifest (JSON map of SHA-256 hex → document).
+    /// Set: only those operations run, and automatic persisted queries no
+    /// longer register new ones.
+    pub trusted_documents: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -65,6 +73,11 @@ pub struct Limits {
     pub max_export_rows: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
+    /// Operations one batched request (a JSON array) may hold.
+    pub max_batch: usize,
+    /// Automatic persisted queries this instance remembers (least recently
+    /// used ones are forgotten first).
+    pub persisted_query_cache: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +100,8 @@ impl Default for Limits {
             max_segment_nodes: 500,
             max_export_rows: 100_000,
             request_timeout: Duration::from_secs(30),
+            max_batch: 10,
+            persisted_query_cache: 1_000,
         }
     }
 }
@@ -112,6 +127,8 @@ impl Settings {
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
             utc_offset: Self::default_utc_offset(),
             index_follow_interval: Some(Duration::from_millis(250)),
+            cors_origins: Vec::new(),
+            trusted_documents: None,
             limits: Limits::default(),
         }
     }

@@ -45,13 +45,15 @@ pub struct Mutation(
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, EmptySubscription>;
 
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+fn builder() -> AppSchemaBuilder {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
 }
 
-/// The schema with its limits and the shared state.
-pub fn build_schema(state: AppState) -> AppSchema {
+/// The schema with its limits and the shared state, to be finished by the
+/// caller (the HTTP edge adds its extensions).
+pub fn schema_builder(state: AppState) -> AppSchemaBuilder {
     let limits = &state.settings.limits;
     builder()
         .limit_depth(limits.max_query_depth)
@@ -61,7 +63,6 @@ pub fn build_schema(state: AppState) -> AppSchema {
         .extension(async_graphql::extensions::Tracing)
         .extension(audit::DeniedMutationAudit)
         .data(state)
-        .finish()
 }
 
 /// The SDL that `schema.graphql` must equal.
