@@ -416,12 +416,14 @@ async fn batches_run_each_operation_under_one_sign_in(app: TestApp) {
     let server = start(app).await;
     let statements = |server: &Running| server.app.statements();
     let one = json!({ "query": "{ __typename }" });
+    // The first request of an instance warms a cache; count from the second.
+    server.post_as(&token, "application/json", &one).await;
     let before = statements(&server);
     server.post_as(&token, "application/json", &one).await;
     let single = statements(&server) - before;
     let before = statements(&server);
     let answer = server.post_as(&token, "application/json", &json!([one, one, one])).await;
-    assert_eq!(answer.body, json!([{ "data": { "__typename": "Query" } }; 3]));
+    assert_eq!(answer.body, Value::Array(vec![json!({ "data": { "__typename": "Query" } }); 3]));
     assert_eq!(statements(&server) - before, single, "one sign-in for the whole batch");
     // Each operation stands alone: its own errors, its own limits.
     let deep = "{ me { staff { homeOrgUnit { parent { parent { parent { parent { parent { parent { parent { parent { parent { parent { parent { name } } } } } } } } } } } } } } }";
