@@ -116,9 +116,18 @@ async fn timed_out(headers: HeaderMap, err: BoxError, timeout: Duration) -> Resp
     let media = Media::negotiate(&headers);
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     if err.is::<tower::timeout::error::Elapsed>() {
-        tracing::warn!(request_id = request_id.as_deref().unwrap_or("-"), ?timeout, "request timed out and was cancelled");
-        let message = format!("the request ran past the request timeout ({}) and was cancelled", humantime::format_duration(timeout));
-        Refusal::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, message).with_request_id(request_id).respond(media)
+        tracing::warn!(
+            request_id = request_id.as_deref().unwrap_or("-"),
+            ?timeout,
+            "request timed out and was cancelled"
+        );
+        let message = format!(
+            "the request ran past the request timeout ({}) and was cancelled",
+            humantime::format_duration(timeout)
+        );
+        Refusal::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, message)
+            .with_request_id(request_id)
+            .respond(media)
     } else {
         tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = %err, "request failed in a middleware");
         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")

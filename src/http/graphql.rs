@@ -182,8 +182,8 @@ fn parse_request(value: Value, index: Option<usize>) -> Result<Request, Refusal>
     if !value.is_object() {
         return Err(Refusal::bad_request(format!("{at}not a JSON object")));
     }
-    let request: Request = serde_json::from_value(value)
-        .map_err(|e| Refusal::bad_request(format!("{at}not a GraphQL request: {e}")))?;
+    let request: Request =
+        serde_json::from_value(value).map_err(|e| Refusal::bad_request(format!("{at}not a GraphQL request: {e}")))?;
     if request.query.trim().is_empty() && !request.extensions.0.contains_key("persistedQuery") {
         return Err(Refusal::bad_request(format!("{at}no `query`")));
     }
@@ -209,8 +209,18 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_graphql_requests_are_refused() {
-        for body in ["", "{", "[]", "null", "42", "\"{ a }\"", "[1]", "{\"query\": 1}", "{}", "{\"query\": \"{ a }\", \"variables\": {\"n\": 1e309}}"]
-        {
+        for body in [
+            "",
+            "{",
+            "[]",
+            "null",
+            "42",
+            "\"{ a }\"",
+            "[1]",
+            "{\"query\": 1}",
+            "{}",
+            "{\"query\": \"{ a }\", \"variables\": {\"n\": 1e309}}",
+        ] {
             assert_eq!(refusal_of(body), "400", "{body}");
         }
     }

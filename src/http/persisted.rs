@@ -88,7 +88,8 @@ impl TrustedDocuments {
         for (key, text) in manifest {
             let hash = sha256_hex(&text);
             anyhow::ensure!(key.eq_ignore_ascii_case(&hash), "{key}: the SHA-256 of its document is {hash}");
-            let document = async_graphql::parser::parse_query(&text).with_context(|| format!("{key}: does not parse"))?;
+            let document =
+                async_graphql::parser::parse_query(&text).with_context(|| format!("{key}: does not parse"))?;
             documents.insert(hash, document);
         }
         Ok(Self { documents })

@@ -55,10 +55,8 @@ fn accepted(headers: &HeaderMap) -> impl Iterator<Item = (String, f32)> + '_ {
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|range| {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+        let q =
+            parts.filter_map(|p| p.trim().strip_prefix("q=")).find_map(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
         (media, q)
     })
 }
@@ -78,13 +76,14 @@ pub(super) fn server_error(code: ErrorCode, message: impl Into<String>) -> Serve
 /// A request refused before any GraphQL execution.
 pub(super) struct Refusal {
     status: StatusCode,
-    error: ServerError,
+    /// Boxed: refusals travel in `Result`s, which stay small this way.
+    error: Box<ServerError>,
     allow: Option<&'static str>,
 }
 
 impl Refusal {
     pub(super) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, error: server_error(code, message), allow: None }
+        Self { status, error: Box::new(server_error(code, message)), allow: None }
     }
 
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
@@ -105,7 +104,7 @@ impl Refusal {
         let gql: async_graphql::Error = err.into();
         let mut error = ServerError::new(gql.message, None);
         error.extensions = gql.extensions;
-        Self { status, error, allow: None }
+        Self { status, error: Box::new(error), allow: None }
     }
 
     /// Sets `extensions.requestId` (for refusals made outside the request's
@@ -122,7 +121,7 @@ impl Refusal {
         struct Errors<'a> {
             errors: [&'a ServerError; 1],
         }
-        let mut response = encoded(self.status, media, &Errors { errors: [&self.error] });
+        let mut response = encoded(self.status, media, &Errors { errors: [&*self.error] });
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -234,10 +233,7 @@ mod tests {
             Media::negotiate(&accept("application/graphql-response+json,application/json;q=0.9")),
             Media::GraphQLResponseJson
         );
-        assert_eq!(
-            Media::negotiate(&accept("application/graphql-response+json;q=0.5, application/json")),
-            Media::Json
-        );
+        assert_eq!(Media::negotiate(&accept("application/graphql-response+json;q=0.5, application/json")), Media::Json);
         assert_eq!(Media::negotiate(&accept("application/graphql-response+json;q=0")), Media::Json);
     }
 

@@ -106,7 +106,8 @@ async fn get_serves_the_playground_to_browsers_only(app: TestApp) {
     let body = res.text().await.unwrap();
     assert!(body.contains("graphiql"), "a browser gets GraphiQL");
     // Anything else asking by GET gets the query executed.
-    let res = server.client.get(format!("{}?query=%7B__typename%7D", server.url())).bearer_auth(&token).send().await.unwrap();
+    let res =
+        server.client.get(format!("{}?query=%7B__typename%7D", server.url())).bearer_auth(&token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({ "data": { "__typename": "Query" } }));
 }

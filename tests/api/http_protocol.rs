@@ -128,7 +128,8 @@ async fn without_listed_origins_there_is_no_cors(app: TestApp) {
 async fn get_runs_queries_with_variables_and_operation_name(app: TestApp) {
     let token = app.token("sz01.manager");
     let server = start(app).await;
-    let document = "query Who($with: Boolean!) { me @include(if: $with) { staff { login } } } query Other { __typename }";
+    let document =
+        "query Who($with: Boolean!) { me @include(if: $with) { staff { login } } } query Other { __typename }";
     let answer = server
         .get(
             &token,
@@ -150,10 +151,9 @@ async fn get_refuses_mutations_with_405(app: TestApp) {
     let token = app.token("admin");
     let before = app.snapshot().await;
     let server = start(app).await;
-    for (document, operation) in [
-        ("mutation { __typename }", None),
-        ("query Q { __typename } mutation M { __typename }", Some("M")),
-    ] {
+    for (document, operation) in
+        [("mutation { __typename }", None), ("query Q { __typename } mutation M { __typename }", Some("M"))]
+    {
         let mut params = vec![("query", document)];
         params.extend(operation.map(|name| ("operationName", name)));
         for accept in [GRAPHQL_RESPONSE, "application/json"] {
@@ -166,7 +166,11 @@ async fn get_refuses_mutations_with_405(app: TestApp) {
     }
     // The query of the same document still runs by GET.
     let answer = server
-        .get(&token, GRAPHQL_RESPONSE, &[("query", "query Q { __typename } mutation M { __typename }"), ("operationName", "Q")])
+        .get(
+            &token,
+            GRAPHQL_RESPONSE,
+            &[("query", "query Q { __typename } mutation M { __typename }"), ("operationName", "Q")],
+        )
         .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(server.app.snapshot().await, before);
@@ -216,8 +220,9 @@ async fn status_codes_follow_the_negotiated_media_type(app: TestApp) {
     assert!(answer.body.get("data").is_some(), "{}", answer.body);
     assert_eq!(code(&answer.body), "VALIDATION");
     // Apollo Client 4 and urql send this Accept.
-    let answer =
-        server.post_as(&token, "application/graphql-response+json,application/json;q=0.9", &json!({ "query": ME })).await;
+    let answer = server
+        .post_as(&token, "application/graphql-response+json,application/json;q=0.9", &json!({ "query": ME }))
+        .await;
     assert!(content_type(&answer.headers).starts_with(GRAPHQL_RESPONSE));
     assert_eq!(answer.body["data"]["me"]["staff"]["login"], "admin");
 }
@@ -240,7 +245,12 @@ async fn refusals_before_execution_are_graphql_errors(app: TestApp) {
             "number out of range",
         ),
         ("{\"query\": \"{ __typename }\"}", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
-        ("query=%7B__typename%7D", "application/x-www-form-urlencoded", StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
+        (
+            "query=%7B__typename%7D",
+            "application/x-www-form-urlencoded",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
     ];
     for (body, content_type_sent, status, says) in cases {
         for accept in [GRAPHQL_RESPONSE, "application/json"] {
@@ -280,7 +290,11 @@ async fn oversize_chunked_bodies_are_refused_with_413(app: TestApp) {
     let chunks: Vec<Result<String, std::io::Error>> =
         vec![Ok("{\"query\": \"{ __typename } #".to_owned()), Ok(padding), Ok("\"}".to_owned())];
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let answer = server.send(server.client.post(server.url()).bearer_auth(&token).header("content-type", "application/json").body(body)).await;
+    let answer = server
+        .send(
+            server.client.post(server.url()).bearer_auth(&token).header("content-type", "application/json").body(body),
+        )
+        .await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.body);
     assert_eq!(code(&answer.body), "LIMIT_EXCEEDED");
     assert!(answer.body["errors"][0]["message"].as_str().unwrap().contains(&limit.to_string()));
@@ -299,7 +313,11 @@ async fn responses_are_compressed_as_the_client_accepts(app: TestApp) {
     // A client that does not decompress, to see the bytes on the wire.
     let raw_client = reqwest::Client::builder().no_gzip().no_brotli().no_zstd().build().unwrap();
     let page = |encoding: &'static str| {
-        raw_client.post(server.url()).bearer_auth(&token).header("accept-encoding", encoding).json(&json!({ "query": PAGE }))
+        raw_client
+            .post(server.url())
+            .bearer_auth(&token)
+            .header("accept-encoding", encoding)
+            .json(&json!({ "query": PAGE }))
     };
     let raw = page("identity").send().await.unwrap();
     assert!(!raw.headers().contains_key("content-encoding"));
@@ -322,7 +340,8 @@ async fn responses_are_compressed_as_the_client_accepts(app: TestApp) {
         }
         .build()
         .unwrap();
-        let res = decompressing.post(server.url()).bearer_auth(&token).json(&json!({ "query": PAGE })).send().await.unwrap();
+        let res =
+            decompressing.post(server.url()).bearer_auth(&token).json(&json!({ "query": PAGE })).send().await.unwrap();
         assert_eq!(res.json::<Value>().await.unwrap(), plain, "{encoding}");
     }
 }
