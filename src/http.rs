@@ -190,7 +190,10 @@ fn give_code(error: &mut async_graphql::ServerError) {
     let code = if error.message == "PersistedQueryNotFound" {
         // The message itself is what Apollo's and urql's links look for.
         ErrorCode::PersistedQueryNotFound
-    } else if error.message.contains("PersistedQuery") || error.message.contains("sha does not match") {
+    } else if error.message.starts_with("Invalid \"PersistedQuery\"")
+        || error.message.starts_with("Only the \"PersistedQuery\"")
+        || error.message == "provided sha does not match query"
+    {
         ErrorCode::BadRequest
     } else if error.message.contains("nested too deep")
         || error.message.contains("too complex")
