@@ -3,12 +3,13 @@
 //! variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::FixedOffset;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use entity::staff;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tracing_subscriber::EnvFilter;
@@ -84,6 +85,8 @@ enum Command {
         /// Burst allowance per staff member.
         #[arg(long, env = "TAGBASE_RATE_PER_STAFF_BURST", default_value_t = Limits::default().rate_per_staff.burst)]
         rate_per_staff_burst: u32,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Apply pending migrations and exit.
     Migrate,
@@ -106,6 +109,27 @@ enum Command {
     /// Benchmarks (print a table; never part of the tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Settings of the HTTP edge (browsers, mobile clients).
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `http://localhost:5173,https://admin.example.com`. None: same-origin
+    /// only.
+    #[arg(long, env = "TAGBASE_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    cors_origins: Vec<String>,
+    /// A trusted-documents manifest (JSON map of SHA-256 hex → document):
+    /// only those operations run.
+    #[arg(long, env = "TAGBASE_TRUSTED_DOCUMENTS")]
+    trusted_documents: Option<PathBuf>,
+    /// Operations one batched request may hold.
+    #[arg(long, env = "TAGBASE_MAX_BATCH", default_value_t = Limits::default().max_batch)]
+    max_batch: usize,
+    /// How long a request may run before it is cancelled (504, `TIMEOUT`),
+    /// e.g. `30s`; also PostgreSQL's `statement_timeout`.
+    #[arg(long, env = "TAGBASE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +176,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, no path.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let origin = raw.trim().trim_end_matches('/');
+    let valid = match origin.split_once("://") {
+        Some((scheme, host)) => {
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*'])
+        }
+        None => false,
+    };
+    if valid { Ok(origin.to_owned()) } else { Err(format!("{raw:?} is not an origin such as http://localhost:5173")) }
+}
+
 fn parse_offset(raw: &str) -> Result<FixedOffset, String> {
     raw.parse::<FixedOffset>().map_err(|_| format!("{raw:?} is not a UTC offset such as +08:00"))
 }
@@ -176,12 +212,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         index_follow_interval: Some(std::time::Duration::from_millis(250)),
         metrics_listen: None,
         metrics_on_main: false,
+        cors_origins: Vec::new(),
+        trusted_documents: None,
         limits: Limits::default(),
     };
     match cli.command {
         Command::Serve {
             listen,
             demo,
+            http,
             metrics_listen,
             metrics_on_main,
             rate_per_ip,
@@ -194,6 +233,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.metrics_on_main = metrics_on_main;
             settings.limits.rate_per_address = Rate { per_second: rate_per_ip, burst: rate_per_ip_burst };
             settings.limits.rate_per_staff = Rate { per_second: rate_per_staff, burst: rate_per_staff_burst };
+            settings.cors_origins = http.cors_origins;
+            settings.trusted_documents = http.trusted_documents;
+            settings.limits.max_batch = http.max_batch;
+            settings.limits.request_timeout = http.request_timeout;
             let app = Application::build(settings).await?;
             if demo {
                 let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;

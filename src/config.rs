@@ -2,6 +2,7 @@
 //! and CLI flag in `cli.rs`); nothing else in the code base hard-codes them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use chrono::FixedOffset;
 use std::time::Duration;
@@ -30,6 +31,13 @@ pub struct Settings {
     /// Also serve `/metrics` on the main listener, to a bearer token of a
     /// staff member holding `audit_log:read` somewhere.
     pub metrics_on_main: bool,
+    /// Browser origins (`scheme://host[:port]`) granted CORS access. Empty:
+    /// same-origin only, no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// A trusted-documents manifest (JSON map of SHA-256 hex → document).
+    /// Set: only those operations run, and automatic persisted queries no
+    /// longer register new ones.
+    pub trusted_documents: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -75,6 +83,11 @@ pub struct Limits {
     pub rate_per_address: Rate,
     /// Requests per signed-in staff member.
     pub rate_per_staff: Rate,
+    /// Operations one batched request (a JSON array) may hold.
+    pub max_batch: usize,
+    /// Automatic persisted queries this instance remembers (least recently
+    /// used ones are forgotten first).
+    pub persisted_query_cache: usize,
 }
 
 /// A request rate: a steady rate per second and a burst allowance.
@@ -122,6 +135,8 @@ impl Default for Limits {
             // integration signed in as one staff member, stay under them.
             rate_per_address: Rate { per_second: 1_000, burst: 2_000 },
             rate_per_staff: Rate { per_second: 200, burst: 400 },
+            max_batch: 10,
+            persisted_query_cache: 1_000,
         }
     }
 }
@@ -149,6 +164,8 @@ impl Settings {
             index_follow_interval: Some(Duration::from_millis(250)),
             metrics_listen: None,
             metrics_on_main: false,
+            cors_origins: Vec::new(),
+            trusted_documents: None,
             limits: Limits::default(),
         }
     }

@@ -24,6 +24,18 @@ pub enum ErrorCode {
     Conflict,
     Locked,
     LimitExceeded,
+    /// The HTTP request itself is malformed (not JSON, not an object, a
+    /// bad batch, an unsupported content type, an empty query).
+    BadRequest,
+    /// A mutation sent with GET (mutations go by POST).
+    MethodNotAllowed,
+    /// An automatic persisted query whose hash this instance does not know:
+    /// the client sends the hash again with the query.
+    PersistedQueryNotFound,
+    /// With trusted documents on, an operation that is not in the list.
+    PersistedQueryNotInList,
+    /// The request ran past the request timeout and was cancelled.
+    Timeout,
     Internal,
 }
 
@@ -38,6 +50,11 @@ impl ErrorCode {
             Self::Conflict => "CONFLICT",
             Self::Locked => "LOCKED",
             Self::LimitExceeded => "LIMIT_EXCEEDED",
+            Self::BadRequest => "BAD_REQUEST",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryNotInList => "PERSISTED_QUERY_NOT_IN_LIST",
+            Self::Timeout => "TIMEOUT",
             Self::Internal => "INTERNAL",
         }
     }

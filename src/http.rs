@@ -1,31 +1,43 @@
-//! The HTTP surface: `/graphql` (POST executes, GET serves GraphiQL),
-//! `/healthz`, `/readyz`; request ids, tracing and a body-size limit.
+//! The HTTP surface: `/graphql` (GraphQL over HTTP, see [`graphql`]),
+//! `/healthz`, `/readyz`; CORS for the listed origins, compression, request
+//! ids, tracing, a body-size limit and the request timeout.
+
+mod graphql;
+mod persisted;
+mod read_only;
+mod reply;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
-    Json, Router,
+    BoxError, Json, Router,
+    error_handling::HandleErrorLayer,
     extract::{DefaultBodyLimit, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
 use tower_http::{
-    limit::RequestBodyLimitLayer,
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::TimeoutLayer,
     trace::TraceLayer,
 };
 
+pub use persisted::{PersistedQueries, TrustedDocuments};
+
 use crate::auth;
+use crate::authz::Principal;
 use crate::error::{AppError, ErrorCode};
-use crate::graphql::{AppSchema, loaders_for_request};
+use crate::graphql::{AppSchema, AppSchemaBuilder, loaders_for_request};
 use crate::observability;
 use crate::request_id;
 use crate::state::AppState;
+
+use reply::{Media, Refusal};
 
 #[derive(Clone)]
 struct HttpState {
@@ -37,22 +49,94 @@ struct HttpState {
 pub fn router(app: AppState, schema: AppSchema) -> Router {
     let body_limit = app.settings.limits.max_body_bytes;
     let timeout = app.settings.limits.request_timeout;
+    let cors = cors_layer(&app.settings.cors_origins);
     let graphql = Router::new()
-        .route("/graphql", get(graphiql).post(graphql_handler))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyLimitLayer::new(body_limit));
+        .route("/graphql", get(graphql::get).post(graphql::post).fallback(graphql::other_method))
+        .layer(DefaultBodyLimit::max(body_limit));
     let observer = observability::HttpObserver::new(&app);
-    Router::new()
+    let router = Router::new()
         .merge(graphql)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(observability::metrics::main_listener_routes(app.clone()))
         .with_state(HttpState { app, schema })
-        .layer(PropagateRequestIdLayer::x_request_id())
+        // tower's timeout drops the request's future; the error handler
+        // turns the elapsed error into a GraphQL-shaped 504.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |headers: HeaderMap, err: BoxError| timed_out(headers, err, timeout)))
+                .layer(tower::timeout::TimeoutLayer::new(timeout)),
+        )
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(observability::trace::request_span))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Outside the timeout and the trace span: it sees every answer (504
+        // included) and hands the trace context to the span.
         .layer(axum::middleware::from_fn_with_state(observer, observability::observe))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    // Outermost, so that refusals (401, 413, 504) reach the page's script
+    // too. No listed origin: no layer, no CORS header at all.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the operator's origins: bearer tokens (no cookies), so no
+/// credentials; the request id is readable by the page.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| match HeaderValue::from_str(origin) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(%origin, "ignoring a CORS origin that is not a valid header value");
+                None
+            }
+        })
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// The schema builder with the extensions of the HTTP edge: persisted
+/// queries (automatic or trusted documents) first, so that the GET check
+/// after it sees the document a hash stands for.
+pub fn with_extensions(builder: AppSchemaBuilder, persisted: PersistedQueries) -> AppSchemaBuilder {
+    builder.extension(persisted).extension(read_only::QueriesOnlyOverGet)
+}
+
+async fn timed_out(headers: HeaderMap, err: BoxError, timeout: Duration) -> Response {
+    let media = Media::negotiate(&headers);
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if err.is::<tower::timeout::error::Elapsed>() {
+        tracing::warn!(
+            request_id = request_id.as_deref().unwrap_or("-"),
+            ?timeout,
+            "request timed out and was cancelled"
+        );
+        let message = format!(
+            "the request ran past the request timeout ({}) and was cancelled",
+            humantime::format_duration(timeout)
+        );
+        Refusal::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, message)
+            .with_request_id(request_id)
+            .respond(media)
+    } else {
+        tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = %err, "request failed in a middleware");
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+            .with_request_id(request_id)
+            .respond(media)
+    }
 }
 
 fn request_id_of(headers: &HeaderMap) -> String {
@@ -61,18 +145,6 @@ fn request_id_of(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-async fn graphql_handler(State(state): State<HttpState>, headers: HeaderMap, req: GraphQLRequest) -> Response {
-    let id = request_id_of(&headers);
-    request_id::scope(id, async move {
-        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match execute(&state.app, &state.schema, authorization, req.into_inner()).await {
-            Ok(response) => GraphQLResponse::from(response).into_response(),
-            Err(err) => unauthenticated(err),
-        }
-    })
-    .await
 }
 
 /// Signs the caller in and executes one GraphQL request as it. Used by the
@@ -86,25 +158,48 @@ pub async fn execute(
     authorization: Option<&str>,
     request: async_graphql::Request,
 ) -> Result<async_graphql::Response, AppError> {
-    let principal = Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?);
+    let principal = sign_in(app, authorization).await?;
+    Ok(execute_as(app, schema, &principal, request).await)
+}
+
+async fn sign_in(app: &AppState, authorization: Option<&str>) -> Result<Arc<Principal>, AppError> {
+    Ok(Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?))
+}
+
+/// Executes one operation as a signed-in caller, with its own DataLoaders
+/// (each operation of a batch gets fresh ones, as a request would).
+async fn execute_as(
+    app: &AppState,
+    schema: &AppSchema,
+    principal: &Arc<Principal>,
+    request: async_graphql::Request,
+) -> async_graphql::Response {
     let loaders = loaders_for_request(app.db.clone(), principal.clone());
-    let mut response = schema.execute(request.data(principal).data(loaders)).await;
+    let mut response = schema.execute(request.data(principal.clone()).data(loaders)).await;
     for error in &mut response.errors {
         give_code(error);
     }
     observability::record_response(&response);
-    Ok(response)
+    response
 }
 
 /// Errors raised by async-graphql itself (parsing, validation, argument
-/// coercion, limits) carry no code; give them one, so that every error a
-/// client sees has `extensions.code`.
+/// coercion, limits, persisted queries) carry no code; give them one, so
+/// that every error a client sees has `extensions.code`.
 fn give_code(error: &mut async_graphql::ServerError) {
     let extensions = error.extensions.get_or_insert_with(Default::default);
     if extensions.get("code").is_some() {
         return;
     }
-    let code = if error.message.contains("nested too deep")
+    let code = if error.message == "PersistedQueryNotFound" {
+        // The message itself is what Apollo's and urql's links look for.
+        ErrorCode::PersistedQueryNotFound
+    } else if error.message.starts_with("Invalid \"PersistedQuery\"")
+        || error.message.starts_with("Only the \"PersistedQuery\"")
+        || error.message == "provided sha does not match query"
+    {
+        ErrorCode::BadRequest
+    } else if error.message.contains("nested too deep")
         || error.message.contains("too complex")
         || error.message.contains("recursion depth")
         || error.message.contains("directives")
@@ -119,25 +214,7 @@ fn give_code(error: &mut async_graphql::ServerError) {
     }
 }
 
-/// A GraphQL-shaped error body with status 401 (or 500 when the sign-in
-/// itself failed for an internal reason).
-fn unauthenticated(err: AppError) -> Response {
-    let status = match err {
-        AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let gql: async_graphql::Error = err.into();
-    let body = json!({
-        "data": null,
-        "errors": [{ "message": gql.message, "extensions": gql.extensions }],
-    });
-    let mut response = (status, Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
-}
-
+/// The playground, for browsers (`GET /graphql` asking for HTML).
 async fn graphiql() -> Html<String> {
     Html(GraphiQLSource::build().endpoint("/graphql").title("tagbase").finish())
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::JwtKeys;
 use crate::authz::Authz;
 use crate::config::Settings;
-use crate::graphql::{AppSchema, build_schema};
+use crate::graphql::{AppSchema, schema_builder};
 use crate::segment::SegmentIndex;
 use crate::state::AppState;
 use crate::{db, http, observability};
@@ -42,8 +42,9 @@ impl Application {
         if let Some(interval) = settings.index_follow_interval {
             index.spawn_follower(db.clone(), interval);
         }
+        let persisted = http::PersistedQueries::from_settings(&settings)?;
         let state = AppState { db, authz, keys, settings: Arc::new(settings), index };
-        let schema = build_schema(state.clone());
+        let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
         Ok(Self { state, schema })
     }
 

@@ -46,13 +46,15 @@ pub struct Mutation(
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, EmptySubscription>;
 
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+fn builder() -> AppSchemaBuilder {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
 }
 
-/// The schema with its limits and the shared state.
-pub fn build_schema(state: AppState) -> AppSchema {
+/// The schema with its limits and the shared state, to be finished by the
+/// caller (the HTTP edge adds its extensions).
+pub fn schema_builder(state: AppState) -> AppSchemaBuilder {
     let limits = &state.settings.limits;
     let mut builder = builder()
         .limit_depth(limits.max_query_depth)
@@ -66,7 +68,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
     if observability::field_spans_enabled() {
         builder = builder.extension(async_graphql::extensions::Tracing);
     }
-    builder.data(state).finish()
+    builder.data(state)
 }
 
 /// The SDL that `schema.graphql` must equal.

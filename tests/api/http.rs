@@ -9,22 +9,31 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use crate::helpers::TestApp;
 use crate::on_both_databases;
 
-struct Running {
-    base: String,
-    client: reqwest::Client,
-    _app: TestApp,
+pub struct Running {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: TestApp,
 }
 
-async fn start(app: TestApp) -> Running {
+pub async fn start(app: TestApp) -> Running {
+    let router = app.app.router();
+    start_with(app, router).await
+}
+
+/// Serves `router` (built on `app`'s database) on a port of its own.
+pub async fn start_with(app: TestApp, router: axum::Router) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = app.app.router();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Running { base, client: reqwest::Client::new(), _app: app }
+    Running { base, client: reqwest::Client::new(), app }
 }
 
 impl Running {
-    async fn post(&self, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+    pub fn url(&self) -> String {
+        format!("{}/graphql", self.base)
+    }
+
+    pub async fn post(&self, token: Option<&str>, body: Value) -> (StatusCode, Value) {
         let mut req = self.client.post(format!("{}/graphql", self.base)).json(&body);
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -35,7 +44,7 @@ impl Running {
     }
 }
 
-fn code(body: &Value) -> &str {
+pub fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
 }
 
@@ -87,13 +96,20 @@ async fn health_and_readiness_answer(app: TestApp) {
     assert!(health.headers().contains_key("x-request-id"));
 }
 
-async fn get_serves_the_playground_and_never_executes(app: TestApp) {
+async fn get_serves_the_playground_to_browsers_only(app: TestApp) {
+    let token = app.token("admin");
     let server = start(app).await;
-    let res = server.client.get(format!("{}/graphql?query=%7B__typename%7D", server.base)).send().await.unwrap();
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let res = server.client.get(server.url()).header("accept", browser).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let body = res.text().await.unwrap();
-    assert!(body.contains("graphiql"), "GET should serve GraphiQL");
-    assert!(!body.contains("\"data\""), "GET must not execute");
+    assert!(body.contains("graphiql"), "a browser gets GraphiQL");
+    // Anything else asking by GET gets the query executed.
+    let res =
+        server.client.get(format!("{}?query=%7B__typename%7D", server.url())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({ "data": { "__typename": "Query" } }));
 }
 
 async fn oversized_bodies_are_refused(app: TestApp) {
@@ -110,6 +126,8 @@ async fn oversized_bodies_are_refused(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(code(&body), "LIMIT_EXCEEDED", "{body}");
 }
 
 async fn too_deep_queries_are_refused(app: TestApp) {
@@ -140,8 +158,22 @@ async fn slow_requests_time_out(backend: crate::helpers::Backend) {
     let app = TestApp::spawn_with(backend, limits).await;
     let token = app.token("admin");
     let server = start(app).await;
-    let (status, _) = server.post(Some(&token), json!({ "query": "{ customers { totalCount } }" })).await;
-    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    let res = server
+        .client
+        .post(server.url())
+        .bearer_auth(&token)
+        .header("x-request-id", "slow-1")
+        .json(&json!({ "query": "{ customers { totalCount } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert_eq!(res.headers()["x-request-id"], "slow-1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(code(&body), "TIMEOUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["requestId"], "slow-1");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("request timeout"), "{body}");
 }
 
 mod slow_requests_time_out {
@@ -181,7 +213,7 @@ on_both_databases!(
     requests_without_a_valid_token_are_unauthenticated,
     a_valid_token_reaches_the_api,
     health_and_readiness_answer,
-    get_serves_the_playground_and_never_executes,
+    get_serves_the_playground_to_browsers_only,
     oversized_bodies_are_refused,
     too_deep_queries_are_refused,
     alias_floods_are_refused_as_too_complex,

@@ -9,6 +9,7 @@ mod cli;
 mod customers;
 mod governance;
 mod http;
+mod http_protocol;
 mod n_plus_one;
 mod observability;
 mod permission_matrix;
