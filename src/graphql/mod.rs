@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod customer;
 mod governance;
+pub(crate) mod limits;
 mod loaders;
 mod org;
 mod segment;
@@ -54,7 +55,11 @@ fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 pub fn build_schema(state: AppState) -> AppSchema {
     let limits = &state.settings.limits;
     builder()
-        .limit_depth(limits.max_query_depth)
+        // Aliases, root fields, depth (introspection under its own bound)
+        // and expanded size, before async-graphql's own checks; the
+        // built-in depth limit stays as a backstop at the larger bound.
+        .extension(limits::DocumentLimits::new(limits))
+        .limit_depth(limits.max_query_depth.max(limits.max_introspection_depth))
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(limits.max_recursive_depth)
         .limit_directives(limits.max_directives)

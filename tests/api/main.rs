@@ -9,6 +9,7 @@ mod cli;
 mod customers;
 mod governance;
 mod http;
+mod limits;
 mod n_plus_one;
 mod permission_matrix;
 mod schema_drift;
