@@ -13,7 +13,7 @@ use chrono::FixedOffset;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::domain::{CustomerId, Cursor, TagId};
+use crate::domain::{Cursor, CustomerId, TagId};
 use crate::error::AppError;
 use crate::segment::{self, text};
 
@@ -34,11 +34,57 @@ fn offset() -> FixedOffset {
 /// Pieces of the segment language, so that generated text gets past the
 /// lexer and exercises the grammar, not only the first character.
 const SEGMENT_PIECES: &[&str] = &[
-    "tag", "anyTags", "allTags", "group", "taggedBetween", "lifecycle", "orgUnit", "segment", "city", "channel",
-    "gender", "age", "spend", "orders", "added", "lastOrder", "FEMALE", "MALE", "UNKNOWN", "AND", "OR", "NOT", "and",
-    "(", ")", ",", "#", "=", "<", "<=", ">", ">=", "\"深圳\"", "\"\"", "\"2025-01-01\"", "\"2025-02-30\"",
-    "\"2025-01-01T08:00:00+08:00\"", "\"a\\\"b\"", "\"\\x\"", "“弯引号”", "\"", "0", "-1", "42", "9223372036854775807",
-    "-9223372036854775808", "99999999999999999999", "_", "标签", "\u{202e}", " ",
+    "tag",
+    "anyTags",
+    "allTags",
+    "group",
+    "taggedBetween",
+    "lifecycle",
+    "orgUnit",
+    "segment",
+    "city",
+    "channel",
+    "gender",
+    "age",
+    "spend",
+    "orders",
+    "added",
+    "lastOrder",
+    "FEMALE",
+    "MALE",
+    "UNKNOWN",
+    "AND",
+    "OR",
+    "NOT",
+    "and",
+    "(",
+    ")",
+    ",",
+    "#",
+    "=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "\"深圳\"",
+    "\"\"",
+    "\"2025-01-01\"",
+    "\"2025-02-30\"",
+    "\"2025-01-01T08:00:00+08:00\"",
+    "\"a\\\"b\"",
+    "\"\\x\"",
+    "“弯引号”",
+    "\"",
+    "0",
+    "-1",
+    "42",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "99999999999999999999",
+    "_",
+    "标签",
+    "\u{202e}",
+    " ",
 ];
 
 fn segment_text() -> impl Strategy<Value = String> {
@@ -50,7 +96,11 @@ fn segment_text() -> impl Strategy<Value = String> {
         // The same, glued without spaces.
         prop::collection::vec(prop::sample::select(SEGMENT_PIECES), 0..40).prop_map(|pieces| pieces.concat()),
         // Deep nesting, balanced or not.
-        (0usize..200, 0usize..200).prop_map(|(open, close)| format!("{}tag(#1){}", "(".repeat(open), ")".repeat(close))),
+        (0usize..200, 0usize..200).prop_map(|(open, close)| format!(
+            "{}tag(#1){}",
+            "(".repeat(open),
+            ")".repeat(close)
+        )),
         (0usize..200).prop_map(|n| format!("{}tag(#1)", "NOT ".repeat(n))),
     ]
 }

@@ -303,7 +303,8 @@ mod tests {
 
     #[test]
     fn aliases_and_root_fields_are_counted() {
-        let aliases = |n: usize| format!("{{ me {{ {} }} }}", (0..n).map(|i| format!("a{i}: __typename ")).collect::<String>());
+        let aliases =
+            |n: usize| format!("{{ me {{ {} }} }}", (0..n).map(|i| format!("a{i}: __typename ")).collect::<String>());
         assert!(check(&aliases(Limits::default().max_aliases)).is_ok());
         assert!(check(&aliases(Limits::default().max_aliases + 1)).unwrap_err().contains("too many aliases"));
         let roots = |n: usize| format!("{{ {} }}", "__typename ".repeat(n));
@@ -370,7 +371,8 @@ mod tests {
         assert_eq!(cost("{ customers(first: -4) { totalCount } }"), 1);
         let aliased: String = (0..250).map(|i| format!("a{i}: customers(first: 100) {{ totalCount }} ")).collect();
         assert!(cost(&format!("{{ {aliased} }}")) > Limits::default().max_query_complexity);
-        let library = "{ tagLibrary(orgUnitId: 1) { layers { orgUnit { code } groups { name tags { id name version } } } } }";
+        let library =
+            "{ tagLibrary(orgUnitId: 1) { layers { orgUnit { code } groups { name tags { id name version } } } } }";
         assert_eq!(cost(library), 1 + 3 * (2 + 30 * (1 + 20 * 3)));
         // Introspection is not priced by rows: the standard query is cheap.
         assert!(cost(include_str!("../../tests/fixtures/introspection-query.graphql")) < 1_000);

@@ -209,7 +209,9 @@ impl SegmentQuery {
     /// Cross analysis (交叉分析): for every pair of the tags, how many
     /// customers hold both — among a segment's members when one is given —
     /// counting only what the caller may see.
-    #[graphql(complexity = "super::limits::list_cost(tag_ids.len().saturating_mul(tag_ids.len()) / 2, child_complexity)")]
+    #[graphql(
+        complexity = "super::limits::list_cost(tag_ids.len().saturating_mul(tag_ids.len()) / 2, child_complexity)"
+    )]
     async fn tag_cooccurrence(
         &self,
         ctx: &Context<'_>,

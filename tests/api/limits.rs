@@ -20,8 +20,10 @@ async fn counted(app: &TestApp, query: &str) -> (usize, Gql) {
     (app.statements() - before, res)
 }
 
-/// Statements of a request that does nothing but sign in.
+/// Statements of a request that does nothing but sign in (the first
+/// request of an application also loads what later ones reuse).
 async fn sign_in_only(app: &TestApp) -> usize {
+    counted(app, "{ __typename }").await.1.ok();
     let (n, res) = counted(app, "{ __typename }").await;
     res.ok();
     n
@@ -106,15 +108,19 @@ async fn introspection_cannot_walk_the_type_graph_in_circles(app: TestApp) {
 }
 
 async fn alias_bombs_are_refused_before_any_database_work(app: TestApp) {
+    // At the root, the root-field limit (20) comes before the alias limit
+    // (50); either way the answer is LIMIT_EXCEEDED.
     let typenames = aliased(10_000, "__typename");
-    assert!(refused_before_any_database_work(&app, &typenames).await.contains("too many aliases"));
+    assert!(refused_before_any_database_work(&app, &typenames).await.starts_with("too many"));
     let pages = aliased(250, "customers(first: 100) { edges { node { id name tags { tag { name } } } } }");
-    assert!(refused_before_any_database_work(&app, &pages).await.contains("too many aliases"));
+    assert!(refused_before_any_database_work(&app, &pages).await.starts_with("too many"));
+    let typenames = format!("{{ me {} }}", aliased(10_000, "__typename"));
+    assert!(refused_before_any_database_work(&app, &typenames).await.contains("too many aliases"));
     let nested = format!("{{ me {{ staff {{ {} }} }} }}", (0..51).map(|i| format!("a{i}: login ")).collect::<String>());
     assert!(refused_before_any_database_work(&app, &nested).await.contains("too many aliases"));
     // Up to the limit, aliases work.
-    let fifty = app.gql("admin", &aliased(50, "__typename"), no_vars()).await;
-    assert_eq!(fifty.ok()["a49"], "Query");
+    let fifty = app.gql("admin", &format!("{{ me {} }}", aliased(50, "__typename")), no_vars()).await;
+    assert_eq!(fifty.ok()["me"]["a49"], "Me");
 }
 
 /// With the alias and root-field limits out of the way, the cost alone refuses many pages.
@@ -176,12 +182,8 @@ async fn documented_operations_fit_the_limits(app: TestApp) {
     assert!(operations.len() >= 10, "found {} operations", operations.len());
     for operation in operations {
         let res = app.gql("admin", &operation, no_vars()).await;
-        let codes: Vec<&str> = res.0["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["extensions"]["code"].as_str())
-            .collect();
+        let codes: Vec<&str> =
+            res.0["errors"].as_array().into_iter().flatten().filter_map(|e| e["extensions"]["code"].as_str()).collect();
         assert!(!codes.contains(&"LIMIT_EXCEEDED"), "{operation}\n{:#}", res.0);
     }
 }
