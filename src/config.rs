@@ -35,7 +35,9 @@ pub struct Limits {
     /// Fields nested in a query (introspection apart).
     pub max_query_depth: usize,
     /// Fields nested under `__schema`/`__type`, counted from the root: the
-    /// standard introspection query of graphql-js needs 15.
+    /// standard introspection query of graphql-js needs 15; tools that
+    /// follow `ofType` further get some room (introspection lists have
+    /// their own bound, see `graphql::limits`).
     pub max_introspection_depth: usize,
     /// Cost of a document: each field 1, each list the rows it may return
     /// times the cost of its selection (see `graphql::limits`).
@@ -83,7 +85,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 1024 * 1024,
             max_query_depth: 12,
-            max_introspection_depth: 15,
+            max_introspection_depth: 20,
             max_query_complexity: 20_000,
             max_recursive_depth: 32,
             max_aliases: 50,

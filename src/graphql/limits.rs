@@ -9,9 +9,8 @@
 //!   and the number of fields after expansion. A refusal answers
 //!   `LIMIT_EXCEEDED` and no resolver (hence no database statement) runs.
 //!   It runs before async-graphql's own recursion check and validation
-//!   because both expand fragments without a budget: a fragment "bomb"
-//!   (each fragment spreading the next one ten times) would keep them busy
-//!   for minutes.
+//!   because both expand fragments without a budget: thirteen fragments
+//!   that each spread the next one ten times expand to 10^12 fields.
 //! - The cost model used by the `complexity` attributes of list fields
 //!   ([`page_cost`], [`list_cost`]): a list costs the rows it may return
 //!   times the cost of what is selected under each, so a document's cost
@@ -297,7 +296,7 @@ mod tests {
         assert!(check(cycle).unwrap_err().contains("introspection may nest"));
         let four = "{ __schema { types { possibleTypes { fields { args { name } } } } } }";
         assert!(check(four).unwrap_err().contains("introspection may nest"));
-        let deep = format!("{{ __type(name: \"Customer\") {{ {}name{} }} }}", "ofType { ".repeat(15), " }".repeat(15));
+        let deep = format!("{{ __type(name: \"Customer\") {{ {}name{} }} }}", "ofType { ".repeat(20), " }".repeat(20));
         assert_eq!(check(&deep).unwrap_err(), "Query is nested too deep.");
     }
 

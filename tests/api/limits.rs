@@ -103,7 +103,7 @@ async fn introspection_cannot_walk_the_type_graph_in_circles(app: TestApp) {
     let cycle = "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }";
     let message = refused_before_any_database_work(&app, cycle).await;
     assert!(message.contains("introspection may nest"), "{message}");
-    let deep = format!("{{ __type(name: \"Customer\") {{ {}name{} }} }}", "ofType { ".repeat(15), " }".repeat(15));
+    let deep = format!("{{ __type(name: \"Customer\") {{ {}name{} }} }}", "ofType { ".repeat(20), " }".repeat(20));
     assert_eq!(refused_before_any_database_work(&app, &deep).await, "Query is nested too deep.");
 }
 
