@@ -46,8 +46,26 @@ pub struct Cli {
     #[arg(long, env = "TAGBASE_UTC_OFFSET", default_value = "+08:00", value_parser = parse_offset, global = true)]
     utc_offset: FixedOffset,
 
+    #[command(flatten)]
+    limits: LimitArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Bounds on GraphQL documents (the others keep their defaults).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Cost a document may have: each field 1, each list the rows it may
+    /// return times the cost of its selection.
+    #[arg(long, env = "TAGBASE_MAX_QUERY_COMPLEXITY", default_value_t = Limits::default().max_query_complexity, global = true)]
+    max_query_complexity: usize,
+    /// Aliased fields a document may have.
+    #[arg(long, env = "TAGBASE_MAX_ALIASES", default_value_t = Limits::default().max_aliases, global = true)]
+    max_aliases: usize,
+    /// Top-level fields an operation may have.
+    #[arg(long, env = "TAGBASE_MAX_ROOT_FIELDS", default_value_t = Limits::default().max_root_fields, global = true)]
+    max_root_fields: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -214,7 +232,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics_on_main: false,
         cors_origins: Vec::new(),
         trusted_documents: None,
-        limits: Limits::default(),
+        limits: Limits {
+            max_query_complexity: cli.limits.max_query_complexity,
+            max_aliases: cli.limits.max_aliases,
+            max_root_fields: cli.limits.max_root_fields,
+            ..Limits::default()
+        },
     };
     match cli.command {
         Command::Serve {

@@ -46,9 +46,22 @@ pub struct Settings {
 pub struct Limits {
     /// Largest accepted request body on `/graphql`.
     pub max_body_bytes: usize,
+    /// Fields nested in a query (introspection apart).
     pub max_query_depth: usize,
+    /// Fields nested under `__schema`/`__type`, counted from the root: the
+    /// standard introspection query of graphql-js needs 15; tools that
+    /// follow `ofType` further get some room (introspection lists have
+    /// their own bound, see `graphql::limits`).
+    pub max_introspection_depth: usize,
+    /// Cost of a document: each field 1, each list the rows it may return
+    /// times the cost of its selection (see `graphql::limits`).
     pub max_query_complexity: usize,
+    /// Selection sets nested, fragments included.
     pub max_recursive_depth: usize,
+    /// Aliased fields in one document, fragments expanded.
+    pub max_aliases: usize,
+    /// Top-level fields of one operation.
+    pub max_root_fields: usize,
     /// Directives one operation may use.
     pub max_directives: usize,
     /// Page size used when `first` is not given.
@@ -116,8 +129,11 @@ impl Default for Limits {
         Self {
             max_body_bytes: 1024 * 1024,
             max_query_depth: 12,
-            max_query_complexity: 5_000,
+            max_introspection_depth: 20,
+            max_query_complexity: 20_000,
             max_recursive_depth: 32,
+            max_aliases: 50,
+            max_root_fields: 20,
             max_directives: 16,
             default_page_size: 20,
             max_page_size: 100,

@@ -12,6 +12,8 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod graphql;
 pub mod http;
 pub mod observability;

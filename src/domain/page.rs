@@ -7,18 +7,31 @@ use serde::{Deserialize, Serialize};
 use crate::config::Limits;
 use crate::error::{AppError, AppResult};
 
-/// Number of items of one page: `first` clamped to `1..=max_page_size`,
-/// `default_page_size` when absent. Negative `first` is an error rather
-/// than silently clamped, since it is surely a client bug.
+/// Number of items of one page: `first` clamped to `1..=max_page_size`
+/// (zero and negative values give one item, as the API documents),
+/// `default_page_size` when absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageSize(u32);
 
 impl PageSize {
+    /// Never fails today; the `Result` keeps room for a refusal without
+    /// touching every caller.
     pub fn parse(first: Option<i32>, limits: &Limits) -> AppResult<Self> {
+        Ok(Self::clamp(first, limits.default_page_size, limits.max_page_size))
+    }
+
+    /// The rows a list with this `first` may return, for the cost model,
+    /// which is fixed when the schema is built and so uses the default
+    /// page sizes.
+    pub fn estimate(first: Option<i32>) -> usize {
+        let limits = Limits::default();
+        Self::clamp(first, limits.default_page_size, limits.max_page_size).0 as usize
+    }
+
+    fn clamp(first: Option<i32>, default: u32, max: u32) -> Self {
         match first {
-            None => Ok(Self(limits.default_page_size)),
-            Some(n) if n < 0 => Err(AppError::validation("first", "must not be negative")),
-            Some(n) => Ok(Self((n as u32).clamp(1, limits.max_page_size))),
+            None => Self(default),
+            Some(n) => Self(u32::try_from(n.max(1)).unwrap_or(1).min(max)),
         }
     }
 
@@ -70,7 +83,8 @@ mod tests {
         assert_eq!(PageSize::parse(None, &limits).unwrap().get(), 20);
         assert_eq!(PageSize::parse(Some(0), &limits).unwrap().get(), 1);
         assert_eq!(PageSize::parse(Some(10_000), &limits).unwrap().get(), 100);
-        assert!(PageSize::parse(Some(-1), &limits).is_err());
+        assert_eq!(PageSize::parse(Some(-1), &limits).unwrap().get(), 1);
+        assert_eq!(PageSize::parse(Some(i32::MIN), &limits).unwrap().get(), 1);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct AdminQuery;
 #[Object]
 impl AdminQuery {
     /// The roles of the policy and their permissions.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn roles(&self, ctx: &Context<'_>) -> Vec<RoleDefinition> {
         let state = ctx.data_unchecked::<AppState>();
         let permissions = state.authz.permissions();

@@ -125,6 +125,7 @@ pub struct AuditQuery;
 impl AuditQuery {
     /// The audit log, newest first: the rows of the units where the caller
     /// holds `audit_log:read`.
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

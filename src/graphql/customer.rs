@@ -83,6 +83,7 @@ impl Customer {
         staff_by_id(ctx, self.0.owner_staff_id).await
     }
     /// The tags the caller may see, oldest first, with their provenance.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::TAGS_PER_CUSTOMER, child_complexity)")]
     async fn tags(&self, ctx: &Context<'_>) -> Result<Vec<CustomerTag>> {
         let assignments = env(ctx).loaders.load_one(TagsOfCustomer(self.0.id)).await?.unwrap_or_default();
         Ok(assignments.into_iter().map(CustomerTag).collect())
@@ -91,6 +92,7 @@ impl Customer {
     /// tag the caller may see here, with who, when and from where. Page
     /// back with `before`: the `id` of the last event you have. Meant for
     /// one customer's page: it costs three statements per customer.
+    #[graphql(complexity = "super::limits::page_cost(Some(first), child_complexity)")]
     async fn tag_events(
         &self,
         ctx: &Context<'_>,
@@ -120,6 +122,7 @@ impl Customer {
         }))
     }
     /// External identities (WeCom, unionid, CRM, shop).
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn external_ids(&self, ctx: &Context<'_>) -> Result<Vec<ExternalId>> {
         let rows = env(ctx).loaders.load_one(IdentitiesOfCustomer(self.0.id)).await?.unwrap_or_default();
         Ok(rows.into_iter().map(|r| ExternalId { provider: r.provider, external_id: r.external_id }).collect())
@@ -276,6 +279,7 @@ impl CustomerQuery {
 
     /// Customers in the caller's scope. `first` defaults to 20 and is
     /// clamped to 1..=100.
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
@@ -350,6 +354,7 @@ pub struct CreateCustomerInput {
 pub struct CreateCustomerPayload {
     customer: Customer,
     /// Customers in the caller's scope with the same phone number.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     possible_duplicates: Vec<Customer>,
 }
 

@@ -48,6 +48,7 @@ impl ChangeRequest {
     /// that is rolled back. Empty for bulk tagging and decided requests;
     /// `CONFLICT` when the target moved since (approving would mark the
     /// request STALE).
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn diff(&self, ctx: &Context<'_>) -> Result<Vec<FieldChange>> {
         let env = env(ctx);
         Ok(field_changes(library_edit::preview(env.db, &self.0).await?))
@@ -156,6 +157,7 @@ impl LibraryVersion {
         Json(self.0.state.clone())
     }
     /// What differs from the version before.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn changes(&self) -> Vec<FieldChange> {
         field_changes(self.0.changes.clone())
     }
@@ -212,6 +214,7 @@ pub struct GovernanceQuery;
 impl GovernanceQuery {
     /// Change requests the caller may see: its own, and those it may decide
     /// or audit. Newest first.
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn change_requests(
         &self,
         ctx: &Context<'_>,
@@ -248,6 +251,7 @@ impl GovernanceQuery {
     }
 
     /// Every version of a tag, newest first, with what each changed.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn tag_history(&self, ctx: &Context<'_>, tag_id: ID) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagId::parse(&tag_id, "tagId")?;
@@ -255,6 +259,7 @@ impl GovernanceQuery {
     }
 
     /// Every version of a tag group, newest first, with what each changed.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn tag_group_history(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagGroupId::parse(&group_id, "groupId")?;
@@ -262,6 +267,7 @@ impl GovernanceQuery {
     }
 
     /// The modification locks in force on a tag group.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn modification_locks(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<ModificationLock>> {
         let env = env(ctx);
         let id = TagGroupId::parse(&group_id, "groupId")?;

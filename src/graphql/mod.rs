@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod customer;
 mod governance;
+pub(crate) mod limits;
 mod loaders;
 mod org;
 mod segment;
@@ -57,7 +58,11 @@ fn builder() -> AppSchemaBuilder {
 pub fn schema_builder(state: AppState) -> AppSchemaBuilder {
     let limits = &state.settings.limits;
     let mut builder = builder()
-        .limit_depth(limits.max_query_depth)
+        // Aliases, root fields, depth (introspection under its own bound)
+        // and expanded size, before async-graphql's own checks; the
+        // built-in depth limit stays as a backstop at the larger bound.
+        .extension(limits::DocumentLimits::new(limits))
+        .limit_depth(limits.max_query_depth.max(limits.max_introspection_depth))
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(limits.max_recursive_depth)
         .limit_directives(limits.max_directives)

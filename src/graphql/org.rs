@@ -88,8 +88,10 @@ pub struct UnitPermissions {
     /// `customer:read`, `customer_tag:write`, … as in the policy.
     actions: Vec<String>,
     /// Guarded customer fields the caller may read here, and how.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     fields: Vec<FieldPermission>,
     /// Tag visibility classes the caller may see or use here.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     tag_classes: Vec<TagClassPermission>,
     /// Roles the caller may bind to staff here.
     assignable_roles: Vec<String>,
@@ -126,6 +128,7 @@ impl Me {
         Staff(env(ctx).principal.staff.clone())
     }
 
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn roles(&self, ctx: &Context<'_>) -> Vec<RoleBinding> {
         let p = env(ctx).principal;
         p.bindings
@@ -139,6 +142,7 @@ impl Me {
 
     /// Per org unit where the caller may do anything: the actions allowed,
     /// the guarded fields it reads, the tag classes it sees and uses.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn permissions(&self, ctx: &Context<'_>) -> Result<Vec<UnitPermissions>> {
         let env = env(ctx);
         let p = env.principal;
@@ -202,6 +206,7 @@ impl OrgQuery {
 
     /// The org units the caller can see: those in its scopes and their
     /// ancestors, parents first.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn org_units(&self, ctx: &Context<'_>) -> Vec<OrgUnit> {
         let p = env(ctx).principal;
         let visible = p.visible_units();

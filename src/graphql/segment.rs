@@ -181,6 +181,7 @@ impl SegmentPreview {
     }
 
     /// A page of the members.
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
@@ -208,6 +209,9 @@ impl SegmentQuery {
     /// Cross analysis (交叉分析): for every pair of the tags, how many
     /// customers hold both — among a segment's members when one is given —
     /// counting only what the caller may see.
+    #[graphql(
+        complexity = "super::limits::list_cost(tag_ids.len().saturating_mul(tag_ids.len()) / 2, child_complexity)"
+    )]
     async fn tag_cooccurrence(
         &self,
         ctx: &Context<'_>,
@@ -288,6 +292,7 @@ impl Segment {
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         members_count(ctx, self.filter(ctx).await?).await
     }
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
@@ -379,6 +384,7 @@ impl SegmentSavedQuery {
     }
 
     /// Saved segments the caller may see (its units' and those above).
+    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
     async fn segments(
         &self,
         ctx: &Context<'_>,

@@ -130,6 +130,7 @@ impl TagGroup {
         org_unit(ctx, self.0.org_unit_id)
     }
     /// Active tags of the group.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::TAGS_PER_GROUP, child_complexity)")]
     async fn tags(&self, ctx: &Context<'_>) -> Result<Vec<Tag>> {
         let tags = env(ctx).loaders.load_one(ActiveTagsOfGroup(self.0.id)).await?.unwrap_or_default();
         Ok(tags.into_iter().map(Tag).collect())
@@ -197,6 +198,7 @@ impl TagEvent {
 #[derive(SimpleObject)]
 pub struct TagLibraryLayer {
     org_unit: OrgUnit,
+    #[graphql(complexity = "super::limits::list_cost(super::limits::GROUPS_PER_LIBRARY, child_complexity)")]
     groups: Vec<TagGroup>,
 }
 
@@ -212,14 +214,17 @@ impl TagLibrary {
     async fn org_unit(&self) -> &OrgUnit {
         &self.org_unit
     }
+    #[graphql(complexity = "super::limits::list_cost(super::limits::LIBRARY_LAYERS, child_complexity)")]
     async fn layers(&self) -> &[TagLibraryLayer] {
         &self.layers
     }
     /// Every group of every layer, root layer first.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::GROUPS_PER_LIBRARY, child_complexity)")]
     async fn groups(&self) -> Vec<TagGroup> {
         self.layers.iter().flat_map(|l| l.groups.iter().map(|g| TagGroup(g.0.clone()))).collect()
     }
     /// The caller's own personal tags.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::TAGS_PER_GROUP, child_complexity)")]
     async fn personal_tags(&self, ctx: &Context<'_>) -> Result<Vec<Tag>> {
         let env = env(ctx);
         Ok(tag_library::personal_tags(env.db, env.principal).await?.into_iter().map(Tag).collect())
@@ -359,6 +364,7 @@ pub struct UntagCustomersInput {
 pub struct TaggingPayload {
     applied: bool,
     change_request: Option<ChangeRequest>,
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     customers: Vec<Customer>,
     added: u32,
     /// Assignments removed (by untagging, or replaced in an exclusive group).

@@ -124,8 +124,8 @@ async fn cursors_are_checked(app: TestApp) {
 async fn page_size_is_clamped(app: TestApp) {
     let all = app.gql("admin", "{ customers(first: 100000) { edges { cursor } } }", no_vars()).await;
     assert_eq!(all.ok()["customers"]["edges"].as_array().unwrap().len(), 4 * TEST_CUSTOMERS_PER_STORE);
-    let negative = app.gql("admin", "{ customers(first: -1) { totalCount } }", no_vars()).await;
-    assert_eq!(negative.code(), "VALIDATION");
+    let negative = app.gql("admin", "{ customers(first: -1) { edges { cursor } } }", no_vars()).await;
+    assert_eq!(negative.ok()["customers"]["edges"].as_array().unwrap().len(), 1);
 }
 
 async fn tag_filters_find_holders_of_all_or_any(app: TestApp) {
