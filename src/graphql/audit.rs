@@ -8,30 +8,30 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::{
     ComplexObject, Context, ID, InputObject, Json, Object, Result, ServerResult, SimpleObject, Value as GqlValue,
 };
-use chrono::{DateTime, Utc};
 use entity::{audit_log, enums::AuditOutcome};
 use serde_json::{Value, json};
 
-use super::customer::PageInfo;
-use super::env;
+use super::{DateTime, PageInfo, env, page_args};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use crate::authz::Principal;
-use crate::domain::{OrgUnitId, PageSize, StaffId};
+use crate::domain::{AuditEntryId, OrgUnitId, StaffId, decode_global};
 use crate::service::audit::{self, AuditEntry, AuditFilter};
 use crate::state::AppState;
 
 /// One row of the audit log, with the values the reader may not see
 /// masked.
-pub struct AuditLogEntry(audit_log::Model);
+pub struct AuditLogEntry(pub audit_log::Model);
 
 #[Object]
 impl AuditLogEntry {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the row again).
+    pub async fn id(&self) -> ID {
+        AuditEntryId(self.0.id).into()
     }
 
-    async fn occurred_at(&self) -> DateTime<Utc> {
-        self.0.occurred_at
+    /// When it happened.
+    async fn occurred_at(&self) -> DateTime {
+        self.0.occurred_at.into()
     }
 
     /// Who acted; none for the system (seed, scheduled jobs).
@@ -113,8 +113,8 @@ pub struct AuditLogFilter {
     object_id: Option<ID>,
     /// Rows of this unit and the units below it.
     scope_id: Option<ID>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    from: Option<DateTime>,
+    to: Option<DateTime>,
     outcome: Option<AuditOutcome>,
 }
 
@@ -131,6 +131,8 @@ impl AuditQuery {
         filter: Option<AuditLogFilter>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<AuditLogConnection> {
         let env = env(ctx);
         let input = filter.unwrap_or_default();
@@ -138,22 +140,23 @@ impl AuditQuery {
             actor: input.actor_id.map(|id| StaffId::parse(&id, "filter.actorId")).transpose()?,
             action: input.action,
             object_kind: input.object_kind,
-            object_id: input.object_id.map(|id| id.0),
+            // The log records row ids; a global id filters by its row id.
+            object_id: input.object_id.map(|id| decode_global(&id).map_or(id.0, |(_, row)| row.to_string())),
             scope: input.scope_id.map(|id| OrgUnitId::parse(&id, "filter.scopeId")).transpose()?,
-            from: input.from,
-            to: input.to,
+            from: input.from.map(|t| t.0),
+            to: input.to.map(|t| t.0),
             outcome: input.outcome,
         };
-        let first = PageSize::parse(first, env.limits)?;
-        let page = audit::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
-        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        let page = page_args(ctx, first, after, last, before)?;
+        let page = audit::list(env.db, env.principal, &filter, &page).await?;
+        let page_info = PageInfo::of(&page);
         Ok(AuditLogConnection {
             edges: page
                 .items
                 .into_iter()
                 .map(|(cursor, row)| AuditLogEdge { cursor, node: AuditLogEntry(row) })
                 .collect(),
-            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            page_info,
             filter,
         })
     }

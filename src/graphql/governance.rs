@@ -2,7 +2,6 @@
 //! change requests and their decisions, and modification locks.
 
 use async_graphql::{ComplexObject, Context, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::{
     change_request,
     enums::{ChangeRequestStatus, TagCategory},
@@ -10,12 +9,12 @@ use entity::{
 };
 use serde_json::Value;
 
-use super::customer::{PageInfo, patch};
-use super::env;
+use super::customer::patch;
+use super::{DateTime, PageInfo, env, page_args};
 use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
-use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, PageSize, StaffId, TagGroupId, TagId, parse_ids};
+use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 use crate::service::change_request::{self as requests, RequestFilter};
 use crate::service::library_edit::{
     self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry,
@@ -29,8 +28,9 @@ pub struct ChangeRequest(pub change_request::Model);
 
 #[Object]
 impl ChangeRequest {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the request again).
+    pub async fn id(&self) -> ID {
+        ChangeRequestId(self.0.id).into()
     }
     /// `tag.update`, `tag.merge`, `tag_group.update`, `customer.tag`, …
     async fn kind(&self) -> &str {
@@ -87,14 +87,16 @@ impl ChangeRequest {
     async fn reason(&self) -> &str {
         &self.0.reason
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When it was filed.
+    async fn created_at(&self) -> DateTime {
+        self.0.created_at.into()
     }
     async fn decided_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.decided_by).await
     }
-    async fn decided_at(&self) -> Option<DateTime<Utc>> {
-        self.0.decided_at
+    /// When it was decided (or went stale, or was withdrawn).
+    async fn decided_at(&self) -> Option<DateTime> {
+        self.0.decided_at.map(DateTime)
     }
     /// The approver's comment or the rejection's reason.
     async fn decision_comment(&self) -> Option<&str> {
@@ -163,12 +165,13 @@ impl LibraryVersion {
     async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.changed_by).await
     }
-    async fn changed_at(&self) -> DateTime<Utc> {
-        self.0.changed_at
+    /// When the change was made.
+    async fn changed_at(&self) -> DateTime {
+        self.0.changed_at.into()
     }
     /// The approved request that made the change, if one did.
     async fn change_request_id(&self) -> Option<ID> {
-        self.0.change_request_id.map(|id| ID(id.to_string()))
+        self.0.change_request_id.map(|id| ChangeRequestId(id).into())
     }
 }
 
@@ -177,9 +180,11 @@ pub struct ModificationLock(pub modification_lock::Model);
 
 #[Object]
 impl ModificationLock {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id; pass it to `unlockTagGroup`.
+    pub async fn id(&self) -> ID {
+        LockId(self.0.id).into()
     }
+    /// The locked group.
     async fn tag_group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
         Ok(env(ctx).loaders.load_one(GroupById(self.0.group_id)).await?.map(TagGroup))
     }
@@ -193,15 +198,17 @@ impl ModificationLock {
     async fn whole_group(&self) -> bool {
         self.0.whole_group
     }
-    async fn acquired_at(&self) -> DateTime<Utc> {
-        self.0.acquired_at
+    /// When it was taken.
+    async fn acquired_at(&self) -> DateTime {
+        self.0.acquired_at.into()
     }
     /// It stops holding then, released or not.
-    async fn expires_at(&self) -> DateTime<Utc> {
-        self.0.expires_at
+    async fn expires_at(&self) -> DateTime {
+        self.0.expires_at.into()
     }
-    async fn released_at(&self) -> Option<DateTime<Utc>> {
-        self.0.released_at
+    /// When it was released, if it was.
+    async fn released_at(&self) -> Option<DateTime> {
+        self.0.released_at.map(DateTime)
     }
 }
 
@@ -220,6 +227,8 @@ impl GovernanceQuery {
         requester_id: Option<ID>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<ChangeRequestConnection> {
         let env = env(ctx);
         let filter = RequestFilter {
@@ -227,16 +236,16 @@ impl GovernanceQuery {
             scope: scope_id.map(|id| OrgUnitId::parse(&id, "scopeId")).transpose()?,
             requester: requester_id.map(|id| StaffId::parse(&id, "requesterId")).transpose()?,
         };
-        let first = PageSize::parse(first, env.limits)?;
-        let page = requests::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
-        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        let page = page_args(ctx, first, after, last, before)?;
+        let page = requests::list(env.db, env.principal, &filter, &page).await?;
+        let page_info = PageInfo::of(&page);
         Ok(ChangeRequestConnection {
             edges: page
                 .items
                 .into_iter()
                 .map(|(cursor, r)| ChangeRequestEdge { cursor, node: ChangeRequest(r) })
                 .collect(),
-            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            page_info,
             filter,
         })
     }

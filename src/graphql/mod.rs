@@ -8,6 +8,8 @@ mod customer;
 mod governance;
 mod loaders;
 mod org;
+mod relay;
+mod scalars;
 mod segment;
 mod tag;
 
@@ -18,13 +20,17 @@ use sea_orm::DatabaseConnection;
 
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
 pub use loaders::{Loaders, for_request as loaders_for_request};
+pub(crate) use relay::{PageInfo, page_args};
+pub(crate) use scalars::{Date, DateTime};
 
 use crate::authz::Principal;
 use crate::config::Limits;
 use crate::state::AppState;
 
+/// Every read of the API.
 #[derive(MergedObject, Default)]
 pub struct Query(
+    relay::NodeQuery,
     org::OrgQuery,
     customer::CustomerQuery,
     tag::TagQuery,
@@ -35,6 +41,7 @@ pub struct Query(
     admin::AdminQuery,
 );
 
+/// Every change the API makes.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     customer::CustomerMutation,
@@ -66,7 +73,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
 
 /// The SDL that `schema.graphql` must equal.
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    builder().finish().sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 /// What every resolver needs: the caller, the database, the limits.

@@ -2,15 +2,14 @@
 //! and `segmentPreview`.
 
 use async_graphql::{Context, ID, InputObject, OneofObject, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::enums::{Gender, SegmentKind};
 
-use super::customer::{CustomerConnection, CustomerOrderInput, PageInfo, customer_connection};
-use super::env;
+use super::customer::{CustomerConnection, CustomerOrderInput, customer_connection};
+use super::{DateTime, PageInfo, env, page_args};
 use super::loaders::TagById;
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::Tag;
-use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName, parse_ids};
+use crate::domain::{Cursor, Description, OrgUnitId, Page, SegmentId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::segment::{Range, Ref, SegmentExpr};
 use crate::service::customer::{CustomerFilter, SegmentFilter};
@@ -47,10 +46,10 @@ pub enum SegmentInput {
     /// Total spend in cents.
     Spend(IntRangeInput),
     Orders(IntRangeInput),
-    LastOrderBefore(DateTime<Utc>),
-    LastOrderAfter(DateTime<Utc>),
-    AddedBefore(DateTime<Utc>),
-    AddedAfter(DateTime<Utc>),
+    LastOrderBefore(DateTime),
+    LastOrderAfter(DateTime),
+    AddedBefore(DateTime),
+    AddedAfter(DateTime),
     /// Member of a saved segment.
     Segment(ID),
 }
@@ -58,8 +57,8 @@ pub enum SegmentInput {
 #[derive(InputObject)]
 pub struct TaggedBetweenInput {
     tag: ID,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    from: DateTime,
+    to: DateTime,
 }
 
 /// An inclusive range; give at least one end.
@@ -117,7 +116,11 @@ fn to_expr(input: SegmentInput, ctx: &Context<'_>) -> Result<SegmentExpr, AppErr
             if t.from > t.to {
                 return Err(AppError::validation("segment.taggedBetween", "from must not be after to"));
             }
-            SegmentExpr::TaggedBetween { tag: tag_ref(&t.tag, "segment.taggedBetween.tag")?, from: t.from, to: t.to }
+            SegmentExpr::TaggedBetween {
+                tag: tag_ref(&t.tag, "segment.taggedBetween.tag")?,
+                from: t.from.0,
+                to: t.to.0,
+            }
         }
         SegmentInput::City(city) => SegmentExpr::City(city.trim().to_owned()),
         SegmentInput::Channel(channel) => SegmentExpr::Channel(channel.trim().to_owned()),
@@ -136,13 +139,11 @@ fn to_expr(input: SegmentInput, ctx: &Context<'_>) -> Result<SegmentExpr, AppErr
         SegmentInput::Age(r) => SegmentExpr::Age(range(r, "segment.age")?),
         SegmentInput::Spend(r) => SegmentExpr::Spend(range(r, "segment.spend")?),
         SegmentInput::Orders(r) => SegmentExpr::Orders(range(r, "segment.orders")?),
-        SegmentInput::LastOrderBefore(t) => SegmentExpr::LastOrderBefore(t),
-        SegmentInput::LastOrderAfter(t) => SegmentExpr::LastOrderAfter(t),
-        SegmentInput::AddedBefore(t) => SegmentExpr::AddedBefore(t),
-        SegmentInput::AddedAfter(t) => SegmentExpr::AddedAfter(t),
-        SegmentInput::Segment(id) => SegmentExpr::Segment(Ref::Id(
-            id.parse::<i64>().map_err(|_| AppError::validation("segment.segment", "is not a valid segment id"))?,
-        )),
+        SegmentInput::LastOrderBefore(t) => SegmentExpr::LastOrderBefore(t.0),
+        SegmentInput::LastOrderAfter(t) => SegmentExpr::LastOrderAfter(t.0),
+        SegmentInput::AddedBefore(t) => SegmentExpr::AddedBefore(t.0),
+        SegmentInput::AddedAfter(t) => SegmentExpr::AddedAfter(t.0),
+        SegmentInput::Segment(id) => SegmentExpr::Segment(Ref::Id(SegmentId::parse(&id, "segment.segment")?.0)),
     })
 }
 
@@ -181,14 +182,18 @@ impl SegmentPreview {
     }
 
     /// A page of the members.
+    #[allow(clippy::too_many_arguments)]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Page forward: this many members after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many members before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+        #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
-        customer_connection(ctx, self.filter.clone(), order_by, first, after).await
+        let page = page_args(ctx, first, after, last, before)?;
+        customer_connection(ctx, self.filter.clone(), order_by, &page).await
     }
 }
 
@@ -239,16 +244,18 @@ impl SegmentQuery {
 pub struct Segment(pub entity::segment::Model, tokio::sync::OnceCell<CustomerFilter>);
 
 impl Segment {
-    fn new(model: entity::segment::Model) -> Self {
+    pub(crate) fn new(model: entity::segment::Model) -> Self {
         Self(model, tokio::sync::OnceCell::new())
     }
 }
 
 #[async_graphql::Object]
 impl Segment {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the segment again).
+    pub async fn id(&self) -> ID {
+        SegmentId(self.0.id).into()
     }
+    /// The segment's name.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -268,8 +275,9 @@ impl Segment {
     async fn snapshot_size(&self) -> Option<i32> {
         self.0.member_count
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When it was saved.
+    async fn created_at(&self) -> DateTime {
+        self.0.created_at.into()
     }
     /// The expression's canonical text, in the caller's view.
     async fn text(&self, ctx: &Context<'_>) -> Result<String> {
@@ -288,15 +296,20 @@ impl Segment {
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         members_count(ctx, self.filter(ctx).await?).await
     }
+    /// A page of the members the caller may see.
+    #[allow(clippy::too_many_arguments)]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Page forward: this many members after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many members before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+        #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
+        let page = page_args(ctx, first, after, last, before)?;
         let filter = self.filter(ctx).await?.clone();
-        customer_connection(ctx, filter, order_by, first, after).await
+        customer_connection(ctx, filter, order_by, &page).await
     }
 }
 
@@ -372,9 +385,10 @@ pub struct SegmentSavedQuery;
 
 #[async_graphql::Object]
 impl SegmentSavedQuery {
-    async fn segment(&self, ctx: &Context<'_>, id: ID) -> Result<Segment> {
+    /// A saved segment the caller may see; `NOT_FOUND` otherwise.
+    async fn segment(&self, ctx: &Context<'_>, #[graphql(desc = "The segment's id.")] id: ID) -> Result<Segment> {
         let env = env(ctx);
-        let id = parse_segment_id(&id, "id")?;
+        let id = SegmentId::parse(&id, "id")?.0;
         Ok(Segment::new(service::find(env.db, env.principal, id).await?))
     }
 
@@ -384,39 +398,26 @@ impl SegmentSavedQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<SegmentConnection> {
+        const ORDERING: &str = "SEGMENT_ID";
         let env = env(ctx);
+        let args = page_args(ctx, first, after, last, before)?;
+        // Few per caller: listed whole (oldest first), paged here.
         let all = service::list(env.db, env.principal).await?;
-        let first = PageSize::parse(first, env.limits)?.get() as usize;
-        let start = match after {
-            Some(raw) => {
-                let cursor = Cursor::decode(&raw, "SEGMENT_ID")?;
-                all.iter().position(|s| s.id > cursor.id).unwrap_or(all.len())
-            }
-            None => 0,
-        };
         let total_count = all.len() as u64;
-        let page: Vec<_> = all.into_iter().skip(start).take(first + 1).collect();
-        let has_next_page = page.len() > first;
-        let edges: Vec<SegmentEdge> = page
-            .into_iter()
-            .take(first)
-            .map(|s| SegmentEdge {
-                cursor: Cursor { ordering: "SEGMENT_ID".into(), key: String::new(), id: s.id }.encode(),
-                node: Segment::new(s),
-            })
-            .collect();
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
-        Ok(SegmentConnection { edges, page_info: PageInfo::new(has_next_page, end_cursor), total_count })
+        let cursor = args.decode_cursor(ORDERING)?.map(|c| c.id);
+        let walk: Vec<_> = if args.backward() {
+            all.into_iter().rev().filter(|s| cursor.is_none_or(|c| s.id < c)).take(args.fetch() as usize).collect()
+        } else {
+            all.into_iter().filter(|s| cursor.is_none_or(|c| s.id > c)).take(args.fetch() as usize).collect()
+        };
+        let page = Page::from_walk(walk, &args, |s| Cursor { ordering: ORDERING.into(), key: String::new(), id: s.id });
+        let page_info = PageInfo::of(&page);
+        let edges = page.items.into_iter().map(|(cursor, s)| SegmentEdge { cursor, node: Segment::new(s) }).collect();
+        Ok(SegmentConnection { edges, page_info, total_count })
     }
-}
-
-fn parse_segment_id(raw: &ID, field: &str) -> Result<i64, AppError> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| AppError::validation(field, "is not a valid segment id"))
 }
 
 #[derive(Default)]
@@ -442,8 +443,8 @@ impl SegmentMutation {
     /// Deletes a saved segment that no other segment uses.
     async fn delete_segment(&self, ctx: &Context<'_>, id: ID) -> Result<DeleteSegmentPayload> {
         let env = env(ctx);
-        let segment_id = parse_segment_id(&id, "id")?;
-        service::delete(env.db, env.principal, segment_id).await?;
-        Ok(DeleteSegmentPayload { deleted_id: id })
+        let segment_id = SegmentId::parse(&id, "id")?;
+        service::delete(env.db, env.principal, segment_id.0).await?;
+        Ok(DeleteSegmentPayload { deleted_id: segment_id.into() })
     }
 }

@@ -1,7 +1,6 @@
 //! Tag libraries, tags, personal tags, and tagging.
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::{
     customer_tag,
     enums::{TagCategory, TagOp, TagSource, TagStatus},
@@ -9,12 +8,12 @@ use entity::{
 };
 
 use super::customer::Customer;
-use super::env;
+use super::{DateTime, env};
 use super::governance::ChangeRequest;
 use super::governance::{submit, tag_payload};
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
-use crate::domain::{CustomerId, Description, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
+use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
@@ -34,18 +33,23 @@ pub struct Tag(pub tag_entity::Model);
 
 #[Object]
 impl Tag {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the tag again).
+    pub async fn id(&self) -> ID {
+        TagId(self.0.id).into()
     }
+    /// The tag's name, unique in its library layer.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the tag means, for the people who use it.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// Enterprise (in a group) or personal.
     async fn kind(&self) -> TagKind {
         if self.0.owner_staff_id.is_some() { TagKind::Personal } else { TagKind::Enterprise }
     }
+    /// Active, archived or merged.
     async fn status(&self) -> TagStatus {
         self.0.status
     }
@@ -57,6 +61,7 @@ impl Tag {
     async fn ttl_seconds(&self) -> Option<i64> {
         self.0.ttl_seconds
     }
+    /// Grows with every edit; send it back as `expectedVersion`.
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -98,15 +103,19 @@ pub struct TagGroup(pub tag_group::Model);
 
 #[Object]
 impl TagGroup {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the group again).
+    pub async fn id(&self) -> ID {
+        TagGroupId(self.0.id).into()
     }
+    /// The group's name, unique in its library layer.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the group is for.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// The group's category.
     async fn category(&self) -> TagCategory {
         self.0.category
     }
@@ -122,6 +131,7 @@ impl TagGroup {
     async fn naming_pattern(&self) -> Option<&str> {
         self.0.naming_pattern.as_deref()
     }
+    /// Grows with every edit; send it back as `expectedVersion`.
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -151,14 +161,17 @@ impl CustomerTag {
     async fn source_ref(&self) -> Option<&str> {
         self.0.source_ref.as_deref()
     }
-    async fn tagged_at(&self) -> DateTime<Utc> {
-        self.0.tagged_at
+    /// When the tag was put on.
+    async fn tagged_at(&self) -> DateTime {
+        self.0.tagged_at.into()
     }
+    /// Who put it on; none for rules, jobs and imports.
     async fn tagged_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.tagged_by).await
     }
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.expires_at
+    /// When the assignment lapses, if it does.
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.0.expires_at.map(DateTime)
     }
 }
 
@@ -167,9 +180,9 @@ pub struct TagEvent(pub tag_event::Model);
 
 #[Object]
 impl TagEvent {
-    /// Its place in the event log (pass it as `before` for older events).
-    async fn id(&self) -> ID {
-        ID(self.0.seq.to_string())
+    /// Opaque global id; pass it as `tagEvents(before:)` for older events.
+    pub async fn id(&self) -> ID {
+        EventSeq(self.0.seq).into()
     }
     /// The tag as it is now (a merged tag shows `MERGED` and `mergedInto`).
     async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
@@ -188,8 +201,9 @@ impl TagEvent {
     async fn actor(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.actor_staff_id).await
     }
-    async fn occurred_at(&self) -> DateTime<Utc> {
-        self.0.occurred_at
+    /// When it happened.
+    async fn occurred_at(&self) -> DateTime {
+        self.0.occurred_at.into()
     }
 }
 
@@ -341,7 +355,7 @@ pub struct TagCustomersInput {
     customer_ids: Vec<ID>,
     tag_ids: Vec<ID>,
     /// Overrides the tags' own TTL.
-    expires_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime>,
     /// A reference to what prompted the change (a ticket, a campaign).
     source_ref: Option<String>,
 }
@@ -456,7 +470,7 @@ impl TagMutation {
                 .map(|c| c.0)
                 .collect(),
             tag_ids: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?.into_iter().map(|t| t.0).collect(),
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(|t| t.0),
             source_ref: input.source_ref,
         };
         let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
