@@ -22,6 +22,8 @@ use crate::state::AppState;
 /// masked.
 pub struct AuditLogEntry(pub audit_log::Model);
 
+/// One row of the audit log, with the values the reader may not see
+/// masked.
 #[Object]
 impl AuditLogEntry {
     /// Opaque global id (`node(id)` fetches the row again).
@@ -60,6 +62,7 @@ impl AuditLogEntry {
         self.0.org_unit_id.map(|id| org_unit(ctx, id)).transpose()
     }
 
+    /// Done, refused or failed.
     async fn outcome(&self) -> AuditOutcome {
         self.0.outcome
     }
@@ -76,9 +79,12 @@ impl AuditLogEntry {
     }
 }
 
+/// An audit log row in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct AuditLogEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The row.
     node: AuditLogEntry,
 }
 
@@ -86,7 +92,9 @@ pub struct AuditLogEdge {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct AuditLogConnection {
+    /// The rows of the page, newest first.
     edges: Vec<AuditLogEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
     #[graphql(skip)]
     filter: AuditFilter,
@@ -110,11 +118,15 @@ pub struct AuditLogFilter {
     action: Option<String>,
     /// `customer`, `tag`, `tag_group`, `change_request`, …
     object_kind: Option<String>,
+    /// The object the row is about: its id (global or row id).
     object_id: Option<ID>,
     /// Rows of this unit and the units below it.
     scope_id: Option<ID>,
+    /// Rows at or after then.
     from: Option<DateTime>,
+    /// Rows at or before then.
     to: Option<DateTime>,
+    /// Only rows with this outcome.
     outcome: Option<AuditOutcome>,
 }
 
@@ -128,11 +140,11 @@ impl AuditQuery {
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
-        filter: Option<AuditLogFilter>,
-        first: Option<i32>,
-        after: Option<String>,
-        last: Option<i32>,
-        before: Option<String>,
+        #[graphql(desc = "Which rows (all readable ones when absent).")] filter: Option<AuditLogFilter>,
+        #[graphql(desc = "Page forward: this many rows after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many rows before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
     ) -> Result<AuditLogConnection> {
         let env = env(ctx);
         let input = filter.unwrap_or_default();

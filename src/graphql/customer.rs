@@ -21,6 +21,7 @@ use crate::service::tagging;
 /// A customer (客户).
 pub struct Customer(pub customer_entity::Model);
 
+/// A customer (客户).
 #[Object]
 impl Customer {
     /// Opaque global id (`node(id)` fetches the customer again).

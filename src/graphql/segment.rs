@@ -20,9 +20,13 @@ use crate::state::AppState;
 /// takes the text form (see docs/segment-language.md) anywhere in a tree.
 #[derive(OneofObject)]
 pub enum SegmentInput {
+    /// The text form of an expression.
     Text(String),
+    /// Every one of the parts holds.
     And(Vec<SegmentInput>),
+    /// At least one of the parts holds.
     Or(Vec<SegmentInput>),
+    /// The part does not hold.
     Not(Box<SegmentInput>),
     /// Holds the tag.
     Tag(ID),
@@ -34,8 +38,11 @@ pub enum SegmentInput {
     Group(ID),
     /// Was given the tag in the window (tag event log).
     TaggedBetween(TaggedBetweenInput),
+    /// Lives in the city.
     City(String),
+    /// Came through the channel.
     Channel(String),
+    /// Has the gender.
     Gender(Gender),
     /// Holds this tag of the lifecycle group.
     Lifecycle(ID),
@@ -45,26 +52,37 @@ pub enum SegmentInput {
     Age(IntRangeInput),
     /// Total spend in cents.
     Spend(IntRangeInput),
+    /// Number of orders.
     Orders(IntRangeInput),
+    /// Ordered last before then.
     LastOrderBefore(DateTime),
+    /// Ordered last after then.
     LastOrderAfter(DateTime),
+    /// Was added before then.
     AddedBefore(DateTime),
+    /// Was added after then.
     AddedAfter(DateTime),
     /// Member of a saved segment.
     Segment(ID),
 }
 
+/// Was given a tag within a window of time.
 #[derive(InputObject)]
 pub struct TaggedBetweenInput {
+    /// The tag.
     tag: ID,
+    /// The window's start.
     from: DateTime,
+    /// The window's end.
     to: DateTime,
 }
 
 /// An inclusive range; give at least one end.
 #[derive(InputObject)]
 pub struct IntRangeInput {
+    /// The smallest value that matches.
     min: Option<i64>,
+    /// The largest value that matches.
     max: Option<i64>,
 }
 
@@ -200,8 +218,11 @@ impl SegmentPreview {
 /// How many customers hold both tags (`a` = `b`: hold the tag).
 #[derive(SimpleObject)]
 pub struct TagPairCount {
+    /// One tag.
     a: Tag,
+    /// The other tag (the same as `a` for the tag's own count).
     b: Tag,
+    /// Customers the caller may see holding both.
     count: u64,
 }
 
@@ -216,8 +237,8 @@ impl SegmentQuery {
     async fn tag_cooccurrence(
         &self,
         ctx: &Context<'_>,
-        tag_ids: Vec<ID>,
-        segment: Option<SegmentInput>,
+        #[graphql(desc = "The tags to cross (every pair of them).")] tag_ids: Vec<ID>,
+        #[graphql(desc = "Count among this segment's members only.")] segment: Option<SegmentInput>,
     ) -> Result<Vec<TagPairCount>> {
         let env = env(ctx);
         let ids = parse_ids(&tag_ids, "tagIds", TagId::parse)?;
@@ -234,7 +255,11 @@ impl SegmentQuery {
 
     /// Evaluates a segment without saving it: its canonical text, member
     /// count and members, all limited to what the caller may see.
-    async fn segment_preview(&self, ctx: &Context<'_>, segment: SegmentInput) -> Result<SegmentPreview> {
+    async fn segment_preview(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The expression to evaluate.")] segment: SegmentInput,
+    ) -> Result<SegmentPreview> {
         let seg = resolve_segment(ctx, segment).await?;
         Ok(SegmentPreview { filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
     }
@@ -249,6 +274,7 @@ impl Segment {
     }
 }
 
+/// A saved segment (客群).
 #[async_graphql::Object]
 impl Segment {
     /// Opaque global id (`node(id)` fetches the segment again).
@@ -259,15 +285,19 @@ impl Segment {
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the segment is for.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// Dynamic or static.
     async fn kind(&self) -> SegmentKind {
         self.0.kind
     }
+    /// Where the segment lives (who may see and use it).
     async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.org_unit_id)
     }
+    /// Who saved it.
     async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.owner_staff_id)).await
     }
@@ -345,38 +375,53 @@ async fn members_csv(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<Strin
     Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, filter).await?.0)
 }
 
+/// A saved segment in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct SegmentEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The segment.
     node: Segment,
 }
 
 /// Saved segments, oldest first.
 #[derive(SimpleObject)]
 pub struct SegmentConnection {
+    /// The segments of the page, oldest first.
     edges: Vec<SegmentEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
+    /// Saved segments the caller may see (all pages).
     total_count: u64,
 }
 
+/// A segment to save.
 #[derive(InputObject)]
 pub struct SaveSegmentInput {
     /// Where the segment lives (who may see and use it).
     org_unit_id: ID,
+    /// The segment's name, unique in the unit.
     name: String,
+    /// What the segment is for.
     description: Option<String>,
+    /// Dynamic (re-evaluated on use) or static (members kept now).
     #[graphql(default_with = "SegmentKind::Dynamic")]
     kind: SegmentKind,
+    /// The expression.
     segment: SegmentInput,
 }
 
+/// The saved segment.
 #[derive(SimpleObject)]
 pub struct SaveSegmentPayload {
+    /// The segment as saved.
     segment: Segment,
 }
 
+/// What was deleted.
 #[derive(SimpleObject)]
 pub struct DeleteSegmentPayload {
+    /// The deleted segment's id.
     deleted_id: ID,
 }
 
@@ -396,10 +441,10 @@ impl SegmentSavedQuery {
     async fn segments(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        last: Option<i32>,
-        before: Option<String>,
+        #[graphql(desc = "Page forward: this many segments after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many segments before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
     ) -> Result<SegmentConnection> {
         const ORDERING: &str = "SEGMENT_ID";
         let env = env(ctx);
@@ -427,7 +472,11 @@ pub struct SegmentMutation;
 impl SegmentMutation {
     /// Saves a segment: dynamic (re-evaluated on use) or static (keeps the
     /// members the caller sees now).
-    async fn save_segment(&self, ctx: &Context<'_>, input: SaveSegmentInput) -> Result<SaveSegmentPayload> {
+    async fn save_segment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The segment to save.")] input: SaveSegmentInput,
+    ) -> Result<SaveSegmentPayload> {
         let env = env(ctx);
         let seg = resolve_segment(ctx, input.segment).await?;
         let new = service::NewSegment {
@@ -441,7 +490,11 @@ impl SegmentMutation {
     }
 
     /// Deletes a saved segment that no other segment uses.
-    async fn delete_segment(&self, ctx: &Context<'_>, id: ID) -> Result<DeleteSegmentPayload> {
+    async fn delete_segment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The segment's id.")] id: ID,
+    ) -> Result<DeleteSegmentPayload> {
         let env = env(ctx);
         let segment_id = SegmentId::parse(&id, "id")?;
         service::delete(env.db, env.principal, segment_id.0).await?;

@@ -20,6 +20,7 @@ use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
 
+/// Whose a tag is.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum TagKind {
     /// Part of a tag group of the enterprise library.
@@ -31,6 +32,7 @@ pub enum TagKind {
 /// A tag: enterprise (in a group) or personal (seen only by its owner).
 pub struct Tag(pub tag_entity::Model);
 
+/// A tag: enterprise (in a group) or personal (seen only by its owner).
 #[Object]
 impl Tag {
     /// Opaque global id (`node(id)` fetches the tag again).
@@ -101,6 +103,7 @@ async fn load_tag(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<Tag>> {
 /// A tag group (标签组) of one library layer.
 pub struct TagGroup(pub tag_group::Model);
 
+/// A tag group (标签组) of one library layer.
 #[Object]
 impl TagGroup {
     /// Opaque global id (`node(id)` fetches the group again).
@@ -149,11 +152,14 @@ impl TagGroup {
 /// A tag on a customer, with where it came from.
 pub struct CustomerTag(pub customer_tag::Model);
 
+/// A tag on a customer, with where it came from.
 #[Object]
 impl CustomerTag {
+    /// The tag.
     async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
         load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
     }
+    /// Where the assignment came from.
     async fn source(&self) -> TagSource {
         self.0.source
     }
@@ -178,6 +184,7 @@ impl CustomerTag {
 /// One add or remove of a tag on a customer (the append-only tag event).
 pub struct TagEvent(pub tag_event::Model);
 
+/// One add or remove of a tag on a customer (the append-only tag event).
 #[Object]
 impl TagEvent {
     /// Opaque global id; pass it as `tagEvents(before:)` for older events.
@@ -188,9 +195,11 @@ impl TagEvent {
     async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
         load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
     }
+    /// Put on or taken off.
     async fn op(&self) -> TagOp {
         self.0.op
     }
+    /// Where the change came from.
     async fn source(&self) -> TagSource {
         self.0.source
     }
@@ -198,6 +207,7 @@ impl TagEvent {
     async fn source_ref(&self) -> Option<&str> {
         self.0.source_ref.as_deref()
     }
+    /// Who did it; none for rules, jobs and imports.
     async fn actor(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.actor_staff_id).await
     }
@@ -210,7 +220,9 @@ impl TagEvent {
 /// One layer of an effective library.
 #[derive(SimpleObject)]
 pub struct TagLibraryLayer {
+    /// The unit whose layer it is.
     org_unit: OrgUnit,
+    /// The layer's groups the caller may see.
     groups: Vec<TagGroup>,
 }
 
@@ -221,11 +233,15 @@ pub struct TagLibrary {
     layers: Vec<TagLibraryLayer>,
 }
 
+/// The effective tag library (标签库) of an org unit: HQ + region + store
+/// layers, root first, and the caller's personal tags.
 #[Object]
 impl TagLibrary {
+    /// The unit whose effective library it is.
     async fn org_unit(&self) -> &OrgUnit {
         &self.org_unit
     }
+    /// Its layers, root first.
     async fn layers(&self) -> &[TagLibraryLayer] {
         &self.layers
     }
@@ -246,7 +262,11 @@ pub struct TagQuery;
 #[Object]
 impl TagQuery {
     /// The effective library of an org unit the caller may read.
-    async fn tag_library(&self, ctx: &Context<'_>, org_unit_id: ID) -> Result<TagLibrary> {
+    async fn tag_library(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The org unit whose library to read.")] org_unit_id: ID,
+    ) -> Result<TagLibrary> {
         let env = env(ctx);
         let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
         let library = tag_library::library_for(env.db, env.principal, unit).await?;
@@ -269,28 +289,35 @@ impl TagQuery {
         })
     }
 
-    async fn tag_group(&self, ctx: &Context<'_>, id: ID) -> Result<TagGroup> {
+    /// A tag group the caller may see; `NOT_FOUND` otherwise.
+    async fn tag_group(&self, ctx: &Context<'_>, #[graphql(desc = "The group's id.")] id: ID) -> Result<TagGroup> {
         let env = env(ctx);
         let id = TagGroupId::parse(&id, "id")?;
         Ok(TagGroup(tag_library::find_group(env.db, env.principal, id).await?))
     }
 
-    async fn tag(&self, ctx: &Context<'_>, id: ID) -> Result<Tag> {
+    /// A tag the caller may see; `NOT_FOUND` otherwise.
+    async fn tag(&self, ctx: &Context<'_>, #[graphql(desc = "The tag's id.")] id: ID) -> Result<Tag> {
         let env = env(ctx);
         let id = TagId::parse(&id, "id")?;
         Ok(Tag(tag_library::find_tag(env.db, env.principal, id).await?))
     }
 }
 
+/// A new tag group.
 #[derive(InputObject)]
 pub struct CreateTagGroupInput {
     /// The library layer: an HQ, region or store unit.
     org_unit_id: ID,
+    /// The group's name, unique in the layer.
     name: String,
+    /// What the group is for.
     description: Option<String>,
+    /// The group's category.
     category: TagCategory,
     /// `basic`, `service`, `value`, `sensitive`, … (policies grant classes).
     visibility_class: String,
+    /// A customer holds at most one tag of the group.
     #[graphql(default)]
     exclusive: bool,
     /// A regular expression every tag name of the group must match.
@@ -303,8 +330,11 @@ pub struct CreateTagGroupInput {
 /// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagGroupPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The group as it now is, when applied.
     tag_group: Option<TagGroup>,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
 }
 
@@ -314,11 +344,16 @@ impl TagGroupPayload {
     }
 }
 
+/// A new enterprise tag.
 #[derive(InputObject)]
 pub struct CreateTagInput {
+    /// The group the tag joins.
     group_id: ID,
+    /// The tag's name, unique in the library layer.
     name: String,
+    /// What the tag means.
     description: Option<String>,
+    /// Synonyms (近义词).
     #[graphql(default)]
     aliases: Vec<String>,
     /// An active tag of a higher layer this tag rolls up to.
@@ -333,8 +368,11 @@ pub struct CreateTagInput {
 /// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The tag as it now is, when applied.
     tag: Option<Tag>,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
 }
 
@@ -344,15 +382,21 @@ impl TagPayload {
     }
 }
 
+/// A new personal tag.
 #[derive(InputObject)]
 pub struct CreatePersonalTagInput {
+    /// The tag's name, unique among the caller's personal tags.
     name: String,
+    /// What the tag means to the caller.
     description: Option<String>,
 }
 
+/// Tags to put on customers.
 #[derive(InputObject)]
 pub struct TagCustomersInput {
+    /// The customers (in the caller's scope).
     customer_ids: Vec<ID>,
+    /// The tags (the caller may use them).
     tag_ids: Vec<ID>,
     /// Overrides the tags' own TTL.
     expires_at: Option<DateTime>,
@@ -360,9 +404,12 @@ pub struct TagCustomersInput {
     source_ref: Option<String>,
 }
 
+/// Tags to take off customers.
 #[derive(InputObject)]
 pub struct UntagCustomersInput {
+    /// The customers (in the caller's scope).
     customer_ids: Vec<ID>,
+    /// The tags (the caller may use them).
     tag_ids: Vec<ID>,
 }
 
@@ -371,9 +418,13 @@ pub struct UntagCustomersInput {
 /// becomes a `changeRequest`, and the counts say what it would change.
 #[derive(SimpleObject)]
 pub struct TaggingPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
+    /// The customers as they now are (empty when not applied).
     customers: Vec<Customer>,
+    /// Assignments added.
     added: u32,
     /// Assignments removed (by untagging, or replaced in an exclusive group).
     removed: u32,
@@ -410,7 +461,13 @@ pub struct TagMutation;
 
 #[Object]
 impl TagMutation {
-    async fn create_tag_group(&self, ctx: &Context<'_>, input: CreateTagGroupInput) -> Result<TagGroupPayload> {
+    /// Creates a tag group: at once, or as a change request when the
+    /// policy asks for approval.
+    async fn create_tag_group(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new group.")] input: CreateTagGroupInput,
+    ) -> Result<TagGroupPayload> {
         let org_unit = OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?;
         // Names, class and pattern are checked where the edit applies.
         let spec = NewGroupSpec {
@@ -430,7 +487,13 @@ impl TagMutation {
         ))
     }
 
-    async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
+    /// Creates a tag: at once, or as a change request when the policy asks
+    /// for approval.
+    async fn create_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new tag.")] input: CreateTagInput,
+    ) -> Result<TagPayload> {
         let group = TagGroupId::parse(&input.group_id, "groupId")?;
         // Name, aliases and the rest are checked where the edit applies.
         let spec = NewTagSpec {
@@ -450,7 +513,11 @@ impl TagMutation {
     }
 
     /// Creates a personal tag, seen and used only by the caller.
-    async fn create_personal_tag(&self, ctx: &Context<'_>, input: CreatePersonalTagInput) -> Result<TagPayload> {
+    async fn create_personal_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new personal tag.")] input: CreatePersonalTagInput,
+    ) -> Result<TagPayload> {
         let env = env(ctx);
         let name = TagName::parse(&input.name, "name")?;
         let description = Description::parse(input.description.as_deref(), "description")?;
@@ -461,7 +528,11 @@ impl TagMutation {
     /// Adds tags to customers: idempotent, all or nothing. Above the bulk
     /// threshold: runs under modification locks, or becomes a change
     /// request (see `TaggingPayload`).
-    async fn tag_customers(&self, ctx: &Context<'_>, input: TagCustomersInput) -> Result<TaggingPayload> {
+    async fn tag_customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customers and the tags.")] input: TagCustomersInput,
+    ) -> Result<TaggingPayload> {
         let env = env(ctx);
         let bulk = BulkTagging {
             op: BulkOp::Add,
@@ -480,7 +551,11 @@ impl TagMutation {
 
     /// Removes tags from customers: idempotent, all or nothing; bulk calls
     /// as `tagCustomers`.
-    async fn untag_customers(&self, ctx: &Context<'_>, input: UntagCustomersInput) -> Result<TaggingPayload> {
+    async fn untag_customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customers and the tags.")] input: UntagCustomersInput,
+    ) -> Result<TaggingPayload> {
         let env = env(ctx);
         let bulk = BulkTagging {
             op: BulkOp::Remove,
