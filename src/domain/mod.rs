@@ -8,7 +8,7 @@ mod phone;
 
 pub use id::{
     AuditEntryId, ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId,
-    decode_global, parse_ids,
+    decode_global, encode_global, parse_ids,
 };
 pub use name::{
     Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,

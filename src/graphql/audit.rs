@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use super::{DateTime, PageInfo, env, page_args};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use crate::authz::Principal;
-use crate::domain::{AuditEntryId, OrgUnitId, StaffId, decode_global};
+use crate::domain::{
+    AuditEntryId, ChangeRequestId, CustomerId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId, decode_global,
+    encode_global,
+};
 use crate::service::audit::{self, AuditEntry, AuditFilter};
 use crate::state::AppState;
 
@@ -52,9 +55,20 @@ impl AuditLogEntry {
         &self.0.object_kind
     }
 
-    /// Empty for calls about many objects (their ids are in `detail`).
-    async fn object_id(&self) -> Option<&str> {
-        self.0.object_id.as_deref().filter(|id| !id.is_empty())
+    /// The object's global id (as `node(id)` takes it); empty for calls
+    /// about many objects (their row ids are in `detail`).
+    async fn object_id(&self) -> Option<String> {
+        let raw = self.0.object_id.as_deref().filter(|id| !id.is_empty())?;
+        let type_name = match self.0.object_kind.as_str() {
+            "customer" => CustomerId::TYPE_NAME,
+            "tag" => TagId::TYPE_NAME,
+            "tag_group" => TagGroupId::TYPE_NAME,
+            "change_request" => ChangeRequestId::TYPE_NAME,
+            "segment" => SegmentId::TYPE_NAME,
+            "staff" => StaffId::TYPE_NAME,
+            _ => return Some(raw.to_owned()),
+        };
+        Some(raw.parse::<i64>().map_or_else(|_| raw.to_owned(), |id| encode_global(type_name, id)))
     }
 
     /// The unit the row is filed under (its auditors read it).

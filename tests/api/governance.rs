@@ -86,7 +86,7 @@ async fn history(app: &TestApp, login: &str, id: &str) -> Vec<Value> {
 
 async fn holders(app: &TestApp, tag_id: &str) -> Vec<i64> {
     let mut ids: Vec<i64> = customer_tag::Entity::find()
-        .filter(customer_tag::Column::TagId.eq(tag_id.parse::<i64>().unwrap()))
+        .filter(customer_tag::Column::TagId.eq(crate::helpers::row_id(tag_id)))
         .all(&app.db)
         .await
         .unwrap()
@@ -376,7 +376,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
         u
     };
     let b_events_before = tag_event::Entity::find()
-        .filter(tag_event::Column::TagId.eq(b.parse::<i64>().unwrap()))
+        .filter(tag_event::Column::TagId.eq(crate::helpers::row_id(&b)))
         .count(&app.db)
         .await
         .unwrap();
@@ -412,7 +412,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     assert_eq!(source["mergedInto"]["name"], "小升初需求");
     // The old history is kept, and the move is recorded as events.
     let b_events_after = tag_event::Entity::find()
-        .filter(tag_event::Column::TagId.eq(b.parse::<i64>().unwrap()))
+        .filter(tag_event::Column::TagId.eq(crate::helpers::row_id(&b)))
         .count(&app.db)
         .await
         .unwrap();
@@ -447,7 +447,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     let merged = events.iter().find(|e| e["tag"]["name"] == "升学咨询").unwrap();
     assert_eq!(merged["tag"]["status"], "MERGED");
     assert_eq!(merged["tag"]["mergedInto"]["name"], "小升初需求");
-    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_str().unwrap().parse().unwrap()).collect();
+    let ids: Vec<i64> = events.iter().map(|e| crate::helpers::row_id(e["id"].as_str().unwrap())).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
     // Paging back, and what a role that cannot see the class sees.
     let older = app
@@ -482,7 +482,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
 /// Customers holding any tag of a group, from the tables.
 async fn group_holders(app: &TestApp, group: &str) -> usize {
     let tags: Vec<i64> = entity::tag::Entity::find()
-        .filter(entity::tag::Column::GroupId.eq(group.parse::<i64>().unwrap()))
+        .filter(entity::tag::Column::GroupId.eq(crate::helpers::row_id(&group)))
         .all(&app.db)
         .await
         .unwrap()
@@ -878,8 +878,8 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
     assert_eq!(stage_of(&app, &x, &group).await, ["已完成交易"], "the salesperson's stage was not overwritten");
     // In the event log the salesperson's ADD comes after the run's ADD.
     let events: Vec<i64> = tag_event::Entity::find()
-        .filter(tag_event::Column::CustomerId.eq(x.parse::<i64>().unwrap()))
-        .filter(tag_event::Column::TagId.is_in([test_drive.parse::<i64>().unwrap(), closed.parse::<i64>().unwrap()]))
+        .filter(tag_event::Column::CustomerId.eq(crate::helpers::row_id(&x)))
+        .filter(tag_event::Column::TagId.is_in([crate::helpers::row_id(&test_drive), crate::helpers::row_id(&closed)]))
         .order_by_asc(tag_event::Column::Seq)
         .all(&app.db)
         .await
@@ -887,7 +887,7 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
         .into_iter()
         .map(|e| e.tag_id)
         .collect();
-    let closed_id = closed.parse::<i64>().unwrap();
+    let closed_id = crate::helpers::row_id(&closed);
     assert_eq!(events.last(), Some(&closed_id), "{events:?}");
     assert_eq!(
         modification_lock::Entity::find()

@@ -345,6 +345,12 @@ impl Gql {
     }
 }
 
+/// The database row id inside a global id from a response, for tests
+/// that look at the database behind the API.
+pub fn row_id(global: &str) -> i64 {
+    tagbase::domain::decode_global(global).unwrap_or_else(|| panic!("{global:?} is not a global id")).1
+}
+
 pub fn no_vars() -> Value {
     json!({})
 }

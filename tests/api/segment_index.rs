@@ -669,7 +669,7 @@ async fn a_write_shows_at_once_here_and_soon_on_other_instances(app: TestApp) {
     // An attribute change.
     let in_lhasa = "city = \"拉萨\"";
     assert_eq!(count_on(&app, &app.app, in_lhasa).await, 0);
-    let moved = customer::Entity::find_by_id(app.customers_of("bj01").await[0].parse::<i64>().unwrap())
+    let moved = customer::Entity::find_by_id(crate::helpers::row_id(&app.customers_of("bj01").await[0]))
         .one(&app.db)
         .await
         .unwrap()
