@@ -147,7 +147,7 @@ async fn a_store_proposes_and_its_region_approves(app: TestApp) {
     assert_eq!(request["requester"]["login"], "sz01.manager");
     assert_eq!(request["reason"], "门店反馈：名称更准确");
     assert_eq!(request["tag"]["name"], "南方气候");
-    assert_eq!(request["baseVersions"][format!("tag:{regional}")], before);
+    assert_eq!(request["baseVersions"][format!("tag:{}", crate::helpers::row_id(&regional))], before);
     let id = request["id"].as_str().unwrap().to_owned();
     assert_eq!(tag(&app, "admin", &regional).await["name"], "南方气候", "nothing applied yet");
 
@@ -380,12 +380,14 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
         .count(&app.db)
         .await
         .unwrap();
+    // The text form names objects by row id (`#42`).
+    let (a_row, b_row) = (crate::helpers::row_id(&a), crate::helpers::row_id(&b));
     let earlier =
-        app.gql("admin", PREVIEW, json!({ "t": format!("taggedBetween(#{b}, \"2000-01-01\", \"2100-01-01\")") }));
+        app.gql("admin", PREVIEW, json!({ "t": format!("taggedBetween(#{b_row}, \"2000-01-01\", \"2100-01-01\")") }));
     let b_tagged_ever = earlier.await.ok()["segmentPreview"]["count"].as_i64().unwrap();
     assert!(b_tagged_ever >= 2);
     let either = format!(
-        "taggedBetween(#{a}, \"2000-01-01\", \"2100-01-01\") OR taggedBetween(#{b}, \"2000-01-01\", \"2100-01-01\")"
+        "taggedBetween(#{a_row}, \"2000-01-01\", \"2100-01-01\") OR taggedBetween(#{b_row}, \"2000-01-01\", \"2100-01-01\")"
     );
     let either = app.gql("admin", PREVIEW, json!({ "t": either })).await;
     let a_or_b_tagged_ever = either.ok()["segmentPreview"]["count"].as_i64().unwrap();
@@ -421,11 +423,11 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     let by_name = app.gql("admin", PREVIEW, json!({ "t": "tag(\"升学咨询\")" })).await;
     assert_eq!(by_name.ok()["segmentPreview"]["count"], union.len());
     // Taggings before the merge: A's own and B's, each customer once.
-    let before_merge = format!("taggedBetween(#{a}, \"2000-01-01\", \"{}\")", merging_at.to_rfc3339());
+    let before_merge = format!("taggedBetween(#{a_row}, \"2000-01-01\", \"{}\")", merging_at.to_rfc3339());
     let past = app.gql("admin", PREVIEW, json!({ "t": before_merge })).await;
     assert_eq!(past.ok()["segmentPreview"]["count"], a_or_b_tagged_ever, "B's taggings are A's history now");
     // The merge itself tags nobody.
-    let since = format!("taggedBetween(#{a}, \"{}\", \"2100-01-01\")", merging_at.to_rfc3339());
+    let since = format!("taggedBetween(#{a_row}, \"{}\", \"2100-01-01\")", merging_at.to_rfc3339());
     let since = app.gql("admin", PREVIEW, json!({ "t": since })).await;
     assert_eq!(since.ok()["segmentPreview"]["count"], 0);
     // The customer's own history still shows the taggings with 升学咨询
@@ -457,7 +459,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
             json!({ "id": customers[0], "b": ids[0].to_string() }),
         )
         .await;
-    assert_eq!(older.ok()["customer"]["tagEvents"][0]["id"], ids[1].to_string());
+    assert_eq!(older.ok()["customer"]["tagEvents"][0]["id"], events[1]["id"], "a row id as `before` still works");
     let service = app
         .gql(
             "sz01.service",
@@ -513,7 +515,7 @@ async fn a_moved_tag_counts_in_its_new_group(app: TestApp) {
     app.gql("admin", TAG_CUSTOMERS, json!({ "c": customers, "t": [target] })).await.ok();
     let count = |group: &str| {
         let app = &app;
-        let text = format!("group(#{group})");
+        let text = format!("group(#{})", crate::helpers::row_id(group));
         async move { app.gql("admin", PREVIEW, json!({ "t": text })).await.ok()["segmentPreview"]["count"].clone() }
     };
     assert_eq!(count(&from).await, group_holders(&app, &from).await);
@@ -962,7 +964,11 @@ async fn bulk_tagging_without_bulk_rights_becomes_a_request(app: TestApp) {
     let res = app.gql("sz01.manager", &approve(), json!({ "id": id })).await;
     assert_eq!(res.ok()["approveChangeRequest"]["changeRequest"]["status"], "APPROVED");
     assert_eq!(
-        holders(&app, &inquiry).await.iter().filter(|c| customers.contains(&c.to_string())).count(),
+        holders(&app, &inquiry)
+            .await
+            .iter()
+            .filter(|c| customers.contains(&tagbase::domain::CustomerId(**c).to_string()))
+            .count(),
         customers.len()
     );
     let after = app.snapshot().await;

@@ -526,6 +526,9 @@ async fn negated_predicates_compile_to_not_exists(app: TestApp) {
         .gql("admin", SAVE, json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "快照", "kind": "STATIC", "segment": { "text": "gender = MALE" } } }))
         .await;
     let saved = saved.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned();
+    // The text form names objects by row id (`#42`).
+    let (tag, group, saved) =
+        (crate::helpers::row_id(&tag), crate::helpers::row_id(&group), crate::helpers::row_id(&saved));
     let text = format!(
         "NOT tag(#{tag}) AND NOT group(#{group}) AND NOT taggedBetween(#{tag}, \"2026-01-01\", \"2026-12-31\") AND NOT segment(#{saved})"
     );
@@ -659,7 +662,7 @@ async fn a_write_shows_at_once_here_and_soon_on_other_instances(app: TestApp) {
     let other = app.second_instance().await;
     other.state.index.rebuild(&app.db).await.unwrap();
     let tag = app.tag_id("活动", "试驾预约").await;
-    let tagged = format!("tag(#{tag})");
+    let tagged = format!("tag(#{})", crate::helpers::row_id(&tag));
     let before = count_on(&app, &app.app, &tagged).await;
     let customers = app.customers_of("gz01").await;
     let added = app.gql("admin", TAG, json!({ "c": customers, "t": [tag] })).await;

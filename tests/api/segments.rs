@@ -149,11 +149,13 @@ async fn ambiguous_names_list_their_candidates(app: TestApp) {
     let north = app.tag_id("华北区域标签", "黄金会员").await;
     let south = app.tag_id("华南区域标签", "黄金会员").await;
     let message = res.message();
-    assert!(message.contains(&format!("#{north}")) && message.contains(&format!("#{south}")), "{message}");
+    // The text form names objects by row id (`#42`).
+    let (north_row, south_row) = (crate::helpers::row_id(&north), crate::helpers::row_id(&south));
+    assert!(message.contains(&format!("#{north_row}")) && message.contains(&format!("#{south_row}")), "{message}");
     // From a south store only one is visible: no ambiguity.
     let (_, text) = preview_count(&app, "sz01.sales", json!({ "text": "tag(\"黄金会员\")" })).await;
     assert_eq!(text, "tag(\"黄金会员\")");
-    let (by_id, _) = preview_count(&app, "admin", json!({ "text": format!("tag(#{north})") })).await;
+    let (by_id, _) = preview_count(&app, "admin", json!({ "text": format!("tag(#{north_row})") })).await;
     let world = World::load(&app).await;
     assert_eq!(by_id as usize, world.members(&SegmentExpr::Tag(Ref::Id(crate::helpers::row_id(&north)))));
 }
