@@ -141,7 +141,11 @@ mod tests {
     fn garbage_zero_and_negative_ids_are_validation_errors() {
         let forged = ["Tag:0", "Tag:-3", "Tag:+3", "Tag: 3", "Tag:", ":3", "Tag:3:4", "Ta g:3"]
             .map(|raw| URL_SAFE_NO_PAD.encode(raw));
-        for raw in ["abc", "0", "-3", "", "1.5", "99999999999999999999"].iter().copied().chain(forged.iter().map(String::as_str)) {
+        for raw in ["abc", "0", "-3", "", "1.5", "99999999999999999999"]
+            .iter()
+            .copied()
+            .chain(forged.iter().map(String::as_str))
+        {
             let err = TagId::parse(raw, "tagId").unwrap_err();
             assert!(matches!(err, AppError::Validation { ref field, .. } if field == "tagId"), "{raw}: {err:?}");
         }

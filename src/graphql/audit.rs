@@ -11,8 +11,8 @@ use async_graphql::{
 use entity::{audit_log, enums::AuditOutcome};
 use serde_json::{Value, json};
 
-use super::{DateTime, PageInfo, env, page_args};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use super::{DateTime, PageInfo, env, page_args};
 use crate::authz::Principal;
 use crate::domain::{
     AuditEntryId, ChangeRequestId, CustomerId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId, decode_global,

@@ -10,10 +10,10 @@ use entity::{
 use serde_json::Value;
 
 use super::customer::patch;
-use super::{DateTime, PageInfo, env, page_args};
 use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
+use super::{DateTime, PageInfo, env, page_args};
 use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 use crate::service::change_request::{self as requests, RequestFilter};
 use crate::service::library_edit::{
@@ -237,6 +237,7 @@ pub struct GovernanceQuery;
 impl GovernanceQuery {
     /// Change requests the caller may see: its own, and those it may decide
     /// or audit. Newest first.
+    #[allow(clippy::too_many_arguments)]
     async fn change_requests(
         &self,
         ctx: &Context<'_>,

@@ -5,10 +5,10 @@ use async_graphql::{Context, ID, InputObject, OneofObject, Result, SimpleObject}
 use entity::enums::{Gender, SegmentKind};
 
 use super::customer::{CustomerConnection, CustomerOrderInput, customer_connection};
-use super::{DateTime, PageInfo, env, page_args};
 use super::loaders::TagById;
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::Tag;
+use super::{DateTime, PageInfo, env, page_args};
 use crate::domain::{Cursor, Description, OrgUnitId, Page, SegmentId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::segment::{Range, Ref, SegmentExpr};

@@ -8,11 +8,11 @@ use entity::{
 };
 
 use super::customer::Customer;
-use super::{DateTime, env};
 use super::governance::ChangeRequest;
 use super::governance::{submit, tag_payload};
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use super::{DateTime, env};
 use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};

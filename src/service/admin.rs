@@ -147,6 +147,20 @@ pub async fn set_permission(
     Ok(Change { changed })
 }
 
+/// A staff member the caller may look up: itself, or one whose home unit
+/// it can see (the units of `orgUnits`).
+///
+/// # Errors
+/// `NOT_FOUND` for a missing staff member and for one of an unseen unit
+/// alike.
+pub async fn find_staff(db: &impl ConnectionTrait, principal: &Principal, id: StaffId) -> AppResult<staff::Model> {
+    staff::Entity::find_by_id(id.0)
+        .one(db)
+        .await?
+        .filter(|s| s.id == principal.staff.id || principal.visible_units().contains(&s.home_org_unit_id))
+        .ok_or_else(|| AppError::not_found("staff", id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,18 +188,4 @@ mod tests {
             assert!(parse_permission(object, action).is_err(), "{object}:{action}");
         }
     }
-}
-
-/// A staff member the caller may look up: itself, or one whose home unit
-/// it can see (the units of `orgUnits`).
-///
-/// # Errors
-/// `NOT_FOUND` for a missing staff member and for one of an unseen unit
-/// alike.
-pub async fn find_staff(db: &impl ConnectionTrait, principal: &Principal, id: StaffId) -> AppResult<staff::Model> {
-    staff::Entity::find_by_id(id.0)
-        .one(db)
-        .await?
-        .filter(|s| s.id == principal.staff.id || principal.visible_units().contains(&s.home_org_unit_id))
-        .ok_or_else(|| AppError::not_found("staff", id))
 }

@@ -657,7 +657,11 @@ pub async fn visible_events_of(
 ///
 /// # Errors
 /// `NOT_FOUND` for a missing event and for one the caller may not see alike.
-pub async fn find_event(db: &impl ConnectionTrait, principal: &Principal, seq: EventSeq) -> AppResult<tag_event::Model> {
+pub async fn find_event(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    seq: EventSeq,
+) -> AppResult<tag_event::Model> {
     let not_found = || AppError::not_found("tag event", seq);
     let event = tag_event::Entity::find_by_id(seq.0).one(db).await?.ok_or_else(not_found)?;
     let customer = super::customer::find_in_scope(db, principal, CustomerId(event.customer_id))

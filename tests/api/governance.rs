@@ -484,7 +484,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
 /// Customers holding any tag of a group, from the tables.
 async fn group_holders(app: &TestApp, group: &str) -> usize {
     let tags: Vec<i64> = entity::tag::Entity::find()
-        .filter(entity::tag::Column::GroupId.eq(crate::helpers::row_id(&group)))
+        .filter(entity::tag::Column::GroupId.eq(crate::helpers::row_id(group)))
         .all(&app.db)
         .await
         .unwrap()

@@ -111,9 +111,8 @@ async fn every_object_with_an_id_is_a_node(app: TestApp) {
             json!({ "u": app.unit_id("hq") }),
         )
         .await;
-    let events = app
-        .gql("admin", "query($id: ID!) { customer(id: $id) { tagEvents { id } } }", json!({ "id": customer }))
-        .await;
+    let events =
+        app.gql("admin", "query($id: ID!) { customer(id: $id) { tagEvents { id } } }", json!({ "id": customer })).await;
     let audit = app.gql("admin", "{ auditLog(first: 1) { edges { node { id } } } }", no_vars()).await;
     let ids = [
         ("Customer", json!(customer)),
