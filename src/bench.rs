@@ -250,7 +250,8 @@ async fn sql_page(
 ) -> anyhow::Result<(u64, Vec<i64>)> {
     let count = customer::count_in_scope(db, principal, filter).await.map_err(anyhow_app)?;
     let first = crate::domain::PageSize::parse(Some(PAGE), limits).map_err(anyhow_app)?;
-    let page = customer::list_in_scope(db, principal, filter, API_ORDER, first, None).await.map_err(anyhow_app)?;
+    let page = crate::domain::PageArgs::forward(first);
+    let page = customer::list_in_scope(db, principal, filter, API_ORDER, &page).await.map_err(anyhow_app)?;
     Ok((count, page.items.into_iter().map(|(_, c)| c.id).collect()))
 }
 

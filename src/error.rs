@@ -193,7 +193,7 @@ impl From<AppError> for async_graphql::Error {
         async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
             if let Some(lock) = &lock {
-                ext.set("lockId", lock.lock_id.to_string());
+                ext.set("lockId", crate::domain::LockId(lock.lock_id).to_string());
                 ext.set("holder", lock.holder.as_str());
                 ext.set("reason", lock.reason.as_str());
                 ext.set("until", lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

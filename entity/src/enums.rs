@@ -5,7 +5,7 @@ use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
 macro_rules! stored_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $value:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
         #[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
@@ -13,6 +13,7 @@ macro_rules! stored_enum {
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name {
             $(
+                $(#[$vmeta])*
                 #[sea_orm(string_value = $value)]
                 $variant,
             )+
@@ -31,67 +32,131 @@ macro_rules! stored_enum {
 
 stored_enum!(
     /// Level of an org unit. Depth may grow; code never assumes three levels.
-    OrgUnitKind { Hq = "HQ", Region = "REGION", Store = "STORE" }
+    OrgUnitKind {
+        /// Headquarters, the root.
+        Hq = "HQ",
+        /// A region under HQ.
+        Region = "REGION",
+        /// A store.
+        Store = "STORE",
+    }
 );
 
 stored_enum!(
-    Gender { Female = "FEMALE", Male = "MALE", Unknown = "UNKNOWN" }
+    /// A customer's gender.
+    Gender {
+        /// Female.
+        Female = "FEMALE",
+        /// Male.
+        Male = "MALE",
+        /// Not given.
+        Unknown = "UNKNOWN",
+    }
 );
 
 stored_enum!(
-    /// Category of a tag group (SPEC §4).
+    /// Category of a tag group.
     TagCategory {
+        /// Basic attributes (age band, region, …).
         Basic = "BASIC",
+        /// What the customer does (buys, visits, …).
         Behavior = "BEHAVIOR",
+        /// What the customer likes.
         Interest = "INTEREST",
+        /// What the customer is worth.
         Value = "VALUE",
+        /// Lifecycle stage (客户阶段).
         Lifecycle = "LIFECYCLE",
+        /// Service notes.
         Service = "SERVICE",
+        /// Predictions by models.
         Predictive = "PREDICTIVE",
     }
 );
 
 stored_enum!(
-    TagStatus { Active = "ACTIVE", Archived = "ARCHIVED", Merged = "MERGED" }
+    /// Where a tag stands in its life.
+    TagStatus {
+        /// In use.
+        Active = "ACTIVE",
+        /// Retired: in no list, cannot be assigned; history stays.
+        Archived = "ARCHIVED",
+        /// Merged into another tag (see `mergedInto`).
+        Merged = "MERGED",
+    }
 );
 
 stored_enum!(
-    /// Where an assignment came from (SPEC §5); `MERGE`: moved by a merge of two tags.
+    /// Where an assignment came from.
     TagSource {
+        /// Put on by hand.
         Manual = "MANUAL",
+        /// Put on by a bulk call.
         Bulk = "BULK",
+        /// Put on by a rule.
         Rule = "RULE",
+        /// Put on by an import.
         Import = "IMPORT",
+        /// Put on by another system through the API.
         Api = "API",
+        /// Moved by a merge of two tags.
         Merge = "MERGE",
     }
 );
 
 stored_enum!(
-    TagOp { Add = "ADD", Remove = "REMOVE" }
+    /// What a tag event did.
+    TagOp {
+        /// The tag was put on.
+        Add = "ADD",
+        /// The tag was taken off.
+        Remove = "REMOVE",
+    }
 );
 
 stored_enum!(
-    AuditOutcome { Ok = "OK", Denied = "DENIED", Failed = "FAILED" }
+    /// How an audited action ended.
+    AuditOutcome {
+        /// It was done.
+        Ok = "OK",
+        /// It was refused (permission, guarded field, lock).
+        Denied = "DENIED",
+        /// It failed.
+        Failed = "FAILED",
+    }
 );
 
 stored_enum!(
-    AlertKind { TagCountThreshold = "TAG_COUNT" }
+    /// Kind of a tag alert.
+    AlertKind {
+        /// A tag's holder count crossed a threshold.
+        TagCountThreshold = "TAG_COUNT",
+    }
 );
 
 stored_enum!(
     /// Dynamic segments are re-evaluated on every use; static ones keep the
     /// members they had when saved.
-    SegmentKind { Dynamic = "DYNAMIC", Static = "STATIC" }
+    SegmentKind {
+        /// Re-evaluated on every use.
+        Dynamic = "DYNAMIC",
+        /// Keeps the members it had when saved.
+        Static = "STATIC",
+    }
 );
 
 stored_enum!(
-    /// Where a change request stands (SPEC §6).
+    /// Where a change request stands.
     ChangeRequestStatus {
+        /// Waiting for a decision.
         Pending = "PENDING",
+        /// Approved and applied.
         Approved = "APPROVED",
+        /// Rejected, with a reason.
         Rejected = "REJECTED",
+        /// Its target changed since it was filed; it can no longer apply.
         Stale = "STALE",
+        /// Withdrawn by its requester.
         Cancelled = "CANCELLED",
     }
 );

@@ -6,10 +6,13 @@ mod name;
 mod page;
 mod phone;
 
-pub use id::{ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
+pub use id::{
+    AuditEntryId, ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId,
+    decode_global, encode_global, parse_ids,
+};
 pub use name::{
     Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,
     VisibilityClass,
 };
-pub use page::{Cursor, PageSize};
+pub use page::{Cursor, Direction, Page, PageArgs, PageSize};
 pub use phone::Phone;

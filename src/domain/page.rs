@@ -1,4 +1,5 @@
-//! Paging: a clamped page size and an opaque keyset cursor.
+//! Paging: a clamped page size, an opaque keyset cursor, and the Relay
+//! paging arguments (`first/after` forward, `last/before` backward).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,7 +18,7 @@ impl PageSize {
     /// Never fails today; the `Result` keeps room for a refusal without
     /// touching every caller.
     pub fn parse(first: Option<i32>, limits: &Limits) -> AppResult<Self> {
-        Ok(Self::clamp(first, limits.default_page_size, limits.max_page_size))
+        Self::parse_named(first, "first", limits)
     }
 
     /// The rows a list with this `first` may return, for the cost model,
@@ -26,6 +27,11 @@ impl PageSize {
     pub fn estimate(first: Option<i32>) -> usize {
         let limits = Limits::default();
         Self::clamp(first, limits.default_page_size, limits.max_page_size).0 as usize
+    }
+
+    /// Never fails today (the argument name is kept for a refusal).
+    fn parse_named(size: Option<i32>, _field: &str, limits: &Limits) -> AppResult<Self> {
+        Ok(Self::clamp(size, limits.default_page_size, limits.max_page_size))
     }
 
     fn clamp(first: Option<i32>, default: u32, max: u32) -> Self {
@@ -58,18 +64,143 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("cursor serialises"))
     }
 
-    /// Decodes a cursor made for `ordering`.
+    /// Decodes a cursor made for `ordering`, given as `after`.
     pub fn decode(raw: &str, ordering: &str) -> AppResult<Self> {
-        let invalid = || AppError::validation("after", "is not a valid cursor");
+        Self::decode_named(raw, ordering, "after")
+    }
+
+    /// Decodes a cursor made for `ordering`, given as argument `field`.
+    pub fn decode_named(raw: &str, ordering: &str, field: &str) -> AppResult<Self> {
+        let invalid = || AppError::validation(field, "is not a valid cursor");
         let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
         let cursor: Self = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
         if cursor.ordering != ordering {
             return Err(AppError::validation(
-                "after",
-                "cursor belongs to another ordering; start again without `after`",
+                field,
+                format!("cursor belongs to another ordering; start again without `{field}`"),
             ));
         }
         Ok(cursor)
+    }
+}
+
+/// Which way a page is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `first` items after the `after` cursor.
+    Forward,
+    /// `last` items before the `before` cursor.
+    Backward,
+}
+
+/// The paging arguments of a connection, checked: `first`/`after` page
+/// forward, `last`/`before` backward; mixing the two is an error. A list
+/// is read backward by walking its order reversed from `before`, taking
+/// `last`, and reversing that page ([`Page::from_walk`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageArgs {
+    pub size: PageSize,
+    pub direction: Direction,
+    /// `after` going forward, `before` going backward.
+    pub cursor: Option<String>,
+}
+
+impl PageArgs {
+    /// Forward from the start, `first` items (the default when no paging
+    /// argument is given).
+    pub fn forward(size: PageSize) -> Self {
+        Self { size, direction: Direction::Forward, cursor: None }
+    }
+
+    /// Checks the four Relay arguments.
+    ///
+    /// # Errors
+    /// `VALIDATION` when forward and backward arguments are mixed, or a
+    /// size is negative.
+    pub fn parse(
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        limits: &Limits,
+    ) -> AppResult<Self> {
+        let backward = last.is_some() || before.is_some();
+        if backward && (first.is_some() || after.is_some()) {
+            let field = if last.is_some() { "last" } else { "before" };
+            return Err(AppError::validation(
+                field,
+                "page forward (`first`/`after`) or backward (`last`/`before`), not both",
+            ));
+        }
+        Ok(if backward {
+            Self { size: PageSize::parse_named(last, "last", limits)?, direction: Direction::Backward, cursor: before }
+        } else {
+            Self { size: PageSize::parse_named(first, "first", limits)?, direction: Direction::Forward, cursor: after }
+        })
+    }
+
+    pub fn backward(&self) -> bool {
+        self.direction == Direction::Backward
+    }
+
+    /// The name of the cursor argument, for errors.
+    pub fn cursor_field(&self) -> &'static str {
+        if self.backward() { "before" } else { "after" }
+    }
+
+    /// The cursor, decoded for `ordering`.
+    ///
+    /// # Errors
+    /// `VALIDATION` for a bad cursor or one of another ordering.
+    pub fn decode_cursor(&self, ordering: &str) -> AppResult<Option<Cursor>> {
+        self.cursor.as_deref().map(|raw| Cursor::decode_named(raw, ordering, self.cursor_field())).transpose()
+    }
+
+    /// How many rows to read: one more than the page, to know whether
+    /// more follow.
+    pub fn fetch(&self) -> u64 {
+        self.size.get() + 1
+    }
+}
+
+/// One page of a keyset-paged list, in the list's order, each item with
+/// its cursor.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<(String, T)>,
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+}
+
+impl<T> Page<T> {
+    /// A page from the rows read by walking from the cursor (in the list's
+    /// order forward, reversed backward), at most [`PageArgs::fetch`] of
+    /// them. Reading backward puts the page back in the list's order.
+    ///
+    /// Beyond the cursor's side, the page only knows that a cursor was
+    /// given: `hasPreviousPage` going forward (`hasNextPage` going
+    /// backward) is true exactly when a cursor was given, as the Relay
+    /// specification allows.
+    pub fn from_walk(mut rows: Vec<T>, args: &PageArgs, cursor_of: impl Fn(&T) -> Cursor) -> Self {
+        let more = rows.len() as u64 > args.size.get();
+        rows.truncate(args.size.get() as usize);
+        if args.backward() {
+            rows.reverse();
+        }
+        let items = rows.into_iter().map(|row| (cursor_of(&row).encode(), row)).collect();
+        let from_cursor = args.cursor.is_some();
+        match args.direction {
+            Direction::Forward => Self { items, has_next_page: more, has_previous_page: from_cursor },
+            Direction::Backward => Self { items, has_next_page: from_cursor, has_previous_page: more },
+        }
+    }
+
+    pub fn start_cursor(&self) -> Option<String> {
+        self.items.first().map(|(c, _)| c.clone())
+    }
+
+    pub fn end_cursor(&self) -> Option<String> {
+        self.items.last().map(|(c, _)| c.clone())
     }
 }
 
@@ -95,5 +226,31 @@ mod tests {
         assert!(Cursor::decode(&raw, "ADDED_AT_DESC").is_err());
         assert!(Cursor::decode("not base64!", "NAME_ASC").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("{}"), "NAME_ASC").is_err());
+    }
+
+    #[test]
+    fn mixing_forward_and_backward_arguments_is_refused() {
+        let limits = Limits::default();
+        assert!(PageArgs::parse(Some(2), None, Some(2), None, &limits).is_err());
+        assert!(PageArgs::parse(None, Some("x".into()), None, Some("y".into()), &limits).is_err());
+        assert!(PageArgs::parse(Some(2), None, None, Some("y".into()), &limits).is_err());
+        let back = PageArgs::parse(None, None, Some(3), Some("c".into()), &limits).unwrap();
+        assert!(back.backward());
+        assert_eq!(back.cursor_field(), "before");
+        assert!(!PageArgs::parse(None, None, None, None, &limits).unwrap().backward());
+    }
+
+    #[test]
+    fn a_backward_walk_is_put_back_in_order() {
+        let limits = Limits::default();
+        let cursor = |id: &i64| Cursor { ordering: "X".into(), key: String::new(), id: *id };
+        // The list is 1..=5; the last 2 before 5, walked reversed: 4, 3, 2.
+        let args = PageArgs::parse(None, None, Some(2), Some("c".into()), &limits).unwrap();
+        let page = Page::from_walk(vec![4, 3, 2], &args, cursor);
+        assert_eq!(page.items.iter().map(|(_, i)| *i).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(page.has_previous_page && page.has_next_page);
+        let args = PageArgs::parse(Some(2), None, None, None, &limits).unwrap();
+        let page = Page::from_walk(vec![1, 2], &args, cursor);
+        assert!(!page.has_previous_page && !page.has_next_page);
     }
 }

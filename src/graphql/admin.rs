@@ -7,16 +7,21 @@ use crate::domain::{OrgUnitId, RoleName, StaffId};
 use crate::service::admin;
 use crate::state::AppState;
 
+/// A role bound to a staff member at an org unit.
 #[derive(InputObject)]
 pub struct RoleBindingInput {
+    /// The staff member.
     staff_id: ID,
+    /// The role's name.
     role: String,
     /// The role holds in this org unit and every unit below it.
     org_unit_id: ID,
 }
 
+/// A permission of a role.
 #[derive(InputObject)]
 pub struct PermissionInput {
+    /// The role's name.
     role: String,
     /// `customer`, `customer.totalSpend`, `tag_class:value`, `role:sales`, …
     object: String,
@@ -28,12 +33,14 @@ pub struct PermissionInput {
 /// in place). It applies from the next request on, on every instance.
 #[derive(SimpleObject)]
 pub struct AdminChangePayload {
+    /// False when it was already in place.
     changed: bool,
 }
 
 /// A role and what it may do.
 #[derive(SimpleObject)]
 pub struct RoleDefinition {
+    /// The role's name.
     role: String,
     /// `object:action` pairs, as in the policy.
     permissions: Vec<String>,
@@ -93,22 +100,38 @@ async fn set_permission(ctx: &Context<'_>, input: PermissionInput, grant: bool) 
 impl AdminMutation {
     /// Binds a role to a staff member at an org unit (needs
     /// `role:<role>:assign` there).
-    async fn assign_role(&self, ctx: &Context<'_>, input: RoleBindingInput) -> Result<AdminChangePayload> {
+    async fn assign_role(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The binding.")] input: RoleBindingInput,
+    ) -> Result<AdminChangePayload> {
         set_role(ctx, input, true).await
     }
 
     /// Removes a role binding (needs `role:<role>:assign` at the unit).
-    async fn revoke_role(&self, ctx: &Context<'_>, input: RoleBindingInput) -> Result<AdminChangePayload> {
+    async fn revoke_role(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The binding.")] input: RoleBindingInput,
+    ) -> Result<AdminChangePayload> {
         set_role(ctx, input, false).await
     }
 
     /// Grants a permission to a role (needs `policy:edit` at the root).
-    async fn grant_permission(&self, ctx: &Context<'_>, input: PermissionInput) -> Result<AdminChangePayload> {
+    async fn grant_permission(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The permission.")] input: PermissionInput,
+    ) -> Result<AdminChangePayload> {
         set_permission(ctx, input, true).await
     }
 
     /// Revokes a permission of a role (needs `policy:edit` at the root).
-    async fn revoke_permission(&self, ctx: &Context<'_>, input: PermissionInput) -> Result<AdminChangePayload> {
+    async fn revoke_permission(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The permission.")] input: PermissionInput,
+    ) -> Result<AdminChangePayload> {
         set_permission(ctx, input, false).await
     }
 }

@@ -8,30 +8,35 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::{
     ComplexObject, Context, ID, InputObject, Json, Object, Result, ServerResult, SimpleObject, Value as GqlValue,
 };
-use chrono::{DateTime, Utc};
 use entity::{audit_log, enums::AuditOutcome};
 use serde_json::{Value, json};
 
-use super::customer::PageInfo;
-use super::env;
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
+use super::{DateTime, PageInfo, env, page_args};
 use crate::authz::Principal;
-use crate::domain::{OrgUnitId, PageSize, StaffId};
+use crate::domain::{
+    AuditEntryId, ChangeRequestId, CustomerId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId, decode_global,
+    encode_global,
+};
 use crate::service::audit::{self, AuditEntry, AuditFilter};
 use crate::state::AppState;
 
 /// One row of the audit log, with the values the reader may not see
 /// masked.
-pub struct AuditLogEntry(audit_log::Model);
+pub struct AuditLogEntry(pub audit_log::Model);
 
+/// One row of the audit log, with the values the reader may not see
+/// masked.
 #[Object]
 impl AuditLogEntry {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the row again).
+    pub async fn id(&self) -> ID {
+        AuditEntryId(self.0.id).into()
     }
 
-    async fn occurred_at(&self) -> DateTime<Utc> {
-        self.0.occurred_at
+    /// When it happened.
+    async fn occurred_at(&self) -> DateTime {
+        self.0.occurred_at.into()
     }
 
     /// Who acted; none for the system (seed, scheduled jobs).
@@ -50,9 +55,20 @@ impl AuditLogEntry {
         &self.0.object_kind
     }
 
-    /// Empty for calls about many objects (their ids are in `detail`).
-    async fn object_id(&self) -> Option<&str> {
-        self.0.object_id.as_deref().filter(|id| !id.is_empty())
+    /// The object's global id (as `node(id)` takes it); empty for calls
+    /// about many objects (their row ids are in `detail`).
+    async fn object_id(&self) -> Option<String> {
+        let raw = self.0.object_id.as_deref().filter(|id| !id.is_empty())?;
+        let type_name = match self.0.object_kind.as_str() {
+            "customer" => CustomerId::TYPE_NAME,
+            "tag" => TagId::TYPE_NAME,
+            "tag_group" => TagGroupId::TYPE_NAME,
+            "change_request" => ChangeRequestId::TYPE_NAME,
+            "segment" => SegmentId::TYPE_NAME,
+            "staff" => StaffId::TYPE_NAME,
+            _ => return Some(raw.to_owned()),
+        };
+        Some(raw.parse::<i64>().map_or_else(|_| raw.to_owned(), |id| encode_global(type_name, id)))
     }
 
     /// The unit the row is filed under (its auditors read it).
@@ -60,6 +76,7 @@ impl AuditLogEntry {
         self.0.org_unit_id.map(|id| org_unit(ctx, id)).transpose()
     }
 
+    /// Done, refused or failed.
     async fn outcome(&self) -> AuditOutcome {
         self.0.outcome
     }
@@ -76,9 +93,12 @@ impl AuditLogEntry {
     }
 }
 
+/// An audit log row in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct AuditLogEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The row.
     node: AuditLogEntry,
 }
 
@@ -86,7 +106,9 @@ pub struct AuditLogEdge {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct AuditLogConnection {
+    /// The rows of the page, newest first.
     edges: Vec<AuditLogEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
     #[graphql(skip)]
     filter: AuditFilter,
@@ -110,11 +132,15 @@ pub struct AuditLogFilter {
     action: Option<String>,
     /// `customer`, `tag`, `tag_group`, `change_request`, …
     object_kind: Option<String>,
+    /// The object the row is about: its id (global or row id).
     object_id: Option<ID>,
     /// Rows of this unit and the units below it.
     scope_id: Option<ID>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    /// Rows at or after then.
+    from: Option<DateTime>,
+    /// Rows at or before then.
+    to: Option<DateTime>,
+    /// Only rows with this outcome.
     outcome: Option<AuditOutcome>,
 }
 
@@ -125,13 +151,15 @@ pub struct AuditQuery;
 impl AuditQuery {
     /// The audit log, newest first: the rows of the units where the caller
     /// holds `audit_log:read`.
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
-        filter: Option<AuditLogFilter>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Which rows (all readable ones when absent).")] filter: Option<AuditLogFilter>,
+        #[graphql(desc = "Page forward: this many rows after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many rows before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
     ) -> Result<AuditLogConnection> {
         let env = env(ctx);
         let input = filter.unwrap_or_default();
@@ -139,22 +167,23 @@ impl AuditQuery {
             actor: input.actor_id.map(|id| StaffId::parse(&id, "filter.actorId")).transpose()?,
             action: input.action,
             object_kind: input.object_kind,
-            object_id: input.object_id.map(|id| id.0),
+            // The log records row ids; a global id filters by its row id.
+            object_id: input.object_id.map(|id| decode_global(&id).map_or(id.0, |(_, row)| row.to_string())),
             scope: input.scope_id.map(|id| OrgUnitId::parse(&id, "filter.scopeId")).transpose()?,
-            from: input.from,
-            to: input.to,
+            from: input.from.map(|t| t.0),
+            to: input.to.map(|t| t.0),
             outcome: input.outcome,
         };
-        let first = PageSize::parse(first, env.limits)?;
-        let page = audit::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
-        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        let page = page_args(ctx, first, after, last, before)?;
+        let page = audit::list(env.db, env.principal, &filter, &page).await?;
+        let page_info = PageInfo::of(&page);
         Ok(AuditLogConnection {
             edges: page
                 .items
                 .into_iter()
                 .map(|(cursor, row)| AuditLogEdge { cursor, node: AuditLogEntry(row) })
                 .collect(),
-            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            page_info,
             filter,
         })
     }

@@ -2,17 +2,17 @@
 //! customer mutations.
 
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, MaybeUndefined, Object, Result, SimpleObject};
-use chrono::{DateTime, NaiveDate, Utc};
 use entity::{customer as customer_entity, enums::Gender, enums::TagCategory};
 
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::segment::{SegmentInput, resolve_segment};
 use super::tag::{CustomerTag, Tag, TagEvent};
-use super::{CustomerPrefetch, env, prefetch_customers};
+use super::{CustomerPrefetch, Date, DateTime, PageInfo, env, page_args, prefetch_customers};
 use crate::authz::{FIELD_RULES, FieldAccess};
 use crate::domain::{
-    CustomerId, CustomerName, EventSeq, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId, parse_ids,
+    CustomerId, CustomerName, EventSeq, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, PageSize, Phone, TagId,
+    parse_ids,
 };
 use crate::error::AppError;
 use crate::service::customer::{self as service, CustomerFilter, CustomerOrder, CustomerPatch, NewCustomer, SortField};
@@ -21,11 +21,14 @@ use crate::service::tagging;
 /// A customer (客户).
 pub struct Customer(pub customer_entity::Model);
 
+/// A customer (客户).
 #[Object]
 impl Customer {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the customer again).
+    pub async fn id(&self) -> ID {
+        CustomerId(self.0.id).into()
     }
+    /// The customer's name.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -39,15 +42,19 @@ impl Customer {
         })
         .flatten()
     }
+    /// The customer's gender, `UNKNOWN` when not given.
     async fn gender(&self) -> Gender {
         self.0.gender
     }
-    async fn birth_date(&self, ctx: &Context<'_>) -> Option<NaiveDate> {
-        guarded(ctx, &self.0, "birthDate", |_| self.0.birth_date).flatten()
+    /// Date of birth; `null` with `FORBIDDEN_FIELD` where the caller may not read it.
+    async fn birth_date(&self, ctx: &Context<'_>) -> Option<Date> {
+        guarded(ctx, &self.0, "birthDate", |_| self.0.birth_date.map(Date)).flatten()
     }
+    /// City of residence.
     async fn city(&self) -> Option<&str> {
         self.0.city.as_deref()
     }
+    /// Industry the customer works in.
     async fn industry(&self) -> Option<&str> {
         self.0.industry.as_deref()
     }
@@ -59,26 +66,32 @@ impl Customer {
     async fn total_spend(&self, ctx: &Context<'_>) -> Option<i64> {
         guarded(ctx, &self.0, "totalSpend", |_| self.0.total_spend_cents)
     }
+    /// Number of orders placed.
     async fn order_count(&self, ctx: &Context<'_>) -> Option<i32> {
         guarded(ctx, &self.0, "orderCount", |_| self.0.order_count)
     }
-    async fn last_order_at(&self, ctx: &Context<'_>) -> Option<DateTime<Utc>> {
-        guarded(ctx, &self.0, "lastOrderAt", |_| self.0.last_order_at).flatten()
+    /// When the last order was placed.
+    async fn last_order_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        guarded(ctx, &self.0, "lastOrderAt", |_| self.0.last_order_at.map(DateTime)).flatten()
     }
-    async fn added_at(&self) -> DateTime<Utc> {
-        self.0.added_at
+    /// When the customer was added.
+    async fn added_at(&self) -> DateTime {
+        self.0.added_at.into()
     }
-    async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+    /// When the customer's own fields last changed.
+    async fn updated_at(&self) -> DateTime {
+        self.0.updated_at.into()
     }
     /// Read it, send it back with `updateCustomer`: a stale version is a
     /// `CONFLICT`.
     async fn version(&self) -> i32 {
         self.0.version
     }
+    /// The org unit the customer belongs to.
     async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.org_unit_id)
     }
+    /// The staff member who looks after the customer.
     async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.owner_staff_id).await
     }
@@ -96,8 +109,8 @@ impl Customer {
     async fn tag_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: i32,
-        before: Option<ID>,
+        #[graphql(default = 20, desc = "How many events (clamped to 1..=100).")] first: i32,
+        #[graphql(desc = "The `id` of the oldest event you have: only older ones come.")] before: Option<ID>,
     ) -> Result<Vec<TagEvent>> {
         let env = env(ctx);
         let first = PageSize::parse(Some(first), env.limits)?;
@@ -152,37 +165,32 @@ fn guarded<T>(
     Some(value(access))
 }
 
+/// An identity of the customer in another system.
 #[derive(SimpleObject, InputObject, Clone)]
 #[graphql(input_name = "ExternalIdInput")]
 pub struct ExternalId {
     /// `wecom`, `unionid`, `crm`, `shop`, …
     provider: String,
+    /// The customer's id in that system.
     external_id: String,
 }
 
-#[derive(SimpleObject)]
-pub struct PageInfo {
-    has_next_page: bool,
-    end_cursor: Option<String>,
-}
-
-impl PageInfo {
-    pub fn new(has_next_page: bool, end_cursor: Option<String>) -> Self {
-        Self { has_next_page, end_cursor }
-    }
-}
-
+/// A customer in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct CustomerEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The customer.
     node: Customer,
 }
 
-/// A page of customers (forward paging with `first`/`after`).
+/// A page of customers (`first`/`after` forward, `last`/`before` backward).
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct CustomerConnection {
+    /// The customers of the page, in the list's order.
     edges: Vec<CustomerEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
     #[graphql(skip)]
     filter: CustomerFilter,
@@ -197,6 +205,7 @@ impl CustomerConnection {
     }
 }
 
+/// Which customers to list; given parts must all match.
 #[derive(InputObject, Default)]
 pub struct CustomerFilterInput {
     /// Customers of this org unit and the units below it.
@@ -215,27 +224,37 @@ pub struct CustomerFilterInput {
     total_spend_max: Option<i64>,
 }
 
+/// What customers are sorted by (ties by id).
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
 pub enum CustomerOrderField {
+    /// When the customer was added.
     #[default]
     AddedAt,
+    /// When the customer's own fields last changed.
     UpdatedAt,
+    /// The name, by code point.
     Name,
     /// Needs `customer.totalSpend:read` over the whole scope listed.
     TotalSpend,
 }
 
+/// Sort direction.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
 pub enum OrderDirection {
+    /// Smallest first.
     Asc,
+    /// Largest (newest) first.
     #[default]
     Desc,
 }
 
+/// The order of a customer list.
 #[derive(InputObject, Default)]
 pub struct CustomerOrderInput {
+    /// The sort key.
     #[graphql(default)]
     field: CustomerOrderField,
+    /// The direction.
     #[graphql(default)]
     direction: OrderDirection,
 }
@@ -271,22 +290,25 @@ pub struct CustomerQuery;
 impl CustomerQuery {
     /// A customer in the caller's scope; `NOT_FOUND` otherwise (missing and
     /// out-of-scope look the same).
-    async fn customer(&self, ctx: &Context<'_>, id: ID) -> Result<Customer> {
+    async fn customer(&self, ctx: &Context<'_>, #[graphql(desc = "The customer's id.")] id: ID) -> Result<Customer> {
         let env = env(ctx);
         let id = CustomerId::parse(&id, "id")?;
         Ok(Customer(service::find_in_scope(env.db, env.principal, id).await?))
     }
 
-    /// Customers in the caller's scope. `first` defaults to 20 and is
-    /// clamped to 1..=100.
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    /// Customers in the caller's scope. `first` (or `last`) defaults to 20
+    /// and is clamped to 1..=100.
+    #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        filter: Option<CustomerFilterInput>,
-        order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Page forward: this many customers after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many customers before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+        #[graphql(desc = "Which customers.")] filter: Option<CustomerFilterInput>,
+        #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
         #[graphql(desc = "Only members of this segment (structured or `{ text: \"…\" }`).")] segment: Option<
             SegmentInput,
         >,
@@ -295,7 +317,8 @@ impl CustomerQuery {
         if let Some(segment) = segment {
             filter.segment = Some(resolve_segment(ctx, segment).await?);
         }
-        customer_connection(ctx, filter, order_by, first, after).await
+        let page = page_args(ctx, first, after, last, before)?;
+        customer_connection(ctx, filter, order_by, &page).await
     }
 }
 
@@ -305,8 +328,7 @@ pub(crate) async fn customer_connection(
     ctx: &Context<'_>,
     filter: CustomerFilter,
     order_by: Option<CustomerOrderInput>,
-    first: Option<i32>,
-    after: Option<String>,
+    page: &PageArgs,
 ) -> Result<CustomerConnection> {
     let env = env(ctx);
     let order_by = order_by.unwrap_or_default();
@@ -319,39 +341,48 @@ pub(crate) async fn customer_connection(
         },
         descending: order_by.direction == OrderDirection::Desc,
     };
-    let first = PageSize::parse(first, env.limits)?;
     let index = &ctx.data_unchecked::<crate::state::AppState>().index;
-    let page =
-        crate::service::segment::list_members(env.db, index, env.principal, &filter, order, first, after.as_deref())
-            .await?;
+    let page = crate::service::segment::list_members(env.db, index, env.principal, &filter, order, page).await?;
     let node = ctx.look_ahead().field("edges").field("node");
     let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
     prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;
-    let end_cursor = page.items.last().map(|(c, _)| c.clone());
+    let page_info = PageInfo::of(&page);
     Ok(CustomerConnection {
         edges: page.items.into_iter().map(|(cursor, c)| CustomerEdge { cursor, node: Customer(c) }).collect(),
-        page_info: PageInfo { has_next_page: page.has_next_page, end_cursor },
+        page_info,
         filter,
     })
 }
 
+/// A new customer.
 #[derive(InputObject)]
 pub struct CreateCustomerInput {
+    /// The org unit the customer belongs to (one the caller may add customers to).
     org_unit_id: ID,
+    /// The customer's name.
     name: String,
+    /// A mobile number; it is normalised.
     phone: Option<String>,
+    /// The customer's gender.
     #[graphql(default_with = "Gender::Unknown")]
     gender: Gender,
-    birth_date: Option<NaiveDate>,
+    /// Date of birth.
+    birth_date: Option<Date>,
+    /// City of residence.
     city: Option<String>,
+    /// Industry the customer works in.
     industry: Option<String>,
+    /// Channel source (渠道来源).
     channel: Option<String>,
+    /// Identities in other systems.
     #[graphql(default)]
     external_ids: Vec<ExternalId>,
 }
 
+/// The created customer, and possible duplicates of it.
 #[derive(SimpleObject)]
 pub struct CreateCustomerPayload {
+    /// The customer as created.
     customer: Customer,
     /// Customers in the caller's scope with the same phone number.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
@@ -361,20 +392,30 @@ pub struct CreateCustomerPayload {
 /// Absent fields stay as they are; `null` clears an optional field.
 #[derive(InputObject)]
 pub struct UpdateCustomerInput {
+    /// The customer's id.
     id: ID,
     /// The version the caller read.
     version: i32,
+    /// A new name.
     name: Option<String>,
+    /// A new mobile number (`null` clears it).
     phone: MaybeUndefined<String>,
+    /// A new gender.
     gender: Option<Gender>,
-    birth_date: MaybeUndefined<NaiveDate>,
+    /// A new date of birth (`null` clears it).
+    birth_date: MaybeUndefined<Date>,
+    /// A new city (`null` clears it).
     city: MaybeUndefined<String>,
+    /// A new industry (`null` clears it).
     industry: MaybeUndefined<String>,
+    /// A new channel source (`null` clears it).
     channel: MaybeUndefined<String>,
 }
 
+/// The updated customer.
 #[derive(SimpleObject)]
 pub struct UpdateCustomerPayload {
+    /// The customer as it now is.
     customer: Customer,
 }
 
@@ -393,7 +434,11 @@ pub struct CustomerMutation;
 #[Object]
 impl CustomerMutation {
     /// Creates a customer owned by the caller.
-    async fn create_customer(&self, ctx: &Context<'_>, input: CreateCustomerInput) -> Result<CreateCustomerPayload> {
+    async fn create_customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new customer.")] input: CreateCustomerInput,
+    ) -> Result<CreateCustomerPayload> {
         let env = env(ctx);
         let identities = input
             .external_ids
@@ -405,7 +450,7 @@ impl CustomerMutation {
             name: CustomerName::parse(&input.name, "name")?,
             phone: input.phone.as_deref().map(|p| Phone::parse(p, "phone")).transpose()?,
             gender: input.gender,
-            birth_date: input.birth_date,
+            birth_date: input.birth_date.map(|d| d.0),
             city: OptionalText::parse(input.city.as_deref(), "city")?,
             industry: OptionalText::parse(input.industry.as_deref(), "industry")?,
             channel: OptionalText::parse(input.channel.as_deref(), "channel")?,
@@ -421,7 +466,11 @@ impl CustomerMutation {
 
     /// Changes a customer's own fields, if nobody changed it since the
     /// caller read `version` (otherwise `CONFLICT`).
-    async fn update_customer(&self, ctx: &Context<'_>, input: UpdateCustomerInput) -> Result<UpdateCustomerPayload> {
+    async fn update_customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customer, the version read, and the changes.")] input: UpdateCustomerInput,
+    ) -> Result<UpdateCustomerPayload> {
         let env = env(ctx);
         let patch = CustomerPatch {
             id: CustomerId::parse(&input.id, "id")?,
@@ -429,7 +478,7 @@ impl CustomerMutation {
             name: input.name.as_deref().map(|n| CustomerName::parse(n, "name")).transpose()?,
             phone: patch(input.phone).map(|p| p.map(|p| Phone::parse(&p, "phone")).transpose()).transpose()?,
             gender: input.gender,
-            birth_date: patch(input.birth_date),
+            birth_date: patch(input.birth_date).map(|d| d.map(|d| d.0)),
             city: patch(input.city).map(|v| OptionalText::parse(v.as_deref(), "city")).transpose()?,
             industry: patch(input.industry).map(|v| OptionalText::parse(v.as_deref(), "industry")).transpose()?,
             channel: patch(input.channel).map(|v| OptionalText::parse(v.as_deref(), "channel")).transpose()?,

@@ -2,7 +2,6 @@
 //! change requests and their decisions, and modification locks.
 
 use async_graphql::{ComplexObject, Context, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::{
     change_request,
     enums::{ChangeRequestStatus, TagCategory},
@@ -10,12 +9,12 @@ use entity::{
 };
 use serde_json::Value;
 
-use super::customer::{PageInfo, patch};
-use super::env;
+use super::customer::patch;
 use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
-use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, PageSize, StaffId, TagGroupId, TagId, parse_ids};
+use super::{DateTime, PageInfo, env, page_args};
+use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 use crate::service::change_request::{self as requests, RequestFilter};
 use crate::service::library_edit::{
     self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry,
@@ -27,15 +26,18 @@ use crate::state::AppState;
 /// A library edit or bulk tagging waiting for (or past) a decision.
 pub struct ChangeRequest(pub change_request::Model);
 
+/// A library edit or bulk tagging waiting for (or past) a decision.
 #[Object]
 impl ChangeRequest {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the request again).
+    pub async fn id(&self) -> ID {
+        ChangeRequestId(self.0.id).into()
     }
     /// `tag.update`, `tag.merge`, `tag_group.update`, `customer.tag`, …
     async fn kind(&self) -> &str {
         &self.0.kind
     }
+    /// Where the request stands.
     async fn status(&self) -> ChangeRequestStatus {
         self.0.status
     }
@@ -82,20 +84,25 @@ impl ChangeRequest {
     async fn scope(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.org_unit_id)
     }
+    /// Who filed it.
     async fn requester(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.requester_staff_id)).await
     }
+    /// The requester's reason.
     async fn reason(&self) -> &str {
         &self.0.reason
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When it was filed.
+    async fn created_at(&self) -> DateTime {
+        self.0.created_at.into()
     }
+    /// Who decided it.
     async fn decided_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.decided_by).await
     }
-    async fn decided_at(&self) -> Option<DateTime<Utc>> {
-        self.0.decided_at
+    /// When it was decided (or went stale, or was withdrawn).
+    async fn decided_at(&self) -> Option<DateTime> {
+        self.0.decided_at.map(DateTime)
     }
     /// The approver's comment or the rejection's reason.
     async fn decision_comment(&self) -> Option<&str> {
@@ -103,9 +110,12 @@ impl ChangeRequest {
     }
 }
 
+/// A change request in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct ChangeRequestEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The request.
     node: ChangeRequest,
 }
 
@@ -113,7 +123,9 @@ pub struct ChangeRequestEdge {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct ChangeRequestConnection {
+    /// The requests of the page, newest first.
     edges: Vec<ChangeRequestEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
     #[graphql(skip)]
     filter: RequestFilter,
@@ -131,8 +143,11 @@ impl ChangeRequestConnection {
 /// One field of a version that differs from the version before.
 #[derive(SimpleObject)]
 pub struct FieldChange {
+    /// The field.
     field: String,
+    /// Its value before.
     from: Json<Value>,
+    /// Its value after.
     to: Json<Value>,
 }
 
@@ -143,8 +158,10 @@ fn field_changes(changes: Vec<(String, Value, Value)>) -> Vec<FieldChange> {
 /// One version of a tag or tag group.
 pub struct LibraryVersion(VersionEntry);
 
+/// One version of a tag or tag group.
 #[Object]
 impl LibraryVersion {
+    /// The version number (1 for the first).
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -165,29 +182,35 @@ impl LibraryVersion {
     async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.changed_by).await
     }
-    async fn changed_at(&self) -> DateTime<Utc> {
-        self.0.changed_at
+    /// When the change was made.
+    async fn changed_at(&self) -> DateTime {
+        self.0.changed_at.into()
     }
     /// The approved request that made the change, if one did.
     async fn change_request_id(&self) -> Option<ID> {
-        self.0.change_request_id.map(|id| ID(id.to_string()))
+        self.0.change_request_id.map(|id| ChangeRequestId(id).into())
     }
 }
 
 /// A modification lock (修改锁) on a tag group.
 pub struct ModificationLock(pub modification_lock::Model);
 
+/// A modification lock (修改锁) on a tag group.
 #[Object]
 impl ModificationLock {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id; pass it to `unlockTagGroup`.
+    pub async fn id(&self) -> ID {
+        LockId(self.0.id).into()
     }
+    /// The locked group.
     async fn tag_group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {
         Ok(env(ctx).loaders.load_one(GroupById(self.0.group_id)).await?.map(TagGroup))
     }
+    /// Who holds it.
     async fn holder(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.holder_staff_id)).await
     }
+    /// Why it was taken (shown to everybody it refuses).
     async fn reason(&self) -> &str {
         &self.0.reason
     }
@@ -195,15 +218,17 @@ impl ModificationLock {
     async fn whole_group(&self) -> bool {
         self.0.whole_group
     }
-    async fn acquired_at(&self) -> DateTime<Utc> {
-        self.0.acquired_at
+    /// When it was taken.
+    async fn acquired_at(&self) -> DateTime {
+        self.0.acquired_at.into()
     }
     /// It stops holding then, released or not.
-    async fn expires_at(&self) -> DateTime<Utc> {
-        self.0.expires_at
+    async fn expires_at(&self) -> DateTime {
+        self.0.expires_at.into()
     }
-    async fn released_at(&self) -> Option<DateTime<Utc>> {
-        self.0.released_at
+    /// When it was released, if it was.
+    async fn released_at(&self) -> Option<DateTime> {
+        self.0.released_at.map(DateTime)
     }
 }
 
@@ -214,15 +239,18 @@ pub struct GovernanceQuery;
 impl GovernanceQuery {
     /// Change requests the caller may see: its own, and those it may decide
     /// or audit. Newest first.
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn change_requests(
         &self,
         ctx: &Context<'_>,
-        status: Option<ChangeRequestStatus>,
-        scope_id: Option<ID>,
-        requester_id: Option<ID>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Only requests in this state.")] status: Option<ChangeRequestStatus>,
+        #[graphql(desc = "Only requests decided at this unit or below.")] scope_id: Option<ID>,
+        #[graphql(desc = "Only requests of this staff member.")] requester_id: Option<ID>,
+        #[graphql(desc = "Page forward: this many requests after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many requests before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
     ) -> Result<ChangeRequestConnection> {
         let env = env(ctx);
         let filter = RequestFilter {
@@ -230,21 +258,26 @@ impl GovernanceQuery {
             scope: scope_id.map(|id| OrgUnitId::parse(&id, "scopeId")).transpose()?,
             requester: requester_id.map(|id| StaffId::parse(&id, "requesterId")).transpose()?,
         };
-        let first = PageSize::parse(first, env.limits)?;
-        let page = requests::list(env.db, env.principal, &filter, first, after.as_deref()).await?;
-        let end_cursor = page.items.last().map(|(c, _)| c.clone());
+        let page = page_args(ctx, first, after, last, before)?;
+        let page = requests::list(env.db, env.principal, &filter, &page).await?;
+        let page_info = PageInfo::of(&page);
         Ok(ChangeRequestConnection {
             edges: page
                 .items
                 .into_iter()
                 .map(|(cursor, r)| ChangeRequestEdge { cursor, node: ChangeRequest(r) })
                 .collect(),
-            page_info: PageInfo::new(page.has_next_page, end_cursor),
+            page_info,
             filter,
         })
     }
 
-    async fn change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequest> {
+    /// A change request the caller may see; `NOT_FOUND` otherwise.
+    async fn change_request(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The request's id.")] id: ID,
+    ) -> Result<ChangeRequest> {
         let env = env(ctx);
         let id = ChangeRequestId::parse(&id, "id")?.0;
         Ok(ChangeRequest(requests::find(env.db, env.principal, id).await?))
@@ -252,7 +285,11 @@ impl GovernanceQuery {
 
     /// Every version of a tag, newest first, with what each changed.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
-    async fn tag_history(&self, ctx: &Context<'_>, tag_id: ID) -> Result<Vec<LibraryVersion>> {
+    async fn tag_history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tag's id.")] tag_id: ID,
+    ) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagId::parse(&tag_id, "tagId")?;
         Ok(library_edit::tag_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
@@ -260,7 +297,11 @@ impl GovernanceQuery {
 
     /// Every version of a tag group, newest first, with what each changed.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
-    async fn tag_group_history(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<LibraryVersion>> {
+    async fn tag_group_history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The group's id.")] group_id: ID,
+    ) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagGroupId::parse(&group_id, "groupId")?;
         Ok(library_edit::group_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
@@ -268,7 +309,11 @@ impl GovernanceQuery {
 
     /// The modification locks in force on a tag group.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
-    async fn modification_locks(&self, ctx: &Context<'_>, group_id: ID) -> Result<Vec<ModificationLock>> {
+    async fn modification_locks(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The group's id.")] group_id: ID,
+    ) -> Result<Vec<ModificationLock>> {
         let env = env(ctx);
         let id = TagGroupId::parse(&group_id, "groupId")?;
         Ok(locks::active_locks(env.db, env.principal, id).await?.into_iter().map(ModificationLock).collect())
@@ -282,16 +327,23 @@ fn parse_version(raw: i32, field: &str) -> Result<i32> {
     Ok(raw)
 }
 
+/// An edit of a tag group; absent fields stay as they are.
 #[derive(InputObject)]
 pub struct UpdateTagGroupInput {
+    /// The group's id.
     id: ID,
     /// The version you read; a newer one means somebody changed it since
     /// (`CONFLICT`).
     expected_version: i32,
+    /// A new name.
     name: Option<String>,
+    /// A new description.
     description: Option<String>,
+    /// A new category.
     category: Option<TagCategory>,
+    /// A new visibility class.
     visibility_class: Option<String>,
+    /// Whether a customer may hold only one tag of the group.
     exclusive: Option<bool>,
     /// `null` removes the pattern.
     naming_pattern: MaybeUndefined<String>,
@@ -299,13 +351,18 @@ pub struct UpdateTagGroupInput {
     reason: Option<String>,
 }
 
+/// An edit of a tag; absent fields stay as they are.
 #[derive(InputObject)]
 pub struct UpdateTagInput {
+    /// The tag's id.
     id: ID,
     /// The version you read.
     expected_version: i32,
+    /// A new name.
     name: Option<String>,
+    /// A new description.
     description: Option<String>,
+    /// The new synonyms (replacing the old ones).
     aliases: Option<Vec<String>>,
     /// `null` removes the canonical tag.
     canonical_tag_id: MaybeUndefined<ID>,
@@ -314,39 +371,53 @@ pub struct UpdateTagInput {
     /// Moves the tag to this group (its holders must be in the group's
     /// library).
     group_id: Option<ID>,
+    /// Why: shown to approvers when the edit needs approval.
     reason: Option<String>,
 }
 
+/// A tag to archive or restore.
 #[derive(InputObject)]
 pub struct TagStatusInput {
+    /// The tag's id.
     id: ID,
+    /// The version you read.
     expected_version: i32,
+    /// Why: shown to approvers when the change needs approval.
     reason: Option<String>,
 }
 
+/// Two tags to merge: B into A.
 #[derive(InputObject)]
 pub struct MergeTagsInput {
     /// A: the tag that stays.
     target_tag_id: ID,
+    /// The version of A you read.
     target_expected_version: i32,
     /// B: the tag merged into A; it becomes A's alias and is left MERGED.
     source_tag_id: ID,
+    /// The version of B you read.
     source_expected_version: i32,
+    /// Why: shown to approvers when the merge needs approval.
     reason: Option<String>,
 }
 
+/// A tag and the version to restore.
 #[derive(InputObject)]
 pub struct RollbackTagInput {
+    /// The tag's id.
     id: ID,
     /// The version to restore.
     version: i32,
     /// The version you read (the current one).
     expected_version: i32,
+    /// Why: shown to approvers when the rollback needs approval.
     reason: Option<String>,
 }
 
+/// A lock to take on a tag group.
 #[derive(InputObject)]
 pub struct LockTagGroupInput {
+    /// The group to lock.
     group_id: ID,
     /// Leave out to lock every customer's tags of the group.
     customer_ids: Option<Vec<ID>>,
@@ -356,21 +427,28 @@ pub struct LockTagGroupInput {
     duration_seconds: Option<i64>,
 }
 
+/// The change request.
 #[derive(SimpleObject)]
 pub struct ChangeRequestPayload {
+    /// The request as it now is.
     change_request: ChangeRequest,
 }
 
 /// The result of approving: the request, and the objects as they now are.
 #[derive(SimpleObject)]
 pub struct ApprovalPayload {
+    /// The request, now approved.
     change_request: ChangeRequest,
+    /// The tag as it now is, for a tag edit.
     tag: Option<Tag>,
+    /// The group as it now is, for a group edit.
     tag_group: Option<TagGroup>,
 }
 
+/// The lock.
 #[derive(SimpleObject)]
 pub struct ModificationLockPayload {
+    /// The lock.
     lock: ModificationLock,
 }
 
@@ -404,7 +482,11 @@ pub struct GovernanceMutation;
 impl GovernanceMutation {
     /// Edits a tag group: applies at once or becomes a change request, as
     /// the policy decides.
-    async fn update_tag_group(&self, ctx: &Context<'_>, input: UpdateTagGroupInput) -> Result<TagGroupPayload> {
+    async fn update_tag_group(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The group, the version read, and the changes.")] input: UpdateTagGroupInput,
+    ) -> Result<TagGroupPayload> {
         let id = TagGroupId::parse(&input.id, "id")?;
         let changes = GroupChanges {
             name: input.name,
@@ -426,7 +508,11 @@ impl GovernanceMutation {
 
     /// Edits a tag (rename, description, aliases, canonical tag, TTL, move
     /// to another group).
-    async fn update_tag(&self, ctx: &Context<'_>, input: UpdateTagInput) -> Result<TagPayload> {
+    async fn update_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tag, the version read, and the changes.")] input: UpdateTagInput,
+    ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
         let changes = TagChanges {
             name: input.name,
@@ -446,14 +532,23 @@ impl GovernanceMutation {
 
     /// Archives a tag: it leaves every list and cannot be assigned; its
     /// assignments and history stay.
-    async fn archive_tag(&self, ctx: &Context<'_>, input: TagStatusInput) -> Result<TagPayload> {
+    async fn archive_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tag and the version read.")] input: TagStatusInput,
+    ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
         let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
         edit_ctx.reason = input.reason;
         Ok(tag_payload(submit(ctx, LibraryEdit::ArchiveTag { tag_id: id.0 }, edit_ctx).await?))
     }
 
-    async fn restore_tag(&self, ctx: &Context<'_>, input: TagStatusInput) -> Result<TagPayload> {
+    /// Restores an archived tag.
+    async fn restore_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tag and the version read.")] input: TagStatusInput,
+    ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
         let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
         edit_ctx.reason = input.reason;
@@ -462,7 +557,11 @@ impl GovernanceMutation {
 
     /// Merges tag B into tag A: B's assignments move to A (a customer with
     /// both keeps one), B becomes an alias of A and is left MERGED.
-    async fn merge_tags(&self, ctx: &Context<'_>, input: MergeTagsInput) -> Result<TagPayload> {
+    async fn merge_tags(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The two tags and the versions read.")] input: MergeTagsInput,
+    ) -> Result<TagPayload> {
         let a = TagId::parse(&input.target_tag_id, "targetTagId")?;
         let b = TagId::parse(&input.source_tag_id, "sourceTagId")?;
         let edit_ctx = EditContext {
@@ -478,7 +577,11 @@ impl GovernanceMutation {
 
     /// Restores an earlier version of a tag (itself an edit: it may need
     /// approval).
-    async fn rollback_tag(&self, ctx: &Context<'_>, input: RollbackTagInput) -> Result<TagPayload> {
+    async fn rollback_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tag, the version to restore, and the version read.")] input: RollbackTagInput,
+    ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
         let version = parse_version(input.version, "version")?;
         let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
@@ -490,8 +593,8 @@ impl GovernanceMutation {
     async fn approve_change_request(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        comment: Option<String>,
+        #[graphql(desc = "The request's id.")] id: ID,
+        #[graphql(desc = "A comment kept with the decision.")] comment: Option<String>,
     ) -> Result<ApprovalPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
@@ -507,7 +610,12 @@ impl GovernanceMutation {
     }
 
     /// Rejects a pending request; the reason is required.
-    async fn reject_change_request(&self, ctx: &Context<'_>, id: ID, reason: String) -> Result<ChangeRequestPayload> {
+    async fn reject_change_request(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The request's id.")] id: ID,
+        #[graphql(desc = "Why it is rejected (shown to the requester).")] reason: String,
+    ) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
         let id = ChangeRequestId::parse(&id, "id")?.0;
         let request = requests::reject(env.db, env.principal, id, Some(&reason)).await?;
@@ -515,7 +623,11 @@ impl GovernanceMutation {
     }
 
     /// Withdraws one's own pending request.
-    async fn cancel_change_request(&self, ctx: &Context<'_>, id: ID) -> Result<ChangeRequestPayload> {
+    async fn cancel_change_request(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The request's id.")] id: ID,
+    ) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
         let id = ChangeRequestId::parse(&id, "id")?.0;
         let request = requests::cancel(env.db, env.principal, id).await?;
@@ -524,7 +636,11 @@ impl GovernanceMutation {
 
     /// Takes a modification lock by hand: until it is released or expires,
     /// only the holder changes the covered customers' tags of the group.
-    async fn lock_tag_group(&self, ctx: &Context<'_>, input: LockTagGroupInput) -> Result<ModificationLockPayload> {
+    async fn lock_tag_group(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The group, the customers, the reason and the duration.")] input: LockTagGroupInput,
+    ) -> Result<ModificationLockPayload> {
         let env = env(ctx);
         let req = LockRequest {
             group: TagGroupId::parse(&input.group_id, "groupId")?,
@@ -536,7 +652,11 @@ impl GovernanceMutation {
     }
 
     /// Releases a lock: its holder, or anybody who may lock the group.
-    async fn unlock_tag_group(&self, ctx: &Context<'_>, lock_id: ID) -> Result<ModificationLockPayload> {
+    async fn unlock_tag_group(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The lock's id.")] lock_id: ID,
+    ) -> Result<ModificationLockPayload> {
         let env = env(ctx);
         let id = LockId::parse(&lock_id, "lockId")?.0;
         Ok(ModificationLockPayload { lock: ModificationLock(locks::unlock(env.db, env.principal, id).await?) })

@@ -9,6 +9,8 @@ mod governance;
 pub(crate) mod limits;
 mod loaders;
 mod org;
+mod relay;
+mod scalars;
 mod segment;
 mod tag;
 
@@ -19,14 +21,18 @@ use sea_orm::DatabaseConnection;
 
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
 pub use loaders::{Loaders, for_request as loaders_for_request};
+pub(crate) use relay::{PageInfo, page_args};
+pub(crate) use scalars::{Date, DateTime};
 
 use crate::authz::Principal;
 use crate::config::Limits;
 use crate::observability;
 use crate::state::AppState;
 
+/// Every read of the API.
 #[derive(MergedObject, Default)]
 pub struct Query(
+    relay::NodeQuery,
     org::OrgQuery,
     customer::CustomerQuery,
     tag::TagQuery,
@@ -37,6 +43,7 @@ pub struct Query(
     admin::AdminQuery,
 );
 
+/// Every change the API makes.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     customer::CustomerMutation,
@@ -78,7 +85,7 @@ pub fn schema_builder(state: AppState) -> AppSchemaBuilder {
 
 /// The SDL that `schema.graphql` must equal.
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    builder().finish().sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 /// What every resolver needs: the caller, the database, the limits.

@@ -6,6 +6,7 @@ use entity::{enums::OrgUnitKind, org_unit, staff};
 use super::env;
 use super::loaders::StaffById;
 use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Permission};
+use crate::domain::{OrgUnitId, StaffId};
 use crate::error::AppError;
 use crate::service::tag_library;
 use crate::state::AppState;
@@ -13,17 +14,22 @@ use crate::state::AppState;
 /// A node of the organisation tree (HQ → region → store).
 pub struct OrgUnit(pub org_unit::Model);
 
+/// A node of the organisation tree (HQ → region → store).
 #[Object]
 impl OrgUnit {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the unit again).
+    pub async fn id(&self) -> ID {
+        OrgUnitId(self.0.id).into()
     }
+    /// Short code, unique among its siblings (`sz01`).
     async fn code(&self) -> &str {
         &self.0.code
     }
+    /// Display name.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// HQ, region or store.
     async fn kind(&self) -> OrgUnitKind {
         self.0.kind
     }
@@ -31,6 +37,7 @@ impl OrgUnit {
     async fn path(&self) -> &str {
         &self.0.path
     }
+    /// The unit above; none for the root.
     async fn parent(&self, ctx: &Context<'_>) -> Option<OrgUnit> {
         let env = env(ctx);
         self.0.parent_id.and_then(|p| env.principal.org.get(p)).cloned().map(OrgUnit)
@@ -46,20 +53,26 @@ pub(crate) fn org_unit(ctx: &Context<'_>, id: i64) -> Result<OrgUnit> {
 /// A staff member.
 pub struct Staff(pub staff::Model);
 
+/// A staff member.
 #[Object]
 impl Staff {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the staff member again).
+    pub async fn id(&self) -> ID {
+        StaffId(self.0.id).into()
     }
+    /// Sign-in name.
     async fn login(&self) -> &str {
         &self.0.login
     }
+    /// Name shown to others.
     async fn display_name(&self) -> &str {
         &self.0.display_name
     }
+    /// False once the staff member has left (it can no longer sign in).
     async fn active(&self) -> bool {
         self.0.active
     }
+    /// The unit the staff member works in.
     async fn home_org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.home_org_unit_id)
     }
@@ -76,7 +89,9 @@ pub(crate) async fn staff_by_id(ctx: &Context<'_>, id: Option<i64>) -> Result<Op
 /// A role bound to the caller at an org unit (and its subtree).
 #[derive(SimpleObject)]
 pub struct RoleBinding {
+    /// The role's name.
     role: String,
+    /// Where it holds (and below).
     org_unit: OrgUnit,
 }
 
@@ -84,6 +99,7 @@ pub struct RoleBinding {
 /// would be refused instead of guessing.
 #[derive(SimpleObject)]
 pub struct UnitPermissions {
+    /// The unit.
     org_unit: OrgUnit,
     /// `customer:read`, `customer_tag:write`, … as in the policy.
     actions: Vec<String>,
@@ -97,22 +113,30 @@ pub struct UnitPermissions {
     assignable_roles: Vec<String>,
 }
 
+/// How a guarded field reads.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum FieldReadAccess {
+    /// The whole value.
     Full,
+    /// A masked value (`138****5678`).
     Masked,
 }
 
+/// How the caller reads one guarded customer field.
 #[derive(SimpleObject)]
 pub struct FieldPermission {
     /// The `Customer` field (`phone`, `totalSpend`, …).
     field: String,
+    /// Whole or masked.
     access: FieldReadAccess,
 }
 
+/// What the caller may do with tags of one visibility class.
 #[derive(SimpleObject)]
 pub struct TagClassPermission {
+    /// The visibility class (`basic`, `value`, …).
     class: String,
+    /// May see tags of the class on customers.
     read: bool,
     /// May put tags of the class on customers and take them off.
     #[graphql(name = "use")]
@@ -122,12 +146,15 @@ pub struct TagClassPermission {
 /// The signed-in staff member.
 pub struct Me;
 
+/// The signed-in staff member, its roles and what it may do.
 #[Object]
 impl Me {
+    /// The staff member.
     async fn staff(&self, ctx: &Context<'_>) -> Staff {
         Staff(env(ctx).principal.staff.clone())
     }
 
+    /// The roles bound to it, and where.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn roles(&self, ctx: &Context<'_>) -> Vec<RoleBinding> {
         let p = env(ctx).principal;

@@ -2,15 +2,14 @@
 //! and `segmentPreview`.
 
 use async_graphql::{Context, ID, InputObject, OneofObject, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::enums::{Gender, SegmentKind};
 
-use super::customer::{CustomerConnection, CustomerOrderInput, PageInfo, customer_connection};
-use super::env;
+use super::customer::{CustomerConnection, CustomerOrderInput, customer_connection};
 use super::loaders::TagById;
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::Tag;
-use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName, parse_ids};
+use super::{DateTime, PageInfo, env, page_args};
+use crate::domain::{Cursor, Description, OrgUnitId, Page, SegmentId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::segment::{Range, Ref, SegmentExpr};
 use crate::service::customer::{CustomerFilter, SegmentFilter};
@@ -21,9 +20,13 @@ use crate::state::AppState;
 /// takes the text form (see docs/segment-language.md) anywhere in a tree.
 #[derive(OneofObject)]
 pub enum SegmentInput {
+    /// The text form of an expression.
     Text(String),
+    /// Every one of the parts holds.
     And(Vec<SegmentInput>),
+    /// At least one of the parts holds.
     Or(Vec<SegmentInput>),
+    /// The part does not hold.
     Not(Box<SegmentInput>),
     /// Holds the tag.
     Tag(ID),
@@ -35,8 +38,11 @@ pub enum SegmentInput {
     Group(ID),
     /// Was given the tag in the window (tag event log).
     TaggedBetween(TaggedBetweenInput),
+    /// Lives in the city.
     City(String),
+    /// Came through the channel.
     Channel(String),
+    /// Has the gender.
     Gender(Gender),
     /// Holds this tag of the lifecycle group.
     Lifecycle(ID),
@@ -46,26 +52,37 @@ pub enum SegmentInput {
     Age(IntRangeInput),
     /// Total spend in cents.
     Spend(IntRangeInput),
+    /// Number of orders.
     Orders(IntRangeInput),
-    LastOrderBefore(DateTime<Utc>),
-    LastOrderAfter(DateTime<Utc>),
-    AddedBefore(DateTime<Utc>),
-    AddedAfter(DateTime<Utc>),
+    /// Ordered last before then.
+    LastOrderBefore(DateTime),
+    /// Ordered last after then.
+    LastOrderAfter(DateTime),
+    /// Was added before then.
+    AddedBefore(DateTime),
+    /// Was added after then.
+    AddedAfter(DateTime),
     /// Member of a saved segment.
     Segment(ID),
 }
 
+/// Was given a tag within a window of time.
 #[derive(InputObject)]
 pub struct TaggedBetweenInput {
+    /// The tag.
     tag: ID,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    /// The window's start.
+    from: DateTime,
+    /// The window's end.
+    to: DateTime,
 }
 
 /// An inclusive range; give at least one end.
 #[derive(InputObject)]
 pub struct IntRangeInput {
+    /// The smallest value that matches.
     min: Option<i64>,
+    /// The largest value that matches.
     max: Option<i64>,
 }
 
@@ -117,7 +134,11 @@ fn to_expr(input: SegmentInput, ctx: &Context<'_>) -> Result<SegmentExpr, AppErr
             if t.from > t.to {
                 return Err(AppError::validation("segment.taggedBetween", "from must not be after to"));
             }
-            SegmentExpr::TaggedBetween { tag: tag_ref(&t.tag, "segment.taggedBetween.tag")?, from: t.from, to: t.to }
+            SegmentExpr::TaggedBetween {
+                tag: tag_ref(&t.tag, "segment.taggedBetween.tag")?,
+                from: t.from.0,
+                to: t.to.0,
+            }
         }
         SegmentInput::City(city) => SegmentExpr::City(city.trim().to_owned()),
         SegmentInput::Channel(channel) => SegmentExpr::Channel(channel.trim().to_owned()),
@@ -136,13 +157,11 @@ fn to_expr(input: SegmentInput, ctx: &Context<'_>) -> Result<SegmentExpr, AppErr
         SegmentInput::Age(r) => SegmentExpr::Age(range(r, "segment.age")?),
         SegmentInput::Spend(r) => SegmentExpr::Spend(range(r, "segment.spend")?),
         SegmentInput::Orders(r) => SegmentExpr::Orders(range(r, "segment.orders")?),
-        SegmentInput::LastOrderBefore(t) => SegmentExpr::LastOrderBefore(t),
-        SegmentInput::LastOrderAfter(t) => SegmentExpr::LastOrderAfter(t),
-        SegmentInput::AddedBefore(t) => SegmentExpr::AddedBefore(t),
-        SegmentInput::AddedAfter(t) => SegmentExpr::AddedAfter(t),
-        SegmentInput::Segment(id) => SegmentExpr::Segment(Ref::Id(
-            id.parse::<i64>().map_err(|_| AppError::validation("segment.segment", "is not a valid segment id"))?,
-        )),
+        SegmentInput::LastOrderBefore(t) => SegmentExpr::LastOrderBefore(t.0),
+        SegmentInput::LastOrderAfter(t) => SegmentExpr::LastOrderAfter(t.0),
+        SegmentInput::AddedBefore(t) => SegmentExpr::AddedBefore(t.0),
+        SegmentInput::AddedAfter(t) => SegmentExpr::AddedAfter(t.0),
+        SegmentInput::Segment(id) => SegmentExpr::Segment(Ref::Id(SegmentId::parse(&id, "segment.segment")?.0)),
     })
 }
 
@@ -181,23 +200,30 @@ impl SegmentPreview {
     }
 
     /// A page of the members.
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Page forward: this many members after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many members before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+        #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
-        customer_connection(ctx, self.filter.clone(), order_by, first, after).await
+        let page = page_args(ctx, first, after, last, before)?;
+        customer_connection(ctx, self.filter.clone(), order_by, &page).await
     }
 }
 
 /// How many customers hold both tags (`a` = `b`: hold the tag).
 #[derive(SimpleObject)]
 pub struct TagPairCount {
+    /// One tag.
     a: Tag,
+    /// The other tag (the same as `a` for the tag's own count).
     b: Tag,
+    /// Customers the caller may see holding both.
     count: u64,
 }
 
@@ -215,8 +241,8 @@ impl SegmentQuery {
     async fn tag_cooccurrence(
         &self,
         ctx: &Context<'_>,
-        tag_ids: Vec<ID>,
-        segment: Option<SegmentInput>,
+        #[graphql(desc = "The tags to cross (every pair of them).")] tag_ids: Vec<ID>,
+        #[graphql(desc = "Count among this segment's members only.")] segment: Option<SegmentInput>,
     ) -> Result<Vec<TagPairCount>> {
         let env = env(ctx);
         let ids = parse_ids(&tag_ids, "tagIds", TagId::parse)?;
@@ -233,7 +259,11 @@ impl SegmentQuery {
 
     /// Evaluates a segment without saving it: its canonical text, member
     /// count and members, all limited to what the caller may see.
-    async fn segment_preview(&self, ctx: &Context<'_>, segment: SegmentInput) -> Result<SegmentPreview> {
+    async fn segment_preview(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The expression to evaluate.")] segment: SegmentInput,
+    ) -> Result<SegmentPreview> {
         let seg = resolve_segment(ctx, segment).await?;
         Ok(SegmentPreview { filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
     }
@@ -243,28 +273,35 @@ impl SegmentQuery {
 pub struct Segment(pub entity::segment::Model, tokio::sync::OnceCell<CustomerFilter>);
 
 impl Segment {
-    fn new(model: entity::segment::Model) -> Self {
+    pub(crate) fn new(model: entity::segment::Model) -> Self {
         Self(model, tokio::sync::OnceCell::new())
     }
 }
 
+/// A saved segment (客群).
 #[async_graphql::Object]
 impl Segment {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the segment again).
+    pub async fn id(&self) -> ID {
+        SegmentId(self.0.id).into()
     }
+    /// The segment's name.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the segment is for.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// Dynamic or static.
     async fn kind(&self) -> SegmentKind {
         self.0.kind
     }
+    /// Where the segment lives (who may see and use it).
     async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.org_unit_id)
     }
+    /// Who saved it.
     async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.owner_staff_id)).await
     }
@@ -272,8 +309,9 @@ impl Segment {
     async fn snapshot_size(&self) -> Option<i32> {
         self.0.member_count
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When it was saved.
+    async fn created_at(&self) -> DateTime {
+        self.0.created_at.into()
     }
     /// The expression's canonical text, in the caller's view.
     async fn text(&self, ctx: &Context<'_>) -> Result<String> {
@@ -292,16 +330,21 @@ impl Segment {
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
         members_count(ctx, self.filter(ctx).await?).await
     }
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    /// A page of the members the caller may see.
+    #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-        order_by: Option<CustomerOrderInput>,
+        #[graphql(desc = "Page forward: this many members after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many members before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+        #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
+        let page = page_args(ctx, first, after, last, before)?;
         let filter = self.filter(ctx).await?.clone();
-        customer_connection(ctx, filter, order_by, first, after).await
+        customer_connection(ctx, filter, order_by, &page).await
     }
 }
 
@@ -337,38 +380,53 @@ async fn members_csv(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<Strin
     Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, filter).await?.0)
 }
 
+/// A saved segment in a page, with its cursor.
 #[derive(SimpleObject)]
 pub struct SegmentEdge {
+    /// Pass it as `after` or `before` to page from here.
     cursor: String,
+    /// The segment.
     node: Segment,
 }
 
 /// Saved segments, oldest first.
 #[derive(SimpleObject)]
 pub struct SegmentConnection {
+    /// The segments of the page, oldest first.
     edges: Vec<SegmentEdge>,
+    /// Where the page sits in the list.
     page_info: PageInfo,
+    /// Saved segments the caller may see (all pages).
     total_count: u64,
 }
 
+/// A segment to save.
 #[derive(InputObject)]
 pub struct SaveSegmentInput {
     /// Where the segment lives (who may see and use it).
     org_unit_id: ID,
+    /// The segment's name, unique in the unit.
     name: String,
+    /// What the segment is for.
     description: Option<String>,
+    /// Dynamic (re-evaluated on use) or static (members kept now).
     #[graphql(default_with = "SegmentKind::Dynamic")]
     kind: SegmentKind,
+    /// The expression.
     segment: SegmentInput,
 }
 
+/// The saved segment.
 #[derive(SimpleObject)]
 pub struct SaveSegmentPayload {
+    /// The segment as saved.
     segment: Segment,
 }
 
+/// What was deleted.
 #[derive(SimpleObject)]
 pub struct DeleteSegmentPayload {
+    /// The deleted segment's id.
     deleted_id: ID,
 }
 
@@ -377,52 +435,40 @@ pub struct SegmentSavedQuery;
 
 #[async_graphql::Object]
 impl SegmentSavedQuery {
-    async fn segment(&self, ctx: &Context<'_>, id: ID) -> Result<Segment> {
+    /// A saved segment the caller may see; `NOT_FOUND` otherwise.
+    async fn segment(&self, ctx: &Context<'_>, #[graphql(desc = "The segment's id.")] id: ID) -> Result<Segment> {
         let env = env(ctx);
-        let id = parse_segment_id(&id, "id")?;
+        let id = SegmentId::parse(&id, "id")?.0;
         Ok(Segment::new(service::find(env.db, env.principal, id).await?))
     }
 
     /// Saved segments the caller may see (its units' and those above).
-    #[graphql(complexity = "super::limits::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn segments(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Page forward: this many segments after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many segments before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
     ) -> Result<SegmentConnection> {
+        const ORDERING: &str = "SEGMENT_ID";
         let env = env(ctx);
+        let args = page_args(ctx, first, after, last, before)?;
+        // Few per caller: listed whole (oldest first), paged here.
         let all = service::list(env.db, env.principal).await?;
-        let first = PageSize::parse(first, env.limits)?.get() as usize;
-        let start = match after {
-            Some(raw) => {
-                let cursor = Cursor::decode(&raw, "SEGMENT_ID")?;
-                all.iter().position(|s| s.id > cursor.id).unwrap_or(all.len())
-            }
-            None => 0,
-        };
         let total_count = all.len() as u64;
-        let page: Vec<_> = all.into_iter().skip(start).take(first + 1).collect();
-        let has_next_page = page.len() > first;
-        let edges: Vec<SegmentEdge> = page
-            .into_iter()
-            .take(first)
-            .map(|s| SegmentEdge {
-                cursor: Cursor { ordering: "SEGMENT_ID".into(), key: String::new(), id: s.id }.encode(),
-                node: Segment::new(s),
-            })
-            .collect();
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
-        Ok(SegmentConnection { edges, page_info: PageInfo::new(has_next_page, end_cursor), total_count })
+        let cursor = args.decode_cursor(ORDERING)?.map(|c| c.id);
+        let walk: Vec<_> = if args.backward() {
+            all.into_iter().rev().filter(|s| cursor.is_none_or(|c| s.id < c)).take(args.fetch() as usize).collect()
+        } else {
+            all.into_iter().filter(|s| cursor.is_none_or(|c| s.id > c)).take(args.fetch() as usize).collect()
+        };
+        let page = Page::from_walk(walk, &args, |s| Cursor { ordering: ORDERING.into(), key: String::new(), id: s.id });
+        let page_info = PageInfo::of(&page);
+        let edges = page.items.into_iter().map(|(cursor, s)| SegmentEdge { cursor, node: Segment::new(s) }).collect();
+        Ok(SegmentConnection { edges, page_info, total_count })
     }
-}
-
-fn parse_segment_id(raw: &ID, field: &str) -> Result<i64, AppError> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| AppError::validation(field, "is not a valid segment id"))
 }
 
 #[derive(Default)]
@@ -432,7 +478,11 @@ pub struct SegmentMutation;
 impl SegmentMutation {
     /// Saves a segment: dynamic (re-evaluated on use) or static (keeps the
     /// members the caller sees now).
-    async fn save_segment(&self, ctx: &Context<'_>, input: SaveSegmentInput) -> Result<SaveSegmentPayload> {
+    async fn save_segment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The segment to save.")] input: SaveSegmentInput,
+    ) -> Result<SaveSegmentPayload> {
         let env = env(ctx);
         let seg = resolve_segment(ctx, input.segment).await?;
         let new = service::NewSegment {
@@ -446,10 +496,14 @@ impl SegmentMutation {
     }
 
     /// Deletes a saved segment that no other segment uses.
-    async fn delete_segment(&self, ctx: &Context<'_>, id: ID) -> Result<DeleteSegmentPayload> {
+    async fn delete_segment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The segment's id.")] id: ID,
+    ) -> Result<DeleteSegmentPayload> {
         let env = env(ctx);
-        let segment_id = parse_segment_id(&id, "id")?;
-        service::delete(env.db, env.principal, segment_id).await?;
-        Ok(DeleteSegmentPayload { deleted_id: id })
+        let segment_id = SegmentId::parse(&id, "id")?;
+        service::delete(env.db, env.principal, segment_id.0).await?;
+        Ok(DeleteSegmentPayload { deleted_id: segment_id.into() })
     }
 }

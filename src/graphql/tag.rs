@@ -1,7 +1,6 @@
 //! Tag libraries, tags, personal tags, and tagging.
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::{
     customer_tag,
     enums::{TagCategory, TagOp, TagSource, TagStatus},
@@ -9,18 +8,19 @@ use entity::{
 };
 
 use super::customer::Customer;
-use super::env;
 use super::governance::ChangeRequest;
 use super::governance::{submit, tag_payload};
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
-use crate::domain::{CustomerId, Description, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
+use super::{DateTime, env};
+use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
 use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
 
+/// Whose a tag is.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum TagKind {
     /// Part of a tag group of the enterprise library.
@@ -32,20 +32,26 @@ pub enum TagKind {
 /// A tag: enterprise (in a group) or personal (seen only by its owner).
 pub struct Tag(pub tag_entity::Model);
 
+/// A tag: enterprise (in a group) or personal (seen only by its owner).
 #[Object]
 impl Tag {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the tag again).
+    pub async fn id(&self) -> ID {
+        TagId(self.0.id).into()
     }
+    /// The tag's name, unique in its library layer.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the tag means, for the people who use it.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// Enterprise (in a group) or personal.
     async fn kind(&self) -> TagKind {
         if self.0.owner_staff_id.is_some() { TagKind::Personal } else { TagKind::Enterprise }
     }
+    /// Active, archived or merged.
     async fn status(&self) -> TagStatus {
         self.0.status
     }
@@ -57,6 +63,7 @@ impl Tag {
     async fn ttl_seconds(&self) -> Option<i64> {
         self.0.ttl_seconds
     }
+    /// Grows with every edit; send it back as `expectedVersion`.
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -96,17 +103,22 @@ async fn load_tag(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<Tag>> {
 /// A tag group (标签组) of one library layer.
 pub struct TagGroup(pub tag_group::Model);
 
+/// A tag group (标签组) of one library layer.
 #[Object]
 impl TagGroup {
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// Opaque global id (`node(id)` fetches the group again).
+    pub async fn id(&self) -> ID {
+        TagGroupId(self.0.id).into()
     }
+    /// The group's name, unique in its library layer.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the group is for.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// The group's category.
     async fn category(&self) -> TagCategory {
         self.0.category
     }
@@ -122,6 +134,7 @@ impl TagGroup {
     async fn naming_pattern(&self) -> Option<&str> {
         self.0.naming_pattern.as_deref()
     }
+    /// Grows with every edit; send it back as `expectedVersion`.
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -140,11 +153,14 @@ impl TagGroup {
 /// A tag on a customer, with where it came from.
 pub struct CustomerTag(pub customer_tag::Model);
 
+/// A tag on a customer, with where it came from.
 #[Object]
 impl CustomerTag {
+    /// The tag.
     async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
         load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
     }
+    /// Where the assignment came from.
     async fn source(&self) -> TagSource {
         self.0.source
     }
@@ -152,33 +168,39 @@ impl CustomerTag {
     async fn source_ref(&self) -> Option<&str> {
         self.0.source_ref.as_deref()
     }
-    async fn tagged_at(&self) -> DateTime<Utc> {
-        self.0.tagged_at
+    /// When the tag was put on.
+    async fn tagged_at(&self) -> DateTime {
+        self.0.tagged_at.into()
     }
+    /// Who put it on; none for rules, jobs and imports.
     async fn tagged_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.tagged_by).await
     }
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.expires_at
+    /// When the assignment lapses, if it does.
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.0.expires_at.map(DateTime)
     }
 }
 
 /// One add or remove of a tag on a customer (the append-only tag event).
 pub struct TagEvent(pub tag_event::Model);
 
+/// One add or remove of a tag on a customer (the append-only tag event).
 #[Object]
 impl TagEvent {
-    /// Its place in the event log (pass it as `before` for older events).
-    async fn id(&self) -> ID {
-        ID(self.0.seq.to_string())
+    /// Opaque global id; pass it as `tagEvents(before:)` for older events.
+    pub async fn id(&self) -> ID {
+        EventSeq(self.0.seq).into()
     }
     /// The tag as it is now (a merged tag shows `MERGED` and `mergedInto`).
     async fn tag(&self, ctx: &Context<'_>) -> Result<Tag> {
         load_tag(ctx, Some(self.0.tag_id)).await?.ok_or_else(|| AppError::not_found("tag", self.0.tag_id).into())
     }
+    /// Put on or taken off.
     async fn op(&self) -> TagOp {
         self.0.op
     }
+    /// Where the change came from.
     async fn source(&self) -> TagSource {
         self.0.source
     }
@@ -186,18 +208,22 @@ impl TagEvent {
     async fn source_ref(&self) -> Option<&str> {
         self.0.source_ref.as_deref()
     }
+    /// Who did it; none for rules, jobs and imports.
     async fn actor(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, self.0.actor_staff_id).await
     }
-    async fn occurred_at(&self) -> DateTime<Utc> {
-        self.0.occurred_at
+    /// When it happened.
+    async fn occurred_at(&self) -> DateTime {
+        self.0.occurred_at.into()
     }
 }
 
 /// One layer of an effective library.
 #[derive(SimpleObject)]
 pub struct TagLibraryLayer {
+    /// The unit whose layer it is.
     org_unit: OrgUnit,
+    /// The layer's groups the caller may see.
     #[graphql(complexity = "super::limits::list_cost(super::limits::GROUPS_PER_LIBRARY, child_complexity)")]
     groups: Vec<TagGroup>,
 }
@@ -209,11 +235,15 @@ pub struct TagLibrary {
     layers: Vec<TagLibraryLayer>,
 }
 
+/// The effective tag library (标签库) of an org unit: HQ + region + store
+/// layers, root first, and the caller's personal tags.
 #[Object]
 impl TagLibrary {
+    /// The unit whose effective library it is.
     async fn org_unit(&self) -> &OrgUnit {
         &self.org_unit
     }
+    /// Its layers, root first.
     #[graphql(complexity = "super::limits::list_cost(super::limits::LIBRARY_LAYERS, child_complexity)")]
     async fn layers(&self) -> &[TagLibraryLayer] {
         &self.layers
@@ -237,7 +267,11 @@ pub struct TagQuery;
 #[Object]
 impl TagQuery {
     /// The effective library of an org unit the caller may read.
-    async fn tag_library(&self, ctx: &Context<'_>, org_unit_id: ID) -> Result<TagLibrary> {
+    async fn tag_library(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The org unit whose library to read.")] org_unit_id: ID,
+    ) -> Result<TagLibrary> {
         let env = env(ctx);
         let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
         let library = tag_library::library_for(env.db, env.principal, unit).await?;
@@ -260,28 +294,35 @@ impl TagQuery {
         })
     }
 
-    async fn tag_group(&self, ctx: &Context<'_>, id: ID) -> Result<TagGroup> {
+    /// A tag group the caller may see; `NOT_FOUND` otherwise.
+    async fn tag_group(&self, ctx: &Context<'_>, #[graphql(desc = "The group's id.")] id: ID) -> Result<TagGroup> {
         let env = env(ctx);
         let id = TagGroupId::parse(&id, "id")?;
         Ok(TagGroup(tag_library::find_group(env.db, env.principal, id).await?))
     }
 
-    async fn tag(&self, ctx: &Context<'_>, id: ID) -> Result<Tag> {
+    /// A tag the caller may see; `NOT_FOUND` otherwise.
+    async fn tag(&self, ctx: &Context<'_>, #[graphql(desc = "The tag's id.")] id: ID) -> Result<Tag> {
         let env = env(ctx);
         let id = TagId::parse(&id, "id")?;
         Ok(Tag(tag_library::find_tag(env.db, env.principal, id).await?))
     }
 }
 
+/// A new tag group.
 #[derive(InputObject)]
 pub struct CreateTagGroupInput {
     /// The library layer: an HQ, region or store unit.
     org_unit_id: ID,
+    /// The group's name, unique in the layer.
     name: String,
+    /// What the group is for.
     description: Option<String>,
+    /// The group's category.
     category: TagCategory,
     /// `basic`, `service`, `value`, `sensitive`, … (policies grant classes).
     visibility_class: String,
+    /// A customer holds at most one tag of the group.
     #[graphql(default)]
     exclusive: bool,
     /// A regular expression every tag name of the group must match.
@@ -294,8 +335,11 @@ pub struct CreateTagGroupInput {
 /// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagGroupPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The group as it now is, when applied.
     tag_group: Option<TagGroup>,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
 }
 
@@ -305,11 +349,16 @@ impl TagGroupPayload {
     }
 }
 
+/// A new enterprise tag.
 #[derive(InputObject)]
 pub struct CreateTagInput {
+    /// The group the tag joins.
     group_id: ID,
+    /// The tag's name, unique in the library layer.
     name: String,
+    /// What the tag means.
     description: Option<String>,
+    /// Synonyms (近义词).
     #[graphql(default)]
     aliases: Vec<String>,
     /// An active tag of a higher layer this tag rolls up to.
@@ -324,8 +373,11 @@ pub struct CreateTagInput {
 /// effect, or the pending `changeRequest` when it needs approval.
 #[derive(SimpleObject)]
 pub struct TagPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The tag as it now is, when applied.
     tag: Option<Tag>,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
 }
 
@@ -335,25 +387,34 @@ impl TagPayload {
     }
 }
 
+/// A new personal tag.
 #[derive(InputObject)]
 pub struct CreatePersonalTagInput {
+    /// The tag's name, unique among the caller's personal tags.
     name: String,
+    /// What the tag means to the caller.
     description: Option<String>,
 }
 
+/// Tags to put on customers.
 #[derive(InputObject)]
 pub struct TagCustomersInput {
+    /// The customers (in the caller's scope).
     customer_ids: Vec<ID>,
+    /// The tags (the caller may use them).
     tag_ids: Vec<ID>,
     /// Overrides the tags' own TTL.
-    expires_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime>,
     /// A reference to what prompted the change (a ticket, a campaign).
     source_ref: Option<String>,
 }
 
+/// Tags to take off customers.
 #[derive(InputObject)]
 pub struct UntagCustomersInput {
+    /// The customers (in the caller's scope).
     customer_ids: Vec<ID>,
+    /// The tags (the caller may use them).
     tag_ids: Vec<ID>,
 }
 
@@ -362,10 +423,14 @@ pub struct UntagCustomersInput {
 /// becomes a `changeRequest`, and the counts say what it would change.
 #[derive(SimpleObject)]
 pub struct TaggingPayload {
+    /// True when the change took effect now.
     applied: bool,
+    /// The request waiting for approval, when not applied.
     change_request: Option<ChangeRequest>,
+    /// The customers as they now are (empty when not applied).
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     customers: Vec<Customer>,
+    /// Assignments added.
     added: u32,
     /// Assignments removed (by untagging, or replaced in an exclusive group).
     removed: u32,
@@ -402,7 +467,13 @@ pub struct TagMutation;
 
 #[Object]
 impl TagMutation {
-    async fn create_tag_group(&self, ctx: &Context<'_>, input: CreateTagGroupInput) -> Result<TagGroupPayload> {
+    /// Creates a tag group: at once, or as a change request when the
+    /// policy asks for approval.
+    async fn create_tag_group(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new group.")] input: CreateTagGroupInput,
+    ) -> Result<TagGroupPayload> {
         let org_unit = OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?;
         // Names, class and pattern are checked where the edit applies.
         let spec = NewGroupSpec {
@@ -422,7 +493,13 @@ impl TagMutation {
         ))
     }
 
-    async fn create_tag(&self, ctx: &Context<'_>, input: CreateTagInput) -> Result<TagPayload> {
+    /// Creates a tag: at once, or as a change request when the policy asks
+    /// for approval.
+    async fn create_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new tag.")] input: CreateTagInput,
+    ) -> Result<TagPayload> {
         let group = TagGroupId::parse(&input.group_id, "groupId")?;
         // Name, aliases and the rest are checked where the edit applies.
         let spec = NewTagSpec {
@@ -442,7 +519,11 @@ impl TagMutation {
     }
 
     /// Creates a personal tag, seen and used only by the caller.
-    async fn create_personal_tag(&self, ctx: &Context<'_>, input: CreatePersonalTagInput) -> Result<TagPayload> {
+    async fn create_personal_tag(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new personal tag.")] input: CreatePersonalTagInput,
+    ) -> Result<TagPayload> {
         let env = env(ctx);
         let name = TagName::parse(&input.name, "name")?;
         let description = Description::parse(input.description.as_deref(), "description")?;
@@ -453,7 +534,11 @@ impl TagMutation {
     /// Adds tags to customers: idempotent, all or nothing. Above the bulk
     /// threshold: runs under modification locks, or becomes a change
     /// request (see `TaggingPayload`).
-    async fn tag_customers(&self, ctx: &Context<'_>, input: TagCustomersInput) -> Result<TaggingPayload> {
+    async fn tag_customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customers and the tags.")] input: TagCustomersInput,
+    ) -> Result<TaggingPayload> {
         let env = env(ctx);
         let bulk = BulkTagging {
             op: BulkOp::Add,
@@ -462,7 +547,7 @@ impl TagMutation {
                 .map(|c| c.0)
                 .collect(),
             tag_ids: parse_ids(&input.tag_ids, "tagIds", TagId::parse)?.into_iter().map(|t| t.0).collect(),
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(|t| t.0),
             source_ref: input.source_ref,
         };
         let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
@@ -472,7 +557,11 @@ impl TagMutation {
 
     /// Removes tags from customers: idempotent, all or nothing; bulk calls
     /// as `tagCustomers`.
-    async fn untag_customers(&self, ctx: &Context<'_>, input: UntagCustomersInput) -> Result<TaggingPayload> {
+    async fn untag_customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customers and the tags.")] input: UntagCustomersInput,
+    ) -> Result<TaggingPayload> {
         let env = env(ctx);
         let bulk = BulkTagging {
             op: BulkOp::Remove,

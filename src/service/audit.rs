@@ -9,7 +9,7 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Principal};
-use crate::domain::{OrgUnitId, PageSize, Phone, StaffId};
+use crate::domain::{AuditEntryId, OrgUnitId, PageArgs, Phone, StaffId};
 use crate::error::{AppError, AppResult};
 use crate::request_id;
 
@@ -175,15 +175,28 @@ pub async fn list(
     db: &impl ConnectionTrait,
     principal: &Principal,
     filter: &AuditFilter,
-    first: PageSize,
-    after: Option<&str>,
+    page: &PageArgs,
 ) -> AppResult<AuditPage> {
     let query = audit_log::Entity::find().filter(filtered(principal, filter)?);
-    let mut page = super::newest_first(db, query, audit_log::Column::Id, |r| r.id, ORDERING, first, after).await?;
+    let mut page = super::newest_first(db, query, audit_log::Column::Id, |r| r.id, ORDERING, page).await?;
     for (_, row) in &mut page.items {
         row.detail = masked(principal, row);
     }
     Ok(page)
+}
+
+/// One row the caller may read, masked as [`list`] masks it.
+///
+/// # Errors
+/// `NOT_FOUND` for a missing row and for one the caller may not read alike.
+pub async fn find(db: &impl ConnectionTrait, principal: &Principal, id: AuditEntryId) -> AppResult<audit_log::Model> {
+    let mut row = audit_log::Entity::find_by_id(id.0)
+        .filter(readable(principal))
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("audit log entry", id))?;
+    row.detail = masked(principal, &row);
+    Ok(row)
 }
 
 /// Rows matching the filter that the caller may read.

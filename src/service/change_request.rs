@@ -20,7 +20,7 @@ use super::library_edit::{self, EditOutcome, LibraryEdit, Versions};
 use super::tagging::{self, BulkTagging};
 use crate::authz::{Action, Authz, Principal};
 use crate::config::Limits;
-use crate::domain::{OrgUnitId, PageSize, StaffId};
+use crate::domain::{OrgUnitId, PageArgs, StaffId};
 use crate::error::{AppError, AppResult};
 
 const ORDERING: &str = "change_request.newest";
@@ -123,11 +123,10 @@ pub async fn list(
     db: &impl ConnectionTrait,
     principal: &Principal,
     filter: &RequestFilter,
-    first: PageSize,
-    after: Option<&str>,
+    page: &PageArgs,
 ) -> AppResult<RequestPage> {
     let query = change_request::Entity::find().filter(filtered(principal, filter)?);
-    super::newest_first(db, query, change_request::Column::Id, |r| r.id, ORDERING, first, after).await
+    super::newest_first(db, query, change_request::Column::Id, |r| r.id, ORDERING, page).await
 }
 
 /// How many requests match (all pages).

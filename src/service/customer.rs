@@ -18,7 +18,7 @@ use super::like_escape;
 use super::{segment, tag_library};
 use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
 use crate::domain::{
-    Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId,
+    Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, Phone, TagId,
 };
 use crate::error::{AppError, AppResult, is_unique_violation};
 
@@ -98,9 +98,20 @@ impl CustomerOrder {
         }
     }
 
-    /// Rows strictly after the cursor in this order.
-    fn after(self, cursor: &Cursor) -> AppResult<Condition> {
-        let invalid = || AppError::validation("after", "is not a valid cursor");
+    /// The same key walked the other way (for paging backward).
+    pub(crate) fn reversed(self) -> Self {
+        Self { descending: !self.descending, ..self }
+    }
+
+    /// A cursor of this order, of the page arguments.
+    pub(crate) fn cursor_of(self, c: &customer::Model) -> Cursor {
+        Cursor { ordering: self.tag(), key: self.key_of(c), id: c.id }
+    }
+
+    /// Rows strictly after the cursor in this order (`field`: the cursor's
+    /// argument, for errors).
+    fn after(self, cursor: &Cursor, field: &str) -> AppResult<Condition> {
+        let invalid = || AppError::validation(field, "is not a valid cursor");
         let col = self.column();
         let time = |key: &str| DateTime::parse_from_rfc3339(key).map(|t| t.with_timezone(&Utc)).map_err(|_| invalid());
         let value: sea_orm::Value = match self.field {
@@ -117,12 +128,7 @@ impl CustomerOrder {
     }
 }
 
-/// One page of a keyset-paged list.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<(String, T)>,
-    pub has_next_page: bool,
-}
+pub use crate::domain::Page;
 
 /// Finds a customer the caller may read.
 ///
@@ -282,28 +288,23 @@ pub async fn list_in_scope(
     principal: &Principal,
     filter: &CustomerFilter,
     order: CustomerOrder,
-    first: PageSize,
-    after: Option<&str>,
+    page: &PageArgs,
 ) -> AppResult<Page<customer::Model>> {
     let mut cond = filter_condition(db, principal, filter, Some(order)).await?;
-    if let Some(raw) = after {
-        cond = cond.add(order.after(&Cursor::decode(raw, &order.tag())?)?);
+    // Backward: walk the reversed order from `before`, then reverse the page.
+    let walk = if page.backward() { order.reversed() } else { order };
+    if let Some(cursor) = page.decode_cursor(&order.tag())? {
+        cond = cond.add(walk.after(&cursor, page.cursor_field())?);
     }
-    let dir = if order.descending { Order::Desc } else { Order::Asc };
-    let mut rows = customer::Entity::find()
+    let dir = if walk.descending { Order::Desc } else { Order::Asc };
+    let rows = customer::Entity::find()
         .filter(cond)
         .order_by(order.column(), dir.clone())
         .order_by(customer::Column::Id, dir)
-        .limit(first.get() + 1)
+        .limit(page.fetch())
         .all(db)
         .await?;
-    let has_next_page = rows.len() as u64 > first.get();
-    rows.truncate(first.get() as usize);
-    let items = rows
-        .into_iter()
-        .map(|c| (Cursor { ordering: order.tag(), key: order.key_of(&c), id: c.id }.encode(), c))
-        .collect();
-    Ok(Page { items, has_next_page })
+    Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))
 }
 
 /// How many customers match the filter within the caller's scope.

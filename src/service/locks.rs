@@ -18,7 +18,7 @@ use serde_json::json;
 use super::audit::{self, AuditEntry};
 use super::tag_library::find_group;
 use crate::authz::{Action, Principal};
-use crate::domain::{CustomerId, StaffId, TagGroupId};
+use crate::domain::{CustomerId, LockId, StaffId, TagGroupId};
 use crate::error::{AppError, AppResult, LockInfo};
 
 /// Longest a lock may be taken for.
@@ -312,4 +312,18 @@ pub async fn active_locks(
         .order_by_asc(modification_lock::Column::Id)
         .all(db)
         .await?)
+}
+
+/// A lock, in force or not, on a group the caller may see.
+///
+/// # Errors
+/// `NOT_FOUND` for a missing lock and for one on an invisible group alike.
+pub async fn find(db: &impl ConnectionTrait, principal: &Principal, id: LockId) -> AppResult<modification_lock::Model> {
+    let lock =
+        modification_lock::Entity::find_by_id(id.0).one(db).await?.ok_or_else(|| AppError::not_found("lock", id))?;
+    find_group(db, principal, TagGroupId(lock.group_id)).await.map_err(|e| match e {
+        AppError::NotFound { .. } => AppError::not_found("lock", id),
+        other => other,
+    })?;
+    Ok(lock)
 }

@@ -13,15 +13,13 @@ pub mod segment;
 pub mod tag_library;
 pub mod tagging;
 
-/// A page of rows newest first (by id), each with its cursor, and whether
-/// more follow.
-pub struct NewestFirst<M> {
-    pub items: Vec<(String, M)>,
-    pub has_next_page: bool,
-}
+/// A page of rows newest first (by id), each with its cursor.
+pub type NewestFirst<M> = crate::domain::Page<M>;
 
-/// Pages `query` newest first by its id column: the rows after the
-/// `after` cursor (made for `ordering`), `first` of them.
+/// Pages `query` newest first by its id column: `first` rows after the
+/// `after` cursor, or `last` rows before the `before` cursor (walked
+/// oldest first, then put back newest first). Cursors are made for
+/// `ordering`.
 ///
 /// # Errors
 /// `VALIDATION` for a cursor of another ordering or a bad one; database
@@ -32,8 +30,7 @@ pub(crate) async fn newest_first<E, C>(
     id: E::Column,
     id_of: impl Fn(&E::Model) -> i64,
     ordering: &str,
-    first: crate::domain::PageSize,
-    after: Option<&str>,
+    page: &crate::domain::PageArgs,
 ) -> crate::error::AppResult<NewestFirst<E::Model>>
 where
     E: sea_orm::EntityTrait,
@@ -42,21 +39,16 @@ where
     use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
 
     let mut query = query;
-    if let Some(after) = after {
-        let cursor = crate::domain::Cursor::decode(after, ordering)?;
-        query = query.filter(id.lt(cursor.id));
+    if let Some(cursor) = page.decode_cursor(ordering)? {
+        query = query.filter(if page.backward() { id.gt(cursor.id) } else { id.lt(cursor.id) });
     }
-    let mut rows = query.order_by_desc(id).limit(first.get() + 1).all(db).await?;
-    let has_next_page = rows.len() as u64 > first.get();
-    rows.truncate(first.get() as usize);
-    let items = rows
-        .into_iter()
-        .map(|row| {
-            let cursor = crate::domain::Cursor { ordering: ordering.to_owned(), key: String::new(), id: id_of(&row) };
-            (cursor.encode(), row)
-        })
-        .collect();
-    Ok(NewestFirst { items, has_next_page })
+    let query = if page.backward() { query.order_by_asc(id) } else { query.order_by_desc(id) };
+    let rows = query.limit(page.fetch()).all(db).await?;
+    Ok(crate::domain::Page::from_walk(rows, page, |row| crate::domain::Cursor {
+        ordering: ordering.to_owned(),
+        key: String::new(),
+        id: id_of(row),
+    }))
 }
 
 /// Escapes `%`, `_` and the escape character itself for a `LIKE` pattern.

@@ -28,7 +28,7 @@ use super::like_escape;
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
-use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
+use crate::domain::{Cursor, Description, OrgUnitId, PageArgs, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
 
@@ -987,8 +987,7 @@ pub async fn list_members(
     principal: &Principal,
     filter: &CustomerFilter,
     order: CustomerOrder,
-    first: PageSize,
-    after: Option<&str>,
+    page: &PageArgs,
 ) -> AppResult<Page<customer::Model>> {
     let key = match order.field {
         SortField::AddedAt => Some(PageKey::AddedAt),
@@ -1000,16 +999,16 @@ pub async fn list_members(
         None => None,
     };
     let (Some(key), Some(members)) = (key, members) else {
-        return customer_service::list_in_scope(db, principal, filter, order, first, after).await;
+        return customer_service::list_in_scope(db, principal, filter, order, page).await;
     };
     // The same refusals as the SQL path (a guarded order key, a field the
     // expression may not read over the scope searched).
     customer_service::filter_condition(db, principal, filter, Some(order)).await?;
-    let after = after.map(|raw| page_start(raw, order, key)).transpose()?;
-    let limit = usize::try_from(first.get()).unwrap_or(usize::MAX);
-    let ids = index.page(&members, key, order.descending, after, limit.saturating_add(1));
-    let has_next_page = ids.len() > limit;
-    let ids = &ids[..ids.len().min(limit)];
+    let start = page.decode_cursor(&order.tag())?.map(|c| page_start(&c, key, page.cursor_field())).transpose()?;
+    // Backward: walk the reversed order from `before`, then reverse the page.
+    let descending = order.descending != page.backward();
+    let limit = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let ids = index.page(&members, key, descending, start, limit);
     let mut rows: HashMap<i64, customer::Model> = customer::Entity::find()
         .filter(customer::Column::Id.is_in(ids.iter().copied()))
         .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
@@ -1018,18 +1017,13 @@ pub async fn list_members(
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
-    let items = ids
-        .iter()
-        .filter_map(|id| rows.remove(id))
-        .map(|c| (Cursor { ordering: order.tag(), key: order.key_of(&c), id: c.id }.encode(), c))
-        .collect();
-    Ok(Page { items, has_next_page })
+    let rows = ids.iter().filter_map(|id| rows.remove(id)).collect();
+    Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))
 }
 
-/// A cursor of `order` as a position in the index's order.
-fn page_start(raw: &str, order: CustomerOrder, key: PageKey) -> AppResult<(i64, i64)> {
-    let cursor = Cursor::decode(raw, &order.tag())?;
-    let invalid = || AppError::validation("after", "is not a valid cursor");
+/// A cursor as a position in the index's order.
+fn page_start(cursor: &Cursor, key: PageKey, field: &str) -> AppResult<(i64, i64)> {
+    let invalid = || AppError::validation(field, "is not a valid cursor");
     let value = match key {
         PageKey::AddedAt => crate::segment::page_key(
             DateTime::parse_from_rfc3339(&cursor.key).map_err(|_| invalid())?.with_timezone(&Utc),

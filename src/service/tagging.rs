@@ -27,7 +27,7 @@ use super::audit::{self, AuditEntry};
 use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
-use crate::domain::{CustomerId, TagId};
+use crate::domain::{CustomerId, EventSeq, TagId};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
@@ -650,6 +650,30 @@ pub async fn visible_events_of(
         })
     };
     Ok(events.into_iter().filter(|e| visible(e.tag_id)).take(first as usize).collect())
+}
+
+/// One tag event the caller may see: of a customer in its scope, of a tag
+/// it may see there (as in [`visible_events_of`]).
+///
+/// # Errors
+/// `NOT_FOUND` for a missing event and for one the caller may not see alike.
+pub async fn find_event(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    seq: EventSeq,
+) -> AppResult<tag_event::Model> {
+    let not_found = || AppError::not_found("tag event", seq);
+    let event = tag_event::Entity::find_by_id(seq.0).one(db).await?.ok_or_else(not_found)?;
+    let customer = super::customer::find_in_scope(db, principal, CustomerId(event.customer_id))
+        .await
+        .map_err(|e| if matches!(e, AppError::NotFound { .. }) { not_found() } else { e })?;
+    let tag = tag::Entity::find_by_id(event.tag_id).one(db).await?.ok_or_else(not_found)?;
+    let groups = tag_library::groups_by_id(db, tag.group_id).await?;
+    let class = tag.group_id.and_then(|g| groups.get(&g)).map(|g| g.visibility_class.as_str());
+    if !on_customer_visible(principal, tag.owner_staff_id, class, customer.org_unit_id) {
+        return Err(not_found());
+    }
+    Ok(event)
 }
 
 /// True when the caller may see a tag on a customer of `org_unit_id`: a

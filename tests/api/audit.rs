@@ -87,7 +87,7 @@ async fn the_log_shows_what_happened(app: TestApp) {
     assert_eq!(approval["detail"]["comment"], "同意");
     assert_eq!(edit["actor"]["login"], "sz01.manager", "the change is the requester's");
     assert_eq!(edit["objectId"], regional.as_str());
-    assert_eq!(edit["detail"]["changeRequestId"], request.parse::<i64>().unwrap());
+    assert_eq!(edit["detail"]["changeRequestId"], crate::helpers::row_id(&request));
     assert_eq!(edit["detail"]["change"]["changes"]["name"], "南方湿热气候");
     assert!(rows.iter().all(|r| r["outcome"] == "OK" && r["requestId"].is_string()));
 

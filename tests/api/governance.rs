@@ -86,7 +86,7 @@ async fn history(app: &TestApp, login: &str, id: &str) -> Vec<Value> {
 
 async fn holders(app: &TestApp, tag_id: &str) -> Vec<i64> {
     let mut ids: Vec<i64> = customer_tag::Entity::find()
-        .filter(customer_tag::Column::TagId.eq(tag_id.parse::<i64>().unwrap()))
+        .filter(customer_tag::Column::TagId.eq(crate::helpers::row_id(tag_id)))
         .all(&app.db)
         .await
         .unwrap()
@@ -147,7 +147,7 @@ async fn a_store_proposes_and_its_region_approves(app: TestApp) {
     assert_eq!(request["requester"]["login"], "sz01.manager");
     assert_eq!(request["reason"], "门店反馈：名称更准确");
     assert_eq!(request["tag"]["name"], "南方气候");
-    assert_eq!(request["baseVersions"][format!("tag:{regional}")], before);
+    assert_eq!(request["baseVersions"][format!("tag:{}", crate::helpers::row_id(&regional))], before);
     let id = request["id"].as_str().unwrap().to_owned();
     assert_eq!(tag(&app, "admin", &regional).await["name"], "南方气候", "nothing applied yet");
 
@@ -376,16 +376,18 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
         u
     };
     let b_events_before = tag_event::Entity::find()
-        .filter(tag_event::Column::TagId.eq(b.parse::<i64>().unwrap()))
+        .filter(tag_event::Column::TagId.eq(crate::helpers::row_id(&b)))
         .count(&app.db)
         .await
         .unwrap();
+    // The text form names objects by row id (`#42`).
+    let (a_row, b_row) = (crate::helpers::row_id(&a), crate::helpers::row_id(&b));
     let earlier =
-        app.gql("admin", PREVIEW, json!({ "t": format!("taggedBetween(#{b}, \"2000-01-01\", \"2100-01-01\")") }));
+        app.gql("admin", PREVIEW, json!({ "t": format!("taggedBetween(#{b_row}, \"2000-01-01\", \"2100-01-01\")") }));
     let b_tagged_ever = earlier.await.ok()["segmentPreview"]["count"].as_i64().unwrap();
     assert!(b_tagged_ever >= 2);
     let either = format!(
-        "taggedBetween(#{a}, \"2000-01-01\", \"2100-01-01\") OR taggedBetween(#{b}, \"2000-01-01\", \"2100-01-01\")"
+        "taggedBetween(#{a_row}, \"2000-01-01\", \"2100-01-01\") OR taggedBetween(#{b_row}, \"2000-01-01\", \"2100-01-01\")"
     );
     let either = app.gql("admin", PREVIEW, json!({ "t": either })).await;
     let a_or_b_tagged_ever = either.ok()["segmentPreview"]["count"].as_i64().unwrap();
@@ -412,7 +414,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     assert_eq!(source["mergedInto"]["name"], "小升初需求");
     // The old history is kept, and the move is recorded as events.
     let b_events_after = tag_event::Entity::find()
-        .filter(tag_event::Column::TagId.eq(b.parse::<i64>().unwrap()))
+        .filter(tag_event::Column::TagId.eq(crate::helpers::row_id(&b)))
         .count(&app.db)
         .await
         .unwrap();
@@ -421,11 +423,11 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     let by_name = app.gql("admin", PREVIEW, json!({ "t": "tag(\"升学咨询\")" })).await;
     assert_eq!(by_name.ok()["segmentPreview"]["count"], union.len());
     // Taggings before the merge: A's own and B's, each customer once.
-    let before_merge = format!("taggedBetween(#{a}, \"2000-01-01\", \"{}\")", merging_at.to_rfc3339());
+    let before_merge = format!("taggedBetween(#{a_row}, \"2000-01-01\", \"{}\")", merging_at.to_rfc3339());
     let past = app.gql("admin", PREVIEW, json!({ "t": before_merge })).await;
     assert_eq!(past.ok()["segmentPreview"]["count"], a_or_b_tagged_ever, "B's taggings are A's history now");
     // The merge itself tags nobody.
-    let since = format!("taggedBetween(#{a}, \"{}\", \"2100-01-01\")", merging_at.to_rfc3339());
+    let since = format!("taggedBetween(#{a_row}, \"{}\", \"2100-01-01\")", merging_at.to_rfc3339());
     let since = app.gql("admin", PREVIEW, json!({ "t": since })).await;
     assert_eq!(since.ok()["segmentPreview"]["count"], 0);
     // The customer's own history still shows the taggings with 升学咨询
@@ -447,7 +449,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
     let merged = events.iter().find(|e| e["tag"]["name"] == "升学咨询").unwrap();
     assert_eq!(merged["tag"]["status"], "MERGED");
     assert_eq!(merged["tag"]["mergedInto"]["name"], "小升初需求");
-    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_str().unwrap().parse().unwrap()).collect();
+    let ids: Vec<i64> = events.iter().map(|e| crate::helpers::row_id(e["id"].as_str().unwrap())).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
     // Paging back, and what a role that cannot see the class sees.
     let older = app
@@ -457,7 +459,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
             json!({ "id": customers[0], "b": ids[0].to_string() }),
         )
         .await;
-    assert_eq!(older.ok()["customer"]["tagEvents"][0]["id"], ids[1].to_string());
+    assert_eq!(older.ok()["customer"]["tagEvents"][0]["id"], events[1]["id"], "a row id as `before` still works");
     let service = app
         .gql(
             "sz01.service",
@@ -482,7 +484,7 @@ async fn a_merge_keeps_every_customers_history(app: TestApp) {
 /// Customers holding any tag of a group, from the tables.
 async fn group_holders(app: &TestApp, group: &str) -> usize {
     let tags: Vec<i64> = entity::tag::Entity::find()
-        .filter(entity::tag::Column::GroupId.eq(group.parse::<i64>().unwrap()))
+        .filter(entity::tag::Column::GroupId.eq(crate::helpers::row_id(group)))
         .all(&app.db)
         .await
         .unwrap()
@@ -513,7 +515,7 @@ async fn a_moved_tag_counts_in_its_new_group(app: TestApp) {
     app.gql("admin", TAG_CUSTOMERS, json!({ "c": customers, "t": [target] })).await.ok();
     let count = |group: &str| {
         let app = &app;
-        let text = format!("group(#{group})");
+        let text = format!("group(#{})", crate::helpers::row_id(group));
         async move { app.gql("admin", PREVIEW, json!({ "t": text })).await.ok()["segmentPreview"]["count"].clone() }
     };
     assert_eq!(count(&from).await, group_holders(&app, &from).await);
@@ -878,8 +880,8 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
     assert_eq!(stage_of(&app, &x, &group).await, ["已完成交易"], "the salesperson's stage was not overwritten");
     // In the event log the salesperson's ADD comes after the run's ADD.
     let events: Vec<i64> = tag_event::Entity::find()
-        .filter(tag_event::Column::CustomerId.eq(x.parse::<i64>().unwrap()))
-        .filter(tag_event::Column::TagId.is_in([test_drive.parse::<i64>().unwrap(), closed.parse::<i64>().unwrap()]))
+        .filter(tag_event::Column::CustomerId.eq(crate::helpers::row_id(&x)))
+        .filter(tag_event::Column::TagId.is_in([crate::helpers::row_id(&test_drive), crate::helpers::row_id(&closed)]))
         .order_by_asc(tag_event::Column::Seq)
         .all(&app.db)
         .await
@@ -887,7 +889,7 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
         .into_iter()
         .map(|e| e.tag_id)
         .collect();
-    let closed_id = closed.parse::<i64>().unwrap();
+    let closed_id = crate::helpers::row_id(&closed);
     assert_eq!(events.last(), Some(&closed_id), "{events:?}");
     assert_eq!(
         modification_lock::Entity::find()
@@ -962,7 +964,11 @@ async fn bulk_tagging_without_bulk_rights_becomes_a_request(app: TestApp) {
     let res = app.gql("sz01.manager", &approve(), json!({ "id": id })).await;
     assert_eq!(res.ok()["approveChangeRequest"]["changeRequest"]["status"], "APPROVED");
     assert_eq!(
-        holders(&app, &inquiry).await.iter().filter(|c| customers.contains(&c.to_string())).count(),
+        holders(&app, &inquiry)
+            .await
+            .iter()
+            .filter(|c| customers.contains(&tagbase::domain::CustomerId(**c).to_string()))
+            .count(),
         customers.len()
     );
     let after = app.snapshot().await;

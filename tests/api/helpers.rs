@@ -179,8 +179,9 @@ impl TestApp {
         self.units[code]
     }
 
+    /// The global id of an org unit, as the API shows it.
     pub fn unit_id(&self, code: &str) -> String {
-        self.unit(code).to_string()
+        tagbase::domain::OrgUnitId(self.unit(code)).to_string()
     }
 
     pub fn token(&self, login: &str) -> String {
@@ -236,18 +237,17 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("no tag {name}"));
-        tag.id.to_string()
+        tagbase::domain::TagId(tag.id).to_string()
     }
 
     pub async fn group_id(&self, name: &str) -> String {
-        tag_group::Entity::find()
+        let group = tag_group::Entity::find()
             .filter(tag_group::Column::Name.eq(name))
             .one(&self.db)
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("no group {name}"))
-            .id
-            .to_string()
+            .unwrap_or_else(|| panic!("no group {name}"));
+        tagbase::domain::TagGroupId(group.id).to_string()
     }
 
     /// Creates a tag group as `login` (directly: it must hold
@@ -287,7 +287,7 @@ impl TestApp {
             .map(|c| c.id)
             .collect();
         ids.sort();
-        ids.into_iter().map(|i| i.to_string()).collect()
+        ids.into_iter().map(|i| tagbase::domain::CustomerId(i).to_string()).collect()
     }
 
     /// Row counts of the tables a write touches, to prove a refused write
@@ -343,6 +343,12 @@ impl Gql {
     pub fn message(&self) -> String {
         self.0["errors"][0]["message"].as_str().unwrap_or_default().to_owned()
     }
+}
+
+/// The database row id inside a global id from a response, for tests
+/// that look at the database behind the API.
+pub fn row_id(global: &str) -> i64 {
+    tagbase::domain::decode_global(global).unwrap_or_else(|| panic!("{global:?} is not a global id")).1
 }
 
 pub fn no_vars() -> Value {

@@ -14,6 +14,7 @@ mod limits;
 mod n_plus_one;
 mod observability;
 mod permission_matrix;
+mod relay;
 mod schema_drift;
 mod seed;
 mod segment_index;

@@ -526,6 +526,9 @@ async fn negated_predicates_compile_to_not_exists(app: TestApp) {
         .gql("admin", SAVE, json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "快照", "kind": "STATIC", "segment": { "text": "gender = MALE" } } }))
         .await;
     let saved = saved.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned();
+    // The text form names objects by row id (`#42`).
+    let (tag, group, saved) =
+        (crate::helpers::row_id(&tag), crate::helpers::row_id(&group), crate::helpers::row_id(&saved));
     let text = format!(
         "NOT tag(#{tag}) AND NOT group(#{group}) AND NOT taggedBetween(#{tag}, \"2026-01-01\", \"2026-12-31\") AND NOT segment(#{saved})"
     );
@@ -540,7 +543,8 @@ async fn negated_predicates_compile_to_not_exists(app: TestApp) {
 }
 
 /// Every page of a segment's members, walking the cursors: from the
-/// index (`list_members`) or by SQL (`list_in_scope`).
+/// index (`list_members`) or by SQL (`list_in_scope`). Walks forward, then
+/// backward from the end, and asserts both give the same list.
 async fn all_pages(
     app: &TestApp,
     principal: &Principal,
@@ -548,23 +552,54 @@ async fn all_pages(
     order: customer_service::CustomerOrder,
     from_index: bool,
 ) -> Result<Vec<(String, i64)>, String> {
+    let forward = walk(app, principal, filter, order, from_index, false).await?;
+    let backward = walk(app, principal, filter, order, from_index, true).await?;
+    assert_eq!(backward, forward, "backward paging gives the forward list ({order:?}, index: {from_index})");
+    Ok(forward)
+}
+
+/// One walk of [`all_pages`], 4 a page, in the list's order.
+async fn walk(
+    app: &TestApp,
+    principal: &Principal,
+    filter: &customer_service::CustomerFilter,
+    order: customer_service::CustomerOrder,
+    from_index: bool,
+    backward: bool,
+) -> Result<Vec<(String, i64)>, String> {
     let state = &app.app.state;
-    let first = tagbase::domain::PageSize::parse(Some(4), &state.settings.limits).unwrap();
-    let mut after: Option<String> = None;
-    let mut out = Vec::new();
+    let limits = &state.settings.limits;
+    let mut cursor: Option<String> = None;
+    let mut out: Vec<(String, i64)> = Vec::new();
     loop {
-        let page = if from_index {
-            segment_service::list_members(&state.db, &state.index, principal, filter, order, first, after.as_deref())
-                .await
+        let args = if backward {
+            tagbase::domain::PageArgs::parse(None, None, Some(4), cursor.clone(), limits)
         } else {
-            customer_service::list_in_scope(&state.db, principal, filter, order, first, after.as_deref()).await
+            tagbase::domain::PageArgs::parse(Some(4), cursor.clone(), None, None, limits)
+        }
+        .unwrap();
+        let page = if from_index {
+            segment_service::list_members(&state.db, &state.index, principal, filter, order, &args).await
+        } else {
+            customer_service::list_in_scope(&state.db, principal, filter, order, &args).await
         }
         .map_err(|e| e.code().to_string())?;
-        out.extend(page.items.iter().map(|(cursor, c)| (cursor.clone(), c.id)));
-        if !page.has_next_page {
-            return Ok(out);
+        let items: Vec<(String, i64)> = page.items.iter().map(|(cursor, c)| (cursor.clone(), c.id)).collect();
+        if backward {
+            assert_eq!(page.has_next_page, cursor.is_some());
+            cursor = page.start_cursor();
+            out.splice(0..0, items);
+            if !page.has_previous_page {
+                return Ok(out);
+            }
+        } else {
+            assert_eq!(page.has_previous_page, cursor.is_some());
+            cursor = page.end_cursor();
+            out.extend(items);
+            if !page.has_next_page {
+                return Ok(out);
+            }
         }
-        after = page.items.last().map(|(cursor, _)| cursor.clone());
     }
 }
 
@@ -627,7 +662,7 @@ async fn a_write_shows_at_once_here_and_soon_on_other_instances(app: TestApp) {
     let other = app.second_instance().await;
     other.state.index.rebuild(&app.db).await.unwrap();
     let tag = app.tag_id("活动", "试驾预约").await;
-    let tagged = format!("tag(#{tag})");
+    let tagged = format!("tag(#{})", crate::helpers::row_id(&tag));
     let before = count_on(&app, &app.app, &tagged).await;
     let customers = app.customers_of("gz01").await;
     let added = app.gql("admin", TAG, json!({ "c": customers, "t": [tag] })).await;
@@ -637,7 +672,7 @@ async fn a_write_shows_at_once_here_and_soon_on_other_instances(app: TestApp) {
     // An attribute change.
     let in_lhasa = "city = \"拉萨\"";
     assert_eq!(count_on(&app, &app.app, in_lhasa).await, 0);
-    let moved = customer::Entity::find_by_id(app.customers_of("bj01").await[0].parse::<i64>().unwrap())
+    let moved = customer::Entity::find_by_id(crate::helpers::row_id(&app.customers_of("bj01").await[0]))
         .one(&app.db)
         .await
         .unwrap()

@@ -111,7 +111,7 @@ async fn the_articles_segment_matches_a_brute_force_count(app: TestApp) {
         app.tag_id("资产状况", "有车一族").await,
         app.tag_id("客户阶段", "流失客户").await,
     ];
-    let id = |s: &str| Ref::Id(s.parse().unwrap());
+    let id = |s: &str| Ref::Id(crate::helpers::row_id(s));
     let expr = SegmentExpr::And(vec![
         SegmentExpr::Tag(id(&ids[0])),
         SegmentExpr::Tag(id(&ids[1])),
@@ -149,13 +149,15 @@ async fn ambiguous_names_list_their_candidates(app: TestApp) {
     let north = app.tag_id("华北区域标签", "黄金会员").await;
     let south = app.tag_id("华南区域标签", "黄金会员").await;
     let message = res.message();
-    assert!(message.contains(&format!("#{north}")) && message.contains(&format!("#{south}")), "{message}");
+    // The text form names objects by row id (`#42`).
+    let (north_row, south_row) = (crate::helpers::row_id(&north), crate::helpers::row_id(&south));
+    assert!(message.contains(&format!("#{north_row}")) && message.contains(&format!("#{south_row}")), "{message}");
     // From a south store only one is visible: no ambiguity.
     let (_, text) = preview_count(&app, "sz01.sales", json!({ "text": "tag(\"黄金会员\")" })).await;
     assert_eq!(text, "tag(\"黄金会员\")");
-    let (by_id, _) = preview_count(&app, "admin", json!({ "text": format!("tag(#{north})") })).await;
+    let (by_id, _) = preview_count(&app, "admin", json!({ "text": format!("tag(#{north_row})") })).await;
     let world = World::load(&app).await;
-    assert_eq!(by_id as usize, world.members(&SegmentExpr::Tag(Ref::Id(north.parse().unwrap()))));
+    assert_eq!(by_id as usize, world.members(&SegmentExpr::Tag(Ref::Id(crate::helpers::row_id(&north)))));
 }
 
 async fn parse_errors_say_where_and_what_was_expected(app: TestApp) {
@@ -175,8 +177,8 @@ async fn tagged_six_months_ago_and_this_month(app: TestApp) {
     assert_eq!(canonical, text);
     let world = World::load(&app).await;
     let expr = tagbase::segment::parse(text, FixedOffset::east_opt(8 * 3600).unwrap()).unwrap();
-    let car = app.tag_id("活动", "购车意向").await.parse().unwrap();
-    let money = app.tag_id("活动", "资金需求").await.parse().unwrap();
+    let car = crate::helpers::row_id(&app.tag_id("活动", "购车意向").await);
+    let money = crate::helpers::row_id(&app.tag_id("活动", "资金需求").await);
     let SegmentExpr::And(items) = expr else { panic!() };
     let resolved: Vec<SegmentExpr> = items
         .into_iter()
@@ -426,7 +428,7 @@ async fn cross_analysis_counts_pairs_inside_a_segment(app: TestApp) {
     let pairs = res.ok()["tagCooccurrence"].as_array().unwrap().clone();
     assert_eq!(pairs.len(), 3, "two diagonals and one pair");
     let world = World::load(&app).await;
-    let (m, c): (i64, i64) = (mortgage.parse().unwrap(), car.parse().unwrap());
+    let (m, c): (i64, i64) = (crate::helpers::row_id(&mortgage), crate::helpers::row_id(&car));
     let expected = |x: i64, y: i64| {
         world
             .customers
@@ -436,8 +438,8 @@ async fn cross_analysis_counts_pairs_inside_a_segment(app: TestApp) {
             .count() as u64
     };
     for pair in &pairs {
-        let a: i64 = pair["a"]["id"].as_str().unwrap().parse().unwrap();
-        let b: i64 = pair["b"]["id"].as_str().unwrap().parse().unwrap();
+        let a: i64 = crate::helpers::row_id(pair["a"]["id"].as_str().unwrap());
+        let b: i64 = crate::helpers::row_id(pair["b"]["id"].as_str().unwrap());
         assert_eq!(pair["count"].as_u64().unwrap(), expected(a, b), "{a} × {b}");
     }
     assert!(expected(m, m) > 0 && expected(m, c) > 0, "the demo has such customers");

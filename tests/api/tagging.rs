@@ -74,7 +74,7 @@ async fn an_exclusive_group_keeps_one_tag_per_customer(app: TestApp) {
     assert_eq!(after.events, before.events + 2, "a REMOVE and an ADD");
     assert_eq!(after.audit, before.audit + 1, "as one change");
     let ops: Vec<String> = tag_event::Entity::find()
-        .filter(tag_event::Column::CustomerId.eq(customer.parse::<i64>().unwrap()))
+        .filter(tag_event::Column::CustomerId.eq(crate::helpers::row_id(&customer)))
         .order_by_asc(tag_event::Column::Seq)
         .all(&app.db)
         .await
@@ -82,7 +82,8 @@ async fn an_exclusive_group_keeps_one_tag_per_customer(app: TestApp) {
         .iter()
         .map(|e| format!("{:?}:{}", e.op, e.tag_id))
         .collect();
-    assert_eq!(ops, vec![format!("Add:{prospect}"), format!("Remove:{prospect}"), format!("Add:{paying}")]);
+    let (prospect_row, paying_row) = (crate::helpers::row_id(&prospect), crate::helpers::row_id(&paying));
+    assert_eq!(ops, vec![format!("Add:{prospect_row}"), format!("Remove:{prospect_row}"), format!("Add:{paying_row}")]);
     // Two tags of one exclusive group in one call is an error.
     let both = app.gql("sz01.sales", TAG, json!({ "c": [customer], "t": [prospect, paying] })).await;
     assert_eq!(both.code(), "VALIDATION");
@@ -125,7 +126,7 @@ async fn the_tag_cap_refuses_the_whole_call(app: TestApp) {
     // review, not told to the tagger (the count includes tags it may not
     // see).
     let db = &app.db;
-    let id: i64 = customer.parse().unwrap();
+    let id: i64 = crate::helpers::row_id(&customer);
     let alerts_of =
         || async move { tag_alert::Entity::find().filter(tag_alert::Column::CustomerId.eq(id)).all(db).await.unwrap() };
     app.gql("sz01.sales", TAG, json!({ "c": [customer], "t": prefs[..3] })).await.ok();

@@ -60,10 +60,11 @@ async fn customer_service_cannot_learn_that_a_customer_has_a_value_tag(app: Test
     assert_eq!(by_id.code(), "NOT_FOUND");
     let filter = app.gql("sz01.service", COUNT, json!({ "f": { "hasAnyTags": [tier] } })).await;
     assert_eq!(filter.code(), "NOT_FOUND");
-    let unknown = app.gql("sz01.service", COUNT, json!({ "f": { "hasAnyTags": ["987654"] } })).await;
+    let missing = tagbase::domain::TagId(987_654).to_string();
+    let unknown = app.gql("sz01.service", COUNT, json!({ "f": { "hasAnyTags": [missing] } })).await;
     assert_eq!(
         filter.message().replace(&tier, "X"),
-        unknown.message().replace("987654", "X"),
+        unknown.message().replace(&missing, "X"),
         "same answer as for a missing tag"
     );
     let group = app.group_id("消费等级").await;
