@@ -31,6 +31,7 @@ use crate::config::Limits;
 use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
+use unicode_normalization::UnicodeNormalization;
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.
@@ -80,15 +81,25 @@ impl Resolved {
         let mut ambiguous = HashSet::new();
         for (id, t) in &self.tags {
             if tags_named(db, principal, &t.tag.name).await?.len() > 1 {
-                ambiguous.insert(*id);
+                ambiguous.insert((RefKind::Tag, *id));
+            }
+        }
+        for (id, g) in &self.groups {
+            if groups_named(db, principal, &g.name).await?.len() > 1 {
+                ambiguous.insert((RefKind::Group, *id));
+            }
+        }
+        for (id, s) in &self.segments {
+            if segments_named(db, principal, &s.saved.name).await?.len() > 1 {
+                ambiguous.insert((RefKind::Segment, *id));
             }
         }
         Ok(self.text_with(offset, &ambiguous))
     }
 
-    fn text_with(&self, offset: FixedOffset, ambiguous: &HashSet<i64>) -> String {
+    fn text_with(&self, offset: FixedOffset, ambiguous: &HashSet<(RefKind, i64)>) -> String {
         let name_of = |kind: RefKind, id: i64| match kind {
-            RefKind::Tag if ambiguous.contains(&id) => None,
+            _ if ambiguous.contains(&(kind, id)) => None,
             RefKind::Tag => self.tags.get(&id).map(|t| t.tag.name.clone()),
             RefKind::Group => self.groups.get(&id).map(|g| g.name.clone()),
             RefKind::Segment => self.segments.get(&id).map(|s| s.saved.name.clone()),
@@ -187,11 +198,40 @@ fn name_segments(expr: SegmentExpr, names: &HashMap<String, i64>) -> SegmentExpr
 async fn find_saved(db: &impl ConnectionTrait, principal: &Principal, r: &Ref) -> AppResult<segment::Model> {
     let found: Vec<segment::Model> = match r {
         Ref::Id(id) => segment::Entity::find_by_id(*id).all(db).await?,
-        Ref::Name(n) => segment::Entity::find().filter(segment::Column::Name.eq(n.as_str())).all(db).await?,
+        Ref::Name(n) => return pick_saved(segments_named(db, principal, n).await?, r),
     }
     .into_iter()
     .filter(|s| saved_visible(principal, s))
     .collect();
+    pick_saved(found, r)
+}
+
+/// The saved segments of that name the caller may use.
+async fn segments_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<segment::Model>> {
+    let name: String = name.nfc().collect();
+    Ok(segment::Entity::find()
+        .filter(segment::Column::Name.eq(name))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|s| saved_visible(principal, s))
+        .collect())
+}
+
+/// The tag groups of that name the caller may see.
+async fn groups_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<tag_group::Model>> {
+    let name: String = name.nfc().collect();
+    Ok(tag_group::Entity::find()
+        .filter(tag_group::Column::Name.eq(name))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|g| tag_library::group_visible(principal, g, None))
+        .collect())
+}
+
+/// The one segment `r` names, or why not.
+fn pick_saved(found: Vec<segment::Model>, r: &Ref) -> AppResult<segment::Model> {
     match found.as_slice() {
         [] => Err(match r {
             Ref::Id(id) => AppError::not_found("segment", id),
@@ -280,13 +320,7 @@ async fn resolve_references(
                 groups.insert(group.id, group);
             }
             Ref::Name(name) => {
-                let found: Vec<tag_group::Model> = tag_group::Entity::find()
-                    .filter(tag_group::Column::Name.eq(name.as_str()))
-                    .all(db)
-                    .await?
-                    .into_iter()
-                    .filter(|g| tag_library::group_visible(principal, g, None))
-                    .collect();
+                let found = groups_named(db, principal, &name).await?;
                 match found.as_slice() {
                     [] => return Err(AppError::NotFound { kind: "tag group", id: format!("{name:?}") }),
                     [one] => {
@@ -352,6 +386,9 @@ fn require_fields(principal: &Principal, expr: &SegmentExpr) -> AppResult<()> {
 
 /// Visible tags whose name, or one of whose aliases, is `name`.
 async fn tags_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<VisibleTag>> {
+    // Names are stored in NFC; a decomposed spelling in a text finds them.
+    let name: String = name.nfc().collect();
+    let name = name.as_str();
     let alias_pattern = format!("%{}%", like_escape(&serde_json::to_string(name).unwrap_or_default()));
     let aliases_text = Func::cast_as(Expr::col((tag::Entity, tag::Column::Aliases)), "TEXT");
     let found = tag::Entity::find()
