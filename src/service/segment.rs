@@ -4,7 +4,7 @@
 //! This is the plain-SQL evaluation: the reference the in-memory bitmap
 //! engine is checked against, and what answers until that engine is built.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -58,10 +58,38 @@ impl Resolved {
 
 /// A saved segment named in an expression: a dynamic one is evaluated from
 /// its own (resolved) expression, a static one from its member snapshot.
+/// Both are resolved in the caller's view, so that a static segment over
+/// tags the caller may not see is `NOT_FOUND` for it as a dynamic one is,
+/// and its snapshot counts only where the caller may see every class the
+/// expression reads.
 #[derive(Debug, Clone)]
 pub struct SavedRef {
     pub saved: segment::Model,
-    pub inner: Option<Box<Resolved>>,
+    pub inner: Box<Resolved>,
+}
+
+impl SavedRef {
+    /// Evaluated from its member snapshot rather than its expression.
+    pub fn is_static(&self) -> bool {
+        self.saved.kind == SegmentKind::Static
+    }
+}
+
+impl Resolved {
+    /// The visibility classes of the tags and groups the expression reads,
+    /// through the saved segments it uses.
+    pub fn classes(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .tags
+            .values()
+            .filter_map(|t| t.group.as_ref().map(|g| g.visibility_class.clone()))
+            .chain(self.groups.values().map(|g| g.visibility_class.clone()))
+            .collect();
+        for saved in self.segments.values() {
+            out.extend(saved.inner.classes());
+        }
+        out
+    }
 }
 
 impl Resolved {
@@ -165,15 +193,10 @@ fn resolve_within<'a, C: ConnectionTrait>(
                     format!("segment {:?} refers to itself through segment(…)", saved.name),
                 ));
             }
-            let inner = match saved.kind {
-                SegmentKind::Static => None,
-                SegmentKind::Dynamic => {
-                    let expr = parse_text(&saved.expression, FixedOffset::east_opt(0).expect("UTC"))?;
-                    let mut within = stack.clone();
-                    within.push(saved.id);
-                    Some(Box::new(resolve_within(db, principal, limits, expr, within).await?))
-                }
-            };
+            let expr = parse_text(&saved.expression, FixedOffset::east_opt(0).expect("UTC"))?;
+            let mut within = stack.clone();
+            within.push(saved.id);
+            let inner = Box::new(resolve_within(db, principal, limits, expr, within).await?);
             if let Ref::Name(n) = &r {
                 names.insert(n.clone(), saved.id);
             }
@@ -696,9 +719,13 @@ impl Compiler<'_> {
             SegmentExpr::AddedAfter(t) => Condition::all().add(customer::Column::AddedAt.gt(*t)),
             SegmentExpr::Segment(r) => {
                 let saved = &self.resolved.segments[&id_of(r)];
-                match &saved.inner {
-                    Some(inner) => Compiler { resolved: inner, ..*self }.compile(&inner.expr)?,
-                    None => Condition::all().add(Expr::exists(
+                if !saved.is_static() {
+                    let inner = &saved.inner;
+                    return Compiler { resolved: inner, ..*self }.compile(&inner.expr);
+                }
+                // Snapshot members, where the caller may see what the
+                // expression read when they were taken.
+                let members = Condition::all().add(Expr::exists(
                         Query::select()
                             .expr(Expr::val(1))
                             .from(segment_member::Entity)
@@ -708,8 +735,8 @@ impl Compiler<'_> {
                             )
                             .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
                             .to_owned(),
-                    )),
-                }
+                    ));
+                saved.inner.classes().iter().fold(members, |cond, class| self.visible_in(cond, class))
             }
         })
     }

@@ -533,3 +533,39 @@ async fn exports_carry_only_what_the_caller_may_read(app: TestApp) {
 }
 
 on_both_databases!(exports_carry_only_what_the_caller_may_read);
+
+/// A static segment is checked for the caller as a dynamic one is: one over
+/// a tag of a class the caller may not see is `NOT_FOUND`, and its count
+/// and snapshot size are the members the caller may see, not the saver's.
+async fn static_segments_count_only_what_the_caller_may_see(app: TestApp) {
+    let save = |name: &str, text: &str| {
+        json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "kind": "STATIC", "segment": { "text": text } } })
+    };
+    let complaints = app.gql("admin", SAVE, save("投诉快照", "tag(\"投诉记录\")")).await;
+    let complaints = complaints.ok()["saveSegment"]["segment"].clone();
+    assert!(complaints["count"].as_u64().unwrap() > 0, "the demo has complaints");
+    let q = "query($id: ID!) { segment(id: $id) { count snapshotSize customers(first: 100) { edges { node { id } } } } }";
+    // The same dynamic expression is NOT_FOUND for the store's salesperson.
+    let dynamic = app.gql("sz01.sales", PREVIEW, json!({ "s": { "text": "tag(\"投诉记录\")" } })).await;
+    assert_eq!(dynamic.code(), "NOT_FOUND");
+    // As for a dynamic one: every number and member list is NOT_FOUND.
+    let hidden = app.gql("sz01.sales", q, json!({ "id": complaints["id"] })).await;
+    let errors = hidden.0["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{:#}", hidden.0);
+    assert!(errors.iter().all(|e| e["extensions"]["code"] == "NOT_FOUND"), "{:#}", hidden.0);
+    assert!(hidden.0["data"]["segment"].is_null(), "{:#}", hidden.0);
+    let used = app.gql("sz01.sales", PREVIEW, json!({ "s": { "segment": complaints["id"] } })).await;
+    assert_eq!(used.code(), "NOT_FOUND");
+    // A static segment the salesperson may use counts its own store only.
+    let women = app.gql("admin", SAVE, save("女性快照", "gender = FEMALE")).await;
+    let women = women.ok()["saveSegment"]["segment"].clone();
+    let (store, _) = preview_count(&app, "sz01.sales", json!({ "text": "gender = FEMALE" })).await;
+    assert!(store > 0 && store < women["snapshotSize"].as_u64().unwrap(), "{store} {women}");
+    let seen = app.gql("sz01.sales", q, json!({ "id": women["id"] })).await;
+    let seen = &seen.ok()["segment"];
+    assert_eq!(seen["count"].as_u64().unwrap(), store);
+    assert_eq!(seen["snapshotSize"].as_u64().unwrap(), store);
+    assert_eq!(seen["customers"]["edges"].as_array().unwrap().len() as u64, store);
+}
+
+on_both_databases!(static_segments_count_only_what_the_caller_may_see);
