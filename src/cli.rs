@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(long, env = "TAGBASE_UTC_OFFSET", default_value = "+08:00", value_parser = parse_offset, global = true)]
     utc_offset: FixedOffset,
 
+    /// Whole-number phone searches per minute for a staff member who sees
+    /// phones only masked (audited; beyond it, LIMIT_EXCEEDED).
+    #[arg(long, env = "TAGBASE_PHONE_SEARCHES_PER_MINUTE", default_value_t = Limits::default().phone_searches_per_minute, global = true)]
+    phone_searches_per_minute: u32,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -154,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
         utc_offset: cli.utc_offset,
         index_follow_interval: Some(std::time::Duration::from_millis(250)),
-        limits: Limits::default(),
+        limits: Limits { phone_searches_per_minute: cli.phone_searches_per_minute, ..Limits::default() },
     };
     match cli.command {
         Command::Serve { listen, demo } => {

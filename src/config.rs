@@ -65,6 +65,11 @@ pub struct Limits {
     pub max_export_rows: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
+    /// Searches by a whole phone number one staff member who sees phones
+    /// only masked may run per minute (each is audited as a sensitive
+    /// read); beyond it, `LIMIT_EXCEEDED`. Readers who see phones in full
+    /// are not limited.
+    pub phone_searches_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -87,6 +92,7 @@ impl Default for Limits {
             max_segment_nodes: 500,
             max_export_rows: 100_000,
             request_timeout: Duration::from_secs(30),
+            phone_searches_per_minute: 20,
         }
     }
 }
