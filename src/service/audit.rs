@@ -200,28 +200,49 @@ const TAG_KEYS: [&str; 4] = ["tagId", "tagIds", "tag_id", "tag_ids"];
 /// The ids of the tags a row is about: its object when that is a tag, and
 /// every id under a [`TAG_KEYS`] key of its detail.
 fn tags_named(row: &audit_log::Model, out: &mut BTreeSet<i64>) {
-    fn walk(value: &Value, out: &mut BTreeSet<i64>) {
-        match value {
-            Value::Object(map) => {
-                for (key, inner) in map {
-                    if TAG_KEYS.contains(&key.as_str()) {
-                        let ids = inner.as_array().map_or_else(|| vec![inner], |a| a.iter().collect());
-                        out.extend(ids.into_iter().filter_map(Value::as_i64));
-                    } else {
-                        walk(inner, out);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
     if row.object_kind == "tag"
         && let Some(id) = row.object_id.as_deref().and_then(|id| id.parse().ok())
     {
         out.insert(id);
     }
-    walk(&row.detail, out);
+    walk_tag_ids(&row.detail, out);
+}
+
+/// Every id under a [`TAG_KEYS`] key, at any depth.
+fn walk_tag_ids(value: &Value, out: &mut BTreeSet<i64>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                if TAG_KEYS.contains(&key.as_str()) {
+                    let ids = inner.as_array().map_or_else(|| vec![inner], |a| a.iter().collect());
+                    out.extend(ids.into_iter().filter_map(Value::as_i64));
+                } else {
+                    walk_tag_ids(inner, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| walk_tag_ids(v, out)),
+        _ => {}
+    }
+}
+
+/// `value` (a detail or a change request's payload, about `unit`) as
+/// `principal` may see it: the ids of tags it may not see removed, and
+/// nothing but `{ "hidden": "***" }` left when those were all it named.
+///
+/// # Errors
+/// Database errors.
+pub async fn without_unseen_tags(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    unit: Option<i64>,
+    mut value: Value,
+) -> AppResult<Value> {
+    let mut named = BTreeSet::new();
+    walk_tag_ids(&value, &mut named);
+    let tags = TagSight::load(db, named).await?;
+    let (named, kept) = drop_unseen(&mut value, &|tag| tags.sees(principal, tag, unit));
+    Ok(if named && !kept { json!({ "hidden": HIDDEN }) } else { value })
 }
 
 /// What decides whether a reader may see a tag named in an audit row: its
