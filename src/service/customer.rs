@@ -17,10 +17,10 @@ use super::audit::{self, AuditEntry};
 use super::like_escape;
 use super::{segment, tag_library};
 use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
+use crate::config::Limits;
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageSize, Phone, TagId,
 };
-use crate::config::Limits;
 use crate::error::{AppError, AppResult, is_unique_violation};
 
 /// Filter of a customer list; ids are checked against the caller's view.

@@ -230,7 +230,11 @@ async fn find_saved(db: &impl ConnectionTrait, principal: &Principal, r: &Ref) -
 }
 
 /// The saved segments of that name the caller may use.
-async fn segments_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<segment::Model>> {
+async fn segments_named(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    name: &str,
+) -> AppResult<Vec<segment::Model>> {
     let name: String = name.nfc().collect();
     Ok(segment::Entity::find()
         .filter(segment::Column::Name.eq(name))
@@ -242,7 +246,11 @@ async fn segments_named(db: &impl ConnectionTrait, principal: &Principal, name: 
 }
 
 /// The tag groups of that name the caller may see.
-async fn groups_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<tag_group::Model>> {
+async fn groups_named(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    name: &str,
+) -> AppResult<Vec<tag_group::Model>> {
     let name: String = name.nfc().collect();
     Ok(tag_group::Entity::find()
         .filter(tag_group::Column::Name.eq(name))
@@ -726,16 +734,15 @@ impl Compiler<'_> {
                 // Snapshot members, where the caller may see what the
                 // expression read when they were taken.
                 let members = Condition::all().add(Expr::exists(
-                        Query::select()
-                            .expr(Expr::val(1))
-                            .from(segment_member::Entity)
-                            .and_where(
-                                Expr::col((segment_member::Entity, segment_member::Column::SegmentId))
-                                    .eq(saved.saved.id),
-                            )
-                            .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
-                            .to_owned(),
-                    ));
+                    Query::select()
+                        .expr(Expr::val(1))
+                        .from(segment_member::Entity)
+                        .and_where(
+                            Expr::col((segment_member::Entity, segment_member::Column::SegmentId)).eq(saved.saved.id),
+                        )
+                        .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
+                        .to_owned(),
+                ));
                 saved.inner.classes().iter().fold(members, |cond, class| self.visible_in(cond, class))
             }
         })

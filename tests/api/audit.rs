@@ -244,7 +244,8 @@ async fn tag_ids_the_reader_may_not_see_are_hidden(app: TestApp) {
     assert!(admin[0]["tagIds"].as_array().unwrap().len() == 1 && admin[1]["tagIds"].as_array().unwrap().len() == 2);
     let service = details(&log(&app, "sz01.service", filter.clone()).await);
     assert_eq!(service[0], json!({ "hidden": "***" }), "only a value tag: nothing of it");
-    let industry_id: Value = admin[1]["tagIds"].as_array().unwrap().iter().find(|id| **id != admin[0]["tagIds"][0]).unwrap().clone();
+    let industry_id: Value =
+        admin[1]["tagIds"].as_array().unwrap().iter().find(|id| **id != admin[0]["tagIds"][0]).unwrap().clone();
     assert_eq!(service[1]["tagIds"], json!([industry_id]), "the value tag is gone, the basic one stays");
     assert_eq!(service[2], json!({ "hidden": "***" }), "somebody else's personal tag");
     let auditor = details(&log(&app, "hq.auditor", filter.clone()).await);
@@ -253,7 +254,9 @@ async fn tag_ids_the_reader_may_not_see_are_hidden(app: TestApp) {
     assert_eq!(admin[2], json!({ "hidden": "***" }), "nor does HQ without personal_tag:read_all");
     // The row itself keeps everything: hiding is per reader.
     let stored = audit_log::Entity::find().all(&app.db).await.unwrap();
-    assert!(stored.iter().any(|r| r.action == "customer.tag" && r.detail["customerIds"] == json!([customers[4].parse::<i64>().unwrap()])));
+    assert!(stored.iter().any(
+        |r| r.action == "customer.tag" && r.detail["customerIds"] == json!([customers[4].parse::<i64>().unwrap()])
+    ));
 }
 
 /// A refused mutation leaves a DENIED row naming who tried what and why;

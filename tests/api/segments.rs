@@ -310,7 +310,12 @@ async fn colliding_group_and_segment_names_print_by_id_and_round_trip(app: TestA
         segments.push(res.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned());
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    fn leaf(rng: &mut rand_chacha::ChaCha8Rng, groups: &[String], segments: &[String], depth: usize) -> serde_json::Value {
+    fn leaf(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        groups: &[String],
+        segments: &[String],
+        depth: usize,
+    ) -> serde_json::Value {
         if depth > 0 && rng.random_bool(0.5) {
             let items: Vec<_> = (0..rng.random_range(2..4)).map(|_| leaf(rng, groups, segments, depth - 1)).collect();
             return match rng.random_range(0..3) {
@@ -538,13 +543,12 @@ on_both_databases!(exports_carry_only_what_the_caller_may_read);
 /// a tag of a class the caller may not see is `NOT_FOUND`, and its count
 /// and snapshot size are the members the caller may see, not the saver's.
 async fn static_segments_count_only_what_the_caller_may_see(app: TestApp) {
-    let save = |name: &str, text: &str| {
-        json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "kind": "STATIC", "segment": { "text": text } } })
-    };
+    let save = |name: &str, text: &str| json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "kind": "STATIC", "segment": { "text": text } } });
     let complaints = app.gql("admin", SAVE, save("投诉快照", "tag(\"投诉记录\")")).await;
     let complaints = complaints.ok()["saveSegment"]["segment"].clone();
     assert!(complaints["count"].as_u64().unwrap() > 0, "the demo has complaints");
-    let q = "query($id: ID!) { segment(id: $id) { count snapshotSize customers(first: 100) { edges { node { id } } } } }";
+    let q =
+        "query($id: ID!) { segment(id: $id) { count snapshotSize customers(first: 100) { edges { node { id } } } } }";
     // The same dynamic expression is NOT_FOUND for the store's salesperson.
     let dynamic = app.gql("sz01.sales", PREVIEW, json!({ "s": { "text": "tag(\"投诉记录\")" } })).await;
     assert_eq!(dynamic.code(), "NOT_FOUND");
