@@ -48,6 +48,10 @@ pub struct Cli {
 
     #[command(flatten)]
     limits: LimitArgs,
+    /// Whole-number phone searches per minute for a staff member who sees
+    /// phones only masked (audited; beyond it, LIMIT_EXCEEDED).
+    #[arg(long, env = "TAGBASE_PHONE_SEARCHES_PER_MINUTE", default_value_t = Limits::default().phone_searches_per_minute, global = true)]
+    phone_searches_per_minute: u32,
 
     #[command(subcommand)]
     command: Command,
@@ -236,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_query_complexity: cli.limits.max_query_complexity,
             max_aliases: cli.limits.max_aliases,
             max_root_fields: cli.limits.max_root_fields,
+            phone_searches_per_minute: cli.phone_searches_per_minute,
             ..Limits::default()
         },
     };

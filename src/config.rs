@@ -101,6 +101,11 @@ pub struct Limits {
     /// Automatic persisted queries this instance remembers (least recently
     /// used ones are forgotten first).
     pub persisted_query_cache: usize,
+    /// Searches by a whole phone number one staff member who sees phones
+    /// only masked may run per minute (each is audited as a sensitive
+    /// read); beyond it, `LIMIT_EXCEEDED`. Readers who see phones in full
+    /// are not limited.
+    pub phone_searches_per_minute: u32,
 }
 
 /// A request rate: a steady rate per second and a burst allowance.
@@ -153,6 +158,7 @@ impl Default for Limits {
             rate_per_staff: Rate { per_second: 200, burst: 400 },
             max_batch: 10,
             persisted_query_cache: 1_000,
+            phone_searches_per_minute: 20,
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Names and short texts.
 
 use regex::Regex;
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::error::{AppError, AppResult};
 
-/// Trims, and checks the length in characters (not bytes: names are
-/// mostly Chinese).
+/// Trims, normalises to NFC, and checks the length in characters (not
+/// bytes: names are mostly Chinese). NFC first, so `Café` typed with a
+/// combining accent and with a precomposed `é` is one name, and uniqueness
+/// checks compare what a reader sees.
 fn bounded(raw: &str, field: &str, min: usize, max: usize) -> AppResult<String> {
-    let value = raw.trim();
+    let value: String = raw.trim().nfc().collect();
     let len = value.chars().count();
     if len < min {
         return Err(AppError::validation(field, "must not be empty"));
@@ -18,7 +22,32 @@ fn bounded(raw: &str, field: &str, min: usize, max: usize) -> AppResult<String> 
     if value.chars().any(char::is_control) {
         return Err(AppError::validation(field, "must not contain control characters"));
     }
-    Ok(value.to_owned())
+    if let Some(c) = value.chars().find(|&c| is_invisible(c)) {
+        return Err(AppError::validation(
+            field,
+            format!("must not contain invisible or direction-changing characters (U+{:04X})", u32::from(c)),
+        ));
+    }
+    Ok(value)
+}
+
+/// Characters that change how a name looks without being seen: every
+/// format character (general category Cf: the bidi embeddings, overrides
+/// and isolates U+202A–U+202E and U+2066–U+2069, the marks U+200E/U+200F
+/// and U+061C, zero-width spaces and joiners, U+FEFF, …) and the fillers
+/// and joiners that render as nothing although they are letters or marks.
+/// Ordinary spaces stay as they are.
+fn is_invisible(c: char) -> bool {
+    const BLANK_LOOKING: [char; 7] = [
+        '\u{034F}', // combining grapheme joiner
+        '\u{115F}', // Hangul choseong filler
+        '\u{1160}', // Hangul jungseong filler
+        '\u{17B4}', // Khmer vowel inherent aq
+        '\u{17B5}', // Khmer vowel inherent aa
+        '\u{3164}', // Hangul filler
+        '\u{FFA0}', // halfwidth Hangul filler
+    ];
+    c.general_category() == GeneralCategory::Format || BLANK_LOOKING.contains(&c)
 }
 
 /// A tag or tag-group name: trimmed, 1–64 characters, any Unicode.
@@ -243,6 +272,44 @@ mod tests {
     fn blank_and_control_character_names_are_refused() {
         assert!(TagName::parse("   ", "name").is_err());
         assert!(TagName::parse("a\u{0}b", "name").is_err());
+    }
+
+    #[test]
+    fn names_are_nfc_so_composed_and_decomposed_spellings_are_one_name() {
+        let composed = TagName::parse("Caf\u{E9}", "name").unwrap();
+        let decomposed = TagName::parse("Cafe\u{301}", "name").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.as_str(), "Caf\u{E9}");
+        assert_eq!(CustomerName::parse("Jose\u{301}", "name").unwrap().into_inner(), "Jos\u{E9}");
+    }
+
+    #[test]
+    fn bidi_controls_and_invisible_characters_are_refused_naming_the_field() {
+        let spoofs = [
+            "abc\u{202E}gpj.exe",
+            "\u{202A}VIP",
+            "VIP\u{2066}x\u{2069}",
+            "a\u{200E}b",
+            "a\u{200F}b",
+            "a\u{061C}b",
+            "高\u{200B}价值",
+            "高\u{200D}价值",
+            "\u{FEFF}高价值",
+            "高\u{2060}价值",
+            "\u{3164}",
+            "a\u{115F}b",
+            "a\u{00AD}b",
+        ];
+        for raw in spoofs {
+            let err = TagName::parse(raw, "name").unwrap_err();
+            assert!(matches!(err, AppError::Validation { ref field, .. } if field == "name"), "{raw:?}: {err:?}");
+            assert!(CustomerName::parse(raw, "name").is_err(), "{raw:?}");
+        }
+        assert!(Description::parse(Some("见\u{202E}附件"), "description").is_err());
+        assert!(OptionalText::parse(Some("上\u{200B}海"), "city").is_err());
+        // Ordinary spaces inside a name stay allowed.
+        assert_eq!(TagName::parse("VIP 客户", "name").unwrap().as_str(), "VIP 客户");
+        assert_eq!(TagName::parse("VIP\u{3000}客户", "name").unwrap().as_str(), "VIP\u{3000}客户");
     }
 
     #[test]

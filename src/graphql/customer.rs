@@ -314,6 +314,8 @@ impl CustomerQuery {
         >,
     ) -> Result<CustomerConnection> {
         let mut filter = parse_filter(filter)?;
+        let env = env(ctx);
+        service::screen_phone_search(env.db, env.principal, env.limits, &filter).await?;
         if let Some(segment) = segment {
             filter.segment = Some(resolve_segment(ctx, segment).await?);
         }

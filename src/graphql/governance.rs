@@ -41,9 +41,11 @@ impl ChangeRequest {
     async fn status(&self) -> ChangeRequestStatus {
         self.0.status
     }
-    /// The intended change, as it will be applied.
-    async fn change(&self) -> Json<Value> {
-        Json(self.0.payload.clone())
+    /// The intended change, as it will be applied; tags the caller may not
+    /// see are left out, ids included.
+    async fn change(&self, ctx: &Context<'_>) -> Result<Json<Value>> {
+        let env = env(ctx);
+        Ok(Json(requests::change_as_seen(env.db, env.principal, &self.0).await?))
     }
     /// What approving would change now, field by field (current value →
     /// proposed value), worked out by applying the edit in a transaction

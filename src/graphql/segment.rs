@@ -305,9 +305,14 @@ impl Segment {
     async fn owner(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.owner_staff_id)).await
     }
-    /// Members when a static segment was saved (its snapshot).
-    async fn snapshot_size(&self) -> Option<i32> {
-        self.0.member_count
+    /// Members of a static segment's snapshot that the caller may see (in
+    /// its scope, where it may see every class the expression reads); null
+    /// for a dynamic segment.
+    async fn snapshot_size(&self, ctx: &Context<'_>) -> Result<Option<u64>> {
+        if self.0.kind != SegmentKind::Static {
+            return Ok(None);
+        }
+        Ok(Some(members_count(ctx, self.filter(ctx).await?).await?))
     }
     /// When it was saved.
     async fn created_at(&self) -> DateTime {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
-    enums::{Gender, SegmentKind, TagOp, TagSource},
+    enums::{Gender, TagOp, TagSource},
     library_version, segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
@@ -788,14 +788,10 @@ fn needs(resolved: &Resolved, timelines: &mut HashSet<i64>, snapshots: &mut Hash
             timelines.extend(resolved.tag_family(*id));
         }
         SegmentExpr::Segment(Ref::Id(id)) => match resolved.segments.get(id) {
-            Some(saved) if saved.saved.kind == SegmentKind::Static => {
+            Some(saved) if saved.is_static() => {
                 snapshots.insert(saved.saved.id, saved.saved.created_at);
             }
-            Some(saved) => {
-                if let Some(inner) = &saved.inner {
-                    needs(inner, timelines, snapshots);
-                }
-            }
+            Some(saved) => needs(&saved.inner, timelines, snapshots),
             None => {}
         },
         _ => {}
@@ -1012,16 +1008,21 @@ impl Evaluator<'_> {
             e if is_scan(e) => self.scan(e, self.universe),
             SegmentExpr::Segment(Ref::Id(id)) => {
                 let saved = resolved.segments.get(id)?;
-                match &saved.inner {
-                    Some(inner) => self.eval(inner, &inner.expr)?,
-                    None => {
-                        let snapshot = self.s.snapshots.get(id)?;
-                        if snapshot.created_at != saved.saved.created_at {
-                            return None;
-                        }
-                        snapshot.members.clone()
+                if !saved.is_static() {
+                    return self.eval(&saved.inner, &saved.inner.expr);
+                }
+                let snapshot = self.s.snapshots.get(id)?;
+                if snapshot.created_at != saved.saved.created_at {
+                    return None;
+                }
+                // Where the caller may see every class the expression read.
+                let mut members = snapshot.members.clone();
+                for class in saved.inner.classes() {
+                    if let Some(units) = self.class_units(&class) {
+                        members &= units;
                     }
                 }
+                members
             }
             _ => return None,
         })

@@ -2,7 +2,9 @@
 //! the change they describe; nothing updates or deletes them.
 
 use chrono::{DateTime, Utc};
-use entity::{audit_log, enums::AuditOutcome};
+use std::collections::{BTreeSet, HashMap};
+
+use entity::{audit_log, enums::AuditOutcome, tag};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
 };
@@ -179,8 +181,14 @@ pub async fn list(
 ) -> AppResult<AuditPage> {
     let query = audit_log::Entity::find().filter(filtered(principal, filter)?);
     let mut page = super::newest_first(db, query, audit_log::Column::Id, |r| r.id, ORDERING, page).await?;
+    let mut named = BTreeSet::new();
+    for (_, row) in &page.items {
+        tags_named(row, &mut named);
+    }
+    let tags = TagSight::load(db, named).await?;
     for (_, row) in &mut page.items {
         row.detail = masked(principal, row);
+        tags.hide_unseen(principal, row);
     }
     Ok(page)
 }
@@ -196,7 +204,152 @@ pub async fn find(db: &impl ConnectionTrait, principal: &Principal, id: AuditEnt
         .await?
         .ok_or_else(|| AppError::not_found("audit log entry", id))?;
     row.detail = masked(principal, &row);
+    let mut named = BTreeSet::new();
+    tags_named(&row, &mut named);
+    TagSight::load(db, named).await?.hide_unseen(principal, &mut row);
     Ok(row)
+}
+
+/// Keys under which audit details name tags by id.
+const TAG_KEYS: [&str; 4] = ["tagId", "tagIds", "tag_id", "tag_ids"];
+
+/// The ids of the tags a row is about: its object when that is a tag, and
+/// every id under a [`TAG_KEYS`] key of its detail.
+fn tags_named(row: &audit_log::Model, out: &mut BTreeSet<i64>) {
+    if row.object_kind == "tag"
+        && let Some(id) = row.object_id.as_deref().and_then(|id| id.parse().ok())
+    {
+        out.insert(id);
+    }
+    walk_tag_ids(&row.detail, out);
+}
+
+/// Every id under a [`TAG_KEYS`] key, at any depth.
+fn walk_tag_ids(value: &Value, out: &mut BTreeSet<i64>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                if TAG_KEYS.contains(&key.as_str()) {
+                    let ids = inner.as_array().map_or_else(|| vec![inner], |a| a.iter().collect());
+                    out.extend(ids.into_iter().filter_map(Value::as_i64));
+                } else {
+                    walk_tag_ids(inner, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| walk_tag_ids(v, out)),
+        _ => {}
+    }
+}
+
+/// `value` (a detail or a change request's payload, about `unit`) as
+/// `principal` may see it: the ids of tags it may not see removed, and
+/// nothing but `{ "hidden": "***" }` left when those were all it named.
+///
+/// # Errors
+/// Database errors.
+pub async fn without_unseen_tags(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    unit: Option<i64>,
+    mut value: Value,
+) -> AppResult<Value> {
+    let mut named = BTreeSet::new();
+    walk_tag_ids(&value, &mut named);
+    let tags = TagSight::load(db, named).await?;
+    let (named, kept) = drop_unseen(&mut value, &|tag| tags.sees(principal, tag, unit));
+    Ok(if named && !kept { json!({ "hidden": HIDDEN }) } else { value })
+}
+
+/// What decides whether a reader may see a tag named in an audit row: its
+/// group's visibility class, or the owner of a personal tag.
+struct TagSight(HashMap<i64, (Option<String>, Option<i64>)>);
+
+impl TagSight {
+    async fn load(db: &impl ConnectionTrait, ids: BTreeSet<i64>) -> AppResult<Self> {
+        if ids.is_empty() {
+            return Ok(Self(HashMap::new()));
+        }
+        let tags = tag::Entity::find().filter(tag::Column::Id.is_in(ids)).all(db).await?;
+        let groups = super::tag_library::groups_by_id(db, tags.iter().filter_map(|t| t.group_id)).await?;
+        Ok(Self(
+            tags.into_iter()
+                .map(|t| {
+                    let class = t.group_id.and_then(|g| groups.get(&g)).map(|g| g.visibility_class.clone());
+                    (t.id, (class, t.owner_staff_id))
+                })
+                .collect(),
+        ))
+    }
+
+    /// As everywhere else: a library tag where the reader sees its class at
+    /// the row's unit, a personal tag for its owner or a reader of all
+    /// personal tags. Unknown ids are not seen.
+    fn sees(&self, principal: &Principal, tag: i64, unit: Option<i64>) -> bool {
+        match self.0.get(&tag) {
+            None => false,
+            Some((Some(class), _)) => unit.is_some_and(|u| principal.class_scope(class, ClassAccess::Read).contains(u)),
+            Some((None, owner)) => *owner == Some(principal.staff.id) || principal.reads_all_personal_tags(),
+        }
+    }
+
+    /// Removes the tags the reader may not see from the row, ids included;
+    /// a row about nothing but such tags keeps only that something was
+    /// hidden (not which customers carry them).
+    fn hide_unseen(&self, principal: &Principal, row: &mut audit_log::Model) {
+        let unit = row.org_unit_id;
+        let sees = |tag: i64| self.sees(principal, tag, unit);
+        let object_hidden = row.object_kind == "tag"
+            && row.object_id.as_deref().and_then(|id| id.parse().ok()).is_some_and(|id| !sees(id));
+        let (named, kept) = drop_unseen(&mut row.detail, &sees);
+        if object_hidden || (named && !kept) {
+            row.detail = json!({ "hidden": HIDDEN });
+        }
+        if object_hidden {
+            row.object_id = None;
+        }
+    }
+}
+
+/// Drops unseen tag ids under [`TAG_KEYS`] keys; answers whether the value
+/// named any tag, and whether any is left.
+fn drop_unseen(value: &mut Value, sees: &dyn Fn(i64) -> bool) -> (bool, bool) {
+    let (mut named, mut kept) = (false, false);
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if !TAG_KEYS.contains(&key.as_str()) {
+                    let (n, k) = drop_unseen(inner, sees);
+                    (named, kept) = (named || n, kept || k);
+                    continue;
+                }
+                match inner {
+                    Value::Array(ids) => {
+                        named |= !ids.is_empty();
+                        ids.retain(|id| id.as_i64().is_none_or(sees));
+                        kept |= !ids.is_empty();
+                    }
+                    Value::Number(id) => {
+                        named = true;
+                        if id.as_i64().is_some_and(sees) {
+                            kept = true;
+                        } else {
+                            *inner = json!(HIDDEN);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let (n, k) = drop_unseen(item, sees);
+                (named, kept) = (named || n, kept || k);
+            }
+        }
+        _ => {}
+    }
+    (named, kept)
 }
 
 /// Rows matching the filter that the caller may read.

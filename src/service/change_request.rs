@@ -115,6 +115,20 @@ fn filtered(principal: &Principal, filter: &RequestFilter) -> AppResult<Conditio
     Ok(cond)
 }
 
+/// A request's payload as the caller may see it: the tags of classes it may
+/// not see at the request's unit, and others' personal tags, left out (a
+/// reader of the audit log sees requests it does not approve).
+///
+/// # Errors
+/// Database errors.
+pub async fn change_as_seen(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    request: &change_request::Model,
+) -> AppResult<serde_json::Value> {
+    audit::without_unseen_tags(db, principal, Some(request.org_unit_id), request.payload.clone()).await
+}
+
 /// A page of the requests the caller may see.
 ///
 /// # Errors

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use entity::{customer, customer_identity, customer_tag, enums::Gender};
+use entity::{audit_log, customer, customer_identity, customer_tag, enums::Gender};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, Order, PaginatorTrait, QueryFilter,
@@ -17,6 +17,7 @@ use super::audit::{self, AuditEntry};
 use super::like_escape;
 use super::{segment, tag_library};
 use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
+use crate::config::Limits;
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, Phone, TagId,
 };
@@ -275,6 +276,63 @@ pub(crate) async fn filter_condition(
         cond = cond.add(segment::condition(principal, &seg.resolved, &searched, seg.offset, Utc::now())?);
     }
     Ok(cond)
+}
+
+/// The audit action of a search by a whole phone number.
+pub const PHONE_SEARCH: &str = "customer.phone_search";
+
+/// Audits and rate-limits a search by a whole phone number from a reader
+/// who sees phones only masked somewhere in its scope. Such a reader learns
+/// from `totalCount` whether a guessed number is right (10,000 guesses
+/// recover a masked one), yet a service desk must find a caller by the
+/// number given. So each such search is a sensitive read, audited as
+/// `customer.phone_search` with the number masked as that reader sees it
+/// (never in clear), and at most `limits.phone_searches_per_minute` run per
+/// staff member and minute. The count is of those audit rows, so the limit
+/// holds across instances without shared memory (two searches racing at
+/// the limit may both pass: a brake, not an exact quota). Readers who see
+/// phones in full, and searches that are not a whole number, pass
+/// untouched.
+///
+/// # Errors
+/// `LIMIT_EXCEEDED` beyond the rate; database errors.
+#[tracing::instrument(skip_all, fields(staff = principal.staff.id))]
+pub async fn screen_phone_search(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    filter: &CustomerFilter,
+) -> AppResult<()> {
+    let Some(Ok(phone)) = filter.search.as_deref().map(|s| Phone::parse(s.trim(), "filter.search")) else {
+        return Ok(());
+    };
+    let full = principal.field_scope(CustomerField::Phone);
+    let masked = principal.scope_of(&Permission::field(CustomerField::Phone, "read_masked"));
+    if masked.unit_ids().all(|u| full.contains(u)) {
+        return Ok(());
+    }
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    let recent = audit_log::Entity::find()
+        .filter(audit_log::Column::OccurredAt.gte(since))
+        .filter(audit_log::Column::ActorStaffId.eq(principal.staff.id))
+        .filter(audit_log::Column::Action.eq(PHONE_SEARCH))
+        .count(db)
+        .await?;
+    if recent >= u64::from(limits.phone_searches_per_minute) {
+        return Err(AppError::LimitExceeded(format!(
+            "at most {} searches by phone number per minute",
+            limits.phone_searches_per_minute
+        )));
+    }
+    let scope = filter.org_unit.map(|u| u.0).filter(|u| principal.visible_units().contains(u));
+    let entry = AuditEntry {
+        object_id: None,
+        ..AuditEntry::ok(principal.staff_id(), PHONE_SEARCH, "customer", "")
+            .in_unit(scope.unwrap_or(principal.staff.home_org_unit_id))
+            .with_detail(json!({ "phone": Phone::mask(phone.as_str()), "scope": scope }))
+    };
+    audit::record(db, entry).await?;
+    Ok(())
 }
 
 /// One page of the customers the caller may read, in `order`.

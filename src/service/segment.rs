@@ -4,7 +4,7 @@
 //! This is the plain-SQL evaluation: the reference the in-memory bitmap
 //! engine is checked against, and what answers until that engine is built.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -31,6 +31,7 @@ use crate::config::Limits;
 use crate::domain::{Cursor, Description, OrgUnitId, PageArgs, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
+use unicode_normalization::UnicodeNormalization;
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.
@@ -57,10 +58,38 @@ impl Resolved {
 
 /// A saved segment named in an expression: a dynamic one is evaluated from
 /// its own (resolved) expression, a static one from its member snapshot.
+/// Both are resolved in the caller's view, so that a static segment over
+/// tags the caller may not see is `NOT_FOUND` for it as a dynamic one is,
+/// and its snapshot counts only where the caller may see every class the
+/// expression reads.
 #[derive(Debug, Clone)]
 pub struct SavedRef {
     pub saved: segment::Model,
-    pub inner: Option<Box<Resolved>>,
+    pub inner: Box<Resolved>,
+}
+
+impl SavedRef {
+    /// Evaluated from its member snapshot rather than its expression.
+    pub fn is_static(&self) -> bool {
+        self.saved.kind == SegmentKind::Static
+    }
+}
+
+impl Resolved {
+    /// The visibility classes of the tags and groups the expression reads,
+    /// through the saved segments it uses.
+    pub fn classes(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .tags
+            .values()
+            .filter_map(|t| t.group.as_ref().map(|g| g.visibility_class.clone()))
+            .chain(self.groups.values().map(|g| g.visibility_class.clone()))
+            .collect();
+        for saved in self.segments.values() {
+            out.extend(saved.inner.classes());
+        }
+        out
+    }
 }
 
 impl Resolved {
@@ -80,15 +109,25 @@ impl Resolved {
         let mut ambiguous = HashSet::new();
         for (id, t) in &self.tags {
             if tags_named(db, principal, &t.tag.name).await?.len() > 1 {
-                ambiguous.insert(*id);
+                ambiguous.insert((RefKind::Tag, *id));
+            }
+        }
+        for (id, g) in &self.groups {
+            if groups_named(db, principal, &g.name).await?.len() > 1 {
+                ambiguous.insert((RefKind::Group, *id));
+            }
+        }
+        for (id, s) in &self.segments {
+            if segments_named(db, principal, &s.saved.name).await?.len() > 1 {
+                ambiguous.insert((RefKind::Segment, *id));
             }
         }
         Ok(self.text_with(offset, &ambiguous))
     }
 
-    fn text_with(&self, offset: FixedOffset, ambiguous: &HashSet<i64>) -> String {
+    fn text_with(&self, offset: FixedOffset, ambiguous: &HashSet<(RefKind, i64)>) -> String {
         let name_of = |kind: RefKind, id: i64| match kind {
-            RefKind::Tag if ambiguous.contains(&id) => None,
+            _ if ambiguous.contains(&(kind, id)) => None,
             RefKind::Tag => self.tags.get(&id).map(|t| t.tag.name.clone()),
             RefKind::Group => self.groups.get(&id).map(|g| g.name.clone()),
             RefKind::Segment => self.segments.get(&id).map(|s| s.saved.name.clone()),
@@ -154,15 +193,10 @@ fn resolve_within<'a, C: ConnectionTrait>(
                     format!("segment {:?} refers to itself through segment(…)", saved.name),
                 ));
             }
-            let inner = match saved.kind {
-                SegmentKind::Static => None,
-                SegmentKind::Dynamic => {
-                    let expr = parse_text(&saved.expression, FixedOffset::east_opt(0).expect("UTC"))?;
-                    let mut within = stack.clone();
-                    within.push(saved.id);
-                    Some(Box::new(resolve_within(db, principal, limits, expr, within).await?))
-                }
-            };
+            let expr = parse_text(&saved.expression, FixedOffset::east_opt(0).expect("UTC"))?;
+            let mut within = stack.clone();
+            within.push(saved.id);
+            let inner = Box::new(resolve_within(db, principal, limits, expr, within).await?);
             if let Ref::Name(n) = &r {
                 names.insert(n.clone(), saved.id);
             }
@@ -187,11 +221,48 @@ fn name_segments(expr: SegmentExpr, names: &HashMap<String, i64>) -> SegmentExpr
 async fn find_saved(db: &impl ConnectionTrait, principal: &Principal, r: &Ref) -> AppResult<segment::Model> {
     let found: Vec<segment::Model> = match r {
         Ref::Id(id) => segment::Entity::find_by_id(*id).all(db).await?,
-        Ref::Name(n) => segment::Entity::find().filter(segment::Column::Name.eq(n.as_str())).all(db).await?,
+        Ref::Name(n) => return pick_saved(segments_named(db, principal, n).await?, r),
     }
     .into_iter()
     .filter(|s| saved_visible(principal, s))
     .collect();
+    pick_saved(found, r)
+}
+
+/// The saved segments of that name the caller may use.
+async fn segments_named(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    name: &str,
+) -> AppResult<Vec<segment::Model>> {
+    let name: String = name.nfc().collect();
+    Ok(segment::Entity::find()
+        .filter(segment::Column::Name.eq(name))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|s| saved_visible(principal, s))
+        .collect())
+}
+
+/// The tag groups of that name the caller may see.
+async fn groups_named(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    name: &str,
+) -> AppResult<Vec<tag_group::Model>> {
+    let name: String = name.nfc().collect();
+    Ok(tag_group::Entity::find()
+        .filter(tag_group::Column::Name.eq(name))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|g| tag_library::group_visible(principal, g, None))
+        .collect())
+}
+
+/// The one segment `r` names, or why not.
+fn pick_saved(found: Vec<segment::Model>, r: &Ref) -> AppResult<segment::Model> {
     match found.as_slice() {
         [] => Err(match r {
             Ref::Id(id) => AppError::not_found("segment", id),
@@ -280,13 +351,7 @@ async fn resolve_references(
                 groups.insert(group.id, group);
             }
             Ref::Name(name) => {
-                let found: Vec<tag_group::Model> = tag_group::Entity::find()
-                    .filter(tag_group::Column::Name.eq(name.as_str()))
-                    .all(db)
-                    .await?
-                    .into_iter()
-                    .filter(|g| tag_library::group_visible(principal, g, None))
-                    .collect();
+                let found = groups_named(db, principal, &name).await?;
                 match found.as_slice() {
                     [] => return Err(AppError::NotFound { kind: "tag group", id: format!("{name:?}") }),
                     [one] => {
@@ -352,6 +417,9 @@ fn require_fields(principal: &Principal, expr: &SegmentExpr) -> AppResult<()> {
 
 /// Visible tags whose name, or one of whose aliases, is `name`.
 async fn tags_named(db: &impl ConnectionTrait, principal: &Principal, name: &str) -> AppResult<Vec<VisibleTag>> {
+    // Names are stored in NFC; a decomposed spelling in a text finds them.
+    let name: String = name.nfc().collect();
+    let name = name.as_str();
     let alias_pattern = format!("%{}%", like_escape(&serde_json::to_string(name).unwrap_or_default()));
     let aliases_text = Func::cast_as(Expr::col((tag::Entity, tag::Column::Aliases)), "TEXT");
     let found = tag::Entity::find()
@@ -659,20 +727,23 @@ impl Compiler<'_> {
             SegmentExpr::AddedAfter(t) => Condition::all().add(customer::Column::AddedAt.gt(*t)),
             SegmentExpr::Segment(r) => {
                 let saved = &self.resolved.segments[&id_of(r)];
-                match &saved.inner {
-                    Some(inner) => Compiler { resolved: inner, ..*self }.compile(&inner.expr)?,
-                    None => Condition::all().add(Expr::exists(
-                        Query::select()
-                            .expr(Expr::val(1))
-                            .from(segment_member::Entity)
-                            .and_where(
-                                Expr::col((segment_member::Entity, segment_member::Column::SegmentId))
-                                    .eq(saved.saved.id),
-                            )
-                            .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
-                            .to_owned(),
-                    )),
+                if !saved.is_static() {
+                    let inner = &saved.inner;
+                    return Compiler { resolved: inner, ..*self }.compile(&inner.expr);
                 }
+                // Snapshot members, where the caller may see what the
+                // expression read when they were taken.
+                let members = Condition::all().add(Expr::exists(
+                    Query::select()
+                        .expr(Expr::val(1))
+                        .from(segment_member::Entity)
+                        .and_where(
+                            Expr::col((segment_member::Entity, segment_member::Column::SegmentId)).eq(saved.saved.id),
+                        )
+                        .and_where(of_this_customer((segment_member::Entity, segment_member::Column::CustomerId)))
+                        .to_owned(),
+                ));
+                saved.inner.classes().iter().fold(members, |cond, class| self.visible_in(cond, class))
             }
         })
     }

@@ -203,11 +203,60 @@ async fn guarded_values_are_masked(app: TestApp) {
     let sensitive = seen.iter().find(|r| r["action"] == "tag_group.create").unwrap();
     assert_eq!(sensitive["objectId"], group.as_str());
     assert_eq!(sensitive["detail"], json!({ "visibilityClass": "sensitive", "hidden": "***" }));
+    // Somebody else's personal tag: the row says nothing of it, id included.
     let personal = seen.iter().find(|r| r["action"] == "tag.create").unwrap();
-    assert_eq!(personal["detail"]["name"], "***");
+    assert_eq!(personal["detail"], json!({ "hidden": "***" }));
+    assert!(personal["objectId"].is_null(), "{personal}");
     // The store manager's own view of the same rows (it sees the class).
     let admin = log(&app, "admin", json!({ "from": started, "action": "tag_group.create" })).await;
     assert_eq!(rows(&admin)[0]["detail"]["change"]["group"]["name"], "门店健康");
+}
+
+/// Rows about tags the reader may not see lose them, ids included: a
+/// reader without the value class does not learn that 有车一族 was put on a
+/// customer, and an auditor does not learn who carries somebody else's
+/// personal tag.
+async fn tag_ids_the_reader_may_not_see_are_hidden(app: TestApp) {
+    let started = chrono::Utc::now();
+    app.gql(
+        "admin",
+        "mutation { grantPermission(input: { role: \"customer_service\", object: \"audit_log\", action: \"read\" }) { changed } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let car = app.tag_id("资产状况", "有车一族").await;
+    let industry = app.tag_id("行业", "汽车行业").await;
+    let personal = app
+        .gql("sz01.sales", "mutation { createPersonalTag(input: { name: \"爱喝茶\" }) { tag { id } } }", json!({}))
+        .await;
+    let personal = personal.ok()["createPersonalTag"]["tag"]["id"].as_str().unwrap().to_owned();
+    let customers = app.customers_of("sz01").await;
+    let tag = "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    for (who, tags) in [(&customers[..2], vec![car.clone()]), (&customers[2..4], vec![car.clone(), industry.clone()])] {
+        app.gql("sz01.sales", tag, json!({ "c": who, "t": tags })).await.ok();
+    }
+    app.gql("sz01.sales", tag, json!({ "c": &customers[4..5], "t": [personal] })).await.ok();
+    let filter = json!({ "from": started, "action": "customer.tag" });
+    let details = |res: &Gql| rows(res).iter().rev().map(|r| r["detail"].clone()).collect::<Vec<_>>();
+    let admin = details(&log(&app, "admin", filter.clone()).await);
+    assert_eq!(admin.len(), 3);
+    assert!(admin[0]["tagIds"].as_array().unwrap().len() == 1 && admin[1]["tagIds"].as_array().unwrap().len() == 2);
+    let service = details(&log(&app, "sz01.service", filter.clone()).await);
+    assert_eq!(service[0], json!({ "hidden": "***" }), "only a value tag: nothing of it");
+    let industry_id: Value =
+        admin[1]["tagIds"].as_array().unwrap().iter().find(|id| **id != admin[0]["tagIds"][0]).unwrap().clone();
+    assert_eq!(service[1]["tagIds"], json!([industry_id]), "the value tag is gone, the basic one stays");
+    assert_eq!(service[2], json!({ "hidden": "***" }), "somebody else's personal tag");
+    let auditor = details(&log(&app, "hq.auditor", filter.clone()).await);
+    assert_eq!(auditor[0]["tagIds"], admin[0]["tagIds"], "the auditor sees the value class");
+    assert_eq!(auditor[2], json!({ "hidden": "***" }), "but not who carries a personal tag");
+    assert_eq!(admin[2], json!({ "hidden": "***" }), "nor does HQ without personal_tag:read_all");
+    // The row itself keeps everything: hiding is per reader.
+    let stored = audit_log::Entity::find().all(&app.db).await.unwrap();
+    assert!(stored.iter().any(
+        |r| r.action == "customer.tag" && r.detail["customerIds"] == json!([customers[4].parse::<i64>().unwrap()])
+    ));
 }
 
 /// A refused mutation leaves a DENIED row naming who tried what and why;
@@ -292,4 +341,5 @@ on_both_databases!(
     guarded_values_are_masked,
     refused_mutations_are_logged,
     rows_are_append_only,
+    tag_ids_the_reader_may_not_see_are_hidden,
 );

@@ -2,10 +2,12 @@
 
 use std::collections::HashSet;
 
+use entity::audit_log;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{TEST_CUSTOMERS_PER_STORE, TestApp, no_vars};
-use crate::on_both_databases;
+use crate::{on_both_databases, on_both_databases_with};
 
 const COUNT: &str = "query($f: CustomerFilterInput) { customers(filter: $f) { totalCount } }";
 const ONE: &str = "query($id: ID!) { customer(id: $id) { id name phone orgUnit { code } version } }";
@@ -316,4 +318,46 @@ on_both_databases!(
     updates_need_the_version_that_was_read,
     updates_outside_the_scope_or_without_the_right_are_refused,
     phones_are_masked_for_roles_without_the_right,
+);
+
+/// A reader who sees phones only masked may still find a caller by the
+/// whole number, but each such search is audited (the number masked) and
+/// they are rate-limited per staff member; full readers are not.
+async fn masked_readers_phone_searches_are_audited_and_rate_limited(app: TestApp) {
+    let id = app.customers_of("sz01").await[0].clone();
+    let phone = app.gql("sz01.sales", ONE, json!({ "id": id })).await.ok()["customer"]["phone"].clone();
+    let phone = phone.as_str().expect("the demo customer has a phone").to_owned();
+    let search = |login: &'static str, text: String| {
+        let app = &app;
+        async move { app.gql(login, COUNT, json!({ "f": { "search": text } })).await }
+    };
+    let searches = || audit_log::Entity::find().filter(audit_log::Column::Action.eq("customer.phone_search"));
+    for _ in 0..3 {
+        let found = search("sz01.service", phone.clone()).await;
+        assert_eq!(found.ok()["customers"]["totalCount"], 1);
+    }
+    // A name search is no phone search.
+    search("sz01.service", "张".into()).await.ok();
+    let rows = searches().all(&app.db).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    let service = app.staff("sz01.service").id;
+    for row in &rows {
+        assert_eq!(row.actor_staff_id, Some(service));
+        assert_eq!(row.org_unit_id, Some(app.unit("sz01")));
+        assert!(!row.detail.to_string().contains(&phone), "the number is not stored in clear: {}", row.detail);
+        assert_eq!(row.detail["phone"], format!("{}****{}", &phone[..3], &phone[7..]));
+    }
+    let refused = search("sz01.service", phone.clone()).await;
+    assert_eq!(refused.code(), "LIMIT_EXCEEDED");
+    assert_eq!(searches().count(&app.db).await.unwrap(), 3, "a refused search reads nothing");
+    // Somebody who sees phones in full is neither limited nor audited.
+    for _ in 0..5 {
+        assert_eq!(search("sz01.sales", phone.clone()).await.ok()["customers"]["totalCount"], 1);
+    }
+    assert_eq!(searches().count(&app.db).await.unwrap(), 3);
+}
+
+on_both_databases_with!(
+    masked_readers_phone_searches_are_audited_and_rate_limited =>
+        tagbase::config::Limits { phone_searches_per_minute: 3, ..Default::default() }
 );

@@ -996,7 +996,31 @@ async fn bulk_tagging_without_bulk_rights_becomes_a_request(app: TestApp) {
     assert_eq!(res.ok()["tagCustomers"]["applied"], true);
 }
 
+/// A request's payload names tags only to readers who may see them: a
+/// reader of the store's audit log without the value class does not learn
+/// that a value tag is about to be put on customers.
+async fn request_payloads_leave_out_tags_the_reader_may_not_see(app: TestApp) {
+    app.gql(
+        "admin",
+        "mutation { grantPermission(input: { role: \"customer_service\", object: \"audit_log\", action: \"read\" }) { changed } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let customers = app.customers_of("sz01").await;
+    let car = app.tag_id("资产状况", "有车一族").await;
+    let res = app.gql("sz01.sales", TAG_CUSTOMERS, json!({ "c": customers, "t": [car] })).await;
+    assert_eq!(res.ok()["tagCustomers"]["applied"], false);
+    let q = "{ changeRequests(status: PENDING) { edges { node { kind change } } } }";
+    let seen = |res: &Gql| res.ok()["changeRequests"]["edges"][0]["node"]["change"].clone();
+    let manager = seen(&app.gql("sz01.manager", q, json!({})).await);
+    assert_eq!(manager["tagIds"].as_array().unwrap().len(), 1, "{manager}");
+    let service = seen(&app.gql("sz01.service", q, json!({})).await);
+    assert_eq!(service, json!({ "hidden": "***" }));
+}
+
 on_both_databases_with!(
+    request_payloads_leave_out_tags_the_reader_may_not_see => Limits { bulk_threshold: 3, ..Limits::default() },
     a_bulk_run_holds_its_lock_while_a_salesperson_retries => Limits { bulk_threshold: 4, bulk_batch_size: 1, ..Limits::default() },
     bulk_tagging_without_bulk_rights_becomes_a_request => Limits { bulk_threshold: 3, ..Limits::default() },
 );

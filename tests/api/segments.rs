@@ -283,7 +283,71 @@ async fn resolve_names(app: &TestApp, e: SegmentExpr) -> SegmentExpr {
     walk(e, &tags)
 }
 
+/// Groups and segments that share a name in different units print by id,
+/// so that every canonical text parses back to the same members: random
+/// expressions over them, printed and fed back, give the same count and
+/// the same text.
+async fn colliding_group_and_segment_names_print_by_id_and_round_trip(app: TestApp) {
+    let groups = [
+        app.create_group("admin", "hq", "验收同名组", "basic", false).await,
+        app.create_group("admin", "bj01", "验收同名组", "basic", false).await,
+    ];
+    let tags = [
+        app.create_tag("admin", &groups[0], "同名组标签一").await,
+        app.create_tag("admin", &groups[1], "同名组标签二").await,
+    ];
+    let tag = "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    let (sz01, bj01) = (app.customers_of("sz01").await, app.customers_of("bj01").await);
+    app.gql("admin", tag, json!({ "c": sz01[..3], "t": [tags[0]] })).await.ok();
+    app.gql("admin", tag, json!({ "c": bj01[..1], "t": [tags[1]] })).await.ok();
+    let mut segments = Vec::new();
+    for (unit, kind, text) in [("hq", "DYNAMIC", "city = \"深圳\""), ("sz01", "STATIC", "gender = FEMALE")] {
+        let res = app
+            .gql(
+                "admin",
+                SAVE,
+                json!({ "i": { "orgUnitId": app.unit_id(unit), "name": "验收同名分群", "kind": kind, "segment": { "text": text } } }),
+            )
+            .await;
+        segments.push(res.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    fn leaf(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        groups: &[String],
+        segments: &[String],
+        depth: usize,
+    ) -> serde_json::Value {
+        if depth > 0 && rng.random_bool(0.5) {
+            let items: Vec<_> = (0..rng.random_range(2..4)).map(|_| leaf(rng, groups, segments, depth - 1)).collect();
+            return match rng.random_range(0..3) {
+                0 => json!({ "not": items[0] }),
+                1 => json!({ "and": items }),
+                _ => json!({ "or": items }),
+            };
+        }
+        match rng.random_range(0..3) {
+            0 => json!({ "group": groups[rng.random_range(0..2)] }),
+            1 => json!({ "segment": segments[rng.random_range(0..2)] }),
+            _ => json!({ "city": "深圳" }),
+        }
+    }
+    let mut sizes = HashSet::new();
+    for _ in 0..20 {
+        let input = leaf(&mut rng, &groups, &segments, 2);
+        let (count, text) = preview_count(&app, "admin", input.clone()).await;
+        assert!(!text.contains("验收同名"), "an ambiguous name is printed: {text}");
+        assert_eq!(preview_count(&app, "admin", json!({ "text": text })).await, (count, text.clone()), "{input}");
+        sizes.insert(count);
+    }
+    assert!(sizes.len() >= 3, "the expressions select different sets: {sizes:?}");
+    // A name that is unique to the reader still prints by name.
+    let (_, text) = preview_count(&app, "sz01.sales", json!({ "group": groups[0] })).await;
+    assert_eq!(text, "group(\"验收同名组\")");
+}
+
 on_both_databases!(
+    colliding_group_and_segment_names_print_by_id_and_round_trip,
     the_articles_segment_matches_a_brute_force_count,
     segments_only_count_what_the_caller_may_see,
     ambiguous_names_list_their_candidates,
@@ -476,3 +540,38 @@ async fn exports_carry_only_what_the_caller_may_read(app: TestApp) {
 }
 
 on_both_databases!(exports_carry_only_what_the_caller_may_read);
+
+/// A static segment is checked for the caller as a dynamic one is: one over
+/// a tag of a class the caller may not see is `NOT_FOUND`, and its count
+/// and snapshot size are the members the caller may see, not the saver's.
+async fn static_segments_count_only_what_the_caller_may_see(app: TestApp) {
+    let save = |name: &str, text: &str| json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "kind": "STATIC", "segment": { "text": text } } });
+    let complaints = app.gql("admin", SAVE, save("投诉快照", "tag(\"投诉记录\")")).await;
+    let complaints = complaints.ok()["saveSegment"]["segment"].clone();
+    assert!(complaints["count"].as_u64().unwrap() > 0, "the demo has complaints");
+    let q =
+        "query($id: ID!) { segment(id: $id) { count snapshotSize customers(first: 100) { edges { node { id } } } } }";
+    // The same dynamic expression is NOT_FOUND for the store's salesperson.
+    let dynamic = app.gql("sz01.sales", PREVIEW, json!({ "s": { "text": "tag(\"投诉记录\")" } })).await;
+    assert_eq!(dynamic.code(), "NOT_FOUND");
+    // As for a dynamic one: every number and member list is NOT_FOUND.
+    let hidden = app.gql("sz01.sales", q, json!({ "id": complaints["id"] })).await;
+    let errors = hidden.0["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{:#}", hidden.0);
+    assert!(errors.iter().all(|e| e["extensions"]["code"] == "NOT_FOUND"), "{:#}", hidden.0);
+    assert!(hidden.0["data"]["segment"].is_null(), "{:#}", hidden.0);
+    let used = app.gql("sz01.sales", PREVIEW, json!({ "s": { "segment": complaints["id"] } })).await;
+    assert_eq!(used.code(), "NOT_FOUND");
+    // A static segment the salesperson may use counts its own store only.
+    let women = app.gql("admin", SAVE, save("女性快照", "gender = FEMALE")).await;
+    let women = women.ok()["saveSegment"]["segment"].clone();
+    let (store, _) = preview_count(&app, "sz01.sales", json!({ "text": "gender = FEMALE" })).await;
+    assert!(store > 0 && store < women["snapshotSize"].as_u64().unwrap(), "{store} {women}");
+    let seen = app.gql("sz01.sales", q, json!({ "id": women["id"] })).await;
+    let seen = &seen.ok()["segment"];
+    assert_eq!(seen["count"].as_u64().unwrap(), store);
+    assert_eq!(seen["snapshotSize"].as_u64().unwrap(), store);
+    assert_eq!(seen["customers"]["edges"].as_array().unwrap().len() as u64, store);
+}
+
+on_both_databases!(static_segments_count_only_what_the_caller_may_see);

@@ -195,7 +195,46 @@ async fn personal_tags_are_seen_only_by_their_owner(app: TestApp) {
     assert_eq!(res.code(), "NOT_FOUND");
 }
 
+/// NFC and NFD spellings of `Café` are one name; bidi overrides and
+/// invisible characters are refused on every named write.
+async fn names_are_normalised_and_spoofing_characters_refused(app: TestApp) {
+    let age = app.group_id("活动").await;
+    let ok = app.gql("admin", CREATE_TAG, json!({ "i": { "groupId": age, "name": "Caf\u{E9}" } })).await;
+    assert_eq!(ok.ok()["createTag"]["tag"]["name"], "Caf\u{E9}");
+    let before = app.snapshot().await;
+    let nfd = app.gql("admin", CREATE_TAG, json!({ "i": { "groupId": age, "name": "Cafe\u{301}" } })).await;
+    assert_eq!(nfd.code(), "CONFLICT", "{:#}", nfd.0);
+    for spoof in ["VIP\u{202E}pihc", "高\u{200B}价值", "\u{3164}", "a\u{2066}b\u{2069}"] {
+        let tag = app.gql("admin", CREATE_TAG, json!({ "i": { "groupId": age, "name": spoof } })).await;
+        assert_eq!(tag.code(), "VALIDATION", "{spoof:?}");
+        assert_eq!(tag.0["errors"][0]["extensions"]["field"], "name", "{spoof:?}");
+        let alias = app
+            .gql("admin", CREATE_TAG, json!({ "i": { "groupId": age, "name": "别名测试", "aliases": [spoof] } }))
+            .await;
+        assert_eq!(alias.code(), "VALIDATION", "{spoof:?}");
+        let group = app
+            .gql(
+                "admin",
+                CREATE_GROUP,
+                json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": spoof, "category": "BEHAVIOR", "visibilityClass": "basic" } }),
+            )
+            .await;
+        assert_eq!(group.code(), "VALIDATION", "{spoof:?}");
+        let customer = app
+            .gql(
+                "admin",
+                "mutation($u: ID!, $n: String!) { createCustomer(input: { orgUnitId: $u, name: $n }) { customer { id } } }",
+                json!({ "u": app.unit_id("sz01"), "n": spoof }),
+            )
+            .await;
+        assert_eq!(customer.code(), "VALIDATION", "{spoof:?}");
+        assert_eq!(customer.0["errors"][0]["extensions"]["field"], "name", "{spoof:?}");
+    }
+    assert_eq!(app.snapshot().await, before);
+}
+
 on_both_databases!(
+    names_are_normalised_and_spoofing_characters_refused,
     a_store_sees_hq_region_and_store_layers,
     other_stores_and_regions_libraries_are_not_found,
     regional_tags_roll_up_to_different_hq_tags,
