@@ -160,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen, demo } => {
             let app = Application::build(settings(Some(listen))).await?;
             if demo {
-                let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+                let report = seed::seed_demo(&app.state.db, &app.state.authz, app.state.settings.utc_offset).await?;
                 tracing::info!(%report, "demo data loaded");
             }
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -174,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::SeedDemo => {
             let app = Application::build(settings(None)).await?;
-            let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+            let report = seed::seed_demo(&app.state.db, &app.state.authz, app.state.settings.utc_offset).await?;
             eprintln!("demo data loaded: {report}");
             Ok(())
         }

@@ -686,6 +686,9 @@ pub struct NewSegment {
     pub description: Description,
     pub kind: SegmentKind,
     pub resolved: Resolved,
+    /// The organisation's UTC offset: a static segment's members are
+    /// evaluated with it, exactly as a preview of the same text is.
+    pub offset: FixedOffset,
 }
 
 /// The stored form of an expression: every reference by id, dates in UTC.
@@ -708,10 +711,7 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
     let members = match input.kind {
         SegmentKind::Static => {
             let filter = CustomerFilter {
-                segment: Some(SegmentFilter {
-                    resolved: input.resolved.clone(),
-                    offset: FixedOffset::east_opt(0).expect("UTC"),
-                }),
+                segment: Some(SegmentFilter { resolved: input.resolved.clone(), offset: input.offset }),
                 ..Default::default()
             };
             Some(customer_service::ids_in_scope(db, principal, &filter).await?)

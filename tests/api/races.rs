@@ -5,17 +5,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{FixedOffset, Months, NaiveDate, Timelike, Utc};
 use entity::enums::{Gender, TagOp, TagSource};
-use entity::{audit_log, customer, customer_tag, modification_lock, tag_event};
+use entity::{audit_log, casbin_rule, customer, customer_tag, modification_lock, tag_event};
 use sea_orm::{
+    ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde_json::{Value, json};
 use tagbase::config::Limits;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::TestApp;
 use crate::{on_both_databases, on_both_databases_with};
 
 const TAG_CUSTOMERS: &str = "mutation($c: [ID!]!, $t: [ID!]!, $r: String) {
@@ -253,3 +254,204 @@ on_both_databases_with!(
 );
 
 on_both_databases!(a_bulk_call_that_fails_midway_writes_nothing);
+
+const GRANT: &str = "mutation($i: PermissionInput!) { grantPermission(input: $i) { changed } }";
+const REVOKE: &str = "mutation($i: PermissionInput!) { revokePermission(input: $i) { changed } }";
+
+fn policy_edit(role: &str) -> Value {
+    json!({ "i": { "role": role, "object": "policy", "action": "edit" } })
+}
+
+async fn policy_editors(app: &TestApp) -> Vec<String> {
+    let mut roles: Vec<String> = casbin_rule::Entity::find()
+        .filter(casbin_rule::Column::Ptype.eq("p"))
+        .filter(casbin_rule::Column::V1.eq("policy"))
+        .filter(casbin_rule::Column::V2.eq("edit"))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.v0)
+        .collect();
+    roles.sort();
+    roles
+}
+
+/// Two editors revoke each other's last `policy:edit` at the same time:
+/// exactly one wins, the other gets CONFLICT, and one editor remains.
+async fn two_concurrent_revokes_leave_one_policy_editor(app: TestApp) {
+    assert_eq!(app.gql("admin", GRANT, policy_edit("auditor")).await.ok()["grantPermission"]["changed"], true);
+    assert_eq!(app.gql("admin", GRANT, policy_edit("marketing")).await.ok()["grantPermission"]["changed"], true);
+    assert_eq!(app.gql("admin", REVOKE, policy_edit("hq_admin")).await.ok()["revokePermission"]["changed"], true);
+    for round in 0..5 {
+        assert_eq!(policy_editors(&app).await, ["auditor", "marketing"], "round {round}");
+        let (a, m) = tokio::join!(
+            app.gql("hq.auditor", REVOKE, policy_edit("auditor")),
+            app.gql("hq.marketing", REVOKE, policy_edit("marketing")),
+        );
+        let won: Vec<bool> = [&a, &m]
+            .iter()
+            .map(|res| {
+                if res.0.get("errors").is_some() {
+                    assert_eq!(res.code(), "CONFLICT", "{:#}", res.0);
+                    false
+                } else {
+                    assert_eq!(res.ok()["revokePermission"]["changed"], true);
+                    true
+                }
+            })
+            .collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "exactly one revoke wins: {a:?} {m:?}");
+        let left = policy_editors(&app).await;
+        assert_eq!(left.len(), 1, "one editor remains: {left:?}");
+        // The remaining editor gives the other role its right back.
+        let (login, other) = if left[0] == "auditor" { ("hq.auditor", "marketing") } else { ("hq.marketing", "auditor") };
+        app.gql(login, GRANT, policy_edit(other)).await.ok();
+    }
+}
+
+/// An approver's preview of a pending edit (`changeRequest { diff }`) does
+/// not wait for the tag-event writer lock: a reader cannot stall writers,
+/// nor be stalled by a long one.
+async fn a_change_request_preview_does_not_take_the_writer_lock(app: TestApp) {
+    let regional = app.tag_id("华南区域标签", "南方气候").await;
+    let version = app.gql("admin", "query($id: ID!) { tag(id: $id) { version } }", json!({ "id": regional })).await;
+    let version = version.ok()["tag"]["version"].clone();
+    let res = app
+        .gql(
+            "sz01.manager",
+            "mutation($in: UpdateTagInput!) { updateTag(input: $in) { applied changeRequest { id } } }",
+            json!({ "in": { "id": regional, "expectedVersion": version, "name": "南方湿热气候" } }),
+        )
+        .await;
+    assert_eq!(res.ok()["updateTag"]["applied"], false);
+    let id = res.ok()["updateTag"]["changeRequest"]["id"].as_str().unwrap().to_owned();
+
+    // A writer in the middle of a long transaction holds the event-log lock
+    // (PostgreSQL; SQLite has one writer at a time and no such lock).
+    let writer = match app.db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let txn = app.db.begin().await.unwrap();
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(32758193958515557)").await.unwrap();
+            Some(txn)
+        }
+        _ => None,
+    };
+    let diff = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.gql("south.manager", "query($id: ID!) { changeRequest(id: $id) { diff { field from to } } }", json!({ "id": id })),
+    )
+    .await
+    .expect("the preview answered while a writer held the event-log lock");
+    if let Some(txn) = writer {
+        txn.rollback().await.unwrap();
+    }
+    let changes = diff.ok()["changeRequest"]["diff"].as_array().unwrap().clone();
+    let name = changes.iter().find(|c| c["field"] == "name").expect("the name changes");
+    assert_eq!(name["from"], "南方气候");
+    assert_eq!(name["to"], "南方湿热气候");
+}
+
+on_both_databases!(two_concurrent_revokes_leave_one_policy_editor, a_change_request_preview_does_not_take_the_writer_lock);
+
+/// A fixed offset whose date differs from UTC's right now: +12:00 in the
+/// afternoon (UTC), -12:00 in the morning.
+fn offset_apart_from_utc() -> FixedOffset {
+    if Utc::now().hour() >= 12 {
+        FixedOffset::east_opt(12 * 3600).unwrap()
+    } else {
+        FixedOffset::west_opt(12 * 3600).unwrap()
+    }
+}
+
+async fn add_shanghai_customer(app: &TestApp, name: &str, born: NaiveDate) {
+    let now = Utc::now();
+    customer::ActiveModel {
+        id: NotSet,
+        org_unit_id: Set(app.unit("sz01")),
+        owner_staff_id: Set(None),
+        name: Set(name.to_owned()),
+        phone: Set(None),
+        gender: Set(Gender::Female),
+        birth_date: Set(Some(born)),
+        city: Set(Some("上海".to_owned())),
+        industry: Set(None),
+        channel: Set(None),
+        total_spend_cents: Set(0),
+        order_count: Set(0),
+        last_order_at: Set(None),
+        added_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+}
+
+/// A static segment keeps exactly the members its preview shows, dates
+/// read in the organisation's time zone: a customer whose 28th birthday is
+/// today there (but not in UTC, or the other way round) is in both or in
+/// neither.
+async fn a_static_segment_keeps_the_members_of_its_preview(app: TestApp) {
+    let offset = app.app.state.settings.utc_offset;
+    let local_today = Utc::now().with_timezone(&offset).date_naive();
+    let utc_today = Utc::now().date_naive();
+    assert_ne!(local_today, utc_today, "the test runs where the two dates differ");
+    let born = local_today.max(utc_today).checked_sub_months(Months::new(28 * 12)).unwrap();
+    add_shanghai_customer(&app, "今天生日", born).await;
+    add_shanghai_customer(&app, "上月生日", born.checked_sub_months(Months::new(1)).unwrap()).await;
+    app.app.state.index.rebuild(&app.db).await.unwrap();
+
+    let text = "age = 28 AND city = \"上海\"";
+    let preview = app
+        .gql("admin", "query($t: String!) { segmentPreview(segment: { text: $t }) { count } }", json!({ "t": text }))
+        .await;
+    let previewed = preview.ok()["segmentPreview"]["count"].as_u64().unwrap();
+    assert!(previewed >= 1, "the customer born a month earlier is 28 either way");
+    let saved = app
+        .gql(
+            "admin",
+            "mutation($i: SaveSegmentInput!) { saveSegment(input: $i) { segment { count snapshotSize } } }",
+            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "二十八岁上海", "kind": "STATIC",
+                           "segment": { "text": text } } }),
+        )
+        .await;
+    let segment = &saved.ok()["saveSegment"]["segment"];
+    assert_eq!(segment["snapshotSize"].as_u64(), Some(previewed), "the snapshot keeps the preview's members");
+    assert_eq!(segment["count"].as_u64(), Some(previewed));
+}
+
+mod a_static_segment_keeps_the_members_of_its_preview {
+    use crate::helpers::{Backend, TestApp};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::spawn_configured(Backend::Sqlite, |s| s.utc_offset = super::offset_apart_from_utc()).await;
+        super::a_static_segment_keeps_the_members_of_its_preview(app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let app = TestApp::spawn_configured(Backend::Postgres, |s| s.utc_offset = super::offset_apart_from_utc()).await;
+        super::a_static_segment_keeps_the_members_of_its_preview(app).await;
+    }
+}
+
+/// The demo segment 购车后资金需求 bounds its dates at the organisation's
+/// midnight: its text shows plain dates, not UTC midnight in local time.
+async fn the_demo_segment_bounds_dates_at_the_organisations_midnight(app: TestApp) {
+    let res = app.gql("hq.marketing", "{ segments(first: 50) { edges { node { name text } } } }", json!({})).await;
+    let text = res.ok()["segments"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["name"] == "购车后资金需求")
+        .map(|e| e["node"]["text"].as_str().unwrap().to_owned())
+        .expect("the demo segment");
+    for date in ["\"2026-04-15\"", "\"2026-05-20\"", "\"2026-10-10\"", "\"2026-11-01\""] {
+        assert!(text.contains(date), "{date} in {text}");
+    }
+}
+
+on_both_databases!(the_demo_segment_bounds_dates_at_the_organisations_midnight);
