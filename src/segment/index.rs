@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
-    enums::{Gender, SegmentKind, TagOp, TagSource},
+    enums::{Gender, SegmentKind, TagOp, TagSource, TagStatus},
     library_version, segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
@@ -43,6 +43,7 @@ use sea_orm::{
 use super::{Range, Ref, SegmentExpr};
 use crate::authz::{Action, ClassAccess, Principal, Scope};
 use crate::service::segment::{AgeBounds, Resolved};
+use crate::service::tag_library::is_retired;
 
 /// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
@@ -380,9 +381,9 @@ impl SegmentIndex {
                         .await?,
                 );
             }
-            let new_tags: Vec<(i64, Option<i64>)> = tag::Entity::find()
+            let new_tags: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
                 .select_only()
-                .columns([tag::Column::Id, tag::Column::GroupId])
+                .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
                 .filter(tag::Column::Id.gt(last_tag))
                 .order_by_asc(tag::Column::Id)
                 .into_tuple()
@@ -399,12 +400,13 @@ impl SegmentIndex {
                 .into_tuple()
                 .all(db)
                 .await?;
-            let revised: Vec<(i64, Option<i64>)> = if versions.is_empty() {
+            // A retired tag counts for no group.
+            let revised: Vec<(i64, Option<i64>, TagStatus)> = if versions.is_empty() {
                 Vec::new()
             } else {
                 tag::Entity::find()
                     .select_only()
-                    .columns([tag::Column::Id, tag::Column::GroupId])
+                    .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
                     .filter(tag::Column::Id.is_in(versions.iter().map(|(_, t)| *t).filter(|t| *t <= last_tag)))
                     .into_tuple()
                     .all(db)
@@ -414,19 +416,19 @@ impl SegmentIndex {
                 || changes.len() as u64 == EVENT_BATCH
                 || versions.len() as u64 == EVENT_BATCH;
             let mut s = self.write();
-            for (id, group) in revised {
+            for (id, group, status) in revised {
                 for members in s.group_tags.values_mut() {
                     members.retain(|t| *t != id);
                 }
-                if let Some(group) = group {
+                if let Some(group) = group.filter(|_| !is_retired(status)) {
                     s.group_tags.entry(group).or_default().push(id);
                 }
             }
             if let Some((id, _)) = versions.last() {
                 s.last_version = *id;
             }
-            for (id, group) in new_tags {
-                if let Some(group) = group {
+            for (id, group, status) in new_tags {
+                if let Some(group) = group.filter(|_| !is_retired(status)) {
                     s.group_tags.entry(group).or_default().push(id);
                 }
                 s.last_tag = s.last_tag.max(id);
@@ -859,6 +861,9 @@ impl Evaluator<'_> {
     /// Holders of the tag, where the caller may see it.
     fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
         let Ref::Id(id) = r else { return None };
+        if resolved.tags.get(id).is_some_and(|t| is_retired(t.tag.status)) {
+            return Some(RoaringBitmap::new());
+        }
         let holders = self.s.tags.get(id).cloned().unwrap_or_default();
         Some(self.where_tag_visible(resolved, *id, holders))
     }

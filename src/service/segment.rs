@@ -543,7 +543,10 @@ impl Compiler<'_> {
             .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).eq(tag_id))
             .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
             .to_owned();
-        let held = Condition::all().add(Expr::exists(holders));
+        let mut held = Condition::all().add(Expr::exists(holders));
+        if self.resolved.tags.get(&tag_id).is_some_and(|t| tag_library::is_retired(t.tag.status)) {
+            held = held.add(Expr::cust("1 = 0"));
+        }
         // A personal tag (no group) is seen by its owner wherever it is.
         match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
             Some(group) => self.visible_in(held, &group.visibility_class),
@@ -591,6 +594,7 @@ impl Compiler<'_> {
                             .equals((customer_tag::Entity, customer_tag::Column::TagId)),
                     )
                     .and_where(Expr::col((tag::Entity, tag::Column::GroupId)).eq(group.id))
+                    .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
                     .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
                     .to_owned();
                 self.visible_in(Condition::all().add(Expr::exists(members)), &group.visibility_class)

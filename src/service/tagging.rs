@@ -797,7 +797,7 @@ struct AssignmentRow {
 }
 
 /// The tags of the given customers that the caller may see, by customer,
-/// oldest assignment first: other people's personal tags and tags of
+/// oldest assignment first (archived tags are retired and left out): other people's personal tags and tags of
 /// classes the caller may not read at the customer's unit are left out
 /// here, so they never reach the API layer. One statement.
 ///
@@ -833,6 +833,7 @@ pub async fn visible_assignments_of(
             Expr::col((customer::Entity, customer::Column::Id)).equals(ct(customer_tag::Column::CustomerId)),
         )
         .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(customer_ids.iter().copied()))
+        .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
         .order_by(ct(customer_tag::Column::TaggedAt), Order::Asc)
         .order_by(ct(customer_tag::Column::TagId), Order::Asc)
         .to_owned();
@@ -864,7 +865,8 @@ struct CountRow {
 }
 
 /// How many customers hold each tag, counting only customers the caller may
-/// read, in units where it may see the tag's class. One statement.
+/// read, in units where it may see the tag's class (0 for an archived tag:
+/// retired). One statement.
 ///
 /// # Errors
 /// Database errors.
@@ -895,6 +897,7 @@ pub async fn holder_counts(
             Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
         )
         .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).is_in(tag_ids.iter().copied()))
+        .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
         .and_where(Expr::col(unit).is_in(principal.scope(Action::CustomerRead).unit_ids()))
         .group_by_columns([
             (customer_tag::Entity, customer_tag::Column::TagId).into_column_ref(),

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod archived_tags;
 mod audit;
 mod cli;
 mod customers;
