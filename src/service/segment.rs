@@ -12,7 +12,7 @@ use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
     enums::{SegmentKind, TagCategory, TagOp, TagSource},
-    segment, segment_member, tag, tag_event, tag_group,
+    segment, segment_member, segment_reference, tag, tag_event, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -29,7 +29,7 @@ use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
 use crate::domain::{Cursor, Description, OrgUnitId, PageSize, TagGroupId, TagId, TagName};
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult, is_foreign_key_violation, is_unique_violation};
 use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
 
 /// An expression whose references are all ids the caller may see, with
@@ -752,6 +752,22 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
             chunk.iter().map(|c| segment_member::ActiveModel { segment_id: Set(saved.id), customer_id: Set(*c) });
         segment_member::Entity::insert_many(rows).exec(&txn).await?;
     }
+    // The segments it uses, as rows with foreign keys: a delete racing
+    // this save either fails here or finds the rows and is refused.
+    let used = input.resolved.segments.keys().map(|used| segment_reference::ActiveModel {
+        segment_id: Set(saved.id),
+        used_segment_id: Set(*used),
+    });
+    if !input.resolved.segments.is_empty() {
+        match segment_reference::Entity::insert_many(used).exec(&txn).await {
+            Err(err) if is_foreign_key_violation(&err) => {
+                return Err(AppError::Conflict("a segment it uses was deleted meanwhile".to_owned()));
+            }
+            other => {
+                other?;
+            }
+        }
+    }
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "segment.save", "segment", saved.id)
@@ -797,18 +813,30 @@ pub async fn delete(db: &DatabaseConnection, principal: &Principal, id: i64) -> 
     let saved = find(db, principal, id).await?;
     principal.require(Action::SegmentWrite, saved.org_unit_id)?;
     let txn = db.begin().await?;
-    let users = segment::Entity::find()
-        .filter(segment::Column::Expression.like(format!("%segment(#{id})%")))
-        .filter(segment::Column::Id.ne(id))
-        .all(&txn)
+    let in_use = |user: Option<segment::Model>| {
+        let name = match user {
+            Some(user) if saved_visible(principal, &user) => format!("{:?}", user.name),
+            _ => "another segment".to_owned(),
+        };
+        AppError::Conflict(format!("segment {:?} is used by {name}", saved.name))
+    };
+    let user = segment_reference::Entity::find()
+        .filter(segment_reference::Column::UsedSegmentId.eq(id))
+        .filter(segment_reference::Column::SegmentId.ne(id))
+        .one(&txn)
         .await?;
-    if let Some(user) = users.first() {
-        let name =
-            if saved_visible(principal, user) { format!("{:?}", user.name) } else { "another segment".to_owned() };
-        return Err(AppError::Conflict(format!("segment {:?} is used by {name}", saved.name)));
+    if let Some(user) = user {
+        return Err(in_use(segment::Entity::find_by_id(user.segment_id).one(&txn).await?));
     }
     segment_member::Entity::delete_many().filter(segment_member::Column::SegmentId.eq(id)).exec(&txn).await?;
-    segment::Entity::delete_by_id(id).exec(&txn).await?;
+    // A save that began using it after the check above holds its reference
+    // row: the foreign key refuses the delete.
+    match segment::Entity::delete_by_id(id).exec(&txn).await {
+        Err(err) if is_foreign_key_violation(&err) => return Err(in_use(None)),
+        other => {
+            other?;
+        }
+    }
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "segment.delete", "segment", id)

@@ -481,3 +481,46 @@ async fn the_index_rebuilds_in_pages_to_the_same_answers(app: TestApp) {
 }
 
 on_both_databases!(the_index_rebuilds_in_pages_to_the_same_answers);
+
+const SAVE_SEGMENT: &str = "mutation($i: SaveSegmentInput!) { saveSegment(input: $i) { segment { id } } }";
+const DELETE_SEGMENT: &str = "mutation($id: ID!) { deleteSegment(id: $id) { deletedId } }";
+
+/// A segment being saved with `segment(#id)` and the deletion of that
+/// segment race: one of them wins; never both, so no saved segment is left
+/// referring to a deleted one.
+async fn deleting_a_segment_while_another_starts_using_it_leaves_no_dangling_reference(app: TestApp) {
+    let hq = app.unit_id("hq");
+    for round in 0..8 {
+        let base = format!("底座{round}");
+        let res = app
+            .gql("admin", SAVE_SEGMENT, json!({ "i": { "orgUnitId": hq, "name": base, "segment": { "text": "gender = FEMALE" } } }))
+            .await;
+        let base_id = res.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned();
+        let user = json!({ "i": { "orgUnitId": hq, "name": format!("使用者{round}"),
+                                  "segment": { "text": format!("segment(\"{base}\") AND city = \"深圳\"") } } });
+        let (saved, deleted) = tokio::join!(
+            app.gql("hq.marketing", SAVE_SEGMENT, user),
+            app.gql("admin", DELETE_SEGMENT, json!({ "id": base_id })),
+        );
+        let saved_ok = saved.0.get("errors").is_none();
+        let deleted_ok = deleted.0.get("errors").is_none();
+        assert!(saved_ok != deleted_ok, "exactly one wins (round {round}): {saved:?} {deleted:?}");
+        if !saved_ok {
+            assert!(["NOT_FOUND", "CONFLICT"].contains(&saved.code().as_str()), "{saved:?}");
+        }
+        if !deleted_ok {
+            assert_eq!(deleted.code(), "CONFLICT");
+        }
+    }
+    // No stored expression refers to a missing segment.
+    let all = entity::segment::Entity::find().all(&app.db).await.unwrap();
+    let ids: Vec<i64> = all.iter().map(|s| s.id).collect();
+    for s in &all {
+        for (at, _) in s.expression.match_indices("segment(#") {
+            let digits: String = s.expression[at + 9..].chars().take_while(char::is_ascii_digit).collect();
+            assert!(ids.contains(&digits.parse().unwrap()), "{:?} refers to a deleted segment", s.expression);
+        }
+    }
+}
+
+on_both_databases!(deleting_a_segment_while_another_starts_using_it_leaves_no_dangling_reference);
