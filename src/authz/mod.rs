@@ -297,7 +297,10 @@ pub(crate) async fn store_rule(conn: &impl ConnectionTrait, ptype: &str, values:
 /// The roles that stored `p` rules grant `permission` to, as `conn` sees
 /// them (inside a transaction: that transaction's view, not the cached
 /// policy).
-pub(crate) async fn roles_granting(conn: &impl ConnectionTrait, permission: &Permission) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn roles_granting(
+    conn: &impl ConnectionTrait,
+    permission: &Permission,
+) -> anyhow::Result<Vec<String>> {
     let rules = casbin_rule::Entity::find()
         .filter(casbin_rule::Column::Ptype.eq("p"))
         .filter(casbin_rule::Column::V1.eq(permission.object.as_str()))

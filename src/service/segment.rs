@@ -754,10 +754,11 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
     }
     // The segments it uses, as rows with foreign keys: a delete racing
     // this save either fails here or finds the rows and is refused.
-    let used = input.resolved.segments.keys().map(|used| segment_reference::ActiveModel {
-        segment_id: Set(saved.id),
-        used_segment_id: Set(*used),
-    });
+    let used = input
+        .resolved
+        .segments
+        .keys()
+        .map(|used| segment_reference::ActiveModel { segment_id: Set(saved.id), used_segment_id: Set(*used) });
     if !input.resolved.segments.is_empty() {
         match segment_reference::Entity::insert_many(used).exec(&txn).await {
             Err(err) if is_foreign_key_violation(&err) => {

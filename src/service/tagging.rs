@@ -368,7 +368,13 @@ pub async fn remove_tags(
 ) -> AppResult<TaggingOutcome> {
     check_sizes(limits, customer_ids.len(), tag_ids.len())?;
     let txn = db.begin().await?;
-    let req = TagRequest { customers: customer_ids, tags: tag_ids, expires_at: None, source: TagSource::Manual, source_ref: None };
+    let req = TagRequest {
+        customers: customer_ids,
+        tags: tag_ids,
+        expires_at: None,
+        source: TagSource::Manual,
+        source_ref: None,
+    };
     let outcome = remove_tags_in(&txn, principal, req, &Keep::default()).await?;
     txn.commit().await?;
     Ok(outcome)
@@ -404,8 +410,12 @@ async fn remove_tags_in(
                 outcome.kept += 1;
             } else if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                let by =
-                    EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
+                let by = EventBy {
+                    actor: principal.staff.id,
+                    source: req.source,
+                    source_ref: req.source_ref.clone(),
+                    at: now,
+                };
                 events.push(by.event(c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
@@ -548,8 +558,7 @@ pub async fn tag_or_request(
     let keep = Keep::default();
     if bulk.customer_ids.len() <= limits.bulk_threshold {
         let txn = db.begin().await?;
-        let outcome =
-            run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), &keep).await?;
+        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), &keep).await?;
         txn.commit().await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
@@ -632,7 +641,8 @@ async fn changed_since(
             .all(txn)
             .await?;
         for (member, group) in members {
-            let same: Vec<i64> = tags.iter().filter(|t| t.group.as_ref().map(|g| g.id) == group).map(|t| t.tag.id).collect();
+            let same: Vec<i64> =
+                tags.iter().filter(|t| t.group.as_ref().map(|g| g.id) == group).map(|t| t.tag.id).collect();
             concerns.insert(member, same);
         }
     }

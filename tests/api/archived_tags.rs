@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::helpers::TestApp;
 use crate::on_both_databases;
 
-const CUSTOMER: &str = "query($id: ID!) { customer(id: $id) { tags { tag { id } taggedAt } tagEvents(first: 20) { tag { id } op } } }";
+const CUSTOMER: &str =
+    "query($id: ID!) { customer(id: $id) { tags { tag { id } taggedAt } tagEvents(first: 20) { tag { id } op } } }";
 const COUNT: &str = "query($id: ID!) { tag(id: $id) { status customerCount } }";
 const FILTERED: &str = "query($t: [ID!]) { all: customers(filter: { hasAllTags: $t }) { totalCount }
     any: customers(filter: { hasAnyTags: $t }) { totalCount } }";
@@ -51,7 +52,8 @@ async fn an_archived_tag_is_retired_everywhere_and_restored_intact(app: TestApp)
     let other = app.create_tag("admin", &group, "新活动").await;
     let customers = app.customers_of("sz01").await;
     let (two, rest) = customers.split_at(2);
-    let tag_customers = "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    let tag_customers =
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
     app.gql("admin", tag_customers, json!({ "c": two, "t": [tag] })).await.ok();
     app.gql("admin", tag_customers, json!({ "c": [rest[0]], "t": [other] })).await.ok();
     // By id, as saved segments store them: by name, an archived tag is
@@ -87,7 +89,8 @@ async fn an_archived_tag_is_retired_everywhere_and_restored_intact(app: TestApp)
     let by_name = app.gql("admin", PREVIEW, json!({ "s": "tag(\"旧活动\")" })).await;
     assert_eq!(by_name.code(), "NOT_FOUND", "a new query cannot name it");
 
-    let restore = "mutation($id: ID!, $v: Int!) { restoreTag(input: { id: $id, expectedVersion: $v }) { tag { status } } }";
+    let restore =
+        "mutation($id: ID!, $v: Int!) { restoreTag(input: { id: $id, expectedVersion: $v }) { tag { status } } }";
     let res = app.gql("admin", restore, json!({ "id": tag, "v": version })).await;
     assert_eq!(res.ok()["restoreTag"]["tag"]["status"], "ACTIVE");
     let restored = seen(&app, &tag, "旧活动", &two[0], &texts).await;

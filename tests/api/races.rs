@@ -56,12 +56,7 @@ async fn add_customers(app: &TestApp, store: &str, n: usize) -> Vec<String> {
 }
 
 async fn event_log_head(app: &TestApp) -> i64 {
-    tag_event::Entity::find()
-        .order_by_desc(tag_event::Column::Seq)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .map_or(0, |e| e.seq)
+    tag_event::Entity::find().order_by_desc(tag_event::Column::Seq).one(&app.db).await.unwrap().map_or(0, |e| e.seq)
 }
 
 /// The 4S-store case under parallel load: salespeople tag and untag their
@@ -140,7 +135,8 @@ async fn a_bulk_run_never_overwrites_a_write_it_accepted(app: TestApp) {
     assert!(!applied.is_empty(), "some runs applied");
 
     // Each applied run says in its audit row as of which event it applied.
-    let rows = audit_log::Entity::find().filter(audit_log::Column::Action.eq("customer.tag")).all(&app.db).await.unwrap();
+    let rows =
+        audit_log::Entity::find().filter(audit_log::Column::Action.eq("customer.tag")).all(&app.db).await.unwrap();
     let as_of: HashMap<String, i64> = rows
         .iter()
         .filter_map(|r| Some((r.detail["sourceRef"].as_str()?.to_owned(), r.detail["asOfEvent"].as_i64()?)))
@@ -305,7 +301,8 @@ async fn two_concurrent_revokes_leave_one_policy_editor(app: TestApp) {
         let left = policy_editors(&app).await;
         assert_eq!(left.len(), 1, "one editor remains: {left:?}");
         // The remaining editor gives the other role its right back.
-        let (login, other) = if left[0] == "auditor" { ("hq.auditor", "marketing") } else { ("hq.marketing", "auditor") };
+        let (login, other) =
+            if left[0] == "auditor" { ("hq.auditor", "marketing") } else { ("hq.marketing", "auditor") };
         app.gql(login, GRANT, policy_edit(other)).await.ok();
     }
 }
@@ -339,7 +336,11 @@ async fn a_change_request_preview_does_not_take_the_writer_lock(app: TestApp) {
     };
     let diff = tokio::time::timeout(
         Duration::from_secs(10),
-        app.gql("south.manager", "query($id: ID!) { changeRequest(id: $id) { diff { field from to } } }", json!({ "id": id })),
+        app.gql(
+            "south.manager",
+            "query($id: ID!) { changeRequest(id: $id) { diff { field from to } } }",
+            json!({ "id": id }),
+        ),
     )
     .await
     .expect("the preview answered while a writer held the event-log lock");
@@ -352,7 +353,10 @@ async fn a_change_request_preview_does_not_take_the_writer_lock(app: TestApp) {
     assert_eq!(name["to"], "南方湿热气候");
 }
 
-on_both_databases!(two_concurrent_revokes_leave_one_policy_editor, a_change_request_preview_does_not_take_the_writer_lock);
+on_both_databases!(
+    two_concurrent_revokes_leave_one_policy_editor,
+    a_change_request_preview_does_not_take_the_writer_lock
+);
 
 /// A fixed offset whose date differs from UTC's right now: +12:00 in the
 /// afternoon (UTC), -12:00 in the morning.
@@ -468,7 +472,8 @@ async fn preview_counts(app: &TestApp, texts: &[&str]) -> Vec<u64> {
 /// The index rebuild reads customers and assignments in keyset pages (a
 /// page of 7 rows here) and ends with the index a one-shot load gives.
 async fn the_index_rebuilds_in_pages_to_the_same_answers(app: TestApp) {
-    let texts = ["city = \"深圳\"", "tag(\"有车一族\") OR tag(\"本地居民\")", "NOT group(\"家庭情况\")", "gender = FEMALE"];
+    let texts =
+        ["city = \"深圳\"", "tag(\"有车一族\") OR tag(\"本地居民\")", "NOT group(\"家庭情况\")", "gender = FEMALE"];
     let whole = preview_counts(&app, &texts).await;
     let customers = customer::Entity::find().count(&app.db).await.unwrap();
     let assignments = customer_tag::Entity::find().count(&app.db).await.unwrap();
@@ -493,7 +498,11 @@ async fn deleting_a_segment_while_another_starts_using_it_leaves_no_dangling_ref
     for round in 0..8 {
         let base = format!("底座{round}");
         let res = app
-            .gql("admin", SAVE_SEGMENT, json!({ "i": { "orgUnitId": hq, "name": base, "segment": { "text": "gender = FEMALE" } } }))
+            .gql(
+                "admin",
+                SAVE_SEGMENT,
+                json!({ "i": { "orgUnitId": hq, "name": base, "segment": { "text": "gender = FEMALE" } } }),
+            )
             .await;
         let base_id = res.ok()["saveSegment"]["segment"]["id"].as_str().unwrap().to_owned();
         let user = json!({ "i": { "orgUnitId": hq, "name": format!("使用者{round}"),
