@@ -84,7 +84,7 @@ async fn a_bulk_run_never_overwrites_a_write_it_accepted(app: TestApp) {
                     break;
                 }
                 let c = &customers[(i * 7 + seed) % customers.len()];
-                let tag = if (i + seed) % 3 == 0 { &a } else { &b };
+                let tag = if (i + seed).is_multiple_of(3) { &a } else { &b };
                 let res = if i % 4 == 3 {
                     app.gql(login, UNTAG_CUSTOMERS, json!({ "c": [c], "t": [tag] })).await
                 } else {
