@@ -267,7 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.limits.request_timeout = http.request_timeout;
             let app = Application::build(settings).await?;
             if demo {
-                let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+                let report = seed::seed_demo(&app.state.db, &app.state.authz, app.state.settings.utc_offset).await?;
                 tracing::info!(%report, "demo data loaded");
             }
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -281,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::SeedDemo => {
             let app = Application::build(settings(None)).await?;
-            let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
+            let report = seed::seed_demo(&app.state.db, &app.state.authz, app.state.settings.utc_offset).await?;
             eprintln!("demo data loaded: {report}");
             Ok(())
         }

@@ -81,8 +81,6 @@ pub struct Limits {
     /// it runs under modification locks for callers with
     /// `customer_tag:bulk`, and becomes a change request for others.
     pub bulk_threshold: usize,
-    /// Customers per transaction of a bulk run.
-    pub bulk_batch_size: usize,
     /// How long a bulk run's locks hold at most (they are released when
     /// the run ends).
     pub bulk_lock_seconds: i64,
@@ -147,7 +145,6 @@ impl Default for Limits {
             max_customers_per_tagging: 1_000,
             max_tags_per_tagging: 50,
             bulk_threshold: 200,
-            bulk_batch_size: 200,
             bulk_lock_seconds: 15 * 60,
             max_segment_nodes: 500,
             max_export_rows: 100_000,

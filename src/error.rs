@@ -213,3 +213,9 @@ impl From<AppError> for async_graphql::Error {
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
+
+/// True when a write broke a foreign key (a row it refers to, or that
+/// refers to it, changed meanwhile).
+pub fn is_foreign_key_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)))
+}

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
 use entity::{
     customer, customer_identity, customer_tag,
     enums::{Gender, OrgUnitKind, SegmentKind, TagCategory, TagOp, TagSource, TagStatus},
@@ -483,20 +483,25 @@ fn generate_customers(per_store: usize) -> Vec<DemoCustomer> {
 ///
 /// # Errors
 /// Database errors; nothing of a failed run's customer part is committed.
-pub async fn seed_demo(db: &DatabaseConnection, authz: &Authz) -> anyhow::Result<SeedReport> {
-    seed_demo_sized(db, authz, DEMO_CUSTOMERS_PER_STORE).await
+pub async fn seed_demo(db: &DatabaseConnection, authz: &Authz, offset: FixedOffset) -> anyhow::Result<SeedReport> {
+    seed_demo_sized(db, authz, DEMO_CUSTOMERS_PER_STORE, offset).await
 }
 
 /// [`seed_demo`] with `per_store` customers in each store (tests use a few).
 ///
 /// # Errors
 /// As [`seed_demo`].
-pub async fn seed_demo_sized(db: &DatabaseConnection, authz: &Authz, per_store: usize) -> anyhow::Result<SeedReport> {
+pub async fn seed_demo_sized(
+    db: &DatabaseConnection,
+    authz: &Authz,
+    per_store: usize,
+    offset: FixedOffset,
+) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
     let units = seed_org(db, &mut report).await?;
     let staff = seed_staff(db, authz, &units, &mut report).await?;
     let tags = seed_library(db, &units, &staff, &mut report).await?;
-    seed_segments(db, &units, &staff, &tags, &mut report).await?;
+    seed_segments(db, &units, &staff, &tags, offset, &mut report).await?;
     let customers = generate_customers(per_store);
     let txn = db.begin().await?;
     seed_customers(&txn, &customers, &units, &staff, &tags, &mut report).await?;
@@ -574,6 +579,7 @@ async fn seed_segments(
     units: &HashMap<&'static str, org_unit::Model>,
     staff: &HashMap<&'static str, staff::Model>,
     tags: &TagIndex,
+    offset: FixedOffset,
     report: &mut SeedReport,
 ) -> anyhow::Result<()> {
     let t = |group: &str, name: &str| format!("#{}", tags[&(group.to_owned(), name.to_owned())]);
@@ -622,7 +628,7 @@ async fn seed_segments(
             name: Set(name.to_owned()),
             description: Set(description.to_owned()),
             kind: Set(SegmentKind::Dynamic),
-            expression: Set(expression),
+            expression: Set(stored_form(&expression, offset)?),
             owner_staff_id: Set(staff["hq.marketing"].id),
             member_count: Set(None),
             created_at: Set(anchor()),
@@ -632,6 +638,14 @@ async fn seed_segments(
         .await?;
     }
     Ok(())
+}
+
+/// The stored form of a demo expression written with the organisation's
+/// dates: a date bound is midnight at `offset`, stored as a UTC instant
+/// (stored expressions read dates in UTC).
+fn stored_form(text: &str, offset: FixedOffset) -> anyhow::Result<String> {
+    let expr = crate::segment::text::parse(text, offset).map_err(|e| anyhow::anyhow!("demo segment {text}: {e}"))?;
+    Ok(crate::segment::text::print(&expr, &|_, _| None, FixedOffset::east_opt(0).context("UTC")?))
 }
 
 /// Tag ids by (group name, or `@login` for personal tags; tag name).

@@ -16,6 +16,7 @@ pub mod modification_lock_customer;
 pub mod org_unit;
 pub mod segment;
 pub mod segment_member;
+pub mod segment_reference;
 pub mod staff;
 pub mod tag;
 pub mod tag_alert;

@@ -18,7 +18,7 @@ use casbin::{CoreApi, DefaultModel, Enforcer};
 use chrono::Utc;
 use entity::{app_setting, casbin_rule, staff};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     sea_query::OnConflict,
 };
 use tokio::sync::Mutex;
@@ -292,6 +292,22 @@ pub(crate) async fn store_rule(conn: &impl ConnectionTrait, ptype: &str, values:
         casbin_rule::Entity::insert(adapter::to_active(ptype, values)).exec(conn).await?;
     }
     Ok(!exists)
+}
+
+/// The roles that stored `p` rules grant `permission` to, as `conn` sees
+/// them (inside a transaction: that transaction's view, not the cached
+/// policy).
+pub(crate) async fn roles_granting(
+    conn: &impl ConnectionTrait,
+    permission: &Permission,
+) -> anyhow::Result<Vec<String>> {
+    let rules = casbin_rule::Entity::find()
+        .filter(casbin_rule::Column::Ptype.eq("p"))
+        .filter(casbin_rule::Column::V1.eq(permission.object.as_str()))
+        .filter(casbin_rule::Column::V2.eq(permission.action.as_str()))
+        .all(conn)
+        .await?;
+    Ok(rules.into_iter().map(|r| r.v0).collect())
 }
 
 /// Deletes one policy row. Returns whether it existed.

@@ -496,6 +496,7 @@ impl SegmentMutation {
             description: Description::parse(input.description.as_deref(), "description")?,
             kind: input.kind,
             resolved: seg.resolved,
+            offset: seg.offset,
         };
         Ok(SaveSegmentPayload { segment: Segment::new(service::save(env.db, env.principal, new).await?) })
     }

@@ -436,6 +436,9 @@ pub struct TaggingPayload {
     removed: u32,
     /// Requested changes that were already in place.
     unchanged: u32,
+    /// Requested changes a bulk run left out because somebody else changed
+    /// those customers' tags of that group after the call began (their edit stays).
+    kept: u32,
 }
 
 impl From<TaggingResult> for TaggingPayload {
@@ -448,6 +451,7 @@ impl From<TaggingResult> for TaggingPayload {
             added: o.added,
             removed: o.removed,
             unchanged: o.unchanged,
+            kept: o.kept,
         }
     }
 }

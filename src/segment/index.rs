@@ -31,21 +31,31 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
-    enums::{Gender, TagOp, TagSource},
+    enums::{Gender, TagOp, TagSource, TagStatus},
     library_version, segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::{Range, Ref, SegmentExpr};
 use crate::authz::{Action, ClassAccess, Principal, Scope};
 use crate::service::segment::{AgeBounds, Resolved};
+use crate::service::tag_library::is_retired;
 
 /// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
+
+/// Rows read per round trip while rebuilding.
+const REBUILD_PAGE: u64 = 50_000;
+
+/// Runs CPU-bound index work on a blocking thread, so that a rebuild does
+/// not hold an async worker for seconds.
+async fn off_the_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, DbErr> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| DbErr::Custom(format!("segment index worker: {e}")))
+}
 
 /// Column value standing for NULL (and for "no such customer").
 const NO_DAY: i32 = i32::MIN;
@@ -299,6 +309,18 @@ impl SegmentIndex {
     /// # Errors
     /// Database errors; the old index stays in place.
     pub async fn rebuild(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
+        self.rebuild_in_pages(outer, REBUILD_PAGE).await
+    }
+
+    /// [`rebuild`](Self::rebuild), reading customers and assignments `page`
+    /// rows at a time (keyset pages), so that memory holds one page besides
+    /// the index itself; the bitmaps are filled on a blocking thread, off the
+    /// async workers.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn rebuild_in_pages(&self, outer: &DatabaseConnection, page: u64) -> Result<(), DbErr> {
+        let page = page.max(1);
         let guard = self.catching_up.lock().await;
         // One read-only transaction: a consistent snapshot, and no statement
         // timeout (loading millions of assignments may take longer than a
@@ -315,26 +337,75 @@ impl SegmentIndex {
         let last_change = max_seq::<customer_change::Entity>(db, customer_change::Column::Seq).await?;
         let last_version = max_seq::<library_version::Entity>(db, library_version::Column::Id).await?;
         let mut fresh = State { last_seq, last_change, last_version, micros, ..State::default() };
-        let customers = customer_rows().order_by_asc(customer::Column::Id).into_model::<CustomerRow>().all(db).await?;
-        for row in &customers {
-            fresh.put(row);
-            fresh.last_customer = fresh.last_customer.max(row.id);
-        }
-        drop(customers);
-        let added = &fresh.attributes.added;
-        let mut by_added: Vec<(i64, u32)> = fresh.known.iter().map(|bit| (added[bit as usize], bit)).collect();
-        by_added.sort_unstable();
-        fresh.by_added = by_added;
-        fresh.added_since.clear();
-        let assignments: Vec<(i64, i64)> = customer_tag::Entity::find()
-            .select_only()
-            .columns([customer_tag::Column::TagId, customer_tag::Column::CustomerId])
-            .into_tuple()
-            .all(db)
+        let mut after = i64::MIN;
+        loop {
+            let rows = customer_rows()
+                .filter(customer::Column::Id.gt(after))
+                .order_by_asc(customer::Column::Id)
+                .limit(page)
+                .into_model::<CustomerRow>()
+                .all(db)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let full = rows.len() as u64 == page;
+            fresh = off_the_workers(move || {
+                for row in &rows {
+                    fresh.put(row);
+                    fresh.last_customer = fresh.last_customer.max(row.id);
+                }
+                fresh
+            })
             .await?;
-        for (tag, customer) in assignments {
-            if let Some(bit) = id32(customer) {
-                fresh.tags.entry(tag).or_default().insert(bit);
+            if !full {
+                break;
+            }
+        }
+        fresh = off_the_workers(move || {
+            let added = &fresh.attributes.added;
+            let mut by_added: Vec<(i64, u32)> = fresh.known.iter().map(|bit| (added[bit as usize], bit)).collect();
+            by_added.sort_unstable();
+            fresh.by_added = by_added;
+            fresh.added_since.clear();
+            fresh
+        })
+        .await?;
+        // Assignments in primary-key order, from the last (customer, tag).
+        let mut after: Option<(i64, i64)> = None;
+        loop {
+            let mut query = customer_tag::Entity::find()
+                .select_only()
+                .columns([customer_tag::Column::CustomerId, customer_tag::Column::TagId]);
+            if let Some((customer, tag)) = after {
+                query = query.filter(
+                    Condition::any().add(customer_tag::Column::CustomerId.gt(customer)).add(
+                        Condition::all()
+                            .add(customer_tag::Column::CustomerId.eq(customer))
+                            .add(customer_tag::Column::TagId.gt(tag)),
+                    ),
+                );
+            }
+            let rows: Vec<(i64, i64)> = query
+                .order_by_asc(customer_tag::Column::CustomerId)
+                .order_by_asc(customer_tag::Column::TagId)
+                .limit(page)
+                .into_tuple()
+                .all(db)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(*last);
+            let full = rows.len() as u64 == page;
+            fresh = off_the_workers(move || {
+                for (customer, tag) in rows {
+                    if let Some(bit) = id32(customer) {
+                        fresh.tags.entry(tag).or_default().insert(bit);
+                    }
+                }
+                fresh
+            })
+            .await?;
+            if !full {
+                break;
             }
         }
         txn.commit().await?;
@@ -392,9 +463,9 @@ impl SegmentIndex {
                         .await?,
                 );
             }
-            let new_tags: Vec<(i64, Option<i64>)> = tag::Entity::find()
+            let new_tags: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
                 .select_only()
-                .columns([tag::Column::Id, tag::Column::GroupId])
+                .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
                 .filter(tag::Column::Id.gt(last_tag))
                 .order_by_asc(tag::Column::Id)
                 .into_tuple()
@@ -411,12 +482,13 @@ impl SegmentIndex {
                 .into_tuple()
                 .all(db)
                 .await?;
-            let revised: Vec<(i64, Option<i64>)> = if versions.is_empty() {
+            // A retired tag counts for no group.
+            let revised: Vec<(i64, Option<i64>, TagStatus)> = if versions.is_empty() {
                 Vec::new()
             } else {
                 tag::Entity::find()
                     .select_only()
-                    .columns([tag::Column::Id, tag::Column::GroupId])
+                    .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
                     .filter(tag::Column::Id.is_in(versions.iter().map(|(_, t)| *t).filter(|t| *t <= last_tag)))
                     .into_tuple()
                     .all(db)
@@ -426,19 +498,19 @@ impl SegmentIndex {
                 || changes.len() as u64 == EVENT_BATCH
                 || versions.len() as u64 == EVENT_BATCH;
             let mut s = self.write();
-            for (id, group) in revised {
+            for (id, group, status) in revised {
                 for members in s.group_tags.values_mut() {
                     members.retain(|t| *t != id);
                 }
-                if let Some(group) = group {
+                if let Some(group) = group.filter(|_| !is_retired(status)) {
                     s.group_tags.entry(group).or_default().push(id);
                 }
             }
             if let Some((id, _)) = versions.last() {
                 s.last_version = *id;
             }
-            for (id, group) in new_tags {
-                if let Some(group) = group {
+            for (id, group, status) in new_tags {
+                if let Some(group) = group.filter(|_| !is_retired(status)) {
                     s.group_tags.entry(group).or_default().push(id);
                 }
                 s.last_tag = s.last_tag.max(id);
@@ -874,6 +946,9 @@ impl Evaluator<'_> {
     /// Holders of the tag, where the caller may see it.
     fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
         let Ref::Id(id) = r else { return None };
+        if resolved.tags.get(id).is_some_and(|t| is_retired(t.tag.status)) {
+            return Some(RoaringBitmap::new());
+        }
         let holders = self.s.tags.get(id).cloned().unwrap_or_default();
         Some(self.where_tag_visible(resolved, *id, holders))
     }

@@ -117,14 +117,19 @@ pub async fn set_permission(
     let root = principal.org.all().iter().find(|u| u.parent_id.is_none()).map(|u| u.id).unwrap_or_default();
     principal.require(Action::PolicyEdit, root)?;
     let edit: Permission = Action::PolicyEdit.into();
+    let rule = [role.as_str().to_owned(), permission.object.clone(), permission.action.clone()];
+    let txn = db.begin().await?;
     if !grant && permission == edit {
-        let holders = authz.permissions().into_iter().filter(|(r, p)| *p == edit && r != role.as_str()).count();
-        if holders == 0 {
+        // Writing the policy revision first takes its row lock: a second
+        // revoke waits here for this one to commit, then reads the rules
+        // as this one left them, so two revokes cannot both see the other's
+        // role as the editor that remains.
+        authz.changed(&txn).await.map_err(AppError::internal)?;
+        let others = authz::roles_granting(&txn, &edit).await.map_err(AppError::internal)?;
+        if others.iter().all(|r| r == role.as_str()) {
             return Err(AppError::Conflict("no role would be left that may edit the policy".to_owned()));
         }
     }
-    let rule = [role.as_str().to_owned(), permission.object.clone(), permission.action.clone()];
-    let txn = db.begin().await?;
     let changed =
         if grant { authz::store_rule(&txn, "p", &rule).await } else { authz::delete_rule(&txn, "p", &rule).await }
             .map_err(AppError::internal)?;

@@ -257,6 +257,9 @@ pub(crate) async fn filter_condition(
                     .to_owned(),
             ),
         );
+        if tag_library::is_retired(visible.tag.status) {
+            held = held.add(Expr::cust("1 = 0"));
+        }
         if let Some(group) = &visible.group {
             held = held.add(
                 principal

@@ -438,7 +438,7 @@ pub async fn submit(
     // Check the edit as it would apply now, then throw the result away.
     {
         let txn = db.begin().await?;
-        apply(&txn, principal.staff_id(), &edit, &plan.versions, None, &reason).await?;
+        apply_unordered(&txn, principal.staff_id(), &edit, &plan.versions, None, &reason).await?;
         txn.rollback().await?;
     }
     let (target_kind, target_id) = edit.request_target();
@@ -497,6 +497,20 @@ pub async fn apply(
     // Version rows commit in id order, like tag events: the segment index
     // follows them to re-read moved tags.
     serialize_event_log(txn).await?;
+    apply_unordered(txn, actor, edit, base, change_request_id, reason).await
+}
+
+/// [`apply`] without the event-log writer lock, for transactions that are
+/// rolled back (previews): their rows never commit, so they need no place
+/// in the log's order, and a reader must not stall every writer.
+async fn apply_unordered(
+    txn: &DatabaseTransaction,
+    actor: StaffId,
+    edit: &LibraryEdit,
+    base: &Versions,
+    change_request_id: Option<i64>,
+    reason: &str,
+) -> AppResult<EditOutcome> {
     let by = Author { actor, change_request_id, at: Utc::now() };
     let outcome = match edit {
         LibraryEdit::UpdateTagGroup { group_id, changes } => {
@@ -1233,8 +1247,9 @@ fn diff(before: Option<&Value>, after: &Value) -> Vec<(String, Value, Value)> {
 
 /// What approving a pending library-edit request would change now, field
 /// by field (`from` the object's current state, `to` the state the edit
-/// makes): the edit is applied in a transaction that is rolled back. Empty
-/// for bulk tagging and for decided requests.
+/// makes): the edit is applied in a transaction that is rolled back and
+/// does not take the event-log writer lock (a reader never makes writers
+/// wait for it). Empty for bulk tagging and for decided requests.
 ///
 /// # Errors
 /// `CONFLICT` when the target moved since the request was made (approving
@@ -1262,8 +1277,8 @@ pub async fn preview(
     }
     .transpose()
     .map_err(AppError::internal)?;
-    let outcome =
-        apply(&txn, StaffId(request.requester_staff_id), &edit, &base, Some(request.id), &request.reason).await?;
+    let requester = StaffId(request.requester_staff_id);
+    let outcome = apply_unordered(&txn, requester, &edit, &base, Some(request.id), &request.reason).await?;
     txn.rollback().await?;
     let after = match (&outcome.tag, &outcome.group) {
         (Some(t), _) => serde_json::to_value(TagState::from(t)),

@@ -12,7 +12,7 @@ use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
     customer, customer_change, customer_tag,
     enums::{SegmentKind, TagCategory, TagOp, TagSource},
-    segment, segment_member, tag, tag_event, tag_group,
+    segment, segment_member, segment_reference, tag, tag_event, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -29,7 +29,7 @@ use super::tag_library::{self, VisibleTag};
 use crate::authz::{Action, ClassAccess, CustomerField, Principal, Scope};
 use crate::config::Limits;
 use crate::domain::{Cursor, Description, OrgUnitId, PageArgs, TagGroupId, TagId, TagName};
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult, is_foreign_key_violation, is_unique_violation};
 use crate::segment::{self as language, PageKey, Range, Ref, RefKind, SegmentExpr};
 use unicode_normalization::UnicodeNormalization;
 
@@ -611,7 +611,10 @@ impl Compiler<'_> {
             .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).eq(tag_id))
             .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
             .to_owned();
-        let held = Condition::all().add(Expr::exists(holders));
+        let mut held = Condition::all().add(Expr::exists(holders));
+        if self.resolved.tags.get(&tag_id).is_some_and(|t| tag_library::is_retired(t.tag.status)) {
+            held = held.add(Expr::cust("1 = 0"));
+        }
         // A personal tag (no group) is seen by its owner wherever it is.
         match self.resolved.tags.get(&tag_id).and_then(|t| t.group.as_ref()) {
             Some(group) => self.visible_in(held, &group.visibility_class),
@@ -659,6 +662,7 @@ impl Compiler<'_> {
                             .equals((customer_tag::Entity, customer_tag::Column::TagId)),
                     )
                     .and_where(Expr::col((tag::Entity, tag::Column::GroupId)).eq(group.id))
+                    .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
                     .and_where(of_this_customer((customer_tag::Entity, customer_tag::Column::CustomerId)))
                     .to_owned();
                 self.visible_in(Condition::all().add(Expr::exists(members)), &group.visibility_class)
@@ -757,6 +761,9 @@ pub struct NewSegment {
     pub description: Description,
     pub kind: SegmentKind,
     pub resolved: Resolved,
+    /// The organisation's UTC offset: a static segment's members are
+    /// evaluated with it, exactly as a preview of the same text is.
+    pub offset: FixedOffset,
 }
 
 /// The stored form of an expression: every reference by id, dates in UTC.
@@ -779,10 +786,7 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
     let members = match input.kind {
         SegmentKind::Static => {
             let filter = CustomerFilter {
-                segment: Some(SegmentFilter {
-                    resolved: input.resolved.clone(),
-                    offset: FixedOffset::east_opt(0).expect("UTC"),
-                }),
+                segment: Some(SegmentFilter { resolved: input.resolved.clone(), offset: input.offset }),
                 ..Default::default()
             };
             Some(customer_service::ids_in_scope(db, principal, &filter).await?)
@@ -818,6 +822,23 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
         let rows =
             chunk.iter().map(|c| segment_member::ActiveModel { segment_id: Set(saved.id), customer_id: Set(*c) });
         segment_member::Entity::insert_many(rows).exec(&txn).await?;
+    }
+    // The segments it uses, as rows with foreign keys: a delete racing
+    // this save either fails here or finds the rows and is refused.
+    let used = input
+        .resolved
+        .segments
+        .keys()
+        .map(|used| segment_reference::ActiveModel { segment_id: Set(saved.id), used_segment_id: Set(*used) });
+    if !input.resolved.segments.is_empty() {
+        match segment_reference::Entity::insert_many(used).exec(&txn).await {
+            Err(err) if is_foreign_key_violation(&err) => {
+                return Err(AppError::Conflict("a segment it uses was deleted meanwhile".to_owned()));
+            }
+            other => {
+                other?;
+            }
+        }
     }
     audit::record(
         &txn,
@@ -864,18 +885,30 @@ pub async fn delete(db: &DatabaseConnection, principal: &Principal, id: i64) -> 
     let saved = find(db, principal, id).await?;
     principal.require(Action::SegmentWrite, saved.org_unit_id)?;
     let txn = db.begin().await?;
-    let users = segment::Entity::find()
-        .filter(segment::Column::Expression.like(format!("%segment(#{id})%")))
-        .filter(segment::Column::Id.ne(id))
-        .all(&txn)
+    let in_use = |user: Option<segment::Model>| {
+        let name = match user {
+            Some(user) if saved_visible(principal, &user) => format!("{:?}", user.name),
+            _ => "another segment".to_owned(),
+        };
+        AppError::Conflict(format!("segment {:?} is used by {name}", saved.name))
+    };
+    let user = segment_reference::Entity::find()
+        .filter(segment_reference::Column::UsedSegmentId.eq(id))
+        .filter(segment_reference::Column::SegmentId.ne(id))
+        .one(&txn)
         .await?;
-    if let Some(user) = users.first() {
-        let name =
-            if saved_visible(principal, user) { format!("{:?}", user.name) } else { "another segment".to_owned() };
-        return Err(AppError::Conflict(format!("segment {:?} is used by {name}", saved.name)));
+    if let Some(user) = user {
+        return Err(in_use(segment::Entity::find_by_id(user.segment_id).one(&txn).await?));
     }
     segment_member::Entity::delete_many().filter(segment_member::Column::SegmentId.eq(id)).exec(&txn).await?;
-    segment::Entity::delete_by_id(id).exec(&txn).await?;
+    // A save that began using it after the check above holds its reference
+    // row: the foreign key refuses the delete.
+    match segment::Entity::delete_by_id(id).exec(&txn).await {
+        Err(err) if is_foreign_key_violation(&err) => return Err(in_use(None)),
+        other => {
+            other?;
+        }
+    }
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "segment.delete", "segment", id)

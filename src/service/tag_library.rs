@@ -24,6 +24,19 @@ use crate::authz::{Action, ClassAccess, Principal};
 use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
 
+/// An archived tag is retired: its assignments and history stay (restoring
+/// it brings them back as they were), but meanwhile no customer shows it,
+/// no count counts it, and no filter or segment matches it.
+pub fn is_retired(status: TagStatus) -> bool {
+    status == TagStatus::Archived
+}
+
+/// The stored spelling of the statuses whose assignments are in force, for
+/// queries that join `tag`.
+pub(crate) fn in_force() -> [&'static str; 2] {
+    [TagStatus::Active.as_str(), TagStatus::Merged.as_str()]
+}
+
 /// Longest assignment TTL a tag may carry (ten years).
 const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
 

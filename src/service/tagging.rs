@@ -54,7 +54,27 @@ pub struct TaggingOutcome {
     pub removed: u32,
     /// Requested changes that were already in place.
     pub unchanged: u32,
+    /// Requested changes left out because somebody else changed those
+    /// customers' tags of that group after the bulk call began: their write
+    /// stays rather than being overwritten.
+    pub kept: u32,
     pub alerts_raised: u32,
+}
+
+/// What a bulk run leaves alone (see [`TaggingOutcome::kept`]): the
+/// (customer, tag) pairs that others changed after event `as_of`.
+#[derive(Debug, Default)]
+struct Keep {
+    /// The newest tag event when the bulk call began: the run applies as of
+    /// then. `None` outside bulk runs.
+    as_of: Option<i64>,
+    pairs: HashSet<(i64, i64)>,
+}
+
+impl Keep {
+    fn contains(&self, customer_id: i64, tag_id: i64) -> bool {
+        self.pairs.contains(&(customer_id, tag_id))
+    }
 }
 
 fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> {
@@ -155,18 +175,19 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    let outcome = apply_tags_in(&txn, principal, limits, req).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req, &Keep::default()).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
 /// [`apply_tags`] inside the caller's transaction (checks of the request's
-/// own fields aside).
+/// own fields aside), leaving the pairs of `keep` alone.
 async fn apply_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
     limits: &Limits,
     req: TagRequest,
+    keep: &Keep,
 ) -> AppResult<TaggingOutcome> {
     serialize_event_log(txn).await?;
     let customers = lock_customers(txn, principal, &req.customers).await?;
@@ -247,6 +268,10 @@ async fn apply_tags_in(
         let before = held.len() as u32;
         let mut after = before;
         for VisibleTag { tag, group } in &tags {
+            if keep.contains(c.id, tag.id) {
+                outcome.kept += 1;
+                continue;
+            }
             if held.contains(&tag.id) {
                 outcome.unchanged += 1;
                 continue;
@@ -317,7 +342,10 @@ async fn apply_tags_in(
             "added": outcome.added,
             "replaced": outcome.removed,
             "unchanged": outcome.unchanged,
+            "kept": outcome.kept,
+            "asOfEvent": keep.as_of,
             "source": req.source,
+            "sourceRef": req.source_ref,
         })),
     )
     .await?;
@@ -340,21 +368,29 @@ pub async fn remove_tags(
 ) -> AppResult<TaggingOutcome> {
     check_sizes(limits, customer_ids.len(), tag_ids.len())?;
     let txn = db.begin().await?;
-    let outcome = remove_tags_in(&txn, principal, customer_ids, tag_ids).await?;
+    let req = TagRequest {
+        customers: customer_ids,
+        tags: tag_ids,
+        expires_at: None,
+        source: TagSource::Manual,
+        source_ref: None,
+    };
+    let outcome = remove_tags_in(&txn, principal, req, &Keep::default()).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
-/// [`remove_tags`] inside the caller's transaction.
+/// [`remove_tags`] inside the caller's transaction, leaving the pairs of
+/// `keep` alone.
 async fn remove_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
-    customer_ids: Vec<CustomerId>,
-    tag_ids: Vec<TagId>,
+    req: TagRequest,
+    keep: &Keep,
 ) -> AppResult<TaggingOutcome> {
     serialize_event_log(txn).await?;
-    let customers = lock_customers(txn, principal, &customer_ids).await?;
-    let tags = named_tags(txn, principal, &tag_ids).await?;
+    let customers = lock_customers(txn, principal, &req.customers).await?;
+    let tags = named_tags(txn, principal, &req.tags).await?;
     check_locks(txn, principal, &customers, &tags).await?;
     for c in &customers {
         for t in &tags {
@@ -370,9 +406,16 @@ async fn remove_tags_in(
     for c in &customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         for t in &tags {
-            if held.contains(&t.tag.id) {
+            if keep.contains(c.id, t.tag.id) {
+                outcome.kept += 1;
+            } else if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                let by = EventBy { actor: principal.staff.id, source: TagSource::Manual, source_ref: None, at: now };
+                let by = EventBy {
+                    actor: principal.staff.id,
+                    source: req.source,
+                    source_ref: req.source_ref.clone(),
+                    at: now,
+                };
                 events.push(by.event(c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
@@ -389,6 +432,10 @@ async fn remove_tags_in(
             "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
             "removed": outcome.removed,
             "unchanged": outcome.unchanged,
+            "kept": outcome.kept,
+            "asOfEvent": keep.as_of,
+            "source": req.source,
+            "sourceRef": req.source_ref,
         })),
     )
     .await?;
@@ -466,26 +513,29 @@ async fn run_in(
     bulk: &BulkTagging,
     source: TagSource,
     source_ref: Option<String>,
+    keep: &Keep,
 ) -> AppResult<TaggingOutcome> {
     match bulk.op {
-        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref)).await,
-        BulkOp::Remove => {
-            let req = bulk.request(source, source_ref);
-            remove_tags_in(txn, principal, req.customers, req.tags).await
-        }
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), keep).await,
+        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), keep).await,
     }
 }
 
 /// Tags or untags customers. Up to the bulk threshold the call applies at
 /// once. Above it, a caller holding `customer_tag:bulk` for every customer
-/// runs it in batches under modification locks on the tags' groups (so
-/// nobody else's edit of those customers' tags in those groups is
-/// overwritten meanwhile: they get `LOCKED`); anybody else's call becomes a
-/// change request, checked first as if it applied.
+/// runs it under modification locks on the tags' groups, all or nothing
+/// (one transaction); anybody else's call becomes a change request,
+/// checked first as if it applied.
+///
+/// A bulk run takes effect as of the moment it begins: it takes its locks
+/// before it reads any tag, so a concurrent edit of the same customers'
+/// tags in those groups is either refused with `LOCKED` (while the locks
+/// hold) or, when it landed between the call's start and its locks, kept
+/// (counted in `kept`): never accepted and then overwritten.
 ///
 /// # Errors
 /// As [`apply_tags`] and [`remove_tags`]; `LOCKED` when another holder's
-/// lock covers the change.
+/// lock covers the change. Nothing is written on error.
 #[tracing::instrument(skip(db, principal, limits, bulk), fields(staff = principal.staff.id, customers = bulk.customer_ids.len()))]
 pub async fn tag_or_request(
     db: &DatabaseConnection,
@@ -493,6 +543,9 @@ pub async fn tag_or_request(
     limits: &Limits,
     bulk: BulkTagging,
 ) -> AppResult<TaggingResult> {
+    // Read first: everything committed after this point is contemporary
+    // with the call and is not overwritten by it.
+    let since = event_log_head(db).await?;
     check_sizes(limits, bulk.customer_ids.len(), bulk.tag_ids.len())?;
     if bulk.op == BulkOp::Add {
         if bulk.expires_at.is_some_and(|at| at <= Utc::now()) {
@@ -502,20 +555,23 @@ pub async fn tag_or_request(
             return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
         }
     }
+    let keep = Keep::default();
     if bulk.customer_ids.len() <= limits.bulk_threshold {
         let txn = db.begin().await?;
-        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone()).await?;
+        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), &keep).await?;
         txn.commit().await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
-    // Check the whole call as it would apply now, then decide.
-    let txn = db.begin().await?;
-    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone()).await?;
-    txn.rollback().await?;
-    if dry.customers.iter().all(|c| principal.may(Action::CustomerTagBulk, c.org_unit_id)) {
-        let outcome = run_locked(db, principal, limits, &bulk).await?;
+    super::customer::require_visible_ids(db, principal, &bulk.customer_ids).await?;
+    let units = customer_units(db, &bulk.customer_ids).await?;
+    if units.iter().all(|u| principal.may(Action::CustomerTagBulk, *u)) {
+        let outcome = run_locked(db, principal, limits, &bulk, since).await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
+    // Check the whole call as it would apply now, then file it.
+    let txn = db.begin().await?;
+    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+    txn.rollback().await?;
     let scope = principal
         .org
         .common_ancestor(dry.customers.iter().map(|c| c.org_unit_id))
@@ -535,15 +591,96 @@ pub async fn tag_or_request(
     Ok(TaggingResult { applied: false, outcome: dry, change_request: Some(request) })
 }
 
-/// Runs a bulk call in batches, each all or nothing, under modification
-/// locks on the tags' groups for these customers; the locks are released
-/// at the end, also when a batch fails (they expire on their own if the
-/// process dies).
+/// The sequence number of the newest committed tag event (0 for none).
+async fn event_log_head(db: &impl ConnectionTrait) -> AppResult<i64> {
+    let head: Option<Option<i64>> = tag_event::Entity::find()
+        .select_only()
+        .column_as(tag_event::Column::Seq.max(), "head")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(head.flatten().unwrap_or(0))
+}
+
+/// The org units of the named customers (visible ones: the caller checked).
+async fn customer_units(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<HashSet<i64>> {
+    let mut units = HashSet::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<i64> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::OrgUnitId)
+            .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+            .distinct()
+            .into_tuple()
+            .all(db)
+            .await?;
+        units.extend(rows);
+    }
+    Ok(units)
+}
+
+/// The (customer, tag) pairs of a bulk call whose customer's tags in the
+/// tag's group (or of the tag itself, for a tag without group) changed
+/// after event `since`. Read under the event-log serialization, so every
+/// such change has committed.
+async fn changed_since(
+    txn: &DatabaseTransaction,
+    since: i64,
+    customer_ids: &[i64],
+    tags: &[VisibleTag],
+) -> AppResult<Keep> {
+    // Which call tags an event on a tag concerns: those sharing its group.
+    let groups: HashSet<i64> = tags.iter().filter_map(|t| t.group.as_ref().map(|g| g.id)).collect();
+    let mut concerns: HashMap<i64, Vec<i64>> = HashMap::new();
+    if !groups.is_empty() {
+        let members: Vec<(i64, Option<i64>)> = tag::Entity::find()
+            .select_only()
+            .columns([tag::Column::Id, tag::Column::GroupId])
+            .filter(tag::Column::GroupId.is_in(groups))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        for (member, group) in members {
+            let same: Vec<i64> =
+                tags.iter().filter(|t| t.group.as_ref().map(|g| g.id) == group).map(|t| t.tag.id).collect();
+            concerns.insert(member, same);
+        }
+    }
+    for t in tags.iter().filter(|t| t.group.is_none()) {
+        concerns.insert(t.tag.id, vec![t.tag.id]);
+    }
+    let mut keep = Keep { as_of: Some(since), pairs: HashSet::new() };
+    for chunk in customer_ids.chunks(CHUNK) {
+        let rows: Vec<(i64, i64)> = tag_event::Entity::find()
+            .select_only()
+            .columns([tag_event::Column::CustomerId, tag_event::Column::TagId])
+            .filter(tag_event::Column::Seq.gt(since))
+            .filter(tag_event::Column::CustomerId.is_in(chunk.iter().copied()))
+            .filter(tag_event::Column::TagId.is_in(concerns.keys().copied()))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        for (customer_id, tag_id) in rows {
+            for t in concerns.get(&tag_id).into_iter().flatten() {
+                keep.pairs.insert((customer_id, *t));
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// Runs a bulk call under modification locks on the tags' groups for these
+/// customers. The locks are taken and committed first, so that nobody else
+/// changes these customers' tags in those groups once the run reads them;
+/// then the whole call applies in one transaction (all or nothing); then
+/// the locks are released, also when the call fails (they expire on their
+/// own if the process dies).
 async fn run_locked(
     db: &DatabaseConnection,
     principal: &Principal,
     limits: &Limits,
     bulk: &BulkTagging,
+    since: i64,
 ) -> AppResult<TaggingOutcome> {
     let ids: Vec<TagId> = bulk.tag_ids.iter().map(|t| TagId(*t)).collect();
     let tags = named_tags(db, principal, &ids).await?;
@@ -566,35 +703,25 @@ async fn run_locked(
     }
     txn.commit().await?;
 
-    let mut total = TaggingOutcome::default();
-    let mut failure = None;
-    for chunk in bulk.customer_ids.chunks(limits.bulk_batch_size.max(1)) {
-        let part = BulkTagging { customer_ids: chunk.to_vec(), ..bulk.clone() };
+    let run = async {
         let txn = db.begin().await?;
-        match run_in(&txn, principal, limits, &part, TagSource::Bulk, bulk.source_ref.clone()).await {
-            Ok(outcome) => {
-                txn.commit().await?;
-                total.added += outcome.added;
-                total.removed += outcome.removed;
-                total.unchanged += outcome.unchanged;
-                total.alerts_raised += outcome.alerts_raised;
-                total.customers.extend(outcome.customers);
-            }
-            Err(err) => {
-                failure = Some(err);
-                break;
-            }
+        serialize_event_log(&txn).await?;
+        let keep = changed_since(&txn, since, &bulk.customer_ids, &tags).await?;
+        let outcome = run_in(&txn, principal, limits, bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+        // A customer may have moved to a unit without bulk rights since.
+        for c in &outcome.customers {
+            principal.require(Action::CustomerTagBulk, c.org_unit_id)?;
         }
-    }
+        txn.commit().await?;
+        Ok::<_, AppError>(outcome)
+    };
+    let result = run.await;
     let txn = db.begin().await?;
     for (lock, group) in locks.iter().zip(&groups) {
-        super::locks::give_back(&txn, principal.staff_id(), lock, group, Some(failure.is_none())).await?;
+        super::locks::give_back(&txn, principal.staff_id(), lock, group, Some(result.is_ok())).await?;
     }
     txn.commit().await?;
-    match failure {
-        Some(err) => Err(err),
-        None => Ok(total),
-    }
+    result
 }
 
 /// Applies an approved bulk request inside the approval's transaction,
@@ -609,7 +736,8 @@ pub async fn apply_approved(
     bulk: BulkTagging,
     request_id: i64,
 ) -> AppResult<TaggingOutcome> {
-    run_in(txn, requester, limits, &bulk, TagSource::Bulk, Some(format!("change_request:{request_id}"))).await
+    let source_ref = Some(format!("change_request:{request_id}"));
+    run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, &Keep::default()).await
 }
 
 /// Most events one history page scans for visible ones.
@@ -703,7 +831,7 @@ struct AssignmentRow {
 }
 
 /// The tags of the given customers that the caller may see, by customer,
-/// oldest assignment first: other people's personal tags and tags of
+/// oldest assignment first (archived tags are retired and left out): other people's personal tags and tags of
 /// classes the caller may not read at the customer's unit are left out
 /// here, so they never reach the API layer. One statement.
 ///
@@ -739,6 +867,7 @@ pub async fn visible_assignments_of(
             Expr::col((customer::Entity, customer::Column::Id)).equals(ct(customer_tag::Column::CustomerId)),
         )
         .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(customer_ids.iter().copied()))
+        .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
         .order_by(ct(customer_tag::Column::TaggedAt), Order::Asc)
         .order_by(ct(customer_tag::Column::TagId), Order::Asc)
         .to_owned();
@@ -770,7 +899,8 @@ struct CountRow {
 }
 
 /// How many customers hold each tag, counting only customers the caller may
-/// read, in units where it may see the tag's class. One statement.
+/// read, in units where it may see the tag's class (0 for an archived tag:
+/// retired). One statement.
 ///
 /// # Errors
 /// Database errors.
@@ -801,6 +931,7 @@ pub async fn holder_counts(
             Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
         )
         .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).is_in(tag_ids.iter().copied()))
+        .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
         .and_where(Expr::col(unit).is_in(principal.scope(Action::CustomerRead).unit_ids()))
         .group_by_columns([
             (customer_tag::Entity, customer_tag::Column::TagId).into_column_ref(),

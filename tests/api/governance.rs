@@ -842,7 +842,7 @@ async fn a_modification_lock_refuses_instead_of_overwriting(app: TestApp) {
     assert_eq!(locks.ok()["modificationLocks"], json!([]));
 }
 
-/// A bulk run above the threshold takes the locks itself, batch by batch;
+/// A bulk run above the threshold takes the locks itself;
 /// a salesperson tagging one of its customers meanwhile retries on
 /// LOCKED, and the salesperson's later 已完成交易 is what stays.
 async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
@@ -1021,7 +1021,7 @@ async fn request_payloads_leave_out_tags_the_reader_may_not_see(app: TestApp) {
 
 on_both_databases_with!(
     request_payloads_leave_out_tags_the_reader_may_not_see => Limits { bulk_threshold: 3, ..Limits::default() },
-    a_bulk_run_holds_its_lock_while_a_salesperson_retries => Limits { bulk_threshold: 4, bulk_batch_size: 1, ..Limits::default() },
+    a_bulk_run_holds_its_lock_while_a_salesperson_retries => Limits { bulk_threshold: 4, ..Limits::default() },
     bulk_tagging_without_bulk_rights_becomes_a_request => Limits { bulk_threshold: 3, ..Limits::default() },
 );
 

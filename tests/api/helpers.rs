@@ -140,6 +140,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, limits: Limits) -> Self {
+        Self::spawn_configured(backend, |settings| settings.limits = limits).await
+    }
+
+    /// As [`spawn`](Self::spawn), with settings changed by `configure`.
+    pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
         let test_db = TestDb::new(backend).await;
         let mut db = tagbase::db::connect(&test_db.url).await.expect("connect");
         let statements = Arc::new(AtomicUsize::new(0));
@@ -150,13 +155,14 @@ impl TestApp {
         tagbase::db::migrate(&db).await.expect("migrate");
         let mut settings = Settings::for_database(test_db.url.clone());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
-        settings.limits = limits;
+        configure(&mut settings);
         // No background follower: statement counts stay exact, and the
         // index is caught up after the seed below and after every write
         // made through the API.
         settings.index_follow_interval = None;
         let app = Application::with_database(settings, db.clone()).await.expect("build app");
-        tagbase::seed::seed_demo_sized(&db, &app.state.authz, TEST_CUSTOMERS_PER_STORE).await.expect("seed");
+        let offset = app.state.settings.utc_offset;
+        tagbase::seed::seed_demo_sized(&db, &app.state.authz, TEST_CUSTOMERS_PER_STORE, offset).await.expect("seed");
         // The seed wrote behind the application's back: bring its segment
         // index up to date now rather than at the follower's next round, so
         // tests see the index the way a caller after its own write does.

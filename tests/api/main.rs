@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod archived_tags;
 mod audit;
 mod cli;
 mod customers;
@@ -14,6 +15,7 @@ mod limits;
 mod n_plus_one;
 mod observability;
 mod permission_matrix;
+mod races;
 mod relay;
 mod schema_drift;
 mod seed;

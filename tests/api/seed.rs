@@ -36,8 +36,9 @@ async fn fingerprint(app: &TestApp) -> (Vec<String>, Vec<String>, usize) {
 
 async fn seeding_twice_leaves_the_same_data(app: TestApp) {
     let first = fingerprint(&app).await;
+    let offset = app.app.state.settings.utc_offset;
     let report =
-        tagbase::seed::seed_demo_sized(&app.db, &app.app.state.authz, crate::helpers::TEST_CUSTOMERS_PER_STORE)
+        tagbase::seed::seed_demo_sized(&app.db, &app.app.state.authz, crate::helpers::TEST_CUSTOMERS_PER_STORE, offset)
             .await
             .unwrap();
     assert_eq!(report.customers_created + report.customers_updated + report.assignments + report.role_bindings, 0);
@@ -46,11 +47,13 @@ async fn seeding_twice_leaves_the_same_data(app: TestApp) {
 }
 
 async fn the_full_demo_has_two_thousand_customers_and_is_stable(app: TestApp) {
-    let report = tagbase::seed::seed_demo(&app.db, &app.app.state.authz).await.unwrap();
+    let report =
+        tagbase::seed::seed_demo(&app.db, &app.app.state.authz, app.app.state.settings.utc_offset).await.unwrap();
     assert_eq!(report.customers_created, 2000 - 4 * crate::helpers::TEST_CUSTOMERS_PER_STORE);
     let once = fingerprint(&app).await;
     assert_eq!(once.0.len(), 2000);
-    let again = tagbase::seed::seed_demo(&app.db, &app.app.state.authz).await.unwrap();
+    let again =
+        tagbase::seed::seed_demo(&app.db, &app.app.state.authz, app.app.state.settings.utc_offset).await.unwrap();
     assert_eq!(again.customers_created + again.customers_updated + again.assignments, 0);
     assert_eq!(fingerprint(&app).await, once);
 }
