@@ -12,6 +12,7 @@ mod m20261123_000002_segments;
 mod m20261125_000003_governance;
 mod m20261125_000010_segment_engine;
 mod m20261126_000020_audit_append_only;
+mod m20261201_000040_staff_sign_in;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_governance::Migration),
             Box::new(m20261125_000010_segment_engine::Migration),
             Box::new(m20261126_000020_audit_append_only::Migration),
+            Box::new(m20261201_000040_staff_sign_in::Migration),
         ]
     }
 }
