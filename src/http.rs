@@ -1,5 +1,5 @@
 //! The HTTP surface: `/graphql` (POST executes, GET serves GraphiQL),
-//! `/healthz`, `/readyz`; request ids, tracing and a body-size limit.
+//! `/auth/*` (sign-in, see `auth::routes`), `/healthz`, `/readyz`; request ids, tracing and a body-size limit.
 
 use std::sync::Arc;
 
@@ -40,11 +40,13 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
         .route("/graphql", get(graphiql).post(graphql_handler))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit));
+    let sign_in = auth::routes::router(app.db.clone(), app.auth.clone());
     Router::new()
         .merge(graphql)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(HttpState { app, schema })
+        .merge(sign_in)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
@@ -85,9 +87,10 @@ pub async fn execute(
     authorization: Option<&str>,
     request: async_graphql::Request,
 ) -> Result<async_graphql::Response, AppError> {
-    let principal = Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?);
+    let signed_in = auth::authenticate(&app.db, &app.auth, &app.authz, authorization).await?;
+    let principal = Arc::new(signed_in.principal);
     let loaders = loaders_for_request(app.db.clone(), principal.clone());
-    let mut response = schema.execute(request.data(principal).data(loaders)).await;
+    let mut response = schema.execute(request.data(principal).data(signed_in.sign_in).data(loaders)).await;
     for error in &mut response.errors {
         give_code(error);
     }

@@ -7,7 +7,7 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
-use crate::auth::JwtKeys;
+use crate::auth::{Auth, JwtKeys};
 use crate::authz::Authz;
 use crate::config::Settings;
 use crate::graphql::{AppSchema, build_schema};
@@ -34,11 +34,12 @@ impl Application {
     pub async fn with_database(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
         let authz = Authz::load(&db).await?;
         let keys = JwtKeys::load(&db, &settings).await?;
+        let auth = Auth::new(keys.clone(), &settings)?;
         let index = SegmentIndex::new();
         if let Some(interval) = settings.index_follow_interval {
             index.spawn_follower(db.clone(), interval);
         }
-        let state = AppState { db, authz, keys, settings: Arc::new(settings), index };
+        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index };
         let schema = build_schema(state.clone());
         Ok(Self { state, schema })
     }
