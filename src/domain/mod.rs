@@ -8,8 +8,8 @@ mod phone;
 
 pub use id::{ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
 pub use name::{
-    Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,
-    VisibilityClass,
+    Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,
+    RoleName, StaffName, TagName, VisibilityClass,
 };
 pub use page::{Cursor, PageSize};
 pub use phone::Phone;

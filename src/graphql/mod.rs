@@ -9,6 +9,7 @@ mod governance;
 mod loaders;
 mod org;
 mod segment;
+mod staff;
 mod tag;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct Query(
     governance::GovernanceQuery,
     audit::AuditQuery,
     admin::AdminQuery,
+    staff::StaffQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -42,6 +44,7 @@ pub struct Mutation(
     governance::GovernanceMutation,
     segment::SegmentMutation,
     admin::AdminMutation,
+    staff::StaffMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
