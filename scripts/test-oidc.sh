@@ -59,6 +59,7 @@ pids+=($!)
 wait_for "$issuer/.well-known/openid-configuration" || { cat "$work/provider.log" >&2; fail "oidc-provider did not start"; }
 
 export DATABASE_URL="${DATABASE_URL:-sqlite://$work/tagbase.db?mode=rwc}"
+export TAGBASE_LOG="${TAGBASE_LOG:-warn}"
 export TAGBASE_JWT_SECRET="test-oidc-secret-test-oidc-secret-0123"
 "$bin" seed-demo >/dev/null 2>&1 || fail "seed-demo failed"
 dev_token="$("$bin" token --login sz01.sales --ttl 10m)"

@@ -196,29 +196,30 @@ fn init_tracing(filter: &str, format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = |listen: Option<SocketAddr>| Settings {
-        database_url: cli.database_url.clone(),
-        listen: listen.unwrap_or_else(|| Settings::DEFAULT_LISTEN.parse().expect("default address")),
-        jwt_secret: cli.jwt_secret.clone(),
-        jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
-        jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
-        token_leeway: cli.token_leeway,
-        dev_tokens: cli.dev_tokens,
-        access_token_ttl: cli.access_token_ttl,
-        session_ttl: cli.session_ttl,
-        oidc: cli.oidc_issuer.clone().map(|issuer| OidcSettings {
-            claim: cli.oidc_claim.clone(),
-            jwks_refresh: cli.oidc_jwks_refresh,
-            jwks_min_refetch: cli.oidc_jwks_min_refetch,
-            ..OidcSettings::new(issuer, cli.oidc_audience.clone())
-        }),
-        wecom: cli.wecom_corp_id.clone().zip(cli.wecom_corp_secret.clone()).map(|(corp_id, corp_secret)| {
-            WeComSettings { base_url: cli.wecom_base_url.clone(), corp_id, corp_secret }
-        }),
-        utc_offset: cli.utc_offset,
-        index_follow_interval: Some(std::time::Duration::from_millis(250)),
-        limits: Limits::default(),
-    };
+    let settings =
+        |listen: Option<SocketAddr>| Settings {
+            database_url: cli.database_url.clone(),
+            listen: listen.unwrap_or_else(|| Settings::DEFAULT_LISTEN.parse().expect("default address")),
+            jwt_secret: cli.jwt_secret.clone(),
+            jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
+            jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
+            token_leeway: cli.token_leeway,
+            dev_tokens: cli.dev_tokens,
+            access_token_ttl: cli.access_token_ttl,
+            session_ttl: cli.session_ttl,
+            oidc: cli.oidc_issuer.clone().map(|issuer| OidcSettings {
+                claim: cli.oidc_claim.clone(),
+                jwks_refresh: cli.oidc_jwks_refresh,
+                jwks_min_refetch: cli.oidc_jwks_min_refetch,
+                ..OidcSettings::new(issuer, cli.oidc_audience.clone())
+            }),
+            wecom: cli.wecom_corp_id.clone().zip(cli.wecom_corp_secret.clone()).map(|(corp_id, corp_secret)| {
+                WeComSettings { base_url: cli.wecom_base_url.clone(), corp_id, corp_secret }
+            }),
+            utc_offset: cli.utc_offset,
+            index_follow_interval: Some(std::time::Duration::from_millis(250)),
+            limits: Limits::default(),
+        };
     match cli.command {
         Command::Serve { listen, demo } => {
             let app = Application::build(settings(Some(listen))).await?;

@@ -172,7 +172,9 @@ pub async fn verify_bearer(
         let unrevocable = own.session.is_none().then_some(Some(own.issued_at));
         let member = active_member(db, own.staff_id.0, unrevocable).await?;
         return match own.session {
-            None if auth.dev_tokens => Ok((member, SignIn { method: SignInMethod::DevToken, session_id: None, expires_at })),
+            None if auth.dev_tokens => {
+                Ok((member, SignIn { method: SignInMethod::DevToken, session_id: None, expires_at }))
+            }
             None => Err(AppError::Unauthenticated("development tokens are turned off".to_owned())),
             Some((sid, method)) => {
                 session::live(db, &sid, member.id).await?;

@@ -171,8 +171,7 @@ impl OidcVerifier {
         let jwks_uri = match &state.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
-                let url =
-                    format!("{}/.well-known/openid-configuration", self.settings.issuer.trim_end_matches('/'));
+                let url = format!("{}/.well-known/openid-configuration", self.settings.issuer.trim_end_matches('/'));
                 let discovery: Discovery = self.http.get(&url).send().await?.error_for_status()?.json().await?;
                 anyhow::ensure!(
                     discovery.issuer == self.settings.issuer,
@@ -205,7 +204,10 @@ fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, DecodingKey))> {
     // A key published for another algorithm (`RS384`, `PS256`, …) is not
     // used for this one.
     if let Some(declared) = jwk.common.key_algorithm {
-        let same = matches!((declared, alg), (KeyAlgorithm::RS256, Algorithm::RS256) | (KeyAlgorithm::ES256, Algorithm::ES256));
+        let same = matches!(
+            (declared, alg),
+            (KeyAlgorithm::RS256, Algorithm::RS256) | (KeyAlgorithm::ES256, Algorithm::ES256)
+        );
         if !same {
             return None;
         }

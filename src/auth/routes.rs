@@ -76,8 +76,8 @@ fn error(err: AppError) -> Response {
     (status, Json(json!({ "errors": [{ "message": gql.message, "extensions": gql.extensions }] }))).into_response()
 }
 
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    parsed.map(|Json(b)| b).map_err(|rejection| error(AppError::validation("body", rejection.body_text())))
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
+    parsed.map(|Json(b)| b).map_err(|rejection| AppError::validation("body", rejection.body_text()))
 }
 
 fn tokens(tokens: Tokens) -> Response {
@@ -96,7 +96,7 @@ fn tokens(tokens: Tokens) -> Response {
 async fn wecom(State(state): State<RouteState>, parsed: Result<Json<CodeBody>, JsonRejection>) -> Response {
     let code = match body(parsed) {
         Ok(b) => b.code,
-        Err(response) => return response,
+        Err(err) => return error(err),
     };
     let result = async {
         let client = state
@@ -115,7 +115,7 @@ async fn wecom(State(state): State<RouteState>, parsed: Result<Json<CodeBody>, J
 async fn oidc(State(state): State<RouteState>, parsed: Result<Json<TokenBody>, JsonRejection>) -> Response {
     let token = match body(parsed) {
         Ok(b) => b.token,
-        Err(response) => return response,
+        Err(err) => return error(err),
     };
     let result = async {
         let verifier = state
@@ -134,7 +134,7 @@ async fn oidc(State(state): State<RouteState>, parsed: Result<Json<TokenBody>, J
 async fn refresh(State(state): State<RouteState>, parsed: Result<Json<RefreshBody>, JsonRejection>) -> Response {
     let token = match body(parsed) {
         Ok(b) => b.refresh_token,
-        Err(response) => return response,
+        Err(err) => return error(err),
     };
     session::refresh(&state.db, &state.auth.keys, state.auth.lifetimes, &token).await.map_or_else(error, tokens)
 }

@@ -5,9 +5,9 @@ use entity::{enums::OrgUnitKind, org_unit, staff};
 
 use super::env;
 use super::loaders::StaffById;
+use crate::auth;
 use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Permission};
 use crate::error::AppError;
-use crate::auth;
 use crate::service::{staff as staff_service, tag_library};
 use crate::state::AppState;
 
@@ -107,6 +107,7 @@ pub enum SignInMethod {
     /// A token of the OIDC provider, or a session opened with one.
     Oidc,
     /// A session opened by WeCom sign-in.
+    #[graphql(name = "WECOM")]
     WeCom,
 }
 

@@ -167,8 +167,7 @@ impl StaffMutation {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
         let id = StaffId::parse(&input.id, "id")?;
-        let successor =
-            input.reassign_customers_to.map(|s| StaffId::parse(&s, "reassignCustomersTo")).transpose()?;
+        let successor = input.reassign_customers_to.map(|s| StaffId::parse(&s, "reassignCustomersTo")).transpose()?;
         let done = service::deactivate(env.db, &state.authz, env.principal, id, successor).await?;
         super::tag::caught_up(ctx).await;
         Ok(DeactivateStaffPayload {

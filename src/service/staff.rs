@@ -19,8 +19,10 @@
 use chrono::Utc;
 use entity::{customer, staff, staff_identity};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
+    QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, Func, LikeExpr},
 };
 use serde_json::json;

@@ -30,7 +30,11 @@ fn stores(res: &Value) -> (Vec<String>, u64) {
 
 async fn staff_id(app: &TestApp, login: &str) -> String {
     let res = app
-        .gql("admin", "query($s: String) { staff(search: $s, first: 5) { edges { node { id login } } } }", json!({ "s": login }))
+        .gql(
+            "admin",
+            "query($s: String) { staff(search: $s, first: 5) { edges { node { id login } } } }",
+            json!({ "s": login }),
+        )
         .await;
     let edges = res.ok()["staff"]["edges"].as_array().unwrap().clone();
     edges.iter().find(|e| e["node"]["login"] == login).unwrap_or_else(|| panic!("no {login}"))["node"]["id"]
@@ -112,7 +116,10 @@ async fn a_salesperson_added_moved_and_deactivated_by_the_region_manager(app: Te
     assert_eq!(payload["staff"]["active"], false);
     assert_eq!(payload["customersKept"], 1);
     for instance in [&a, &b] {
-        assert_eq!(app.gql_bearer(instance, &token, CUSTOMERS, json!({})).await.err().as_deref(), Some("UNAUTHENTICATED"));
+        assert_eq!(
+            app.gql_bearer(instance, &token, CUSTOMERS, json!({})).await.err().as_deref(),
+            Some("UNAUTHENTICATED")
+        );
     }
     let fresh = key.sign(&provider.claims("idp|4711"));
     assert_eq!(app.gql_bearer(&b, &fresh, CUSTOMERS, json!({})).await.err().as_deref(), Some("UNAUTHENTICATED"));
@@ -120,7 +127,11 @@ async fn a_salesperson_added_moved_and_deactivated_by_the_region_manager(app: Te
     // Their history stays: the customer (still theirs, flagged by the
     // inactive owner), their audit rows, the deactivation's own row.
     let seen = app
-        .gql("south.manager", "query($id: ID!) { customer(id: $id) { owner { login active } } }", json!({ "id": customer_id }))
+        .gql(
+            "south.manager",
+            "query($id: ID!) { customer(id: $id) { owner { login active } } }",
+            json!({ "id": customer_id }),
+        )
         .await;
     assert_eq!(seen.ok()["customer"]["owner"], json!({ "login": "sz01.newhire", "active": false }));
     let member_row =
@@ -143,7 +154,12 @@ async fn a_salesperson_added_moved_and_deactivated_by_the_region_manager(app: Te
 
 async fn staff_management_stays_within_the_managers_scope(app: TestApp) {
     // sz01.service also audits at HQ: beyond the south manager's reach.
-    app.app.state.authz.assign_role(tagbase::domain::StaffId(app.staff("sz01.service").id), "auditor", "hq/").await.unwrap();
+    app.app
+        .state
+        .authz
+        .assign_role(tagbase::domain::StaffId(app.staff("sz01.service").id), "auditor", "hq/")
+        .await
+        .unwrap();
     let ids = [
         ("admin", staff_id(&app, "admin").await),
         ("north", staff_id(&app, "north.manager").await),
@@ -159,15 +175,63 @@ async fn staff_management_stays_within_the_managers_scope(app: TestApp) {
 
     let cases: Vec<(&str, &str, &str, Value, &str)> = vec![
         ("a region manager cannot see HQ staff", "south.manager", rename, json!({ "id": id("admin") }), "NOT_FOUND"),
-        ("a region manager cannot see another region's staff", "south.manager", rename, json!({ "id": id("north") }), "NOT_FOUND"),
-        ("a region manager cannot add staff at HQ", "south.manager", create, json!({ "u": app.unit_id("hq") }), "FORBIDDEN"),
-        ("a region manager cannot add staff to another region", "south.manager", create, json!({ "u": app.unit_id("bj01") }), "NOT_FOUND"),
-        ("a region manager cannot manage someone with a role at HQ", "south.manager", DEACTIVATE, json!({ "id": id("service") }), "FORBIDDEN"),
+        (
+            "a region manager cannot see another region's staff",
+            "south.manager",
+            rename,
+            json!({ "id": id("north") }),
+            "NOT_FOUND",
+        ),
+        (
+            "a region manager cannot add staff at HQ",
+            "south.manager",
+            create,
+            json!({ "u": app.unit_id("hq") }),
+            "FORBIDDEN",
+        ),
+        (
+            "a region manager cannot add staff to another region",
+            "south.manager",
+            create,
+            json!({ "u": app.unit_id("bj01") }),
+            "NOT_FOUND",
+        ),
+        (
+            "a region manager cannot manage someone with a role at HQ",
+            "south.manager",
+            DEACTIVATE,
+            json!({ "id": id("service") }),
+            "FORBIDDEN",
+        ),
         ("nobody deactivates themselves", "south.manager", DEACTIVATE, json!({ "id": id("self") }), "VALIDATION"),
-        ("a store manager reads staff but does not manage them", "sz01.manager", create, json!({ "u": app.unit_id("sz01") }), "FORBIDDEN"),
-        ("a store manager cannot deactivate", "sz01.manager", DEACTIVATE, json!({ "id": id("sz01.sales") }), "FORBIDDEN"),
-        ("a salesperson cannot see colleagues", "sz01.sales", "query($id: ID!) { staffMember(id: $id) { login } }", json!({ "id": id("service") }), "NOT_FOUND"),
-        ("customers go only to someone who can see them", "south.manager", DEACTIVATE, json!({ "id": id("sz01.sales"), "to": id("north") }), "NOT_FOUND"),
+        (
+            "a store manager reads staff but does not manage them",
+            "sz01.manager",
+            create,
+            json!({ "u": app.unit_id("sz01") }),
+            "FORBIDDEN",
+        ),
+        (
+            "a store manager cannot deactivate",
+            "sz01.manager",
+            DEACTIVATE,
+            json!({ "id": id("sz01.sales") }),
+            "FORBIDDEN",
+        ),
+        (
+            "a salesperson cannot see colleagues",
+            "sz01.sales",
+            "query($id: ID!) { staffMember(id: $id) { login } }",
+            json!({ "id": id("service") }),
+            "NOT_FOUND",
+        ),
+        (
+            "customers go only to someone who can see them",
+            "south.manager",
+            DEACTIVATE,
+            json!({ "id": id("sz01.sales"), "to": id("north") }),
+            "NOT_FOUND",
+        ),
     ];
     for (case, login, query, vars, expected) in cases {
         let res = app.gql(login, query, vars).await;
@@ -180,7 +244,15 @@ async fn staff_management_stays_within_the_managers_scope(app: TestApp) {
     let list = |login: &'static str, args: String| {
         let app = &app;
         async move {
-            let res = app.gql(login, &format!("{{ staff({args}first: 100) {{ edges {{ node {{ login active homeOrgUnit {{ path }} }} }} }} }}"), json!({})).await;
+            let res = app
+                .gql(
+                    login,
+                    &format!(
+                        "{{ staff({args}first: 100) {{ edges {{ node {{ login active homeOrgUnit {{ path }} }} }} }} }}"
+                    ),
+                    json!({}),
+                )
+                .await;
             res.ok()["staff"]["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()).collect::<Vec<_>>()
         }
     };
@@ -203,7 +275,8 @@ async fn deactivation_hands_customers_on_and_keeps_history(app: TestApp) {
     assert!(owned > 0);
     let tagged_by =
         customer_tag::Entity::find().filter(customer_tag::Column::TaggedBy.eq(sales)).count(&app.db).await.unwrap();
-    let acted = audit_log::Entity::find().filter(audit_log::Column::ActorStaffId.eq(sales)).count(&app.db).await.unwrap();
+    let acted =
+        audit_log::Entity::find().filter(audit_log::Column::ActorStaffId.eq(sales)).count(&app.db).await.unwrap();
     let auth = &app.app.state.auth;
     let session = tagbase::auth::session::open(&app.db, &auth.keys, auth.lifetimes, app.staff("sz01.sales"), "wecom")
         .await
@@ -220,7 +293,10 @@ async fn deactivation_hands_customers_on_and_keeps_history(app: TestApp) {
     assert_eq!(payload["customersReassigned"].as_u64(), Some(owned));
     assert_eq!(payload["customersKept"], 0);
     assert_eq!(payload["sessionsRevoked"], 1);
-    assert_eq!(customer::Entity::find().filter(customer::Column::OwnerStaffId.eq(heir)).count(&app.db).await.unwrap(), owned);
+    assert_eq!(
+        customer::Entity::find().filter(customer::Column::OwnerStaffId.eq(heir)).count(&app.db).await.unwrap(),
+        owned
+    );
     let row = staff_session::Entity::find_by_id(session.session_id.clone()).one(&app.db).await.unwrap().unwrap();
     assert_eq!(row.revoked_reason.as_deref(), Some("deactivated"));
     // Tags they put on and their audit rows are untouched.
@@ -238,11 +314,18 @@ async fn deactivation_hands_customers_on_and_keeps_history(app: TestApp) {
     let old_token = app.token("sz01.sales");
     tokio::time::sleep(Duration::from_millis(1100)).await; // a new second for the new token's iat
     let back = app
-        .gql("south.manager", "mutation($id: ID!) { reactivateStaff(id: $id) { staff { active } } }", json!({ "id": staff_id(&app, "sz01.sales").await }))
+        .gql(
+            "south.manager",
+            "mutation($id: ID!) { reactivateStaff(id: $id) { staff { active } } }",
+            json!({ "id": staff_id(&app, "sz01.sales").await }),
+        )
         .await;
     assert_eq!(back.ok()["reactivateStaff"]["staff"]["active"], true);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(app.gql_bearer(&app.app, &old_token, "{ me { staff { login } } }", json!({})).await.err().as_deref(), Some("UNAUTHENTICATED"));
+    assert_eq!(
+        app.gql_bearer(&app.app, &old_token, "{ me { staff { login } } }", json!({})).await.err().as_deref(),
+        Some("UNAUTHENTICATED")
+    );
     assert!(app.gql_bearer(&app.app, &app.token("sz01.sales"), "{ me { staff { login } } }", json!({})).await.is_ok());
 }
 
@@ -279,7 +362,10 @@ async fn a_deactivation_racing_requests_stops_every_request_that_starts_after_it
         assert!(seen.iter().any(|(at, ok)| *ok && *at < committed), "instance {name} served the member before");
         let after: Vec<_> = seen.iter().filter(|(at, _)| *at > committed).collect();
         assert!(!after.is_empty(), "instance {name} was asked after the deactivation");
-        assert!(after.iter().all(|(_, ok)| !ok), "instance {name} served a request that started after the deactivation");
+        assert!(
+            after.iter().all(|(_, ok)| !ok),
+            "instance {name} served a request that started after the deactivation"
+        );
     }
 }
 
