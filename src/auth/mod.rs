@@ -146,7 +146,20 @@ pub async fn member_by_identity(
     let id = match linked {
         Some(identity) => identity.staff_id,
         None if kind == IDENTITY_OIDC => {
-            staff::Entity::find().filter(staff::Column::Login.eq(value)).one(db).await?.ok_or_else(gone)?.id
+            let member =
+                staff::Entity::find().filter(staff::Column::Login.eq(value)).one(db).await?.ok_or_else(gone)?;
+            // A member linked to a provider subject signs in only as that
+            // subject, never by a token whose claim happens to be its login.
+            let linked_elsewhere = staff_identity::Entity::find()
+                .filter(staff_identity::Column::StaffId.eq(member.id))
+                .filter(staff_identity::Column::Kind.eq(IDENTITY_OIDC))
+                .one(db)
+                .await?
+                .is_some();
+            if linked_elsewhere {
+                return Err(gone());
+            }
+            member.id
         }
         None => return Err(gone()),
     };

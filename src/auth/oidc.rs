@@ -215,3 +215,36 @@ fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, DecodingKey))> {
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some((kid, (alg, key)))
 }
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::jwk::Jwk;
+    use serde_json::json;
+
+    use super::usable_key;
+
+    fn jwk(value: serde_json::Value) -> Jwk {
+        serde_json::from_value(value).unwrap()
+    }
+
+    const X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    #[test]
+    fn only_signing_keys_of_the_pinned_algorithms_are_kept() {
+        let ec = |extra: serde_json::Value| {
+            let mut key = json!({ "kty": "EC", "crv": "P-256", "x": X, "y": Y, "kid": "k" });
+            key.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            jwk(key)
+        };
+        assert_eq!(usable_key(&ec(json!({}))).map(|(_, (alg, _))| alg), Some(jsonwebtoken::Algorithm::ES256));
+        assert_eq!(usable_key(&ec(json!({ "alg": "ES256", "use": "sig" }))).map(|(k, _)| k), Some("k".into()));
+        assert!(usable_key(&ec(json!({ "use": "enc" }))).is_none(), "encryption keys");
+        assert!(usable_key(&ec(json!({ "alg": "ES384" }))).is_none(), "published for another algorithm");
+        let mut no_kid = ec(json!({}));
+        no_kid.common.key_id = None;
+        assert!(usable_key(&no_kid).is_none(), "no key id");
+        let hmac = jwk(json!({ "kty": "oct", "k": "c2VjcmV0", "kid": "h", "alg": "HS256" }));
+        assert!(usable_key(&hmac).is_none(), "symmetric keys are never accepted");
+    }
+}

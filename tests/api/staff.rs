@@ -82,6 +82,9 @@ async fn a_salesperson_added_moved_and_deactivated_by_the_region_manager(app: Te
     let (codes, total) = stores(res.ok());
     assert_eq!(codes, ["sz01"]);
     assert!(total > 0);
+    // Linked to a subject, the member is not reachable by its login.
+    let by_login = key.sign(&provider.claims("sz01.newhire"));
+    assert_eq!(app.gql_bearer(&a, &by_login, CUSTOMERS, json!({})).await.err().as_deref(), Some("UNAUTHENTICATED"));
     // History of their own: a customer they add.
     let added = app
         .gql_bearer(
