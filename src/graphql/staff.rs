@@ -162,7 +162,7 @@ impl StaffMutation {
     }
 
     /// Deactivates a staff member: its next request, on every instance, is
-    /// refused and its sessions end; its tags, requests and audit rows stay.
+    /// refused and its sessions end; everything it did stays on record.
     async fn deactivate_staff(&self, ctx: &Context<'_>, input: DeactivateStaffInput) -> Result<DeactivateStaffPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
