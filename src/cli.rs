@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::JwtKeys;
 use crate::authz::Authz;
-use crate::config::{Limits, Rate, Settings};
+use crate::config::{Limits, OidcSettings, Rate, Settings, WeComSettings};
 use crate::service::tag_library;
 use crate::startup::Application;
 use crate::{db, graphql, seed};
@@ -33,6 +33,56 @@ pub struct Cli {
     /// created in the database on first start and used by every command.
     #[arg(long, env = "TAGBASE_JWT_SECRET", hide_env_values = true, global = true)]
     jwt_secret: Option<String>,
+
+    /// Clock skew allowed on token expiry and not-before, e.g. `5s`.
+    #[arg(long, env = "TAGBASE_TOKEN_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    token_leeway: Duration,
+
+    /// Accept development tokens printed by `tagbase token`. Set to `false`
+    /// in production.
+    #[arg(long, env = "TAGBASE_DEV_TOKENS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    dev_tokens: bool,
+
+    /// Lifetime of a session's access tokens.
+    #[arg(long, env = "TAGBASE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    access_token_ttl: Duration,
+
+    /// A session ends this long after sign-in, refreshed or not.
+    #[arg(long, env = "TAGBASE_SESSION_TTL", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    session_ttl: Duration,
+
+    /// Issuer URL of an OpenID Connect provider; unset: OIDC sign-in off.
+    #[arg(long, env = "TAGBASE_OIDC_ISSUER", global = true)]
+    oidc_issuer: Option<String>,
+
+    /// The audience OIDC tokens must carry (client id or resource).
+    #[arg(long, env = "TAGBASE_OIDC_AUDIENCE", default_value = "tagbase-api", global = true)]
+    oidc_audience: String,
+
+    /// The claim naming the staff member: `sub`, `preferred_username`,
+    /// `email`, … (matched against `oidc_sub` identities, then logins).
+    #[arg(long, env = "TAGBASE_OIDC_CLAIM", default_value = "sub", global = true)]
+    oidc_claim: String,
+
+    /// How often the provider's keys are fetched again.
+    #[arg(long, env = "TAGBASE_OIDC_JWKS_REFRESH", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    oidc_jwks_refresh: Duration,
+
+    /// Least time between two fetches caused by tokens with unknown keys.
+    #[arg(long, env = "TAGBASE_OIDC_JWKS_MIN_REFETCH", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    oidc_jwks_min_refetch: Duration,
+
+    /// WeCom API base URL.
+    #[arg(long, env = "TAGBASE_WECOM_BASE_URL", default_value = "https://qyapi.weixin.qq.com", global = true)]
+    wecom_base_url: String,
+
+    /// WeCom corp id; with the secret, turns WeCom sign-in on.
+    #[arg(long, env = "TAGBASE_WECOM_CORP_ID", global = true)]
+    wecom_corp_id: Option<String>,
+
+    /// WeCom application secret (corpsecret).
+    #[arg(long, env = "TAGBASE_WECOM_CORP_SECRET", hide_env_values = true, global = true)]
+    wecom_corp_secret: Option<String>,
 
     /// Log filter, e.g. `info` or `tagbase=debug,info`.
     #[arg(long, env = "TAGBASE_LOG", default_value = "info", global = true)]
@@ -224,26 +274,40 @@ fn init_tracing(filter: &str, format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = |listen: Option<SocketAddr>| Settings {
-        database_url: cli.database_url.clone(),
-        listen: listen.unwrap_or_else(|| Settings::DEFAULT_LISTEN.parse().expect("default address")),
-        jwt_secret: cli.jwt_secret.clone(),
-        jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
-        jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
-        utc_offset: cli.utc_offset,
-        index_follow_interval: Some(std::time::Duration::from_millis(250)),
-        metrics_listen: None,
-        metrics_on_main: false,
-        cors_origins: Vec::new(),
-        trusted_documents: None,
-        limits: Limits {
-            max_query_complexity: cli.limits.max_query_complexity,
-            max_aliases: cli.limits.max_aliases,
-            max_root_fields: cli.limits.max_root_fields,
-            phone_searches_per_minute: cli.phone_searches_per_minute,
-            ..Limits::default()
-        },
-    };
+    let settings =
+        |listen: Option<SocketAddr>| Settings {
+            database_url: cli.database_url.clone(),
+            listen: listen.unwrap_or_else(|| Settings::DEFAULT_LISTEN.parse().expect("default address")),
+            jwt_secret: cli.jwt_secret.clone(),
+            jwt_issuer: Settings::DEFAULT_ISSUER.to_owned(),
+            jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
+            token_leeway: cli.token_leeway,
+            dev_tokens: cli.dev_tokens,
+            access_token_ttl: cli.access_token_ttl,
+            session_ttl: cli.session_ttl,
+            oidc: cli.oidc_issuer.clone().map(|issuer| OidcSettings {
+                claim: cli.oidc_claim.clone(),
+                jwks_refresh: cli.oidc_jwks_refresh,
+                jwks_min_refetch: cli.oidc_jwks_min_refetch,
+                ..OidcSettings::new(issuer, cli.oidc_audience.clone())
+            }),
+            wecom: cli.wecom_corp_id.clone().zip(cli.wecom_corp_secret.clone()).map(|(corp_id, corp_secret)| {
+                WeComSettings { base_url: cli.wecom_base_url.clone(), corp_id, corp_secret }
+            }),
+            utc_offset: cli.utc_offset,
+            index_follow_interval: Some(std::time::Duration::from_millis(250)),
+            metrics_listen: None,
+            metrics_on_main: false,
+            cors_origins: Vec::new(),
+            trusted_documents: None,
+            limits: Limits {
+                max_query_complexity: cli.limits.max_query_complexity,
+                max_aliases: cli.limits.max_aliases,
+                max_root_fields: cli.limits.max_root_fields,
+                phone_searches_per_minute: cli.phone_searches_per_minute,
+                ..Limits::default()
+            },
+        };
     match cli.command {
         Command::Serve {
             listen,

@@ -17,6 +17,21 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// Clock skew allowed when checking a token's `exp` and `nbf` (any
+    /// kind of token): a token is still accepted this long after it
+    /// expired, and this long before it becomes valid.
+    pub token_leeway: Duration,
+    /// Accept HS256 tokens printed by `tagbase token` (no session behind
+    /// them). Turn off in production; sessions and OIDC tokens still work.
+    pub dev_tokens: bool,
+    /// Lifetime of the access tokens of a session (WeCom or OIDC sign-in).
+    pub access_token_ttl: Duration,
+    /// A session (and its refresh tokens) ends this long after sign-in.
+    pub session_ttl: Duration,
+    /// Sign-in through an OpenID Connect provider; `None`: off.
+    pub oidc: Option<OidcSettings>,
+    /// Sign-in through WeCom (企业微信) OAuth; `None`: off.
+    pub wecom: Option<WeComSettings>,
     /// The organisation's time zone, as a fixed UTC offset (China keeps no
     /// daylight saving time): dates in segments are midnight there.
     pub utc_offset: FixedOffset,
@@ -39,6 +54,61 @@ pub struct Settings {
     /// longer register new ones.
     pub trusted_documents: Option<PathBuf>,
     pub limits: Limits,
+}
+
+/// An OpenID Connect provider whose ID or access tokens sign staff in.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The issuer URL; discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`, and tokens must carry
+    /// exactly this `iss`.
+    pub issuer: String,
+    /// The `aud` tokens must name (a client id or an API's resource URI).
+    pub audience: String,
+    /// The claim whose value names the staff member: matched against
+    /// identities of kind `oidc_sub`, then against logins.
+    pub claim: String,
+    /// The provider's keys are fetched again after this long.
+    pub jwks_refresh: Duration,
+    /// A token signed by an unknown key makes tagbase fetch the keys again
+    /// (the provider rotated them), at most once per this interval.
+    pub jwks_min_refetch: Duration,
+}
+
+impl OidcSettings {
+    pub const DEFAULT_CLAIM: &'static str = "sub";
+
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            claim: Self::DEFAULT_CLAIM.to_owned(),
+            jwks_refresh: Duration::from_secs(3600),
+            jwks_min_refetch: Duration::from_secs(10),
+        }
+    }
+}
+
+/// WeCom (企业微信) OAuth: the corp whose members sign in.
+#[derive(Clone)]
+pub struct WeComSettings {
+    /// `https://qyapi.weixin.qq.com` in production.
+    pub base_url: String,
+    pub corp_id: String,
+    pub corp_secret: String,
+}
+
+impl WeComSettings {
+    pub const DEFAULT_BASE_URL: &'static str = "https://qyapi.weixin.qq.com";
+}
+
+impl std::fmt::Debug for WeComSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeComSettings")
+            .field("base_url", &self.base_url)
+            .field("corp_id", &self.corp_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Limits of the API and of the data (SPEC §5, §10).
@@ -165,6 +235,9 @@ impl Settings {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     pub const DEFAULT_ISSUER: &'static str = "tagbase";
     pub const DEFAULT_AUDIENCE: &'static str = "tagbase-api";
+    pub const DEFAULT_TOKEN_LEEWAY: Duration = Duration::from_secs(5);
+    pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// Asia/Shanghai.
     pub fn default_utc_offset() -> FixedOffset {
@@ -179,6 +252,12 @@ impl Settings {
             jwt_secret: None,
             jwt_issuer: Self::DEFAULT_ISSUER.to_owned(),
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
+            token_leeway: Self::DEFAULT_TOKEN_LEEWAY,
+            dev_tokens: true,
+            access_token_ttl: Self::DEFAULT_ACCESS_TOKEN_TTL,
+            session_ttl: Self::DEFAULT_SESSION_TTL,
+            oidc: None,
+            wecom: None,
             utc_offset: Self::default_utc_offset(),
             index_follow_interval: Some(Duration::from_millis(250)),
             metrics_listen: None,

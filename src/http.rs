@@ -1,5 +1,5 @@
 //! The HTTP surface: `/graphql` (GraphQL over HTTP, see [`graphql`]),
-//! `/healthz`, `/readyz`; CORS for the listed origins, compression, request
+//! `/auth/*` (sign-in, see `auth::routes`), `/healthz`, `/readyz`; CORS for the listed origins, compression, request
 //! ids, tracing, a body-size limit and the request timeout.
 
 mod graphql;
@@ -54,12 +54,14 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
         .route("/graphql", get(graphql::get).post(graphql::post).fallback(graphql::other_method))
         .layer(DefaultBodyLimit::max(body_limit));
     let observer = observability::HttpObserver::new(&app);
+    let sign_in = auth::routes::router(app.db.clone(), app.auth.clone());
     let router = Router::new()
         .merge(graphql)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(observability::metrics::main_listener_routes(app.clone()))
         .with_state(HttpState { app, schema })
+        .merge(sign_in)
         // tower's timeout drops the request's future; the error handler
         // turns the elapsed error into a GraphQL-shaped 504.
         .layer(
@@ -158,12 +160,19 @@ pub async fn execute(
     authorization: Option<&str>,
     request: async_graphql::Request,
 ) -> Result<async_graphql::Response, AppError> {
-    let principal = sign_in(app, authorization).await?;
-    Ok(execute_as(app, schema, &principal, request).await)
+    let caller = sign_in(app, authorization).await?;
+    Ok(execute_as(app, schema, &caller, request).await)
 }
 
-async fn sign_in(app: &AppState, authorization: Option<&str>) -> Result<Arc<Principal>, AppError> {
-    Ok(Arc::new(auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await?))
+/// A signed-in caller: who, and how they signed in.
+pub(crate) struct Caller {
+    principal: Arc<Principal>,
+    sign_in: auth::SignIn,
+}
+
+async fn sign_in(app: &AppState, authorization: Option<&str>) -> Result<Caller, AppError> {
+    let signed_in = auth::authenticate(&app.db, &app.auth, &app.authz, authorization).await?;
+    Ok(Caller { principal: Arc::new(signed_in.principal), sign_in: signed_in.sign_in })
 }
 
 /// Executes one operation as a signed-in caller, with its own DataLoaders
@@ -171,11 +180,12 @@ async fn sign_in(app: &AppState, authorization: Option<&str>) -> Result<Arc<Prin
 async fn execute_as(
     app: &AppState,
     schema: &AppSchema,
-    principal: &Arc<Principal>,
+    caller: &Caller,
     request: async_graphql::Request,
 ) -> async_graphql::Response {
-    let loaders = loaders_for_request(app.db.clone(), principal.clone());
-    let mut response = schema.execute(request.data(principal.clone()).data(loaders)).await;
+    let loaders = loaders_for_request(app.db.clone(), caller.principal.clone());
+    let request = request.data(caller.principal.clone()).data(caller.sign_in.clone()).data(loaders);
+    let mut response = schema.execute(request).await;
     for error in &mut response.errors {
         give_code(error);
     }

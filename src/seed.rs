@@ -15,7 +15,7 @@ use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Utc
 use entity::{
     customer, customer_identity, customer_tag,
     enums::{Gender, OrgUnitKind, SegmentKind, TagCategory, TagOp, TagSource, TagStatus},
-    org_unit, segment, staff, tag, tag_event, tag_group,
+    org_unit, segment, staff, staff_identity, tag, tag_event, tag_group,
 };
 use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
@@ -91,7 +91,16 @@ const STAFF: &[(&str, &str, &str, &str, &str)] = &[
     ("sz01.sales", "南山销售-张伟", "sz01", "sales", "sz01"),
     ("sz01.service", "南山客服-李娜", "sz01", "customer_service", "sz01"),
     ("bj01.sales", "朝阳销售-赵磊", "bj01", "sales", "bj01"),
+    // A salesperson who left: deactivated after the seed, with customers,
+    // tags and audit rows that stay (see `seed_former_staff`).
+    (FORMER_SALES, "天河销售-孙磊(已离职)", "gz01", "sales", "gz01"),
 ];
+
+/// The demo's former employee.
+pub const FORMER_SALES: &str = "gz01.former";
+
+/// Demo WeCom identities (login, WeCom `userid`).
+const WECOM_IDS: &[(&str, &str)] = &[("sz01.sales", "ZhangWei"), ("sz01.manager", "LiuYang")];
 
 struct GroupSpec {
     unit: &'static str,
@@ -295,6 +304,7 @@ fn store_owner(store: &str) -> Option<&'static str> {
     match store {
         "sz01" => Some("sz01.sales"),
         "bj01" => Some("bj01.sales"),
+        "gz01" => Some(FORMER_SALES),
         _ => None,
     }
 }
@@ -505,8 +515,48 @@ pub async fn seed_demo_sized(
     let customers = generate_customers(per_store);
     let txn = db.begin().await?;
     seed_customers(&txn, &customers, &units, &staff, &tags, &mut report).await?;
+    seed_former_staff(&txn, &staff).await?;
     txn.commit().await?;
     Ok(report)
+}
+
+/// WeCom identities of two demo members, and the former employee's
+/// departure: deactivated by the admin, with an audit row; the customers
+/// stay with their inactive owner until a manager hands them on.
+async fn seed_former_staff(
+    txn: &DatabaseTransaction,
+    staff: &HashMap<&'static str, staff::Model>,
+) -> anyhow::Result<()> {
+    for (login, userid) in WECOM_IDS {
+        staff_identity::Entity::insert(staff_identity::ActiveModel {
+            id: NotSet,
+            staff_id: Set(staff[login].id),
+            kind: Set(crate::auth::IDENTITY_WECOM.to_owned()),
+            value: Set((*userid).to_owned()),
+            created_at: Set(anchor()),
+        })
+        .on_conflict_do_nothing_on([staff_identity::Column::Kind, staff_identity::Column::Value])
+        .exec_without_returning(txn)
+        .await?;
+    }
+    let former = &staff[FORMER_SALES];
+    let left = staff::Entity::update_many()
+        .col_expr(staff::Column::Active, sea_orm::sea_query::Expr::value(false))
+        .filter(staff::Column::Id.eq(former.id))
+        .filter(staff::Column::Active.eq(true))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    if left > 0 {
+        crate::service::audit::record(
+            txn,
+            crate::service::audit::AuditEntry::ok(StaffId(staff["admin"].id), "staff.deactivate", "staff", former.id)
+                .in_unit(former.home_org_unit_id)
+                .with_detail(serde_json::json!({ "login": former.login, "customersKept": "all" })),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn seed_org(
@@ -559,6 +609,7 @@ async fn seed_staff(
                     home_org_unit_id: Set(units[home].id),
                     active: Set(true),
                     created_at: Set(anchor()),
+                    ..Default::default()
                 }
                 .insert(db)
                 .await?

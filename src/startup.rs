@@ -10,7 +10,7 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
-use crate::auth::JwtKeys;
+use crate::auth::{Auth, JwtKeys};
 use crate::authz::Authz;
 use crate::config::Settings;
 use crate::graphql::{AppSchema, schema_builder};
@@ -38,12 +38,13 @@ impl Application {
         observability::metrics::install();
         let authz = Authz::load(&db).await?;
         let keys = JwtKeys::load(&db, &settings).await?;
+        let auth = Auth::new(keys.clone(), &settings)?;
         let index = SegmentIndex::new();
         if let Some(interval) = settings.index_follow_interval {
             index.spawn_follower(db.clone(), interval);
         }
         let persisted = http::PersistedQueries::from_settings(&settings)?;
-        let state = AppState { db, authz, keys, settings: Arc::new(settings), index };
+        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index };
         let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
         Ok(Self { state, schema })
     }

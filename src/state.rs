@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 
-use crate::auth::JwtKeys;
+use crate::auth::{Auth, JwtKeys};
 use crate::authz::Authz;
 use crate::config::Settings;
 use crate::segment::SegmentIndex;
@@ -14,6 +14,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub authz: Authz,
     pub keys: JwtKeys,
+    /// Sign-in: dev and session tokens, OIDC, WeCom.
+    pub auth: Auth,
     pub settings: Arc<Settings>,
     /// The in-memory segment index of this instance.
     pub index: Arc<SegmentIndex>,

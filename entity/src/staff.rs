@@ -13,6 +13,10 @@ pub struct Model {
     /// with a token minted before.
     pub active: bool,
     pub created_at: DateTimeUtc,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    /// "Sign out everywhere": tokens issued before this are refused.
+    pub signed_out_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,218 +1,219 @@
-//! Sign-in: bearer JWTs (HS256), checked for signature, expiry, issuer and
-//! audience, and for a staff member that exists and is active *now*.
+//! Sign-in. A request's bearer token is one of:
+//!
+//! - a **development token** (HS256, printed by `tagbase token`), accepted
+//!   unless `TAGBASE_DEV_TOKENS=false`;
+//! - a **session access token** (HS256, same key, carrying a session id),
+//!   issued by `POST /auth/wecom` or `POST /auth/oidc` and renewed by
+//!   `POST /auth/refresh`; its session must be live;
+//! - an **OIDC token** (RS256/ES256) of the configured provider.
+//!
+//! Whatever the kind, the staff member it names must exist and be active
+//! *now*, read on every request, and the token must be newer than the
+//! member's last "sign out everywhere".
+
+mod dev;
+pub mod oidc;
+pub mod routes;
+pub mod session;
+pub mod wecom;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use base64::Engine as _;
-use chrono::Utc;
-use entity::{app_setting, staff};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore as _;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use entity::{staff, staff_identity};
+use jsonwebtoken::Algorithm;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+pub use dev::{JwtKeys, OwnToken};
+pub use oidc::OidcVerifier;
+pub use session::{Lifetimes, RevokeReason, Tokens};
+pub use wecom::WeComClient;
 
 use crate::authz::{Authz, OrgTree, Principal};
 use crate::config::Settings;
-use crate::domain::StaffId;
 use crate::error::{AppError, AppResult};
 
-const GENERATED_SECRET_KEY: &str = "jwt_secret";
+/// Identity kinds of `staff_identity`.
+pub const IDENTITY_OIDC: &str = "oidc_sub";
+pub const IDENTITY_WECOM: &str = "wecom_userid";
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    /// Staff id.
-    sub: String,
-    /// Login, for people reading a token; never trusted.
-    login: String,
-    iss: String,
-    aud: String,
-    iat: i64,
-    exp: i64,
+/// Timeout of every call to an identity provider.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the caller of a request signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInMethod {
+    DevToken,
+    Oidc,
+    WeCom,
 }
 
-/// Keys and rules for minting and checking tokens.
+impl SignInMethod {
+    fn of_session(method: &str) -> Self {
+        if method == "wecom" { Self::WeCom } else { Self::Oidc }
+    }
+}
+
+/// The sign-in behind a request, for `me`.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub method: SignInMethod,
+    /// Set for session access tokens.
+    pub session_id: Option<String>,
+    /// When the bearer token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A signed-in caller.
+pub struct Authenticated {
+    pub principal: Principal,
+    pub sign_in: SignIn,
+}
+
+/// Everything sign-in needs, shared by every request.
 #[derive(Clone)]
-pub struct JwtKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Arc<Validation>,
-    issuer: String,
-    audience: String,
+pub struct Auth {
+    pub keys: JwtKeys,
+    pub oidc: Option<Arc<OidcVerifier>>,
+    pub wecom: Option<Arc<WeComClient>>,
+    pub dev_tokens: bool,
+    pub lifetimes: Lifetimes,
 }
 
-impl JwtKeys {
-    /// Uses the configured secret or, when there is none, the one stored in
-    /// the database (created on first use), so every command that mints
-    /// tokens agrees with the server without any set-up.
-    pub async fn load(db: &DatabaseConnection, settings: &Settings) -> anyhow::Result<Self> {
-        let secret = match &settings.jwt_secret {
-            Some(secret) if secret.len() >= 32 => secret.clone().into_bytes(),
-            Some(_) => anyhow::bail!("TAGBASE_JWT_SECRET must be at least 32 bytes"),
-            None => stored_secret(db).await?,
-        };
-        Ok(Self::from_secret(&secret, &settings.jwt_issuer, &settings.jwt_audience))
-    }
-
-    pub fn from_secret(secret: &[u8], issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation: Arc::new(validation),
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        }
-    }
-
-    /// Mints a token for a staff member, valid for `ttl`.
-    pub fn mint(&self, staff: &staff::Model, ttl: Duration) -> anyhow::Result<String> {
-        let now = Utc::now().timestamp();
-        let claims = Claims {
-            sub: staff.id.to_string(),
-            login: staff.login.clone(),
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
-            iat: now,
-            exp: now + i64::try_from(ttl.as_secs()).context("ttl too long")?,
-        };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
-    }
-
-    /// Checks a token and returns the staff id it was minted for.
-    ///
+impl Auth {
     /// # Errors
-    /// [`AppError::Unauthenticated`] for any bad token; the reason is logged,
-    /// the caller gets a short hint.
-    pub fn verify(&self, token: &str) -> AppResult<StaffId> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
-            use jsonwebtoken::errors::ErrorKind;
-            tracing::debug!(error = %err, "token refused");
-            let hint = match err.kind() {
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => "token not issued for this service",
-                _ => "invalid token",
-            };
-            AppError::Unauthenticated(hint.to_owned())
-        })?;
-        data.claims.sub.parse().map(StaffId).map_err(|_| AppError::Unauthenticated("invalid token".to_owned()))
+    /// When the HTTP client for the identity providers cannot be built.
+    pub fn new(keys: JwtKeys, settings: &Settings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(PROVIDER_TIMEOUT).build()?;
+        Ok(Self {
+            keys,
+            oidc: settings
+                .oidc
+                .clone()
+                .map(|oidc| Arc::new(OidcVerifier::new(oidc, settings.token_leeway, http.clone()))),
+            wecom: settings.wecom.clone().map(|wecom| Arc::new(WeComClient::new(wecom, http))),
+            dev_tokens: settings.dev_tokens,
+            lifetimes: Lifetimes { access: settings.access_token_ttl, session: settings.session_ttl },
+        })
     }
 }
 
-async fn stored_secret(db: &DatabaseConnection) -> anyhow::Result<Vec<u8>> {
-    let mut fresh = [0u8; 32];
-    rand::rng().fill_bytes(&mut fresh);
-    // Insert-if-absent, then read back: two processes starting at once
-    // agree on whichever key landed first.
-    app_setting::Entity::insert(app_setting::ActiveModel {
-        key: Set(GENERATED_SECRET_KEY.to_owned()),
-        value: Set(base64::engine::general_purpose::STANDARD.encode(fresh)),
-        updated_at: Set(Utc::now()),
-    })
-    .on_conflict_do_nothing_on([app_setting::Column::Key])
-    .exec(db)
-    .await?;
-    let stored = app_setting::Entity::find_by_id(GENERATED_SECRET_KEY.to_owned())
-        .one(db)
-        .await?
-        .context("generated JWT key missing")?;
-    Ok(base64::engine::general_purpose::STANDARD.decode(stored.value)?)
-}
-
-/// Turns an `Authorization` header into a [`Principal`].
-///
-/// # Errors
-/// [`AppError::Unauthenticated`] when the header is missing or malformed,
-/// the token is bad, or the staff member is unknown or deactivated.
-pub async fn authenticate(
-    db: &DatabaseConnection,
-    keys: &JwtKeys,
-    authz: &Authz,
-    authorization: Option<&str>,
-) -> AppResult<Principal> {
+fn bearer(authorization: Option<&str>) -> AppResult<&str> {
     let header = authorization.ok_or_else(|| AppError::Unauthenticated("missing bearer token".to_owned()))?;
-    let token = header
+    header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| AppError::Unauthenticated("expected `Authorization: Bearer <token>`".to_owned()))?;
-    let staff_id = keys.verify(token)?;
-    let staff = staff::Entity::find_by_id(staff_id.0)
-        .one(db)
-        .await?
-        .filter(|s| s.active)
-        .ok_or_else(|| AppError::Unauthenticated("unknown or deactivated staff member".to_owned()))?;
-    authz.refresh().await?;
-    let org = Arc::new(OrgTree::load(db).await?);
-    Ok(authz.principal(staff, org))
+        .ok_or_else(|| AppError::Unauthenticated("expected `Authorization: Bearer <token>`".to_owned()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use entity::staff;
+fn gone() -> AppError {
+    AppError::Unauthenticated("unknown or deactivated staff member".to_owned())
+}
 
-    fn staff() -> staff::Model {
-        staff::Model {
-            id: 7,
-            login: "sz01.sales".into(),
-            display_name: "x".into(),
-            home_org_unit_id: 1,
-            active: true,
-            created_at: Utc::now(),
+/// The active staff member a token names. A token tagbase cannot revoke
+/// one by one (dev and OIDC tokens: `issued_at` given) must be newer than
+/// the member's last "sign out everywhere"; sessions are revoked instead.
+async fn active_member(db: &DatabaseConnection, id: i64, unrevocable: Option<Option<i64>>) -> AppResult<staff::Model> {
+    let member = staff::Entity::find_by_id(id).one(db).await?.filter(|s| s.active).ok_or_else(gone)?;
+    if let (Some(out), Some(issued_at)) = (member.signed_out_at, unrevocable)
+        && issued_at.is_none_or(|iat| iat <= out.timestamp())
+    {
+        return Err(AppError::Unauthenticated("signed out; sign in again".to_owned()));
+    }
+    Ok(member)
+}
+
+/// The staff member an identity provider's user is: by identity of `kind`,
+/// else (for OIDC) by login. Active members only; `unrevocable` as in
+/// [`active_member`].
+///
+/// # Errors
+/// [`AppError::Unauthenticated`] for an unknown or deactivated person.
+pub async fn member_by_identity(
+    db: &DatabaseConnection,
+    kind: &str,
+    value: &str,
+    unrevocable: Option<Option<i64>>,
+) -> AppResult<staff::Model> {
+    let linked = staff_identity::Entity::find()
+        .filter(staff_identity::Column::Kind.eq(kind))
+        .filter(staff_identity::Column::Value.eq(value))
+        .one(db)
+        .await?;
+    let id = match linked {
+        Some(identity) => identity.staff_id,
+        None if kind == IDENTITY_OIDC => {
+            let member =
+                staff::Entity::find().filter(staff::Column::Login.eq(value)).one(db).await?.ok_or_else(gone)?;
+            // A member linked to a provider subject signs in only as that
+            // subject, never by a token whose claim happens to be its login.
+            let linked_elsewhere = staff_identity::Entity::find()
+                .filter(staff_identity::Column::StaffId.eq(member.id))
+                .filter(staff_identity::Column::Kind.eq(IDENTITY_OIDC))
+                .one(db)
+                .await?
+                .is_some();
+            if linked_elsewhere {
+                return Err(gone());
+            }
+            member.id
         }
-    }
+        None => return Err(gone()),
+    };
+    active_member(db, id, unrevocable).await
+}
 
-    #[test]
-    fn a_minted_token_verifies_to_its_staff_member() {
-        let keys = JwtKeys::from_secret(&[7; 32], "tagbase", "tagbase-api");
-        let token = keys.mint(&staff(), Duration::from_secs(60)).unwrap();
-        assert_eq!(keys.verify(&token).unwrap(), StaffId(7));
-    }
-
-    #[test]
-    fn tokens_of_another_key_issuer_or_audience_are_refused() {
-        let keys = JwtKeys::from_secret(&[7; 32], "tagbase", "tagbase-api");
-        for other in [
-            JwtKeys::from_secret(&[8; 32], "tagbase", "tagbase-api"),
-            JwtKeys::from_secret(&[7; 32], "someone-else", "tagbase-api"),
-            JwtKeys::from_secret(&[7; 32], "tagbase", "other-api"),
-        ] {
-            let token = other.mint(&staff(), Duration::from_secs(60)).unwrap();
-            assert!(matches!(keys.verify(&token), Err(AppError::Unauthenticated(_))));
-        }
-    }
-
-    #[test]
-    fn expired_tokens_are_refused() {
-        let keys = JwtKeys::from_secret(&[7; 32], "tagbase", "tagbase-api");
-        let claims = Claims {
-            sub: "7".into(),
-            login: "x".into(),
-            iss: "tagbase".into(),
-            aud: "tagbase-api".into(),
-            iat: 0,
-            exp: Utc::now().timestamp() - 3600,
+/// Verifies a bearer token of any kind and returns its staff member.
+///
+/// # Errors
+/// [`AppError::Unauthenticated`] for a missing or bad token, a dev token
+/// while they are off, an ended session, an unknown or deactivated member.
+pub async fn verify_bearer(
+    db: &DatabaseConnection,
+    auth: &Auth,
+    authorization: Option<&str>,
+) -> AppResult<(staff::Model, SignIn)> {
+    let token = bearer(authorization)?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|_| AppError::Unauthenticated("invalid token".to_owned()))?;
+    if header.alg == Algorithm::HS256 {
+        let own = auth.keys.verify_token(token)?;
+        let expires_at = DateTime::from_timestamp(own.expires_at, 0);
+        let unrevocable = own.session.is_none().then_some(Some(own.issued_at));
+        let member = active_member(db, own.staff_id.0, unrevocable).await?;
+        return match own.session {
+            None if auth.dev_tokens => {
+                Ok((member, SignIn { method: SignInMethod::DevToken, session_id: None, expires_at }))
+            }
+            None => Err(AppError::Unauthenticated("development tokens are turned off".to_owned())),
+            Some((sid, method)) => {
+                session::live(db, &sid, member.id).await?;
+                Ok((member, SignIn { method: SignInMethod::of_session(&method), session_id: Some(sid), expires_at }))
+            }
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
-        let err = keys.verify(&token).unwrap_err();
-        assert_eq!(err.message(), "token expired");
     }
+    let oidc = auth.oidc.as_ref().ok_or_else(|| AppError::Unauthenticated("invalid token".to_owned()))?;
+    let identity = oidc.verify(token).await?;
+    let member = member_by_identity(db, IDENTITY_OIDC, &identity.subject, Some(identity.issued_at)).await?;
+    let expires_at = DateTime::from_timestamp(identity.expires_at, 0);
+    Ok((member, SignIn { method: SignInMethod::Oidc, session_id: None, expires_at }))
+}
 
-    #[test]
-    fn unsigned_tokens_are_refused() {
-        let keys = JwtKeys::from_secret(&[7; 32], "tagbase", "tagbase-api");
-        let token = keys.mint(&staff(), Duration::from_secs(60)).unwrap();
-        let mut parts: Vec<&str> = token.split('.').collect();
-        let none_header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        parts[0] = &none_header;
-        let forged = format!("{}.{}.", parts[0], parts[1]);
-        assert!(keys.verify(&forged).is_err());
-    }
+/// Turns an `Authorization` header into a [`Principal`] and its sign-in.
+///
+/// # Errors
+/// As [`verify_bearer`].
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    auth: &Auth,
+    authz: &Authz,
+    authorization: Option<&str>,
+) -> AppResult<Authenticated> {
+    let (staff, sign_in) = verify_bearer(db, auth, authorization).await?;
+    authz.refresh().await?;
+    let org = Arc::new(OrgTree::load(db).await?);
+    Ok(Authenticated { principal: authz.principal(staff, org), sign_in })
 }

@@ -60,10 +60,12 @@ pub enum Action {
     PolicyEdit,
     SegmentRead,
     SegmentWrite,
+    StaffRead,
+    StaffManage,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 18] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -80,6 +82,8 @@ impl Action {
         Action::PolicyEdit,
         Action::SegmentRead,
         Action::SegmentWrite,
+        Action::StaffRead,
+        Action::StaffManage,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -101,6 +105,8 @@ impl Action {
             Action::PolicyEdit => ("policy", "edit"),
             Action::SegmentRead => ("segment", "read"),
             Action::SegmentWrite => ("segment", "write"),
+            Action::StaffRead => ("staff", "read"),
+            Action::StaffManage => ("staff", "manage"),
         }
     }
 

@@ -11,8 +11,8 @@ pub use id::{
     decode_global, encode_global, parse_ids,
 };
 pub use name::{
-    Aliases, CustomerName, Description, ExternalIdentity, NamingPattern, OptionalText, RoleName, TagName,
-    VisibilityClass,
+    Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,
+    RoleName, StaffName, TagName, VisibilityClass,
 };
 pub use page::{Cursor, Direction, Page, PageArgs, PageSize};
 pub use phone::Phone;

@@ -335,3 +335,88 @@ mod tests {
         assert!(Aliases::parse(&many, "aliases").is_err());
     }
 }
+
+/// A staff member's sign-in name: 2–64 characters of lower-case ASCII
+/// letters, digits, `.`, `_`, `-` and `@` (so an e-mail address fits), as
+/// identity providers name people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login(String);
+
+impl Login {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        let value = raw.trim();
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '@');
+        if !(2..=64).contains(&value.len()) || !value.chars().all(ok_char) {
+            return Err(AppError::validation(
+                field,
+                "must be 2–64 characters: lower-case letters, digits, `.`, `_`, `-`, `@`",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A staff member's display name: trimmed, 1–64 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffName(String);
+
+impl StaffName {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        bounded(raw, field, 1, 64).map(Self)
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// An e-mail address, checked loosely (one `@`, something on each side, no
+/// spaces, at most 254 characters): the mail server is the real judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        let value = raw.trim();
+        let well_formed = value.len() <= 254
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+            && value.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !domain.contains('@') && !domain.starts_with('.')
+            });
+        if !well_formed {
+            return Err(AppError::validation(field, "is not an e-mail address"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// The value of a sign-in identity (an OIDC subject, a WeCom user id):
+/// 1–255 characters, no spaces or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityValue(String);
+
+impl IdentityValue {
+    pub fn parse(raw: &str, field: &str) -> AppResult<Self> {
+        let value = raw.trim();
+        if value.is_empty() || value.len() > 255 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AppError::validation(field, "must be 1–255 characters without spaces"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

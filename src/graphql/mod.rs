@@ -12,6 +12,7 @@ mod org;
 mod relay;
 mod scalars;
 mod segment;
+mod staff;
 mod tag;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub struct Query(
     governance::GovernanceQuery,
     audit::AuditQuery,
     admin::AdminQuery,
+    staff::StaffQuery,
 );
 
 /// Every change the API makes.
@@ -51,6 +53,7 @@ pub struct Mutation(
     governance::GovernanceMutation,
     segment::SegmentMutation,
     admin::AdminMutation,
+    staff::StaffMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -5,10 +5,11 @@ use entity::{enums::OrgUnitKind, org_unit, staff};
 
 use super::env;
 use super::loaders::StaffById;
+use crate::auth;
 use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Permission};
 use crate::domain::{OrgUnitId, StaffId};
 use crate::error::AppError;
-use crate::service::tag_library;
+use crate::service::{staff as staff_service, tag_library};
 use crate::state::AppState;
 
 /// A node of the organisation tree (HQ → region → store).
@@ -76,6 +77,62 @@ impl Staff {
     async fn home_org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.home_org_unit_id)
     }
+    /// Work phone; `null` unless the caller is the member or holds
+    /// `staff:read` at its home unit.
+    async fn phone(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.readable_by(ctx, Action::StaffRead).then_some(self.0.phone.as_deref()).flatten()
+    }
+    /// Work e-mail; visible as `phone`.
+    async fn email(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.readable_by(ctx, Action::StaffRead).then_some(self.0.email.as_deref()).flatten()
+    }
+    /// Sign-in identities (`oidc_sub`, `wecom_userid`); empty unless the
+    /// caller is the member or holds `staff:manage` at its home unit.
+    async fn identities(&self, ctx: &Context<'_>) -> Result<Vec<StaffIdentity>> {
+        if !self.readable_by(ctx, Action::StaffManage) {
+            return Ok(Vec::new());
+        }
+        let rows = staff_service::identities_of(env(ctx).db, self.0.id).await?;
+        Ok(rows.into_iter().map(|r| StaffIdentity { kind: r.kind, value: r.value }).collect())
+    }
+}
+
+impl Staff {
+    fn readable_by(&self, ctx: &Context<'_>, action: Action) -> bool {
+        let p = env(ctx).principal;
+        p.staff.id == self.0.id || p.may(action, self.0.home_org_unit_id)
+    }
+}
+
+/// How an identity provider's user maps to a staff member.
+#[derive(SimpleObject)]
+pub struct StaffIdentity {
+    /// `oidc_sub` or `wecom_userid`.
+    kind: String,
+    value: String,
+}
+
+/// How a caller signed in.
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum SignInMethod {
+    /// A development token printed by `tagbase token`.
+    DevToken,
+    /// A token of the OIDC provider, or a session opened with one.
+    Oidc,
+    /// A session opened by WeCom sign-in.
+    #[graphql(name = "WECOM")]
+    WeCom,
+}
+
+/// The sign-in behind the current request.
+#[derive(SimpleObject)]
+pub struct SignIn {
+    /// How the caller signed in.
+    method: SignInMethod,
+    /// The tagbase session of the access token, if it has one.
+    session_id: Option<ID>,
+    /// When the bearer token expires.
+    expires_at: Option<super::scalars::DateTime>,
 }
 
 /// Loads a staff member by id through the request's loader.
@@ -152,6 +209,20 @@ impl Me {
     /// The staff member.
     async fn staff(&self, ctx: &Context<'_>) -> Staff {
         Staff(env(ctx).principal.staff.clone())
+    }
+
+    /// How the caller signed in: method, session, expiry.
+    async fn sign_in(&self, ctx: &Context<'_>) -> Option<SignIn> {
+        let sign_in = ctx.data_opt::<auth::SignIn>()?;
+        Some(SignIn {
+            method: match sign_in.method {
+                auth::SignInMethod::DevToken => SignInMethod::DevToken,
+                auth::SignInMethod::Oidc => SignInMethod::Oidc,
+                auth::SignInMethod::WeCom => SignInMethod::WeCom,
+            },
+            session_id: sign_in.session_id.clone().map(ID),
+            expires_at: sign_in.expires_at.map(Into::into),
+        })
     }
 
     /// The roles bound to it, and where.

@@ -65,24 +65,24 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn single(state: &HttpState, headers: &HeaderMap, media: Media, request: Request) -> Response {
-    let principal = match sign_in(&state.app, authorization(headers)).await {
-        Ok(principal) => principal,
+    let caller = match sign_in(&state.app, authorization(headers)).await {
+        Ok(caller) => caller,
         Err(err) => return Refusal::sign_in(err).respond(media),
     };
-    reply::single(media, execute_as(&state.app, &state.schema, &principal, request).await)
+    reply::single(media, execute_as(&state.app, &state.schema, &caller, request).await)
 }
 
 /// One sign-in for the whole batch; then each operation runs on its own
 /// (its own limits, its own DataLoaders), one after the other so that a
 /// batch cannot take more of the database at once than a request does.
 async fn batch(state: &HttpState, headers: &HeaderMap, media: Media, requests: Vec<Request>) -> Response {
-    let principal = match sign_in(&state.app, authorization(headers)).await {
-        Ok(principal) => principal,
+    let caller = match sign_in(&state.app, authorization(headers)).await {
+        Ok(caller) => caller,
         Err(err) => return Refusal::sign_in(err).respond(media),
     };
     let mut responses = Vec::with_capacity(requests.len());
     for request in requests {
-        responses.push(execute_as(&state.app, &state.schema, &principal, request).await);
+        responses.push(execute_as(&state.app, &state.schema, &caller, request).await);
     }
     reply::batch(media, responses)
 }

@@ -199,8 +199,8 @@ pub fn main_listener_routes<S: Clone + Send + Sync + 'static>(app: AppState) -> 
 
 async fn guarded(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match auth::authenticate(&app.db, &app.keys, &app.authz, authorization).await {
-        Ok(principal) if principal.may_anywhere(Action::AuditLogRead) => render(&app).await,
+    match auth::authenticate(&app.db, &app.auth, &app.authz, authorization).await {
+        Ok(signed) if signed.principal.may_anywhere(Action::AuditLogRead) => render(&app).await,
         Ok(_) => refusal(StatusCode::FORBIDDEN, AppError::Forbidden("metrics need audit_log:read".to_owned())),
         Err(err @ AppError::Unauthenticated(_)) => refusal(StatusCode::UNAUTHORIZED, err),
         Err(err) => refusal(StatusCode::INTERNAL_SERVER_ERROR, err),

@@ -10,6 +10,7 @@ pub mod export;
 pub mod library_edit;
 pub mod locks;
 pub mod segment;
+pub mod staff;
 pub mod tag_library;
 pub mod tagging;
 

@@ -223,6 +223,37 @@ impl TestApp {
         Application::with_database(settings, self.db.clone()).await.expect("second instance")
     }
 
+    /// Another instance on the same database with settings of the test's
+    /// choosing (OIDC, WeCom, leeway, dev tokens, …).
+    pub async fn instance_with(&self, configure: impl FnOnce(&mut Settings)) -> Application {
+        let mut settings = Settings::for_database(self._test_db.url.clone());
+        settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
+        settings.index_follow_interval = None;
+        configure(&mut settings);
+        Application::with_database(settings, self.db.clone()).await.expect("instance")
+    }
+
+    /// Runs a GraphQL operation on `instance` with a raw bearer token:
+    /// `Err(code)` when sign-in refuses it.
+    pub async fn gql_bearer(
+        &self,
+        instance: &Application,
+        bearer: &str,
+        query: &str,
+        variables: Value,
+    ) -> Result<Gql, String> {
+        let request = async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables));
+        let auth = format!("Bearer {bearer}");
+        let request_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        tagbase::request_id::scope(
+            request_id,
+            tagbase::http::execute(&instance.state, &instance.schema, Some(&auth), request),
+        )
+        .await
+        .map(|response| Gql(serde_json::to_value(response).expect("response json")))
+        .map_err(|e| e.code().as_str().to_owned())
+    }
+
     /// Number of SQL statements run so far (through this connection).
     pub fn statements(&self) -> usize {
         self.statements.load(Ordering::SeqCst)

@@ -21,6 +21,8 @@ mod schema_drift;
 mod seed;
 mod segment_index;
 mod segments;
+mod sign_in;
+mod staff;
 mod tag_library;
 mod tagging;
 mod visibility;

@@ -406,7 +406,7 @@ async fn evaluate_three_ways(
 async fn principal_of(app: &TestApp, login: &str) -> Principal {
     let state = &app.app.state;
     let bearer = format!("Bearer {}", app.token(login));
-    tagbase::auth::authenticate(&state.db, &state.keys, &state.authz, Some(&bearer)).await.unwrap()
+    tagbase::auth::authenticate(&state.db, &state.auth, &state.authz, Some(&bearer)).await.unwrap().principal
 }
 
 async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: TestApp) {
