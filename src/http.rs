@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
@@ -42,6 +41,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
         .layer(RequestBodyLimitLayer::new(body_limit));
     Router::new()
         .merge(graphql)
+        .route("/playground/{file}", get(crate::playground::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(HttpState { app, schema })
@@ -136,8 +136,8 @@ fn unauthenticated(err: AppError) -> Response {
     response
 }
 
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").title("tagbase").finish())
+async fn graphiql() -> Response {
+    crate::playground::page()
 }
 
 async fn healthz() -> &'static str {

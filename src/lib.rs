@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod playground;
 pub mod request_id;
 pub mod seed;
 pub mod segment;
