@@ -28,11 +28,7 @@ struct Asset {
 const JS: &str = "text/javascript; charset=utf-8";
 
 static ASSETS: &[Asset] = &[
-    Asset {
-        name: "graphiql.min.js",
-        content_type: JS,
-        bytes: include_bytes!("../assets/playground/graphiql.min.js"),
-    },
+    Asset { name: "graphiql.min.js", content_type: JS, bytes: include_bytes!("../assets/playground/graphiql.min.js") },
     Asset {
         name: "graphiql.min.css",
         content_type: "text/css; charset=utf-8",

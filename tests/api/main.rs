@@ -11,6 +11,7 @@ mod governance;
 mod http;
 mod n_plus_one;
 mod permission_matrix;
+mod playground;
 mod schema_drift;
 mod seed;
 mod segment_index;
