@@ -120,7 +120,8 @@ run_leg() {
   local status=0
   (cd clients && TAGBASE_URL="$api" TAGBASE_TOKEN_ADMIN="$admin" TAGBASE_TOKEN_SALES="$sales" \
     TAGBASE_TEST_ALLOWED_ORIGIN="$origin" TAGBASE_TEST_CHROMIUM="$chromium" \
-    node --test --test-reporter=spec test/*.test.js) || status=$?
+    timeout --kill-after=10 "${TAGBASE_TEST_NODE_SECONDS:-900}" node --test --test-reporter=spec test/*.test.js) ||
+    status=$?
 
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true

@@ -26,7 +26,7 @@ function apolloClient(exchanges) {
   return new ApolloClient({ link: ApolloLink.from([new PersistedQueryLink({ sha256 }), http]), cache: new InMemoryCache() });
 }
 
-test('Apollo persisted-query link: hash-only miss, registration, then hash-only hit', async () => {
+test('Apollo persisted-query link: hash-only miss, registration, then hash-only hit', { timeout: 120_000 }, async () => {
   // A query this run has never sent (the alias makes its hash new).
   const query = gql`
     query PersistedCustomers {
@@ -58,7 +58,7 @@ test('Apollo persisted-query link: hash-only miss, registration, then hash-only 
   assert.equal(second[0].answer.errors, undefined);
 });
 
-test('a hash that does not match its query is refused', async () => {
+test('a hash that does not match its query is refused', { timeout: 120_000 }, async () => {
   const response = await fetch(GRAPHQL, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', ...bearer(TOKENS.sales) },

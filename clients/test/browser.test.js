@@ -65,7 +65,7 @@ function preflight(origin) {
 }
 
 describe('CORS (TAGBASE_CORS_ORIGINS)', () => {
-  test('a page on a listed origin calls the API and gets data', async () => {
+  test('a page on a listed origin calls the API and gets data', { timeout: 120_000 }, async () => {
     const listed = await staticServer(Number(new URL(ALLOWED_ORIGIN).port), PAGE_HTML);
     try {
       assert.equal(listed.origin, ALLOWED_ORIGIN);
@@ -86,7 +86,7 @@ describe('CORS (TAGBASE_CORS_ORIGINS)', () => {
     }
   });
 
-  test('a page on an unlisted origin is refused', async () => {
+  test('a page on an unlisted origin is refused', { timeout: 120_000 }, async () => {
     const unlisted = await staticServer(0, PAGE_HTML);
     try {
       assert.notEqual(unlisted.origin, ALLOWED_ORIGIN);
@@ -101,7 +101,7 @@ describe('CORS (TAGBASE_CORS_ORIGINS)', () => {
 });
 
 describe('the playground', () => {
-  test('renders offline, loads the schema and runs a query', async () => {
+  test('renders offline, loads the schema and runs a query', { timeout: 120_000 }, async () => {
     const server = new URL(API);
     const requested = [];
     const blocked = [];
@@ -156,7 +156,7 @@ describe('the playground', () => {
     });
   });
 
-  test('the token field signs in and is remembered', async () => {
+  test('the token field signs in and is remembered', { timeout: 120_000 }, async () => {
     await withPage(async (page) => {
       await page.goto(`${API}/graphql`);
       const status = page.locator('#tagbase-status');

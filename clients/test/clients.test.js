@@ -49,7 +49,7 @@ const PAGE = gql`
 const ids = (page) => page.edges.map((edge) => edge.node.id);
 
 describe('cursor paging (graphql-request)', () => {
-  test('pages customers forward with first/after and back with last/before', async () => {
+  test('pages customers forward with first/after and back with last/before', { timeout: 120_000 }, async () => {
     const forward = [];
     let after = null;
     for (let i = 0; i < 3; i += 1) {
@@ -73,7 +73,7 @@ describe('cursor paging (graphql-request)', () => {
     assert.equal(first.totalCount, forward[0].totalCount);
   });
 
-  test('last without before is the final page', async () => {
+  test('last without before is the final page', { timeout: 120_000 }, async () => {
     const { customers: tail } = await asSales.request(PAGE, { last: 3 });
     assert.equal(tail.edges.length, 3);
     assert.equal(tail.pageInfo.hasPreviousPage, tail.totalCount > 3);
@@ -96,7 +96,7 @@ describe('a mutation with variables (graphql-request)', () => {
     }
   `;
 
-  test('creates and updates a customer; a stale version answers CONFLICT', async () => {
+  test('creates and updates a customer; a stale version answers CONFLICT', { timeout: 120_000 }, async () => {
     const { me } = await asSales.request(gql`{ me { roles { orgUnit { id } } } }`);
     const orgUnitId = me.roles[0].orgUnit.id;
     const name = `客户端测试-${randomInt(1e9)}`;
@@ -128,13 +128,13 @@ describe('a mutation with variables (graphql-request)', () => {
 });
 
 describe('errors carry extensions.code', () => {
-  test('no token: UNAUTHENTICATED with HTTP 401', async () => {
+  test('no token: UNAUTHENTICATED with HTTP 401', { timeout: 120_000 }, async () => {
     const error = await refused(new GraphQLClient(GRAPHQL).request(gql`{ me { staff { login } } }`));
     assert.equal(error.response.status, 401);
     assert.deepEqual(codes(error.response.errors), ['UNAUTHENTICATED']);
   });
 
-  test('a customer outside the caller\'s scope: NOT_FOUND', async () => {
+  test('a customer outside the caller\'s scope: NOT_FOUND', { timeout: 120_000 }, async () => {
     const { me } = await asSales.request(gql`{ me { roles { orgUnit { id } } } }`);
     const mine = new Set(me.roles.map((role) => role.orgUnit.id));
     const { customers } = await asAdmin.request(gql`{ customers(first: 100) { edges { node { id orgUnit { id } } } } }`);
@@ -144,14 +144,14 @@ describe('errors carry extensions.code', () => {
     assert.deepEqual(codes(error.response.errors), ['NOT_FOUND']);
   });
 
-  test('an invalid document: VALIDATION', async () => {
+  test('an invalid document: VALIDATION', { timeout: 120_000 }, async () => {
     const error = await refused(asAdmin.request('{ customers { noSuchField } }'));
     assert.deepEqual(codes(error.response.errors), ['VALIDATION']);
   });
 });
 
 describe('urql with its defaults', () => {
-  test('sends queries as GET and gets data', async () => {
+  test('sends queries as GET and gets data', { timeout: 120_000 }, async () => {
     const { client, methods } = urqlClient(TOKENS.sales);
     const result = await client
       .query(urqlGql`query Few($first: Int) { customers(first: $first) { totalCount edges { node { id name } } } }`, { first: 3 })
@@ -162,7 +162,7 @@ describe('urql with its defaults', () => {
     assert.deepEqual(methods, ['GET']);
   });
 
-  test('reads a GraphQL error by code over GET', async () => {
+  test('reads a GraphQL error by code over GET', { timeout: 120_000 }, async () => {
     const { client, methods } = urqlClient(TOKENS.sales);
     const result = await client.query(urqlGql`{ customers { noSuchField } }`, {}).toPromise();
     assert.ok(result.error, 'an error');

@@ -31,7 +31,7 @@ function documentedBlocks() {
   return blocks;
 }
 
-test('the standard introspection query of graphql-js is answered in full', async () => {
+test('the standard introspection query of graphql-js is answered in full', { timeout: 120_000 }, async () => {
   const schema = await introspect();
   assert.equal(schema.getQueryType()?.name, 'Query');
   assert.equal(schema.getMutationType()?.name, 'Mutation');
@@ -42,7 +42,7 @@ test('the standard introspection query of graphql-js is answered in full', async
   assert.ok(schema.getQueryType().getFields().customers.description, 'descriptions come along');
 });
 
-test('every GraphQL operation in the README and docs/ is valid against the schema', async () => {
+test('every GraphQL operation in the README and docs/ is valid against the schema', { timeout: 120_000 }, async () => {
   const schema = await introspect();
   const blocks = documentedBlocks();
   assert.ok(blocks.length >= 5, `found only ${blocks.length} graphql blocks`);
