@@ -50,8 +50,12 @@ for leg in "${legs[@]}"; do
   case "$leg" in sqlite | postgres) ;; *) die "unknown database '$leg' (sqlite | postgres)" ;; esac
 done
 
+step=$SECONDS
 (cd clients && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in clients/"
+echo "test-clients: npm ci took $((SECONDS - step)) s"
+step=$SECONDS
 cargo build --bin tagbase || die "cargo build failed"
+echo "test-clients: cargo build took $((SECONDS - step)) s"
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/tagbase"
 [ -x "$bin" ] || die "no server binary at $bin"
 
@@ -134,11 +138,16 @@ run_leg() {
   if [ "$status" -ne 0 ]; then
     echo "test-clients: $leg: the last lines of the server's log:" >&2
     tail -n 30 "$log" >&2
-    die "$leg: client tests failed"
+    echo "test-clients: $leg: FAILED after $((SECONDS - started)) s" >&2
+    return 1
   fi
   echo "test-clients: $leg: passed in $((SECONDS - started)) s"
 }
 
+# Every database gets its run; any failure fails the script.
+failed=()
 for leg in "${legs[@]}"; do
-  run_leg "$leg"
+  run_leg "$leg" || failed+=("$leg")
 done
+[ "${#failed[@]}" -eq 0 ] || die "client tests failed on: ${failed[*]}"
+echo "test-clients: all passed (${legs[*]}) in $SECONDS s"

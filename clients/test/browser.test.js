@@ -100,6 +100,23 @@ describe('CORS (TAGBASE_CORS_ORIGINS)', () => {
   });
 });
 
+/**
+ * Opens GraphiQL's docs pane and waits until it shows the schema; fails at
+ * once, with what the server answered, when the schema fetch failed.
+ */
+async function openDocs(page) {
+  await page.getByRole('button', { name: 'Show Documentation Explorer' }).click();
+  const docs = page.locator('.graphiql-doc-explorer');
+  const loaded = docs.getByRole('link', { name: 'Query', exact: true });
+  const failed = docs.locator('.graphiql-doc-explorer-error');
+  await loaded.or(failed).first().waitFor({ timeout: 30_000 });
+  if (await failed.isVisible()) {
+    const answer = await page.locator('.graphiql-response').innerText();
+    assert.fail(`the playground could not load the schema: ${await failed.innerText()}; the server answered ${answer}`);
+  }
+  return docs;
+}
+
 describe('the playground', () => {
   test('renders offline, loads the schema and runs a query', { timeout: 120_000 }, async () => {
     const server = new URL(API);
@@ -121,9 +138,8 @@ describe('the playground', () => {
       assert.match(await page.locator('#tagbase-status').textContent(), /signed in/);
 
       // The docs pane lists the root types once the schema is in.
-      await page.getByRole('button', { name: 'Show Documentation Explorer' }).click();
-      const docs = page.locator('.graphiql-doc-explorer');
-      await docs.getByRole('link', { name: 'Query', exact: true }).click({ timeout: 30_000 });
+      const docs = await openDocs(page);
+      await docs.getByRole('link', { name: 'Query', exact: true }).click();
       await docs.getByText('customers', { exact: true }).first().waitFor({ timeout: 10_000 });
 
       // Autocomplete offers the schema's fields.
@@ -168,8 +184,7 @@ describe('the playground', () => {
 
       await page.reload();
       assert.equal(await page.getByLabel('Bearer token').inputValue(), TOKENS.sales);
-      await page.getByRole('button', { name: 'Show Documentation Explorer' }).click();
-      await page.locator('.graphiql-doc-explorer').getByRole('link', { name: 'Query', exact: true }).waitFor({ timeout: 30_000 });
+      await openDocs(page);
     });
   });
 });
