@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::JwtKeys;
 use crate::authz::Authz;
-use crate::config::{Limits, Settings};
+use crate::config::{Limits, Rate, Settings};
 use crate::service::tag_library;
 use crate::startup::Application;
 use crate::{db, graphql, seed};
@@ -64,6 +64,26 @@ enum Command {
         /// Load the demo data (as `seed-demo`) before serving.
         #[arg(long)]
         demo: bool,
+        /// Address of a second listener that serves Prometheus `/metrics`
+        /// without a token, e.g. `127.0.0.1:9090`. Unset: none.
+        #[arg(long, env = "TAGBASE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+        /// Also serve `/metrics` on the main listener, to bearer tokens of
+        /// staff holding `audit_log:read`.
+        #[arg(long, env = "TAGBASE_METRICS_ON_MAIN", default_value_t = false)]
+        metrics_on_main: bool,
+        /// Requests per second per client address (0: no limit).
+        #[arg(long, env = "TAGBASE_RATE_PER_IP", default_value_t = Limits::default().rate_per_address.per_second)]
+        rate_per_ip: u32,
+        /// Burst allowance per client address.
+        #[arg(long, env = "TAGBASE_RATE_PER_IP_BURST", default_value_t = Limits::default().rate_per_address.burst)]
+        rate_per_ip_burst: u32,
+        /// Requests per second per signed-in staff member (0: no limit).
+        #[arg(long, env = "TAGBASE_RATE_PER_STAFF", default_value_t = Limits::default().rate_per_staff.per_second)]
+        rate_per_staff: u32,
+        /// Burst allowance per staff member.
+        #[arg(long, env = "TAGBASE_RATE_PER_STAFF_BURST", default_value_t = Limits::default().rate_per_staff.burst)]
+        rate_per_staff_burst: u32,
     },
     /// Apply pending migrations and exit.
     Migrate,
@@ -154,11 +174,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         jwt_audience: Settings::DEFAULT_AUDIENCE.to_owned(),
         utc_offset: cli.utc_offset,
         index_follow_interval: Some(std::time::Duration::from_millis(250)),
+        metrics_listen: None,
+        metrics_on_main: false,
         limits: Limits::default(),
     };
     match cli.command {
-        Command::Serve { listen, demo } => {
-            let app = Application::build(settings(Some(listen))).await?;
+        Command::Serve {
+            listen,
+            demo,
+            metrics_listen,
+            metrics_on_main,
+            rate_per_ip,
+            rate_per_ip_burst,
+            rate_per_staff,
+            rate_per_staff_burst,
+        } => {
+            let mut settings = settings(Some(listen));
+            settings.metrics_listen = metrics_listen;
+            settings.metrics_on_main = metrics_on_main;
+            settings.limits.rate_per_address = Rate { per_second: rate_per_ip, burst: rate_per_ip_burst };
+            settings.limits.rate_per_staff = Rate { per_second: rate_per_staff, burst: rate_per_staff_burst };
+            let app = Application::build(settings).await?;
             if demo {
                 let report = seed::seed_demo(&app.state.db, &app.state.authz).await?;
                 tracing::info!(%report, "demo data loaded");

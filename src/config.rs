@@ -24,6 +24,12 @@ pub struct Settings {
     /// background follower; the index is built and caught up only when
     /// asked (tests that count statements use this).
     pub index_follow_interval: Option<Duration>,
+    /// Where Prometheus scrapes `/metrics` without a token. `None`: no
+    /// metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also serve `/metrics` on the main listener, to a bearer token of a
+    /// staff member holding `audit_log:read` somewhere.
+    pub metrics_on_main: bool,
     pub limits: Limits,
 }
 
@@ -65,6 +71,31 @@ pub struct Limits {
     pub max_export_rows: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
+    /// Requests per client address (health, readiness and metrics aside).
+    pub rate_per_address: Rate,
+    /// Requests per signed-in staff member.
+    pub rate_per_staff: Rate,
+}
+
+/// A request rate: a steady rate per second and a burst allowance.
+/// A rate of 0 turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const OFF: Rate = Rate { per_second: 0, burst: 0 };
+
+    /// `per_second` with a burst of twice that.
+    pub const fn per_second(per_second: u32) -> Self {
+        Self { per_second, burst: per_second.saturating_mul(2) }
+    }
+
+    pub fn is_off(self) -> bool {
+        self.per_second == 0
+    }
 }
 
 impl Default for Limits {
@@ -87,6 +118,10 @@ impl Default for Limits {
             max_segment_nodes: 500,
             max_export_rows: 100_000,
             request_timeout: Duration::from_secs(30),
+            // Generous: a whole office behind one NAT address, and a busy
+            // integration signed in as one staff member, stay under them.
+            rate_per_address: Rate { per_second: 1_000, burst: 2_000 },
+            rate_per_staff: Rate { per_second: 200, burst: 400 },
         }
     }
 }
@@ -112,6 +147,8 @@ impl Settings {
             jwt_audience: Self::DEFAULT_AUDIENCE.to_owned(),
             utc_offset: Self::default_utc_offset(),
             index_follow_interval: Some(Duration::from_millis(250)),
+            metrics_listen: None,
+            metrics_on_main: false,
             limits: Limits::default(),
         }
     }

@@ -14,7 +14,7 @@ use axum::{
 use serde_json::json;
 use tower_http::{
     limit::RequestBodyLimitLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -22,6 +22,7 @@ use tower_http::{
 use crate::auth;
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{AppSchema, loaders_for_request};
+use crate::observability;
 use crate::request_id;
 use crate::state::AppState;
 
@@ -39,18 +40,18 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
         .route("/graphql", get(graphiql).post(graphql_handler))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit));
+    let observer = observability::HttpObserver::new(&app);
     Router::new()
         .merge(graphql)
         .route("/playground/{file}", get(crate::playground::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(observability::metrics::main_listener_routes(app.clone()))
         .with_state(HttpState { app, schema })
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(observability::trace::request_span))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::from_fn_with_state(observer, observability::observe))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
@@ -91,6 +92,7 @@ pub async fn execute(
     for error in &mut response.errors {
         give_code(error);
     }
+    observability::record_response(&response);
     Ok(response)
 }
 

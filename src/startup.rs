@@ -1,7 +1,10 @@
 //! Building and running the application, separate from `main` so tests
 //! build the very same thing (and bind port 0).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use anyhow::Context as _;
 
 use axum::Router;
 use sea_orm::DatabaseConnection;
@@ -13,7 +16,7 @@ use crate::config::Settings;
 use crate::graphql::{AppSchema, build_schema};
 use crate::segment::SegmentIndex;
 use crate::state::AppState;
-use crate::{db, http};
+use crate::{db, http, observability};
 
 /// A built application: state, schema and router.
 #[derive(Clone)]
@@ -32,6 +35,7 @@ impl Application {
 
     /// As [`build`](Self::build), on an open and migrated connection.
     pub async fn with_database(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
+        observability::metrics::install();
         let authz = Authz::load(&db).await?;
         let keys = JwtKeys::load(&db, &settings).await?;
         let index = SegmentIndex::new();
@@ -47,10 +51,28 @@ impl Application {
         http::router(self.state.clone(), self.schema.clone())
     }
 
+    /// `/metrics` without a token, for the metrics listener.
+    pub fn metrics_router(&self) -> Router {
+        observability::metrics::listener_router(self.state.clone())
+    }
+
     /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
+    /// Also serves `/metrics` on the metrics listener, when one is set.
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        if let Some(address) = self.state.settings.metrics_listen {
+            let metrics = TcpListener::bind(address).await.with_context(|| format!("binding {address} for metrics"))?;
+            tracing::info!(%address, "metrics listening");
+            let router = self.metrics_router();
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(metrics, router).await {
+                    tracing::error!(error = %err, "the metrics listener stopped");
+                }
+            });
+        }
         tracing::info!(address = %listener.local_addr()?, "tagbase listening");
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown_signal()).await?;
+        // The peer address feeds the per-address rate limit.
+        let service = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("tagbase stopped");
         Ok(())
     }

@@ -21,6 +21,7 @@ pub use loaders::{Loaders, for_request as loaders_for_request};
 
 use crate::authz::Principal;
 use crate::config::Limits;
+use crate::observability;
 use crate::state::AppState;
 
 #[derive(MergedObject, Default)]
@@ -53,15 +54,19 @@ fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 /// The schema with its limits and the shared state.
 pub fn build_schema(state: AppState) -> AppSchema {
     let limits = &state.settings.limits;
-    builder()
+    let mut builder = builder()
         .limit_depth(limits.max_query_depth)
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(limits.max_recursive_depth)
         .limit_directives(limits.max_directives)
-        .extension(async_graphql::extensions::Tracing)
-        .extension(audit::DeniedMutationAudit)
-        .data(state)
-        .finish()
+        .extension(observability::GraphqlObserver::new(limits.rate_per_staff))
+        .extension(audit::DeniedMutationAudit);
+    // Per-field spans cost a large share of a request's CPU at `info`:
+    // only when the log filter asks for them.
+    if observability::field_spans_enabled() {
+        builder = builder.extension(async_graphql::extensions::Tracing);
+    }
+    builder.data(state).finish()
 }
 
 /// The SDL that `schema.graphql` must equal.

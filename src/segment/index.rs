@@ -236,6 +236,18 @@ impl State {
     }
 }
 
+/// What [`SegmentIndex::stats`] reports.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexStats {
+    /// Tag and org-unit bitmaps.
+    pub bitmaps: usize,
+    pub customers: u64,
+    /// As [`SegmentIndex::memory_bytes`].
+    pub bytes: usize,
+    /// The last tag event applied.
+    pub applied_seq: i64,
+}
+
 /// The index, shared by all requests of an instance.
 #[derive(Default)]
 pub struct SegmentIndex {
@@ -522,6 +534,13 @@ impl SegmentIndex {
                 }
             }
         });
+    }
+
+    /// Sizes and log position, for metrics.
+    pub fn stats(&self) -> IndexStats {
+        let bytes = self.memory_bytes();
+        let s = self.read();
+        IndexStats { bitmaps: s.tags.len() + s.units.len(), customers: s.known.len(), bytes, applied_seq: s.last_seq }
     }
 
     /// Bytes the index takes: bitmaps (serialized size, close to the heap

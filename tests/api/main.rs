@@ -10,6 +10,7 @@ mod customers;
 mod governance;
 mod http;
 mod n_plus_one;
+mod observability;
 mod permission_matrix;
 mod playground;
 mod schema_drift;
