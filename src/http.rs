@@ -10,13 +10,12 @@ mod reply;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::GraphiQLSource;
 use axum::{
     BoxError, Json, Router,
     error_handling::HandleErrorLayer,
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
@@ -57,6 +56,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
     let sign_in = auth::routes::router(app.db.clone(), app.auth.clone());
     let router = Router::new()
         .merge(graphql)
+        .route("/playground/{file}", get(crate::playground::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(observability::metrics::main_listener_routes(app.clone()))
@@ -224,9 +224,6 @@ fn give_code(error: &mut async_graphql::ServerError) {
     }
 }
 
-/// The playground, for browsers (`GET /graphql` asking for HTML).
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").title("tagbase").finish())
 }
 
 async fn healthz() -> &'static str {

@@ -17,6 +17,7 @@ mod fuzz;
 pub mod graphql;
 pub mod http;
 pub mod observability;
+pub mod playground;
 pub mod rate_limit;
 pub mod request_id;
 pub mod seed;

@@ -15,6 +15,7 @@ mod limits;
 mod n_plus_one;
 mod observability;
 mod permission_matrix;
+mod playground;
 mod races;
 mod relay;
 mod schema_drift;
