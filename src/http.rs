@@ -224,6 +224,10 @@ fn give_code(error: &mut async_graphql::ServerError) {
     }
 }
 
+/// The playground, for browsers (`GET /graphql` asking for HTML): an
+/// offline GraphiQL built into the binary.
+async fn graphiql() -> Response {
+    crate::playground::page()
 }
 
 async fn healthz() -> &'static str {
