@@ -177,8 +177,10 @@ pub async fn verify_bearer(
     authorization: Option<&str>,
 ) -> AppResult<(staff::Model, SignIn)> {
     let token = bearer(authorization)?;
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|_| AppError::Unauthenticated("invalid token".to_owned()))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|err| {
+        tracing::debug!(error = %err, "token refused");
+        AppError::Unauthenticated("invalid token".to_owned())
+    })?;
     if header.alg == Algorithm::HS256 {
         let own = auth.keys.verify_token(token)?;
         let expires_at = DateTime::from_timestamp(own.expires_at, 0);

@@ -109,6 +109,7 @@ impl Staff {
 pub struct StaffIdentity {
     /// `oidc_sub` or `wecom_userid`.
     kind: String,
+    /// The provider's value for this person (subject or WeCom user id).
     value: String,
 }
 

@@ -150,7 +150,11 @@ fn optional<T>(raw: Option<&str>, parse: impl Fn(&str) -> crate::error::AppResul
 impl StaffMutation {
     /// Adds a staff member (needs `staff:manage` at its home unit). Roles
     /// are given with `assignRole`.
-    async fn create_staff(&self, ctx: &Context<'_>, input: CreateStaffInput) -> Result<StaffPayload> {
+    async fn create_staff(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new member.")] input: CreateStaffInput,
+    ) -> Result<StaffPayload> {
         let env = env(ctx);
         let new = NewStaff {
             login: Login::parse(&input.login, "login")?,
@@ -165,7 +169,11 @@ impl StaffMutation {
     }
 
     /// Edits a staff member: name, contact, identities, home unit.
-    async fn update_staff(&self, ctx: &Context<'_>, input: UpdateStaffInput) -> Result<StaffPayload> {
+    async fn update_staff(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The member and its changes.")] input: UpdateStaffInput,
+    ) -> Result<StaffPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
         let parse_patch = |value: MaybeUndefined<String>, parse: &dyn Fn(&str) -> crate::error::AppResult<_>| {
@@ -186,7 +194,11 @@ impl StaffMutation {
 
     /// Deactivates a staff member: its next request, on every instance, is
     /// refused and its sessions end; everything it did stays on record.
-    async fn deactivate_staff(&self, ctx: &Context<'_>, input: DeactivateStaffInput) -> Result<DeactivateStaffPayload> {
+    async fn deactivate_staff(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Whom, and where their customers go.")] input: DeactivateStaffInput,
+    ) -> Result<DeactivateStaffPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
         let id = StaffId::parse(&input.id, "id")?;
@@ -203,7 +215,11 @@ impl StaffMutation {
 
     /// Lets a deactivated staff member sign in again (tokens issued before
     /// stay refused).
-    async fn reactivate_staff(&self, ctx: &Context<'_>, id: ID) -> Result<StaffPayload> {
+    async fn reactivate_staff(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The member to reactivate.")] id: ID,
+    ) -> Result<StaffPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
         let staff = service::reactivate(env.db, &state.authz, env.principal, StaffId::parse(&id, "id")?).await?;

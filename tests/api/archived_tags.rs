@@ -58,7 +58,10 @@ async fn an_archived_tag_is_retired_everywhere_and_restored_intact(app: TestApp)
     app.gql("admin", tag_customers, json!({ "c": [rest[0]], "t": [other] })).await.ok();
     // By id, as saved segments store them: by name, an archived tag is
     // NOT_FOUND (it has left the library).
-    let (tag_row, other_row) = (app.tag_id("退役测试组", "旧活动").await, app.tag_id("退役测试组", "新活动").await);
+    let (tag_row, other_row) = (
+        crate::helpers::row_id(&app.tag_id("退役测试组", "旧活动").await),
+        crate::helpers::row_id(&app.tag_id("退役测试组", "新活动").await),
+    );
     let texts = [
         format!("tag(#{tag_row})"),
         format!("anyTag(#{tag_row}, #{other_row})"),

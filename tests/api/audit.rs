@@ -255,7 +255,7 @@ async fn tag_ids_the_reader_may_not_see_are_hidden(app: TestApp) {
     // The row itself keeps everything: hiding is per reader.
     let stored = audit_log::Entity::find().all(&app.db).await.unwrap();
     assert!(stored.iter().any(
-        |r| r.action == "customer.tag" && r.detail["customerIds"] == json!([customers[4].parse::<i64>().unwrap()])
+        |r| r.action == "customer.tag" && r.detail["customerIds"] == json!([crate::helpers::row_id(&customers[4])])
     ));
 }
 

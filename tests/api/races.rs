@@ -141,7 +141,7 @@ async fn a_bulk_run_never_overwrites_a_write_it_accepted(app: TestApp) {
         .iter()
         .filter_map(|r| Some((r.detail["sourceRef"].as_str()?.to_owned(), r.detail["asOfEvent"].as_i64()?)))
         .collect();
-    let group_tags = [stage_a.parse::<i64>().unwrap(), stage_b.parse::<i64>().unwrap()];
+    let group_tags = [crate::helpers::row_id(&stage_a), crate::helpers::row_id(&stage_b)];
     let events = tag_event::Entity::find()
         .filter(tag_event::Column::TagId.is_in(group_tags))
         .order_by_asc(tag_event::Column::Seq)
@@ -191,7 +191,7 @@ async fn a_bulk_call_that_fails_midway_writes_nothing(app: TestApp) {
     customers.extend(add_customers(&app, "gz01", 500 - crate::helpers::TEST_CUSTOMERS_PER_STORE).await);
     customers.truncate(1_000);
     assert_eq!(customers.len(), 1_000);
-    let tag_id: i64 = tag.parse().unwrap();
+    let tag_id: i64 = crate::helpers::row_id(&tag);
 
     let db = app.db.clone();
     let archive = async {
