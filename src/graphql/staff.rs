@@ -106,6 +106,7 @@ impl StaffQuery {
     /// Staff members whose home unit is where the caller holds
     /// `staff:read`, newest first.
     #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
     async fn staff(
         &self,
         ctx: &Context<'_>,
