@@ -964,19 +964,26 @@ pub async fn cooccurrence(
         return Err(AppError::LimitExceeded(format!("at most {} tags per analysis", limits.max_tags_per_tagging)));
     }
     let tags = tag_library::visible_tags(db, principal, tag_ids).await?;
+    // An archived tag is retired: named by id, it matches nobody (its pairs
+    // count 0), as in filters and segments.
+    let live: Vec<TagId> = tag_ids
+        .iter()
+        .copied()
+        .filter(|t| !tags.get(t).is_some_and(|v| tag_library::is_retired(v.tag.status)))
+        .collect();
     // From the index when it can answer: a few bitmap intersections.
     let members = index_members(db, index, principal, filter).await?;
     if members.is_some() || (filter.segment.is_none() && segment_only(filter)) {
-        let classes: Vec<(i64, Option<&str>)> = tag_ids
+        let classes: Vec<(i64, Option<&str>)> = live
             .iter()
             .map(|t| (t.0, tags.get(t).and_then(|v| v.group.as_ref()).map(|g| g.visibility_class.as_str())))
             .collect();
         if let Some(pairs) = index.cooccurrence(principal, members.as_ref(), &classes) {
-            return Ok(pairs);
+            return Ok(every_pair(tag_ids, pairs));
         }
     }
     let cond = customer_service::filter_condition(db, principal, filter, None).await?;
-    let ids: Vec<i64> = tag_ids.iter().map(|t| t.0).collect();
+    let ids: Vec<i64> = live.iter().map(|t| t.0).collect();
     let (a, b) = (Alias::new("a"), Alias::new("b"));
     let query = Query::select()
         .expr_as(Expr::col((a.clone(), customer_tag::Column::TagId)), Alias::new("a"))
@@ -1012,19 +1019,29 @@ pub async fn cooccurrence(
         None => true,
     };
     let mut counts: HashMap<(i64, i64), u64> = HashMap::new();
-    for (i, x) in ids.iter().enumerate() {
-        for y in &ids[i..] {
-            counts.insert((Ord::min(*x, *y), Ord::max(*x, *y)), 0);
-        }
-    }
     for row in rows {
         if visible_at(row.a, row.org_unit_id) && visible_at(row.b, row.org_unit_id) {
             *counts.entry((row.a, row.b)).or_default() += row.holders as u64;
         }
     }
+    Ok(every_pair(tag_ids, counts.into_iter().map(|((x, y), n)| (x, y, n))))
+}
+
+/// Every pair of `tag_ids` (a tag with itself included, smaller id first,
+/// sorted), with its count from `counted` and 0 where it has none.
+fn every_pair(tag_ids: &[TagId], counted: impl IntoIterator<Item = (i64, i64, u64)>) -> Vec<(i64, i64, u64)> {
+    let mut counts: HashMap<(i64, i64), u64> = HashMap::new();
+    for (i, x) in tag_ids.iter().enumerate() {
+        for y in &tag_ids[i..] {
+            counts.insert((Ord::min(x.0, y.0), Ord::max(x.0, y.0)), 0);
+        }
+    }
+    for (x, y, n) in counted {
+        counts.insert((x, y), n);
+    }
     let mut out: Vec<(i64, i64, u64)> = counts.into_iter().map(|((x, y), n)| (x, y, n)).collect();
-    out.sort();
-    Ok(out)
+    out.sort_unstable();
+    out
 }
 
 /// True when the filter asks for nothing but (at most) a segment.

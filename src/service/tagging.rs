@@ -236,21 +236,34 @@ async fn apply_tags_in(
 
     let customer_ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
     let existing = assignments_of(txn, &customer_ids).await?;
-    // Existing tags that sit in an exclusive group the request touches.
+    // Existing tags that sit in an exclusive group the request touches, and
+    // those archived (retired: not counted against the cap or the alert).
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
     let existing_tag_ids: HashSet<i64> = existing.values().flatten().map(|a| a.tag_id).collect();
-    let exclusive_members: HashMap<i64, i64> = if exclusive_groups.is_empty() || existing_tag_ids.is_empty() {
-        HashMap::new()
-    } else {
-        tag::Entity::find()
+    let mut exclusive_members: HashMap<i64, i64> = HashMap::new();
+    let mut retired: HashSet<i64> = HashSet::new();
+    if !existing_tag_ids.is_empty() {
+        let rows: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
+            .select_only()
+            .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
             .filter(tag::Column::Id.is_in(existing_tag_ids))
-            .filter(tag::Column::GroupId.is_in(exclusive_groups))
+            .filter(
+                Condition::any()
+                    .add(tag::Column::Status.eq(TagStatus::Archived))
+                    .add(tag::Column::GroupId.is_in(exclusive_groups.iter().copied())),
+            )
+            .into_tuple()
             .all(txn)
-            .await?
-            .into_iter()
-            .filter_map(|t| Some((t.id, t.group_id?)))
-            .collect()
-    };
+            .await?;
+        for (id, group_id, status) in rows {
+            if tag_library::is_retired(status) {
+                retired.insert(id);
+            }
+            if let Some(group) = group_id.filter(|g| exclusive_groups.contains(g)) {
+                exclusive_members.insert(id, group);
+            }
+        }
+    }
 
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
@@ -265,7 +278,7 @@ async fn apply_tags_in(
         };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
-        let before = held.len() as u32;
+        let before = held.iter().filter(|t| !retired.contains(t)).count() as u32;
         let mut after = before;
         for VisibleTag { tag, group } in &tags {
             if keep.contains(c.id, tag.id) {
@@ -281,7 +294,9 @@ async fn apply_tags_in(
                     removals.push((c.id, *old));
                     events.push(event(c.id, *old, TagOp::Remove));
                     outcome.removed += 1;
-                    after -= 1;
+                    if !retired.contains(old) {
+                        after -= 1;
+                    }
                 }
             }
             let expires_at = req.expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));

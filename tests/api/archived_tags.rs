@@ -1,11 +1,13 @@
 //! Archived tags are retired: gone from customers, counts, filters,
 //! segments (SQL and index) and exports, with history kept and everything
-//! back on restore.
+//! back on restore; cross analysis counts it for nobody, and its
+//! assignments count against neither the per-customer cap nor the alert.
 
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
-use crate::on_both_databases;
+use crate::{on_both_databases, on_both_databases_with};
 
 const CUSTOMER: &str =
     "query($id: ID!) { customer(id: $id) { tags { tag { id } taggedAt } tagEvents(first: 20) { tag { id } op } } }";
@@ -106,3 +108,132 @@ async fn an_archived_tag_is_retired_everywhere_and_restored_intact(app: TestApp)
 }
 
 on_both_databases!(an_archived_tag_is_retired_everywhere_and_restored_intact);
+
+const COOCCURRENCE: &str =
+    "query($t: [ID!]!, $s: SegmentInput) { tagCooccurrence(tagIds: $t, segment: $s) { a { id } b { id } count } }";
+
+/// The counts of a cross analysis by pair of tag ids (as the answer spells
+/// them), on `instance`.
+async fn crossed(
+    app: &TestApp,
+    instance: &tagbase::startup::Application,
+    tags: &[&String],
+    segment: Option<&str>,
+) -> Vec<(String, String, u64)> {
+    let vars = json!({ "t": tags, "s": segment.map(|text| json!({ "text": text })) });
+    let res = app.gql_on(instance, "admin", COOCCURRENCE, vars).await;
+    let mut pairs: Vec<(String, String, u64)> = res.ok()["tagCooccurrence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let (a, b) = (p["a"]["id"].as_str().unwrap().to_owned(), p["b"]["id"].as_str().unwrap().to_owned());
+            (Ord::min(a.clone(), b.clone()), Ord::max(a, b), p["count"].as_u64().unwrap())
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+async fn cross_analysis_counts_an_archived_tag_for_nobody(app: TestApp) {
+    let group = app.create_group("admin", "hq", "退役交叉组", "behavior", false).await;
+    let old = app.create_tag("admin", &group, "旧交叉").await;
+    let kept = app.create_tag("admin", &group, "新交叉").await;
+    let customers = app.customers_of("sz01").await;
+    let tag_customers =
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    app.gql("admin", tag_customers, json!({ "c": customers[..2], "t": [old, kept] })).await.ok();
+    app.gql("admin", tag_customers, json!({ "c": [customers[2]], "t": [kept] })).await.ok();
+    // This instance never builds its segment index: it answers from SQL.
+    let sql = app.instance_with(|_| {}).await;
+    assert!(!sql.state.index.is_ready());
+    let segment = "group(\"退役交叉组\")";
+    let all_paths = || async {
+        let mut seen = Vec::new();
+        for instance in [&app.app, &sql] {
+            for segment in [None, Some(segment)] {
+                seen.push(crossed(&app, instance, &[&old, &kept], segment).await);
+            }
+        }
+        seen
+    };
+    let expect = |with_old: u64| {
+        let pair = (Ord::min(old.clone(), kept.clone()), Ord::max(old.clone(), kept.clone()));
+        let mut pairs =
+            vec![(old.clone(), old.clone(), with_old), (pair.0, pair.1, with_old), (kept.clone(), kept.clone(), 3)];
+        pairs.sort();
+        vec![pairs; 4]
+    };
+    assert_eq!(all_paths().await, expect(2), "index and SQL, with and without a segment");
+
+    let archive =
+        "mutation($id: ID!, $v: Int!) { archiveTag(input: { id: $id, expectedVersion: $v }) { tag { version } } }";
+    let res = app.gql("admin", archive, json!({ "id": old, "v": 1 })).await;
+    let version = res.ok()["archiveTag"]["tag"]["version"].clone();
+    assert_eq!(all_paths().await, expect(0), "by id, an archived tag matches nobody");
+
+    let restore =
+        "mutation($id: ID!, $v: Int!) { restoreTag(input: { id: $id, expectedVersion: $v }) { tag { status } } }";
+    app.gql("admin", restore, json!({ "id": old, "v": version })).await.ok();
+    assert_eq!(all_paths().await, expect(2), "restored, it counts again");
+}
+
+on_both_databases!(cross_analysis_counts_an_archived_tag_for_nobody);
+
+const TAG: &str = "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) {
+    added removed } }";
+
+/// Limits of this test: a customer holds at most 3 tags, and passing 2
+/// raises an alert.
+async fn an_archived_tag_counts_against_neither_the_cap_nor_the_alert(app: TestApp) {
+    let plain = app.create_group("admin", "hq", "退役上限组", "behavior", false).await;
+    let exclusive = app.create_group("admin", "hq", "退役互斥组", "behavior", true).await;
+    let mut tags = Vec::new();
+    for name in ["偏好一", "偏好二", "偏好三"] {
+        tags.push(app.create_tag("admin", &plain, name).await);
+    }
+    let old = app.create_tag("admin", &exclusive, "旧等级").await;
+    let new = app.create_tag("admin", &exclusive, "新等级").await;
+    let res = app
+        .gql(
+            "admin",
+            "mutation($u: ID!) { createCustomer(input: { orgUnitId: $u, name: \"退役客户\" }) { customer { id } } }",
+            json!({ "u": app.unit_id("sz01") }),
+        )
+        .await;
+    let customer = res.ok()["createCustomer"]["customer"]["id"].as_str().unwrap().to_owned();
+    let db = &app.db;
+    let id = crate::helpers::row_id(&customer);
+    let alerts_of = || async move {
+        entity::tag_alert::Entity::find()
+            .filter(entity::tag_alert::Column::CustomerId.eq(id))
+            .all(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.tag_count)
+            .collect::<Vec<_>>()
+    };
+    app.gql("admin", TAG, json!({ "c": [customer], "t": [old, tags[0]] })).await.ok();
+    let archive = "mutation($id: ID!) { archiveTag(input: { id: $id, expectedVersion: 1 }) { tag { status } } }";
+    app.gql("admin", archive, json!({ "id": old })).await.ok();
+
+    // One tag in force: a second does not pass the alert threshold …
+    app.gql("admin", TAG, json!({ "c": [customer], "t": [tags[1]] })).await.ok();
+    assert_eq!(alerts_of().await, Vec::<i32>::new(), "the archived tag is not counted");
+    // … a third does, and stays within the cap.
+    let res = app.gql("admin", TAG, json!({ "c": [customer], "t": [tags[2]] })).await;
+    assert_eq!(res.ok()["tagCustomers"]["added"], 1, "within the cap of 3");
+    assert_eq!(alerts_of().await, vec![3]);
+    // Replacing the archived tag of an exclusive group frees no room: it
+    // was not counted.
+    let before = app.snapshot().await;
+    let res = app.gql("admin", TAG, json!({ "c": [customer], "t": [new] })).await;
+    assert_eq!(res.code(), "LIMIT_EXCEEDED");
+    assert_eq!(app.snapshot().await, before, "nothing written");
+}
+
+on_both_databases_with!(
+    an_archived_tag_counts_against_neither_the_cap_nor_the_alert =>
+        tagbase::config::Limits { max_tags_per_customer: 3, tag_alert_threshold: 2, ..tagbase::config::Limits::default() }
+);
