@@ -28,27 +28,8 @@ const UNTAG_CUSTOMERS: &str = "mutation($c: [ID!]!, $t: [ID!]!) {
 /// their ids.
 async fn add_customers(app: &TestApp, store: &str, n: usize) -> Vec<String> {
     let unit = app.unit(store);
-    let now = Utc::now();
-    let rows: Vec<customer::ActiveModel> = (0..n)
-        .map(|i| customer::ActiveModel {
-            id: NotSet,
-            org_unit_id: Set(unit),
-            owner_staff_id: Set(None),
-            name: Set(format!("并发客户{store}-{i}")),
-            phone: Set(None),
-            gender: Set(Gender::Unknown),
-            birth_date: Set(None),
-            city: Set(None),
-            industry: Set(None),
-            channel: Set(None),
-            total_spend_cents: Set(0),
-            order_count: Set(0),
-            last_order_at: Set(None),
-            added_at: Set(now),
-            updated_at: Set(now),
-            version: Set(1),
-        })
-        .collect();
+    let rows: Vec<customer::ActiveModel> =
+        (0..n).map(|i| plain_customer(unit, format!("并发客户{store}-{i}"))).collect();
     for chunk in rows.chunks(200) {
         customer::Entity::insert_many(chunk.to_vec()).exec(&app.db).await.unwrap();
     }
@@ -368,17 +349,18 @@ fn offset_apart_from_utc() -> FixedOffset {
     }
 }
 
-async fn add_shanghai_customer(app: &TestApp, name: &str, born: NaiveDate) {
+/// A customer row with nothing but a unit and a name, added now.
+fn plain_customer(unit: i64, name: String) -> customer::ActiveModel {
     let now = Utc::now();
     customer::ActiveModel {
         id: NotSet,
-        org_unit_id: Set(app.unit("sz01")),
+        org_unit_id: Set(unit),
         owner_staff_id: Set(None),
-        name: Set(name.to_owned()),
+        name: Set(name),
         phone: Set(None),
-        gender: Set(Gender::Female),
-        birth_date: Set(Some(born)),
-        city: Set(Some("上海".to_owned())),
+        gender: Set(Gender::Unknown),
+        birth_date: Set(None),
+        city: Set(None),
         industry: Set(None),
         channel: Set(None),
         total_spend_cents: Set(0),
@@ -387,6 +369,15 @@ async fn add_shanghai_customer(app: &TestApp, name: &str, born: NaiveDate) {
         added_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+    }
+}
+
+async fn add_shanghai_customer(app: &TestApp, name: &str, born: NaiveDate) {
+    customer::ActiveModel {
+        gender: Set(Gender::Female),
+        birth_date: Set(Some(born)),
+        city: Set(Some("上海".to_owned())),
+        ..plain_customer(app.unit("sz01"), name.to_owned())
     }
     .insert(&app.db)
     .await
