@@ -25,3 +25,4 @@ pub mod segment;
 pub mod service;
 pub mod startup;
 pub mod state;
+pub mod store;

@@ -490,7 +490,7 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
             }
         }
     }
-    segment::log_customer_change(&txn, model.id).await?;
+    crate::store::customer_log::log_customer_change(&txn, model.id).await?;
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.create", "customer", model.id)
@@ -614,7 +614,7 @@ pub async fn update(
             current.id, patch.version
         )));
     }
-    segment::log_customer_change(&txn, current.id).await?;
+    crate::store::customer_log::log_customer_change(&txn, current.id).await?;
     audit::record(
         &txn,
         AuditEntry::ok(principal.staff_id(), "customer.update", "customer", current.id)

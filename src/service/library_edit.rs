@@ -30,10 +30,10 @@ use serde_json::{Value, json};
 use super::audit::{self, AuditEntry};
 use super::change_request::NewRequest;
 use super::tag_library::{find_group, find_tag};
-use super::tagging::{EventBy, insert_events, serialize_event_log};
 use crate::authz::{Action, OrgTree, Principal};
 use crate::domain::{Aliases, Description, NamingPattern, StaffId, TagGroupId, TagId, TagName, VisibilityClass};
 use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::store::event_log::{EventBy, insert_events, serialize_event_log};
 
 /// `Some(None)` for an explicit `null` (clear the field), `None` when the
 /// field is absent (keep it).

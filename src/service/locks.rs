@@ -130,7 +130,7 @@ async fn insert_lock(
     reason: &str,
     until: DateTime<Utc>,
 ) -> AppResult<modification_lock::Model> {
-    super::tagging::serialize_event_log(txn).await?;
+    crate::store::event_log::serialize_event_log(txn).await?;
     let others = modification_lock::Entity::find()
         .filter(modification_lock::Column::GroupId.eq(group_id))
         .filter(modification_lock::Column::ReleasedAt.is_null())

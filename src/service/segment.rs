@@ -10,14 +10,14 @@ use std::pin::Pin;
 
 use chrono::{DateTime, FixedOffset, Months, NaiveDate, Utc};
 use entity::{
-    customer, customer_change, customer_tag,
+    customer, customer_tag,
     enums::{SegmentKind, TagCategory, TagOp, TagSource},
     segment, segment_member, segment_reference, tag, tag_event, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr},
 };
 use serde_json::json;
@@ -517,32 +517,6 @@ impl AgeBounds {
                 && self.born_after.is_none_or(|earliest| b > earliest)
         })
     }
-}
-
-/// Key of the PostgreSQL advisory lock that orders customer-change writers
-/// (see [`log_customer_change`]).
-const CUSTOMER_CHANGE_LOCK: i64 = 0x0074_6167_6375_7374; // "tagcust"
-
-/// Records, inside the writing transaction, that a customer was created or
-/// changed, so that segment indexes (this instance's and the others')
-/// pick up its attributes. As for tag events, PostgreSQL writers take an
-/// advisory lock to the end of the transaction so that sequence numbers
-/// commit in order and a follower never reads past one still to commit.
-///
-/// # Errors
-/// Database errors.
-pub(crate) async fn log_customer_change(txn: &DatabaseTransaction, customer_id: i64) -> AppResult<()> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CUSTOMER_CHANGE_LOCK})")).await?;
-    }
-    customer_change::Entity::insert(customer_change::ActiveModel {
-        seq: NotSet,
-        customer_id: Set(customer_id),
-        changed_at: Set(Utc::now()),
-    })
-    .exec(txn)
-    .await?;
-    Ok(())
 }
 
 /// The SQL condition of a resolved expression over `customer`, for a caller

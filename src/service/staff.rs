@@ -28,7 +28,7 @@ use sea_orm::{
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use super::{NewestFirst, like_escape, newest_first, segment};
+use super::{NewestFirst, like_escape, newest_first};
 use crate::auth::{IDENTITY_OIDC, IDENTITY_WECOM, RevokeReason, session};
 use crate::authz::{self, Action, Authz, Permission, Principal};
 use crate::domain::{Email, IdentityValue, Login, OrgUnitId, PageArgs, Phone, StaffId, StaffName};
@@ -434,7 +434,7 @@ pub async fn deactivate(
             .await?
             .rows_affected;
         for customer_id in &owned {
-            segment::log_customer_change(&txn, *customer_id).await?;
+            crate::store::customer_log::log_customer_change(&txn, *customer_id).await?;
         }
     }
     let customers_flagged = owned.len() as u64 - customers_reassigned;

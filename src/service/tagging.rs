@@ -29,6 +29,7 @@ use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
 use crate::domain::{CustomerId, EventSeq, TagId};
 use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::store::event_log::{EventBy, event_log_head, insert_events, serialize_event_log};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;
@@ -92,21 +93,6 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     }
     if tags > limits.max_tags_per_tagging {
         return Err(AppError::LimitExceeded(format!("at most {} tags per call", limits.max_tags_per_tagging)));
-    }
-    Ok(())
-}
-
-/// Key of the PostgreSQL advisory lock that orders tag-event writers.
-const EVENT_LOG_LOCK: i64 = 0x0074_6167_6261_7365; // "tagbase" in ASCII
-
-/// Makes tag-event sequence numbers commit in order. PostgreSQL hands out
-/// sequence values at insert time, so without this a transaction could
-/// commit seq 101 after another committed 102, and an index that already
-/// read past 102 would never see 101. The lock is held to the end of the
-/// transaction. SQLite writes one transaction at a time anyway.
-pub(crate) async fn serialize_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOG_LOCK})")).await?;
     }
     Ok(())
 }
@@ -606,17 +592,6 @@ pub async fn tag_or_request(
     Ok(TaggingResult { applied: false, outcome: dry, change_request: Some(request) })
 }
 
-/// The sequence number of the newest committed tag event (0 for none).
-async fn event_log_head(db: &impl ConnectionTrait) -> AppResult<i64> {
-    let head: Option<Option<i64>> = tag_event::Entity::find()
-        .select_only()
-        .column_as(tag_event::Column::Seq.max(), "head")
-        .into_tuple()
-        .one(db)
-        .await?;
-    Ok(head.flatten().unwrap_or(0))
-}
-
 /// The org units of the named customers (visible ones: the caller checked).
 async fn customer_units(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<HashSet<i64>> {
     let mut units = HashSet::new();
@@ -994,36 +969,6 @@ async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> 
             )
         });
         customer_tag::Entity::delete_many().filter(cond).exec(txn).await?;
-    }
-    Ok(())
-}
-
-/// Who, how and when, shared by the events of one call.
-pub(crate) struct EventBy {
-    pub actor: i64,
-    pub source: TagSource,
-    pub source_ref: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-impl EventBy {
-    pub(crate) fn event(&self, customer_id: i64, tag_id: i64, op: TagOp) -> tag_event::ActiveModel {
-        tag_event::ActiveModel {
-            seq: NotSet,
-            customer_id: Set(customer_id),
-            tag_id: Set(tag_id),
-            op: Set(op),
-            source: Set(self.source),
-            source_ref: Set(self.source_ref.clone()),
-            actor_staff_id: Set(Some(self.actor)),
-            occurred_at: Set(self.at),
-        }
-    }
-}
-
-pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
-    for chunk in events.chunks(CHUNK) {
-        tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }
     Ok(())
 }
