@@ -10,6 +10,7 @@ mod fields;
 mod org_tree;
 mod principal;
 mod table;
+pub mod visibility;
 
 use std::sync::{Arc, RwLock};
 
@@ -23,7 +24,7 @@ use sea_orm::{
 };
 use tokio::sync::Mutex;
 
-pub use fields::{ClassAccess, CustomerField, FIELD_RULES, FieldAccess};
+pub use fields::{ClassAccess, CustomerField, FIELD_RULES, FieldAccess, FieldRule};
 pub use org_tree::OrgTree;
 pub use principal::{Principal, RoleBinding, Scope};
 

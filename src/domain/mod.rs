@@ -5,6 +5,7 @@ mod id;
 mod name;
 mod page;
 mod phone;
+pub mod tag;
 
 pub use id::{
     AuditEntryId, ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId,

@@ -2,14 +2,15 @@
 //! customer mutations.
 
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, MaybeUndefined, Object, Result, SimpleObject};
-use entity::{customer as customer_entity, enums::Gender, enums::TagCategory};
+use entity::{customer as customer_entity, enums::Gender};
 
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::segment::{SegmentInput, resolve_segment};
 use super::tag::{CustomerTag, Tag, TagEvent};
 use super::{CustomerPrefetch, Date, DateTime, PageInfo, env, page_args, prefetch_customers};
-use crate::authz::{FIELD_RULES, FieldAccess};
+use crate::authz::{FieldAccess, FieldRule};
+use crate::domain::tag::is_lifecycle_group;
 use crate::domain::{
     CustomerId, CustomerName, EventSeq, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, PageSize, Phone, TagId,
     parse_ids,
@@ -36,11 +37,7 @@ impl Customer {
     /// read it masked; `null` with `FORBIDDEN_FIELD` where it may not.
     async fn phone(&self, ctx: &Context<'_>) -> Option<String> {
         let phone = self.0.phone.as_deref()?;
-        guarded(ctx, &self.0, "phone", |access| match access {
-            FieldAccess::Full => Some(phone.to_owned()),
-            _ => Some(Phone::mask(phone)),
-        })
-        .flatten()
+        guarded(ctx, &self.0, "phone", |rule, access| rule.show(access, phone)).flatten()
     }
     /// The customer's gender, `UNKNOWN` when not given.
     async fn gender(&self) -> Gender {
@@ -48,7 +45,7 @@ impl Customer {
     }
     /// Date of birth; `null` with `FORBIDDEN_FIELD` where the caller may not read it.
     async fn birth_date(&self, ctx: &Context<'_>) -> Option<Date> {
-        guarded(ctx, &self.0, "birthDate", |_| self.0.birth_date.map(Date)).flatten()
+        guarded(ctx, &self.0, "birthDate", |_, _| self.0.birth_date.map(Date)).flatten()
     }
     /// City of residence.
     async fn city(&self) -> Option<&str> {
@@ -64,15 +61,15 @@ impl Customer {
     }
     /// Total spend in integer cents (分).
     async fn total_spend(&self, ctx: &Context<'_>) -> Option<i64> {
-        guarded(ctx, &self.0, "totalSpend", |_| self.0.total_spend_cents)
+        guarded(ctx, &self.0, "totalSpend", |_, _| self.0.total_spend_cents)
     }
     /// Number of orders placed.
     async fn order_count(&self, ctx: &Context<'_>) -> Option<i32> {
-        guarded(ctx, &self.0, "orderCount", |_| self.0.order_count)
+        guarded(ctx, &self.0, "orderCount", |_, _| self.0.order_count)
     }
     /// When the last order was placed.
     async fn last_order_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        guarded(ctx, &self.0, "lastOrderAt", |_| self.0.last_order_at.map(DateTime)).flatten()
+        guarded(ctx, &self.0, "lastOrderAt", |_, _| self.0.last_order_at.map(DateTime)).flatten()
     }
     /// When the customer was added.
     async fn added_at(&self) -> DateTime {
@@ -125,13 +122,10 @@ impl Customer {
         let assignments = env.loaders.load_one(TagsOfCustomer(self.0.id)).await?.unwrap_or_default();
         let tags = env.loaders.load_many(assignments.iter().map(|a| TagById(a.tag_id))).await?;
         let groups = env.loaders.load_many(tags.values().filter_map(|t| t.group_id).map(GroupById)).await?;
-        let root_units: Vec<i64> =
-            env.principal.org.all().iter().filter(|u| u.parent_id.is_none()).map(|u| u.id).collect();
         Ok(assignments.iter().find_map(|a| {
             let tag = tags.get(&TagById(a.tag_id))?;
             let group = groups.get(&GroupById(tag.group_id?))?;
-            (group.category == TagCategory::Lifecycle && group.exclusive && root_units.contains(&group.org_unit_id))
-                .then(|| Tag(tag.clone()))
+            is_lifecycle_group(group, env.principal.org.get(group.org_unit_id)).then(|| Tag(tag.clone()))
         }))
     }
     /// External identities (WeCom, unionid, CRM, shop).
@@ -142,27 +136,28 @@ impl Customer {
     }
 }
 
-/// The value of a field guarded by a rule of [`FIELD_RULES`], or `null` and
-/// a `FORBIDDEN_FIELD` error at the field's path when the caller may not
-/// read it for this customer. `value` gets the access (full or masked).
+/// The value of a field guarded by a row of [`FIELD_RULES`](crate::authz::FIELD_RULES),
+/// or `null` and a `FORBIDDEN_FIELD` error at the field's path when the
+/// caller may not read it for this customer. `value` gets the row and the
+/// access (full or masked).
 fn guarded<T>(
     ctx: &Context<'_>,
     customer: &customer_entity::Model,
     api_field: &str,
-    value: impl FnOnce(FieldAccess) -> T,
+    value: impl FnOnce(&FieldRule, FieldAccess) -> T,
 ) -> Option<T> {
-    let rule = FIELD_RULES.iter().find(|(name, _)| *name == api_field).map(|(_, rule)| *rule);
+    let rule = FieldRule::by_api(api_field);
     let access = match rule {
-        Some(rule) => env(ctx).principal.field_access(rule, customer.org_unit_id),
+        Some(rule) => env(ctx).principal.field_access(rule.field, customer.org_unit_id),
         // A guarded field without a rule is a bug: refuse rather than leak.
         None => FieldAccess::Hidden,
     };
-    if access == FieldAccess::Hidden {
+    let Some(rule) = rule.filter(|_| access != FieldAccess::Hidden) else {
         let err: async_graphql::Error = AppError::ForbiddenField { field: format!("Customer.{api_field}") }.into();
         ctx.add_error(ctx.set_error_path(err.into_server_error(ctx.item.pos)));
         return None;
-    }
-    Some(value(access))
+    };
+    Some(value(rule, access))
 }
 
 /// An identity of the customer in another system.
@@ -488,5 +483,135 @@ impl CustomerMutation {
         let customer = service::update(env.db, env.principal, patch).await?;
         super::tag::caught_up(ctx).await;
         Ok(UpdateCustomerPayload { customer: Customer(customer) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every way the API reads customer data either is a row of the field
+    //! rules or is known to read nothing guarded: a new field that is in
+    //! neither list fails here until someone decides which it is.
+
+    use crate::authz::FieldRule;
+
+    /// `Customer` fields that read no guarded data.
+    const UNGUARDED_FIELDS: &[&str] = &[
+        "id",
+        "name",
+        "gender",
+        "city",
+        "industry",
+        "channel",
+        "addedAt",
+        "updatedAt",
+        "version",
+        "orgUnit",
+        "owner",
+        "tags",
+        "tagEvents",
+        "lifecycleStage",
+        "externalIds",
+    ];
+
+    /// `CustomerFilterInput` arguments that compare no guarded value.
+    /// (`search` matches a whole phone number only in units where the caller
+    /// reads phones, at least masked, and is audited and rate-limited there:
+    /// see `service::customer::screen_phone_search`.)
+    const UNGUARDED_FILTERS: &[&str] = &["orgUnitId", "search", "hasAllTags", "hasAnyTags", "lifecycleStage"];
+
+    /// `CustomerOrderField` values that sort by no guarded value.
+    const UNGUARDED_ORDERS: &[&str] = &["ADDED_AT", "UPDATED_AT", "NAME"];
+
+    /// `SegmentInput` fields that read no guarded value.
+    const UNGUARDED_PREDICATES: &[&str] = &[
+        "text",
+        "and",
+        "or",
+        "not",
+        "tag",
+        "anyTags",
+        "allTags",
+        "group",
+        "taggedBetween",
+        "city",
+        "channel",
+        "gender",
+        "lifecycle",
+        "orgUnit",
+        "addedBefore",
+        "addedAfter",
+        "segment",
+    ];
+
+    /// The fields (or enum values) of the SDL block that starts with
+    /// `header`, descriptions and arguments left out.
+    fn members(sdl: &str, header: &str) -> Vec<String> {
+        let start = sdl.find(header).unwrap_or_else(|| panic!("the schema has no {header:?}"));
+        let block = &sdl[start + header.len()..];
+        let block = &block[..block.find("\n}").expect("a closing brace")];
+        let mut in_description = false;
+        let mut out = Vec::new();
+        for line in block.lines() {
+            let text = line.trim();
+            if text.starts_with("\"\"\"") {
+                let one_line = text.len() > 6 && text.ends_with("\"\"\"");
+                in_description ^= !one_line;
+                continue;
+            }
+            if in_description || !line.starts_with('\t') || line.starts_with("\t\t") {
+                continue;
+            }
+            let name: String = text.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+        assert!(!out.is_empty(), "{header:?} has no members");
+        out
+    }
+
+    #[test]
+    fn every_customer_field_that_reads_guarded_data_has_a_row_in_the_field_rules() {
+        let sdl = super::super::sdl();
+        let unaccounted = |header: &str, known: &[&str], guarded: &dyn Fn(&str) -> bool| -> Vec<String> {
+            members(&sdl, header).into_iter().filter(|m| !known.contains(&m.as_str()) && !guarded(m)).collect()
+        };
+        let checks = [
+            unaccounted("type Customer implements Node {", UNGUARDED_FIELDS, &|f| FieldRule::by_api(f).is_some()),
+            unaccounted("input CustomerFilterInput {", UNGUARDED_FILTERS, &|f| FieldRule::by_filter(f).is_some()),
+            unaccounted("enum CustomerOrderField {", UNGUARDED_ORDERS, &|f| FieldRule::by_order(f).is_some()),
+            // The structured input spells `lastOrder` as `lastOrderBefore`
+            // and `lastOrderAfter`.
+            unaccounted("input SegmentInput @oneOf {", UNGUARDED_PREDICATES, &|f| {
+                crate::authz::FIELD_RULES.iter().filter_map(|r| r.segment).any(|p| f.starts_with(p))
+            }),
+        ];
+        for missing in checks {
+            assert!(
+                missing.is_empty(),
+                "{missing:?} read customer data but are neither rows of FIELD_RULES nor known to be unguarded"
+            );
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_field_rules_is_a_customer_field_and_its_filters_orders_and_predicates_exist() {
+        let sdl = super::super::sdl();
+        let fields = members(&sdl, "type Customer implements Node {");
+        let filters = members(&sdl, "input CustomerFilterInput {");
+        let orders = members(&sdl, "enum CustomerOrderField {");
+        let predicates = members(&sdl, "input SegmentInput @oneOf {");
+        for rule in crate::authz::FIELD_RULES {
+            assert!(fields.iter().any(|f| f == rule.api), "{} is not a Customer field", rule.api);
+            for filter in rule.filters {
+                assert!(filters.iter().any(|f| f == filter), "{filter} is not a filter argument");
+            }
+            if let Some(order) = rule.order {
+                assert!(orders.iter().any(|o| o == order), "{order} is not an order field");
+            }
+            if let Some(predicate) = rule.segment {
+                assert!(predicates.iter().any(|p| p.starts_with(predicate)), "{predicate} is not a segment input");
+            }
+        }
     }
 }

@@ -258,13 +258,13 @@ impl Me {
                 }
                 let fields = FIELD_RULES
                     .iter()
-                    .filter_map(|(name, rule)| {
-                        let access = match p.field_access(*rule, unit.id) {
+                    .filter_map(|rule| {
+                        let access = match p.field_access(rule.field, unit.id) {
                             FieldAccess::Full => FieldReadAccess::Full,
                             FieldAccess::Masked => FieldReadAccess::Masked,
                             FieldAccess::Hidden => return None,
                         };
-                        Some(FieldPermission { field: (*name).to_owned(), access })
+                        Some(FieldPermission { field: rule.api.to_owned(), access })
                     })
                     .collect();
                 let tag_classes = classes

@@ -1,7 +1,7 @@
 //! The expression model. The structured GraphQL input and the text form
 //! both become a [`SegmentExpr`]; the text form prints back from it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Months, NaiveDate, Utc};
 use entity::enums::Gender;
 
 /// A tag, tag group or saved segment named in an expression: by name (text
@@ -96,6 +96,24 @@ impl SegmentExpr {
         }
     }
 
+    /// The name of a comparison predicate as the text form writes it
+    /// (`age`, `spend`, `lastOrder`, …); `None` for the other nodes.
+    pub fn predicate(&self) -> Option<&'static str> {
+        Some(match self {
+            SegmentExpr::City(_) => "city",
+            SegmentExpr::Channel(_) => "channel",
+            SegmentExpr::Gender(_) => "gender",
+            SegmentExpr::Lifecycle(_) => "lifecycle",
+            SegmentExpr::OrgUnit(_) => "orgUnit",
+            SegmentExpr::Age(_) => "age",
+            SegmentExpr::Spend(_) => "spend",
+            SegmentExpr::Orders(_) => "orders",
+            SegmentExpr::LastOrderBefore(_) | SegmentExpr::LastOrderAfter(_) => "lastOrder",
+            SegmentExpr::AddedBefore(_) | SegmentExpr::AddedAfter(_) => "added",
+            _ => return None,
+        })
+    }
+
     /// Nesting depth (a leaf is 1).
     pub fn depth(&self) -> usize {
         match self {
@@ -103,5 +121,36 @@ impl SegmentExpr {
             SegmentExpr::Not(inner) => 1 + inner.depth(),
             _ => 1,
         }
+    }
+}
+
+/// An age range as birth-date bounds on a given day: the one definition
+/// of age that SQL and the in-memory index share. A bound too far back to
+/// compute is left open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeBounds {
+    /// At least `min` years old: born on or before today, `min` years ago.
+    pub born_on_or_before: Option<NaiveDate>,
+    /// At most `max`: born after today, `max + 1` years ago.
+    pub born_after: Option<NaiveDate>,
+}
+
+impl AgeBounds {
+    pub fn new(range: &Range<i64>, today: NaiveDate) -> Self {
+        let years_ago = |years: i64| {
+            u32::try_from(years.clamp(0, 200) * 12).ok().and_then(|m| today.checked_sub_months(Months::new(m)))
+        };
+        Self {
+            born_on_or_before: range.min.and_then(years_ago),
+            born_after: range.max.and_then(|max| years_ago(max + 1)),
+        }
+    }
+
+    /// Whether a birth date is in the range (no birth date: never).
+    pub fn contains(&self, birth_date: Option<NaiveDate>) -> bool {
+        birth_date.is_some_and(|b| {
+            self.born_on_or_before.is_none_or(|latest| b <= latest)
+                && self.born_after.is_none_or(|earliest| b > earliest)
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! The in-memory segment index: the engine that answers segment
 //! expressions without SQL. The database stays the source of truth: the
 //! index can be dropped and rebuilt at any time and gives the same answers
-//! as the SQL evaluation in `service::segment`, node kind for node kind.
+//! as the SQL compiler in [`super::sql`], node kind for node kind.
 //!
 //! What it holds:
 //! - one compressed bitmap (`roaring`) per tag and per org unit, kept
@@ -40,10 +40,10 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
-use super::{Range, Ref, SegmentExpr};
-use crate::authz::{Action, ClassAccess, Principal, Scope};
-use crate::service::segment::{AgeBounds, Resolved};
-use crate::service::tag_library::is_retired;
+use super::{AgeBounds, Range, Ref, Resolved, SegmentExpr};
+use crate::authz::visibility::{class_units as units_seeing_class, tag_units};
+use crate::authz::{Action, Principal, Scope};
+use crate::domain::tag::is_retired;
 
 /// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
@@ -893,7 +893,7 @@ struct Evaluator<'a> {
 /// that covers all it may read anyway (results are intersected with its
 /// universe at the end), which spares a union on the hot path.
 fn class_units(s: &State, principal: &Principal, read_scope: &Scope, class: &str) -> Option<RoaringBitmap> {
-    let classes = principal.class_scope(class, ClassAccess::Read);
+    let classes = units_seeing_class(principal, class);
     if classes.covers(read_scope) {
         return None;
     }
@@ -933,13 +933,13 @@ impl Evaluator<'_> {
         class_units(self.s, self.principal, self.read_scope, class)
     }
 
-    /// `members`, limited to where the caller may see the tag's class (a
-    /// personal tag is seen by its owner wherever it is).
+    /// `members`, limited to where the caller may see the tag (see
+    /// [`tag_units`]).
     fn where_tag_visible(&self, resolved: &Resolved, tag: i64, members: RoaringBitmap) -> RoaringBitmap {
-        match resolved.tags.get(&tag).and_then(|t| t.group.as_ref()).and_then(|g| self.class_units(&g.visibility_class))
-        {
-            Some(units) => members & units,
-            None => members,
+        let group = resolved.tags.get(&tag).and_then(|t| t.group.as_ref());
+        match tag_units(self.principal, group) {
+            Some(units) if !units.covers(self.read_scope) => members & union_of_units(self.s, units.unit_ids()),
+            _ => members,
         }
     }
 

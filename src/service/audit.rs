@@ -10,8 +10,8 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-use crate::authz::{Action, ClassAccess, FIELD_RULES, FieldAccess, Principal};
-use crate::domain::{AuditEntryId, OrgUnitId, PageArgs, Phone, StaffId};
+use crate::authz::{Action, ClassAccess, FieldAccess, FieldRule, Principal};
+use crate::domain::{AuditEntryId, OrgUnitId, PageArgs, StaffId};
 use crate::error::{AppError, AppResult};
 use crate::request_id;
 
@@ -397,10 +397,10 @@ fn mask_fields(principal: &Principal, unit: Option<i64>, value: &mut Value) {
     match value {
         Value::Object(map) => {
             for (key, inner) in map.iter_mut() {
-                match FIELD_RULES.iter().find(|(name, _)| name == key) {
-                    Some((_, field)) => {
-                        let access = unit.map_or(FieldAccess::Hidden, |u| principal.field_access(*field, u));
-                        mask_value(access, inner);
+                match FieldRule::by_api(key) {
+                    Some(rule) => {
+                        let access = unit.map_or(FieldAccess::Hidden, |u| principal.field_access(rule.field, u));
+                        mask_value(rule, access, inner);
                     }
                     None => mask_fields(principal, unit, inner),
                 }
@@ -412,11 +412,13 @@ fn mask_fields(principal: &Principal, unit: Option<i64>, value: &mut Value) {
 }
 
 /// Masks a guarded value, or each end of a `{ from, to }` change of one.
-fn mask_value(access: FieldAccess, value: &mut Value) {
+fn mask_value(rule: &FieldRule, access: FieldAccess, value: &mut Value) {
     match value {
         Value::Null => {}
-        Value::Object(map) => map.values_mut().for_each(|v| mask_value(access, v)),
-        Value::String(s) if access == FieldAccess::Masked => *s = Phone::mask(s),
+        Value::Object(map) => map.values_mut().for_each(|v| mask_value(rule, access, v)),
+        Value::String(s) if access == FieldAccess::Masked && rule.mask.is_some() => {
+            *s = rule.show(access, s).unwrap_or_default();
+        }
         _ if access == FieldAccess::Full => {}
         other => *other = json!(HIDDEN),
     }

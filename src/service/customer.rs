@@ -4,20 +4,21 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use entity::{audit_log, customer, customer_identity, customer_tag, enums::Gender};
+use entity::{audit_log, customer, customer_identity, enums::Gender};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, Order, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait, Func, Query},
+    sea_query::{Expr, ExprTrait, Func},
 };
 use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
-use super::like_escape;
-use super::{segment, tag_library};
-use crate::authz::{Action, ClassAccess, CustomerField, Permission, Principal, Scope};
+use crate::authz::visibility::visible_tags;
+use crate::authz::{Action, CustomerField, FieldAccess, FieldRule, Permission, Principal, Scope};
 use crate::config::Limits;
+use crate::db::like_escape;
+use crate::domain::tag::is_lifecycle_group;
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, Phone, TagId,
 };
@@ -32,7 +33,7 @@ pub struct CustomerFilter {
     pub search: Option<String>,
     pub has_all_tags: Vec<TagId>,
     pub has_any_tags: Vec<TagId>,
-    /// A tag of the lifecycle group.
+    /// A lifecycle stage (see [`is_lifecycle_group`]).
     pub lifecycle_stage: Option<TagId>,
     /// Total spend range in cents, both ends included.
     pub total_spend_min: Option<i64>,
@@ -44,7 +45,7 @@ pub struct CustomerFilter {
 /// A resolved segment expression and the time zone its dates are in.
 #[derive(Debug, Clone)]
 pub struct SegmentFilter {
-    pub resolved: segment::Resolved,
+    pub resolved: crate::segment::Resolved,
     pub offset: FixedOffset,
 }
 
@@ -66,13 +67,7 @@ pub struct CustomerOrder {
 impl CustomerOrder {
     /// The name a cursor is tied to.
     pub(crate) fn tag(self) -> String {
-        let field = match self.field {
-            SortField::AddedAt => "ADDED_AT",
-            SortField::UpdatedAt => "UPDATED_AT",
-            SortField::Name => "NAME",
-            SortField::TotalSpend => "TOTAL_SPEND",
-        };
-        format!("{field}_{}", if self.descending { "DESC" } else { "ASC" })
+        format!("{}_{}", self.field_name(), if self.descending { "DESC" } else { "ASC" })
     }
 
     fn column(self) -> customer::Column {
@@ -84,9 +79,19 @@ impl CustomerOrder {
         }
     }
 
+    /// The name of the sort key, as `CustomerOrderField` spells it.
+    fn field_name(self) -> &'static str {
+        match self.field {
+            SortField::AddedAt => "ADDED_AT",
+            SortField::UpdatedAt => "UPDATED_AT",
+            SortField::Name => "NAME",
+            SortField::TotalSpend => "TOTAL_SPEND",
+        }
+    }
+
     /// The field rule an ordering reveals values of, if any.
-    fn guarded_by(self) -> Option<CustomerField> {
-        (self.field == SortField::TotalSpend).then_some(CustomerField::TotalSpend)
+    fn guarded_by(self) -> Option<&'static FieldRule> {
+        FieldRule::by_order(self.field_name())
     }
 
     /// The value of the order's key a cursor carries.
@@ -192,22 +197,22 @@ pub(crate) async fn filter_condition(
     }
     let mut cond = Condition::all().add(searched.condition(customer::Column::OrgUnitId));
 
-    let require_field = |field: CustomerField, api: &str| {
-        if principal.field_scope(field).covers(&searched) {
-            Ok(())
-        } else {
+    // A guarded field may be compared only where it is readable in full.
+    let require_field = |rule: Option<&FieldRule>, api: &str| match rule {
+        Some(rule) if !principal.field_scope(rule.field).covers(&searched) => {
             Err(AppError::ForbiddenField { field: api.to_owned() })
         }
+        _ => Ok(()),
     };
-    if let Some(guard) = order.and_then(CustomerOrder::guarded_by) {
-        require_field(guard, "orderBy")?;
+    if let Some(order) = order {
+        require_field(order.guarded_by(), "orderBy")?;
     }
     if let Some(min) = filter.total_spend_min {
-        require_field(CustomerField::TotalSpend, "filter.totalSpendMin")?;
+        require_field(FieldRule::by_filter("totalSpendMin"), "filter.totalSpendMin")?;
         cond = cond.add(customer::Column::TotalSpendCents.gte(min));
     }
     if let Some(max) = filter.total_spend_max {
-        require_field(CustomerField::TotalSpend, "filter.totalSpendMax")?;
+        require_field(FieldRule::by_filter("totalSpendMax"), "filter.totalSpendMax")?;
         cond = cond.add(customer::Column::TotalSpendCents.lte(max));
     }
 
@@ -241,34 +246,18 @@ pub(crate) async fn filter_condition(
     let mut named: Vec<TagId> = filter.has_all_tags.iter().chain(&filter.has_any_tags).copied().collect();
     named.extend(filter.lifecycle_stage);
     // Unknown and invisible tags are NOT_FOUND, so filters cannot probe.
-    let tags = tag_library::visible_tags(db, principal, &named).await?;
+    let tags = visible_tags(db, principal, &named).await?;
     if let Some(stage) = filter.lifecycle_stage {
-        tag_library::require_lifecycle_tag(&tags[&stage])?;
+        let group = tags[&stage].group.as_ref();
+        if !group.is_some_and(|g| is_lifecycle_group(g, principal.org.get(g.org_unit_id))) {
+            return Err(AppError::validation(
+                "filter.lifecycleStage",
+                format!("tag {} is not a lifecycle stage", stage.0),
+            ));
+        }
     }
     // Holders of the tag, in units where the caller may see its class.
-    let holds = |id: &TagId| {
-        let visible = &tags[id];
-        let mut held = Condition::all().add(
-            customer::Column::Id.in_subquery(
-                Query::select()
-                    .column(customer_tag::Column::CustomerId)
-                    .from(customer_tag::Entity)
-                    .and_where(customer_tag::Column::TagId.eq(id.0))
-                    .to_owned(),
-            ),
-        );
-        if tag_library::is_retired(visible.tag.status) {
-            held = held.add(Expr::cust("1 = 0"));
-        }
-        if let Some(group) = &visible.group {
-            held = held.add(
-                principal
-                    .class_scope(&group.visibility_class, ClassAccess::Read)
-                    .condition(customer::Column::OrgUnitId),
-            );
-        }
-        held
-    };
+    let holds = |id: &TagId| crate::segment::sql::holds_tag(principal, &searched, id.0, tags.get(id));
     for tag in filter.has_all_tags.iter().chain(&filter.lifecycle_stage) {
         cond = cond.add(holds(tag));
     }
@@ -276,7 +265,7 @@ pub(crate) async fn filter_condition(
         cond = cond.add(filter.has_any_tags.iter().fold(Condition::any(), |any, tag| any.add(holds(tag))));
     }
     if let Some(seg) = &filter.segment {
-        cond = cond.add(segment::condition(principal, &seg.resolved, &searched, seg.offset, Utc::now())?);
+        cond = cond.add(crate::segment::sql::condition(principal, &seg.resolved, &searched, seg.offset, Utc::now())?);
     }
     Ok(cond)
 }
@@ -332,7 +321,7 @@ pub async fn screen_phone_search(
         object_id: None,
         ..AuditEntry::ok(principal.staff_id(), PHONE_SEARCH, "customer", "")
             .in_unit(scope.unwrap_or(principal.staff.home_org_unit_id))
-            .with_detail(json!({ "phone": Phone::mask(phone.as_str()), "scope": scope }))
+            .with_detail(json!({ "phone": FieldRule::by_api("phone").and_then(|r| r.show(FieldAccess::Masked, phone.as_str())), "scope": scope }))
     };
     audit::record(db, entry).await?;
     Ok(())

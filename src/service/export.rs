@@ -11,12 +11,57 @@ use serde_json::json;
 use super::audit::{self, AuditEntry};
 use super::customer::{CustomerFilter, ids_in_scope};
 use super::tagging::visible_assignments_of;
-use crate::authz::{Action, CustomerField, FieldAccess, Principal};
+use crate::authz::{Action, FieldAccess, FieldRule, Principal};
 use crate::config::Limits;
-use crate::domain::Phone;
 use crate::error::{AppError, AppResult};
 
 const BATCH: usize = 1_000;
+
+/// The columns, in order. Those of guarded fields are rows of the field
+/// rules (their `export` name) and are shown per customer as those say.
+const COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "phone",
+    "gender",
+    "birthDate",
+    "city",
+    "industry",
+    "channel",
+    "totalSpendCents",
+    "orderCount",
+    "lastOrderAt",
+    "addedAt",
+    "orgUnit",
+    "tags",
+];
+
+/// Columns of free text, quoted and defused by [`cell`] (the others are
+/// numbers, dates and enum names).
+fn is_text(column: &str) -> bool {
+    matches!(column, "name" | "phone" | "city" | "industry" | "channel" | "orgUnit" | "tags")
+}
+
+/// A customer's stored value of a column, before the field rules apply.
+fn raw_value(principal: &Principal, c: &customer::Model, tags: &[&str], column: &str) -> Option<String> {
+    match column {
+        "id" => Some(c.id.to_string()),
+        "name" => Some(c.name.clone()),
+        "phone" => c.phone.clone(),
+        "gender" => Some(c.gender.as_str().to_owned()),
+        "birthDate" => c.birth_date.map(|d| d.to_string()),
+        "city" => c.city.clone(),
+        "industry" => c.industry.clone(),
+        "channel" => c.channel.clone(),
+        "totalSpendCents" => Some(c.total_spend_cents.to_string()),
+        "orderCount" => Some(c.order_count.to_string()),
+        "lastOrderAt" => c.last_order_at.map(|t| t.to_rfc3339()),
+        "addedAt" => Some(c.added_at.to_rfc3339()),
+        "orgUnit" => principal.org.get(c.org_unit_id).map(|u| u.code.clone()),
+        "tags" => Some(tags.join("|")),
+        _ => None,
+    }
+}
 
 /// One CSV cell: quoted when needed, and defused when a spreadsheet would
 /// read it as a formula.
@@ -49,24 +94,12 @@ pub async fn customers_csv(
             limits.max_export_rows
         )));
     }
+    // A guarded column (a row of the field rules) is exported when the
+    // caller may read its field, at least masked, somewhere in its scope.
     let scope = principal.scope(Action::CustomerRead);
     let shown =
-        |field: CustomerField| scope.unit_ids().any(|u| principal.field_access(field, u) != FieldAccess::Hidden);
-    let (phone, birth, spend) =
-        (shown(CustomerField::Phone), shown(CustomerField::BirthDate), shown(CustomerField::TotalSpend));
-    let mut header = vec!["id", "name"];
-    if phone {
-        header.push("phone");
-    }
-    header.extend(["gender"]);
-    if birth {
-        header.push("birthDate");
-    }
-    header.extend(["city", "industry", "channel"]);
-    if spend {
-        header.extend(["totalSpendCents", "orderCount", "lastOrderAt"]);
-    }
-    header.extend(["addedAt", "orgUnit", "tags"]);
+        |rule: &FieldRule| scope.unit_ids().any(|u| principal.field_access(rule.field, u) != FieldAccess::Hidden);
+    let header: Vec<&str> = COLUMNS.iter().copied().filter(|c| FieldRule::by_export(c).is_none_or(shown)).collect();
     let mut out = String::from("\u{feff}");
     out.push_str(&header.join(","));
     out.push('\n');
@@ -87,39 +120,24 @@ pub async fn customers_csv(
             .map(|t| (t.id, t.name))
             .collect();
         for c in customers {
-            let access = |field| principal.field_access(field, c.org_unit_id);
-            let mut row: Vec<String> = vec![c.id.to_string(), cell(&c.name)];
-            if phone {
-                row.push(match (access(CustomerField::Phone), c.phone.as_deref()) {
-                    (FieldAccess::Full, Some(p)) => cell(p),
-                    (FieldAccess::Masked, Some(p)) => cell(&Phone::mask(p)),
-                    _ => String::new(),
-                });
-            }
-            row.push(c.gender.as_str().to_owned());
-            if birth {
-                let readable = access(CustomerField::BirthDate) == FieldAccess::Full;
-                row.push(c.birth_date.filter(|_| readable).map(|d| d.to_string()).unwrap_or_default());
-            }
-            for text in [&c.city, &c.industry, &c.channel] {
-                row.push(text.as_deref().map(cell).unwrap_or_default());
-            }
-            if spend {
-                if access(CustomerField::TotalSpend) == FieldAccess::Full {
-                    row.push(c.total_spend_cents.to_string());
-                    row.push(c.order_count.to_string());
-                    row.push(c.last_order_at.map(|t| t.to_rfc3339()).unwrap_or_default());
-                } else {
-                    row.extend([String::new(), String::new(), String::new()]);
-                }
-            }
-            row.push(c.added_at.to_rfc3339());
-            row.push(principal.org.get(c.org_unit_id).map(|u| cell(&u.code)).unwrap_or_default());
             let tags: Vec<&str> = assignments
                 .get(&c.id)
                 .map(|a| a.iter().filter_map(|a| names.get(&a.tag_id).map(String::as_str)).collect())
                 .unwrap_or_default();
-            row.push(cell(&tags.join("|")));
+            let row: Vec<String> = header
+                .iter()
+                .map(|column| {
+                    let raw = raw_value(principal, &c, &tags, column);
+                    let value = match FieldRule::by_export(column) {
+                        Some(rule) => {
+                            raw.and_then(|v| rule.show(principal.field_access(rule.field, c.org_unit_id), &v))
+                        }
+                        None => raw,
+                    };
+                    let value = value.unwrap_or_default();
+                    if is_text(column) { cell(&value) } else { value }
+                })
+                .collect();
             out.push_str(&row.join(","));
             out.push('\n');
         }
@@ -134,7 +152,8 @@ pub async fn customers_csv(
 
 #[cfg(test)]
 mod tests {
-    use super::cell;
+    use super::{COLUMNS, cell};
+    use crate::authz::FIELD_RULES;
 
     #[test]
     fn cells_are_quoted_and_formulas_defused() {
@@ -143,5 +162,12 @@ mod tests {
         assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(cell("-1"), "'-1");
+    }
+
+    #[test]
+    fn every_guarded_field_has_its_export_column() {
+        for rule in FIELD_RULES {
+            assert!(COLUMNS.contains(&rule.export), "{} has no column {}", rule.api, rule.export);
+        }
     }
 }

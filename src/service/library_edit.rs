@@ -258,9 +258,7 @@ impl From<&tag_group::Model> for GroupState {
     }
 }
 
-pub fn aliases_of(t: &tag::Model) -> Vec<String> {
-    serde_json::from_value(t.aliases.clone()).unwrap_or_default()
-}
+pub use crate::domain::tag::aliases_of;
 
 /// What an edit did: applied (with the objects as they now are) or turned
 /// into a pending change request.
@@ -1196,28 +1194,6 @@ async fn merge(
         }
     }
     write_tag(txn, by, &a, a_after, base_of(base, ObjectKind::Tag, a.id)?, "merge").await
-}
-
-/// The tags merged into `tag_id`, directly or through other merges, and
-/// the tag itself: the tags whose history is the tag's history.
-///
-/// # Errors
-/// Database errors.
-pub async fn merged_family(db: &impl ConnectionTrait, tag_id: i64) -> AppResult<Vec<i64>> {
-    let mut family = vec![tag_id];
-    let mut frontier = vec![tag_id];
-    while !frontier.is_empty() {
-        let next: Vec<i64> = tag::Entity::find()
-            .select_only()
-            .column(tag::Column::Id)
-            .filter(tag::Column::MergedIntoId.is_in(frontier.iter().copied()))
-            .into_tuple()
-            .all(db)
-            .await?;
-        frontier = next.into_iter().filter(|t| !family.contains(t)).collect();
-        family.extend(&frontier);
-    }
-    Ok(family)
 }
 
 /// One stored version of a tag or group, with what changed from the

@@ -52,22 +52,12 @@ where
     }))
 }
 
-/// Escapes `%`, `_` and the escape character itself for a `LIKE` pattern.
-pub(crate) fn like_escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
+pub(crate) use crate::db::like_escape;
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn like_wildcards_are_escaped() {
-        assert_eq!(super::like_escape(r"50%_off\"), r"50\%\_off\\");
+        assert_eq!(crate::db::like_escape(r"50%_off\"), r"50\%\_off\\");
     }
 }

@@ -1,17 +1,13 @@
 //! Tag libraries (标签库): the HQ, region and store layers of tag groups and
 //! tags, and each staff member's personal tags.
 //!
-//! Visibility: an enterprise tag or group is visible when its layer is (the
-//! caller may read the library of its unit or of a unit below it); a
-//! personal tag only to its owner.
+//! Which tags and groups a caller sees is the rule of
+//! [`crate::authz::visibility`]; the library reads through it.
 
 use std::collections::HashMap;
 
 use chrono::Utc;
-use entity::{
-    enums::{TagCategory, TagStatus},
-    org_unit, tag, tag_group,
-};
+use entity::{enums::TagStatus, org_unit, tag, tag_group};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -20,22 +16,11 @@ use sea_orm::{
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use crate::authz::{Action, ClassAccess, Principal};
-use crate::domain::{Description, OrgUnitId, TagGroupId, TagId, TagName};
+pub use crate::authz::visibility::{VisibleTag, find_group, group_visible, groups_by_id, tag_visible, visible_tags};
+use crate::authz::{Action, Principal};
+pub use crate::domain::tag::{in_force, is_retired};
+use crate::domain::{Description, OrgUnitId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_unique_violation};
-
-/// An archived tag is retired: its assignments and history stay (restoring
-/// it brings them back as they were), but meanwhile no customer shows it,
-/// no count counts it, and no filter or segment matches it.
-pub fn is_retired(status: TagStatus) -> bool {
-    status == TagStatus::Archived
-}
-
-/// The stored spelling of the statuses whose assignments are in force, for
-/// queries that join `tag`.
-pub(crate) fn in_force() -> [&'static str; 2] {
-    [TagStatus::Active.as_str(), TagStatus::Merged.as_str()]
-}
 
 /// Longest assignment TTL a tag may carry (ten years).
 const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
@@ -52,43 +37,6 @@ pub struct LibraryLayer {
 pub struct Library {
     pub org_unit: org_unit::Model,
     pub layers: Vec<LibraryLayer>,
-}
-
-/// True when the caller may see a tag group: its library layer is readable
-/// and the caller may read its visibility class — at `at_unit` when given
-/// (a customer's unit, a library's unit), somewhere otherwise.
-pub fn group_visible(principal: &Principal, group: &tag_group::Model, at_unit: Option<i64>) -> bool {
-    if !principal.may_read_library_layer(group.org_unit_id) {
-        return false;
-    }
-    let classes = principal.class_scope(&group.visibility_class, ClassAccess::Read);
-    match at_unit {
-        Some(unit) => classes.contains(unit),
-        None => !classes.is_empty(),
-    }
-}
-
-/// True when the caller may see the tag: a personal tag only by its owner
-/// (or with `personal_tag:read_all`), an enterprise tag when its group is
-/// visible (see [`group_visible`]).
-pub fn tag_visible(
-    principal: &Principal,
-    tag: &tag::Model,
-    group: Option<&tag_group::Model>,
-    at_unit: Option<i64>,
-) -> bool {
-    match (tag.owner_staff_id, group) {
-        (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),
-        (None, Some(group)) => group_visible(principal, group, at_unit),
-        (None, None) => false,
-    }
-}
-
-/// A tag the caller may see, with its group (enterprise tags).
-#[derive(Debug, Clone)]
-pub struct VisibleTag {
-    pub tag: tag::Model,
-    pub group: Option<tag_group::Model>,
 }
 
 /// The effective library of an org unit: HQ + region + … + the unit.
@@ -121,22 +69,6 @@ pub async fn library_for(db: &impl ConnectionTrait, principal: &Principal, unit:
     Ok(Library { org_unit, layers })
 }
 
-/// A tag group the caller may see.
-///
-/// # Errors
-/// `NOT_FOUND` for missing and invisible groups alike.
-pub async fn find_group(
-    db: &impl ConnectionTrait,
-    principal: &Principal,
-    id: TagGroupId,
-) -> AppResult<tag_group::Model> {
-    tag_group::Entity::find_by_id(id.0)
-        .one(db)
-        .await?
-        .filter(|g| group_visible(principal, g, None))
-        .ok_or_else(|| AppError::not_found("tag group", id))
-}
-
 /// A tag the caller may see.
 ///
 /// # Errors
@@ -144,65 +76,6 @@ pub async fn find_group(
 pub async fn find_tag(db: &impl ConnectionTrait, principal: &Principal, id: TagId) -> AppResult<tag::Model> {
     let tags = visible_tags(db, principal, &[id]).await?;
     tags.into_values().next().map(|v| v.tag).ok_or_else(|| AppError::not_found("tag", id))
-}
-
-/// The named tags, all of which must be visible to the caller (somewhere
-/// in its scope), with their groups.
-///
-/// # Errors
-/// `NOT_FOUND` naming the first tag that is missing or invisible: unknown
-/// and invisible tags cannot be told apart.
-pub async fn visible_tags(
-    db: &impl ConnectionTrait,
-    principal: &Principal,
-    ids: &[TagId],
-) -> AppResult<HashMap<TagId, VisibleTag>> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let tags = tag::Entity::find().filter(tag::Column::Id.is_in(ids.iter().map(|t| t.0))).all(db).await?;
-    let groups = groups_by_id(db, tags.iter().filter_map(|t| t.group_id)).await?;
-    let visible: HashMap<TagId, VisibleTag> = tags
-        .into_iter()
-        .map(|tag| {
-            let group = tag.group_id.and_then(|g| groups.get(&g).cloned());
-            VisibleTag { tag, group }
-        })
-        .filter(|v| tag_visible(principal, &v.tag, v.group.as_ref(), None))
-        .map(|v| (TagId(v.tag.id), v))
-        .collect();
-    match ids.iter().find(|id| !visible.contains_key(id)) {
-        Some(missing) => Err(AppError::not_found("tag", missing)),
-        None => Ok(visible),
-    }
-}
-
-/// Groups by id (no visibility check: callers reach them from visible tags).
-///
-/// # Errors
-/// Database errors.
-pub async fn groups_by_id(
-    db: &impl ConnectionTrait,
-    ids: impl IntoIterator<Item = i64>,
-) -> AppResult<HashMap<i64, tag_group::Model>> {
-    let ids: Vec<i64> = ids.into_iter().collect();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let groups = tag_group::Entity::find().filter(tag_group::Column::Id.is_in(ids)).all(db).await?;
-    Ok(groups.into_iter().map(|g| (g.id, g)).collect())
-}
-
-/// Checks that a tag belongs to a lifecycle group.
-///
-/// # Errors
-/// `VALIDATION` otherwise.
-pub fn require_lifecycle_tag(tag: &VisibleTag) -> AppResult<()> {
-    if tag.group.as_ref().is_some_and(|g| g.category == TagCategory::Lifecycle) {
-        Ok(())
-    } else {
-        Err(AppError::validation("filter.lifecycleStage", format!("tag {} is not a lifecycle stage", tag.tag.id)))
-    }
 }
 
 /// The tags of the given groups, active ones only unless asked.

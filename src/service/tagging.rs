@@ -25,6 +25,7 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use super::tag_library::{self, VisibleTag};
+use crate::authz::visibility::on_customer_visible;
 use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
 use crate::domain::{CustomerId, EventSeq, TagId};
@@ -792,17 +793,6 @@ pub async fn find_event(
         return Err(not_found());
     }
     Ok(event)
-}
-
-/// True when the caller may see a tag on a customer of `org_unit_id`: a
-/// personal tag (`owner` set) by its owner or with `personal_tag:read_all`,
-/// an enterprise tag when its class is readable in that unit.
-fn on_customer_visible(principal: &Principal, owner: Option<i64>, class: Option<&str>, org_unit_id: i64) -> bool {
-    match (owner, class) {
-        (Some(owner), _) => owner == principal.staff.id || principal.reads_all_personal_tags(),
-        (None, Some(class)) => principal.class_scope(class, ClassAccess::Read).contains(org_unit_id),
-        (None, None) => false,
-    }
 }
 
 /// An assignment with what deciding its visibility needs.
