@@ -382,7 +382,7 @@ async fn resolve_references(
         }
     });
     for id in between {
-        let family = super::library_edit::merged_family(db, id).await?;
+        let family = super::library::merged_family(db, id).await?;
         if family.len() > 1 {
             merged_from.insert(id, family[1..].to_vec());
         }
@@ -433,7 +433,7 @@ async fn tags_named(db: &impl ConnectionTrait, principal: &Principal, name: &str
         .await?;
     let found: Vec<tag::Model> = found
         .into_iter()
-        .filter(|t| t.name == name || super::library_edit::aliases_of(t).iter().any(|a| a == name))
+        .filter(|t| t.name == name || super::library::aliases_of(t).iter().any(|a| a == name))
         .collect();
     let groups = tag_library::groups_by_id(db, found.iter().filter_map(|t| t.group_id)).await?;
     Ok(found
