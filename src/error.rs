@@ -1,4 +1,6 @@
-//! The one error type of tagbase and its stable codes (SPEC §10).
+//! The one error type of tagbase and its stable codes. Which broken
+//! database constraint becomes which of them is mapped in one place,
+//! `store::constraint`.
 //!
 //! Services return [`AppError`]; the API maps it to a GraphQL error with
 //! `extensions.code` in one place. Internal errors are logged with their
@@ -132,6 +134,16 @@ impl AppError {
         Self::Internal(err.into())
     }
 
+    /// The same validation error, for the argument the caller named
+    /// `field` (other errors are kept as they are).
+    #[must_use]
+    pub fn in_field(self, field: &str) -> Self {
+        match self {
+            Self::Validation { message, .. } => Self::validation(field, message),
+            other => other,
+        }
+    }
+
     /// The message for a caller, internal errors aside.
     pub fn message(&self) -> String {
         match self {
@@ -209,7 +221,8 @@ impl From<AppError> for async_graphql::Error {
 }
 
 /// True when a database error is a unique-constraint violation, on SQLite
-/// and PostgreSQL alike.
+/// and PostgreSQL alike. New code maps constraints through
+/// `store::constraint::on_constraint` instead.
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
