@@ -100,7 +100,8 @@ pub enum AppError {
 /// Who holds the lock that refused a change, why, and until when.
 #[derive(Debug, Clone)]
 pub struct LockInfo {
-    pub lock_id: i64,
+    /// The lock's global id, as clients pass it to `unlockTagGroup`.
+    pub lock_id: String,
     pub group: String,
     pub holder: String,
     pub reason: String,
@@ -205,7 +206,7 @@ impl From<AppError> for async_graphql::Error {
         async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
             if let Some(lock) = &lock {
-                ext.set("lockId", crate::domain::LockId(lock.lock_id).to_string());
+                ext.set("lockId", lock.lock_id.as_str());
                 ext.set("holder", lock.holder.as_str());
                 ext.set("reason", lock.reason.as_str());
                 ext.set("until", lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

@@ -78,7 +78,7 @@ async fn lock_info(db: &impl ConnectionTrait, lock: &modification_lock::Model) -
     let holder = staff::Entity::find_by_id(lock.holder_staff_id).one(db).await?;
     let group = tag_group::Entity::find_by_id(lock.group_id).one(db).await?;
     Ok(LockInfo {
-        lock_id: lock.id,
+        lock_id: LockId(lock.id).to_string(),
         group: group.map(|g| g.name).unwrap_or_default(),
         holder: holder
             .map_or_else(|| lock.holder_staff_id.to_string(), |s| format!("{} ({})", s.display_name, s.login)),
@@ -266,11 +266,7 @@ pub async fn lock_group(
 /// # Errors
 /// `NOT_FOUND`, `FORBIDDEN`, `CONFLICT` when already released.
 #[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
-pub async fn unlock(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    id: LockId,
-) -> AppResult<modification_lock::Model> {
+pub async fn unlock(db: &DatabaseConnection, principal: &Principal, id: LockId) -> AppResult<modification_lock::Model> {
     let lock_id = id.0;
     let lock = modification_lock::Entity::find_by_id(lock_id)
         .one(db)
