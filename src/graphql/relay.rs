@@ -97,7 +97,9 @@ async fn load(ctx: &Context<'_>, raw: &ID, field: &str) -> AppResult<Node> {
         ChangeRequestId::TYPE_NAME => {
             Node::ChangeRequest(ChangeRequest(service::governance::requests::find(db, p, ChangeRequestId(id)).await?))
         }
-        LockId::TYPE_NAME => Node::ModificationLock(ModificationLock(service::governance::locks::find(db, p, LockId(id)).await?)),
+        LockId::TYPE_NAME => {
+            Node::ModificationLock(ModificationLock(service::governance::locks::find(db, p, LockId(id)).await?))
+        }
         AuditEntryId::TYPE_NAME => {
             Node::AuditLogEntry(AuditLogEntry(service::audit::find(db, p, AuditEntryId(id)).await?))
         }

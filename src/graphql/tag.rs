@@ -511,10 +511,7 @@ impl TagMutation {
             name: input.name,
             description: input.description.unwrap_or_default(),
             aliases: input.aliases,
-            canonical_tag_id: input
-                .canonical_tag_id
-                .map(|id| TagId::parse(&id, "canonicalTagId"))
-                .transpose()?,
+            canonical_tag_id: input.canonical_tag_id.map(|id| TagId::parse(&id, "canonicalTagId")).transpose()?,
             ttl_seconds: input.ttl_seconds,
         };
         let edit = LibraryEdit::CreateTag { group_id: group, tag: spec };

@@ -689,8 +689,7 @@ async fn run_locked(
     let txn = db.begin().await?;
     let mut locks = Vec::new();
     for group in &groups {
-        let lock =
-            locks::take(&txn, principal.staff_id(), group, Some(&bulk.customer_ids), &reason, until).await?;
+        let lock = locks::take(&txn, principal.staff_id(), group, Some(&bulk.customer_ids), &reason, until).await?;
         locks.push(lock);
     }
     txn.commit().await?;

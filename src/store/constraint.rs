@@ -72,12 +72,7 @@ const fn rule(
 
 /// Every unique constraint a write of a service can break.
 pub const CONSTRAINTS: &[ConstraintRule] = &[
-    rule(
-        Constraint::TagGroupName,
-        "uq_tag_group_org_name",
-        "tag_group.org_unit_id, tag_group.name",
-        Refusal::Conflict,
-    ),
+    rule(Constraint::TagGroupName, "uq_tag_group_org_name", "tag_group.org_unit_id, tag_group.name", Refusal::Conflict),
     rule(Constraint::EnterpriseTagName, "uq_tag_group_name", "tag.group_id, tag.name", Refusal::Conflict),
     rule(Constraint::PersonalTagName, "uq_tag_owner_name", "tag.owner_staff_id, tag.name", Refusal::Conflict),
     rule(

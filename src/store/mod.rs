@@ -50,4 +50,3 @@ where
         id: id_of(row),
     }))
 }
-

@@ -147,7 +147,10 @@ pub async fn approve(
 /// # Errors
 /// `CONFLICT` when the target moved since the request was made (approving
 /// would mark it `STALE`); the edit's own errors.
-pub async fn preview(db: &DatabaseConnection, request: &change_request::Model) -> AppResult<Vec<(String, Value, Value)>> {
+pub async fn preview(
+    db: &DatabaseConnection,
+    request: &change_request::Model,
+) -> AppResult<Vec<(String, Value, Value)>> {
     if request.status != ChangeRequestStatus::Pending {
         return Ok(Vec::new());
     }

@@ -11,8 +11,8 @@ use crate::authz::{Action, Principal};
 use crate::domain::{ChangeRequestId, OrgUnitId, PageArgs, StaffId};
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-pub use crate::store::change_request::{ChangeRequestKind, NewRequest, RequestTarget};
 use crate::store::change_request as rows;
+pub use crate::store::change_request::{ChangeRequestKind, NewRequest, RequestTarget};
 
 /// Files a pending request by the caller, with its audit row, in `txn`.
 ///

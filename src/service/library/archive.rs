@@ -13,6 +13,11 @@ use crate::error::AppResult;
 ///
 /// # Errors
 /// `VALIDATION` when the tag is not active; `CONFLICT` when it moved.
-pub(super) async fn archive(txn: &DatabaseTransaction, by: &Author, id: TagId, base: &Versions) -> AppResult<tag::Model> {
+pub(super) async fn archive(
+    txn: &DatabaseTransaction,
+    by: &Author,
+    id: TagId,
+    base: &Versions,
+) -> AppResult<tag::Model> {
     set_status(txn, by, id, (TagStatus::Active, TagStatus::Archived), base, "archive").await
 }

@@ -40,7 +40,6 @@ pub(super) async fn holding_several(txn: &impl ConnectionTrait, tag_ids: &[i64])
     Ok(rows.first().map(|(c, _)| *c))
 }
 
-
 /// A moved tag's holders must all be within the new group's library, and
 /// an exclusive target group must not end up with two tags on a customer
 /// (when merging into `merging_into`, holding it and the moved tag is fine:
@@ -121,4 +120,3 @@ pub(super) async fn check_canonical(
     }
     Ok(())
 }
-

@@ -43,9 +43,11 @@ pub(super) async fn merge(
     if b.status == TagStatus::Merged {
         return Err(AppError::validation("sourceTagId", format!("tag {:?} was already merged", b.name)));
     }
-    let group_a =
-        load_group(txn, a.group_id.map(TagGroupId).ok_or_else(|| AppError::validation("targetTagId", "not an enterprise tag"))?)
-            .await?;
+    let group_a = load_group(
+        txn,
+        a.group_id.map(TagGroupId).ok_or_else(|| AppError::validation("targetTagId", "not an enterprise tag"))?,
+    )
+    .await?;
     check_move(txn, &b, &group_a, Some(target)).await.map_err(|err| match err {
         AppError::Validation { message, .. } => AppError::validation("sourceTagId", message),
         other => other,
@@ -116,4 +118,3 @@ pub async fn merged_family(db: &impl ConnectionTrait, tag_id: i64) -> AppResult<
     }
     Ok(family)
 }
-

@@ -37,12 +37,12 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTr
 use serde_json::{Value, json};
 
 pub use self::merge::merged_family;
+use self::model::Author;
 pub use self::model::{
     EditContext, EditOutcome, GroupChanges, GroupState, LibraryEdit, NewGroupSpec, NewTagSpec, TagChanges, TagState,
     aliases_of,
 };
 pub use self::versions::{group_history, tag_history};
-use self::model::Author;
 use self::versions::{load_group, load_tag};
 use crate::authz::{Action, Principal};
 use crate::domain::{ChangeRequestId, ObjectKey, ObjectKind, Reason, StaffId, TagGroupId, TagId, Versions};

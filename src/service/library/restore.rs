@@ -12,6 +12,11 @@ use crate::error::AppResult;
 ///
 /// # Errors
 /// `VALIDATION` when the tag is not archived; `CONFLICT` when it moved.
-pub(super) async fn restore(txn: &DatabaseTransaction, by: &Author, id: TagId, base: &Versions) -> AppResult<tag::Model> {
+pub(super) async fn restore(
+    txn: &DatabaseTransaction,
+    by: &Author,
+    id: TagId,
+    base: &Versions,
+) -> AppResult<tag::Model> {
     set_status(txn, by, id, (TagStatus::Archived, TagStatus::Active), base, "restore").await
 }

@@ -52,9 +52,10 @@ pub(super) async fn stored_tag_state(
     if version == current.version {
         return Ok(TagState::from(current));
     }
-    let state = library_version::stored_state(db, ObjectKey::tag(TagId(current.id)), version).await?.ok_or_else(
-        || AppError::validation("version", format!("tag {} has no stored version {version}", current.id)),
-    )?;
+    let state =
+        library_version::stored_state(db, ObjectKey::tag(TagId(current.id)), version).await?.ok_or_else(|| {
+            AppError::validation("version", format!("tag {} has no stored version {version}", current.id))
+        })?;
     serde_json::from_value(state).map_err(AppError::internal)
 }
 
