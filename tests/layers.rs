@@ -523,22 +523,21 @@ fn the_checker_sees_a_cycle_and_an_upward_import() {
         ]
     );
     assert!(layer_of("src/store/event_log.rs") < layer_of("src/service/tagging.rs"));
-    let mut krate = Crate::default();
-    krate.modules = [
-        (vec!["service".to_owned()], "src/service/mod.rs".to_owned()),
-        (vec!["service".to_owned(), "library".to_owned()], "src/service/library/mod.rs".to_owned()),
-        (
-            vec!["service".to_owned(), "library".to_owned(), "merge".to_owned()],
-            "src/service/library/merge.rs".to_owned(),
-        ),
-    ]
-    .into();
-    krate.reexports.insert(
-        "src/service/library/mod.rs".to_owned(),
-        [("merged_family".to_owned(), vec!["self".to_owned(), "merge".to_owned(), "merged_family".to_owned()])].into(),
-    );
-    let from = module_of("src/service/library/merge.rs");
     let seg = |s: &str| s.split("::").map(str::to_owned).collect::<Vec<_>>();
+    let krate = Crate {
+        modules: [
+            (seg("service"), "src/service/mod.rs".to_owned()),
+            (seg("service::library"), "src/service/library/mod.rs".to_owned()),
+            (seg("service::library::merge"), "src/service/library/merge.rs".to_owned()),
+        ]
+        .into(),
+        reexports: [(
+            "src/service/library/mod.rs".to_owned(),
+            [("merged_family".to_owned(), seg("self::merge::merged_family"))].into(),
+        )]
+        .into(),
+    };
+    let from = module_of("src/service/library/merge.rs");
     assert_eq!(resolve(&krate, &from, &[], &seg("super::Author")), Some("src/service/library/mod.rs".into()));
     assert_eq!(
         resolve(&krate, &from, &["tests".to_owned()], &seg("super::merge")),

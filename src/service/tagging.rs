@@ -326,13 +326,11 @@ async fn apply_tags_in(
 
     delete_assignments(txn, &removals).await?;
     for chunk in additions.chunks(CHUNK) {
-        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await {
-            // Another transaction added the same assignment after we read.
-            Err(err) => {
-                return Err(on_constraint(err, |_| "these customers' tags changed meanwhile; retry".to_owned()));
-            }
-            Ok(_) => {}
-        }
+        // A clash: another transaction added the same assignment after we read.
+        customer_tag::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await
+            .map_err(|e| on_constraint(e, |_| "these customers' tags changed meanwhile; retry".to_owned()))?;
     }
     insert_events(txn, events).await?;
     if !alerts.is_empty() {
