@@ -1,4 +1,6 @@
-//! The one error type of tagbase and its stable codes (SPEC §10).
+//! The one error type of tagbase and its stable codes. Which broken
+//! database constraint becomes which of them is mapped in one place,
+//! `store::constraint`.
 //!
 //! Services return [`AppError`]; the API maps it to a GraphQL error with
 //! `extensions.code` in one place. Internal errors are logged with their
@@ -98,7 +100,8 @@ pub enum AppError {
 /// Who holds the lock that refused a change, why, and until when.
 #[derive(Debug, Clone)]
 pub struct LockInfo {
-    pub lock_id: i64,
+    /// The lock's global id, as clients pass it to `unlockTagGroup`.
+    pub lock_id: String,
     pub group: String,
     pub holder: String,
     pub reason: String,
@@ -130,6 +133,16 @@ impl AppError {
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(err.into())
+    }
+
+    /// The same validation error, for the argument the caller named
+    /// `field` (other errors are kept as they are).
+    #[must_use]
+    pub fn in_field(self, field: &str) -> Self {
+        match self {
+            Self::Validation { message, .. } => Self::validation(field, message),
+            other => other,
+        }
     }
 
     /// The message for a caller, internal errors aside.
@@ -193,7 +206,7 @@ impl From<AppError> for async_graphql::Error {
         async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
             if let Some(lock) = &lock {
-                ext.set("lockId", crate::domain::LockId(lock.lock_id).to_string());
+                ext.set("lockId", lock.lock_id.as_str());
                 ext.set("holder", lock.holder.as_str());
                 ext.set("reason", lock.reason.as_str());
                 ext.set("until", lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -209,7 +222,8 @@ impl From<AppError> for async_graphql::Error {
 }
 
 /// True when a database error is a unique-constraint violation, on SQLite
-/// and PostgreSQL alike.
+/// and PostgreSQL alike. New code maps constraints through
+/// `store::constraint::on_constraint` instead.
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }

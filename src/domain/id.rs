@@ -75,6 +75,19 @@ macro_rules! typed_id {
             }
         }
 
+        /// Stored (in change-request payloads) as the bare row id.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_i64(self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <i64 as serde::Deserialize>::deserialize(d).map(Self)
+            }
+        }
+
         /// The global id, as clients see it (so `ID::from` and error
         /// messages show what a client sends).
         impl fmt::Display for $name {

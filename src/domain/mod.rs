@@ -3,8 +3,10 @@
 
 mod id;
 mod name;
+mod object_key;
 mod page;
 mod phone;
+mod reason;
 pub mod tag;
 
 pub use id::{
@@ -15,5 +17,7 @@ pub use name::{
     Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,
     RoleName, StaffName, TagName, VisibilityClass,
 };
+pub use object_key::{ObjectKey, ObjectKind, Versions};
 pub use page::{Cursor, Direction, Page, PageArgs, PageSize};
 pub use phone::Phone;
+pub use reason::Reason;

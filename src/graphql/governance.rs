@@ -14,12 +14,13 @@ use super::loaders::{GroupById, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::tag::{Tag, TagGroup, TagGroupPayload, TagPayload, caught_up};
 use super::{DateTime, PageInfo, env, page_args};
-use crate::domain::{ChangeRequestId, CustomerId, LockId, OrgUnitId, StaffId, TagGroupId, TagId, parse_ids};
-use crate::service::change_request::{self as requests, RequestFilter};
-use crate::service::library_edit::{
-    self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry,
+use crate::domain::{
+    ChangeRequestId, CustomerId, LockId, ObjectKey, OrgUnitId, Reason, StaffId, TagGroupId, TagId, parse_ids,
 };
-use crate::service::locks::{self, DEFAULT_LOCK_SECONDS, LockRequest};
+use crate::service::governance::approval;
+use crate::service::governance::locks::{self, DEFAULT_LOCK_SECONDS, LockRequest};
+use crate::service::governance::requests::{self, RequestFilter};
+use crate::service::library::{self, EditContext, EditOutcome, GroupChanges, LibraryEdit, TagChanges, VersionEntry};
 use crate::service::tag_library;
 use crate::state::AppState;
 
@@ -55,7 +56,7 @@ impl ChangeRequest {
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn diff(&self, ctx: &Context<'_>) -> Result<Vec<FieldChange>> {
         let env = env(ctx);
-        Ok(field_changes(library_edit::preview(env.db, &self.0).await?))
+        Ok(field_changes(approval::preview(env.db, &self.0).await?))
     }
 
     /// The versions of the touched objects the request was made against;
@@ -281,7 +282,7 @@ impl GovernanceQuery {
         #[graphql(desc = "The request's id.")] id: ID,
     ) -> Result<ChangeRequest> {
         let env = env(ctx);
-        let id = ChangeRequestId::parse(&id, "id")?.0;
+        let id = ChangeRequestId::parse(&id, "id")?;
         Ok(ChangeRequest(requests::find(env.db, env.principal, id).await?))
     }
 
@@ -294,7 +295,7 @@ impl GovernanceQuery {
     ) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagId::parse(&tag_id, "tagId")?;
-        Ok(library_edit::tag_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
+        Ok(library::tag_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
     }
 
     /// Every version of a tag group, newest first, with what each changed.
@@ -306,7 +307,7 @@ impl GovernanceQuery {
     ) -> Result<Vec<LibraryVersion>> {
         let env = env(ctx);
         let id = TagGroupId::parse(&group_id, "groupId")?;
-        Ok(library_edit::group_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
+        Ok(library::group_history(env.db, env.principal, id).await?.into_iter().map(LibraryVersion).collect())
     }
 
     /// The modification locks in force on a tag group.
@@ -454,8 +455,12 @@ pub struct ModificationLockPayload {
     lock: ModificationLock,
 }
 
-fn expected(key: String, version: i32) -> Result<EditContext> {
-    Ok(EditContext { expected: [(key, parse_version(version, "expectedVersion")?)].into(), reason: None })
+/// What the caller read of one object, and why it edits.
+fn expected(key: ObjectKey, version: i32, reason: Option<&str>) -> Result<EditContext> {
+    Ok(EditContext {
+        expected: [(key, parse_version(version, "expectedVersion")?)].into(),
+        reason: Reason::parse(reason, "reason")?,
+    })
 }
 
 pub(super) fn tag_payload(outcome: EditOutcome) -> TagPayload {
@@ -466,15 +471,11 @@ pub(super) fn tag_payload(outcome: EditOutcome) -> TagPayload {
 /// it applied.
 pub(super) async fn submit(ctx: &Context<'_>, edit: LibraryEdit, edit_ctx: EditContext) -> Result<EditOutcome> {
     let env = env(ctx);
-    let outcome = library_edit::submit(env.db, env.principal, edit, edit_ctx).await?;
+    let outcome = library::submit(env.db, env.principal, edit, edit_ctx).await?;
     if outcome.applied {
         caught_up(ctx).await;
     }
     Ok(outcome)
-}
-
-fn tag_key(id: TagId) -> String {
-    format!("tag:{}", id.0)
 }
 
 #[derive(Default)]
@@ -498,9 +499,8 @@ impl GovernanceMutation {
             exclusive: input.exclusive,
             naming_pattern: patch(input.naming_pattern),
         };
-        let mut edit_ctx = expected(format!("tag_group:{}", id.0), input.expected_version)?;
-        edit_ctx.reason = input.reason;
-        let outcome = submit(ctx, LibraryEdit::UpdateTagGroup { group_id: id.0, changes }, edit_ctx).await?;
+        let edit_ctx = expected(ObjectKey::tag_group(id), input.expected_version, input.reason.as_deref())?;
+        let outcome = submit(ctx, LibraryEdit::UpdateTagGroup { group_id: id, changes }, edit_ctx).await?;
         Ok(TagGroupPayload::new(
             outcome.applied,
             outcome.group.map(TagGroup),
@@ -521,15 +521,14 @@ impl GovernanceMutation {
             description: input.description,
             aliases: input.aliases,
             canonical_tag_id: patch(input.canonical_tag_id)
-                .map(|t| t.map(|t| TagId::parse(&t, "canonicalTagId").map(|t| t.0)).transpose())
+                .map(|t| t.map(|t| TagId::parse(&t, "canonicalTagId")).transpose())
                 .transpose()?,
             ttl_seconds: patch(input.ttl_seconds),
-            group_id: input.group_id.map(|g| TagGroupId::parse(&g, "groupId")).transpose()?.map(|g| g.0),
+            group_id: input.group_id.map(|g| TagGroupId::parse(&g, "groupId")).transpose()?,
             status: None,
         };
-        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
-        edit_ctx.reason = input.reason;
-        Ok(tag_payload(submit(ctx, LibraryEdit::UpdateTag { tag_id: id.0, changes }, edit_ctx).await?))
+        let edit_ctx = expected(ObjectKey::tag(id), input.expected_version, input.reason.as_deref())?;
+        Ok(tag_payload(submit(ctx, LibraryEdit::UpdateTag { tag_id: id, changes }, edit_ctx).await?))
     }
 
     /// Archives a tag: it leaves every list and cannot be assigned; its
@@ -540,9 +539,8 @@ impl GovernanceMutation {
         #[graphql(desc = "The tag and the version read.")] input: TagStatusInput,
     ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
-        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
-        edit_ctx.reason = input.reason;
-        Ok(tag_payload(submit(ctx, LibraryEdit::ArchiveTag { tag_id: id.0 }, edit_ctx).await?))
+        let edit_ctx = expected(ObjectKey::tag(id), input.expected_version, input.reason.as_deref())?;
+        Ok(tag_payload(submit(ctx, LibraryEdit::ArchiveTag { tag_id: id }, edit_ctx).await?))
     }
 
     /// Restores an archived tag.
@@ -552,9 +550,8 @@ impl GovernanceMutation {
         #[graphql(desc = "The tag and the version read.")] input: TagStatusInput,
     ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
-        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
-        edit_ctx.reason = input.reason;
-        Ok(tag_payload(submit(ctx, LibraryEdit::RestoreTag { tag_id: id.0 }, edit_ctx).await?))
+        let edit_ctx = expected(ObjectKey::tag(id), input.expected_version, input.reason.as_deref())?;
+        Ok(tag_payload(submit(ctx, LibraryEdit::RestoreTag { tag_id: id }, edit_ctx).await?))
     }
 
     /// Merges tag B into tag A: B's assignments move to A (a customer with
@@ -568,13 +565,13 @@ impl GovernanceMutation {
         let b = TagId::parse(&input.source_tag_id, "sourceTagId")?;
         let edit_ctx = EditContext {
             expected: [
-                (tag_key(a), parse_version(input.target_expected_version, "targetExpectedVersion")?),
-                (tag_key(b), parse_version(input.source_expected_version, "sourceExpectedVersion")?),
+                (ObjectKey::tag(a), parse_version(input.target_expected_version, "targetExpectedVersion")?),
+                (ObjectKey::tag(b), parse_version(input.source_expected_version, "sourceExpectedVersion")?),
             ]
             .into(),
-            reason: input.reason,
+            reason: Reason::parse(input.reason.as_deref(), "reason")?,
         };
-        Ok(tag_payload(submit(ctx, LibraryEdit::MergeTags { target_id: a.0, source_id: b.0 }, edit_ctx).await?))
+        Ok(tag_payload(submit(ctx, LibraryEdit::MergeTags { target_id: a, source_id: b }, edit_ctx).await?))
     }
 
     /// Restores an earlier version of a tag (itself an edit: it may need
@@ -586,9 +583,8 @@ impl GovernanceMutation {
     ) -> Result<TagPayload> {
         let id = TagId::parse(&input.id, "id")?;
         let version = parse_version(input.version, "version")?;
-        let mut edit_ctx = expected(tag_key(id), input.expected_version)?;
-        edit_ctx.reason = input.reason;
-        Ok(tag_payload(submit(ctx, LibraryEdit::RollbackTag { tag_id: id.0, version }, edit_ctx).await?))
+        let edit_ctx = expected(ObjectKey::tag(id), input.expected_version, input.reason.as_deref())?;
+        Ok(tag_payload(submit(ctx, LibraryEdit::RollbackTag { tag_id: id, version }, edit_ctx).await?))
     }
 
     /// Approves a pending request and applies its change atomically.
@@ -600,9 +596,9 @@ impl GovernanceMutation {
     ) -> Result<ApprovalPayload> {
         let env = env(ctx);
         let state = ctx.data_unchecked::<AppState>();
-        let id = ChangeRequestId::parse(&id, "id")?.0;
+        let id = ChangeRequestId::parse(&id, "id")?;
         let approval =
-            requests::approve(env.db, &state.authz, env.principal, env.limits, id, comment.as_deref()).await?;
+            approval::approve(env.db, &state.authz, env.principal, env.limits, id, comment.as_deref()).await?;
         caught_up(ctx).await;
         Ok(ApprovalPayload {
             change_request: ChangeRequest(approval.request),
@@ -619,8 +615,8 @@ impl GovernanceMutation {
         #[graphql(desc = "Why it is rejected (shown to the requester).")] reason: String,
     ) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
-        let id = ChangeRequestId::parse(&id, "id")?.0;
-        let request = requests::reject(env.db, env.principal, id, Some(&reason)).await?;
+        let id = ChangeRequestId::parse(&id, "id")?;
+        let request = approval::reject(env.db, env.principal, id, Some(&reason)).await?;
         Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
     }
 
@@ -631,8 +627,8 @@ impl GovernanceMutation {
         #[graphql(desc = "The request's id.")] id: ID,
     ) -> Result<ChangeRequestPayload> {
         let env = env(ctx);
-        let id = ChangeRequestId::parse(&id, "id")?.0;
-        let request = requests::cancel(env.db, env.principal, id).await?;
+        let id = ChangeRequestId::parse(&id, "id")?;
+        let request = approval::cancel(env.db, env.principal, id).await?;
         Ok(ChangeRequestPayload { change_request: ChangeRequest(request) })
     }
 
@@ -660,7 +656,7 @@ impl GovernanceMutation {
         #[graphql(desc = "The lock's id.")] lock_id: ID,
     ) -> Result<ModificationLockPayload> {
         let env = env(ctx);
-        let id = LockId::parse(&lock_id, "lockId")?.0;
+        let id = LockId::parse(&lock_id, "lockId")?;
         Ok(ModificationLockPayload { lock: ModificationLock(locks::unlock(env.db, env.principal, id).await?) })
     }
 }

@@ -95,9 +95,11 @@ async fn load(ctx: &Context<'_>, raw: &ID, field: &str) -> AppResult<Node> {
         StaffId::TYPE_NAME => Node::Staff(Staff(service::admin::find_staff(db, p, StaffId(id)).await?)),
         SegmentId::TYPE_NAME => Node::Segment(Segment::new(service::segment::find(db, p, id).await?)),
         ChangeRequestId::TYPE_NAME => {
-            Node::ChangeRequest(ChangeRequest(service::change_request::find(db, p, ChangeRequestId(id).0).await?))
+            Node::ChangeRequest(ChangeRequest(service::governance::requests::find(db, p, ChangeRequestId(id)).await?))
         }
-        LockId::TYPE_NAME => Node::ModificationLock(ModificationLock(service::locks::find(db, p, LockId(id)).await?)),
+        LockId::TYPE_NAME => {
+            Node::ModificationLock(ModificationLock(service::governance::locks::find(db, p, LockId(id)).await?))
+        }
         AuditEntryId::TYPE_NAME => {
             Node::AuditLogEntry(AuditLogEntry(service::audit::find(db, p, AuditEntryId(id)).await?))
         }

@@ -13,9 +13,9 @@ use super::governance::{submit, tag_payload};
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::{DateTime, env};
-use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, TagGroupId, TagId, TagName, parse_ids};
+use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, Reason, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
-use crate::service::library_edit::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
+use crate::service::library::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;
@@ -57,7 +57,7 @@ impl Tag {
     }
     /// Synonyms (近义词).
     async fn aliases(&self) -> Vec<String> {
-        library_edit::aliases_of(&self.0)
+        library::aliases_of(&self.0)
     }
     /// Assignments of this tag expire this many seconds after tagging.
     async fn ttl_seconds(&self) -> Option<i64> {
@@ -488,8 +488,9 @@ impl TagMutation {
             exclusive: input.exclusive,
             naming_pattern: input.naming_pattern,
         };
-        let edit = LibraryEdit::CreateTagGroup { org_unit_id: org_unit.0, group: spec };
-        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason: input.reason }).await?;
+        let edit = LibraryEdit::CreateTagGroup { org_unit_id: org_unit, group: spec };
+        let reason = Reason::parse(input.reason.as_deref(), "reason")?;
+        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason }).await?;
         Ok(TagGroupPayload::new(
             outcome.applied,
             outcome.group.map(TagGroup),
@@ -510,15 +511,12 @@ impl TagMutation {
             name: input.name,
             description: input.description.unwrap_or_default(),
             aliases: input.aliases,
-            canonical_tag_id: input
-                .canonical_tag_id
-                .map(|id| TagId::parse(&id, "canonicalTagId"))
-                .transpose()?
-                .map(|t| t.0),
+            canonical_tag_id: input.canonical_tag_id.map(|id| TagId::parse(&id, "canonicalTagId")).transpose()?,
             ttl_seconds: input.ttl_seconds,
         };
-        let edit = LibraryEdit::CreateTag { group_id: group.0, tag: spec };
-        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason: input.reason }).await?;
+        let edit = LibraryEdit::CreateTag { group_id: group, tag: spec };
+        let reason = Reason::parse(input.reason.as_deref(), "reason")?;
+        let outcome = submit(ctx, edit, EditContext { expected: Default::default(), reason }).await?;
         Ok(tag_payload(outcome))
     }
 

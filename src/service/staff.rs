@@ -32,7 +32,8 @@ use super::{NewestFirst, like_escape, newest_first};
 use crate::auth::{IDENTITY_OIDC, IDENTITY_WECOM, RevokeReason, session};
 use crate::authz::{self, Action, Authz, Permission, Principal};
 use crate::domain::{Email, IdentityValue, Login, OrgUnitId, PageArgs, Phone, StaffId, StaffName};
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult};
+use crate::store::constraint::on_constraint;
 
 const ORDERING: &str = "staff";
 
@@ -187,13 +188,11 @@ async fn set_identity(
         })
         .exec(txn)
         .await;
-        match inserted {
-            Ok(_) => {}
-            Err(err) if is_unique_violation(&err) => {
-                let field = if kind == IDENTITY_OIDC { "oidcSubject" } else { "wecomUserId" };
-                return Err(AppError::validation(field, "already belongs to another staff member"));
-            }
-            Err(err) => return Err(err.into()),
+        if let Err(err) = inserted {
+            let field = if kind == IDENTITY_OIDC { "oidcSubject" } else { "wecomUserId" };
+            let err = on_constraint(err, |_| "already belongs to another staff member".to_owned());
+            // The map names the field `identity`; the caller gave it as one of two.
+            return Err(err.in_field(field));
         }
     }
     Ok(())
@@ -223,13 +222,7 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, new: NewStaf
     }
     .insert(&txn)
     .await;
-    let member = match inserted {
-        Ok(member) => member,
-        Err(err) if is_unique_violation(&err) => {
-            return Err(AppError::Conflict(format!("the login {} is taken", new.login.as_str())));
-        }
-        Err(err) => return Err(err.into()),
-    };
+    let member = inserted.map_err(|e| on_constraint(e, |_| format!("the login {} is taken", new.login.as_str())))?;
     set_identity(&txn, member.id, IDENTITY_OIDC, new.oidc_subject.as_ref()).await?;
     set_identity(&txn, member.id, IDENTITY_WECOM, new.wecom_userid.as_ref()).await?;
     audit::record(

@@ -20,7 +20,8 @@ pub use crate::authz::visibility::{VisibleTag, find_group, group_visible, groups
 use crate::authz::{Action, Principal};
 pub use crate::domain::tag::{in_force, is_retired};
 use crate::domain::{Description, OrgUnitId, TagId, TagName};
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult};
+use crate::store::constraint::on_constraint;
 
 /// Longest assignment TTL a tag may carry (ten years).
 const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
@@ -155,7 +156,7 @@ pub async fn create_personal_tag(
     }
     let now = Utc::now();
     let txn = db.begin().await?;
-    let inserted = tag::Entity::insert(tag::ActiveModel {
+    let tag = tag::Entity::insert(tag::ActiveModel {
         id: NotSet,
         group_id: Set(None),
         owner_staff_id: Set(Some(principal.staff.id)),
@@ -171,13 +172,8 @@ pub async fn create_personal_tag(
         updated_at: Set(now),
     })
     .exec_with_returning(&txn)
-    .await;
-    let tag = match inserted {
-        Err(err) if is_unique_violation(&err) => {
-            return Err(AppError::Conflict("you already have a personal tag with that name".to_owned()));
-        }
-        other => other?,
-    };
+    .await
+    .map_err(|e| on_constraint(e, |_| "you already have a personal tag with that name".to_owned()))?;
     // Filed under its owner's unit; the audit log shows its name to its
     // owner only (and to readers of all personal tags).
     let entry = AuditEntry::ok(principal.staff_id(), "tag.create", "tag", tag.id)

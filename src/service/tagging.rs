@@ -28,8 +28,13 @@ use super::tag_library::{self, VisibleTag};
 use crate::authz::visibility::on_customer_visible;
 use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
-use crate::domain::{CustomerId, EventSeq, TagId};
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::domain::{CustomerId, EventSeq, Reason, TagId};
+use crate::error::{AppError, AppResult};
+use crate::service::governance::{
+    locks,
+    requests::{self, ChangeRequestKind, NewRequest, RequestTarget},
+};
+use crate::store::constraint::on_constraint;
 use crate::store::event_log::{EventBy, event_log_head, insert_events, serialize_event_log};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
@@ -322,15 +327,11 @@ async fn apply_tags_in(
 
     delete_assignments(txn, &removals).await?;
     for chunk in additions.chunks(CHUNK) {
-        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await {
-            // Another transaction added the same assignment after we read.
-            Err(err) if is_unique_violation(&err) => {
-                return Err(AppError::Conflict("these customers' tags changed meanwhile; retry".to_owned()));
-            }
-            other => {
-                other?;
-            }
-        }
+        // A clash: another transaction added the same assignment after we read.
+        customer_tag::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await
+            .map_err(|e| on_constraint(e, |_| "these customers' tags changed meanwhile; retry".to_owned()))?;
     }
     insert_events(txn, events).await?;
     if !alerts.is_empty() {
@@ -457,7 +458,7 @@ async fn check_locks(
     groups.sort_unstable();
     groups.dedup();
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    super::locks::check_unlocked(txn, principal.staff.id, &groups, &ids).await
+    locks::check_unlocked(txn, principal.staff.id, &groups, &ids).await
 }
 
 /// Adding or removing, for bulk tagging and its change requests.
@@ -482,10 +483,10 @@ pub struct BulkTagging {
 }
 
 impl BulkTagging {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> ChangeRequestKind {
         match self.op {
-            BulkOp::Add => "customer.tag",
-            BulkOp::Remove => "customer.untag",
+            BulkOp::Add => ChangeRequestKind::CustomerTag,
+            BulkOp::Remove => ChangeRequestKind::CustomerUntag,
         }
     }
 
@@ -579,16 +580,15 @@ pub async fn tag_or_request(
         .common_ancestor(dry.customers.iter().map(|c| c.org_unit_id))
         .ok_or_else(|| AppError::validation("customerIds", "no customers"))?;
     let txn = db.begin().await?;
-    let new = super::change_request::NewRequest {
+    let new = NewRequest {
         kind: bulk.kind(),
-        target_kind: "CUSTOMER",
-        target_id: None,
+        target: RequestTarget::Customers,
         base_versions: json!({}),
         payload: serde_json::to_value(&bulk).map_err(AppError::internal)?,
         scope,
-        reason: bulk.source_ref.clone().unwrap_or_default(),
+        reason: Reason::parse(bulk.source_ref.as_deref(), "sourceRef")?,
     };
-    let request = super::change_request::file(&txn, principal, new).await?;
+    let request = requests::file(&txn, principal, new).await?;
     txn.commit().await?;
     Ok(TaggingResult { applied: false, outcome: dry, change_request: Some(request) })
 }
@@ -688,8 +688,7 @@ async fn run_locked(
     let txn = db.begin().await?;
     let mut locks = Vec::new();
     for group in &groups {
-        let lock =
-            super::locks::take(&txn, principal.staff_id(), group, Some(&bulk.customer_ids), &reason, until).await?;
+        let lock = locks::take(&txn, principal.staff_id(), group, Some(&bulk.customer_ids), &reason, until).await?;
         locks.push(lock);
     }
     txn.commit().await?;
@@ -709,7 +708,7 @@ async fn run_locked(
     let result = run.await;
     let txn = db.begin().await?;
     for (lock, group) in locks.iter().zip(&groups) {
-        super::locks::give_back(&txn, principal.staff_id(), lock, group, Some(result.is_ok())).await?;
+        locks::give_back(&txn, principal.staff_id(), lock, group, Some(result.is_ok())).await?;
     }
     txn.commit().await?;
     result

@@ -1,9 +1,52 @@
 //! What the indexes and audits follow: the logs that record changes in
-//! commit order. Services write through here; segment indexes read from
-//! here.
+//! commit order (tag events, customer changes, library versions), the
+//! change-request rows, and the map from broken constraints to errors.
+//! Services write through here; segment indexes read from here. Nothing
+//! here decides who may do what: that is `service`'s business.
 
+pub mod change_request;
+pub mod constraint;
 pub mod customer_log;
 pub mod event_log;
+pub mod library_version;
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 pub(crate) const CHUNK: usize = 500;
+
+/// A page of rows newest first (by id), each with its cursor.
+pub type NewestFirst<M> = crate::domain::Page<M>;
+
+/// Pages `query` newest first by its id column: `first` rows after the
+/// `after` cursor, or `last` rows before the `before` cursor (walked
+/// oldest first, then put back newest first). Cursors are made for
+/// `ordering`.
+///
+/// # Errors
+/// `VALIDATION` for a cursor of another ordering or a bad one; database
+/// errors.
+pub(crate) async fn newest_first<E, C>(
+    db: &C,
+    query: sea_orm::Select<E>,
+    id: E::Column,
+    id_of: impl Fn(&E::Model) -> i64,
+    ordering: &str,
+    page: &crate::domain::PageArgs,
+) -> crate::error::AppResult<NewestFirst<E::Model>>
+where
+    E: sea_orm::EntityTrait,
+    C: sea_orm::ConnectionTrait,
+{
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+
+    let mut query = query;
+    if let Some(cursor) = page.decode_cursor(ordering)? {
+        query = query.filter(if page.backward() { id.gt(cursor.id) } else { id.lt(cursor.id) });
+    }
+    let query = if page.backward() { query.order_by_asc(id) } else { query.order_by_desc(id) };
+    let rows = query.limit(page.fetch()).all(db).await?;
+    Ok(crate::domain::Page::from_walk(rows, page, |row| crate::domain::Cursor {
+        ordering: ordering.to_owned(),
+        key: String::new(),
+        id: id_of(row),
+    }))
+}

@@ -7,6 +7,7 @@ mod helpers;
 mod archived_tags;
 mod audit;
 mod cli;
+mod constraints;
 mod customers;
 mod governance;
 mod http;

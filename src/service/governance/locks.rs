@@ -1,4 +1,4 @@
-//! Modification locks (修改锁, SPEC §5): while a lock on a tag group holds,
+//! Modification locks (修改锁): while a lock on a tag group holds,
 //! only its holder changes the covered customers' tags of that group;
 //! everybody else is refused with `LOCKED` (who, why, until when) instead
 //! of being overwritten. Bulk tagging takes locks on its own; people with
@@ -15,19 +15,17 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use super::audit::{self, AuditEntry};
-use super::tag_library::find_group;
 use crate::authz::{Action, Principal};
-use crate::domain::{CustomerId, LockId, StaffId, TagGroupId};
+use crate::domain::{CustomerId, LockId, Reason, StaffId, TagGroupId};
 use crate::error::{AppError, AppResult, LockInfo};
+use crate::service::audit::{self, AuditEntry};
+use crate::service::tag_library::find_group;
+use crate::store::CHUNK;
 
 /// Longest a lock may be taken for.
 pub const MAX_LOCK_SECONDS: i64 = 24 * 3600;
 /// How long a lock holds when no duration is given.
 pub const DEFAULT_LOCK_SECONDS: i64 = 30 * 60;
-
-/// Rows per statement.
-const CHUNK: usize = 500;
 
 /// The locks in force now on these groups held by somebody other than
 /// `staff_id` that cover any of `customers`; the first one found.
@@ -80,7 +78,7 @@ async fn lock_info(db: &impl ConnectionTrait, lock: &modification_lock::Model) -
     let holder = staff::Entity::find_by_id(lock.holder_staff_id).one(db).await?;
     let group = tag_group::Entity::find_by_id(lock.group_id).one(db).await?;
     Ok(LockInfo {
-        lock_id: lock.id,
+        lock_id: LockId(lock.id).to_string(),
         group: group.map(|g| g.name).unwrap_or_default(),
         holder: holder
             .map_or_else(|| lock.holder_staff_id.to_string(), |s| format!("{} ({})", s.display_name, s.login)),
@@ -99,21 +97,16 @@ pub struct LockRequest {
     pub seconds: i64,
 }
 
-fn check_request(req: &LockRequest) -> AppResult<()> {
-    let reason = req.reason.trim();
-    if reason.is_empty() {
-        return Err(AppError::validation("reason", "is required: others see it when they are refused"));
-    }
-    if reason.chars().count() > 500 {
-        return Err(AppError::validation("reason", "must be at most 500 characters"));
-    }
+fn check_request(req: &LockRequest) -> AppResult<Reason> {
+    let reason =
+        Reason::parse_required(Some(&req.reason), "reason", "is required: others see it when they are refused")?;
     if !(1..=MAX_LOCK_SECONDS).contains(&req.seconds) {
         return Err(AppError::validation("durationSeconds", format!("must be between 1 and {MAX_LOCK_SECONDS}")));
     }
     if req.customers.as_ref().is_some_and(Vec::is_empty) {
         return Err(AppError::validation("customerIds", "name at least one customer, or leave it out for all"));
     }
-    Ok(())
+    Ok(reason)
 }
 
 /// Inserts a lock (no permission check: the callers check). Refused with
@@ -253,16 +246,16 @@ pub async fn lock_group(
     principal: &Principal,
     req: LockRequest,
 ) -> AppResult<modification_lock::Model> {
-    check_request(&req)?;
+    let reason = check_request(&req)?;
     let group = find_group(db, principal, req.group).await?;
     principal.require(Action::TagGroupLock, group.org_unit_id)?;
     let customers: Option<Vec<i64>> = req.customers.as_ref().map(|c| c.iter().map(|c| c.0).collect());
     if let Some(ids) = &customers {
-        super::customer::require_visible_ids(db, principal, ids).await?;
+        crate::service::customer::require_visible_ids(db, principal, ids).await?;
     }
     let until = Utc::now() + Duration::seconds(req.seconds);
     let txn = db.begin().await?;
-    let lock = take(&txn, principal.staff_id(), &group, customers.as_deref(), &req.reason, until).await?;
+    let lock = take(&txn, principal.staff_id(), &group, customers.as_deref(), reason.as_str(), until).await?;
     txn.commit().await?;
     Ok(lock)
 }
@@ -273,11 +266,8 @@ pub async fn lock_group(
 /// # Errors
 /// `NOT_FOUND`, `FORBIDDEN`, `CONFLICT` when already released.
 #[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
-pub async fn unlock(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    lock_id: i64,
-) -> AppResult<modification_lock::Model> {
+pub async fn unlock(db: &DatabaseConnection, principal: &Principal, id: LockId) -> AppResult<modification_lock::Model> {
+    let lock_id = id.0;
     let lock = modification_lock::Entity::find_by_id(lock_id)
         .one(db)
         .await?
