@@ -160,39 +160,26 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some(database) = self.drop_pg.take() {
-            // Off the test's path: the test is done with it.
-            let _ = PG_DROPS.send(database);
+        // Dropped here rather than queued for later: PostgreSQL checkpoints
+        // for each DROP DATABASE, and a queue would not keep up with the
+        // tests; what it left at exit would fall to the next run.
+        if let Some((server, name)) = self.drop_pg.take() {
+            // Drop runs inside the test's runtime: use a runtime of our own
+            // on another thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    if let Ok(admin) = Database::connect(server.as_str()).await {
+                        let _ =
+                            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                        let _ = admin.close().await;
+                    }
+                });
+            })
+            .join();
         }
     }
 }
-
-/// PostgreSQL test databases to drop, as (server URL, name): a thread of
-/// its own drops them one by one while the tests go on. Those still queued
-/// when the process exits are dropped by the next run, whose first test
-/// finds their run's lock free.
-static PG_DROPS: LazyLock<std::sync::mpsc::Sender<(String, String)>> = LazyLock::new(|| {
-    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
-    std::thread::Builder::new()
-        .name("test-db-drops".to_owned())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let mut admin: Option<(String, DatabaseConnection)> = None;
-            while let Ok((server, name)) = rx.recv() {
-                rt.block_on(async {
-                    if admin.as_ref().is_none_or(|(url, _)| *url != server) {
-                        admin = Database::connect(server.as_str()).await.ok().map(|db| (server.clone(), db));
-                    }
-                    if let Some((_, db)) = &admin {
-                        let _ =
-                            db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-                    }
-                });
-            }
-        })
-        .expect("spawn the database dropper");
-    tx
-});
 
 /// The PostgreSQL server tests create their databases on.
 fn pg_server() -> String {
