@@ -3,7 +3,7 @@
 //! stale requests; merges and rollbacks; modification locks (the 4S-store
 //! case) and bulk tagging by request.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use entity::{customer_tag, modification_lock, tag_event};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
@@ -857,11 +857,13 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
         // Wait until the run has taken its lock (held, or already released:
         // lock rows stay, so this wait always ends), then try as the
         // salesperson until it lands.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let taken = modification_lock::Entity::find().count(&db).await.unwrap();
             if taken > 0 {
                 break;
             }
+            assert!(Instant::now() < deadline, "the bulk run never took its lock");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         loop {
@@ -870,6 +872,7 @@ async fn a_bulk_run_holds_its_lock_while_a_salesperson_retries(app: TestApp) {
                 return;
             }
             assert_eq!(res.code(), "LOCKED");
+            assert!(Instant::now() < deadline, "the salesperson's retries were still LOCKED after a minute");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };

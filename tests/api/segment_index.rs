@@ -571,7 +571,10 @@ async fn walk(
     let limits = &state.settings.limits;
     let mut cursor: Option<String> = None;
     let mut out: Vec<(String, i64)> = Vec::new();
+    let mut pages = 0;
     loop {
+        pages += 1;
+        assert!(pages <= 10_000, "member pages never end");
         let args = if backward {
             tagbase::domain::PageArgs::parse(None, None, Some(4), cursor.clone(), limits)
         } else {
