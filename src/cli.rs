@@ -11,12 +11,16 @@ use anyhow::Context as _;
 use chrono::FixedOffset;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use entity::staff;
+use opentelemetry_sdk::trace::SdkTracer;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::auth::JwtKeys;
 use crate::authz::Authz;
 use crate::config::{Limits, OidcSettings, Rate, Settings, WeComSettings};
+use crate::observability::otel::Telemetry;
 use crate::service::tag_library;
 use crate::startup::Application;
 use crate::{db, graphql, seed};
@@ -231,7 +235,6 @@ enum PolicyCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -239,7 +242,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The exporter's batch task runs on the runtime.
+    let telemetry = match runtime.block_on(async { Telemetry::from_env() }) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&cli.log, cli.log_format, telemetry.as_ref().map(Telemetry::tracer));
+    let outcome = runtime.block_on(run(cli));
+    if let Some(telemetry) = telemetry {
+        runtime.block_on(telemetry.shutdown());
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -264,13 +280,23 @@ fn parse_offset(raw: &str) -> Result<FixedOffset, String> {
     raw.parse::<FixedOffset>().map_err(|_| format!("{raw:?} is not a UTC offset such as +08:00"))
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
+/// Logs to stderr, and spans to OpenTelemetry when `tracer` is given; the
+/// log filter applies to both.
+fn init_tracing(filter: &str, format: LogFormat, tracer: Option<SdkTracer>) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(logs).with(span_export(&tracer)).init(),
+        LogFormat::Json => registry.with(logs.json()).with(span_export(&tracer)).init(),
     }
+}
+
+fn span_export<S>(tracer: &Option<SdkTracer>) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, SdkTracer>>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracer.clone().map(|t| tracing_opentelemetry::layer().with_tracer(t))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -7,13 +7,12 @@ use entity::{customer as customer_entity, enums::Gender};
 use super::loaders::{GroupById, IdentitiesOfCustomer, TagById, TagsOfCustomer};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::segment::{SegmentInput, resolve_segment};
-use super::tag::{CustomerTag, Tag, TagEvent};
+use super::tag::{CustomerTag, Tag, TagEvent, TagEventConnection, TagEventEdge};
 use super::{CustomerPrefetch, Date, DateTime, PageInfo, env, page_args, prefetch_customers};
 use crate::authz::{FieldAccess, FieldRule};
 use crate::domain::tag::is_lifecycle_group;
 use crate::domain::{
-    CustomerId, CustomerName, EventSeq, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, PageSize, Phone, TagId,
-    parse_ids,
+    CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, Phone, TagId, parse_ids,
 };
 use crate::error::AppError;
 use crate::service::customer::{self as service, CustomerFilter, CustomerOrder, CustomerPatch, NewCustomer, SortField};
@@ -99,22 +98,30 @@ impl Customer {
         Ok(assignments.into_iter().map(CustomerTag).collect())
     }
     /// The customer's tag history, newest first: every add and remove of a
-    /// tag the caller may see here, with who, when and from where. Page
-    /// back with `before`: the `id` of the last event you have. Meant for
+    /// tag the caller may see here, with who, when and from where. Pages
+    /// both ways like every connection (`first` defaults to 20). Meant for
     /// one customer's page: it costs three statements per customer.
-    #[graphql(complexity = "super::limits::page_cost(Some(first), child_complexity)")]
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
     async fn tag_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20, desc = "How many events (clamped to 1..=100).")] first: i32,
-        #[graphql(desc = "The `id` of the oldest event you have: only older ones come.")] before: Option<ID>,
-    ) -> Result<Vec<TagEvent>> {
+        #[graphql(desc = "Page forward: this many events after `after` (older ones).")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many events before `before` (newer ones).")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+    ) -> Result<TagEventConnection> {
         let env = env(ctx);
-        let first = PageSize::parse(Some(first), env.limits)?;
-        let before = before.map(|b| EventSeq::parse(&b, "before")).transpose()?;
-        let events =
-            tagging::visible_events_of(env.db, env.principal, &self.0, first.get(), before.map(|b| b.0)).await?;
-        Ok(events.into_iter().map(TagEvent).collect())
+        let page = page_args(ctx, first, after, last, before)?;
+        let page = tagging::visible_events_of(env.db, env.principal, &self.0, &page).await?;
+        let page_info = PageInfo::of(&page);
+        Ok(TagEventConnection {
+            edges: page
+                .items
+                .into_iter()
+                .map(|(cursor, event)| TagEventEdge { cursor, node: TagEvent(event) })
+                .collect(),
+            page_info,
+        })
     }
     /// The customer's tag in the HQ lifecycle group (客户阶段), if any.
     async fn lifecycle_stage(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {

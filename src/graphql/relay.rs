@@ -92,7 +92,7 @@ async fn load(ctx: &Context<'_>, raw: &ID, field: &str) -> AppResult<Node> {
             let unit = p.org.get(id).filter(|u| p.visible_units().contains(&u.id));
             Node::OrgUnit(OrgUnit(unit.cloned().ok_or_else(|| AppError::not_found("org unit", id))?))
         }
-        StaffId::TYPE_NAME => Node::Staff(Staff(service::admin::find_staff(db, p, StaffId(id)).await?)),
+        StaffId::TYPE_NAME => Node::Staff(Staff(service::staff::find_in_scope(db, p, StaffId(id)).await?)),
         SegmentId::TYPE_NAME => Node::Segment(Segment::new(service::segment::find(db, p, id).await?)),
         ChangeRequestId::TYPE_NAME => {
             Node::ChangeRequest(ChangeRequest(service::governance::requests::find(db, p, ChangeRequestId(id)).await?))

@@ -185,10 +185,28 @@ impl CustomerTag {
 /// One add or remove of a tag on a customer (the append-only tag event).
 pub struct TagEvent(pub tag_event::Model);
 
+/// A tag event in a page, with its cursor.
+#[derive(SimpleObject)]
+pub struct TagEventEdge {
+    /// Pass it as `after` or `before` to page from here.
+    pub cursor: String,
+    /// The event.
+    pub node: TagEvent,
+}
+
+/// A page of a customer's tag history, newest first.
+#[derive(SimpleObject)]
+pub struct TagEventConnection {
+    /// The page's events with their cursors.
+    pub edges: Vec<TagEventEdge>,
+    /// Where the page stands in the whole history.
+    pub page_info: super::PageInfo,
+}
+
 /// One add or remove of a tag on a customer (the append-only tag event).
 #[Object]
 impl TagEvent {
-    /// Opaque global id; pass it as `tagEvents(before:)` for older events.
+    /// Opaque global id, unique across types.
     pub async fn id(&self) -> ID {
         EventSeq(self.0.seq).into()
     }

@@ -1,5 +1,6 @@
-//! Observability of every request: Prometheus metrics, W3C trace context,
-//! one access-log line, and the request rate limits that share the same
+//! Observability of every request: Prometheus metrics, W3C trace context
+//! (exported to an OpenTelemetry collector when one is configured), one
+//! access-log line, and the request rate limits that share the same
 //! middleware.
 //!
 //! The HTTP middleware ([`layer`]) wraps a request. Inside it, a per-request
@@ -10,6 +11,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod otel;
 pub mod trace;
 
 use std::any::TypeId;

@@ -2,8 +2,9 @@
 //! one is started when none (or an invalid one) came, and the response
 //! carries the `traceparent` of this server's span.
 //!
-//! Parsed by hand: the header is one fixed-width line, and the default
-//! build has no OpenTelemetry dependency whose propagator could parse it.
+//! Parsed by hand: the header is one fixed-width line, and the context is
+//! needed whether or not spans are exported (an OpenTelemetry propagator
+//! would need the exporter's context machinery on every request).
 
 use std::fmt;
 
@@ -69,14 +70,19 @@ impl fmt::Display for TraceContext {
 /// line inside it carries the request id and the trace id.
 pub fn request_span<B>(req: &Request<B>) -> tracing::Span {
     let request_id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
-    let trace_id = TraceContext::of(req).map_or(0, |t| t.trace_id);
-    tracing::info_span!(
+    let trace = TraceContext::of(req);
+    let trace_id = trace.map_or(0, |t| t.trace_id);
+    let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
         trace_id = %format_args!("{trace_id:032x}"),
-    )
+    );
+    if let Some(trace) = trace.filter(|_| super::otel::enabled()) {
+        super::otel::start_request_span(&span, trace);
+    }
+    span
 }
 
 fn nonzero_u64(rng: &mut impl rand::RngCore) -> u64 {

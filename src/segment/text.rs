@@ -9,6 +9,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc};
 use entity::enums::Gender;
 
 use super::expr::{Range, Ref, RefKind, SegmentExpr};
+use crate::domain::{SegmentId, TagGroupId, TagId, decode_global};
 
 /// Longest expression accepted, in characters.
 pub const MAX_LENGTH: usize = 10_000;
@@ -36,6 +37,9 @@ enum Tok {
     Str(String),
     Int(i64),
     Hash,
+    /// `#` directly followed by a row id or a global id (`#42`,
+    /// `#VGFnOjQy`): the text after `#`.
+    IdRef(String),
     Open,
     Close,
     Comma,
@@ -54,6 +58,7 @@ impl Tok {
             Tok::Str(s) => format!("the string {s:?}"),
             Tok::Int(n) => format!("the number {n}"),
             Tok::Hash => "`#`".into(),
+            Tok::IdRef(raw) => format!("`#{raw}`"),
             Tok::Open => "`(`".into(),
             Tok::Close => "`)`".into(),
             Tok::Comma => "`,`".into(),
@@ -77,6 +82,15 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
         let column = i + 1;
         match c {
             c if c.is_whitespace() => i += 1,
+            '#' if chars.get(i + 1).is_some_and(|d| is_id_char(*d)) => {
+                // Global ids are base64url: letters, digits, `-` and `_`.
+                let start = i + 1;
+                i = start;
+                while chars.get(i).is_some_and(|d| is_id_char(*d)) {
+                    i += 1;
+                }
+                out.push((Tok::IdRef(chars[start..i].iter().collect()), column));
+            }
             '(' | ')' | ',' | '#' | '=' => {
                 out.push((
                     match c {
@@ -147,6 +161,20 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
     }
     out.push((Tok::End, chars.len() + 1));
     Ok(out)
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// The GraphQL type whose global ids name objects of `kind`, and how an
+/// error message calls them.
+fn id_type(kind: RefKind) -> (&'static str, &'static str) {
+    match kind {
+        RefKind::Tag => (TagId::TYPE_NAME, "tag"),
+        RefKind::Group => (TagGroupId::TYPE_NAME, "tag group"),
+        RefKind::Segment => (SegmentId::TYPE_NAME, "segment"),
+    }
 }
 
 struct Parser {
@@ -268,8 +296,8 @@ impl Parser {
             "tag" => self.call(|p| Ok(SegmentExpr::Tag(p.tag_ref()?))),
             "anytag" | "anytags" => self.call(|p| Ok(SegmentExpr::AnyTags(p.tag_list()?))),
             "alltags" => self.call(|p| Ok(SegmentExpr::AllTags(p.tag_list()?))),
-            "group" => self.call(|p| Ok(SegmentExpr::Group(p.tag_ref()?))),
-            "segment" => self.call(|p| Ok(SegmentExpr::Segment(p.tag_ref()?))),
+            "group" => self.call(|p| Ok(SegmentExpr::Group(p.reference(RefKind::Group)?))),
+            "segment" => self.call(|p| Ok(SegmentExpr::Segment(p.reference(RefKind::Segment)?))),
             "taggedbetween" => self.call(|p| {
                 let tag = p.tag_ref()?;
                 p.expect(&Tok::Comma, "`,`")?;
@@ -374,6 +402,13 @@ impl Parser {
     }
 
     fn tag_ref(&mut self) -> Result<Ref, ParseError> {
+        self.reference(RefKind::Tag)
+    }
+
+    /// A name in quotes, or `#` and an id of an object of `kind`: its row
+    /// id or its global id (of the right type).
+    fn reference(&mut self, kind: RefKind) -> Result<Ref, ParseError> {
+        let (type_name, noun) = id_type(kind);
         match self.peek().clone() {
             Tok::Str(s) => {
                 self.bump();
@@ -384,9 +419,29 @@ impl Parser {
                 let column = self.column();
                 let id = self.int()?;
                 if id <= 0 {
-                    return Err(ParseError { column, expected: "a tag id".into(), found: format!("{id}") });
+                    return Err(ParseError { column, expected: format!("a {noun} id"), found: format!("{id}") });
                 }
                 Ok(Ref::Id(id))
+            }
+            Tok::IdRef(raw) => {
+                let column = self.column();
+                self.bump();
+                let fail = |found: String| ParseError {
+                    column,
+                    expected: format!("the id of a {noun}: `#` and its row id or its global id"),
+                    found,
+                };
+                if raw.bytes().all(|b| b.is_ascii_digit()) {
+                    return match raw.parse::<i64>() {
+                        Ok(id) if id > 0 => Ok(Ref::Id(id)),
+                        _ => Err(fail(format!("`#{raw}`"))),
+                    };
+                }
+                match decode_global(&raw) {
+                    Some((ty, id)) if ty == type_name => Ok(Ref::Id(id)),
+                    Some((ty, _)) => Err(fail(format!("the global id of a {ty} (`#{raw}`)"))),
+                    None => Err(fail(format!("`#{raw}`, which is neither"))),
+                }
             }
             _ => self.fail("a name in double quotes or `#<id>`"),
         }
@@ -609,6 +664,39 @@ mod tests {
         let e = p("tag(#12) OR lifecycle = #3");
         let names = |kind: RefKind, id: i64| (kind == RefKind::Tag && id == 12).then(|| "房贷用户".to_owned());
         assert_eq!(print(&e, &names, shanghai()), r#"tag("房贷用户") OR lifecycle = #3"#);
+    }
+
+    #[test]
+    fn global_ids_name_objects_as_row_ids_do() {
+        let tag = crate::domain::encode_global("Tag", 12);
+        let group = crate::domain::encode_global("TagGroup", 5);
+        let segment = crate::domain::encode_global("Segment", 7);
+        let e = p(&format!("tag(#{tag}) AND group(#{group}) AND segment(#{segment}) AND lifecycle = #{tag}"));
+        assert_eq!(e, p("tag(#12) AND group(#5) AND segment(#7) AND lifecycle = #12"));
+        assert_eq!(p(&format!("anyTag(#{tag}, # 3)")), p("anyTag(#12, #3)"), "a row id may still follow a space");
+        // The canonical text keeps row ids, as stored segments print them.
+        assert_eq!(print(&p(&format!("tag(#{tag})")), &no_names, shanghai()), "tag(#12)");
+    }
+
+    #[test]
+    fn a_global_id_of_another_type_is_refused_at_its_column() {
+        let group = crate::domain::encode_global("TagGroup", 5);
+        let err = parse(&format!(r#"city = "深圳" AND tag(#{group})"#), shanghai()).unwrap_err();
+        assert_eq!(err.column, 21, "{err}");
+        assert_eq!(err.expected, "the id of a tag: `#` and its row id or its global id");
+        assert_eq!(err.found, format!("the global id of a TagGroup (`#{group}`)"));
+        let tag = crate::domain::encode_global("Tag", 12);
+        let err = parse(&format!("group(#{tag})"), shanghai()).unwrap_err();
+        assert_eq!(
+            (err.column, err.expected.as_str()),
+            (7, "the id of a tag group: `#` and its row id or its global id")
+        );
+        let err = parse("segment(#nonsense)", shanghai()).unwrap_err();
+        assert_eq!((err.column, err.found.as_str()), (9, "`#nonsense`, which is neither"));
+        let err = parse("tag(#0)", shanghai()).unwrap_err();
+        assert_eq!((err.column, err.found.as_str()), (5, "`#0`"));
+        let err = parse("tag(#99999999999999999999)", shanghai()).unwrap_err();
+        assert_eq!(err.column, 5);
     }
 
     #[test]

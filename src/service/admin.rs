@@ -4,7 +4,7 @@
 //! instance that shares the database.
 
 use entity::staff;
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
@@ -150,20 +150,6 @@ pub async fn set_permission(
     }
     txn.commit().await?;
     Ok(Change { changed })
-}
-
-/// A staff member the caller may look up: itself, or one whose home unit
-/// it can see (the units of `orgUnits`).
-///
-/// # Errors
-/// `NOT_FOUND` for a missing staff member and for one of an unseen unit
-/// alike.
-pub async fn find_staff(db: &impl ConnectionTrait, principal: &Principal, id: StaffId) -> AppResult<staff::Model> {
-    staff::Entity::find_by_id(id.0)
-        .one(db)
-        .await?
-        .filter(|s| s.id == principal.staff.id || principal.visible_units().contains(&s.home_org_unit_id))
-        .ok_or_else(|| AppError::not_found("staff", id))
 }
 
 #[cfg(test)]

@@ -23,12 +23,13 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::NewestFirst;
 use super::audit::{self, AuditEntry};
 use super::tag_library::{self, VisibleTag};
 use crate::authz::visibility::on_customer_visible;
 use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
-use crate::domain::{CustomerId, EventSeq, Reason, TagId};
+use crate::domain::{CustomerId, EventSeq, PageArgs, Reason, TagId};
 use crate::error::{AppError, AppResult};
 use crate::service::governance::{
     locks,
@@ -730,44 +731,47 @@ pub async fn apply_approved(
     run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, &Keep::default()).await
 }
 
-/// Most events one history page scans for visible ones.
-const HISTORY_SCAN: u64 = 5_000;
+/// Cursors of a customer's tag history (newest first by sequence).
+const HISTORY_ORDERING: &str = "tag_event.newest";
 
 /// A customer's tag history, newest first: the add and remove events of
 /// the tags the caller may see on that customer (as for its current tags),
-/// `first` of them before event `before` (a sequence number). A merged
-/// tag's events stay under that tag; the merge's moves have source `MERGE`.
+/// one page of them (`first` after `after`, or `last` before `before`). A
+/// merged tag's events stay under that tag; the merge's moves have source
+/// `MERGE`.
+///
+/// Visibility is decided per tag, so the page is one keyset query over the
+/// customer's events of the visible tags: three statements, however many
+/// events the caller may not see.
 ///
 /// # Errors
-/// Database errors.
+/// `VALIDATION` for a bad cursor or one of another list; database errors.
 pub async fn visible_events_of(
     db: &impl ConnectionTrait,
     principal: &Principal,
     customer: &customer::Model,
-    first: u64,
-    before: Option<i64>,
-) -> AppResult<Vec<tag_event::Model>> {
-    let mut query = tag_event::Entity::find().filter(tag_event::Column::CustomerId.eq(customer.id));
-    if let Some(before) = before {
-        query = query.filter(tag_event::Column::Seq.lt(before));
-    }
-    let events = query.order_by_desc(tag_event::Column::Seq).limit(HISTORY_SCAN).all(db).await?;
-    let tag_ids: HashSet<i64> = events.iter().map(|e| e.tag_id).collect();
-    let tags: HashMap<i64, tag::Model> = tag::Entity::find()
-        .filter(tag::Column::Id.is_in(tag_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t))
-        .collect();
-    let groups = tag_library::groups_by_id(db, tags.values().filter_map(|t| t.group_id)).await?;
-    let visible = |tag_id: i64| {
-        tags.get(&tag_id).is_some_and(|t| {
+    page: &PageArgs,
+) -> AppResult<NewestFirst<tag_event::Model>> {
+    let tags_of_customer = Query::select()
+        .distinct()
+        .column(tag_event::Column::TagId)
+        .from(tag_event::Entity)
+        .and_where(tag_event::Column::CustomerId.eq(customer.id))
+        .to_owned();
+    let tags = tag::Entity::find().filter(tag::Column::Id.in_subquery(tags_of_customer)).all(db).await?;
+    let groups = tag_library::groups_by_id(db, tags.iter().filter_map(|t| t.group_id)).await?;
+    let visible: Vec<i64> = tags
+        .iter()
+        .filter(|t| {
             let class = t.group_id.and_then(|g| groups.get(&g)).map(|g| g.visibility_class.as_str());
             on_customer_visible(principal, t.owner_staff_id, class, customer.org_unit_id)
         })
-    };
-    Ok(events.into_iter().filter(|e| visible(e.tag_id)).take(first as usize).collect())
+        .map(|t| t.id)
+        .collect();
+    let query = tag_event::Entity::find()
+        .filter(tag_event::Column::CustomerId.eq(customer.id))
+        .filter(tag_event::Column::TagId.is_in(visible));
+    super::newest_first(db, query, tag_event::Column::Seq, |e| e.seq, HISTORY_ORDERING, page).await
 }
 
 /// One tag event the caller may see: of a customer in its scope, of a tag

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use crate::helpers::TestApp;
 use crate::{on_both_databases, on_both_databases_with};
 
-const CUSTOMER: &str =
-    "query($id: ID!) { customer(id: $id) { tags { tag { id } taggedAt } tagEvents(first: 20) { tag { id } op } } }";
+const CUSTOMER: &str = "query($id: ID!) { customer(id: $id) { tags { tag { id } taggedAt } tagEvents(first: 20) { edges { node { tag { id } op } } } } }";
 const COUNT: &str = "query($id: ID!) { tag(id: $id) { status customerCount } }";
 const FILTERED: &str = "query($t: [ID!]) { all: customers(filter: { hasAllTags: $t }) { totalCount }
     any: customers(filter: { hasAnyTags: $t }) { totalCount } }";
@@ -31,7 +30,12 @@ async fn seen(app: &TestApp, tag: &str, name: &str, customer: &str, texts: &[Str
     let c = app.gql("admin", CUSTOMER, json!({ "id": customer })).await;
     let tags: Vec<Value> =
         c.ok()["customer"]["tags"].as_array().unwrap().iter().filter(|t| t["tag"]["id"] == tag).cloned().collect();
-    let events = c.ok()["customer"]["tagEvents"].as_array().unwrap().iter().filter(|e| e["tag"]["id"] == tag).count();
+    let events = c.ok()["customer"]["tagEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"]["tag"]["id"] == tag)
+        .count();
     let count = app.gql("admin", COUNT, json!({ "id": tag })).await.ok()["tag"]["customerCount"].as_u64().unwrap();
     let f = app.gql("admin", FILTERED, json!({ "t": [tag] })).await;
     let filtered = (f.ok()["all"]["totalCount"].as_u64().unwrap(), f.ok()["any"]["totalCount"].as_u64().unwrap());

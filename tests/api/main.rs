@@ -15,6 +15,7 @@ mod http_protocol;
 mod limits;
 mod n_plus_one;
 mod observability;
+mod otel_export;
 mod permission_matrix;
 mod playground;
 mod races;

@@ -111,8 +111,13 @@ async fn every_object_with_an_id_is_a_node(app: TestApp) {
             json!({ "u": app.unit_id("hq") }),
         )
         .await;
-    let events =
-        app.gql("admin", "query($id: ID!) { customer(id: $id) { tagEvents { id } } }", json!({ "id": customer })).await;
+    let events = app
+        .gql(
+            "admin",
+            "query($id: ID!) { customer(id: $id) { tagEvents { edges { node { id } } } } }",
+            json!({ "id": customer }),
+        )
+        .await;
     let audit = app.gql("admin", "{ auditLog(first: 1) { edges { node { id } } } }", no_vars()).await;
     let ids = [
         ("Customer", json!(customer)),
@@ -120,7 +125,7 @@ async fn every_object_with_an_id_is_a_node(app: TestApp) {
         ("TagGroup", json!(app.group_id("活动").await)),
         ("ModificationLock", lock.ok()["lockTagGroup"]["lock"]["id"].clone()),
         ("Segment", saved.ok()["saveSegment"]["segment"]["id"].clone()),
-        ("TagEvent", events.ok()["customer"]["tagEvents"][0]["id"].clone()),
+        ("TagEvent", events.ok()["customer"]["tagEvents"]["edges"][0]["node"]["id"].clone()),
         ("AuditLogEntry", audit.ok()["auditLog"]["edges"][0]["node"]["id"].clone()),
     ];
     let res = app.gql("admin", NODES, json!({ "ids": ids.iter().map(|(_, id)| id).collect::<Vec<_>>() })).await;
@@ -320,6 +325,118 @@ async fn mixing_forward_and_backward_paging_is_a_validation_error(app: TestApp) 
     assert_eq!(res.0["errors"][0]["extensions"]["field"], "before");
 }
 
+const STAFF_MEMBER: &str = "query($id: ID!) { staffMember(id: $id) { id login } }";
+const STAFF_NODE: &str = "query($id: ID!) { node(id: $id) { __typename id ... on Staff { login } } }";
+
+/// `node` reads a staff member with the rule of `staffMember`: the caller
+/// itself, or `staff:read` at the member's home unit. A colleague in the
+/// same store, whose unit the salesperson can see, is still `NOT_FOUND`.
+async fn a_staff_member_out_of_scope_is_not_found_through_node_as_through_staff_member(app: TestApp) {
+    let staff_id = |login: &str| tagbase::domain::StaffId(app.staff(login).id).to_string();
+    for (caller, member, visible) in [
+        ("sz01.sales", "sz01.sales", true),
+        ("sz01.sales", "sz01.manager", false),
+        ("sz01.sales", "south.manager", false),
+        ("sz01.manager", "sz01.sales", true),
+        ("south.manager", "sz01.sales", true),
+        ("north.manager", "sz01.sales", false),
+    ] {
+        let id = staff_id(member);
+        let direct = app.gql(caller, STAFF_MEMBER, json!({ "id": id })).await;
+        let node = app.gql(caller, STAFF_NODE, json!({ "id": id })).await;
+        let nodes = app.gql(caller, NODES, json!({ "ids": [id] })).await;
+        if visible {
+            assert_eq!(direct.ok()["staffMember"]["login"], member, "{caller} reads {member}");
+            assert_eq!(node.ok()["node"], json!({ "__typename": "Staff", "id": id, "login": member }));
+            assert_eq!(nodes.ok()["nodes"][0]["id"], id.as_str());
+        } else {
+            assert_eq!(direct.code(), "NOT_FOUND", "{caller} reads {member}");
+            assert_eq!(node.code(), "NOT_FOUND", "{caller} refetches {member}");
+            assert_eq!(node.message(), direct.message(), "indistinguishable from `staffMember`");
+            assert!(node.0["data"]["node"].is_null());
+            assert_eq!(nodes.ok()["nodes"], json!([null]));
+        }
+    }
+}
+
+/// A customer's tag history pages both ways like every connection, and
+/// leaves out, on every page, the events of tags the caller may not see.
+async fn tag_events_page_both_ways_without_the_events_the_caller_may_not_see(app: TestApp) {
+    let customer = app.customers_of("sz01").await[0].clone();
+    let tags = [
+        app.tag_id("活动", "询价").await,
+        app.tag_id("教育需求", "升学咨询").await,
+        app.tag_id("教育需求", "小升初需求").await,
+    ];
+    for op in ["tagCustomers", "untagCustomers", "tagCustomers"] {
+        let res = app
+            .gql(
+                "admin",
+                &format!("mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}"),
+                json!({ "c": [customer], "t": tags }),
+            )
+            .await;
+        res.ok();
+    }
+    let everything = app
+        .gql(
+            "admin",
+            "query($id: ID!) { customer(id: $id) { tagEvents(first: 100) { edges { node { id tag { id } } } } } }",
+            json!({ "id": customer }),
+        )
+        .await;
+    let events: Vec<(String, String)> = everything.ok()["customer"]["tagEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["node"]["id"].as_str().unwrap().to_owned(), e["node"]["tag"]["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(events.len() >= 6, "each tag taken off and put on again: {events:?}");
+    let q = format!(
+        "query({PAGE_ARGS}, $id: ID!) {{ customer(id: $id) {{
+            tagEvents(first: $first, after: $after, last: $last, before: $before) {{ {PAGE_FIELDS} }} }} }}"
+    );
+    let path = ["customer", "tagEvents"];
+    let walks = page_both_ways(&app, "admin", &q, &path, json!({ "id": customer }), 2).await;
+    assert_eq!(walks.0, events.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), "newest first, as one page");
+    assert_same_walks(walks, events.len());
+
+    // Customer service sees only some classes (not interest, 教育需求):
+    // its pages skip the others' events wherever they fall.
+    let seen = app
+        .gql(
+            "sz01.service",
+            "query($id: ID!) { customer(id: $id) { tagEvents(first: 100) { edges { node { id tag { id } } } } } }",
+            json!({ "id": customer }),
+        )
+        .await;
+    let visible: Vec<(String, String)> = seen.ok()["customer"]["tagEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["node"]["id"].as_str().unwrap().to_owned(), e["node"]["tag"]["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(!visible.is_empty() && visible.len() < events.len(), "{visible:?}");
+    assert!(visible.iter().all(|(_, tag)| *tag != tags[1] && *tag != tags[2]), "no interest tag: {visible:?}");
+    let in_order: Vec<&(String, String)> = events.iter().filter(|e| visible.contains(e)).collect();
+    assert_eq!(in_order.len(), visible.len(), "a subset of what admin sees, in the same order");
+    let visible: Vec<String> = visible.into_iter().map(|(id, _)| id).collect();
+    let walks = page_both_ways(&app, "sz01.service", &q, &path, json!({ "id": customer }), 2).await;
+    assert_eq!(walks.0, visible);
+    assert_same_walks(walks, visible.len());
+
+    // Old-style paging by an event id is refused, not misread as a cursor.
+    let res = app
+        .gql(
+            "admin",
+            "query($id: ID!, $b: String) { customer(id: $id) { tagEvents(last: 1, before: $b) { edges { cursor } } } }",
+            json!({ "id": customer, "b": events[0].0 }),
+        )
+        .await;
+    assert_eq!(res.code(), "VALIDATION");
+    assert_eq!(res.0["errors"][0]["extensions"]["field"], "before");
+}
+
 on_both_databases!(
     a_node_is_refetched_with_the_scope_of_its_own_query,
     every_object_with_an_id_is_a_node,
@@ -328,4 +445,6 @@ on_both_databases!(
     segment_members_page_both_ways,
     change_requests_audit_log_and_segments_page_both_ways,
     mixing_forward_and_backward_paging_is_a_validation_error,
+    a_staff_member_out_of_scope_is_not_found_through_node_as_through_staff_member,
+    tag_events_page_both_ways_without_the_events_the_caller_may_not_see,
 );

@@ -160,6 +160,32 @@ async fn ambiguous_names_list_their_candidates(app: TestApp) {
     assert_eq!(by_id as usize, world.members(&SegmentExpr::Tag(Ref::Id(crate::helpers::row_id(&north)))));
 }
 
+/// The ids the API answers name objects in segment texts too (`#` and the
+/// global id); one of another type is refused at its column.
+async fn global_ids_name_objects_in_segment_texts(app: TestApp) {
+    let north = app.tag_id("华北区域标签", "黄金会员").await;
+    let group = app.group_id("华北区域标签").await;
+    let row = crate::helpers::row_id(&north);
+    let (by_global, text) = preview_count(&app, "admin", json!({ "text": format!("tag(#{north})") })).await;
+    let (by_row, _) = preview_count(&app, "admin", json!({ "text": format!("tag(#{row})") })).await;
+    assert_eq!(by_global, by_row);
+    assert!(by_global > 0);
+    assert_eq!(text, format!("tag(#{row})"), "the canonical text keeps row ids (an ambiguous name prints as one)");
+    let (in_group, _) = preview_count(&app, "admin", json!({ "text": format!("group(#{group})") })).await;
+    assert!(in_group >= by_global);
+
+    let res = app.gql("admin", PREVIEW, json!({ "s": { "text": format!("city = \"深圳\" OR tag(#{group})") } })).await;
+    assert_eq!(res.code(), "VALIDATION");
+    assert_eq!(res.0["errors"][0]["extensions"]["field"], "segment.text");
+    assert!(
+        res.message().contains(&format!(
+            "at column 20: expected the id of a tag: `#` and its row id or its global id, found the global id of a TagGroup (`#{group}`)"
+        )),
+        "{}",
+        res.message()
+    );
+}
+
 async fn parse_errors_say_where_and_what_was_expected(app: TestApp) {
     let res = app.gql("admin", PREVIEW, json!({ "s": { "text": "tag(\"房贷用户\") AND tag(\"有车一族\" AND" } })).await;
     assert_eq!(res.code(), "VALIDATION");
@@ -352,6 +378,7 @@ on_both_databases!(
     segments_only_count_what_the_caller_may_see,
     ambiguous_names_list_their_candidates,
     parse_errors_say_where_and_what_was_expected,
+    global_ids_name_objects_in_segment_texts,
     tagged_six_months_ago_and_this_month,
     aliases_find_their_tag,
     random_segments_agree_with_brute_force,
