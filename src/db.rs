@@ -69,18 +69,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Escapes `%`, `_` and the escape character itself for a `LIKE` pattern.
-pub fn like_escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

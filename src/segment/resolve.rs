@@ -21,10 +21,10 @@ use super::{Ref, RefKind, SegmentExpr};
 use crate::authz::visibility::{self, VisibleTag};
 use crate::authz::{Action, FieldRule, Principal};
 use crate::config::Limits;
-use crate::db::like_escape;
 use crate::domain::tag::{aliases_of, is_lifecycle_group};
 use crate::domain::{TagGroupId, TagId};
 use crate::error::{AppError, AppResult};
+use crate::store::like_escape;
 
 /// An expression whose references are all ids the caller may see, with
 /// what evaluating and printing it needs.

@@ -17,12 +17,13 @@ use super::audit::{self, AuditEntry};
 use crate::authz::visibility::visible_tags;
 use crate::authz::{Action, CustomerField, FieldAccess, FieldRule, Permission, Principal, Scope};
 use crate::config::Limits;
-use crate::db::like_escape;
 use crate::domain::tag::is_lifecycle_group;
 use crate::domain::{
     Cursor, CustomerId, CustomerName, ExternalIdentity, OptionalText, OrgUnitId, PageArgs, Phone, TagId,
 };
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult};
+use crate::store::constraint::on_constraint;
+use crate::store::like_escape;
 
 /// Filter of a customer list; ids are checked against the caller's view.
 #[derive(Debug, Clone, Default)]
@@ -467,17 +468,11 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
         })
         .exec(&txn)
         .await;
-        match inserted {
-            Err(err) if is_unique_violation(&err) => {
-                return Err(AppError::Conflict(format!(
-                    "external id {}:{} already belongs to a customer",
-                    identity.provider, identity.external_id
-                )));
-            }
-            other => {
-                other?;
-            }
-        }
+        inserted.map_err(|e| {
+            on_constraint(e, |_| {
+                format!("external id {}:{} already belongs to a customer", identity.provider, identity.external_id)
+            })
+        })?;
     }
     crate::store::customer_log::log_customer_change(&txn, model.id).await?;
     audit::record(

@@ -15,12 +15,12 @@ pub mod tagging;
 
 pub(crate) use crate::store::{NewestFirst, newest_first};
 
-pub(crate) use crate::db::like_escape;
+pub(crate) use crate::store::like_escape;
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn like_wildcards_are_escaped() {
-        assert_eq!(crate::db::like_escape(r"50%_off\"), r"50\%\_off\\");
+        assert_eq!(crate::store::like_escape(r"50%_off\"), r"50\%\_off\\");
     }
 }

@@ -22,11 +22,12 @@ use crate::authz::{Action, Principal};
 use crate::config::Limits;
 use crate::domain::tag::is_retired;
 use crate::domain::{Cursor, Description, OrgUnitId, PageArgs, TagId, TagName};
-use crate::error::{AppError, AppResult, is_foreign_key_violation, is_unique_violation};
+use crate::error::{AppError, AppResult, is_foreign_key_violation};
 use crate::segment::resolve::{find_saved, saved_visible};
 pub use crate::segment::sql::condition;
 use crate::segment::{self as language, PageKey, Ref};
 pub use crate::segment::{Resolved, parse_text, resolve, resolve_saved};
+use crate::store::constraint::on_constraint;
 
 /// Input of [`save`].
 #[derive(Debug, Clone)]
@@ -84,15 +85,9 @@ pub async fn save(db: &DatabaseConnection, principal: &Principal, input: NewSegm
     })
     .exec_with_returning(&txn)
     .await;
-    let saved = match inserted {
-        Err(err) if is_unique_violation(&err) => {
-            return Err(AppError::Conflict(format!(
-                "this org unit already has a segment named {:?}",
-                input.name.as_str()
-            )));
-        }
-        other => other?,
-    };
+    let saved = inserted.map_err(|e| {
+        on_constraint(e, |_| format!("this org unit already has a segment named {:?}", input.name.as_str()))
+    })?;
     for chunk in members.as_deref().unwrap_or_default().chunks(500) {
         let rows =
             chunk.iter().map(|c| segment_member::ActiveModel { segment_id: Set(saved.id), customer_id: Set(*c) });
