@@ -29,7 +29,7 @@ use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
 use crate::domain::{CustomerId, EventSeq, TagId};
 use crate::error::{AppError, AppResult, is_unique_violation};
-use crate::store::event_log::{EventBy, event_log_head, insert_events, serialize_event_log};
+use crate::store::event_log::{EventBy, Log, LogPosition, after, insert_events, log_position, share_event_log};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;
@@ -63,11 +63,11 @@ pub struct TaggingOutcome {
 }
 
 /// What a bulk run leaves alone (see [`TaggingOutcome::kept`]): the
-/// (customer, tag) pairs that others changed after event `as_of`.
+/// (customer, tag) pairs that others changed after the call began.
 #[derive(Debug, Default)]
 struct Keep {
-    /// The newest tag event when the bulk call began: the run applies as of
-    /// then. `None` outside bulk runs.
+    /// The newest tag event when the bulk call began (for the audit row):
+    /// the run applies as of then. `None` outside bulk runs.
     as_of: Option<i64>,
     pairs: HashSet<(i64, i64)>,
 }
@@ -161,24 +161,48 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    let outcome = apply_tags_in(&txn, principal, limits, req, &Keep::default()).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req, None).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
+/// Takes what every tagging transaction takes before it reads: the shared
+/// side of the governance lock, then the named customers' rows, then the
+/// named tags. With `as_of` (a bulk run), also what others changed on
+/// these customers since then, read once their rows are locked: a
+/// concurrent tagger of one of them has committed by then, or waits for
+/// this transaction.
+async fn begin_tagging(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    req: &TagRequest,
+    as_of: Option<&LogPosition>,
+) -> AppResult<(Vec<customer::Model>, Vec<VisibleTag>, Keep)> {
+    share_event_log(txn).await?;
+    let customers = lock_customers(txn, principal, &req.customers).await?;
+    let tags = named_tags(txn, principal, &req.tags).await?;
+    check_locks(txn, principal, &customers, &tags).await?;
+    let keep = match as_of {
+        Some(since) => {
+            let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+            changed_since(txn, since, &ids, &tags).await?
+        }
+        None => Keep::default(),
+    };
+    Ok((customers, tags, keep))
+}
+
 /// [`apply_tags`] inside the caller's transaction (checks of the request's
-/// own fields aside), leaving the pairs of `keep` alone.
+/// own fields aside), leaving alone what others changed after `as_of`.
 async fn apply_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
     limits: &Limits,
     req: TagRequest,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
-    serialize_event_log(txn).await?;
-    let customers = lock_customers(txn, principal, &req.customers).await?;
-    let tags = named_tags(txn, principal, &req.tags).await?;
-    check_locks(txn, principal, &customers, &tags).await?;
+    let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
+    let keep = &keep;
 
     let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
     for VisibleTag { tag, group } in &tags {
@@ -376,23 +400,21 @@ pub async fn remove_tags(
         source: TagSource::Manual,
         source_ref: None,
     };
-    let outcome = remove_tags_in(&txn, principal, req, &Keep::default()).await?;
+    let outcome = remove_tags_in(&txn, principal, req, None).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
-/// [`remove_tags`] inside the caller's transaction, leaving the pairs of
-/// `keep` alone.
+/// [`remove_tags`] inside the caller's transaction, leaving alone what
+/// others changed after `as_of`.
 async fn remove_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
     req: TagRequest,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
-    serialize_event_log(txn).await?;
-    let customers = lock_customers(txn, principal, &req.customers).await?;
-    let tags = named_tags(txn, principal, &req.tags).await?;
-    check_locks(txn, principal, &customers, &tags).await?;
+    let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
+    let keep = &keep;
     for c in &customers {
         for t in &tags {
             require_use(principal, t, c.org_unit_id)?;
@@ -514,11 +536,11 @@ async fn run_in(
     bulk: &BulkTagging,
     source: TagSource,
     source_ref: Option<String>,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
     match bulk.op {
-        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), keep).await,
-        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), keep).await,
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of).await,
+        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of).await,
     }
 }
 
@@ -546,7 +568,7 @@ pub async fn tag_or_request(
 ) -> AppResult<TaggingResult> {
     // Read first: everything committed after this point is contemporary
     // with the call and is not overwritten by it.
-    let since = event_log_head(db).await?;
+    let since = log_position(db, Log::TagEvents).await?;
     check_sizes(limits, bulk.customer_ids.len(), bulk.tag_ids.len())?;
     if bulk.op == BulkOp::Add {
         if bulk.expires_at.is_some_and(|at| at <= Utc::now()) {
@@ -556,22 +578,21 @@ pub async fn tag_or_request(
             return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
         }
     }
-    let keep = Keep::default();
     if bulk.customer_ids.len() <= limits.bulk_threshold {
         let txn = db.begin().await?;
-        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), &keep).await?;
+        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), None).await?;
         txn.commit().await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
     super::customer::require_visible_ids(db, principal, &bulk.customer_ids).await?;
     let units = customer_units(db, &bulk.customer_ids).await?;
     if units.iter().all(|u| principal.may(Action::CustomerTagBulk, *u)) {
-        let outcome = run_locked(db, principal, limits, &bulk, since).await?;
+        let outcome = run_locked(db, principal, limits, &bulk, &since).await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
     // Check the whole call as it would apply now, then file it.
     let txn = db.begin().await?;
-    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone(), None).await?;
     txn.rollback().await?;
     let scope = principal
         .org
@@ -611,11 +632,11 @@ async fn customer_units(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Has
 
 /// The (customer, tag) pairs of a bulk call whose customer's tags in the
 /// tag's group (or of the tag itself, for a tag without group) changed
-/// after event `since`. Read under the event-log serialization, so every
-/// such change has committed.
+/// after `since` (whatever their sequence numbers). Read with the
+/// customers' rows locked, so every such change has committed.
 async fn changed_since(
     txn: &DatabaseTransaction,
-    since: i64,
+    since: &LogPosition,
     customer_ids: &[i64],
     tags: &[VisibleTag],
 ) -> AppResult<Keep> {
@@ -639,12 +660,12 @@ async fn changed_since(
     for t in tags.iter().filter(|t| t.group.is_none()) {
         concerns.insert(t.tag.id, vec![t.tag.id]);
     }
-    let mut keep = Keep { as_of: Some(since), pairs: HashSet::new() };
+    let mut keep = Keep { as_of: Some(since.seq), pairs: HashSet::new() };
     for chunk in customer_ids.chunks(CHUNK) {
         let rows: Vec<(i64, i64)> = tag_event::Entity::find()
             .select_only()
             .columns([tag_event::Column::CustomerId, tag_event::Column::TagId])
-            .filter(tag_event::Column::Seq.gt(since))
+            .filter(after(Log::TagEvents, since))
             .filter(tag_event::Column::CustomerId.is_in(chunk.iter().copied()))
             .filter(tag_event::Column::TagId.is_in(concerns.keys().copied()))
             .into_tuple()
@@ -670,7 +691,7 @@ async fn run_locked(
     principal: &Principal,
     limits: &Limits,
     bulk: &BulkTagging,
-    since: i64,
+    since: &LogPosition,
 ) -> AppResult<TaggingOutcome> {
     let ids: Vec<TagId> = bulk.tag_ids.iter().map(|t| TagId(*t)).collect();
     let tags = named_tags(db, principal, &ids).await?;
@@ -695,9 +716,8 @@ async fn run_locked(
 
     let run = async {
         let txn = db.begin().await?;
-        serialize_event_log(&txn).await?;
-        let keep = changed_since(&txn, since, &bulk.customer_ids, &tags).await?;
-        let outcome = run_in(&txn, principal, limits, bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+        let outcome =
+            run_in(&txn, principal, limits, bulk, TagSource::Bulk, bulk.source_ref.clone(), Some(since)).await?;
         // A customer may have moved to a unit without bulk rights since.
         for c in &outcome.customers {
             principal.require(Action::CustomerTagBulk, c.org_unit_id)?;
@@ -727,7 +747,7 @@ pub async fn apply_approved(
     request_id: i64,
 ) -> AppResult<TaggingOutcome> {
     let source_ref = Some(format!("change_request:{request_id}"));
-    run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, &Keep::default()).await
+    run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, None).await
 }
 
 /// Most events one history page scans for visible ones.

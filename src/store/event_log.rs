@@ -1,7 +1,10 @@
-//! The tag event log: every add and remove of a tag on a customer, in
-//! commit order. Segment indexes (this instance's and the others') follow it
-//! by sequence number, so writers must make sequence numbers commit in
-//! order; [`serialize_event_log`] is how they do it today.
+//! The tag event log: every add and remove of a tag on a customer.
+//! Segment indexes (this instance's and the others') follow it, and so does
+//! the customer change log's follower (same technique, see [`LogPosition`]).
+//!
+//! Writers do not wait for each other: on PostgreSQL sequence numbers may
+//! commit out of order, so followers read by transaction snapshot, not by
+//! sequence number alone (docs/write-path.md tells why and how).
 
 use chrono::{DateTime, Utc};
 use entity::{
@@ -10,24 +13,43 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QuerySelect,
+    ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, Statement,
+    sea_query::{Expr, SimpleExpr},
 };
 
 use crate::error::AppResult;
 
-/// Key of the PostgreSQL advisory lock that orders tag-event writers.
-const EVENT_LOG_LOCK: i64 = 0x0074_6167_6261_7365; // "tagbase" in ASCII
+/// Key of the PostgreSQL advisory lock between tagging and governance
+/// writes ("tagbase" in ASCII).
+const EVENT_LOG_LOCK: i64 = 0x0074_6167_6261_7365;
 
-/// Makes tag-event sequence numbers commit in order. PostgreSQL hands out
-/// sequence values at insert time, so without this a transaction could
-/// commit seq 101 after another committed 102, and an index that already
-/// read past 102 would never see 101. The lock is held to the end of the
-/// transaction. SQLite writes one transaction at a time anyway.
+/// Excludes every tagging writer until the end of the transaction: for the
+/// rare governance writes whose checks tagging relies on (a modification
+/// lock coming into force, a merge or another library edit, whose version
+/// rows the segment index follows by id). Taggers take the same lock in
+/// shared mode ([`share_event_log`]), so such a write waits for the
+/// taggers in flight and the next ones wait for it. Taggers never wait
+/// for each other. SQLite writes one transaction at a time anyway.
+///
 /// # Errors
 /// Database errors.
 pub(crate) async fn serialize_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+    if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOG_LOCK})")).await?;
+    }
+    Ok(())
+}
+
+/// Taken by every tagging transaction before it reads: shared with other
+/// taggers, exclusive of [`serialize_event_log`]. So a tagger sees a
+/// modification lock, a merge or an archive either fully committed or not
+/// begun, as when every writer was serialised.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn share_event_log(txn: &DatabaseTransaction) -> AppResult<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock_shared({EVENT_LOG_LOCK})")).await?;
     }
     Ok(())
 }
@@ -66,13 +88,92 @@ pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_eve
     Ok(())
 }
 
-/// The sequence number of the newest committed tag event (0 for none).
-pub(crate) async fn event_log_head(db: &impl ConnectionTrait) -> AppResult<i64> {
-    let head: Option<Option<i64>> = tag_event::Entity::find()
-        .select_only()
-        .column_as(tag_event::Column::Seq.max(), "head")
-        .into_tuple()
-        .one(db)
-        .await?;
-    Ok(head.flatten().unwrap_or(0))
+/// A place in a log (the tag event log or the customer change log): what
+/// a reader has seen, so that it can ask for what committed since.
+///
+/// On SQLite one transaction writes at a time, so sequence numbers commit
+/// in order and the newest one read is the place. On PostgreSQL a
+/// transaction may commit sequence number 101 after another committed 102,
+/// so the place is a transaction snapshot (`pg_current_snapshot()`): what
+/// a reader has seen is exactly the rows of the transactions visible in it,
+/// and what came since is the rows of transactions that were not (each row
+/// records its writer's `txid`). No late commit is skipped, whatever its
+/// sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    /// The newest sequence number seen (on PostgreSQL, for reports only).
+    pub seq: i64,
+    /// PostgreSQL: the snapshot, as `pg_snapshot` text.
+    pub snapshot: Option<String>,
+}
+
+/// The logs that [`LogPosition`] places apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    TagEvents,
+    CustomerChanges,
+}
+
+impl Log {
+    fn table(self) -> &'static str {
+        match self {
+            Log::TagEvents => "tag_event",
+            Log::CustomerChanges => "customer_change",
+        }
+    }
+}
+
+#[derive(FromQueryResult)]
+struct Head {
+    seq: i64,
+    snapshot: Option<String>,
+}
+
+/// Where `log` stands now, as seen by `db`'s next statement: read it before
+/// reading what it covers (a rebuild, the start of a bulk call), so that
+/// everything committed later is after it. Inside a PostgreSQL
+/// `REPEATABLE READ` transaction it is the transaction's own snapshot.
+///
+/// # Errors
+/// Database errors.
+pub async fn log_position(db: &impl ConnectionTrait, log: Log) -> AppResult<LogPosition> {
+    let backend = db.get_database_backend();
+    let table = log.table();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            format!("SELECT COALESCE(MAX(seq), 0) AS seq, pg_current_snapshot()::text AS snapshot FROM {table}")
+        }
+        _ => format!("SELECT COALESCE(MAX(seq), 0) AS seq, NULL AS snapshot FROM {table}"),
+    };
+    let head = Head::find_by_statement(Statement::from_string(backend, sql)).one(db).await?;
+    Ok(head.map(|h| LogPosition { seq: h.seq, snapshot: h.snapshot }).unwrap_or_default())
+}
+
+/// Rows of `log` written after `from`: committed since, whatever their
+/// sequence numbers. For `WHERE` clauses on that log's table.
+#[must_use]
+pub fn after(log: Log, from: &LogPosition) -> SimpleExpr {
+    let table = log.table();
+    match &from.snapshot {
+        Some(snapshot) => Expr::cust_with_values(
+            format!(
+                "({table}.txid >= pg_snapshot_xmin($1::pg_snapshot) \
+                 AND NOT pg_visible_in_snapshot({table}.txid, $1::pg_snapshot))"
+            ),
+            [snapshot.clone()],
+        ),
+        None => Expr::cust_with_values(format!("{table}.seq > $1"), [from.seq]),
+    }
+}
+
+/// Rows of `log` a reader at `at` has seen: the complement of [`after`].
+#[must_use]
+pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
+    let table = log.table();
+    match &at.snapshot {
+        Some(snapshot) => {
+            Expr::cust_with_values(format!("pg_visible_in_snapshot({table}.txid, $1::pg_snapshot)"), [snapshot.clone()])
+        }
+        None => Expr::cust_with_values(format!("{table}.seq <= $1"), [at.seq]),
+    }
 }
