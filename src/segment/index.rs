@@ -653,6 +653,13 @@ impl SegmentIndex {
         });
     }
 
+    /// Every tag's holders as the index has them (tags held by nobody left
+    /// out), by tag id: to check a follower against a fresh build.
+    pub fn tag_holders(&self) -> std::collections::BTreeMap<i64, RoaringBitmap> {
+        let s = self.read();
+        s.tags.iter().filter(|(_, b)| !b.is_empty()).map(|(t, b)| (*t, b.clone())).collect()
+    }
+
     /// Sizes and log position, for metrics.
     pub fn stats(&self) -> IndexStats {
         let bytes = self.memory_bytes();

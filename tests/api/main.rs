@@ -27,3 +27,4 @@ mod staff;
 mod tag_library;
 mod tagging;
 mod visibility;
+mod write_path;
