@@ -152,7 +152,9 @@ async fn concurrent_writers_leave_every_follower_equal_to_a_fresh_build(app: Tes
     let open = app.create_group("admin", "hq", "压测兴趣", "behavior", false).await;
     let interests = [app.create_tag("admin", &open, "兴趣甲").await, app.create_tag("admin", &open, "兴趣乙").await];
     let mut customers = app.customers_of("sz01").await;
-    customers.extend(app.customers_of("bj01").await);
+    for store in ["bj01", "gz01", "tj01"] {
+        customers.extend(app.customers_of(store).await);
+    }
 
     let second = app.instance_with(|_| {}).await;
     let follower = app.instance_with(|_| {}).await;
@@ -178,7 +180,7 @@ async fn concurrent_writers_leave_every_follower_equal_to_a_fresh_build(app: Tes
         let (app, customers, stages, interests, instances) = (&app, &customers, &stages, &interests, instances);
         async move {
             let mut dice = Dice(seed);
-            for step in 0..30 {
+            for step in 0..50 {
                 let instance = instances[(step + seed as usize) % 2];
                 let mut picked: Vec<String> =
                     (0..1 + dice.below(3)).map(|_| customers[dice.below(customers.len())].clone()).collect();
@@ -209,7 +211,7 @@ async fn concurrent_writers_leave_every_follower_equal_to_a_fresh_build(app: Tes
         let res = app.gql_on(&second, "admin", MERGE, input).await;
         assert!(res.0["errors"].is_null() || refused_cleanly(&res.0), "merge: {}", res.0);
     };
-    tokio::join!(writer(1), writer(2), writer(3), writer(4), writer(5), writer(6), merge);
+    tokio::join!(writer(1), writer(2), writer(3), writer(4), writer(5), writer(6), writer(7), writer(8), merge);
     writing.store(false, Ordering::Release);
     assert!(follow.await.unwrap() > 0, "the follower read while the writers wrote");
 
