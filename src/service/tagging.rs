@@ -16,8 +16,8 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
-    Order, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    FromQueryResult, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,9 @@ use crate::authz::{Action, ClassAccess, Permission, Principal};
 use crate::config::Limits;
 use crate::domain::{CustomerId, EventSeq, TagId};
 use crate::error::{AppError, AppResult, is_unique_violation};
-use crate::store::event_log::{EventBy, Log, LogPosition, after, insert_events, log_position, share_event_log};
+use crate::store::event_log::{
+    EventBy, Log, LogPosition, NewEvent, after, insert_event_rows, log_position, pg_array, pg_instant, share_event_log,
+};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;
@@ -278,14 +280,10 @@ async fn apply_tags_in(
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals: Vec<(i64, i64)> = Vec::new();
-    let mut additions: Vec<customer_tag::ActiveModel> = Vec::new();
-    let mut events: Vec<tag_event::ActiveModel> = Vec::new();
+    let mut additions: Vec<NewAssignment> = Vec::new();
+    let mut events: Vec<NewEvent> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let event =
-        |customer_id: i64, tag_id: i64, op: TagOp| {
-            EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now }
-                .event(customer_id, tag_id, op)
-        };
+    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = held.iter().filter(|t| !retired.contains(t)).count() as u32;
@@ -302,7 +300,7 @@ async fn apply_tags_in(
             if let Some(group) = group.as_ref().filter(|g| g.exclusive) {
                 for old in held.iter().filter(|t| exclusive_members.get(t) == Some(&group.id)) {
                     removals.push((c.id, *old));
-                    events.push(event(c.id, *old, TagOp::Remove));
+                    events.push((c.id, *old, TagOp::Remove));
                     outcome.removed += 1;
                     if !retired.contains(old) {
                         after -= 1;
@@ -310,16 +308,8 @@ async fn apply_tags_in(
                 }
             }
             let expires_at = req.expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));
-            additions.push(customer_tag::ActiveModel {
-                customer_id: Set(c.id),
-                tag_id: Set(tag.id),
-                source: Set(req.source),
-                source_ref: Set(req.source_ref.clone()),
-                tagged_by: Set(Some(principal.staff.id)),
-                tagged_at: Set(now),
-                expires_at: Set(expires_at),
-            });
-            events.push(event(c.id, tag.id, TagOp::Add));
+            additions.push((c.id, tag.id, expires_at));
+            events.push((c.id, tag.id, TagOp::Add));
             outcome.added += 1;
             after += 1;
         }
@@ -344,18 +334,8 @@ async fn apply_tags_in(
     outcome.alerts_raised = alerts.len() as u32;
 
     delete_assignments(txn, &removals).await?;
-    for chunk in additions.chunks(CHUNK) {
-        match customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await {
-            // Another transaction added the same assignment after we read.
-            Err(err) if is_unique_violation(&err) => {
-                return Err(AppError::Conflict("these customers' tags changed meanwhile; retry".to_owned()));
-            }
-            other => {
-                other?;
-            }
-        }
-    }
-    insert_events(txn, events).await?;
+    insert_assignments(txn, &by, &additions).await?;
+    insert_event_rows(txn, &by, &events).await?;
     if !alerts.is_empty() {
         tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
@@ -425,7 +405,8 @@ async fn remove_tags_in(
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
-    let mut events = Vec::new();
+    let mut events: Vec<NewEvent> = Vec::new();
+    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         for t in &tags {
@@ -433,13 +414,7 @@ async fn remove_tags_in(
                 outcome.kept += 1;
             } else if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                let by = EventBy {
-                    actor: principal.staff.id,
-                    source: req.source,
-                    source_ref: req.source_ref.clone(),
-                    at: now,
-                };
-                events.push(by.event(c.id, t.tag.id, TagOp::Remove));
+                events.push((c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
                 outcome.unchanged += 1;
@@ -447,7 +422,7 @@ async fn remove_tags_in(
         }
     }
     delete_assignments(txn, &removals).await?;
-    insert_events(txn, events).await?;
+    insert_event_rows(txn, &by, &events).await?;
     audit::record(
         txn,
         batch_entry(principal, "customer.untag", &customers).with_detail(json!({
@@ -979,7 +954,73 @@ async fn assignments_of(
     Ok(out)
 }
 
+/// An assignment to write: customer, tag, expiry (the rest is the call's).
+type NewAssignment = (i64, i64, Option<DateTime<Utc>>);
+
+/// Writes the assignments of one call: on PostgreSQL one statement over
+/// arrays (`unnest`), on SQLite multi-row statements of [`CHUNK`] rows.
+/// Never a statement per customer.
+///
+/// # Errors
+/// `CONFLICT` when another transaction added one of them after this one
+/// read (its customer was not locked: a merge); database errors.
+async fn insert_assignments(txn: &DatabaseTransaction, by: &EventBy, rows: &[NewAssignment]) -> AppResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let conflict = |err: sea_orm::DbErr| {
+        if is_unique_violation(&err) {
+            AppError::Conflict("these customers' tags changed meanwhile; retry".to_owned())
+        } else {
+            err.into()
+        }
+    };
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "INSERT INTO customer_tag \
+                   (customer_id, tag_id, source, source_ref, tagged_by, tagged_at, expires_at) \
+                   SELECT u.c, u.t, $4, $5, $6, $7, u.e \
+                   FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::timestamptz[]) AS u(c, t, e)";
+        let values: Vec<sea_orm::Value> = vec![
+            pg_array(rows.iter().map(|r| Some(r.0))).into(),
+            pg_array(rows.iter().map(|r| Some(r.1))).into(),
+            pg_array(rows.iter().map(|r| r.2.map(pg_instant))).into(),
+            by.source.as_str().into(),
+            by.source_ref.clone().into(),
+            by.actor.into(),
+            by.at.into(),
+        ];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await.map_err(conflict)?;
+        return Ok(());
+    }
+    for chunk in rows.chunks(CHUNK) {
+        let models = chunk.iter().map(|(customer_id, tag_id, expires_at)| customer_tag::ActiveModel {
+            customer_id: Set(*customer_id),
+            tag_id: Set(*tag_id),
+            source: Set(by.source),
+            source_ref: Set(by.source_ref.clone()),
+            tagged_by: Set(Some(by.actor)),
+            tagged_at: Set(by.at),
+            expires_at: Set(*expires_at),
+        });
+        customer_tag::Entity::insert_many(models).exec(txn).await.map_err(conflict)?;
+    }
+    Ok(())
+}
+
+/// Deletes (customer, tag) assignments: one statement over arrays on
+/// PostgreSQL, multi-row statements on SQLite.
 async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "DELETE FROM customer_tag USING unnest($1::text::bigint[], $2::text::bigint[]) AS u(c, t) \
+                   WHERE customer_tag.customer_id = u.c AND customer_tag.tag_id = u.t";
+        let values: Vec<sea_orm::Value> =
+            vec![pg_array(pairs.iter().map(|p| Some(p.0))).into(), pg_array(pairs.iter().map(|p| Some(p.1))).into()];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        return Ok(());
+    }
     for chunk in pairs.chunks(CHUNK) {
         let cond = chunk.iter().fold(Condition::any(), |cond, (customer_id, tag_id)| {
             cond.add(

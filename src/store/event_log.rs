@@ -13,8 +13,8 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, Statement,
-    sea_query::{Expr, SimpleExpr},
+    ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, Statement, Value,
+    sea_query::{Alias, Expr, ExprTrait, SimpleExpr},
 };
 
 use crate::error::AppResult;
@@ -88,6 +88,74 @@ pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_eve
     Ok(())
 }
 
+/// An event to write: customer, tag, add or remove (the rest is the
+/// call's [`EventBy`]).
+pub(crate) type NewEvent = (i64, i64, TagOp);
+
+/// Writes the events of one call: on PostgreSQL one statement over arrays
+/// (`unnest`, in the order given), on SQLite multi-row statements of
+/// [`super::CHUNK`] rows. Never a statement per customer.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn insert_event_rows(txn: &DatabaseTransaction, by: &EventBy, rows: &[NewEvent]) -> AppResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "INSERT INTO tag_event \
+                   (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at) \
+                   SELECT u.c, u.t, u.o, $4, $5, $6, $7 \
+                   FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[]) \
+                   WITH ORDINALITY AS u(c, t, o, n) ORDER BY u.n";
+        let values: Vec<Value> = vec![
+            pg_array(rows.iter().map(|r| Some(r.0))).into(),
+            pg_array(rows.iter().map(|r| Some(r.1))).into(),
+            pg_array(rows.iter().map(|r| Some(r.2.as_str()))).into(),
+            by.source.as_str().into(),
+            by.source_ref.clone().into(),
+            by.actor.into(),
+            by.at.into(),
+        ];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        return Ok(());
+    }
+    insert_events(txn, rows.iter().map(|(c, t, op)| by.event(*c, *t, *op)).collect()).await
+}
+
+/// A PostgreSQL array literal (`{"1","2",NULL}`) of the given elements,
+/// each quoted: sent as one text parameter and cast in SQL, so that a call
+/// of any size is one statement with a fixed number of parameters.
+pub(crate) fn pg_array<T: ToString>(items: impl IntoIterator<Item = Option<T>>) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            None => out.push_str("NULL"),
+            Some(v) => {
+                out.push('"');
+                for ch in v.to_string().chars() {
+                    if ch == '"' || ch == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(ch);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// An instant as PostgreSQL reads it, to the microsecond (truncated, as
+/// bound parameters are).
+pub(crate) fn pg_instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// A place in a log (the tag event log or the customer change log): what
 /// a reader has seen, so that it can ask for what committed since.
 ///
@@ -150,7 +218,8 @@ pub async fn log_position(db: &impl ConnectionTrait, log: Log) -> AppResult<LogP
 }
 
 /// Rows of `log` written after `from`: committed since, whatever their
-/// sequence numbers. For `WHERE` clauses on that log's table.
+/// sequence numbers. For `WHERE` clauses on that log's table. (The
+/// snapshot form is PostgreSQL's own SQL, with its numbered placeholders.)
 #[must_use]
 pub fn after(log: Log, from: &LogPosition) -> SimpleExpr {
     let table = log.table();
@@ -162,7 +231,7 @@ pub fn after(log: Log, from: &LogPosition) -> SimpleExpr {
             ),
             [snapshot.clone()],
         ),
-        None => Expr::cust_with_values(format!("{table}.seq > $1"), [from.seq]),
+        None => Expr::col((Alias::new(table), Alias::new("seq"))).gt(from.seq),
     }
 }
 
@@ -174,6 +243,18 @@ pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
         Some(snapshot) => {
             Expr::cust_with_values(format!("pg_visible_in_snapshot({table}.txid, $1::pg_snapshot)"), [snapshot.clone()])
         }
-        None => Expr::cust_with_values(format!("{table}.seq <= $1"), [at.seq]),
+        None => Expr::col((Alias::new(table), Alias::new("seq"))).lte(at.seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pg_array;
+
+    #[test]
+    fn array_literals_quote_every_element_and_escape_quotes_and_backslashes() {
+        assert_eq!(pg_array([Some(1), None, Some(3)]), r#"{"1",NULL,"3"}"#);
+        assert_eq!(pg_array([Some(r#"a"b\c,{d}"#)]), r#"{"a\"b\\c,{d}"}"#);
+        assert_eq!(pg_array::<i64>([]), "{}");
     }
 }
