@@ -1,6 +1,6 @@
 //! The logs' commit horizon: on PostgreSQL every tag event and customer
-//! change records the id of the transaction that wrote it (`txid`, an
-//! `xid8` filled by the column default), so that followers read the logs by
+//! change records the id of the transaction that wrote it (`txid`, the
+//! 64-bit `pg_current_xact_id()` filled in by the column default), so that followers read the logs by
 //! transaction snapshots instead of by sequence number and writers no longer
 //! take a global lock (see docs/write-path.md). Existing rows get the
 //! migration's own transaction id: committed, like them.
@@ -22,10 +22,12 @@ impl MigrationName for Migration {
 
 const POSTGRES_UP: &[&str] = &[
     // A stable default: PostgreSQL stores it once for the existing rows
-    // instead of rewriting the table.
-    "ALTER TABLE tag_event ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id()",
+    // instead of rewriting the table. `bigint`, not `xid8`: the planner
+    // estimates ranges of a bigint from its statistics (and so reads a
+    // follower's few new rows through the index), not those of an xid8.
+    "ALTER TABLE tag_event ADD COLUMN txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)",
     "CREATE INDEX ix_tag_event_txid ON tag_event (txid)",
-    "ALTER TABLE customer_change ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id()",
+    "ALTER TABLE customer_change ADD COLUMN txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)",
     "CREATE INDEX ix_customer_change_txid ON customer_change (txid)",
 ];
 

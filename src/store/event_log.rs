@@ -224,15 +224,24 @@ pub async fn log_position(db: &impl ConnectionTrait, log: Log) -> AppResult<LogP
 pub fn after(log: Log, from: &LogPosition) -> SimpleExpr {
     let table = log.table();
     match &from.snapshot {
+        // The lower bound is written out, not bound: so the planner sees
+        // how few rows it selects and walks the `txid` index.
         Some(snapshot) => Expr::cust_with_values(
             format!(
-                "({table}.txid >= pg_snapshot_xmin($1::pg_snapshot) \
-                 AND NOT pg_visible_in_snapshot({table}.txid, $1::pg_snapshot))"
+                "({table}.txid >= {} AND NOT pg_visible_in_snapshot({table}.txid::text::xid8, $1::pg_snapshot))",
+                snapshot_xmin(snapshot)
             ),
             [snapshot.clone()],
         ),
         None => Expr::col((Alias::new(table), Alias::new("seq"))).gt(from.seq),
     }
+}
+
+/// The oldest transaction still running in a `pg_snapshot` text
+/// (`xmin:xmax:xip…`): every transaction below it had ended. 0 (all rows)
+/// if the text is not one, which PostgreSQL never gives.
+fn snapshot_xmin(snapshot: &str) -> u64 {
+    snapshot.split(':').next().and_then(|x| x.parse().ok()).unwrap_or(0)
 }
 
 /// Rows of `log` a reader at `at` has seen: the complement of [`after`].
@@ -241,7 +250,8 @@ pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
     let table = log.table();
     match &at.snapshot {
         Some(snapshot) => {
-            Expr::cust_with_values(format!("pg_visible_in_snapshot({table}.txid, $1::pg_snapshot)"), [snapshot.clone()])
+            let sql = format!("pg_visible_in_snapshot({table}.txid::text::xid8, $1::pg_snapshot)");
+            Expr::cust_with_values(sql, [snapshot.clone()])
         }
         None => Expr::col((Alias::new(table), Alias::new("seq"))).lte(at.seq),
     }
@@ -249,7 +259,14 @@ pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
 
 #[cfg(test)]
 mod tests {
-    use super::pg_array;
+    use super::{pg_array, snapshot_xmin};
+
+    #[test]
+    fn the_oldest_running_transaction_is_the_first_field_of_a_snapshot() {
+        assert_eq!(snapshot_xmin("126733:127236:126733,126846"), 126_733);
+        assert_eq!(snapshot_xmin("9:9:"), 9);
+        assert_eq!(snapshot_xmin("nonsense"), 0);
+    }
 
     #[test]
     fn array_literals_quote_every_element_and_escape_quotes_and_backslashes() {
