@@ -36,14 +36,19 @@ use entity::{
 };
 use roaring::RoaringBitmap;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    AccessMode, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::{AgeBounds, Range, Ref, Resolved, SegmentExpr};
 use crate::authz::visibility::{class_units as units_seeing_class, tag_units};
 use crate::authz::{Action, Principal, Scope};
 use crate::domain::tag::is_retired;
+use crate::store::event_log::{Log, LogPosition, after, log_position, seen_at};
+
+fn app_to_db(e: crate::error::AppError) -> DbErr {
+    DbErr::Custom(format!("reading a log position: {e:?}"))
+}
 
 /// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
@@ -200,7 +205,8 @@ struct State {
     /// Tags of each group, from the tag rows seen so far; a tag's new
     /// version (a move is one) makes the follower re-read its group.
     group_tags: HashMap<i64, Vec<i64>>,
-    last_seq: i64,
+    /// Where the tag event log has been read to.
+    events: LogPosition,
     /// The last tag version (`library_version.id`) followed.
     last_version: i64,
     /// Customers in (added time, id) order as of the last build, for pages
@@ -211,7 +217,8 @@ struct State {
     /// Customers put since (or whose added time changed): not in
     /// `by_added`'s order, so every page considers all of them.
     added_since: RoaringBitmap,
-    last_change: i64,
+    /// Where the customer change log has been read to.
+    changes: LogPosition,
     last_customer: i64,
     last_tag: i64,
     /// PostgreSQL keeps instants to the microsecond and truncates the
@@ -333,10 +340,10 @@ impl SegmentIndex {
         let db = &txn;
         // The log positions first: everything after them is applied later,
         // and applying an event or a change twice is harmless.
-        let last_seq = max_seq::<tag_event::Entity>(db, tag_event::Column::Seq).await?;
-        let last_change = max_seq::<customer_change::Entity>(db, customer_change::Column::Seq).await?;
+        let events = log_position(db, Log::TagEvents).await.map_err(app_to_db)?;
+        let changes = log_position(db, Log::CustomerChanges).await.map_err(app_to_db)?;
         let last_version = max_seq::<library_version::Entity>(db, library_version::Column::Id).await?;
-        let mut fresh = State { last_seq, last_change, last_version, micros, ..State::default() };
+        let mut fresh = State { events, changes, last_version, micros, ..State::default() };
         let mut after = i64::MIN;
         loop {
             let rows = customer_rows()
@@ -417,20 +424,41 @@ impl SegmentIndex {
     }
 
     /// Applies the tag events, customer changes and new customers written
-    /// since the last call. Cheap when nothing changed (four indexed
-    /// queries).
+    /// since the last call. Cheap when nothing changed (a handful of
+    /// indexed queries in one read-only transaction).
+    ///
+    /// The logs are read in one snapshot (PostgreSQL: `REPEATABLE READ`),
+    /// from the place the last call left them to that snapshot: every row
+    /// of every transaction committed in between, in sequence order, even
+    /// one whose sequence number is below rows read before (writers do not
+    /// wait for each other; see docs/write-path.md).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn catch_up(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    pub async fn catch_up(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
         let _guard = self.catching_up.lock().await;
+        let txn = if outer.get_database_backend() == DbBackend::Postgres {
+            outer.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
+        } else {
+            outer.begin().await?
+        };
+        let db = &txn;
+        // The snapshot this reading ends at: its first statement fixes it.
+        let to = log_position(db, Log::TagEvents).await.map_err(app_to_db)?;
+        let (from_events, from_changes) = {
+            let s = self.read();
+            (s.events.clone(), s.changes.clone())
+        };
+        // Sequence numbers within the reading, for pages.
+        let (mut event_page, mut change_page) = (0_i64, 0_i64);
         loop {
-            let (last_seq, last_change, last_customer, last_tag, last_version) = {
+            let (last_customer, last_tag, last_version) = {
                 let s = self.read();
-                (s.last_seq, s.last_change, s.last_customer, s.last_tag, s.last_version)
+                (s.last_customer, s.last_tag, s.last_version)
             };
             let events = tag_event::Entity::find()
-                .filter(tag_event::Column::Seq.gt(last_seq))
+                .filter(after(Log::TagEvents, &from_events))
+                .filter(tag_event::Column::Seq.gt(event_page))
                 .order_by_asc(tag_event::Column::Seq)
                 .limit(EVENT_BATCH)
                 .all(db)
@@ -438,7 +466,8 @@ impl SegmentIndex {
             let changes: Vec<(i64, i64)> = customer_change::Entity::find()
                 .select_only()
                 .columns([customer_change::Column::Seq, customer_change::Column::CustomerId])
-                .filter(customer_change::Column::Seq.gt(last_change))
+                .filter(after(Log::CustomerChanges, &from_changes))
+                .filter(customer_change::Column::Seq.gt(change_page))
                 .order_by_asc(customer_change::Column::Seq)
                 .limit(EVENT_BATCH)
                 .into_tuple()
@@ -497,35 +526,51 @@ impl SegmentIndex {
             let more = events.len() as u64 == EVENT_BATCH
                 || changes.len() as u64 == EVENT_BATCH
                 || versions.len() as u64 == EVENT_BATCH;
-            let mut s = self.write();
-            for (id, group, status) in revised {
-                for members in s.group_tags.values_mut() {
-                    members.retain(|t| *t != id);
+            let done = {
+                let mut s = self.write();
+                for (id, group, status) in revised {
+                    for members in s.group_tags.values_mut() {
+                        members.retain(|t| *t != id);
+                    }
+                    if let Some(group) = group.filter(|_| !is_retired(status)) {
+                        s.group_tags.entry(group).or_default().push(id);
+                    }
                 }
-                if let Some(group) = group.filter(|_| !is_retired(status)) {
-                    s.group_tags.entry(group).or_default().push(id);
+                if let Some((id, _)) = versions.last() {
+                    s.last_version = *id;
                 }
-            }
-            if let Some((id, _)) = versions.last() {
-                s.last_version = *id;
-            }
-            for (id, group, status) in new_tags {
-                if let Some(group) = group.filter(|_| !is_retired(status)) {
-                    s.group_tags.entry(group).or_default().push(id);
+                for (id, group, status) in new_tags {
+                    if let Some(group) = group.filter(|_| !is_retired(status)) {
+                        s.group_tags.entry(group).or_default().push(id);
+                    }
+                    s.last_tag = s.last_tag.max(id);
                 }
-                s.last_tag = s.last_tag.max(id);
-            }
-            for row in &rows {
-                s.put(row);
-                s.last_customer = s.last_customer.max(row.id);
-            }
-            if let Some((seq, _)) = changes.last() {
-                s.last_change = *seq;
-            }
-            for e in events {
-                apply_event(&mut s, &e);
-            }
-            if !more {
+                for row in &rows {
+                    s.put(row);
+                    s.last_customer = s.last_customer.max(row.id);
+                }
+                if let Some((seq, _)) = changes.last() {
+                    change_page = *seq;
+                    s.changes.seq = s.changes.seq.max(*seq);
+                }
+                if let Some(e) = events.last() {
+                    event_page = e.seq;
+                }
+                for e in events {
+                    apply_event(&mut s, &e);
+                }
+                if !more {
+                    // Everything the snapshot shows is applied: it is the place
+                    // the next reading starts from.
+                    if to.snapshot.is_some() {
+                        s.events.snapshot.clone_from(&to.snapshot);
+                        s.changes.snapshot.clone_from(&to.snapshot);
+                    }
+                }
+                !more
+            };
+            if done {
+                txn.commit().await?;
                 return Ok(());
             }
         }
@@ -549,10 +594,10 @@ impl SegmentIndex {
         if timelines.is_empty() && snapshots.is_empty() {
             return Ok(());
         }
-        // Under the catch-up lock: a timeline read up to `last_seq` is
+        // Under the catch-up lock: a timeline read up to the applied place
         // continued by the next catch-up, with nothing lost or doubled.
         let _guard = self.catching_up.lock().await;
-        let last_seq = self.read().last_seq;
+        let applied = self.read().events.clone();
         for tag_id in timelines {
             let events: Vec<(i64, DateTime<Utc>)> = tag_event::Entity::find()
                 .select_only()
@@ -560,7 +605,7 @@ impl SegmentIndex {
                 .filter(tag_event::Column::TagId.eq(tag_id))
                 .filter(tag_event::Column::Op.eq(TagOp::Add))
                 .filter(tag_event::Column::Source.ne(TagSource::Merge))
-                .filter(tag_event::Column::Seq.lte(last_seq))
+                .filter(seen_at(Log::TagEvents, &applied))
                 .into_tuple()
                 .all(db)
                 .await?;
@@ -608,11 +653,18 @@ impl SegmentIndex {
         });
     }
 
+    /// Every tag's holders as the index has them (tags held by nobody left
+    /// out), by tag id: to check a follower against a fresh build.
+    pub fn tag_holders(&self) -> std::collections::BTreeMap<i64, RoaringBitmap> {
+        let s = self.read();
+        s.tags.iter().filter(|(_, b)| !b.is_empty()).map(|(t, b)| (*t, b.clone())).collect()
+    }
+
     /// Sizes and log position, for metrics.
     pub fn stats(&self) -> IndexStats {
         let bytes = self.memory_bytes();
         let s = self.read();
-        IndexStats { bitmaps: s.tags.len() + s.units.len(), customers: s.known.len(), bytes, applied_seq: s.last_seq }
+        IndexStats { bitmaps: s.tags.len() + s.units.len(), customers: s.known.len(), bytes, applied_seq: s.events.seq }
     }
 
     /// Bytes the index takes: bitmaps (serialized size, close to the heap
@@ -849,7 +901,8 @@ fn apply_event(s: &mut State, e: &tag_event::Model) {
             timeline.insert(nanos(e.occurred_at), bit);
         }
     }
-    s.last_seq = e.seq;
+    // On SQLite the newest sequence number applied is the place itself.
+    s.events.seq = s.events.seq.max(e.seq);
 }
 
 /// Tags whose timelines and static segments whose snapshots an expression

@@ -16,8 +16,8 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
-    Order, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    FromQueryResult, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,9 @@ use crate::service::governance::{
     requests::{self, ChangeRequestKind, NewRequest, RequestTarget},
 };
 use crate::store::constraint::on_constraint;
-use crate::store::event_log::{EventBy, event_log_head, insert_events, serialize_event_log};
+use crate::store::event_log::{
+    EventBy, Log, LogPosition, NewEvent, after, insert_event_rows, log_position, pg_array, pg_instant, share_event_log,
+};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;
@@ -70,11 +72,11 @@ pub struct TaggingOutcome {
 }
 
 /// What a bulk run leaves alone (see [`TaggingOutcome::kept`]): the
-/// (customer, tag) pairs that others changed after event `as_of`.
+/// (customer, tag) pairs that others changed after the call began.
 #[derive(Debug, Default)]
 struct Keep {
-    /// The newest tag event when the bulk call began: the run applies as of
-    /// then. `None` outside bulk runs.
+    /// The newest tag event when the bulk call began (for the audit row):
+    /// the run applies as of then. `None` outside bulk runs.
     as_of: Option<i64>,
     pairs: HashSet<(i64, i64)>,
 }
@@ -168,24 +170,48 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    let outcome = apply_tags_in(&txn, principal, limits, req, &Keep::default()).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req, None).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
+/// Takes what every tagging transaction takes before it reads: the shared
+/// side of the governance lock, then the named customers' rows, then the
+/// named tags. With `as_of` (a bulk run), also what others changed on
+/// these customers since then, read once their rows are locked: a
+/// concurrent tagger of one of them has committed by then, or waits for
+/// this transaction.
+async fn begin_tagging(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    req: &TagRequest,
+    as_of: Option<&LogPosition>,
+) -> AppResult<(Vec<customer::Model>, Vec<VisibleTag>, Keep)> {
+    share_event_log(txn).await?;
+    let customers = lock_customers(txn, principal, &req.customers).await?;
+    let tags = named_tags(txn, principal, &req.tags).await?;
+    check_locks(txn, principal, &customers, &tags).await?;
+    let keep = match as_of {
+        Some(since) => {
+            let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+            changed_since(txn, since, &ids, &tags).await?
+        }
+        None => Keep::default(),
+    };
+    Ok((customers, tags, keep))
+}
+
 /// [`apply_tags`] inside the caller's transaction (checks of the request's
-/// own fields aside), leaving the pairs of `keep` alone.
+/// own fields aside), leaving alone what others changed after `as_of`.
 async fn apply_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
     limits: &Limits,
     req: TagRequest,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
-    serialize_event_log(txn).await?;
-    let customers = lock_customers(txn, principal, &req.customers).await?;
-    let tags = named_tags(txn, principal, &req.tags).await?;
-    check_locks(txn, principal, &customers, &tags).await?;
+    let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
+    let keep = &keep;
 
     let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
     for VisibleTag { tag, group } in &tags {
@@ -261,14 +287,10 @@ async fn apply_tags_in(
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals: Vec<(i64, i64)> = Vec::new();
-    let mut additions: Vec<customer_tag::ActiveModel> = Vec::new();
-    let mut events: Vec<tag_event::ActiveModel> = Vec::new();
+    let mut additions: Vec<NewAssignment> = Vec::new();
+    let mut events: Vec<NewEvent> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let event =
-        |customer_id: i64, tag_id: i64, op: TagOp| {
-            EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now }
-                .event(customer_id, tag_id, op)
-        };
+    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = held.iter().filter(|t| !retired.contains(t)).count() as u32;
@@ -285,7 +307,7 @@ async fn apply_tags_in(
             if let Some(group) = group.as_ref().filter(|g| g.exclusive) {
                 for old in held.iter().filter(|t| exclusive_members.get(t) == Some(&group.id)) {
                     removals.push((c.id, *old));
-                    events.push(event(c.id, *old, TagOp::Remove));
+                    events.push((c.id, *old, TagOp::Remove));
                     outcome.removed += 1;
                     if !retired.contains(old) {
                         after -= 1;
@@ -293,16 +315,8 @@ async fn apply_tags_in(
                 }
             }
             let expires_at = req.expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));
-            additions.push(customer_tag::ActiveModel {
-                customer_id: Set(c.id),
-                tag_id: Set(tag.id),
-                source: Set(req.source),
-                source_ref: Set(req.source_ref.clone()),
-                tagged_by: Set(Some(principal.staff.id)),
-                tagged_at: Set(now),
-                expires_at: Set(expires_at),
-            });
-            events.push(event(c.id, tag.id, TagOp::Add));
+            additions.push((c.id, tag.id, expires_at));
+            events.push((c.id, tag.id, TagOp::Add));
             outcome.added += 1;
             after += 1;
         }
@@ -327,14 +341,8 @@ async fn apply_tags_in(
     outcome.alerts_raised = alerts.len() as u32;
 
     delete_assignments(txn, &removals).await?;
-    for chunk in additions.chunks(CHUNK) {
-        // A clash: another transaction added the same assignment after we read.
-        customer_tag::Entity::insert_many(chunk.to_vec())
-            .exec(txn)
-            .await
-            .map_err(|e| on_constraint(e, |_| "these customers' tags changed meanwhile; retry".to_owned()))?;
-    }
-    insert_events(txn, events).await?;
+    insert_assignments(txn, &by, &additions).await?;
+    insert_event_rows(txn, &by, &events).await?;
     if !alerts.is_empty() {
         tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
@@ -379,23 +387,21 @@ pub async fn remove_tags(
         source: TagSource::Manual,
         source_ref: None,
     };
-    let outcome = remove_tags_in(&txn, principal, req, &Keep::default()).await?;
+    let outcome = remove_tags_in(&txn, principal, req, None).await?;
     txn.commit().await?;
     Ok(outcome)
 }
 
-/// [`remove_tags`] inside the caller's transaction, leaving the pairs of
-/// `keep` alone.
+/// [`remove_tags`] inside the caller's transaction, leaving alone what
+/// others changed after `as_of`.
 async fn remove_tags_in(
     txn: &DatabaseTransaction,
     principal: &Principal,
     req: TagRequest,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
-    serialize_event_log(txn).await?;
-    let customers = lock_customers(txn, principal, &req.customers).await?;
-    let tags = named_tags(txn, principal, &req.tags).await?;
-    check_locks(txn, principal, &customers, &tags).await?;
+    let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
+    let keep = &keep;
     for c in &customers {
         for t in &tags {
             require_use(principal, t, c.org_unit_id)?;
@@ -406,7 +412,8 @@ async fn remove_tags_in(
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
-    let mut events = Vec::new();
+    let mut events: Vec<NewEvent> = Vec::new();
+    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         for t in &tags {
@@ -414,13 +421,7 @@ async fn remove_tags_in(
                 outcome.kept += 1;
             } else if held.contains(&t.tag.id) {
                 removals.push((c.id, t.tag.id));
-                let by = EventBy {
-                    actor: principal.staff.id,
-                    source: req.source,
-                    source_ref: req.source_ref.clone(),
-                    at: now,
-                };
-                events.push(by.event(c.id, t.tag.id, TagOp::Remove));
+                events.push((c.id, t.tag.id, TagOp::Remove));
                 outcome.removed += 1;
             } else {
                 outcome.unchanged += 1;
@@ -428,7 +429,7 @@ async fn remove_tags_in(
         }
     }
     delete_assignments(txn, &removals).await?;
-    insert_events(txn, events).await?;
+    insert_event_rows(txn, &by, &events).await?;
     audit::record(
         txn,
         batch_entry(principal, "customer.untag", &customers).with_detail(json!({
@@ -517,11 +518,11 @@ async fn run_in(
     bulk: &BulkTagging,
     source: TagSource,
     source_ref: Option<String>,
-    keep: &Keep,
+    as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
     match bulk.op {
-        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), keep).await,
-        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), keep).await,
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of).await,
+        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of).await,
     }
 }
 
@@ -549,7 +550,7 @@ pub async fn tag_or_request(
 ) -> AppResult<TaggingResult> {
     // Read first: everything committed after this point is contemporary
     // with the call and is not overwritten by it.
-    let since = event_log_head(db).await?;
+    let since = log_position(db, Log::TagEvents).await?;
     check_sizes(limits, bulk.customer_ids.len(), bulk.tag_ids.len())?;
     if bulk.op == BulkOp::Add {
         if bulk.expires_at.is_some_and(|at| at <= Utc::now()) {
@@ -559,22 +560,21 @@ pub async fn tag_or_request(
             return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
         }
     }
-    let keep = Keep::default();
     if bulk.customer_ids.len() <= limits.bulk_threshold {
         let txn = db.begin().await?;
-        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), &keep).await?;
+        let outcome = run_in(&txn, principal, limits, &bulk, TagSource::Manual, bulk.source_ref.clone(), None).await?;
         txn.commit().await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
     super::customer::require_visible_ids(db, principal, &bulk.customer_ids).await?;
     let units = customer_units(db, &bulk.customer_ids).await?;
     if units.iter().all(|u| principal.may(Action::CustomerTagBulk, *u)) {
-        let outcome = run_locked(db, principal, limits, &bulk, since).await?;
+        let outcome = run_locked(db, principal, limits, &bulk, &since).await?;
         return Ok(TaggingResult { applied: true, outcome, change_request: None });
     }
     // Check the whole call as it would apply now, then file it.
     let txn = db.begin().await?;
-    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+    let dry = run_in(&txn, principal, limits, &bulk, TagSource::Bulk, bulk.source_ref.clone(), None).await?;
     txn.rollback().await?;
     let scope = principal
         .org
@@ -613,11 +613,11 @@ async fn customer_units(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Has
 
 /// The (customer, tag) pairs of a bulk call whose customer's tags in the
 /// tag's group (or of the tag itself, for a tag without group) changed
-/// after event `since`. Read under the event-log serialization, so every
-/// such change has committed.
+/// after `since` (whatever their sequence numbers). Read with the
+/// customers' rows locked, so every such change has committed.
 async fn changed_since(
     txn: &DatabaseTransaction,
-    since: i64,
+    since: &LogPosition,
     customer_ids: &[i64],
     tags: &[VisibleTag],
 ) -> AppResult<Keep> {
@@ -641,12 +641,12 @@ async fn changed_since(
     for t in tags.iter().filter(|t| t.group.is_none()) {
         concerns.insert(t.tag.id, vec![t.tag.id]);
     }
-    let mut keep = Keep { as_of: Some(since), pairs: HashSet::new() };
+    let mut keep = Keep { as_of: Some(since.seq), pairs: HashSet::new() };
     for chunk in customer_ids.chunks(CHUNK) {
         let rows: Vec<(i64, i64)> = tag_event::Entity::find()
             .select_only()
             .columns([tag_event::Column::CustomerId, tag_event::Column::TagId])
-            .filter(tag_event::Column::Seq.gt(since))
+            .filter(after(Log::TagEvents, since))
             .filter(tag_event::Column::CustomerId.is_in(chunk.iter().copied()))
             .filter(tag_event::Column::TagId.is_in(concerns.keys().copied()))
             .into_tuple()
@@ -672,7 +672,7 @@ async fn run_locked(
     principal: &Principal,
     limits: &Limits,
     bulk: &BulkTagging,
-    since: i64,
+    since: &LogPosition,
 ) -> AppResult<TaggingOutcome> {
     let ids: Vec<TagId> = bulk.tag_ids.iter().map(|t| TagId(*t)).collect();
     let tags = named_tags(db, principal, &ids).await?;
@@ -696,9 +696,8 @@ async fn run_locked(
 
     let run = async {
         let txn = db.begin().await?;
-        serialize_event_log(&txn).await?;
-        let keep = changed_since(&txn, since, &bulk.customer_ids, &tags).await?;
-        let outcome = run_in(&txn, principal, limits, bulk, TagSource::Bulk, bulk.source_ref.clone(), &keep).await?;
+        let outcome =
+            run_in(&txn, principal, limits, bulk, TagSource::Bulk, bulk.source_ref.clone(), Some(since)).await?;
         // A customer may have moved to a unit without bulk rights since.
         for c in &outcome.customers {
             principal.require(Action::CustomerTagBulk, c.org_unit_id)?;
@@ -728,7 +727,7 @@ pub async fn apply_approved(
     request_id: i64,
 ) -> AppResult<TaggingOutcome> {
     let source_ref = Some(format!("change_request:{request_id}"));
-    run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, &Keep::default()).await
+    run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, None).await
 }
 
 /// Cursors of a customer's tag history (newest first by sequence).
@@ -952,7 +951,68 @@ async fn assignments_of(
     Ok(out)
 }
 
+/// An assignment to write: customer, tag, expiry (the rest is the call's).
+type NewAssignment = (i64, i64, Option<DateTime<Utc>>);
+
+/// Writes the assignments of one call: on PostgreSQL one statement over
+/// arrays (`unnest`), on SQLite multi-row statements of [`CHUNK`] rows.
+/// Never a statement per customer.
+///
+/// # Errors
+/// `CONFLICT` when another transaction added one of them after this one
+/// read (its customer was not locked: a merge); database errors.
+async fn insert_assignments(txn: &DatabaseTransaction, by: &EventBy, rows: &[NewAssignment]) -> AppResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let conflict =
+        |err: sea_orm::DbErr| on_constraint(err, |_| "these customers' tags changed meanwhile; retry".to_owned());
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "INSERT INTO customer_tag \
+                   (customer_id, tag_id, source, source_ref, tagged_by, tagged_at, expires_at) \
+                   SELECT u.c, u.t, $4, $5, $6, $7, u.e \
+                   FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::timestamptz[]) AS u(c, t, e)";
+        let values: Vec<sea_orm::Value> = vec![
+            pg_array(rows.iter().map(|r| Some(r.0))).into(),
+            pg_array(rows.iter().map(|r| Some(r.1))).into(),
+            pg_array(rows.iter().map(|r| r.2.map(pg_instant))).into(),
+            by.source.as_str().into(),
+            by.source_ref.clone().into(),
+            by.actor.into(),
+            by.at.into(),
+        ];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await.map_err(conflict)?;
+        return Ok(());
+    }
+    for chunk in rows.chunks(CHUNK) {
+        let models = chunk.iter().map(|(customer_id, tag_id, expires_at)| customer_tag::ActiveModel {
+            customer_id: Set(*customer_id),
+            tag_id: Set(*tag_id),
+            source: Set(by.source),
+            source_ref: Set(by.source_ref.clone()),
+            tagged_by: Set(Some(by.actor)),
+            tagged_at: Set(by.at),
+            expires_at: Set(*expires_at),
+        });
+        customer_tag::Entity::insert_many(models).exec(txn).await.map_err(conflict)?;
+    }
+    Ok(())
+}
+
+/// Deletes (customer, tag) assignments: one statement over arrays on
+/// PostgreSQL, multi-row statements on SQLite.
 async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "DELETE FROM customer_tag USING unnest($1::text::bigint[], $2::text::bigint[]) AS u(c, t) \
+                   WHERE customer_tag.customer_id = u.c AND customer_tag.tag_id = u.t";
+        let values: Vec<sea_orm::Value> =
+            vec![pg_array(pairs.iter().map(|p| Some(p.0))).into(), pg_array(pairs.iter().map(|p| Some(p.1))).into()];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        return Ok(());
+    }
     for chunk in pairs.chunks(CHUNK) {
         let cond = chunk.iter().fold(Condition::any(), |cond, (customer_id, tag_id)| {
             cond.add(

@@ -29,3 +29,4 @@ mod staff;
 mod tag_library;
 mod tagging;
 mod visibility;
+mod write_path;
