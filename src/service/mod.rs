@@ -9,6 +9,7 @@ pub mod customer;
 pub mod export;
 pub mod library_edit;
 pub mod locks;
+pub mod rules;
 pub mod segment;
 pub mod staff;
 pub mod tag_library;
