@@ -427,7 +427,61 @@ async fn customers_added_at_17_59_and_18_01_get_different_tags(mut app: TestApp)
     assert!(tags[0]["why"]["text"].as_str().unwrap().contains("customer_added at 18:01 (+08:00)"));
 }
 
+async fn recorded_events_cannot_be_changed_or_deleted(mut app: TestApp) {
+    use sea_orm::{QueryFilter, sea_query::Expr};
+    let login = connector(&mut app).await;
+    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    app.gql(login, RECORD, json!({ "e": [message(&customer, "ao1", "你好")] })).await.ok();
+    let update = customer_event::Entity::update_many()
+        .col_expr(customer_event::Column::EventKey, Expr::value("changed"))
+        .filter(sea_orm::ColumnTrait::eq(&customer_event::Column::EventKey, "ao1"))
+        .exec(&app.db)
+        .await;
+    assert!(update.is_err(), "the database refuses an UPDATE");
+    let delete = customer_event::Entity::delete_many().exec(&app.db).await;
+    assert!(delete.is_err(), "the database refuses a DELETE");
+    assert_eq!(customer_event::Entity::find().count(&app.db).await.unwrap(), 1);
+}
+
+/// The full demo carries the articles' rules and events that made each
+/// enabled one fire on some customers, and only on those.
+async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
+    tagbase::seed::seed_demo(&app.db, &app.app.state.authz, app.app.state.settings.utc_offset).await.unwrap();
+    let rules = app
+        .gql("admin", "query($u: ID!) { rules(orgUnitId: $u) { name status } }", json!({ "u": app.unit_id("hq") }))
+        .await;
+    assert_eq!(rules.ok()["rules"].as_array().unwrap().len(), 6);
+    let by_rule: Vec<(String, i64)> = entity::customer_tag::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|a| a.source_ref.and_then(|r| tagbase::service::rules::explain::parse_source_ref(&r)))
+        .map(|r| (r.rule_id.to_string(), r.event_id.unwrap_or_default()))
+        .collect();
+    let rule_ids: Vec<i64> = entity::rule::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.status == entity::enums::RuleStatus::Enabled)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(rule_ids.len(), 5);
+    for id in rule_ids {
+        let fired = by_rule.iter().filter(|(r, _)| *r == id.to_string()).count();
+        // Each event pattern hits one in twenty customers: 100 of 2,000.
+        assert!((1..=100).contains(&fired), "rule {id} fired on {fired} customers");
+    }
+    // Seeding again records nothing new.
+    let before = customer_event::Entity::find().count(&app.db).await.unwrap();
+    tagbase::seed::seed_demo(&app.db, &app.app.state.authz, app.app.state.settings.utc_offset).await.unwrap();
+    assert_eq!(customer_event::Entity::find().count(&app.db).await.unwrap(), before);
+}
+
 on_both_databases!(
+    recorded_events_cannot_be_changed_or_deleted,
+    the_demo_rules_have_fired_on_some_customers,
     a_message_with_the_keyword_tags_the_customer_at_once_and_says_why,
     the_same_key_twice_has_no_second_effect_and_another_event_under_it_is_a_conflict,
     bad_events_are_refused_one_by_one_and_the_good_ones_kept,

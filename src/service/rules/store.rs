@@ -142,8 +142,8 @@ async fn refuse_loops(
     let mut names: HashMap<i64, String> = HashMap::new();
     for other in others.into_iter().filter(|r| org.is_within(r.org_unit_id, unit) || org.is_within(unit, r.org_unit_id))
     {
-        if !libraries.contains_key(&other.org_unit_id) {
-            libraries.insert(other.org_unit_id, UnitLibrary::load(db, org, other.org_unit_id).await?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = libraries.entry(other.org_unit_id) {
+            slot.insert(UnitLibrary::load(db, org, other.org_unit_id).await?);
         }
         let lib = &libraries[&other.org_unit_id];
         if let Some(compiled) = compile(&other, lib) {
