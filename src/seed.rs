@@ -515,8 +515,10 @@ async fn seed_demo_rules(
     let units = org_unit::Entity::find().order_by_asc(org_unit::Column::Path).all(db).await?;
     let hq = units.iter().find(|u| u.code == "hq").context("no hq unit")?.id;
     let admin = staff::Entity::find().filter(staff::Column::Login.eq("admin")).one(db).await?.context("no admin")?;
-    let principal = authz.principal(admin, std::sync::Arc::new(crate::authz::OrgTree::new(units)));
     let err = |e: crate::error::AppError| anyhow::anyhow!(e.message());
+    // The seed bound the demo roles a moment ago: act under that policy.
+    authz.refresh().await.map_err(err)?;
+    let principal = authz.principal(admin, std::sync::Arc::new(crate::authz::OrgTree::new(units)));
 
     // Tags that only rules put on, in a group of their own.
     let group = match tag_group::Entity::find()
@@ -707,7 +709,10 @@ const DEMO_RULES: &[DemoRule] = {
         ),
         demo_rule("连续三天入群", "streak(group_joined, 3d)", Add, (AUTO_GROUP, "活跃客户"), true),
         demo_rule("晚间咨询", "customer_added at 18:00–24:00", Add, ("活动", "晚间咨询"), true),
-        demo_rule("付费客户", "count(order_paid, 1d) >= 1", Move, ("客户阶段", "付费客户"), true),
+        demo_rule("订单支付", "count(order_paid, 1d) >= 1", Add, ("活动", "已完成交易"), true),
+        // Every demo customer has a seeded stage, which a second seed puts
+        // back beside a moved one: the stage move stays disabled in the demo.
+        demo_rule("付费客户", "count(order_paid, 1d) >= 1", Move, ("客户阶段", "付费客户"), false),
         // Absence becomes true with time and no event: it waits for
         // scheduled rules, so it stays disabled for now.
         demo_rule("流失客户", "no order_paid for 180d", Move, ("客户阶段", "流失客户"), false),

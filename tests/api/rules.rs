@@ -450,7 +450,7 @@ async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
     let rules = app
         .gql("admin", "query($u: ID!) { rules(orgUnitId: $u) { name status } }", json!({ "u": app.unit_id("hq") }))
         .await;
-    assert_eq!(rules.ok()["rules"].as_array().unwrap().len(), 6);
+    assert_eq!(rules.ok()["rules"].as_array().unwrap().len(), 7);
     let by_rule: Vec<(String, i64)> = entity::customer_tag::Entity::find()
         .all(&app.db)
         .await
