@@ -180,17 +180,27 @@ pub struct CustomerEventInput {
     /// Your key for the event: the same key again has no second effect;
     /// the same key for a different event is refused (`CONFLICT`).
     key: String,
+    /// `MESSAGE_RECEIVED`: the message (at most 4,000 characters).
     text: Option<String>,
+    /// `LINK_CLICKED`: the link.
     url: Option<String>,
+    /// `LINK_CLICKED`: the link's title.
     title: Option<String>,
+    /// `GROUP_JOINED`, `GROUP_LEFT`: the group chat.
     group: Option<String>,
-    /// In cents (分).
+    /// `ORDER_PAID`: the amount in cents (分).
     amount: Option<i64>,
+    /// `ORDER_PAID`: the order's id in the order system.
     order_id: Option<String>,
+    /// `CUSTOMER_ADDED`: the channel (渠道).
     channel: Option<String>,
+    /// `FORM_SUBMITTED`: the form.
     form: Option<String>,
+    /// `FORM_SUBMITTED`: the answers (a JSON object).
     answers: Option<Json<Value>>,
+    /// `CUSTOM`: the event's name.
     name: Option<String>,
+    /// `CUSTOM`: its properties (a JSON object).
     properties: Option<Json<Value>>,
 }
 
@@ -217,6 +227,7 @@ pub enum EventOutcome {
 pub struct EventResult {
     /// Its position in the batch, from 0.
     index: i32,
+    /// Recorded, duplicate or refused.
     outcome: EventOutcome,
     /// The recorded event (for a duplicate, the one recorded before).
     event_id: Option<ID>,
@@ -232,6 +243,7 @@ pub struct EventError {
     code: String,
     /// The input field at fault, when one is.
     field: Option<String>,
+    /// What is wrong.
     message: String,
 }
 
@@ -310,7 +322,9 @@ impl From<ActionOp> for RuleActionOp {
 /// A THEN of a rule.
 #[derive(InputObject)]
 pub struct RuleActionInput {
+    /// Add, remove or move.
     op: RuleActionOp,
+    /// The tag (of the rule's unit's library).
     tag_id: ID,
     /// The assignment lapses this many seconds after it is made.
     ttl_seconds: Option<i64>,
@@ -336,6 +350,7 @@ pub struct RuleAction(RuleActionModel);
 /// A THEN of a rule.
 #[Object]
 impl RuleAction {
+    /// Add, remove or move.
     async fn op(&self) -> RuleActionOp {
         self.0.op.into()
     }
@@ -383,9 +398,11 @@ impl Rule {
     async fn org_unit(&self, ctx: &Context<'_>) -> Result<OrgUnit> {
         org_unit(ctx, self.0.org_unit_id)
     }
+    /// Unique in its unit.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// Enabled, disabled or archived.
     async fn status(&self) -> RuleStatus {
         self.0.status
     }
@@ -409,9 +426,11 @@ impl Rule {
     async fn priority(&self) -> i32 {
         self.0.priority
     }
+    /// When it was created.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
+    /// When it last changed.
     async fn updated_at(&self) -> DateTime {
         self.0.updated_at.into()
     }
@@ -423,6 +442,7 @@ pub struct RuleVersion(pub rule_version::Model);
 /// One version of a rule.
 #[Object]
 impl RuleVersion {
+    /// The version number.
     async fn version(&self) -> i32 {
         self.0.version
     }
@@ -430,27 +450,35 @@ impl RuleVersion {
     async fn change(&self) -> &str {
         &self.0.change
     }
+    /// The rule's name in this version.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// Its status after the change.
     async fn status(&self) -> RuleStatus {
         self.0.status
     }
+    /// The IF in this version.
     async fn condition(&self) -> &str {
         &self.0.condition
     }
+    /// The THEN in this version.
     async fn actions(&self) -> Result<Vec<RuleAction>> {
         actions_of(&self.0.actions, self.0.rule_id)
     }
+    /// Re-add a tag that a person removed, in this version.
     async fn override_manual_removal(&self) -> bool {
         self.0.override_manual_removal
     }
+    /// The priority in this version.
     async fn priority(&self) -> i32 {
         self.0.priority
     }
+    /// Who made the change.
     async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.changed_by)).await
     }
+    /// When.
     async fn changed_at(&self) -> DateTime {
         self.0.changed_at.into()
     }
@@ -509,7 +537,7 @@ impl RuleQuery {
     async fn rules(
         &self,
         ctx: &Context<'_>,
-        org_unit_id: ID,
+        #[graphql(desc = "The org unit.")] org_unit_id: ID,
         #[graphql(default = false, desc = "Also archived rules.")] include_archived: bool,
     ) -> Result<Vec<Rule>> {
         let env = env(ctx);
@@ -518,13 +546,17 @@ impl RuleQuery {
         Ok(rows.into_iter().map(Rule).collect())
     }
     /// One rule.
-    async fn rule(&self, ctx: &Context<'_>, id: ID) -> Result<Rule> {
+    async fn rule(&self, ctx: &Context<'_>, #[graphql(desc = "The rule's id.")] id: ID) -> Result<Rule> {
         let env = env(ctx);
         Ok(Rule(store::find_rule(env.db, env.principal, RuleId::parse(&id, "id")?).await?))
     }
     /// Every version of a rule, newest first.
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
-    async fn rule_history(&self, ctx: &Context<'_>, rule_id: ID) -> Result<Vec<RuleVersion>> {
+    async fn rule_history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule's id.")] rule_id: ID,
+    ) -> Result<Vec<RuleVersion>> {
         let env = env(ctx);
         let rows = store::rule_history(env.db, env.principal, RuleId::parse(&rule_id, "ruleId")?).await?;
         Ok(rows.into_iter().map(RuleVersion).collect())
@@ -536,6 +568,7 @@ impl RuleQuery {
 pub struct CreateRuleInput {
     /// The unit whose customers (and those below) it applies to.
     org_unit_id: ID,
+    /// Unique in its unit (at most 64 characters).
     name: String,
     /// The IF, in the rule language.
     condition: String,
@@ -555,13 +588,19 @@ pub struct CreateRuleInput {
 /// A change to a rule; absent fields stay.
 #[derive(InputObject)]
 pub struct UpdateRuleInput {
+    /// The rule's id.
     id: ID,
     /// The version you read: a rule changed since is `CONFLICT`.
     version: Option<i32>,
+    /// A new name.
     name: Option<String>,
+    /// A new IF.
     condition: Option<String>,
+    /// New THENs (replacing all of them).
     actions: Option<Vec<RuleActionInput>>,
+    /// Re-add a tag that a person removed from the customer.
     override_manual_removal: Option<bool>,
+    /// A new priority.
     priority: Option<i32>,
 }
 
@@ -579,7 +618,11 @@ impl RuleMutation {
     /// Records customer events (idempotent by key) and runs the rules they
     /// trigger, in one transaction. Bad events are refused one by one
     /// (`errors`); the others are recorded.
-    async fn record_events(&self, ctx: &Context<'_>, input: RecordEventsInput) -> Result<RecordEventsPayload> {
+    async fn record_events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The events.")] input: RecordEventsInput,
+    ) -> Result<RecordEventsPayload> {
         let env = env(ctx);
         let offset = ctx.data_unchecked::<AppState>().settings.utc_offset;
         let raws = input.events.into_iter().map(raw_event).collect();
@@ -623,7 +666,11 @@ impl RuleMutation {
     }
 
     /// Creates a rule (disabled unless `enabled`).
-    async fn create_rule(&self, ctx: &Context<'_>, input: CreateRuleInput) -> Result<Rule> {
+    async fn create_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule.")] input: CreateRuleInput,
+    ) -> Result<Rule> {
         let env = env(ctx);
         let draft = RuleDraft {
             org_unit: OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?,
@@ -638,7 +685,11 @@ impl RuleMutation {
     }
 
     /// Changes a rule: a new version.
-    async fn update_rule(&self, ctx: &Context<'_>, input: UpdateRuleInput) -> Result<Rule> {
+    async fn update_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The change.")] input: UpdateRuleInput,
+    ) -> Result<Rule> {
         let env = env(ctx);
         let id = RuleId::parse(&input.id, "id")?;
         let patch = RulePatch {
@@ -652,22 +703,42 @@ impl RuleMutation {
     }
 
     /// Turns a rule on: it fires on the events that follow.
-    async fn enable_rule(&self, ctx: &Context<'_>, id: ID, version: Option<i32>) -> Result<Rule> {
+    async fn enable_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule's id.")] id: ID,
+        #[graphql(desc = "The version you read: a rule changed since is `CONFLICT`.")] version: Option<i32>,
+    ) -> Result<Rule> {
         set_status(ctx, id, version, RuleStatus::Enabled).await
     }
 
     /// Turns a rule off; it stays, with its history.
-    async fn disable_rule(&self, ctx: &Context<'_>, id: ID, version: Option<i32>) -> Result<Rule> {
+    async fn disable_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule's id.")] id: ID,
+        #[graphql(desc = "The version you read: a rule changed since is `CONFLICT`.")] version: Option<i32>,
+    ) -> Result<Rule> {
         set_status(ctx, id, version, RuleStatus::Disabled).await
     }
 
     /// Retires a rule for good; its history and explanations stay.
-    async fn archive_rule(&self, ctx: &Context<'_>, id: ID, version: Option<i32>) -> Result<Rule> {
+    async fn archive_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule's id.")] id: ID,
+        #[graphql(desc = "The version you read: a rule changed since is `CONFLICT`.")] version: Option<i32>,
+    ) -> Result<Rule> {
         set_status(ctx, id, version, RuleStatus::Archived).await
     }
 
     /// Makes an earlier version the rule's next version (its status stays).
-    async fn rollback_rule(&self, ctx: &Context<'_>, id: ID, to_version: i32) -> Result<Rule> {
+    async fn rollback_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule's id.")] id: ID,
+        #[graphql(desc = "The version to bring back.")] to_version: i32,
+    ) -> Result<Rule> {
         let env = env(ctx);
         Ok(Rule(store::rollback_rule(env.db, env.principal, RuleId::parse(&id, "id")?, to_version).await?))
     }
