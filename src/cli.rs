@@ -202,6 +202,9 @@ struct HttpArgs {
     /// Operations one batched request may hold.
     #[arg(long, env = "TAGBASE_MAX_BATCH", default_value_t = Limits::default().max_batch)]
     max_batch: usize,
+    /// Customer events one `recordEvents` call may carry.
+    #[arg(long, env = "TAGBASE_MAX_EVENTS_PER_BATCH", default_value_t = Limits::default().max_events_per_batch)]
+    max_events_per_batch: usize,
     /// How long a request may run before it is cancelled (504, `TIMEOUT`),
     /// e.g. `30s`; also PostgreSQL's `statement_timeout`.
     #[arg(long, env = "TAGBASE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -354,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.cors_origins = http.cors_origins;
             settings.trusted_documents = http.trusted_documents;
             settings.limits.max_batch = http.max_batch;
+            settings.limits.max_events_per_batch = http.max_events_per_batch;
             settings.limits.request_timeout = http.request_timeout;
             let app = Application::build(settings).await?;
             if demo {

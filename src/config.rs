@@ -174,6 +174,8 @@ pub struct Limits {
     /// read); beyond it, `LIMIT_EXCEEDED`. Readers who see phones in full
     /// are not limited.
     pub phone_searches_per_minute: u32,
+    /// Customer events one `recordEvents` call may carry.
+    pub max_events_per_batch: usize,
 }
 
 /// A request rate: a steady rate per second and a burst allowance.
@@ -226,6 +228,7 @@ impl Default for Limits {
             max_batch: 10,
             persisted_query_cache: 1_000,
             phone_searches_per_minute: 20,
+            max_events_per_batch: 1_000,
         }
     }
 }

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 
 use crate::authz::Authz;
@@ -494,8 +494,230 @@ fn generate_customers(per_store: usize) -> Vec<DemoCustomer> {
 /// # Errors
 /// Database errors; nothing of a failed run's customer part is committed.
 pub async fn seed_demo(db: &DatabaseConnection, authz: &Authz, offset: FixedOffset) -> anyhow::Result<SeedReport> {
-    seed_demo_sized(db, authz, DEMO_CUSTOMERS_PER_STORE, offset).await
+    let mut report = seed_demo_sized(db, authz, DEMO_CUSTOMERS_PER_STORE, offset).await?;
+    seed_demo_rules(db, authz, offset, &mut report).await?;
+    Ok(report)
 }
+
+/// The automatic-tagging rules of the articles, enabled at HQ, and
+/// customer events (by the customers' `demo` external ids, with fixed
+/// keys) that make each of them fire on some customers. Only in the full
+/// demo: the small seed of the tests keeps no rules and no events.
+/// Idempotent: rules are found by name, events by key.
+async fn seed_demo_rules(
+    db: &DatabaseConnection,
+    authz: &Authz,
+    offset: FixedOffset,
+    report: &mut SeedReport,
+) -> anyhow::Result<()> {
+    use crate::service::rules::{eval, event::RawEvent, record, store};
+
+    let units = org_unit::Entity::find().order_by_asc(org_unit::Column::Path).all(db).await?;
+    let hq = units.iter().find(|u| u.code == "hq").context("no hq unit")?.id;
+    let admin = staff::Entity::find().filter(staff::Column::Login.eq("admin")).one(db).await?.context("no admin")?;
+    let err = |e: crate::error::AppError| anyhow::anyhow!(e.message());
+    // The seed bound the demo roles a moment ago: act under that policy.
+    authz.refresh().await.map_err(err)?;
+    let principal = authz.principal(admin, std::sync::Arc::new(crate::authz::OrgTree::new(units)));
+
+    // Tags that only rules put on, in a group of their own.
+    let group = match tag_group::Entity::find()
+        .filter(tag_group::Column::OrgUnitId.eq(hq))
+        .filter(tag_group::Column::Name.eq(AUTO_GROUP))
+        .one(db)
+        .await?
+    {
+        Some(group) => group,
+        None => {
+            report.tag_groups += 1;
+            tag_group::ActiveModel {
+                id: NotSet,
+                org_unit_id: Set(hq),
+                name: Set(AUTO_GROUP.to_owned()),
+                description: Set("由自动打标规则维护".to_owned()),
+                category: Set(TagCategory::Behavior),
+                visibility_class: Set("behavior".to_owned()),
+                exclusive: Set(false),
+                naming_pattern: Set(None),
+                version: Set(1),
+                created_at: Set(anchor()),
+                updated_at: Set(anchor()),
+            }
+            .insert(db)
+            .await?
+        }
+    };
+    for name in ["活跃客户", "产品兴趣"] {
+        upsert_tag(db, Some(group.id), None, name, None, report).await?;
+    }
+    let tag_of = |group: &'static str, name: &'static str| async move {
+        let group = tag_group::Entity::find()
+            .filter(tag_group::Column::OrgUnitId.eq(hq))
+            .filter(tag_group::Column::Name.eq(group))
+            .one(db)
+            .await?
+            .with_context(|| format!("no group {group}"))?;
+        let tag = tag::Entity::find()
+            .filter(tag::Column::GroupId.eq(group.id))
+            .filter(tag::Column::Name.eq(name))
+            .one(db)
+            .await?
+            .with_context(|| format!("no tag {name}"))?;
+        anyhow::Ok(tag.id)
+    };
+    for DemoRule { name, condition, op, tag: (group, tag), enabled } in DEMO_RULES {
+        let exists = entity::rule::Entity::find()
+            .filter(entity::rule::Column::OrgUnitId.eq(hq))
+            .filter(entity::rule::Column::Name.eq(*name))
+            .one(db)
+            .await?;
+        if exists.is_some() {
+            continue;
+        }
+        let draft = store::RuleDraft {
+            org_unit: crate::domain::OrgUnitId(hq),
+            name: (*name).to_owned(),
+            condition: (*condition).to_owned(),
+            actions: vec![eval::Action { op: *op, tag_id: tag_of(group, tag).await?, ttl_seconds: None }],
+            override_manual_removal: false,
+            priority: 0,
+            enabled: *enabled,
+        };
+        store::create_rule(db, &principal, draft).await.map_err(err)?;
+    }
+
+    let externals: Vec<String> = customer_identity::Entity::find()
+        .filter(customer_identity::Column::Provider.eq(DEMO_PROVIDER))
+        .order_by_asc(customer_identity::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|i| i.external_id)
+        .collect();
+    let day = |back: i64, hour: u32, minute: u32| {
+        let date = anchor().with_timezone(&offset).date_naive() - Duration::days(back);
+        offset.from_local_datetime(&date.and_hms_opt(hour, minute, 0).unwrap_or_default()).single().map(|t| t.to_utc())
+    };
+    let mut events = Vec::new();
+    let mut event = |customer: &str, key: String, kind: &str, at: Option<DateTime<Utc>>| {
+        events.push(RawEvent {
+            external_id: Some((DEMO_PROVIDER.to_owned(), customer.to_owned())),
+            kind: kind.to_owned(),
+            occurred_at: at,
+            key,
+            ..RawEvent::default()
+        });
+        events.len() - 1
+    };
+    let mut texts: Vec<(usize, &str, &str)> = Vec::new();
+    for (i, customer) in externals.iter().enumerate() {
+        match i % 10 {
+            // 询价 in a chat; a plain hello for comparison.
+            0 => {
+                let e = event(customer, format!("demo-msg-{i}"), "MESSAGE_RECEIVED", day(2, 10, 30));
+                texts.push((e, "text", if i % 20 == 0 { "你好，这款车现在什么价格？想询价" } else { "你好" }));
+            }
+            // 产品介绍 clicked.
+            1 => {
+                let e = event(customer, format!("demo-click-{i}"), "LINK_CLICKED", day(3, 14, 0));
+                texts.push((e, "url", "https://demo.example.com/intro"));
+                texts.push((e, "title", if i % 20 == 1 { "产品介绍" } else { "门店地址" }));
+            }
+            // Group joins: three days in a row, or with a gap.
+            2 => {
+                let days: &[i64] = if i % 20 == 2 { &[3, 2, 1] } else { &[4, 2, 1] };
+                for d in days {
+                    let e = event(customer, format!("demo-group-{i}-{d}"), "GROUP_JOINED", day(*d, 20, 0));
+                    texts.push((e, "group", "新品体验群"));
+                }
+            }
+            // Added at 17:59 or at 18:01.
+            3 => {
+                let (h, m) = if i % 20 == 3 { (18, 1) } else { (17, 59) };
+                event(customer, format!("demo-added-{i}"), "CUSTOMER_ADDED", day(5, h, m));
+            }
+            // Paid.
+            4 if i % 20 == 4 => {
+                let e = event(customer, format!("demo-paid-{i}"), "ORDER_PAID", day(1, 12, 0));
+                texts.push((e, "orderId", "SO-DEMO"));
+            }
+            _ => {}
+        }
+    }
+    for (e, field, value) in texts {
+        let value = Some(value.to_owned());
+        match field {
+            "text" => events[e].text = value,
+            "url" => events[e].url = value,
+            "title" => events[e].title = value,
+            "group" => events[e].group = value,
+            _ => events[e].order_id = value,
+        }
+    }
+    for e in events.iter_mut().filter(|e| e.kind == "ORDER_PAID") {
+        e.amount = Some(29_900);
+    }
+    let limits = crate::config::Limits::default();
+    let mut changes = 0;
+    let mut rest = events;
+    while !rest.is_empty() {
+        let batch: Vec<RawEvent> = rest.drain(..rest.len().min(limits.max_events_per_batch)).collect();
+        let outcome = record::record_events(db, &principal, &limits, offset, batch).await.map_err(err)?;
+        if let Some(first) = outcome.errors.first() {
+            anyhow::bail!("demo event {} refused: {}", first.index, first.error.message());
+        }
+        changes += outcome.tag_changes;
+    }
+    tracing::info!(tag_changes = changes, "demo events recorded");
+    Ok(())
+}
+
+/// The group of the tags only rules put on (full demo).
+const AUTO_GROUP: &str = "自动标签";
+
+/// One of the articles' rules.
+struct DemoRule {
+    name: &'static str,
+    condition: &'static str,
+    op: crate::service::rules::eval::ActionOp,
+    /// (group, tag) at HQ.
+    tag: (&'static str, &'static str),
+    enabled: bool,
+}
+
+const fn demo_rule(
+    name: &'static str,
+    condition: &'static str,
+    op: crate::service::rules::eval::ActionOp,
+    tag: (&'static str, &'static str),
+    enabled: bool,
+) -> DemoRule {
+    DemoRule { name, condition, op, tag, enabled }
+}
+
+/// The articles' rules.
+const DEMO_RULES: &[DemoRule] = {
+    use crate::service::rules::eval::ActionOp::{Add, Move};
+    &[
+        demo_rule("询价关键词", "message contains \"询价\"", Add, ("活动", "询价"), true),
+        demo_rule(
+            "产品介绍点击",
+            "count(click where title = \"产品介绍\", 7d) >= 1",
+            Add,
+            (AUTO_GROUP, "产品兴趣"),
+            true,
+        ),
+        demo_rule("连续三天入群", "streak(group_joined, 3d)", Add, (AUTO_GROUP, "活跃客户"), true),
+        demo_rule("晚间咨询", "customer_added at 18:00–24:00", Add, ("活动", "晚间咨询"), true),
+        demo_rule("订单支付", "count(order_paid, 1d) >= 1", Add, ("活动", "已完成交易"), true),
+        // Every demo customer has a seeded stage, which a second seed puts
+        // back beside a moved one: the stage move stays disabled in the demo.
+        demo_rule("付费客户", "count(order_paid, 1d) >= 1", Move, ("客户阶段", "付费客户"), false),
+        // Absence becomes true with time and no event: it waits for
+        // scheduled rules, so it stays disabled for now.
+        demo_rule("流失客户", "no order_paid for 180d", Move, ("客户阶段", "流失客户"), false),
+    ]
+};
 
 /// [`seed_demo`] with `per_store` customers in each store (tests use a few).
 ///

@@ -160,3 +160,37 @@ stored_enum!(
         Cancelled = "CANCELLED",
     }
 );
+
+stored_enum!(
+    /// What a customer event reports (automatic tagging's input).
+    CustomerEventKind {
+        /// The customer wrote a message (with its text).
+        MessageReceived = "MESSAGE_RECEIVED",
+        /// The customer clicked a link (URL and title).
+        LinkClicked = "LINK_CLICKED",
+        /// The customer joined a group chat.
+        GroupJoined = "GROUP_JOINED",
+        /// The customer left a group chat.
+        GroupLeft = "GROUP_LEFT",
+        /// The customer paid an order (amount, order id).
+        OrderPaid = "ORDER_PAID",
+        /// The customer was added as a contact (with the channel).
+        CustomerAdded = "CUSTOMER_ADDED",
+        /// The customer submitted a form (form and answers).
+        FormSubmitted = "FORM_SUBMITTED",
+        /// Anything else: a name and JSON properties.
+        Custom = "CUSTOM",
+    }
+);
+
+stored_enum!(
+    /// Where an automatic-tagging rule stands.
+    RuleStatus {
+        /// Fires on events.
+        Enabled = "ENABLED",
+        /// Kept, but fires on nothing.
+        Disabled = "DISABLED",
+        /// Retired: fires on nothing and cannot be enabled again.
+        Archived = "ARCHIVED",
+    }
+);

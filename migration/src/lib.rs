@@ -15,6 +15,7 @@ mod m20261126_000020_audit_append_only;
 mod m20261201_000030_hardening;
 mod m20261201_000040_staff_sign_in;
 mod m20261201_000050_log_txid;
+mod m20261201_000060_automatic_tagging;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000030_hardening::Migration),
             Box::new(m20261201_000040_staff_sign_in::Migration),
             Box::new(m20261201_000050_log_txid::Migration),
+            Box::new(m20261201_000060_automatic_tagging::Migration),
         ]
     }
 }

@@ -63,10 +63,13 @@ pub enum Action {
     SegmentWrite,
     StaffRead,
     StaffManage,
+    CustomerEventWrite,
+    RuleRead,
+    RuleWrite,
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 21] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -85,6 +88,9 @@ impl Action {
         Action::SegmentWrite,
         Action::StaffRead,
         Action::StaffManage,
+        Action::CustomerEventWrite,
+        Action::RuleRead,
+        Action::RuleWrite,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -108,6 +114,9 @@ impl Action {
             Action::SegmentWrite => ("segment", "write"),
             Action::StaffRead => ("staff", "read"),
             Action::StaffManage => ("staff", "manage"),
+            Action::CustomerEventWrite => ("customer_event", "write"),
+            Action::RuleRead => ("rule", "read"),
+            Action::RuleWrite => ("rule", "write"),
         }
     }
 

@@ -108,6 +108,8 @@ typed_id!(ChangeRequestId, "change request", "ChangeRequest");
 typed_id!(LockId, "lock", "ModificationLock");
 typed_id!(SegmentId, "segment", "Segment");
 typed_id!(AuditEntryId, "audit log entry", "AuditLogEntry");
+typed_id!(RuleId, "rule", "Rule");
+typed_id!(CustomerEventId, "customer event", "CustomerEvent");
 
 /// Parses a list of ids, dropping repeats but keeping the first order.
 pub fn parse_ids<T: Copy + Eq + std::hash::Hash>(

@@ -10,8 +10,8 @@ mod reason;
 pub mod tag;
 
 pub use id::{
-    AuditEntryId, ChangeRequestId, CustomerId, EventSeq, LockId, OrgUnitId, SegmentId, StaffId, TagGroupId, TagId,
-    decode_global, encode_global, parse_ids,
+    AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, LockId, OrgUnitId, RuleId, SegmentId,
+    StaffId, TagGroupId, TagId, decode_global, encode_global, parse_ids,
 };
 pub use name::{
     Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,

@@ -135,6 +135,19 @@ impl Customer {
             is_lifecycle_group(group, env.principal.org.get(group.org_unit_id)).then(|| Tag(tag.clone()))
         }))
     }
+    /// What the customer did, as connectors reported it (automatic
+    /// tagging's input), newest recorded first.
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page forward: this many events after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many events before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+    ) -> Result<super::rules::CustomerEventConnection> {
+        super::rules::events_of(ctx, &self.0, first, after, last, before).await
+    }
     /// External identities (WeCom, unionid, CRM, shop).
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn external_ids(&self, ctx: &Context<'_>) -> Result<Vec<ExternalId>> {
@@ -172,9 +185,9 @@ fn guarded<T>(
 #[graphql(input_name = "ExternalIdInput")]
 pub struct ExternalId {
     /// `wecom`, `unionid`, `crm`, `shop`, …
-    provider: String,
+    pub(crate) provider: String,
     /// The customer's id in that system.
-    external_id: String,
+    pub(crate) external_id: String,
 }
 
 /// A customer in a page, with its cursor.

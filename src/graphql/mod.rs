@@ -10,6 +10,7 @@ pub(crate) mod limits;
 mod loaders;
 mod org;
 mod relay;
+mod rules;
 mod scalars;
 mod segment;
 mod staff;
@@ -43,6 +44,7 @@ pub struct Query(
     audit::AuditQuery,
     admin::AdminQuery,
     staff::StaffQuery,
+    rules::RuleQuery,
 );
 
 /// Every change the API makes.
@@ -54,6 +56,7 @@ pub struct Mutation(
     segment::SegmentMutation,
     admin::AdminMutation,
     staff::StaffMutation,
+    rules::RuleMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -180,6 +180,10 @@ impl CustomerTag {
     async fn expires_at(&self) -> Option<DateTime> {
         self.0.expires_at.map(DateTime)
     }
+    /// Why a rule put the tag on (none when no rule did).
+    async fn why(&self, ctx: &Context<'_>) -> Result<Option<super::rules::TagExplanation>> {
+        super::rules::why(ctx, self.0.customer_id, self.0.source, self.0.source_ref.as_deref()).await
+    }
 }
 
 /// One add or remove of a tag on a customer (the append-only tag event).
@@ -233,6 +237,10 @@ impl TagEvent {
     /// When it happened.
     async fn occurred_at(&self) -> DateTime {
         self.0.occurred_at.into()
+    }
+    /// Why a rule made the change (none when no rule did).
+    async fn why(&self, ctx: &Context<'_>) -> Result<Option<super::rules::TagExplanation>> {
+        super::rules::why(ctx, self.0.customer_id, self.0.source, self.0.source_ref.as_deref()).await
     }
 }
 

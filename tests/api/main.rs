@@ -20,6 +20,7 @@ mod permission_matrix;
 mod playground;
 mod races;
 mod relay;
+mod rules;
 mod schema_drift;
 mod seed;
 mod segment_index;

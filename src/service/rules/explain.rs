@@ -1,0 +1,106 @@
+//! Why a tag is there: a rule's change records the rule, its version and
+//! the triggering event in the assignment's and the tag event's
+//! `sourceRef` (`rule:12@v3/event:8812`), and this turns it back into a
+//! sentence: `规则 晚间咨询 v3: customer_added at 19:04 (+08:00), event #8812`.
+
+use chrono::FixedOffset;
+use entity::{customer_event, enums::CustomerEventKind, enums::TagSource, rule_version};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+use crate::error::AppResult;
+
+/// The `sourceRef` of a rule's change.
+pub fn source_ref(rule_id: i64, version: i32, event_id: i64) -> String {
+    format!("rule:{rule_id}@v{version}/event:{event_id}")
+}
+
+/// A parsed rule `sourceRef`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleRef {
+    pub rule_id: i64,
+    pub version: i32,
+    pub event_id: Option<i64>,
+}
+
+/// Reads a `sourceRef` written by [`source_ref`]; `None` for anything else.
+pub fn parse_source_ref(raw: &str) -> Option<RuleRef> {
+    let rest = raw.strip_prefix("rule:")?;
+    let (rule, event) = match rest.split_once('/') {
+        Some((rule, event)) => (rule, Some(event.strip_prefix("event:")?.parse().ok()?)),
+        None => (rest, None),
+    };
+    let (id, version) = rule.split_once("@v")?;
+    Some(RuleRef { rule_id: id.parse().ok()?, version: version.parse().ok()?, event_id: event })
+}
+
+/// The name the rule language gives an event kind.
+pub fn kind_word(kind: CustomerEventKind) -> &'static str {
+    match kind {
+        CustomerEventKind::MessageReceived => "message",
+        CustomerEventKind::LinkClicked => "click",
+        CustomerEventKind::GroupJoined => "group_joined",
+        CustomerEventKind::GroupLeft => "group_left",
+        CustomerEventKind::OrderPaid => "order_paid",
+        CustomerEventKind::CustomerAdded => "customer_added",
+        CustomerEventKind::FormSubmitted => "form_submitted",
+        CustomerEventKind::Custom => "custom",
+    }
+}
+
+/// Why an automatic assignment or change happened.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub rule: RuleRef,
+    pub rule_name: Option<String>,
+    pub event: Option<customer_event::Model>,
+    pub text: String,
+}
+
+/// The explanation of a change with this provenance on this customer;
+/// `None` for changes no rule made.
+///
+/// # Errors
+/// Database errors.
+pub async fn explain(
+    db: &impl ConnectionTrait,
+    offset: FixedOffset,
+    customer_id: i64,
+    source: TagSource,
+    source_ref: Option<&str>,
+) -> AppResult<Option<Explanation>> {
+    let Some(rule) = source_ref.filter(|_| source == TagSource::Rule).and_then(parse_source_ref) else {
+        return Ok(None);
+    };
+    let version = rule_version::Entity::find()
+        .filter(rule_version::Column::RuleId.eq(rule.rule_id))
+        .filter(rule_version::Column::Version.eq(rule.version))
+        .one(db)
+        .await?;
+    let event = match rule.event_id {
+        Some(id) => customer_event::Entity::find_by_id(id).one(db).await?.filter(|e| e.customer_id == customer_id),
+        None => None,
+    };
+    let rule_name = version.map(|v| v.name);
+    let mut text = format!("规则 {} v{}", rule_name.as_deref().unwrap_or("?"), rule.version);
+    if let Some(e) = &event {
+        let local = e.occurred_at.with_timezone(&offset);
+        text.push_str(&format!(": {} at {} ({offset}), event #{}", kind_word(e.kind), local.format("%H:%M"), e.id));
+    }
+    Ok(Some(Explanation { rule, rule_name, event, text }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_ref_round_trips_and_others_are_not_rules() {
+        let raw = source_ref(12, 3, 8812);
+        assert_eq!(raw, "rule:12@v3/event:8812");
+        assert_eq!(parse_source_ref(&raw), Some(RuleRef { rule_id: 12, version: 3, event_id: Some(8812) }));
+        assert_eq!(parse_source_ref("rule:12@v3"), Some(RuleRef { rule_id: 12, version: 3, event_id: None }));
+        for other in ["import:7", "rule:x@v1", "rule:1@v1/evt:2", ""] {
+            assert_eq!(parse_source_ref(other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Automatic tagging (自动打标): customer events in, IF-THEN rules over
+//! them, and the tag changes the rules make, each with its explanation.
+//!
+//! - [`event`]: the events connectors send, parsed once.
+//! - [`condition`]: the rule condition language (parser).
+//! - [`eval`]: the evaluator, a pure function shared by the event-driven
+//!   path, recomputation and dry runs.
+//! - [`library`]: what a rule may name, and stored rules compiled.
+//! - [`store`]: rules as versioned library objects.
+//! - [`record`]: `recordEvents`, and the rules run in its transaction.
+//! - [`explain`]: why an automatic tag is there.
+
+pub mod condition;
+pub mod eval;
+pub mod event;
+pub mod explain;
+pub mod library;
+pub mod record;
+pub mod store;
