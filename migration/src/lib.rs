@@ -14,6 +14,7 @@ mod m20261125_000010_segment_engine;
 mod m20261126_000020_audit_append_only;
 mod m20261201_000030_hardening;
 mod m20261201_000040_staff_sign_in;
+mod m20261201_000050_sign_in_revision;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000020_audit_append_only::Migration),
             Box::new(m20261201_000030_hardening::Migration),
             Box::new(m20261201_000040_staff_sign_in::Migration),
+            Box::new(m20261201_000050_sign_in_revision::Migration),
         ]
     }
 }
