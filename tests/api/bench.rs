@@ -24,7 +24,7 @@ async fn assignments(app: &TestApp) -> Vec<(i64, i64)> {
 async fn the_api_bench_runs_over_http_and_restores_the_assignments(app: TestApp) {
     let before = assignments(&app).await;
     let out = Command::new(env!("CARGO_BIN_EXE_tagbase"))
-        .args(["bench", "api", "--login", "admin", "--runs", "2", "--connections", "2", "--duration", "300ms"])
+        .args(["bench", "api", "--login", "admin", "--runs", "2", "--connections", "2", "--duration", "2s"])
         .args(["--bulk", "20"])
         .env("DATABASE_URL", app.app.state.settings.database_url.as_str())
         .env("TAGBASE_JWT_SECRET", TEST_JWT_SECRET)
