@@ -374,7 +374,7 @@ async fn measure(
             let mut step = 0usize;
             Box::new(move || {
                 let customer = mine[(step / 2) % mine.len()];
-                let query = if step % 2 == 0 { TAG } else { UNTAG };
+                let query = if step.is_multiple_of(2) { TAG } else { UNTAG };
                 step += 1;
                 json!({ "query": query, "variables": { "c": [customer], "t": [tag] } })
             }) as NextBody
