@@ -226,6 +226,30 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         runs: usize,
     },
+    /// The API over real HTTP with keep-alive: this binary serves
+    /// DATABASE_URL as a child process (rate limits off) and this process
+    /// loads it; prints requests/s, p50 and p99 per case, write-path
+    /// figures, index build time and the server's memory.
+    Api {
+        /// The staff member the requests run as.
+        #[arg(long, default_value = "bench.admin")]
+        login: String,
+        /// Runs, each with a fresh server; cells show median (min–max).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// How long each case is measured, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Customers per bulk tagging call.
+        #[arg(long, default_value_t = 1_000)]
+        bulk: usize,
+        /// The server binary (default: this one).
+        #[arg(long)]
+        server: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -399,6 +423,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Segments { customers, tags, tags_per_customer, runs }) => {
             let size = crate::bench::BenchSize { customers, tags, tags_per_customer };
             crate::bench::run(settings(None), size, runs).await
+        }
+        Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
+            let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };
+            crate::bench::api::run(settings(None), bench).await
         }
         Command::Policy(PolicyCommand::Table) => {
             let db = db::connect(&cli.database_url).await?;

@@ -172,7 +172,7 @@ pub(crate) struct Caller {
 
 async fn sign_in(app: &AppState, authorization: Option<&str>) -> Result<Caller, AppError> {
     let signed_in = auth::authenticate(&app.db, &app.auth, &app.authz, authorization).await?;
-    Ok(Caller { principal: Arc::new(signed_in.principal), sign_in: signed_in.sign_in })
+    Ok(Caller { principal: signed_in.principal, sign_in: signed_in.sign_in })
 }
 
 /// Executes one operation as a signed-in caller, with its own DataLoaders

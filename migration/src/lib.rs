@@ -16,6 +16,7 @@ mod m20261201_000030_hardening;
 mod m20261201_000040_staff_sign_in;
 mod m20261201_000050_log_txid;
 mod m20261201_000060_automatic_tagging;
+mod m20261201_000070_sign_in_revision;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000040_staff_sign_in::Migration),
             Box::new(m20261201_000050_log_txid::Migration),
             Box::new(m20261201_000060_automatic_tagging::Migration),
+            Box::new(m20261201_000070_sign_in_revision::Migration),
         ]
     }
 }

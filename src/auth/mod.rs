@@ -8,9 +8,12 @@
 //! - an **OIDC token** (RS256/ES256) of the configured provider.
 //!
 //! Whatever the kind, the staff member it names must exist and be active
-//! *now*, read on every request, and the token must be newer than the
-//! member's last "sign out everywhere".
+//! *now*, and the token must be newer than the member's last "sign out
+//! everywhere". The signature is checked on every request; what the
+//! database says about the caller is kept in a [`SignInCache`] for as long
+//! as none of it changes (one primary-key read per request tells).
 
+mod cache;
 mod dev;
 pub mod oidc;
 pub mod routes;
@@ -25,12 +28,13 @@ use entity::{staff, staff_identity};
 use jsonwebtoken::Algorithm;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
+pub use cache::{SignInCache, read_revision};
 pub use dev::{JwtKeys, OwnToken};
 pub use oidc::OidcVerifier;
 pub use session::{Lifetimes, RevokeReason, Tokens};
 pub use wecom::WeComClient;
 
-use crate::authz::{Authz, OrgTree, Principal};
+use crate::authz::{Authz, Principal};
 use crate::config::Settings;
 use crate::error::{AppError, AppResult};
 
@@ -67,7 +71,7 @@ pub struct SignIn {
 
 /// A signed-in caller.
 pub struct Authenticated {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     pub sign_in: SignIn,
 }
 
@@ -79,6 +83,8 @@ pub struct Auth {
     pub wecom: Option<Arc<WeComClient>>,
     pub dev_tokens: bool,
     pub lifetimes: Lifetimes,
+    /// Callers of this instance, by token, at the current sign-in revision.
+    pub cache: Arc<SignInCache>,
 }
 
 impl Auth {
@@ -95,6 +101,7 @@ impl Auth {
             wecom: settings.wecom.clone().map(|wecom| Arc::new(WeComClient::new(wecom, http))),
             dev_tokens: settings.dev_tokens,
             lifetimes: Lifetimes { access: settings.access_token_ttl, session: settings.session_ttl },
+            cache: Arc::default(),
         })
     }
 }
@@ -166,7 +173,59 @@ pub async fn member_by_identity(
     active_member(db, id, unrevocable).await
 }
 
-/// Verifies a bearer token of any kind and returns its staff member.
+/// A token whose signature, expiry and audience checked out.
+enum Verified {
+    Own(OwnToken),
+    Oidc(oidc::OidcIdentity),
+}
+
+/// Checks a token's signature and claims, with no database read.
+async fn verify_signature(auth: &Auth, token: &str) -> AppResult<Verified> {
+    let header = jsonwebtoken::decode_header(token).map_err(|err| {
+        tracing::debug!(error = %err, "token refused");
+        AppError::Unauthenticated("invalid token".to_owned())
+    })?;
+    if header.alg == Algorithm::HS256 {
+        return Ok(Verified::Own(auth.keys.verify_token(token)?));
+    }
+    let oidc = auth.oidc.as_ref().ok_or_else(|| AppError::Unauthenticated("invalid token".to_owned()))?;
+    Ok(Verified::Oidc(oidc.verify(token).await?))
+}
+
+/// The staff member a verified token names, as the database says now; with
+/// the end of its session for session tokens.
+async fn member_of(
+    db: &DatabaseConnection,
+    auth: &Auth,
+    verified: Verified,
+) -> AppResult<(staff::Model, SignIn, Option<DateTime<Utc>>)> {
+    match verified {
+        Verified::Own(own) => {
+            let expires_at = DateTime::from_timestamp(own.expires_at, 0);
+            let unrevocable = own.session.is_none().then_some(Some(own.issued_at));
+            let member = active_member(db, own.staff_id.0, unrevocable).await?;
+            match own.session {
+                None if auth.dev_tokens => {
+                    Ok((member, SignIn { method: SignInMethod::DevToken, session_id: None, expires_at }, None))
+                }
+                None => Err(AppError::Unauthenticated("development tokens are turned off".to_owned())),
+                Some((sid, method)) => {
+                    let session = session::live(db, &sid, member.id).await?;
+                    let method = SignInMethod::of_session(&method);
+                    Ok((member, SignIn { method, session_id: Some(sid), expires_at }, Some(session.expires_at)))
+                }
+            }
+        }
+        Verified::Oidc(identity) => {
+            let member = member_by_identity(db, IDENTITY_OIDC, &identity.subject, Some(identity.issued_at)).await?;
+            let expires_at = DateTime::from_timestamp(identity.expires_at, 0);
+            Ok((member, SignIn { method: SignInMethod::Oidc, session_id: None, expires_at }, None))
+        }
+    }
+}
+
+/// Verifies a bearer token of any kind and returns its staff member, read
+/// from the database (no cache).
 ///
 /// # Errors
 /// [`AppError::Unauthenticated`] for a missing or bad token, a dev token
@@ -176,35 +235,15 @@ pub async fn verify_bearer(
     auth: &Auth,
     authorization: Option<&str>,
 ) -> AppResult<(staff::Model, SignIn)> {
-    let token = bearer(authorization)?;
-    let header = jsonwebtoken::decode_header(token).map_err(|err| {
-        tracing::debug!(error = %err, "token refused");
-        AppError::Unauthenticated("invalid token".to_owned())
-    })?;
-    if header.alg == Algorithm::HS256 {
-        let own = auth.keys.verify_token(token)?;
-        let expires_at = DateTime::from_timestamp(own.expires_at, 0);
-        let unrevocable = own.session.is_none().then_some(Some(own.issued_at));
-        let member = active_member(db, own.staff_id.0, unrevocable).await?;
-        return match own.session {
-            None if auth.dev_tokens => {
-                Ok((member, SignIn { method: SignInMethod::DevToken, session_id: None, expires_at }))
-            }
-            None => Err(AppError::Unauthenticated("development tokens are turned off".to_owned())),
-            Some((sid, method)) => {
-                session::live(db, &sid, member.id).await?;
-                Ok((member, SignIn { method: SignInMethod::of_session(&method), session_id: Some(sid), expires_at }))
-            }
-        };
-    }
-    let oidc = auth.oidc.as_ref().ok_or_else(|| AppError::Unauthenticated("invalid token".to_owned()))?;
-    let identity = oidc.verify(token).await?;
-    let member = member_by_identity(db, IDENTITY_OIDC, &identity.subject, Some(identity.issued_at)).await?;
-    let expires_at = DateTime::from_timestamp(identity.expires_at, 0);
-    Ok((member, SignIn { method: SignInMethod::Oidc, session_id: None, expires_at }))
+    let verified = verify_signature(auth, bearer(authorization)?).await?;
+    let (member, sign_in, _) = member_of(db, auth, verified).await?;
+    Ok((member, sign_in))
 }
 
 /// Turns an `Authorization` header into a [`Principal`] and its sign-in.
+/// The token is verified every time; the caller is reused from
+/// [`Auth::cache`] while the sign-in revision stays where it was when it
+/// was built (see [`SignInCache`]).
 ///
 /// # Errors
 /// As [`verify_bearer`].
@@ -214,8 +253,23 @@ pub async fn authenticate(
     authz: &Authz,
     authorization: Option<&str>,
 ) -> AppResult<Authenticated> {
-    let (staff, sign_in) = verify_bearer(db, auth, authorization).await?;
+    let token = bearer(authorization)?;
+    let verified = verify_signature(auth, token).await?;
+    // Read before anything the caller is built from: a change committed
+    // after this read moves the counter past it, so what is built below is
+    // never kept beyond the change.
+    let revision = read_revision(db).await?;
+    if let Some(cached) = auth.cache.caller(token, revision) {
+        return Ok(Authenticated { principal: cached.principal, sign_in: cached.sign_in });
+    }
+    let (staff, sign_in, session_ends) = member_of(db, auth, verified).await?;
     authz.refresh().await?;
-    let org = Arc::new(OrgTree::load(db).await?);
-    Ok(Authenticated { principal: authz.principal(staff, org), sign_in })
+    let org = auth.cache.org(db, revision).await?;
+    let principal = Arc::new(authz.principal(staff, org));
+    auth.cache.keep(
+        token,
+        revision,
+        cache::CachedCaller { principal: principal.clone(), sign_in: sign_in.clone(), session_ends },
+    );
+    Ok(Authenticated { principal, sign_in })
 }

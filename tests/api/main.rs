@@ -6,6 +6,7 @@ mod helpers;
 
 mod archived_tags;
 mod audit;
+mod bench;
 mod cli;
 mod constraints;
 mod customers;
@@ -26,6 +27,7 @@ mod seed;
 mod segment_index;
 mod segments;
 mod sign_in;
+mod sign_in_cache;
 mod staff;
 mod tag_library;
 mod tagging;

@@ -403,7 +403,7 @@ async fn evaluate_three_ways(
     Some((engine, sql, brute, resolved.expr))
 }
 
-async fn principal_of(app: &TestApp, login: &str) -> Principal {
+async fn principal_of(app: &TestApp, login: &str) -> std::sync::Arc<Principal> {
     let state = &app.app.state;
     let bearer = format!("Bearer {}", app.token(login));
     tagbase::auth::authenticate(&state.db, &state.auth, &state.authz, Some(&bearer)).await.unwrap().principal

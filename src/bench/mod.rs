@@ -1,0 +1,11 @@
+//! Benchmarks: tables printed by `tagbase bench …`, never part of the
+//! tests' assertions on time.
+//!
+//! - [`segments`]: the segment index against plain SQL, in process.
+//! - [`api`]: the API over real HTTP, from a separate client, against a
+//!   server started as a child process.
+
+pub mod api;
+pub mod segments;
+
+pub use segments::{BenchSize, run};
