@@ -529,6 +529,9 @@ mod tests {
         "owner",
         "tags",
         "tagEvents",
+        // An order event's amount is guarded as `totalSpend` is, in
+        // `graphql::rules::CustomerEvent::amount`.
+        "events",
         "lifecycleStage",
         "externalIds",
     ];

@@ -26,8 +26,10 @@ use crate::service::rules::{
 };
 use crate::state::AppState;
 
-/// Something a customer did, as a connector reported it.
-pub struct CustomerEvent(pub customer_event::Model);
+/// Something a customer did, as a connector reported it, with the org unit
+/// of its customer (an order's amount is guarded as the customer's spend
+/// is, at that unit).
+pub struct CustomerEvent(pub customer_event::Model, pub i64);
 
 impl CustomerEvent {
     fn text_field(&self, name: &str) -> Option<String> {
@@ -74,9 +76,23 @@ impl CustomerEvent {
     async fn group(&self) -> Option<String> {
         self.text_field("group")
     }
-    /// `ORDER_PAID`: the amount in cents (分).
-    async fn amount(&self) -> Option<i64> {
-        self.0.payload.get("amount").and_then(Value::as_i64)
+    /// `ORDER_PAID`: the amount in cents (分). Guarded as the customer's
+    /// `totalSpend`: `null` and a `FORBIDDEN_FIELD` error for a caller who
+    /// may not read spend at the customer's unit.
+    async fn amount(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        let amount = self.0.payload.get("amount").and_then(Value::as_i64);
+        if amount.is_some()
+            && env(ctx).principal.field_access(crate::authz::CustomerField::TotalSpend, self.1)
+                == crate::authz::FieldAccess::Hidden
+        {
+            // `null` at the field's path with the error beside it, as the
+            // customer's guarded fields answer.
+            let err: async_graphql::Error =
+                AppError::ForbiddenField { field: "CustomerEvent.amount".to_owned() }.into();
+            ctx.add_error(ctx.set_error_path(err.into_server_error(ctx.item.pos)));
+            return Ok(None);
+        }
+        Ok(amount)
     }
     /// `ORDER_PAID`: the order's id in the order system.
     async fn order_id(&self) -> Option<String> {
@@ -147,7 +163,11 @@ pub(crate) async fn events_of(
     let page = record::events_of(env.db, env.principal, customer, &page).await?;
     Ok(CustomerEventConnection {
         page_info: PageInfo::of(&page),
-        edges: page.items.into_iter().map(|(cursor, e)| CustomerEventEdge { cursor, node: CustomerEvent(e) }).collect(),
+        edges: page
+            .items
+            .into_iter()
+            .map(|(cursor, e)| CustomerEventEdge { cursor, node: CustomerEvent(e, customer.org_unit_id) })
+            .collect(),
         customer_id: customer.id,
     })
 }
@@ -509,7 +529,8 @@ impl TagExplanation {
     }
     /// The event that triggered the rule.
     async fn event(&self) -> Option<CustomerEvent> {
-        self.0.event.clone().map(CustomerEvent)
+        let org_unit = self.0.customer_org_unit?;
+        self.0.event.clone().map(|e| CustomerEvent(e, org_unit))
     }
 }
 

@@ -267,6 +267,29 @@ async fn customer_events_are_read_with_the_customers_visibility(mut app: TestApp
     assert_eq!(other_store.code(), "NOT_FOUND");
 }
 
+async fn an_orders_amount_is_guarded_as_the_customers_spend(mut app: TestApp) {
+    let login = connector(&mut app).await;
+    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let order = json!({ "customerId": customer, "kind": "ORDER_PAID", "key": "o1", "amount": 19900,
+        "orderId": "SO-9", "occurredAt": Utc::now().to_rfc3339() });
+    app.gql(login, RECORD, json!({ "e": [order] })).await.ok();
+    let q = "query($id: ID!) { customer(id: $id) { events(first: 10) { edges { node { kind amount orderId } } } } }";
+    // Sales read spend in their store: the amount is there.
+    let sales = app.gql("sz01.sales", q, json!({ "id": customer })).await;
+    assert_eq!(
+        sales.ok()["customer"]["events"]["edges"][0]["node"],
+        json!({ "kind": "ORDER_PAID", "amount": 19900, "orderId": "SO-9" })
+    );
+    // Customer service may not read spend: the amount is null with
+    // FORBIDDEN_FIELD at its path, the rest of the event is there.
+    let service = app.gql("sz01.service", q, json!({ "id": customer })).await;
+    assert_eq!(service.code(), "FORBIDDEN_FIELD");
+    assert_eq!(
+        service.0["data"]["customer"]["events"]["edges"][0]["node"],
+        json!({ "kind": "ORDER_PAID", "amount": null, "orderId": "SO-9" })
+    );
+}
+
 async fn bad_rules_are_refused_at_save_time_with_positions(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let base = |condition: &str| {
@@ -487,6 +510,7 @@ on_both_databases!(
     bad_events_are_refused_one_by_one_and_the_good_ones_kept,
     the_integration_role_records_events_and_does_nothing_else,
     customer_events_are_read_with_the_customers_visibility,
+    an_orders_amount_is_guarded_as_the_customers_spend,
     bad_rules_are_refused_at_save_time_with_positions,
     rules_keep_their_versions_and_roll_back,
     a_rule_does_not_put_back_a_tag_a_person_removed,

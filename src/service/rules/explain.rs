@@ -53,6 +53,9 @@ pub struct Explanation {
     pub rule: RuleRef,
     pub rule_name: Option<String>,
     pub event: Option<customer_event::Model>,
+    /// The org unit of the event's customer (an order amount is guarded
+    /// there as spend is).
+    pub customer_org_unit: Option<i64>,
     pub text: String,
 }
 
@@ -80,13 +83,17 @@ pub async fn explain(
         Some(id) => customer_event::Entity::find_by_id(id).one(db).await?.filter(|e| e.customer_id == customer_id),
         None => None,
     };
+    let customer_org_unit = match &event {
+        Some(_) => entity::customer::Entity::find_by_id(customer_id).one(db).await?.map(|c| c.org_unit_id),
+        None => None,
+    };
     let rule_name = version.map(|v| v.name);
     let mut text = format!("规则 {} v{}", rule_name.as_deref().unwrap_or("?"), rule.version);
     if let Some(e) = &event {
         let local = e.occurred_at.with_timezone(&offset);
         text.push_str(&format!(": {} at {} ({offset}), event #{}", kind_word(e.kind), local.format("%H:%M"), e.id));
     }
-    Ok(Some(Explanation { rule, rule_name, event, text }))
+    Ok(Some(Explanation { rule, rule_name, event, customer_org_unit, text }))
 }
 
 #[cfg(test)]
