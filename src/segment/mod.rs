@@ -7,5 +7,5 @@ mod index;
 pub(crate) mod text;
 
 pub use expr::{Range, Ref, RefKind, SegmentExpr};
-pub use index::{PageKey, SegmentIndex, page_key};
+pub use index::{BuildProgress, PageKey, SegmentIndex, page_key};
 pub use text::{ParseError, parse, print};
