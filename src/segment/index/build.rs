@@ -43,7 +43,7 @@ fn worker_failed(e: tokio::task::JoinError) -> DbErr {
 }
 
 fn pg_error(e: sqlx::Error) -> DbErr {
-    sea_orm::sqlx_error_to_query_err(e)
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
 /// How far a build is, for `/readyz` and the log.
@@ -161,10 +161,6 @@ fn nanos_of_micros(micros: i64) -> i64 {
 fn gender(text: &str) -> Result<Gender, String> {
     Gender::iter().find(|g| g.as_str() == text).ok_or_else(|| format!("unknown gender {text:?}"))
 }
-
-/// The columns of [`Values`], in the order [`CUSTOMERS_COPY`] reads them.
-const CUSTOMER_COLUMNS: &str =
-    "id, org_unit_id, gender, birth_date, city, channel, total_spend_cents, order_count, last_order_at, added_at";
 
 impl<'a> Values<'a> {
     fn of_copy(row: &'a Row<'_>) -> Result<Self, String> {
@@ -528,7 +524,8 @@ async fn copy_into<S: Send + 'static>(
             if rows == page {
                 progress.add(rows);
                 rows = 0;
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk.capacity()));
+                let capacity = chunk.capacity();
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
                 if chunks.send(full).await.is_err() {
                     // The filler stopped; its error says why.
                     return Ok(());
@@ -649,7 +646,7 @@ mod tests {
                 id += rng.random_range(1..40);
                 // Microseconds, as PostgreSQL keeps them, some far outside
                 // what nanoseconds hold.
-                let mut instant = || {
+                let instant = |rng: &mut ChaCha8Rng| {
                     let micros = if rng.random_bool(0.05) {
                         rng.random_range(-20_000_000_000_000_000..20_000_000_000_000_000)
                     } else {
@@ -657,7 +654,8 @@ mod tests {
                     };
                     DateTime::from_timestamp_micros(micros).unwrap()
                 };
-                let (last_order_at, added_at) = (rng.random_bool(0.7).then(&mut instant), instant());
+                let last_order_at = rng.random_bool(0.7).then(|| instant(&mut *rng));
+                let added_at = instant(&mut *rng);
                 CustomerRow {
                     id,
                     org_unit_id: rng.random_range(1..6),
