@@ -468,7 +468,7 @@ async fn load_postgres(pool: &PgPool, page: u64, progress: &Progress) -> Result<
         Ok(())
     });
     let assignments = futures_util::future::try_join_all(streams.iter_mut().map(|(txn, statement)| {
-        copy_into(&mut **txn, statement.clone(), page, progress, Assignments::default(), |a, row| {
+        copy_into(txn, statement.clone(), page, progress, Assignments::default(), |a, row| {
             a.put(row.int8(0)?, row.int8(1)?);
             Ok(())
         })
