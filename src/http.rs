@@ -20,6 +20,10 @@ use axum::{
 };
 use serde_json::json;
 use tower_http::{
+    classify::{
+        ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos, ServerErrorsAsFailures,
+        ServerErrorsFailureClass,
+    },
     compression::CompressionLayer,
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -34,6 +38,7 @@ use crate::error::{AppError, ErrorCode};
 use crate::graphql::{AppSchema, AppSchemaBuilder, loaders_for_request};
 use crate::observability;
 use crate::request_id;
+use crate::segment::BuildProgress;
 use crate::state::AppState;
 
 use reply::{Media, Refusal};
@@ -70,7 +75,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
                 .layer(tower::timeout::TimeoutLayer::new(timeout)),
         )
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http().make_span_with(observability::trace::request_span))
+        .layer(TraceLayer::new(ProbesAreAnswers).make_span_with(observability::trace::request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         // Outside the timeout and the trace span: it sees every answer (504
         // included) and hands the trace context to the span.
@@ -235,21 +240,115 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let index = if state.app.index.is_ready() { "ready" } else { "building" };
-    match state.app.db.ping().await {
-        Ok(()) if state.app.index.is_ready() => {
-            (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok", "segmentIndex": index })))
-                .into_response()
-        }
-        Ok(()) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "database": "ok", "segmentIndex": index })),
-        )
-            .into_response(),
+    let database = match state.app.db.ping().await {
+        Ok(()) => true,
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "database": "unreachable" })))
-                .into_response()
+            false
         }
+    };
+    let index = &state.app.index;
+    let (status, body) = readiness(database, index.is_ready(), index.build_progress());
+    (status, Json(body)).into_response()
+}
+
+/// `/readyz`'s answer: 200 once the database answers and the segment index
+/// is built; 503 before, saying why, with the build's progress while it
+/// runs (the build logs its own progress; a probe logs nothing).
+fn readiness(database: bool, index_ready: bool, progress: Option<BuildProgress>) -> (StatusCode, serde_json::Value) {
+    if !database {
+        return (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "not ready", "database": "unreachable" }));
+    }
+    if index_ready {
+        return (StatusCode::OK, json!({ "status": "ready", "database": "ok", "segmentIndex": "ready" }));
+    }
+    let mut body = json!({
+        "status": "not ready",
+        "reason": "index building",
+        "database": "ok",
+        "segmentIndex": "building",
+    });
+    if let Some(p) = progress {
+        body["progress"] = json!({
+            "rowsLoaded": p.rows_loaded,
+            "rowsExpected": p.rows_expected,
+            "elapsedSeconds": p.elapsed.as_secs(),
+        });
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+/// Classifies responses for the trace layer: a 5xx is a failure (logged
+/// at `error`), except the answers of probes and scrapes, whose 503 before
+/// the index is built is an answer, not a failure of the server.
+#[derive(Clone, Copy)]
+struct ProbesAreAnswers;
+
+impl MakeClassifier for ProbesAreAnswers {
+    type Classifier = ProbeOrServerErrors;
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn make_classifier<B>(&self, req: &axum::http::Request<B>) -> Self::Classifier {
+        ProbeOrServerErrors { probe: observability::is_quiet_path(req.uri().path()) }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProbeOrServerErrors {
+    probe: bool,
+}
+
+impl ClassifyResponse for ProbeOrServerErrors {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(self, res: &Response<B>) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if self.probe {
+            ClassifiedResponse::Ready(Ok(()))
+        } else {
+            ServerErrorsAsFailures::new().classify_response(res)
+        }
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    use super::readiness;
+    use crate::segment::BuildProgress;
+
+    #[test]
+    fn readiness_while_the_index_builds_says_so_with_its_progress() {
+        let progress =
+            BuildProgress { rows_loaded: 1_500, rows_expected: Some(20_000), elapsed: Duration::from_secs(3) };
+        assert_eq!(
+            readiness(true, false, Some(progress)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "status": "not ready", "reason": "index building", "database": "ok", "segmentIndex": "building",
+                    "progress": { "rowsLoaded": 1_500, "rowsExpected": 20_000, "elapsedSeconds": 3 },
+                })
+            )
+        );
+        let unknown = BuildProgress { rows_expected: None, ..progress };
+        assert_eq!(readiness(true, false, Some(unknown)).1["progress"]["rowsExpected"], json!(null));
+    }
+
+    #[test]
+    fn readiness_is_ok_only_with_the_database_and_the_index() {
+        assert_eq!(readiness(true, true, None).0, StatusCode::OK);
+        assert_eq!(readiness(false, true, None).1["database"], "unreachable");
+        assert_eq!(readiness(false, true, None).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(readiness(true, false, None).1["segmentIndex"], "building");
     }
 }

@@ -43,6 +43,11 @@ use trace::TraceContext;
 const QUIET_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 const GRAPHQL_PATH: &str = "/graphql";
 
+/// Whether a path is a probe or a scrape (see [`QUIET_PATHS`]).
+pub fn is_quiet_path(path: &str) -> bool {
+    QUIET_PATHS.contains(&path)
+}
+
 /// What one request's execution tells the middleware.
 #[derive(Default)]
 pub struct Observation {

@@ -28,17 +28,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use entity::{
-    customer, customer_change, customer_tag,
+    customer, customer_change,
     enums::{Gender, TagOp, TagSource, TagStatus},
     library_version, segment_member, tag, tag_event,
 };
 use roaring::RoaringBitmap;
 use sea_orm::{
-    AccessMode, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
+
+mod build;
+mod pg_copy;
+
+pub use build::BuildProgress;
 
 use super::{AgeBounds, Range, Ref, Resolved, SegmentExpr};
 use crate::authz::visibility::{class_units as units_seeing_class, tag_units};
@@ -52,15 +57,6 @@ fn app_to_db(e: crate::error::AppError) -> DbErr {
 
 /// Log rows read per round trip while catching up.
 const EVENT_BATCH: u64 = 50_000;
-
-/// Rows read per round trip while rebuilding.
-const REBUILD_PAGE: u64 = 50_000;
-
-/// Runs CPU-bound index work on a blocking thread, so that a rebuild does
-/// not hold an async worker for seconds.
-async fn off_the_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, DbErr> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| DbErr::Custom(format!("segment index worker: {e}")))
-}
 
 /// Column value standing for NULL (and for "no such customer").
 const NO_DAY: i32 = i32::MIN;
@@ -127,27 +123,7 @@ impl Attributes {
                 b.remove(bit);
             }
         }
-        if let Some(city) = &row.city {
-            self.cities.entry(city.clone()).or_default().insert(bit);
-        }
-        if let Some(channel) = &row.channel {
-            self.channels.entry(channel.clone()).or_default().insert(bit);
-        }
-        self.genders.entry(row.gender).or_default().insert(bit);
-        let i = bit as usize;
-        if self.added.len() <= i {
-            let len = i + 1;
-            self.birth_day.resize(len, NO_DAY);
-            self.spend.resize(len, 0);
-            self.orders.resize(len, 0);
-            self.last_order.resize(len, NO_TIME);
-            self.added.resize(len, NO_TIME);
-        }
-        self.birth_day[i] = row.birth_date.map_or(NO_DAY, |d| d.num_days_from_ce());
-        self.spend[i] = row.total_spend_cents;
-        self.orders[i] = row.order_count;
-        self.last_order[i] = row.last_order_at.map_or(NO_TIME, nanos);
-        self.added[i] = nanos(row.added_at);
+        self.fill(bit, &build::Values::of(row));
     }
 
     fn bytes(&self) -> usize {
@@ -272,6 +248,8 @@ pub struct SegmentIndex {
     ready: AtomicBool,
     /// Serialises catch-ups and loads, so two never apply the same events.
     catching_up: tokio::sync::Mutex<()>,
+    /// How far a running build is (shared with its progress logger).
+    progress: Arc<build::Progress>,
 }
 
 fn id32(id: i64) -> Option<u32> {
@@ -303,124 +281,17 @@ impl SegmentIndex {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// How far the running build is; `None` when none runs.
+    pub fn build_progress(&self) -> Option<BuildProgress> {
+        self.progress.get()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops everything and loads it again from the database.
-    ///
-    /// # Errors
-    /// Database errors; the old index stays in place.
-    pub async fn rebuild(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
-        self.rebuild_in_pages(outer, REBUILD_PAGE).await
-    }
-
-    /// [`rebuild`](Self::rebuild), reading customers and assignments `page`
-    /// rows at a time (keyset pages), so that memory holds one page besides
-    /// the index itself; the bitmaps are filled on a blocking thread, off the
-    /// async workers.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn rebuild_in_pages(&self, outer: &DatabaseConnection, page: u64) -> Result<(), DbErr> {
-        let page = page.max(1);
-        let guard = self.catching_up.lock().await;
-        // One read-only transaction: a consistent snapshot, and no statement
-        // timeout (loading millions of assignments may take longer than a
-        // request may).
-        let txn = outer.begin().await?;
-        let micros = txn.get_database_backend() == DbBackend::Postgres;
-        if micros {
-            txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
-        }
-        let db = &txn;
-        // The log positions first: everything after them is applied later,
-        // and applying an event or a change twice is harmless.
-        let events = log_position(db, Log::TagEvents).await.map_err(app_to_db)?;
-        let changes = log_position(db, Log::CustomerChanges).await.map_err(app_to_db)?;
-        let last_version = max_seq::<library_version::Entity>(db, library_version::Column::Id).await?;
-        let mut fresh = State { events, changes, last_version, micros, ..State::default() };
-        let mut after = i64::MIN;
-        loop {
-            let rows = customer_rows()
-                .filter(customer::Column::Id.gt(after))
-                .order_by_asc(customer::Column::Id)
-                .limit(page)
-                .into_model::<CustomerRow>()
-                .all(db)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
-            let full = rows.len() as u64 == page;
-            fresh = off_the_workers(move || {
-                for row in &rows {
-                    fresh.put(row);
-                    fresh.last_customer = fresh.last_customer.max(row.id);
-                }
-                fresh
-            })
-            .await?;
-            if !full {
-                break;
-            }
-        }
-        fresh = off_the_workers(move || {
-            let added = &fresh.attributes.added;
-            let mut by_added: Vec<(i64, u32)> = fresh.known.iter().map(|bit| (added[bit as usize], bit)).collect();
-            by_added.sort_unstable();
-            fresh.by_added = by_added;
-            fresh.added_since.clear();
-            fresh
-        })
-        .await?;
-        // Assignments in primary-key order, from the last (customer, tag).
-        let mut after: Option<(i64, i64)> = None;
-        loop {
-            let mut query = customer_tag::Entity::find()
-                .select_only()
-                .columns([customer_tag::Column::CustomerId, customer_tag::Column::TagId]);
-            if let Some((customer, tag)) = after {
-                query = query.filter(
-                    Condition::any().add(customer_tag::Column::CustomerId.gt(customer)).add(
-                        Condition::all()
-                            .add(customer_tag::Column::CustomerId.eq(customer))
-                            .add(customer_tag::Column::TagId.gt(tag)),
-                    ),
-                );
-            }
-            let rows: Vec<(i64, i64)> = query
-                .order_by_asc(customer_tag::Column::CustomerId)
-                .order_by_asc(customer_tag::Column::TagId)
-                .limit(page)
-                .into_tuple()
-                .all(db)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = Some(*last);
-            let full = rows.len() as u64 == page;
-            fresh = off_the_workers(move || {
-                for (customer, tag) in rows {
-                    if let Some(bit) = id32(customer) {
-                        fresh.tags.entry(tag).or_default().insert(bit);
-                    }
-                }
-                fresh
-            })
-            .await?;
-            if !full {
-                break;
-            }
-        }
-        txn.commit().await?;
-        *self.write() = fresh;
-        drop(guard);
-        self.catch_up(outer).await?;
-        self.ready.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// Applies the tag events, customer changes and new customers written

@@ -17,6 +17,6 @@ pub mod sql;
 pub(crate) mod text;
 
 pub use expr::{AgeBounds, Range, Ref, RefKind, SegmentExpr};
-pub use index::{PageKey, SegmentIndex, page_key};
+pub use index::{BuildProgress, PageKey, SegmentIndex, page_key};
 pub use resolve::{Resolved, SavedRef, parse_text, resolve, resolve_saved};
 pub use text::{ParseError, parse, print};

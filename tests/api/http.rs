@@ -96,6 +96,26 @@ async fn health_and_readiness_answer(app: TestApp) {
     assert!(health.headers().contains_key("x-request-id"));
 }
 
+/// An instance whose segment index is not built yet is not ready: 503,
+/// saying the index is building, until its build has run.
+async fn readiness_waits_for_the_segment_index(app: TestApp) {
+    let instance = app.instance_with(|_| {}).await;
+    let index = instance.state.index.clone();
+    let db = app.db.clone();
+    let server = start_with(app, instance.router()).await;
+    let ready = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = ready.json::<Value>().await.unwrap();
+    assert_eq!(
+        body,
+        json!({ "status": "not ready", "reason": "index building", "database": "ok", "segmentIndex": "building" })
+    );
+    index.rebuild(&db).await.unwrap();
+    let ready = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.json::<Value>().await.unwrap()["segmentIndex"], "ready");
+}
+
 async fn get_serves_the_playground_to_browsers_only(app: TestApp) {
     let token = app.token("admin");
     let server = start(app).await;
@@ -213,6 +233,7 @@ on_both_databases!(
     requests_without_a_valid_token_are_unauthenticated,
     a_valid_token_reaches_the_api,
     health_and_readiness_answer,
+    readiness_waits_for_the_segment_index,
     get_serves_the_playground_to_browsers_only,
     oversized_bodies_are_refused,
     too_deep_queries_are_refused,

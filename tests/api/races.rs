@@ -460,8 +460,9 @@ async fn preview_counts(app: &TestApp, texts: &[&str]) -> Vec<u64> {
     out
 }
 
-/// The index rebuild reads customers and assignments in keyset pages (a
-/// page of 7 rows here) and ends with the index a one-shot load gives.
+/// The index rebuild reads customers and assignments in chunks of 7 rows
+/// here (keyset pages on SQLite, COPY streams handed over 7 rows at a time
+/// on PostgreSQL) and ends with the index a one-shot load gives.
 async fn the_index_rebuilds_in_pages_to_the_same_answers(app: TestApp) {
     let texts =
         ["city = \"深圳\"", "tag(\"有车一族\") OR tag(\"本地居民\")", "NOT group(\"家庭情况\")", "gender = FEMALE"];
@@ -472,7 +473,10 @@ async fn the_index_rebuilds_in_pages_to_the_same_answers(app: TestApp) {
     let before = app.statements();
     app.app.state.index.rebuild_in_pages(&app.db, 7).await.unwrap();
     let statements = (app.statements() - before) as u64;
-    assert!(statements >= (customers + assignments) / 7, "read in pages: {statements} statements");
+    // PostgreSQL streams through COPY, beside the counted statements.
+    if app.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        assert!(statements >= (customers + assignments) / 7, "read in pages: {statements} statements");
+    }
     assert_eq!(preview_counts(&app, &texts).await, whole);
 }
 
