@@ -98,9 +98,11 @@ macro_rules! on_both_databases_with {
 /// ends).
 pub const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Runs a test body, failing it when it outlasts [`TEST_DEADLINE`].
+/// Runs a test body, failing it when it outlasts [`TEST_DEADLINE`]. The
+/// body's future is boxed: a large test's state machine would otherwise
+/// sit on the test thread's stack (2 MiB) and overflow it in debug builds.
 pub async fn within_deadline<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_DEADLINE, test).await.unwrap_or_else(|_| {
+    tokio::time::timeout(TEST_DEADLINE, Box::pin(test)).await.unwrap_or_else(|_| {
         panic!("the test did not finish within {TEST_DEADLINE:?}: something it waits for never happens")
     })
 }

@@ -24,9 +24,13 @@ async fn counted(app: &TestApp, query: &str) -> (usize, Gql) {
 /// request of an application also loads what later ones reuse).
 async fn sign_in_only(app: &TestApp) -> usize {
     counted(app, "{ __typename }").await.1.ok();
-    let (n, res) = counted(app, "{ __typename }").await;
-    res.ok();
-    n
+    let mut fewest = usize::MAX;
+    for _ in 0..3 {
+        let (n, res) = counted(app, "{ __typename }").await;
+        res.ok();
+        fewest = fewest.min(n);
+    }
+    fewest
 }
 
 /// Asserts the document is refused with `LIMIT_EXCEEDED` after signing in
@@ -34,11 +38,16 @@ async fn sign_in_only(app: &TestApp) -> usize {
 async fn refused_before_any_database_work(app: &TestApp, query: &str) -> String {
     let baseline = sign_in_only(app).await;
     let started = Instant::now();
-    let (statements, res) = counted(app, query).await;
+    // The fewest of three tries: the index follower's background rounds
+    // share the counted connection pool and only ever add statements.
+    let (mut statements, res) = counted(app, query).await;
+    for _ in 0..2 {
+        statements = statements.min(counted(app, query).await.0);
+    }
     assert_eq!(res.code(), "LIMIT_EXCEEDED", "{:#}", res.0);
     assert!(res.0["data"].is_null(), "nothing may run: {:#}", res.0);
     assert_eq!(statements, baseline, "statements beyond sign-in were run");
-    assert!(started.elapsed() < Duration::from_secs(5), "refusing took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "refusing three times took {:?}", started.elapsed());
     res.message()
 }
 

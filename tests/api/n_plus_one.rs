@@ -10,12 +10,19 @@ const PAGE: &str = "query($n: Int) { customers(first: $n, filter: { search: \"å
     id name owner { login } orgUnit { code } lifecycleStage { name } externalIds { provider }
     tags { source taggedBy { login } tag { name canonicalTag { name } group { name category orgUnit { code } } } } } } } }";
 
+/// The fewest statements of three loads of a page of `n` (work the
+/// application does in the background shares the counted pool and only
+/// ever adds).
 async fn statements_for(app: &TestApp, n: i64) -> usize {
-    let before = app.statements();
-    let res = app.gql("admin", PAGE, json!({ "n": n })).await;
-    let edges = res.ok()["customers"]["edges"].as_array().unwrap().len();
-    assert_eq!(edges as i64, n);
-    app.statements() - before
+    let mut fewest = usize::MAX;
+    for _ in 0..3 {
+        let before = app.statements();
+        let res = app.gql("admin", PAGE, json!({ "n": n })).await;
+        let edges = res.ok()["customers"]["edges"].as_array().unwrap().len();
+        assert_eq!(edges as i64, n);
+        fewest = fewest.min(app.statements() - before);
+    }
+    fewest
 }
 
 /// 24 customers shaped alike: same kinds of tags, owners, external ids.
