@@ -46,18 +46,10 @@ fn cycles_checked(file: &str) -> bool {
     layer_of(file).is_some_and(|l| l + 1 < LAYERS.len())
 }
 
-/// Imports known to break the rules, each with the work that removes it.
-/// The first four belong to the segment half of issue 12: its merger removes
-/// them (the test below fails until they are gone from the code and here).
-/// An entry that no longer matches an import fails the test, so the list
-/// only shrinks.
-const KNOWN: &[(&str, &str)] = &[
-    // Deactivating a staff member revokes their sessions through
-    // `auth::session`, and identities are named by `auth`'s constants. The
-    // session rows belong in `store/` (not done yet: it is sign-in code).
-    ("src/service/staff.rs", "src/auth/mod.rs"),
-    ("src/service/staff.rs", "src/auth/session.rs"),
-];
+/// Imports known to break the rules, each with the work that removes it:
+/// none today. An entry that no longer matches an import fails the test,
+/// so the list only shrinks.
+const KNOWN: &[(&str, &str)] = &[];
 
 #[derive(Debug, Clone)]
 struct Import {

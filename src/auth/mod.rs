@@ -39,8 +39,7 @@ use crate::config::Settings;
 use crate::error::{AppError, AppResult};
 
 /// Identity kinds of `staff_identity`.
-pub const IDENTITY_OIDC: &str = "oidc_sub";
-pub const IDENTITY_WECOM: &str = "wecom_userid";
+pub use crate::store::session::{IDENTITY_OIDC, IDENTITY_WECOM};
 
 /// Timeout of every call to an identity provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,25 +19,7 @@ use sha2::{Digest, Sha256};
 use super::JwtKeys;
 use crate::error::{AppError, AppResult};
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokeReason {
-    SignOut,
-    SignOutEverywhere,
-    Deactivated,
-    RefreshReuse,
-}
-
-impl RevokeReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SignOut => "sign_out",
-            Self::SignOutEverywhere => "sign_out_everywhere",
-            Self::Deactivated => "deactivated",
-            Self::RefreshReuse => "refresh_reuse",
-        }
-    }
-}
+pub use crate::store::session::{RevokeReason, revoke, revoke_all};
 
 /// What a sign-in or a refresh hands the client.
 #[derive(Debug, Clone)]
@@ -178,36 +160,6 @@ pub async fn live(db: &DatabaseConnection, id: &str, staff_id: i64) -> AppResult
         .await?
         .filter(|s| s.staff_id == staff_id && s.revoked_at.is_none() && s.expires_at > Utc::now())
         .ok_or_else(|| AppError::Unauthenticated("session ended; sign in again".to_owned()))
-}
-
-/// Revokes one session. Returns whether it was live.
-///
-/// # Errors
-/// Database errors.
-pub async fn revoke(conn: &impl ConnectionTrait, id: &str, reason: RevokeReason) -> AppResult<bool> {
-    let result = staff_session::Entity::update_many()
-        .col_expr(staff_session::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(staff_session::Column::RevokedReason, Expr::value(reason.as_str()))
-        .filter(staff_session::Column::Id.eq(id))
-        .filter(staff_session::Column::RevokedAt.is_null())
-        .exec(conn)
-        .await?;
-    Ok(result.rows_affected > 0)
-}
-
-/// Revokes every live session of a staff member. Returns how many.
-///
-/// # Errors
-/// Database errors.
-pub async fn revoke_all(conn: &impl ConnectionTrait, staff_id: i64, reason: RevokeReason) -> AppResult<u64> {
-    let result = staff_session::Entity::update_many()
-        .col_expr(staff_session::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(staff_session::Column::RevokedReason, Expr::value(reason.as_str()))
-        .filter(staff_session::Column::StaffId.eq(staff_id))
-        .filter(staff_session::Column::RevokedAt.is_null())
-        .exec(conn)
-        .await?;
-    Ok(result.rows_affected)
 }
 
 #[cfg(test)]

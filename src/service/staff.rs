@@ -29,11 +29,11 @@ use serde_json::json;
 
 use super::audit::{self, AuditEntry};
 use super::{NewestFirst, like_escape, newest_first};
-use crate::auth::{IDENTITY_OIDC, IDENTITY_WECOM, RevokeReason, session};
 use crate::authz::{self, Action, Authz, Permission, Principal};
 use crate::domain::{Email, IdentityValue, Login, OrgUnitId, PageArgs, Phone, StaffId, StaffName};
 use crate::error::{AppError, AppResult};
 use crate::store::constraint::on_constraint;
+use crate::store::session::{self, IDENTITY_OIDC, IDENTITY_WECOM, RevokeReason};
 
 const ORDERING: &str = "staff";
 
