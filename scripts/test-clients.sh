@@ -54,7 +54,10 @@ step=$SECONDS
 (cd clients && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in clients/"
 echo "test-clients: npm ci took $((SECONDS - step)) s"
 step=$SECONDS
-cargo build --bin tagbase || die "cargo build failed"
+# The server binary as `cargo test` builds it (dev-dependencies unify some
+# crates' features, so a plain `cargo build` would rebuild ~100 crates after
+# the test run). After `cargo test` this is a no-op.
+cargo test --no-run -q || die "cargo build failed"
 echo "test-clients: cargo build took $((SECONDS - step)) s"
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/tagbase"
 [ -x "$bin" ] || die "no server binary at $bin"

@@ -35,7 +35,9 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 20 ] || fail "Node.js >= 20 is needed (found $(node --version))"
 
 (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-cargo build -q
+# The server binary as `cargo test` builds it (a no-op after `cargo test`;
+# a plain `cargo build` would rebuild the crates whose features differ).
+cargo test --no-run -q
 bin="$root/target/debug/tagbase"
 
 work="$(mktemp -d)"
