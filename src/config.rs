@@ -156,8 +156,12 @@ pub struct Limits {
     pub bulk_lock_seconds: i64,
     /// Nodes one segment expression may have.
     pub max_segment_nodes: usize,
-    /// Rows one CSV export may have.
+    /// Rows one CSV export held in memory (the GraphQL `csv` fields) may have.
     pub max_export_rows: usize,
+    /// Rows one streamed CSV export (`GET /export/customers.csv`) may have;
+    /// it holds one page of rows at a time, so this is a brake on what one
+    /// download may take out, not a memory bound.
+    pub max_streamed_export_rows: usize,
     /// How long a request may run before it is cut off.
     pub request_timeout: Duration,
     /// Requests per client address (health, readiness and metrics aside).
@@ -220,6 +224,7 @@ impl Default for Limits {
             bulk_lock_seconds: 15 * 60,
             max_segment_nodes: 500,
             max_export_rows: 100_000,
+            max_streamed_export_rows: 2_000_000,
             request_timeout: Duration::from_secs(30),
             // Generous: a whole office behind one NAT address, and a busy
             // integration signed in as one staff member, stay under them.

@@ -1,7 +1,9 @@
 //! The HTTP surface: `/graphql` (GraphQL over HTTP, see [`graphql`]),
+//! `/export/customers.csv` (a streamed CSV download, see [`export`]),
 //! `/auth/*` (sign-in, see `auth::routes`), `/healthz`, `/readyz`; CORS for the listed origins, compression, request
 //! ids, tracing, a body-size limit and the request timeout.
 
+mod export;
 mod graphql;
 mod persisted;
 mod read_only;
@@ -62,6 +64,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
     let router = Router::new()
         .merge(graphql)
         .route("/playground/{file}", get(crate::playground::asset))
+        .route("/export/customers.csv", get(export::customers_csv))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(observability::metrics::main_listener_routes(app.clone()))

@@ -31,7 +31,7 @@ pub struct VisibleTag {
 
 /// A personal tag of `owner` is seen by its owner and by readers of all
 /// personal tags.
-fn personal_visible(principal: &Principal, owner: i64) -> bool {
+pub fn personal_visible(principal: &Principal, owner: i64) -> bool {
     owner == principal.staff.id || principal.reads_all_personal_tags()
 }
 

@@ -216,7 +216,8 @@ impl CustomerConnection {
     /// Customers matching the filter in the caller's scope (all pages).
     async fn total_count(&self, ctx: &Context<'_>) -> Result<u64> {
         let env = env(ctx);
-        Ok(service::count_in_scope(env.db, env.principal, &self.filter).await?)
+        let index = &ctx.data_unchecked::<crate::state::AppState>().index;
+        Ok(crate::service::listing::count_members(env.db, index, env.principal, &self.filter).await?)
     }
 }
 
@@ -359,7 +360,7 @@ pub(crate) async fn customer_connection(
         descending: order_by.direction == OrderDirection::Desc,
     };
     let index = &ctx.data_unchecked::<crate::state::AppState>().index;
-    let page = crate::service::segment::list_members(env.db, index, env.principal, &filter, order, page).await?;
+    let page = crate::service::listing::list_members(env.db, index, env.principal, &filter, order, page).await?;
     let node = ctx.look_ahead().field("edges").field("node");
     let customers: Vec<_> = page.items.iter().map(|(_, c)| c.clone()).collect();
     prefetch_customers(env.loaders, &customers, prefetch_for(&node)).await?;

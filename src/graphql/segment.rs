@@ -382,7 +382,9 @@ async fn members_count(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<u64
 /// Members of a filter as CSV (audited).
 async fn members_csv(ctx: &Context<'_>, filter: &CustomerFilter) -> Result<String> {
     let env = env(ctx);
-    Ok(crate::service::export::customers_csv(env.db, env.principal, env.limits, filter).await?.0)
+    let index = &ctx.data_unchecked::<AppState>().index;
+    let principal = ctx.data_unchecked::<std::sync::Arc<crate::authz::Principal>>().clone();
+    Ok(crate::service::export::customers_csv(env.db, index, principal, env.limits, filter).await?.0)
 }
 
 /// A saved segment in a page, with its cursor.

@@ -70,7 +70,18 @@ impl Tag {
     /// Customers holding the tag, among those the caller may read (a store
     /// sees its own customers' count of an HQ tag, not HQ's).
     async fn customer_count(&self, ctx: &Context<'_>) -> Result<u64> {
-        Ok(env(ctx).loaders.load_one(HoldersOfTag(self.0.id)).await?.unwrap_or_default())
+        let env = env(ctx);
+        let index = &ctx.data_unchecked::<crate::state::AppState>().index;
+        if index.is_ready() {
+            let group = match self.0.group_id {
+                Some(id) => env.loaders.load_one(GroupById(id)).await?,
+                None => None,
+            };
+            if let Some(count) = crate::service::listing::holder_count(index, env.principal, &self.0, group.as_ref()) {
+                return Ok(count);
+            }
+        }
+        Ok(env.loaders.load_one(HoldersOfTag(self.0.id)).await?.unwrap_or_default())
     }
     /// The group of an enterprise tag.
     async fn group(&self, ctx: &Context<'_>) -> Result<Option<TagGroup>> {

@@ -107,6 +107,20 @@ impl Refusal {
         Self { status, error: Box::new(error), allow: None }
     }
 
+    /// A service's refusal, with the status its code calls for.
+    pub(super) fn of(err: AppError) -> Self {
+        let status = match err.code() {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::ForbiddenField => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Validation => StatusCode::BAD_REQUEST,
+            ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Conflict | ErrorCode::Locked => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.code(), err.public_message())
+    }
+
     /// Sets `extensions.requestId` (for refusals made outside the request's
     /// scope, where [`request_id::current`] knows nothing).
     pub(super) fn with_request_id(mut self, id: Option<String>) -> Self {

@@ -609,6 +609,24 @@ impl SegmentIndex {
         Some(out)
     }
 
+    /// How many customers the caller may read hold the tag, counting only
+    /// customers of `units` when given (where the caller sees the tag's
+    /// class); `None` when the index is not ready.
+    pub fn holders_within(&self, principal: &Principal, tag_id: i64, units: Option<&Scope>) -> Option<u64> {
+        if !self.is_ready() {
+            return None;
+        }
+        let read_scope = principal.scope(Action::CustomerRead);
+        let universe = self.union_of(read_scope.unit_ids());
+        let seen = units.filter(|u| !u.covers(&read_scope)).map(|u| self.union_of(u.unit_ids()));
+        let s = self.read();
+        let Some(holders) = s.tags.get(&tag_id) else { return Some(0) };
+        Some(match seen {
+            Some(seen) => (holders & universe.as_ref()).intersection_len(&seen),
+            None => holders.intersection_len(&universe),
+        })
+    }
+
     /// Ids of the first `limit` members in the order of a key the index
     /// holds, ties broken by id, strictly after `after` (a key as
     /// [`page_key`] gives it, and an id): the keyset order of customer

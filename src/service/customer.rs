@@ -14,7 +14,7 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
-use crate::authz::visibility::visible_tags;
+use crate::authz::visibility::{VisibleTag, visible_tags};
 use crate::authz::{Action, CustomerField, FieldAccess, FieldRule, Permission, Principal, Scope};
 use crate::config::Limits;
 use crate::domain::tag::is_lifecycle_group;
@@ -189,6 +189,29 @@ pub(crate) async fn filter_condition(
     filter: &CustomerFilter,
     order: Option<CustomerOrder>,
 ) -> AppResult<Condition> {
+    Ok(check_filter(db, principal, filter, order).await?.condition)
+}
+
+/// A filter checked for the caller (see [`filter_condition`]): its SQL
+/// condition, and the tags it names as the caller sees them (what the
+/// in-memory index needs to answer the same filter).
+pub(crate) struct CheckedFilter {
+    pub condition: Condition,
+    pub tags: HashMap<TagId, VisibleTag>,
+}
+
+/// The search text of a filter, when it has one that filters.
+pub(crate) fn search_text(filter: &CustomerFilter) -> Option<&str> {
+    filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// [`filter_condition`], with the tags it named.
+pub(crate) async fn check_filter(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    filter: &CustomerFilter,
+    order: Option<CustomerOrder>,
+) -> AppResult<CheckedFilter> {
     let mut searched: Scope = (*principal.scope(Action::CustomerRead)).clone();
     if let Some(unit) = filter.org_unit {
         if !principal.visible_units().contains(&unit.0) {
@@ -217,7 +240,7 @@ pub(crate) async fn filter_condition(
         cond = cond.add(customer::Column::TotalSpendCents.lte(max));
     }
 
-    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    if let Some(search) = search_text(filter) {
         if search.chars().count() > 64 {
             return Err(AppError::validation("filter.search", "must be at most 64 characters"));
         }
@@ -268,7 +291,7 @@ pub(crate) async fn filter_condition(
     if let Some(seg) = &filter.segment {
         cond = cond.add(crate::segment::sql::condition(principal, &seg.resolved, &searched, seg.offset, Utc::now())?);
     }
-    Ok(cond)
+    Ok(CheckedFilter { condition: cond, tags })
 }
 
 /// The audit action of a search by a whole phone number.
@@ -353,6 +376,53 @@ pub async fn list_in_scope(
         .order_by(order.column(), dir.clone())
         .order_by(customer::Column::Id, dir)
         .limit(page.fetch())
+        .all(db)
+        .await?;
+    Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))
+}
+
+/// Ids per statement when a list is restricted to ids known to match.
+const ID_CHUNK: usize = 5_000;
+
+/// One page, in `order`, of the given customers (known to match the
+/// caller's filter, e.g. from the in-memory index), limited to its scope
+/// again. Each chunk of ids gives its first rows after the cursor; the
+/// database then orders those candidates, so that names sort by its
+/// collation exactly as in [`list_in_scope`].
+///
+/// # Errors
+/// `VALIDATION` for a bad cursor.
+pub(crate) async fn list_among(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    ids: &[i64],
+    order: CustomerOrder,
+    page: &PageArgs,
+) -> AppResult<Page<customer::Model>> {
+    let walk = if page.backward() { order.reversed() } else { order };
+    let mut cond = Condition::all().add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
+    if let Some(cursor) = page.decode_cursor(&order.tag())? {
+        cond = cond.add(walk.after(&cursor, page.cursor_field())?);
+    }
+    let dir = if walk.descending { Order::Desc } else { Order::Asc };
+    let ordered = |q: sea_orm::Select<customer::Entity>| {
+        q.order_by(order.column(), dir.clone()).order_by(customer::Column::Id, dir.clone()).limit(page.fetch())
+    };
+    let candidates: Vec<i64> = if ids.len() <= ID_CHUNK {
+        ids.to_vec()
+    } else {
+        let mut candidates = Vec::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let query = customer::Entity::find()
+                .select_only()
+                .column(customer::Column::Id)
+                .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                .filter(cond.clone());
+            candidates.extend(ordered(query).into_tuple::<i64>().all(db).await?);
+        }
+        candidates
+    };
+    let rows = ordered(customer::Entity::find().filter(customer::Column::Id.is_in(candidates)).filter(cond))
         .all(db)
         .await?;
     Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))

@@ -8,6 +8,7 @@ pub mod customer;
 pub mod export;
 pub mod governance;
 pub mod library;
+pub mod listing;
 pub mod rules;
 pub mod segment;
 pub mod staff;

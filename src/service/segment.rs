@@ -16,7 +16,8 @@ use sea_orm::{
 use serde_json::json;
 
 use super::audit::{self, AuditEntry};
-use super::customer::{self as customer_service, CustomerFilter, CustomerOrder, Page, SegmentFilter, SortField};
+use super::customer::{self as customer_service, CustomerFilter, SegmentFilter};
+pub use super::listing::{count_members, index_members, list_members};
 use crate::authz::visibility::{self, visible_tags};
 use crate::authz::{Action, Principal};
 use crate::config::Limits;
@@ -225,13 +226,12 @@ pub async fn cooccurrence(
     let live: Vec<TagId> =
         tag_ids.iter().copied().filter(|t| !tags.get(t).is_some_and(|v| is_retired(v.tag.status))).collect();
     // From the index when it can answer: a few bitmap intersections.
-    let members = index_members(db, index, principal, filter).await?;
-    if members.is_some() || (filter.segment.is_none() && segment_only(filter)) {
+    if let Some(members) = index_members(db, index, principal, filter).await? {
         let classes: Vec<(i64, Option<&str>)> = live
             .iter()
             .map(|t| (t.0, tags.get(t).and_then(|v| v.group.as_ref()).map(|g| g.visibility_class.as_str())))
             .collect();
-        if let Some(pairs) = index.cooccurrence(principal, members.as_ref(), &classes) {
+        if let Some(pairs) = index.cooccurrence(principal, Some(&members), &classes) {
             return Ok(every_pair(tag_ids, pairs));
         }
     }
@@ -295,114 +295,4 @@ fn every_pair(tag_ids: &[TagId], counted: impl IntoIterator<Item = (i64, i64, u6
     let mut out: Vec<(i64, i64, u64)> = counts.into_iter().map(|((x, y), n)| (x, y, n)).collect();
     out.sort_unstable();
     out
-}
-
-/// True when the filter asks for nothing but (at most) a segment.
-fn segment_only(filter: &CustomerFilter) -> bool {
-    filter.org_unit.is_none()
-        && filter.search.is_none()
-        && filter.has_all_tags.is_empty()
-        && filter.has_any_tags.is_empty()
-        && filter.lifecycle_stage.is_none()
-        && filter.total_spend_min.is_none()
-        && filter.total_spend_max.is_none()
-}
-
-/// The members of a filter that the caller may see, from the in-memory
-/// index: `None` when the filter holds more than a segment or the index
-/// cannot answer (not built yet), and SQL must.
-///
-/// # Errors
-/// Database errors while loading what the expression needs (event
-/// timelines, static snapshots).
-pub async fn index_members(
-    db: &DatabaseConnection,
-    index: &crate::segment::SegmentIndex,
-    principal: &Principal,
-    filter: &CustomerFilter,
-) -> AppResult<Option<roaring::RoaringBitmap>> {
-    let Some(seg) = &filter.segment else { return Ok(None) };
-    if !segment_only(filter) || !index.is_ready() {
-        return Ok(None);
-    }
-    index.prepare(db, &seg.resolved).await?;
-    Ok(index.evaluate(principal, &seg.resolved, seg.offset))
-}
-
-/// Members of a segment filter the caller may see: from the in-memory index
-/// when it can answer, by SQL otherwise.
-///
-/// # Errors
-/// As [`customer_service::count_in_scope`].
-pub async fn count_members(
-    db: &DatabaseConnection,
-    index: &crate::segment::SegmentIndex,
-    principal: &Principal,
-    filter: &CustomerFilter,
-) -> AppResult<u64> {
-    if let Some(members) = index_members(db, index, principal, filter).await? {
-        return Ok(members.len());
-    }
-    customer_service::count_in_scope(db, principal, filter).await
-}
-
-/// One page of a filter's members in `order`. When the in-memory index
-/// answers and holds the order's key (added time, spend), the page is
-/// picked from the members' bitmap and only its rows are read, by id;
-/// otherwise SQL evaluates the whole filter. Either way the order (ties by
-/// id, in the same direction), the cursors and the checks (guarded order
-/// keys, bad cursors) are those of [`customer_service::list_in_scope`].
-///
-/// # Errors
-/// As [`customer_service::list_in_scope`].
-pub async fn list_members(
-    db: &DatabaseConnection,
-    index: &crate::segment::SegmentIndex,
-    principal: &Principal,
-    filter: &CustomerFilter,
-    order: CustomerOrder,
-    page: &PageArgs,
-) -> AppResult<Page<customer::Model>> {
-    let key = match order.field {
-        SortField::AddedAt => Some(PageKey::AddedAt),
-        SortField::TotalSpend => Some(PageKey::TotalSpend),
-        SortField::UpdatedAt | SortField::Name => None,
-    };
-    let members = match key {
-        Some(_) => index_members(db, index, principal, filter).await?,
-        None => None,
-    };
-    let (Some(key), Some(members)) = (key, members) else {
-        return customer_service::list_in_scope(db, principal, filter, order, page).await;
-    };
-    // The same refusals as the SQL path (a guarded order key, a field the
-    // expression may not read over the scope searched).
-    customer_service::filter_condition(db, principal, filter, Some(order)).await?;
-    let start = page.decode_cursor(&order.tag())?.map(|c| page_start(&c, key, page.cursor_field())).transpose()?;
-    // Backward: walk the reversed order from `before`, then reverse the page.
-    let descending = order.descending != page.backward();
-    let limit = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
-    let ids = index.page(&members, key, descending, start, limit);
-    let mut rows: HashMap<i64, customer::Model> = customer::Entity::find()
-        .filter(customer::Column::Id.is_in(ids.iter().copied()))
-        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
-    let rows = ids.iter().filter_map(|id| rows.remove(id)).collect();
-    Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))
-}
-
-/// A cursor as a position in the index's order.
-fn page_start(cursor: &Cursor, key: PageKey, field: &str) -> AppResult<(i64, i64)> {
-    let invalid = || AppError::validation(field, "is not a valid cursor");
-    let value = match key {
-        PageKey::AddedAt => crate::segment::page_key(
-            DateTime::parse_from_rfc3339(&cursor.key).map_err(|_| invalid())?.with_timezone(&Utc),
-        ),
-        PageKey::TotalSpend => cursor.key.parse::<i64>().map_err(|_| invalid())?,
-    };
-    Ok((value, cursor.id))
 }
