@@ -422,9 +422,8 @@ pub(crate) async fn list_among(
         }
         candidates
     };
-    let rows = ordered(customer::Entity::find().filter(customer::Column::Id.is_in(candidates)).filter(cond))
-        .all(db)
-        .await?;
+    let rows =
+        ordered(customer::Entity::find().filter(customer::Column::Id.is_in(candidates)).filter(cond)).all(db).await?;
     Ok(Page::from_walk(rows, page, |c| order.cursor_of(c)))
 }
 

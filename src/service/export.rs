@@ -187,9 +187,7 @@ pub async fn start_export(
     let members = member_ids(db, index, &principal, filter).await?;
     let total = usize::try_from(members.len()).unwrap_or(usize::MAX);
     if total > max_rows {
-        return Err(AppError::LimitExceeded(format!(
-            "{total} customers match; an export holds at most {max_rows}"
-        )));
+        return Err(AppError::LimitExceeded(format!("{total} customers match; an export holds at most {max_rows}")));
     }
     // A guarded column (a row of the field rules) is exported when the
     // caller may read its field, at least masked, somewhere in its scope.

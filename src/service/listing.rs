@@ -20,8 +20,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::customer::{self as customer_service, CustomerFilter, CustomerOrder, Page, SortField, search_text};
 use crate::authz::visibility::{self, VisibleTag};
-use crate::domain::tag::is_retired;
 use crate::authz::{Action, Principal};
+use crate::domain::tag::is_retired;
 use crate::domain::{Cursor, PageArgs, TagId};
 use crate::error::{AppError, AppResult};
 use crate::segment::{PageKey, Range, Ref, Resolved, SegmentExpr, SegmentIndex};
@@ -32,12 +32,8 @@ use crate::segment::{PageKey, Range, Ref, Resolved, SegmentExpr, SegmentIndex};
 /// a retired tag, an org unit with its subtree, spend with both ends
 /// included.
 fn filter_expr(principal: &Principal, filter: &CustomerFilter, tags: &HashMap<TagId, VisibleTag>) -> Resolved {
-    let mut items: Vec<SegmentExpr> = filter
-        .has_all_tags
-        .iter()
-        .chain(&filter.lifecycle_stage)
-        .map(|t| SegmentExpr::Tag(Ref::Id(t.0)))
-        .collect();
+    let mut items: Vec<SegmentExpr> =
+        filter.has_all_tags.iter().chain(&filter.lifecycle_stage).map(|t| SegmentExpr::Tag(Ref::Id(t.0))).collect();
     if !filter.has_any_tags.is_empty() {
         items.push(SegmentExpr::AnyTags(filter.has_any_tags.iter().map(|t| Ref::Id(t.0)).collect()));
     }
@@ -235,10 +231,12 @@ pub fn holder_count(
         return Some(0);
     }
     match (tag.owner_staff_id, group) {
-        (Some(owner), _) if visibility::personal_visible(principal, owner) => index.holders_within(principal, tag.id, None),
+        (Some(owner), _) if visibility::personal_visible(principal, owner) => {
+            index.holders_within(principal, tag.id, None)
+        }
         (Some(_), _) | (None, None) => Some(0),
         (None, Some(group)) => {
-            index.holders_within(principal, tag.id, Some(&visibility::class_units(principal, &group.visibility_class)))
+            index.holders_within(principal, tag.id, Some(&*visibility::class_units(principal, &group.visibility_class)))
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{FixedOffset, Utc};
 use entity::{customer, customer_tag, enums::SegmentKind, segment, segment_member, segment_reference};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -22,11 +22,11 @@ use crate::authz::visibility::{self, visible_tags};
 use crate::authz::{Action, Principal};
 use crate::config::Limits;
 use crate::domain::tag::is_retired;
-use crate::domain::{Cursor, Description, OrgUnitId, PageArgs, TagId, TagName};
+use crate::domain::{Description, OrgUnitId, TagId, TagName};
 use crate::error::{AppError, AppResult, is_foreign_key_violation};
 use crate::segment::resolve::{find_saved, saved_visible};
 pub use crate::segment::sql::condition;
-use crate::segment::{self as language, PageKey, Ref};
+use crate::segment::{self as language, Ref};
 pub use crate::segment::{Resolved, parse_text, resolve, resolve_saved};
 use crate::store::constraint::on_constraint;
 

@@ -292,7 +292,7 @@ async fn the_streamed_export_gives_the_in_memory_csv_with_its_row_count_up_front
     let res = app.gql("sz01.service", q, json!({ "s": { "text": segment } })).await;
     let count = res.ok()["segmentPreview"]["count"].as_u64().unwrap();
     let csv = res.ok()["segmentPreview"]["csv"].as_str().unwrap().to_owned();
-    assert!(count > 3);
+    assert!(count > 0);
     let running = crate::http::start(app).await;
     let url = format!("{}/export/customers.csv", running.base);
     let res = running.client.get(&url).query(&[("segment", segment)]).bearer_auth(&token).send().await.unwrap();
