@@ -29,7 +29,7 @@ use super::reply::{Media, Refusal};
 use super::{HttpState, request_id_of, sign_in};
 use crate::authz::Principal;
 use crate::domain::{OrgUnitId, SegmentId};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::request_id;
 use crate::service::customer::{CustomerFilter, SegmentFilter};
 use crate::service::{export, segment as segment_service};
@@ -140,7 +140,9 @@ fn streamed(app: AppState, export: export::CsvExport, request_id: String) -> Res
             }
         }
     });
-    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(pages);
+    // Fused: the body may be polled again after its end, which `unfold`
+    // alone does not allow.
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(pages).fuse();
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
