@@ -22,6 +22,8 @@ mod playground;
 mod races;
 mod relay;
 mod rules;
+mod rules_dryrun;
+mod rules_property;
 mod schema_drift;
 mod seed;
 mod segment_index;
