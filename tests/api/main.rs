@@ -22,6 +22,7 @@ mod playground;
 mod races;
 mod relay;
 mod rules;
+mod rules_bench;
 mod rules_dryrun;
 mod rules_property;
 mod schema_drift;
