@@ -231,7 +231,7 @@ fn actions_json(actions: &[Action]) -> serde_json::Value {
 #[tracing::instrument(skip(db, principal, draft), fields(staff = principal.staff.id))]
 pub async fn create_rule(db: &DatabaseConnection, principal: &Principal, draft: RuleDraft) -> AppResult<rule::Model> {
     let txn = db.begin().await?;
-    let row = create_rule_in(txn, principal, draft, Permit::RuleWrite).await?;
+    let row = create_rule_in(&txn, principal, draft, Permit::RuleWrite).await?;
     txn.commit().await?;
     Ok(row)
 }
