@@ -455,7 +455,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench::api::run(settings(None), bench).await
         }
         Command::Bench(BenchCommand::Rules { login, customers, events, batch, connections, probes, server }) => {
-            let bench = crate::bench::rules::RulesBench { login, customers, events, batch, connections, probes, server };
+            let bench =
+                crate::bench::rules::RulesBench { login, customers, events, batch, connections, probes, server };
             crate::bench::rules::run(settings(None), bench).await
         }
         Command::Policy(PolicyCommand::Table) => {

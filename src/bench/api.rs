@@ -137,11 +137,7 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) async fn start(
-        binary: &PathBuf,
-        database_url: &str,
-        client: &reqwest::Client,
-    ) -> anyhow::Result<Self> {
+    pub(super) async fn start(binary: &PathBuf, database_url: &str, client: &reqwest::Client) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::env::temp_dir().join(format!("tagbase-bench-server-{}-{port}.log", std::process::id()));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

@@ -67,7 +67,8 @@ const KINDS: [&str; 10] = [
     "count(form_submitted, 30d) >= 1 AND orders >= 1",
 ];
 
-const RECORD: &str = "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) { recorded errors { code message } } }";
+const RECORD: &str =
+    "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) { recorded errors { code message } } }";
 const COUNT: &str = "query($t: String!) { segmentPreview(segment: { text: $t }) { count } }";
 
 /// Runs the benchmark and prints its table.
@@ -159,10 +160,15 @@ async fn rules(
     {
         Some(g) => g.id,
         None => {
-            let answer = post(client, url, token, &json!({
+            let answer = post(
+                client,
+                url,
+                token,
+                &json!({
                 "query": "mutation($u: ID!, $n: String!) { createTagGroup(input: { orgUnitId: $u, name: $n,
                     category: BEHAVIOR, visibilityClass: \"behavior\", exclusive: false }) { tagGroup { id } } }",
-                "variables": { "u": OrgUnitId(unit).to_string(), "n": GROUP } }))
+                "variables": { "u": OrgUnitId(unit).to_string(), "n": GROUP } }),
+            )
             .await?;
             global_id(&answer["data"]["createTagGroup"]["tagGroup"]["id"], |r| Ok(TagGroupId::parse(r, "id")?.0))?
         }
@@ -197,11 +203,16 @@ async fn rules(
             None => {
                 let previous = tags.last().copied().unwrap_or(tag);
                 let condition = KINDS[i % KINDS.len()].replace("{t}", &previous.to_string());
-                let answer = post(client, url, token, &json!({
+                let answer = post(
+                    client,
+                    url,
+                    token,
+                    &json!({
                     "query": "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
                     "variables": { "i": { "orgUnitId": OrgUnitId(unit).to_string(), "name": rule_name,
                         "condition": condition, "actions": [{ "op": "ADD", "tagId": TagId(tag).to_string() }],
-                        "enabled": true, "priority": i } } }))
+                        "enabled": true, "priority": i } } }),
+                )
                 .await?;
                 global_id(&answer["data"]["createRule"]["id"], |r| Ok(RuleId::parse(r, "id")?.0))?
             }
@@ -333,9 +344,14 @@ async fn measure(
     }
     let ingest = started.elapsed();
     let dry = Instant::now();
-    let answer = post(client, &url, &token, &json!({
+    let answer = post(
+        client,
+        &url,
+        &token,
+        &json!({
         "query": "query($r: ID!) { dryRunRule(input: { ruleId: $r }) { eventsReplayed customersReplayed wouldAdd } }",
-        "variables": { "r": RuleId(rule_ids[2]).to_string() } }))
+        "variables": { "r": RuleId(rule_ids[2]).to_string() } }),
+    )
     .await?;
     let dry_run = dry.elapsed();
     let run = &answer["data"]["dryRunRule"];
@@ -408,5 +424,10 @@ fn print_table(settings: &Settings, bench: &RulesBench, f: &Figures, rss_ready: 
         f.dry_run_customers,
         f.dry_run.as_secs_f64()
     );
-    println!("| server RSS once ready / after / peak (VmHWM) | {} / {} / {} |", mib(rss_ready), mib(rss_after), mib(rss_peak));
+    println!(
+        "| server RSS once ready / after / peak (VmHWM) | {} / {} / {} |",
+        mib(rss_ready),
+        mib(rss_after),
+        mib(rss_peak)
+    );
 }

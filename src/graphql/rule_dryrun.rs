@@ -12,7 +12,9 @@ use super::{DateTime, env};
 use crate::domain::{CustomerEventId, CustomerId, OrgUnitId, RuleId};
 use crate::error::AppError;
 use crate::service::customer::find_in_scope;
-use crate::service::rules::dryrun::{self, DryRun, DryRunRequest, PredictedChange, SampleCustomer, Subject, UnsavedRule};
+use crate::service::rules::dryrun::{
+    self, DryRun, DryRunRequest, PredictedChange, SampleCustomer, Subject, UnsavedRule,
+};
 use crate::state::AppState;
 
 /// A rule not saved (yet) to try.

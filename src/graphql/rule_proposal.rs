@@ -4,9 +4,9 @@
 
 use async_graphql::{Context, ID, InputObject, Object, Result};
 
+use super::env;
 use super::governance::ChangeRequest;
 use super::rules::{CreateRuleInput, UpdateRuleInput};
-use super::env;
 use crate::domain::RuleId;
 use crate::error::AppError;
 use crate::service::rules::dryrun::UnsavedRule;
@@ -55,7 +55,9 @@ fn proposal_of(input: ProposeRuleInput) -> Result<(RuleProposal, Option<i32>)> {
             };
             Ok((proposal, version))
         }
-        (None, None, Some(id)) => Ok((RuleProposal::Enable { rule_id: RuleId::parse(&id, "enable")?.0 }, input.version)),
+        (None, None, Some(id)) => {
+            Ok((RuleProposal::Enable { rule_id: RuleId::parse(&id, "enable")?.0 }, input.version))
+        }
         _ => Err(AppError::validation("create", "give exactly one of `create`, `update` and `enable`").into()),
     }
 }

@@ -194,8 +194,14 @@ async fn bad_dry_runs_are_refused_with_a_code(app: TestApp) {
     let cases = [
         (json!({}), "VALIDATION"),
         (json!({ "ruleId": rule, "rule": { "orgUnitId": hq, "condition": "x", "actions": [] } }), "VALIDATION"),
-        (json!({ "rule": { "orgUnitId": hq, "condition": "message contains", "actions": [{ "op": "ADD", "tagId": inquiry }] } }), "VALIDATION"),
-        (json!({ "ruleId": rule, "from": now.to_rfc3339(), "to": (now - Duration::days(1)).to_rfc3339() }), "VALIDATION"),
+        (
+            json!({ "rule": { "orgUnitId": hq, "condition": "message contains", "actions": [{ "op": "ADD", "tagId": inquiry }] } }),
+            "VALIDATION",
+        ),
+        (
+            json!({ "ruleId": rule, "from": now.to_rfc3339(), "to": (now - Duration::days(1)).to_rfc3339() }),
+            "VALIDATION",
+        ),
         (json!({ "ruleId": rule, "from": (now - Duration::days(91)).to_rfc3339() }), "LIMIT_EXCEEDED"),
         (json!({ "ruleId": rule, "sample": 1000 }), "VALIDATION"),
         (json!({ "ruleId": rule, "version": 7 }), "NOT_FOUND"),
@@ -270,7 +276,9 @@ async fn a_proposed_rule_shows_its_dry_run_and_approving_applies_it(app: TestApp
     let inquiry = app.tag_id("活动", "询价").await;
     let rule = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店价格咨询", "condition": CONDITION,
         "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true });
-    let direct = app.gql("sz01.sales", "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }", json!({ "i": rule })).await;
+    let direct = app
+        .gql("sz01.sales", "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }", json!({ "i": rule }))
+        .await;
     assert_eq!(direct.code(), "FORBIDDEN", "sales may only propose rules");
 
     let res = app.gql("sz01.sales", PROPOSE, json!({ "i": { "create": rule, "reason": "询价客户跟进" } })).await;

@@ -129,7 +129,9 @@ fn holds(rule: usize, seen: &[Ev], now: DateTime<Utc>, rich: bool, tags: &BTreeS
                 seen.iter().any(|e| e.kind == Kind::Joined && local_date(e.at) == today - Duration::days(back))
             })
         }
-        3 => newest(Kind::Message).is_some_and(|e| e.text.contains("在吗")) && within(Kind::Paid, Duration::days(2)) == 0,
+        3 => {
+            newest(Kind::Message).is_some_and(|e| e.text.contains("在吗")) && within(Kind::Paid, Duration::days(2)) == 0
+        }
         4 => newest(Kind::Added).is_some_and(|e| {
             let local = e.at.with_timezone(&shanghai());
             local.hour() >= 18
@@ -194,10 +196,7 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
     // A local midnight twenty days ago.
     let today = Utc::now().with_timezone(&shanghai()).date_naive();
     let day = today - Duration::days(20);
-    let start = shanghai()
-        .with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0)
-        .unwrap()
-        .with_timezone(&Utc);
+    let start = shanghai().with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0).unwrap().with_timezone(&Utc);
 
     let mut runner = TestRunner::new(Config { cases: CASES as u32, ..Config::default() });
     for case in 0..CASES {

@@ -330,8 +330,11 @@ impl Replay<'_> {
         for unit in customers.iter().map(|c| c.org_unit_id).collect::<BTreeSet<_>>() {
             self.rule_set(db, principal, unit).await?;
         }
-        let action_tags: BTreeSet<i64> =
-            self.sets.values().flat_map(|(s, _)| s.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id))).collect();
+        let action_tags: BTreeSet<i64> = self
+            .sets
+            .values()
+            .flat_map(|(s, _)| s.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
+            .collect();
         let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
         if !action_tags.is_empty() {
             for part in ids.chunks(CHUNK / 2) {
@@ -367,7 +370,8 @@ impl Replay<'_> {
     ) {
         let Some((set, _)) = self.sets.get(&customer.org_unit_id) else { return };
         let attributes = attributes_of(customer);
-        let mut facts = Facts { events: history, attributes: &attributes, tags: held, manual_removals, offset: self.offset };
+        let mut facts =
+            Facts { events: history, attributes: &attributes, tags: held, manual_removals, offset: self.offset };
         let mut changes = Vec::new();
         let mut held_back = 0u64;
         let mut replayed = 0u64;

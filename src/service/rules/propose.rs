@@ -164,7 +164,8 @@ pub async fn propose_rule(
 ) -> AppResult<change_request::Model> {
     let reason = Reason::parse(reason, "reason")?;
     let (unit, subject, base) = check(db, principal, &proposal, expected_version).await?;
-    let run = dry_run(db, principal, limits, offset, DryRunRequest { subject, from: None, to: None, sample: None }).await?;
+    let run =
+        dry_run(db, principal, limits, offset, DryRunRequest { subject, from: None, to: None, sample: None }).await?;
     let txn = db.begin().await?;
     let request = requests::file(
         &txn,
@@ -236,4 +237,3 @@ pub async fn apply_approved(
         }
     }
 }
-
