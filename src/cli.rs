@@ -250,6 +250,32 @@ enum BenchCommand {
         #[arg(long)]
         server: Option<PathBuf>,
     },
+    /// Automatic tagging over real HTTP on DATABASE_URL: 50 enabled rules
+    /// of every kind, `recordEvents` ingest (events/s), batch → tag
+    /// visible to segments (p99), a 30-day dry run, the server's memory.
+    Rules {
+        /// The staff member the requests run as (records events, writes rules).
+        #[arg(long, default_value = "bench.admin")]
+        login: String,
+        /// Customers the events are spread over.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u64,
+        /// Events ingested in all.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per `recordEvents` call.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent ingest connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Probes of batch → tag visible to segments.
+        #[arg(long, default_value_t = 100)]
+        probes: usize,
+        /// The server binary (default: this one).
+        #[arg(long)]
+        server: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -427,6 +453,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
             let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };
             crate::bench::api::run(settings(None), bench).await
+        }
+        Command::Bench(BenchCommand::Rules { login, customers, events, batch, connections, probes, server }) => {
+            let bench =
+                crate::bench::rules::RulesBench { login, customers, events, batch, connections, probes, server };
+            crate::bench::rules::run(settings(None), bench).await
         }
         Command::Policy(PolicyCommand::Table) => {
             let db = db::connect(&cli.database_url).await?;

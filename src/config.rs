@@ -180,6 +180,8 @@ pub struct Limits {
     pub phone_searches_per_minute: u32,
     /// Customer events one `recordEvents` call may carry.
     pub max_events_per_batch: usize,
+    /// Longest window a rule's dry run replays, in days.
+    pub max_dry_run_days: i64,
 }
 
 /// A request rate: a steady rate per second and a burst allowance.
@@ -234,6 +236,7 @@ impl Default for Limits {
             persisted_query_cache: 1_000,
             phone_searches_per_minute: 20,
             max_events_per_batch: 1_000,
+            max_dry_run_days: 90,
         }
     }
 }

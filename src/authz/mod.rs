@@ -66,10 +66,11 @@ pub enum Action {
     CustomerEventWrite,
     RuleRead,
     RuleWrite,
+    RulePropose,
 }
 
 impl Action {
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 22] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -91,6 +92,7 @@ impl Action {
         Action::CustomerEventWrite,
         Action::RuleRead,
         Action::RuleWrite,
+        Action::RulePropose,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -117,6 +119,7 @@ impl Action {
             Action::CustomerEventWrite => ("customer_event", "write"),
             Action::RuleRead => ("rule", "read"),
             Action::RuleWrite => ("rule", "write"),
+            Action::RulePropose => ("rule", "propose"),
         }
     }
 

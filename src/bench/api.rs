@@ -127,17 +127,17 @@ pub async fn run(settings: Settings, bench: ApiBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server as a child process.
-struct Server {
+/// The server as a child process (also `bench rules`'s).
+pub(super) struct Server {
     child: tokio::process::Child,
-    base: String,
-    ready: Duration,
-    rss_ready: u64,
+    pub(super) base: String,
+    pub(super) ready: Duration,
+    pub(super) rss_ready: u64,
     log: PathBuf,
 }
 
 impl Server {
-    async fn start(binary: &PathBuf, database_url: &str, client: &reqwest::Client) -> anyhow::Result<Self> {
+    pub(super) async fn start(binary: &PathBuf, database_url: &str, client: &reqwest::Client) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::env::temp_dir().join(format!("tagbase-bench-server-{}-{port}.log", std::process::id()));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -177,7 +177,7 @@ impl Server {
 
     /// (resident now, resident at its highest), in bytes, from
     /// `/proc/<pid>/status` (zeros where there is no `/proc`).
-    fn memory(&self) -> (u64, u64) {
+    pub(super) fn memory(&self) -> (u64, u64) {
         let Some(status) = self.pid().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         else {
             return (0, 0);
@@ -190,6 +190,17 @@ impl Server {
                 .map_or(0, |kib| kib * 1024)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Stops the server; its log is kept when `failed`.
+    pub(super) async fn shutdown(mut self, failed: bool) {
+        self.child.start_kill().ok();
+        self.child.wait().await.ok();
+        if failed {
+            eprintln!("the server's log: {}", self.log.display());
+        } else {
+            std::fs::remove_file(&self.log).ok();
+        }
     }
 
     /// Adds the memory figures, stops the server, and returns the run's
@@ -289,7 +300,7 @@ async fn find_subject(settings: &Settings, login: &str) -> anyhow::Result<Subjec
 }
 
 /// Sends one GraphQL request; an error when the answer is not a success.
-async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
+pub(super) async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
     let response = client.post(url).bearer_auth(token).json(body).send().await?;
     let status = response.status();
     let answer: Value = response.json().await?;

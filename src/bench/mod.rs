@@ -4,8 +4,11 @@
 //! - [`segments`]: the segment index against plain SQL, in process.
 //! - [`api`]: the API over real HTTP, from a separate client, against a
 //!   server started as a child process.
+//! - [`rules`]: automatic tagging over HTTP: ingest, event → segment
+//!   latency, a 30-day dry run, memory.
 
 pub mod api;
+pub mod rules;
 pub mod segments;
 
 pub use segments::{BenchSize, run};

@@ -59,6 +59,23 @@ impl ChangeRequest {
         Ok(field_changes(approval::preview(env.db, &self.0).await?))
     }
 
+    /// For a rule's creation, edit or enabling: the rule's dry run over
+    /// the 30 days before the request was filed (counted over the
+    /// customers its requester reads); none for other requests.
+    async fn rule_dry_run(&self) -> Option<super::rule_dryrun::RuleDryRun> {
+        crate::service::rules::propose::dry_run_of(&self.0).map(super::rule_dryrun::RuleDryRun)
+    }
+    /// The rule the request is about, if any (and readable): none yet for
+    /// a rule to be created.
+    async fn rule(&self, ctx: &Context<'_>) -> Result<Option<super::rules::Rule>> {
+        let ("RULE", Some(id)) = (self.0.target_kind.as_str(), self.0.target_id) else { return Ok(None) };
+        let env = env(ctx);
+        match crate::service::rules::store::find_rule(env.db, env.principal, crate::domain::RuleId(id)).await {
+            Ok(row) => Ok(Some(super::rules::Rule(row))),
+            Err(crate::error::AppError::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
     /// The versions of the touched objects the request was made against;
     /// approval fails (and marks the request STALE) if any moved.
     async fn base_versions(&self) -> Json<Value> {

@@ -10,6 +10,8 @@ pub(crate) mod limits;
 mod loaders;
 mod org;
 mod relay;
+mod rule_dryrun;
+mod rule_proposal;
 mod rules;
 mod scalars;
 mod segment;
@@ -45,6 +47,7 @@ pub struct Query(
     admin::AdminQuery,
     staff::StaffQuery,
     rules::RuleQuery,
+    rule_dryrun::RuleDryRunQuery,
 );
 
 /// Every change the API makes.
@@ -57,6 +60,7 @@ pub struct Mutation(
     admin::AdminMutation,
     staff::StaffMutation,
     rules::RuleMutation,
+    rule_proposal::RuleProposalMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -350,7 +350,7 @@ pub struct RuleActionInput {
     ttl_seconds: Option<i64>,
 }
 
-fn parse_actions(input: Vec<RuleActionInput>) -> Result<Vec<RuleActionModel>> {
+pub(super) fn parse_actions(input: Vec<RuleActionInput>) -> Result<Vec<RuleActionModel>> {
     input
         .into_iter()
         .enumerate()
@@ -625,6 +625,35 @@ pub struct UpdateRuleInput {
     priority: Option<i32>,
 }
 
+impl CreateRuleInput {
+    pub(super) fn draft(self) -> Result<RuleDraft> {
+        Ok(RuleDraft {
+            org_unit: OrgUnitId::parse(&self.org_unit_id, "orgUnitId")?,
+            name: self.name,
+            condition: self.condition,
+            actions: parse_actions(self.actions)?,
+            override_manual_removal: self.override_manual_removal,
+            priority: self.priority,
+            enabled: self.enabled,
+        })
+    }
+}
+
+impl UpdateRuleInput {
+    /// The rule, the version read, and the change.
+    pub(super) fn change(self) -> Result<(RuleId, Option<i32>, RulePatch)> {
+        let id = RuleId::parse(&self.id, "id")?;
+        let patch = RulePatch {
+            name: self.name,
+            condition: self.condition,
+            actions: self.actions.map(parse_actions).transpose()?,
+            override_manual_removal: self.override_manual_removal,
+            priority: self.priority,
+        };
+        Ok((id, self.version, patch))
+    }
+}
+
 #[derive(Default)]
 pub struct RuleMutation;
 
@@ -693,16 +722,7 @@ impl RuleMutation {
         #[graphql(desc = "The rule.")] input: CreateRuleInput,
     ) -> Result<Rule> {
         let env = env(ctx);
-        let draft = RuleDraft {
-            org_unit: OrgUnitId::parse(&input.org_unit_id, "orgUnitId")?,
-            name: input.name,
-            condition: input.condition,
-            actions: parse_actions(input.actions)?,
-            override_manual_removal: input.override_manual_removal,
-            priority: input.priority,
-            enabled: input.enabled,
-        };
-        Ok(Rule(store::create_rule(env.db, env.principal, draft).await?))
+        Ok(Rule(store::create_rule(env.db, env.principal, input.draft()?).await?))
     }
 
     /// Changes a rule: a new version.
@@ -712,15 +732,8 @@ impl RuleMutation {
         #[graphql(desc = "The change.")] input: UpdateRuleInput,
     ) -> Result<Rule> {
         let env = env(ctx);
-        let id = RuleId::parse(&input.id, "id")?;
-        let patch = RulePatch {
-            name: input.name,
-            condition: input.condition,
-            actions: input.actions.map(parse_actions).transpose()?,
-            override_manual_removal: input.override_manual_removal,
-            priority: input.priority,
-        };
-        Ok(Rule(store::update_rule(env.db, env.principal, id, input.version, patch).await?))
+        let (id, version, patch) = input.change()?;
+        Ok(Rule(store::update_rule(env.db, env.principal, id, version, patch).await?))
     }
 
     /// Turns a rule on: it fires on the events that follow.

@@ -31,10 +31,13 @@ pub enum ChangeRequestKind {
     TagGroupCreate,
     CustomerTag,
     CustomerUntag,
+    RuleCreate,
+    RuleUpdate,
+    RuleEnable,
 }
 
 impl ChangeRequestKind {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 13] = [
         Self::TagGroupUpdate,
         Self::TagUpdate,
         Self::TagArchive,
@@ -45,6 +48,9 @@ impl ChangeRequestKind {
         Self::TagGroupCreate,
         Self::CustomerTag,
         Self::CustomerUntag,
+        Self::RuleCreate,
+        Self::RuleUpdate,
+        Self::RuleEnable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +65,9 @@ impl ChangeRequestKind {
             Self::TagGroupCreate => "tag_group.create",
             Self::CustomerTag => "customer.tag",
             Self::CustomerUntag => "customer.untag",
+            Self::RuleCreate => "rule.create",
+            Self::RuleUpdate => "rule.update",
+            Self::RuleEnable => "rule.enable",
         }
     }
 
@@ -87,6 +96,8 @@ pub enum RequestTarget {
     Library(ObjectKind, Option<i64>),
     /// Customers' tags (bulk tagging).
     Customers,
+    /// An automatic-tagging rule (none yet for a rule to be created).
+    Rule(Option<i64>),
 }
 
 impl RequestTarget {
@@ -94,6 +105,7 @@ impl RequestTarget {
         match self {
             Self::Library(kind, id) => (kind.as_str(), id),
             Self::Customers => ("CUSTOMER", None),
+            Self::Rule(id) => ("RULE", id),
         }
     }
 }

@@ -12,7 +12,7 @@ use tagbase::config::Limits;
 use crate::helpers::{TestApp, row_id};
 use crate::{on_both_databases, on_both_databases_with};
 
-const RECORD: &str = "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) {
+pub(crate) const RECORD: &str = "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) {
     recorded duplicates tagChanges heldBack deferred
     results { index outcome eventId } errors { index code field message } } }";
 
@@ -23,7 +23,7 @@ const TAGS: &str = "query($id: ID!) { customer(id: $id) { tags { tag { name } so
     why { text ruleVersion rule { name } event { kind } } } } }";
 
 /// A connector's account: the `integration` role at store sz01.
-async fn connector(app: &mut TestApp) -> &'static str {
+pub(crate) async fn connector(app: &mut TestApp) -> &'static str {
     let login = "sz01.connector";
     let member = entity::staff::ActiveModel {
         login: sea_orm::ActiveValue::Set(login.to_owned()),
@@ -44,7 +44,7 @@ async fn connector(app: &mut TestApp) -> &'static str {
     login
 }
 
-async fn fresh_customer(app: &TestApp, store: &str, login: &str) -> String {
+pub(crate) async fn fresh_customer(app: &TestApp, store: &str, login: &str) -> String {
     let res = app
         .gql(
             login,
@@ -77,7 +77,7 @@ async fn inquiry_rule(app: &TestApp) -> String {
     res.ok()["createRule"]["id"].as_str().unwrap().to_owned()
 }
 
-async fn tags_of(app: &TestApp, customer: &str) -> Vec<Value> {
+pub(crate) async fn tags_of(app: &TestApp, customer: &str) -> Vec<Value> {
     app.gql("sz01.manager", TAGS, json!({ "id": customer })).await.ok()["customer"]["tags"].as_array().unwrap().clone()
 }
 

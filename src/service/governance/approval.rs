@@ -10,7 +10,7 @@
 //!
 //! [`change_of`] is the one place where a request's kind meets the service
 //! that applies it: library edits go to `service::library`, bulk tagging
-//! to `service::tagging`.
+//! to `service::tagging`, rule changes to `service::rules::propose`.
 
 use entity::{change_request, enums::ChangeRequestStatus, staff};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
@@ -23,6 +23,7 @@ use crate::domain::{ChangeRequestId, Reason, StaffId, Versions};
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::service::library::{self, EditOutcome, LibraryEdit};
+use crate::service::rules::propose;
 use crate::service::tagging::{self, BulkTagging};
 use crate::store::change_request::transition;
 
@@ -30,6 +31,8 @@ use crate::store::change_request::transition;
 enum Change {
     Library(LibraryEdit, Versions),
     Tagging(BulkTagging),
+    /// A rule's creation, edit or enabling (`service::rules::propose`).
+    Rule,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> AppResult<T> {
@@ -49,6 +52,7 @@ fn change_of(request: &change_request::Model) -> AppResult<Change> {
         | K::TagCreate
         | K::TagGroupCreate => Ok(Change::Library(parse(&request.payload)?, parse(&request.base_versions)?)),
         K::CustomerTag | K::CustomerUntag => Ok(Change::Tagging(parse(&request.payload)?)),
+        K::RuleCreate | K::RuleUpdate | K::RuleEnable => Ok(Change::Rule),
     }
 }
 
@@ -110,9 +114,12 @@ pub async fn approve(
     let change = change_of(&request)?;
     let by = principal.staff_id();
     let txn = db.begin().await?;
-    if let Change::Library(_, base) = &change
-        && !library::still_current(&txn, base).await?
-    {
+    let current = match &change {
+        Change::Library(_, base) => library::still_current(&txn, base).await?,
+        Change::Rule => propose::still_current(&txn, &request).await?,
+        Change::Tagging(_) => true,
+    };
+    if !current {
         transition(&txn, id, ChangeRequestStatus::Stale, by, comment.as_ref()).await?;
         record_decision(&txn, by, "change_request.stale", &request, comment.as_ref()).await?;
         txn.commit().await?;
@@ -132,6 +139,11 @@ pub async fn approve(
         Change::Tagging(bulk) => {
             let requester = requester_principal(&txn, authz, principal, &request).await?;
             tagging::apply_approved(&txn, &requester, limits, bulk, request.id).await?;
+            EditOutcome { applied: true, ..Default::default() }
+        }
+        Change::Rule => {
+            let requester = requester_principal(&txn, authz, principal, &request).await?;
+            propose::apply_approved(&txn, &requester, &request).await?;
             EditOutcome { applied: true, ..Default::default() }
         }
     };
@@ -155,7 +167,7 @@ pub async fn preview(
         return Ok(Vec::new());
     }
     match change_of(request)? {
-        Change::Tagging(_) => Ok(Vec::new()),
+        Change::Tagging(_) | Change::Rule => Ok(Vec::new()),
         Change::Library(edit, base) => {
             let reason = Reason::parse(Some(&request.reason), "reason")?;
             let requester = StaffId(request.requester_staff_id);

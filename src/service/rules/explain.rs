@@ -3,7 +3,7 @@
 //! `sourceRef` (`rule:12@v3/event:8812`), and this turns it back into a
 //! sentence: `规则 晚间咨询 v3: customer_added at 19:04 (+08:00), event #8812`.
 
-use chrono::FixedOffset;
+use chrono::{DateTime, FixedOffset, Utc};
 use entity::{customer_event, enums::CustomerEventKind, enums::TagSource, rule_version};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
@@ -88,12 +88,26 @@ pub async fn explain(
         None => None,
     };
     let rule_name = version.map(|v| v.name);
-    let mut text = format!("规则 {} v{}", rule_name.as_deref().unwrap_or("?"), rule.version);
-    if let Some(e) = &event {
-        let local = e.occurred_at.with_timezone(&offset);
-        text.push_str(&format!(": {} at {} ({offset}), event #{}", kind_word(e.kind), local.format("%H:%M"), e.id));
-    }
+    let trigger = event.as_ref().map(|e| (e.kind, e.occurred_at, e.id));
+    let text = sentence(rule_name.as_deref().unwrap_or("?"), rule.version, trigger, offset);
     Ok(Some(Explanation { rule, rule_name, event, customer_org_unit, text }))
+}
+
+/// The explanation's text: `规则 晚间咨询 v3: customer_added at 19:04
+/// (+08:00), event #8812`, the event's time in the organisation's offset.
+/// A dry run words its predictions the same way.
+pub fn sentence(
+    rule_name: &str,
+    version: i32,
+    trigger: Option<(CustomerEventKind, DateTime<Utc>, i64)>,
+    offset: FixedOffset,
+) -> String {
+    let mut text = format!("规则 {rule_name} v{version}");
+    if let Some((kind, at, id)) = trigger {
+        let local = at.with_timezone(&offset);
+        text.push_str(&format!(": {} at {} ({offset}), event #{id}", kind_word(kind), local.format("%H:%M")));
+    }
+    text
 }
 
 #[cfg(test)]

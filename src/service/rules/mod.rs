@@ -9,11 +9,15 @@
 //! - [`store`]: rules as versioned library objects.
 //! - [`record`]: `recordEvents`, and the rules run in its transaction.
 //! - [`explain`]: why an automatic tag is there.
+//! - [`dryrun`]: what a rule would do, replayed over recorded events.
+//! - [`propose`]: rule changes by change request, with their dry run.
 
 pub mod condition;
+pub mod dryrun;
 pub mod eval;
 pub mod event;
 pub mod explain;
 pub mod library;
+pub mod propose;
 pub mod record;
 pub mod store;

@@ -29,7 +29,7 @@ use super::eval::{Attributes, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
 use super::explain::source_ref;
 use super::library::{UnitLibrary, compile};
-use crate::authz::{Action, Principal};
+use crate::authz::{Action, OrgTree, Principal};
 use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
@@ -307,6 +307,33 @@ async fn resolve_customers(
     Ok(out)
 }
 
+/// The enabled rules that apply to customers of `unit` (its own and the
+/// units' above), compiled against the unit's library and ordered.
+/// `adjust` may change the rows first: a dry run puts its rule in.
+///
+/// # Errors
+/// Database errors.
+pub(super) async fn rule_set_of_unit(
+    db: &impl ConnectionTrait,
+    org: &OrgTree,
+    unit: i64,
+    adjust: impl FnOnce(&mut Vec<rule::Model>),
+) -> AppResult<(RuleSet, UnitLibrary)> {
+    let chain: Vec<i64> = org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+    let mut rows = rule::Entity::find()
+        .filter(rule::Column::Status.eq(RuleStatus::Enabled))
+        .filter(rule::Column::OrgUnitId.is_in(chain))
+        .all(db)
+        .await?;
+    adjust(&mut rows);
+    // The unit's library holds the libraries of the units above it, so
+    // one load resolves every rule that applies here.
+    let library = UnitLibrary::load(db, org, unit).await?;
+    let compiled: Vec<_> = rows.iter().filter_map(|r| compile(r, &library)).collect();
+    let exclusive = library.exclusive_of(compiled.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)));
+    Ok((RuleSet::new(compiled, exclusive), library))
+}
+
 /// Runs the rules for the customers of one batch, remembering compiled
 /// rule sets per org unit.
 struct Runner<'a> {
@@ -341,19 +368,8 @@ impl<'a> Runner<'a> {
         if self.sets.contains_key(&unit) {
             return Ok(());
         }
-        let org = &self.principal.org;
-        let chain: Vec<i64> = org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
-        let rows = rule::Entity::find()
-            .filter(rule::Column::Status.eq(RuleStatus::Enabled))
-            .filter(rule::Column::OrgUnitId.is_in(chain))
-            .all(txn)
-            .await?;
-        // The unit's library holds the libraries of the units above it, so
-        // one load resolves every rule that applies here.
-        let library = UnitLibrary::load(txn, org, unit).await?;
-        let compiled: Vec<_> = rows.iter().filter_map(|r| compile(r, &library)).collect();
-        let exclusive = library.exclusive_of(compiled.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)));
-        self.sets.insert(unit, (RuleSet::new(compiled, exclusive), library));
+        let loaded = rule_set_of_unit(txn, &self.principal.org, unit, |_| {}).await?;
+        self.sets.insert(unit, loaded);
         Ok(())
     }
 
@@ -377,14 +393,7 @@ impl<'a> Runner<'a> {
             .into_iter()
             .map(|e| EventFact { id: e.id, kind: e.kind, occurred_at: e.occurred_at, payload: e.payload })
             .collect();
-        let attributes = Attributes {
-            city: customer.city.clone(),
-            channel: customer.channel.clone(),
-            gender: Some(customer.gender),
-            spend_cents: customer.total_spend_cents,
-            orders: i64::from(customer.order_count),
-            birth_date: customer.birth_date,
-        };
+        let attributes = attributes_of(customer);
         let held: BTreeSet<i64> = customer_tag::Entity::find()
             .filter(customer_tag::Column::CustomerId.eq(customer.id))
             .all(txn)
@@ -512,14 +521,32 @@ async fn manual_removals(
         .order_by_desc(tag_event::Column::Seq)
         .all(txn)
         .await?;
+    Ok(removed_by_people(&events))
+}
+
+/// The customer's attributes that conditions may test.
+pub(super) fn attributes_of(customer: &customer::Model) -> Attributes {
+    Attributes {
+        city: customer.city.clone(),
+        channel: customer.channel.clone(),
+        gender: Some(customer.gender),
+        spend_cents: customer.total_spend_cents,
+        orders: i64::from(customer.order_count),
+        birth_date: customer.birth_date,
+    }
+}
+
+/// Of one customer's tag events, newest first: the tags whose latest
+/// change was a person taking them off (by hand or in bulk).
+pub(super) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a tag_event::Model>) -> BTreeSet<i64> {
     let mut seen = HashSet::new();
     let mut out = BTreeSet::new();
-    for e in events {
+    for e in newest_first {
         if seen.insert(e.tag_id) && e.op == TagOp::Remove && matches!(e.source, TagSource::Manual | TagSource::Bulk) {
             out.insert(e.tag_id);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Tag groups under a modification lock in force that covers the customer,

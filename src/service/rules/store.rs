@@ -58,7 +58,7 @@ pub fn may_read(principal: &Principal, unit: i64) -> bool {
     principal.scope(Permit::RuleRead).unit_ids().any(|u| principal.org.is_within(u, unit))
 }
 
-fn check_name(name: &str) -> AppResult<String> {
+pub(super) fn check_name(name: &str) -> AppResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(AppError::validation("name", format!("must be 1 to {MAX_NAME_CHARS} characters")));
@@ -66,9 +66,10 @@ fn check_name(name: &str) -> AppResult<String> {
     Ok(name.to_owned())
 }
 
-/// Checks a rule's condition and actions for its unit and the caller; the
+/// Checks a rule's condition and actions for its unit and the caller (a
+/// dry run of an unsaved rule checks it the same way); the
 /// compiled rule is what loop detection needs.
-async fn validate(
+pub(super) async fn validate(
     db: &impl ConnectionTrait,
     principal: &Principal,
     unit: i64,
@@ -163,7 +164,7 @@ async fn refuse_loops(
     ))
 }
 
-async fn name_taken(db: &impl ConnectionTrait, unit: i64, name: &str, except: i64) -> AppResult<()> {
+pub(super) async fn name_taken(db: &impl ConnectionTrait, unit: i64, name: &str, except: i64) -> AppResult<()> {
     let taken = rule::Entity::find()
         .filter(rule::Column::OrgUnitId.eq(unit))
         .filter(rule::Column::Name.eq(name))
@@ -229,17 +230,30 @@ fn actions_json(actions: &[Action]) -> serde_json::Value {
 /// unit.
 #[tracing::instrument(skip(db, principal, draft), fields(staff = principal.staff.id))]
 pub async fn create_rule(db: &DatabaseConnection, principal: &Principal, draft: RuleDraft) -> AppResult<rule::Model> {
+    let txn = db.begin().await?;
+    let row = create_rule_in(&txn, principal, draft, Permit::RuleWrite).await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// [`create_rule`] in `txn`, the caller holding `permit` at the unit
+/// (`rule:write`, or `rule:propose` when an approved request applies it).
+pub(super) async fn create_rule_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    draft: RuleDraft,
+    permit: Permit,
+) -> AppResult<rule::Model> {
     let unit = draft.org_unit.0;
     if principal.org.get(unit).is_none() {
         return Err(AppError::not_found("org unit", draft.org_unit));
     }
-    principal.require(Permit::RuleWrite, unit)?;
+    principal.require(permit, unit)?;
     let name = check_name(&draft.name)?;
-    let txn = db.begin().await?;
-    let (compiled, library) = validate(&txn, principal, unit, 0, &draft.condition, &draft.actions).await?;
-    name_taken(&txn, unit, &name, 0).await?;
+    let (compiled, library) = validate(txn, principal, unit, 0, &draft.condition, &draft.actions).await?;
+    name_taken(txn, unit, &name, 0).await?;
     if draft.enabled {
-        refuse_loops(&txn, principal, unit, compiled, &library).await?;
+        refuse_loops(txn, principal, unit, compiled, &library).await?;
     }
     let now = Utc::now();
     let inserted = rule::Entity::insert(rule::ActiveModel {
@@ -256,7 +270,7 @@ pub async fn create_rule(db: &DatabaseConnection, principal: &Principal, draft: 
         created_at: Set(now),
         updated_at: Set(now),
     })
-    .exec(&txn)
+    .exec(txn)
     .await;
     let id = match inserted {
         Ok(res) => res.last_insert_id,
@@ -265,10 +279,9 @@ pub async fn create_rule(db: &DatabaseConnection, principal: &Principal, draft: 
         }
         Err(err) => return Err(err.into()),
     };
-    let row = rule::Entity::find_by_id(id).one(&txn).await?.ok_or_else(|| AppError::not_found("rule", RuleId(id)))?;
-    record_version(&txn, &row, "create", principal.staff.id).await?;
-    audit_change(&txn, principal, "rule.create", &row).await?;
-    txn.commit().await?;
+    let row = rule::Entity::find_by_id(id).one(txn).await?.ok_or_else(|| AppError::not_found("rule", RuleId(id)))?;
+    record_version(txn, &row, "create", principal.staff.id).await?;
+    audit_change(txn, principal, "rule.create", &row).await?;
     Ok(row)
 }
 
@@ -281,10 +294,16 @@ pub async fn find_rule(db: &impl ConnectionTrait, principal: &Principal, id: Rul
     row.filter(|r| may_read(principal, r.org_unit_id)).ok_or_else(|| AppError::not_found("rule", id))
 }
 
-/// The rule for a change: readable, and `rule:write` at its unit.
-async fn writable(txn: &DatabaseTransaction, principal: &Principal, id: RuleId) -> AppResult<rule::Model> {
+/// The rule for a change: readable, and `permit` (`rule:write`, or
+/// `rule:propose` for an approved request) at its unit.
+async fn writable(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    id: RuleId,
+    permit: Permit,
+) -> AppResult<rule::Model> {
     let row = find_rule(txn, principal, id).await?;
-    principal.require(Permit::RuleWrite, row.org_unit_id)?;
+    principal.require(permit, row.org_unit_id)?;
     Ok(row)
 }
 
@@ -352,7 +371,21 @@ pub async fn update_rule(
     patch: RulePatch,
 ) -> AppResult<rule::Model> {
     let txn = db.begin().await?;
-    let current = writable(&txn, principal, id).await?;
+    let saved = update_rule_in(&txn, principal, id, expected_version, patch, Permit::RuleWrite).await?;
+    txn.commit().await?;
+    Ok(saved)
+}
+
+/// [`update_rule`] in `txn`, the caller holding `permit` at the rule's unit.
+pub(super) async fn update_rule_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    id: RuleId,
+    expected_version: Option<i32>,
+    patch: RulePatch,
+    permit: Permit,
+) -> AppResult<rule::Model> {
+    let current = writable(txn, principal, id, permit).await?;
     check_version(&current, expected_version)?;
     if current.status == RuleStatus::Archived {
         return Err(AppError::validation("id", "an archived rule cannot change"));
@@ -360,7 +393,7 @@ pub async fn update_rule(
     let mut next = current.clone();
     if let Some(name) = &patch.name {
         next.name = check_name(name)?;
-        name_taken(&txn, next.org_unit_id, &next.name, next.id).await?;
+        name_taken(txn, next.org_unit_id, &next.name, next.id).await?;
     }
     if let Some(condition) = &patch.condition {
         next.condition = condition.trim().to_owned();
@@ -375,13 +408,11 @@ pub async fn update_rule(
         next.priority = p;
     }
     let actions = stored_actions(&next)?;
-    let (compiled, library) = validate(&txn, principal, next.org_unit_id, next.id, &next.condition, &actions).await?;
+    let (compiled, library) = validate(txn, principal, next.org_unit_id, next.id, &next.condition, &actions).await?;
     if next.status == RuleStatus::Enabled {
-        refuse_loops(&txn, principal, next.org_unit_id, compiled, &library).await?;
+        refuse_loops(txn, principal, next.org_unit_id, compiled, &library).await?;
     }
-    let saved = save(&txn, principal, &current, next, "update", "rule.update").await?;
-    txn.commit().await?;
-    Ok(saved)
+    save(txn, principal, &current, next, "update", "rule.update").await
 }
 
 /// Enables, disables or archives a rule. Enabling checks the rule again
@@ -401,20 +432,33 @@ pub async fn set_status(
     status: RuleStatus,
 ) -> AppResult<rule::Model> {
     let txn = db.begin().await?;
-    let current = writable(&txn, principal, id).await?;
+    let saved = set_status_in(&txn, principal, id, expected_version, status, Permit::RuleWrite).await?;
+    txn.commit().await?;
+    Ok(saved)
+}
+
+/// [`set_status`] in `txn`, the caller holding `permit` at the rule's unit.
+pub(super) async fn set_status_in(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    id: RuleId,
+    expected_version: Option<i32>,
+    status: RuleStatus,
+    permit: Permit,
+) -> AppResult<rule::Model> {
+    let current = writable(txn, principal, id, permit).await?;
     check_version(&current, expected_version)?;
     if current.status == RuleStatus::Archived {
         return Err(AppError::validation("id", "an archived rule cannot change"));
     }
     if current.status == status {
-        txn.commit().await?;
         return Ok(current);
     }
     if status == RuleStatus::Enabled {
         let actions = stored_actions(&current)?;
         let (compiled, library) =
-            validate(&txn, principal, current.org_unit_id, current.id, &current.condition, &actions).await?;
-        refuse_loops(&txn, principal, current.org_unit_id, compiled, &library).await?;
+            validate(txn, principal, current.org_unit_id, current.id, &current.condition, &actions).await?;
+        refuse_loops(txn, principal, current.org_unit_id, compiled, &library).await?;
     }
     let (change, audit_action) = match status {
         RuleStatus::Enabled => ("enable", "rule.enable"),
@@ -422,9 +466,7 @@ pub async fn set_status(
         RuleStatus::Archived => ("archive", "rule.archive"),
     };
     let next = rule::Model { status, ..current.clone() };
-    let saved = save(&txn, principal, &current, next, change, audit_action).await?;
-    txn.commit().await?;
-    Ok(saved)
+    save(txn, principal, &current, next, change, audit_action).await
 }
 
 /// Makes an earlier version's name, condition, actions and settings the
@@ -440,7 +482,7 @@ pub async fn rollback_rule(
     to_version: i32,
 ) -> AppResult<rule::Model> {
     let txn = db.begin().await?;
-    let current = writable(&txn, principal, id).await?;
+    let current = writable(&txn, principal, id, Permit::RuleWrite).await?;
     if current.status == RuleStatus::Archived {
         return Err(AppError::validation("id", "an archived rule cannot change"));
     }

@@ -1,0 +1,432 @@
+//! Dry run and backtest (试运行): what a rule would do if it were enabled,
+//! worked out by replaying the recorded events of a window through the
+//! same evaluator the event-driven path uses, in memory, writing nothing.
+//!
+//! **What is replayed.** The customers in scope with an event in the
+//! window, from their *current* attributes and tags. Each event of the
+//! window, oldest first (by `occurredAt`, then id), triggers the rules as
+//! `recordEvents` would: every enabled rule that applies to the customer,
+//! with the rule under test put in (replacing its live version, if any),
+//! ordered as live, judged against the customer's whole history up to the
+//! event. Only the changes the rule under test makes are reported; the
+//! other rules run so that chains between rules come out as they would.
+//!
+//! **Exact for events that arrive in order.** Enabling the rule and
+//! recording the same events (in order, on customers in the same state)
+//! makes exactly the predicted changes. Two things a dry run cannot know
+//! are left out: a modification lock taken later (its changes would be
+//! deferred), and events recorded late out of order (live, a late event
+//! does not re-trigger the events after it).
+//!
+//! **Scope.** The counts and the sample cover the customers of the rule's
+//! unit and the units below it that the caller reads (`customer:read`):
+//! a store manager's dry run of an HQ rule counts the store's customers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use entity::{
+    customer, customer_event, customer_tag,
+    enums::{CustomerEventKind, RuleStatus, TagOp},
+    rule, rule_version, tag_event,
+};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use super::eval::{Action, EventFact, Facts, RuleSet, fire};
+use super::explain::sentence;
+use super::library::UnitLibrary;
+use super::record::{attributes_of, removed_by_people, rule_set_of_unit};
+use super::store::{find_rule, validate};
+use crate::authz::{Action as Permit, Principal};
+use crate::config::Limits;
+use crate::domain::{OrgUnitId, RuleId};
+use crate::error::{AppError, AppResult};
+use crate::store::CHUNK;
+
+/// Customers one dry run loads at a time.
+const CUSTOMERS_PER_CHUNK: usize = 500;
+/// Default and largest sample.
+pub const DEFAULT_SAMPLE: usize = 20;
+pub const MAX_SAMPLE: usize = 100;
+/// The rule id an unsaved rule runs under (real ids start at 1).
+const UNSAVED: i64 = 0;
+
+/// An unsaved rule to try.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsavedRule {
+    pub org_unit_id: i64,
+    pub name: String,
+    pub condition: String,
+    pub actions: Vec<Action>,
+    pub override_manual_removal: bool,
+    pub priority: i32,
+}
+
+/// The rule a dry run tries.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A saved rule, at its current version or an earlier one.
+    Saved { id: RuleId, version: Option<i32> },
+    /// A rule not saved (yet).
+    Unsaved(UnsavedRule),
+    /// A rule as a proposed change would make it, checked already.
+    Proposed(rule::Model),
+}
+
+/// A dry run's question.
+#[derive(Debug, Clone)]
+pub struct DryRunRequest {
+    pub subject: Subject,
+    /// Default: `to` minus 30 days.
+    pub from: Option<DateTime<Utc>>,
+    /// Default: now.
+    pub to: Option<DateTime<Utc>>,
+    /// Customers listed with their changes (default 20, at most 100).
+    pub sample: Option<usize>,
+}
+
+/// One change the rule would make.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictedChange {
+    pub tag_id: i64,
+    pub op: TagOp,
+    pub event_id: i64,
+    pub event_kind: CustomerEventKind,
+    pub occurred_at: DateTime<Utc>,
+    /// Worded as `CustomerTag.why` would word it.
+    pub text: String,
+}
+
+/// A customer of the sample and the changes the rule would make there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SampleCustomer {
+    pub customer_id: i64,
+    pub changes: Vec<PredictedChange>,
+}
+
+/// A dry run's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    pub rule_id: Option<i64>,
+    pub rule_name: String,
+    pub rule_version: i32,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Events of the window replayed.
+    pub events_replayed: u64,
+    /// Customers with an event in the window.
+    pub customers_replayed: u64,
+    /// Customers the rule fires for: a change, or an add held back
+    /// because a person had removed the tag.
+    pub customers_matched: u64,
+    /// Customers the rule would put a tag on.
+    pub would_add: u64,
+    /// Customers the rule would take a tag off.
+    pub would_remove: u64,
+    /// Adds held back because a person had removed the tag.
+    pub held_back: u64,
+    /// The first customers (by id) with a change.
+    pub sample: Vec<SampleCustomer>,
+    /// More customers changed than the sample shows.
+    pub sample_truncated: bool,
+}
+
+/// The rule under test as a row, the way the live path reads rules.
+async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: &Subject) -> AppResult<rule::Model> {
+    match subject {
+        Subject::Saved { id, version } => {
+            let mut row = find_rule(db, principal, *id).await?;
+            if let Some(v) = version.filter(|v| *v != row.version) {
+                let old = rule_version::Entity::find()
+                    .filter(rule_version::Column::RuleId.eq(row.id))
+                    .filter(rule_version::Column::Version.eq(v))
+                    .one(db)
+                    .await?
+                    .ok_or_else(|| AppError::not_found("rule version", v))?;
+                row = rule::Model {
+                    name: old.name,
+                    version: old.version,
+                    condition: old.condition,
+                    actions: old.actions,
+                    override_manual_removal: old.override_manual_removal,
+                    priority: old.priority,
+                    ..row
+                };
+            }
+            Ok(row)
+        }
+        Subject::Proposed(row) => Ok(row.clone()),
+        Subject::Unsaved(draft) => {
+            let unit = draft.org_unit_id;
+            if principal.org.get(unit).is_none() || !principal.may(Permit::RuleRead, unit) {
+                return Err(AppError::not_found("org unit", OrgUnitId(unit)));
+            }
+            validate(db, principal, unit, UNSAVED, &draft.condition, &draft.actions).await?;
+            let now = Utc::now();
+            Ok(rule::Model {
+                id: UNSAVED,
+                org_unit_id: unit,
+                name: draft.name.trim().to_owned(),
+                status: RuleStatus::Enabled,
+                version: 0,
+                condition: draft.condition.trim().to_owned(),
+                actions: serde_json::to_value(&draft.actions).unwrap_or_default(),
+                override_manual_removal: draft.override_manual_removal,
+                priority: draft.priority,
+                created_by: principal.staff.id,
+                created_at: now,
+                updated_at: now,
+            })
+        }
+    }
+}
+
+/// Replays the window's events for the rule and says what it would do.
+///
+/// # Errors
+/// `NOT_FOUND` for a rule, version or unit the caller may not read;
+/// `VALIDATION` for an unsaved rule that would not save, a window that
+/// ends before it starts, a sample out of range; `LIMIT_EXCEEDED` for a
+/// window longer than the configured days.
+#[tracing::instrument(skip_all, fields(staff = principal.staff.id))]
+pub async fn dry_run(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    limits: &Limits,
+    offset: FixedOffset,
+    request: DryRunRequest,
+) -> AppResult<DryRun> {
+    let to = request.to.unwrap_or_else(Utc::now);
+    let from = request.from.unwrap_or(to - Duration::days(30));
+    if from >= to {
+        return Err(AppError::validation("from", "must be before `to`"));
+    }
+    if to - from > Duration::days(limits.max_dry_run_days) {
+        return Err(AppError::LimitExceeded(format!("a dry run covers at most {} days", limits.max_dry_run_days)));
+    }
+    let sample_size = request.sample.unwrap_or(DEFAULT_SAMPLE);
+    if sample_size > MAX_SAMPLE {
+        return Err(AppError::validation("sample", format!("at most {MAX_SAMPLE}")));
+    }
+    let candidate = subject_row(db, principal, &request.subject).await?;
+    let readable = principal.scope(Permit::CustomerRead);
+    let units: BTreeSet<i64> =
+        principal.org.subtree(candidate.org_unit_id).map(|u| u.id).filter(|u| readable.contains(*u)).collect();
+
+    let customer_ids: Vec<i64> = customer_event::Entity::find()
+        .select_only()
+        .column(customer_event::Column::CustomerId)
+        .distinct()
+        .filter(customer_event::Column::OccurredAt.gte(from))
+        .filter(customer_event::Column::OccurredAt.lte(to))
+        .order_by_asc(customer_event::Column::CustomerId)
+        .into_tuple()
+        .all(db)
+        .await?;
+
+    let mut replay = Replay {
+        candidate: &candidate,
+        offset,
+        max_tags: limits.max_tags_per_customer,
+        from,
+        to,
+        sets: HashMap::new(),
+        sample_size,
+        answer: DryRun {
+            rule_id: (candidate.id != UNSAVED).then_some(candidate.id),
+            rule_name: candidate.name.clone(),
+            rule_version: candidate.version,
+            from,
+            to,
+            events_replayed: 0,
+            customers_replayed: 0,
+            customers_matched: 0,
+            would_add: 0,
+            would_remove: 0,
+            held_back: 0,
+            sample: Vec::new(),
+            sample_truncated: false,
+        },
+    };
+    for chunk in customer_ids.chunks(CUSTOMERS_PER_CHUNK) {
+        replay.chunk(db, principal, &units, chunk).await?;
+    }
+    Ok(replay.answer)
+}
+
+struct Replay<'a> {
+    candidate: &'a rule::Model,
+    offset: FixedOffset,
+    max_tags: u32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Rule sets (with the candidate put in) per org unit.
+    sets: HashMap<i64, (RuleSet, UnitLibrary)>,
+    sample_size: usize,
+    answer: DryRun,
+}
+
+impl Replay<'_> {
+    async fn rule_set(&mut self, db: &impl ConnectionTrait, principal: &Principal, unit: i64) -> AppResult<()> {
+        if self.sets.contains_key(&unit) {
+            return Ok(());
+        }
+        let candidate = self.candidate.clone();
+        let loaded = rule_set_of_unit(db, &principal.org, unit, move |rows| {
+            rows.retain(|r| r.id != candidate.id);
+            rows.push(candidate);
+        })
+        .await?;
+        self.sets.insert(unit, loaded);
+        Ok(())
+    }
+
+    async fn chunk(
+        &mut self,
+        db: &impl ConnectionTrait,
+        principal: &Principal,
+        units: &BTreeSet<i64>,
+        ids: &[i64],
+    ) -> AppResult<()> {
+        let customers: Vec<customer::Model> = customer::Entity::find()
+            .filter(customer::Column::Id.is_in(ids.iter().copied()))
+            .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
+            .order_by_asc(customer::Column::Id)
+            .all(db)
+            .await?;
+        if customers.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
+        for row in customer_event::Entity::find()
+            .filter(customer_event::Column::CustomerId.is_in(ids.iter().copied()))
+            .filter(customer_event::Column::OccurredAt.lte(self.to))
+            .order_by_asc(customer_event::Column::OccurredAt)
+            .order_by_asc(customer_event::Column::Id)
+            .all(db)
+            .await?
+        {
+            events.entry(row.customer_id).or_default().push(EventFact {
+                id: row.id,
+                kind: row.kind,
+                occurred_at: row.occurred_at,
+                payload: row.payload,
+            });
+        }
+        let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+        for row in customer_tag::Entity::find()
+            .filter(customer_tag::Column::CustomerId.is_in(ids.iter().copied()))
+            .all(db)
+            .await?
+        {
+            tags.entry(row.customer_id).or_default().insert(row.tag_id);
+        }
+        for unit in customers.iter().map(|c| c.org_unit_id).collect::<BTreeSet<_>>() {
+            self.rule_set(db, principal, unit).await?;
+        }
+        let action_tags: BTreeSet<i64> = self
+            .sets
+            .values()
+            .flat_map(|(s, _)| s.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
+            .collect();
+        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
+        if !action_tags.is_empty() {
+            for part in ids.chunks(CHUNK / 2) {
+                for row in tag_event::Entity::find()
+                    .filter(tag_event::Column::CustomerId.is_in(part.iter().copied()))
+                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
+                    .order_by_desc(tag_event::Column::Seq)
+                    .all(db)
+                    .await?
+                {
+                    removals.entry(row.customer_id).or_default().push(row);
+                }
+            }
+        }
+        for customer in &customers {
+            let history = events.remove(&customer.id).unwrap_or_default();
+            let held = tags.remove(&customer.id).unwrap_or_default();
+            let removed = removed_by_people(removals.get(&customer.id).into_iter().flatten());
+            self.customer(customer, &history, held, removed);
+        }
+        Ok(())
+    }
+
+    /// Replays one customer's events of the window, as `recordEvents`
+    /// applies a batch: each event fires the rules on the tags the earlier
+    /// ones left, an add beyond the tag cap is left out.
+    fn customer(
+        &mut self,
+        customer: &customer::Model,
+        history: &[EventFact],
+        held: BTreeSet<i64>,
+        manual_removals: BTreeSet<i64>,
+    ) {
+        let Some((set, _)) = self.sets.get(&customer.org_unit_id) else { return };
+        let attributes = attributes_of(customer);
+        let mut facts =
+            Facts { events: history, attributes: &attributes, tags: held, manual_removals, offset: self.offset };
+        let mut changes = Vec::new();
+        let mut held_back = 0u64;
+        let mut replayed = 0u64;
+        for trigger in history.iter().filter(|e| e.occurred_at >= self.from) {
+            replayed += 1;
+            let firing = fire(set, &facts, Some(trigger), trigger.occurred_at);
+            held_back += firing.held_back.iter().filter(|p| p.rule_id == self.candidate.id).count() as u64;
+            let mut tags = facts.tags.clone();
+            for change in firing.changes {
+                match change.op {
+                    TagOp::Add => {
+                        if tags.len() as u32 >= self.max_tags {
+                            continue;
+                        }
+                        tags.insert(change.tag_id);
+                    }
+                    TagOp::Remove => {
+                        tags.remove(&change.tag_id);
+                    }
+                }
+                if change.rule_id == self.candidate.id {
+                    let trigger_ref = (trigger.kind, trigger.occurred_at, trigger.id);
+                    changes.push(PredictedChange {
+                        tag_id: change.tag_id,
+                        op: change.op,
+                        event_id: trigger.id,
+                        event_kind: trigger.kind,
+                        occurred_at: trigger.occurred_at,
+                        text: sentence(&self.candidate.name, self.candidate.version, Some(trigger_ref), self.offset),
+                    });
+                }
+            }
+            facts.tags = tags;
+        }
+        let answer = &mut self.answer;
+        answer.events_replayed += replayed;
+        answer.customers_replayed += 1;
+        answer.held_back += held_back;
+        if changes.is_empty() && held_back == 0 {
+            return;
+        }
+        answer.customers_matched += 1;
+        if changes.iter().any(|c| c.op == TagOp::Add) {
+            answer.would_add += 1;
+        }
+        if changes.iter().any(|c| c.op == TagOp::Remove) {
+            answer.would_remove += 1;
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if answer.sample.len() < self.sample_size {
+            answer.sample.push(SampleCustomer { customer_id: customer.id, changes });
+        } else {
+            answer.sample_truncated = true;
+        }
+    }
+}
