@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod customer;
 mod governance;
+mod jobs;
 pub(crate) mod limits;
 mod loaders;
 mod org;
@@ -18,7 +19,7 @@ mod tag;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
@@ -45,6 +46,7 @@ pub struct Query(
     admin::AdminQuery,
     staff::StaffQuery,
     rules::RuleQuery,
+    jobs::JobQuery,
 );
 
 /// Every change the API makes.
@@ -57,13 +59,16 @@ pub struct Mutation(
     admin::AdminMutation,
     staff::StaffMutation,
     rules::RuleMutation,
+    jobs::JobMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
-pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, EmptySubscription>;
+pub use jobs::JobSubscription;
+
+pub type AppSchema = Schema<Query, Mutation, JobSubscription>;
+pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, JobSubscription>;
 
 fn builder() -> AppSchemaBuilder {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), JobSubscription)
 }
 
 /// The schema with its limits and the shared state, to be finished by the

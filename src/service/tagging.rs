@@ -96,7 +96,7 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     }
     if customers > limits.max_customers_per_tagging {
         return Err(AppError::LimitExceeded(format!(
-            "at most {} customers per call; use a bulk job for more",
+            "at most {} customers per call; use bulkTag for more (or tagCustomers with asJob: true)",
             limits.max_customers_per_tagging
         )));
     }
@@ -127,7 +127,7 @@ async fn lock_customers(
 }
 
 /// The named tags, visible to the caller, in the order given.
-async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<VisibleTag>> {
+pub(crate) async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<VisibleTag>> {
     let mut tags = tag_library::visible_tags(db, principal, ids).await?;
     ids.iter().map(|id| tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))).collect()
 }
@@ -135,7 +135,7 @@ async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[Tag
 /// `FORBIDDEN` unless the caller may put this tag on (or take it off) a
 /// customer of the unit: a personal tag only by its owner; an enterprise
 /// tag with `customer_tag:write` and the use of its visibility class there.
-fn require_use(principal: &Principal, tag: &VisibleTag, org_unit_id: i64) -> AppResult<()> {
+pub(crate) fn require_use(principal: &Principal, tag: &VisibleTag, org_unit_id: i64) -> AppResult<()> {
     match (&tag.tag.owner_staff_id, &tag.group) {
         (Some(owner), _) if *owner == principal.staff.id => principal.require(Action::PersonalTagManage, org_unit_id),
         (Some(_), _) => Err(AppError::Forbidden("only its owner uses a personal tag".to_owned())),
@@ -170,7 +170,7 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    let outcome = apply_tags_in(&txn, principal, limits, req, None).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req, None, true).await?;
     txn.commit().await?;
     Ok(outcome)
 }
@@ -209,6 +209,7 @@ async fn apply_tags_in(
     limits: &Limits,
     req: TagRequest,
     as_of: Option<&LogPosition>,
+    audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let keep = &keep;
@@ -346,6 +347,10 @@ async fn apply_tags_in(
     if !alerts.is_empty() {
         tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
+    if !audited {
+        outcome.customers = customers;
+        return Ok(outcome);
+    }
     audit::record(
         txn,
         batch_entry(principal, "customer.tag", &customers).with_detail(json!({
@@ -387,7 +392,7 @@ pub async fn remove_tags(
         source: TagSource::Manual,
         source_ref: None,
     };
-    let outcome = remove_tags_in(&txn, principal, req, None).await?;
+    let outcome = remove_tags_in(&txn, principal, req, None, true).await?;
     txn.commit().await?;
     Ok(outcome)
 }
@@ -399,6 +404,7 @@ async fn remove_tags_in(
     principal: &Principal,
     req: TagRequest,
     as_of: Option<&LogPosition>,
+    audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let keep = &keep;
@@ -430,6 +436,10 @@ async fn remove_tags_in(
     }
     delete_assignments(txn, &removals).await?;
     insert_event_rows(txn, &by, &events).await?;
+    if !audited {
+        outcome.customers = customers;
+        return Ok(outcome);
+    }
     audit::record(
         txn,
         batch_entry(principal, "customer.untag", &customers).with_detail(json!({
@@ -521,8 +531,8 @@ async fn run_in(
     as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
     match bulk.op {
-        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of).await,
-        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of).await,
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of, true).await,
+        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of, true).await,
     }
 }
 
@@ -728,6 +738,50 @@ pub async fn apply_approved(
 ) -> AppResult<TaggingOutcome> {
     let source_ref = Some(format!("change_request:{request_id}"));
     run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, None).await
+}
+
+/// One batch of a bulk job, inside the batch's transaction: takes `remove`
+/// off and puts `add` on `customers` (source `BULK`, `source_ref` naming
+/// the job), with the per-customer rules of [`apply_tags`] (exclusive
+/// groups, cap, alerts) and one tag event per change. No audit row: the
+/// job writes one with its counts when it ends. The caller has left out
+/// customers out of scope or under somebody else's modification lock.
+///
+/// # Errors
+/// As [`apply_tags`] and [`remove_tags`], for the whole batch.
+pub(crate) async fn apply_job_batch(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    customers: Vec<CustomerId>,
+    add: &[TagId],
+    remove: &[TagId],
+    source_ref: String,
+) -> AppResult<TaggingOutcome> {
+    let request = |tags: &[TagId]| TagRequest {
+        customers: customers.clone(),
+        tags: tags.to_vec(),
+        expires_at: None,
+        source: TagSource::Bulk,
+        source_ref: Some(source_ref.clone()),
+    };
+    let mut total = TaggingOutcome::default();
+    if customers.is_empty() {
+        return Ok(total);
+    }
+    if !remove.is_empty() {
+        let o = remove_tags_in(txn, principal, request(remove), None, false).await?;
+        total.removed += o.removed;
+        total.unchanged += o.unchanged;
+    }
+    if !add.is_empty() {
+        let o = apply_tags_in(txn, principal, limits, request(add), None, false).await?;
+        total.added += o.added;
+        total.removed += o.removed;
+        total.unchanged += o.unchanged;
+        total.alerts_raised += o.alerts_raised;
+    }
+    Ok(total)
 }
 
 /// Cursors of a customer's tag history (newest first by sequence).

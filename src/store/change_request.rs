@@ -31,10 +31,12 @@ pub enum ChangeRequestKind {
     TagGroupCreate,
     CustomerTag,
     CustomerUntag,
+    /// A bulk job waiting to run (payload `{"jobId": …}`).
+    BulkJob,
 }
 
 impl ChangeRequestKind {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::TagGroupUpdate,
         Self::TagUpdate,
         Self::TagArchive,
@@ -45,6 +47,7 @@ impl ChangeRequestKind {
         Self::TagGroupCreate,
         Self::CustomerTag,
         Self::CustomerUntag,
+        Self::BulkJob,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl ChangeRequestKind {
             Self::TagGroupCreate => "tag_group.create",
             Self::CustomerTag => "customer.tag",
             Self::CustomerUntag => "customer.untag",
+            Self::BulkJob => "customer.bulk_tag",
         }
     }
 

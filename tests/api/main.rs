@@ -13,6 +13,7 @@ mod customers;
 mod governance;
 mod http;
 mod http_protocol;
+mod jobs;
 mod limits;
 mod n_plus_one;
 mod observability;

@@ -23,6 +23,7 @@ use crate::domain::{ChangeRequestId, Reason, StaffId, Versions};
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::service::library::{self, EditOutcome, LibraryEdit};
+use crate::service::jobs;
 use crate::service::tagging::{self, BulkTagging};
 use crate::store::change_request::transition;
 
@@ -30,6 +31,14 @@ use crate::store::change_request::transition;
 enum Change {
     Library(LibraryEdit, Versions),
     Tagging(BulkTagging),
+    /// A bulk job waiting for approval to run.
+    Job(i64),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobPayload {
+    job_id: i64,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> AppResult<T> {
@@ -49,6 +58,7 @@ fn change_of(request: &change_request::Model) -> AppResult<Change> {
         | K::TagCreate
         | K::TagGroupCreate => Ok(Change::Library(parse(&request.payload)?, parse(&request.base_versions)?)),
         K::CustomerTag | K::CustomerUntag => Ok(Change::Tagging(parse(&request.payload)?)),
+        K::BulkJob => Ok(Change::Job(parse::<JobPayload>(&request.payload)?.job_id)),
     }
 }
 
@@ -134,6 +144,10 @@ pub async fn approve(
             tagging::apply_approved(&txn, &requester, limits, bulk, request.id).await?;
             EditOutcome { applied: true, ..Default::default() }
         }
+        Change::Job(job_id) => {
+            jobs::approved(&txn, job_id).await?;
+            EditOutcome { applied: true, ..Default::default() }
+        }
     };
     txn.commit().await?;
     let request = find(db, principal, id).await?;
@@ -155,7 +169,7 @@ pub async fn preview(
         return Ok(Vec::new());
     }
     match change_of(request)? {
-        Change::Tagging(_) => Ok(Vec::new()),
+        Change::Tagging(_) | Change::Job(_) => Ok(Vec::new()),
         Change::Library(edit, base) => {
             let reason = Reason::parse(Some(&request.reason), "reason")?;
             let requester = StaffId(request.requester_staff_id);
@@ -197,6 +211,9 @@ pub async fn reject(
     let txn = db.begin().await?;
     transition(&txn, id, ChangeRequestStatus::Rejected, principal.staff_id(), Some(&reason)).await?;
     record_decision(&txn, principal.staff_id(), "change_request.reject", &request, Some(&reason)).await?;
+    if let Change::Job(job_id) = change_of(&request)? {
+        jobs::declined(&txn, job_id, principal.staff_id()).await?;
+    }
     txn.commit().await?;
     find(db, principal, id).await
 }
@@ -218,6 +235,9 @@ pub async fn cancel(
     let txn = db.begin().await?;
     transition(&txn, id, ChangeRequestStatus::Cancelled, principal.staff_id(), None).await?;
     record_decision(&txn, principal.staff_id(), "change_request.cancel", &request, None).await?;
+    if let Change::Job(job_id) = change_of(&request)? {
+        jobs::declined(&txn, job_id, principal.staff_id()).await?;
+    }
     txn.commit().await?;
     find(db, principal, id).await
 }
