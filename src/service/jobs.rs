@@ -698,7 +698,8 @@ impl Worker {
             return Ok(None);
         }
         share_event_log(&txn).await?;
-        let size = self.limits.job_batch_size.max(1) as i64;
+        // At most 20,000: one statement binds a whole batch of ids on PostgreSQL.
+        let size = self.limits.job_batch_size.clamp(1, 20_000) as i64;
         let ids: Vec<i64> = job_customer::Entity::find()
             .select_only()
             .column(job_customer::Column::CustomerId)
@@ -719,7 +720,8 @@ impl Worker {
         // Customers out of the requester's scope now, or (unless approved)
         // in a unit where it may no longer bulk-tag, are left out.
         let mut units: Vec<(i64, i64)> = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(CHUNK) {
+        let per_statement = if txn.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK };
+        for chunk in ids.chunks(per_statement) {
             let rows: Vec<(i64, i64)> = customer::Entity::find()
                 .select_only()
                 .columns([customer::Column::Id, customer::Column::OrgUnitId])

@@ -255,33 +255,22 @@ async fn apply_tags_in(
     }
 
     let customer_ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(txn, &customer_ids).await?;
-    // Existing tags that sit in an exclusive group the request touches, and
-    // those archived (retired: not counted against the cap or the alert).
+    // Of the customers' assignments, only those the call may touch (the
+    // tags named, and the members of the exclusive groups they are in)
+    // are read; the rest only counts (in force, against the cap and the
+    // alert), and is counted by the database.
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
-    let existing_tag_ids: HashSet<i64> = existing.values().flatten().map(|a| a.tag_id).collect();
+    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
+    let existing = relevant_assignments(txn, &customer_ids, &named, &exclusive_groups).await?;
+    let counts = in_force_counts(txn, &customer_ids).await?;
     let mut exclusive_members: HashMap<i64, i64> = HashMap::new();
     let mut retired: HashSet<i64> = HashSet::new();
-    if !existing_tag_ids.is_empty() {
-        let rows: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
-            .select_only()
-            .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
-            .filter(tag::Column::Id.is_in(existing_tag_ids))
-            .filter(
-                Condition::any()
-                    .add(tag::Column::Status.eq(TagStatus::Archived))
-                    .add(tag::Column::GroupId.is_in(exclusive_groups.iter().copied())),
-            )
-            .into_tuple()
-            .all(txn)
-            .await?;
-        for (id, group_id, status) in rows {
-            if tag_library::is_retired(status) {
-                retired.insert(id);
-            }
-            if let Some(group) = group_id.filter(|g| exclusive_groups.contains(g)) {
-                exclusive_members.insert(id, group);
-            }
+    for row in existing.values().flatten() {
+        if tag_library::is_retired(row.status) {
+            retired.insert(row.tag_id);
+        }
+        if let Some(group) = row.group_id.filter(|g| exclusive_groups.contains(g)) {
+            exclusive_members.insert(row.tag_id, group);
         }
     }
 
@@ -294,7 +283,7 @@ async fn apply_tags_in(
     let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
-        let before = held.iter().filter(|t| !retired.contains(t)).count() as u32;
+        let before = counts.get(&c.id).copied().unwrap_or(0);
         let mut after = before;
         for VisibleTag { tag, group } in &tags {
             if keep.contains(c.id, tag.id) {
@@ -414,7 +403,8 @@ async fn remove_tags_in(
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(txn, &ids).await?;
+    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
+    let existing = relevant_assignments(txn, &ids, &named, &[]).await?;
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
@@ -986,20 +976,77 @@ pub async fn holder_counts(
     Ok(counts)
 }
 
-/// Every assignment of the customers (visibility aside: used for counts and
-/// exclusivity, never shown).
-async fn assignments_of(
+/// An assignment a tagging call may touch, with its tag's group and status.
+#[derive(Debug, FromQueryResult)]
+struct HeldRow {
+    customer_id: i64,
+    tag_id: i64,
+    group_id: Option<i64>,
+    status: TagStatus,
+}
+
+/// Customers per statement when reading by customer: one statement per
+/// batch of a bulk job on PostgreSQL, under SQLite's parameter limit there.
+fn customers_per_statement(db: &impl ConnectionTrait) -> usize {
+    if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CHUNK }
+}
+
+/// The customers' assignments of the `tags`, or of tags of the `groups`,
+/// by customer (visibility aside: used for exclusivity, never shown).
+async fn relevant_assignments(
     txn: &DatabaseTransaction,
     customer_ids: &[i64],
-) -> AppResult<HashMap<i64, Vec<customer_tag::Model>>> {
-    let mut out: HashMap<i64, Vec<customer_tag::Model>> = HashMap::new();
-    for chunk in customer_ids.chunks(CHUNK) {
-        let rows = customer_tag::Entity::find()
-            .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?;
-        for row in rows {
+    tags: &[i64],
+    groups: &[i64],
+) -> AppResult<HashMap<i64, Vec<HeldRow>>> {
+    let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
+    let mut out: HashMap<i64, Vec<HeldRow>> = HashMap::new();
+    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+        let query = Query::select()
+            .columns([ct(customer_tag::Column::CustomerId), ct(customer_tag::Column::TagId)])
+            .columns([(tag::Entity, tag::Column::GroupId), (tag::Entity, tag::Column::Status)])
+            .from(customer_tag::Entity)
+            .inner_join(tag::Entity, Expr::col((tag::Entity, tag::Column::Id)).equals(ct(customer_tag::Column::TagId)))
+            .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(chunk.iter().copied()))
+            .cond_where(
+                Condition::any()
+                    .add(Expr::col(ct(customer_tag::Column::TagId)).is_in(tags.iter().copied()))
+                    .add(Expr::col((tag::Entity, tag::Column::GroupId)).is_in(groups.iter().copied())),
+            )
+            .to_owned();
+        for row in HeldRow::find_by_statement(txn.get_database_backend().build(&query)).all(txn).await? {
             out.entry(row.customer_id).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, FromQueryResult)]
+struct HeldCount {
+    customer_id: i64,
+    held: i64,
+}
+
+/// How many tags in force (not retired) each customer holds: what the cap
+/// and the alert count. Customers holding none are left out.
+async fn in_force_counts(txn: &DatabaseTransaction, customer_ids: &[i64]) -> AppResult<HashMap<i64, u32>> {
+    let customer = (customer_tag::Entity, customer_tag::Column::CustomerId);
+    let mut out = HashMap::new();
+    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+        let query = Query::select()
+            .column(customer)
+            .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).count(), "held")
+            .from(customer_tag::Entity)
+            .inner_join(
+                tag::Entity,
+                Expr::col((tag::Entity, tag::Column::Id)).equals((customer_tag::Entity, customer_tag::Column::TagId)),
+            )
+            .and_where(Expr::col(customer).is_in(chunk.iter().copied()))
+            .and_where(Expr::col((tag::Entity, tag::Column::Status)).ne(TagStatus::Archived.as_str()))
+            .group_by_col(customer)
+            .to_owned();
+        for row in HeldCount::find_by_statement(txn.get_database_backend().build(&query)).all(txn).await? {
+            out.insert(row.customer_id, u32::try_from(row.held).unwrap_or(u32::MAX));
         }
     }
     Ok(out)
