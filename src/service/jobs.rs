@@ -577,7 +577,7 @@ impl Worker {
         }
         let principal = match self.requester(&job).await {
             Ok(p) => p,
-            Err(err) => return self.finish(&job, JobStatus::Failed, Some((err.code().as_str(), err.to_string()))).await,
+            Err(err) => return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await,
         };
         let input = input_of(&job)?;
         if job.status == JobStatus::Queued && !job.cancel_requested {
@@ -585,7 +585,7 @@ impl Worker {
                 Ok(Some(started)) => job = started,
                 Ok(None) => return Ok(RunEnd::LostLease),
                 Err(err) => {
-                    return self.finish(&job, JobStatus::Failed, Some((err.code().as_str(), err.to_string()))).await;
+                    return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
             }
         } else {
@@ -606,7 +606,7 @@ impl Worker {
                 Ok(None) => return Ok(RunEnd::LostLease),
                 Err(err) => {
                     tracing::warn!(job = job.id, error = %err, "bulk job batch failed");
-                    return self.finish(&job, JobStatus::Failed, Some((err.code().as_str(), err.to_string()))).await;
+                    return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
             }
             if let Err(err) = self.index.catch_up(&self.db).await {
@@ -828,6 +828,13 @@ impl Worker {
         tracing::info!(job = job.id, status = status.as_str(), done = ended.done, "bulk job ended");
         Ok(RunEnd::Finished(status))
     }
+}
+
+/// What a job's `errors` says of the error that stopped it: its code and
+/// its public message (an internal error's cause goes to the log only).
+fn failure(job: &job::Model, err: &AppError) -> Option<(&'static str, String)> {
+    tracing::warn!(job = job.id, error = %err, "bulk job stopped by an error");
+    Some((err.code().as_str(), err.message()))
 }
 
 fn lock_ids(job: &job::Model) -> Vec<i64> {
