@@ -14,7 +14,7 @@ use chrono::Utc;
 use entity::{org_unit, staff, tag, tag_group};
 use futures_util::StreamExt;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
 };
 

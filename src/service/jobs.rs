@@ -519,7 +519,7 @@ impl Worker {
                     Ok(Some(RunEnd::Halted)) => return,
                     Ok(Some(_)) => continue,
                     Ok(None) => {}
-                    Err(err) => tracing::warn!(error = %err, "bulk job worker"),
+                    Err(err) => tracing::warn!(error = ?err, "bulk job worker"),
                 }
                 tokio::time::sleep(interval).await;
             }
@@ -605,7 +605,6 @@ impl Worker {
                 Ok(Some(next)) => job = next,
                 Ok(None) => return Ok(RunEnd::LostLease),
                 Err(err) => {
-                    tracing::warn!(job = job.id, error = %err, "bulk job batch failed");
                     return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
             }
@@ -833,7 +832,7 @@ impl Worker {
 /// What a job's `errors` says of the error that stopped it: its code and
 /// its public message (an internal error's cause goes to the log only).
 fn failure(job: &job::Model, err: &AppError) -> Option<(&'static str, String)> {
-    tracing::warn!(job = job.id, error = %err, "bulk job stopped by an error");
+    tracing::warn!(job = job.id, error = ?err, "bulk job stopped by an error");
     Some((err.code().as_str(), err.message()))
 }
 

@@ -366,7 +366,7 @@ async fn tag_customers_over_its_limit_points_to_bulk_tag_and_becomes_a_job_with_
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
     assert!(customers.len() > 5);
-    let tag = "mutation($c: [ID!]!, $t: [ID!]!, $j: Boolean) { tagCustomers(input: { customerIds: $c, tagIds: $t, asJob: $j }) {
+    let tag = "mutation($c: [ID!]!, $t: [ID!]!, $j: Boolean! = false) { tagCustomers(input: { customerIds: $c, tagIds: $t, asJob: $j }) {
         applied added job { id status total } } }";
     let before = app.snapshot().await;
     let refused = app.gql("south.manager", tag, json!({ "c": customers, "t": [inquiry] })).await;
