@@ -14,8 +14,7 @@ use chrono::Utc;
 use entity::{org_unit, staff, tag, tag_group};
 use futures_util::StreamExt;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::segments::{BenchSize, generate};
@@ -172,7 +171,8 @@ pub async fn run(mut settings: Settings, bench: BulkBench) -> anyhow::Result<()>
     generation_db.close().await?;
     let root = org_unit::Entity::find().filter(org_unit::Column::Code.eq("bench")).one(&db).await?.context("bench")?;
     let (a, b) = exclusive_tags(&db, root.id).await?;
-    let admin = staff::Entity::find().filter(staff::Column::Login.eq("bench.admin")).one(&db).await?.context("admin")?;
+    let admin =
+        staff::Entity::find().filter(staff::Column::Login.eq("bench.admin")).one(&db).await?.context("admin")?;
     app.state.authz.refresh().await.map_err(app_err)?;
     let principal = app.state.authz.principal(admin.clone(), Arc::new(OrgTree::load(&db).await?));
     let token = app.state.keys.mint(&admin, Duration::from_secs(3600))?;
@@ -197,7 +197,9 @@ pub async fn run(mut settings: Settings, bench: BulkBench) -> anyhow::Result<()>
         settings.limits.job_batch_size, bench.runs
     );
     println!();
-    println!("| customers | kind | seconds | assignments changed/s | progress seen by a `jobProgress` subscriber (done) |");
+    println!(
+        "| customers | kind | seconds | assignments changed/s | progress seen by a `jobProgress` subscriber (done) |"
+    );
     println!("|---|---|---|---|---|");
     for &size in &bench.sizes {
         let ids: Vec<i64> = entity::customer::Entity::find()

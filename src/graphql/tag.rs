@@ -8,16 +8,16 @@ use entity::{
 };
 
 use super::customer::Customer;
-use super::jobs::Job;
 use super::governance::ChangeRequest;
 use super::governance::{submit, tag_payload};
+use super::jobs::Job;
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::{DateTime, env};
 use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, Reason, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
-use crate::service::library::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::jobs;
+use crate::service::library::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
 use crate::state::AppState;

@@ -25,7 +25,11 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use entity::{customer, enums::{ChangeRequestStatus, JobStatus}, job, job_customer, modification_lock, staff, tag_group};
+use entity::{
+    customer,
+    enums::{ChangeRequestStatus, JobStatus},
+    job, job_customer, modification_lock, staff, tag_group,
+};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
@@ -406,11 +410,8 @@ pub async fn cancel(db: &DatabaseConnection, principal: &Principal, id: JobId) -
     if running.rows_affected != 1 {
         return Err(finished());
     }
-    audit::record(
-        &txn,
-        AuditEntry::ok(principal.staff_id(), "job.cancel", "job", id.0).in_unit(found.org_unit_id),
-    )
-    .await?;
+    audit::record(&txn, AuditEntry::ok(principal.staff_id(), "job.cancel", "job", id.0).in_unit(found.org_unit_id))
+        .await?;
     txn.commit().await?;
     find(db, principal, id).await
 }
@@ -542,9 +543,9 @@ impl Worker {
     }
 
     fn runnable() -> Condition {
-        Condition::all().add(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running])).add(
-            Condition::any().add(job::Column::LeaseUntil.is_null()).add(job::Column::LeaseUntil.lt(Utc::now())),
-        )
+        Condition::all()
+            .add(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
+            .add(Condition::any().add(job::Column::LeaseUntil.is_null()).add(job::Column::LeaseUntil.lt(Utc::now())))
     }
 
     /// The lease, by a conditional update: of two instances reaching for
@@ -712,7 +713,8 @@ impl Worker {
         let mut errors: Vec<Value> = job.errors.as_array().cloned().unwrap_or_default();
         let mut skip = |customer: i64, code: &str, message: &str| {
             if errors.len() < MAX_ERRORS {
-                errors.push(json!({ "customerId": CustomerId(customer).to_string(), "code": code, "message": message }));
+                errors
+                    .push(json!({ "customerId": CustomerId(customer).to_string(), "code": code, "message": message }));
             }
         };
         let mut skipped = 0i64;

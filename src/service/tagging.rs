@@ -127,7 +127,11 @@ async fn lock_customers(
 }
 
 /// The named tags, visible to the caller, in the order given.
-pub(crate) async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<VisibleTag>> {
+pub(crate) async fn named_tags(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    ids: &[TagId],
+) -> AppResult<Vec<VisibleTag>> {
     let mut tags = tag_library::visible_tags(db, principal, ids).await?;
     ids.iter().map(|id| tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))).collect()
 }

@@ -111,7 +111,8 @@ async fn a_job_from_a_segment_tags_exactly_its_snapshot(app: TestApp) {
     let before: BTreeSet<i64> = holders(&app, &inquiry).await;
     let expected_new: BTreeSet<i64> = south.difference(&before).copied().collect();
     assert!(expected_new.len() > BATCH, "several batches");
-    let input = json!({ "customers": { "segment": { "not": { "tag": inquiry } } }, "add": [inquiry], "reason": "春季活动" });
+    let input =
+        json!({ "customers": { "segment": { "not": { "tag": inquiry } } }, "add": [inquiry], "reason": "春季活动" });
     let created = app.gql("south.manager", BULK_TAG, json!({ "input": input })).await;
     let created = &created.ok()["bulkTag"];
     assert_eq!(created["status"], "QUEUED");
@@ -165,14 +166,22 @@ async fn a_job_moves_customers_inside_an_exclusive_group(app: TestApp) {
     let customers = app.customers_of("sz01").await;
     let w = worker(&app, "a", |_| {});
     let first = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [prospect] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [prospect] } }),
+        )
         .await;
     let first_id = first.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     assert_eq!(w.run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));
     let stage_holders = |p: BTreeSet<i64>| p.intersection(&ids(&customers)).count();
     assert_eq!(stage_holders(holders(&app, &prospect).await), customers.len());
     let moved = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [paying] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [paying] } }),
+        )
         .await;
     let id = moved.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     assert_ne!(id, first_id);
@@ -189,7 +198,11 @@ async fn progress_is_streamed_until_the_job_ends(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
     let created = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
+        )
         .await;
     let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     let request = async_graphql::Request::new(
@@ -234,7 +247,11 @@ async fn a_job_resumes_on_another_instance_after_its_instance_dies(app: TestApp)
     let customers = south_customers(&app).await;
     let before = holders(&app, &inquiry).await;
     let created = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
+        )
         .await;
     let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     // Instance a dies after two batches: its lease held, its locks kept.
@@ -276,7 +293,11 @@ async fn a_cancelled_job_stops_between_batches_with_an_exact_account(app: TestAp
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
     let created = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
+        )
         .await;
     let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     let a = worker(&app, "a", |l| {
@@ -306,7 +327,11 @@ async fn a_job_beyond_the_callers_bulk_rights_waits_for_approval(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = app.customers_of("sz01").await;
     let created = app
-        .gql("sz01.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }))
+        .gql(
+            "sz01.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
+        )
         .await;
     let created = &created.ok()["bulkTag"];
     assert_eq!(created["status"], "AWAITING_APPROVAL");
@@ -338,7 +363,11 @@ async fn locked_customers_are_skipped_and_reported(app: TestApp) {
     lock.ok();
     let before = holders(&app, &inquiry).await;
     let created = app
-        .gql("south.manager", BULK_TAG, json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }))
+        .gql(
+            "south.manager",
+            BULK_TAG,
+            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
+        )
         .await;
     let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
     assert_eq!(worker(&app, "a", |_| {}).run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));

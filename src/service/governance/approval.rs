@@ -22,8 +22,8 @@ use crate::config::Limits;
 use crate::domain::{ChangeRequestId, Reason, StaffId, Versions};
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-use crate::service::library::{self, EditOutcome, LibraryEdit};
 use crate::service::jobs;
+use crate::service::library::{self, EditOutcome, LibraryEdit};
 use crate::service::tagging::{self, BulkTagging};
 use crate::store::change_request::transition;
 
