@@ -36,6 +36,8 @@ pub struct JobError {
     message: String,
 }
 
+/// A bulk job: what it does, where it stands, and exactly what it has
+/// applied so far.
 #[Object]
 impl Job {
     /// Opaque global id.
@@ -255,6 +257,7 @@ impl JobMutation {
 #[derive(Default)]
 pub struct JobSubscription;
 
+/// Live updates, over `graphql-transport-ws`.
 #[Subscription]
 impl JobSubscription {
     /// The job as it progresses: its state now, then each time it changes,
