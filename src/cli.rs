@@ -276,6 +276,27 @@ enum BenchCommand {
         #[arg(long)]
         server: Option<PathBuf>,
     },
+    /// Bulk tagging jobs on PostgreSQL (DATABASE_URL), on the segment
+    /// bench data: one tag added, then a move inside an exclusive group,
+    /// per size; prints seconds, assignments/s and the progress a
+    /// `jobProgress` subscriber saw.
+    Bulk {
+        /// Customers per job, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        sizes: Vec<usize>,
+        /// Timed runs per size; cells show median (min–max).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Bench customers to generate (at least the largest size).
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: i64,
+        /// Bench tags to generate.
+        #[arg(long, default_value_t = 2_000)]
+        tags: i64,
+        /// Bench tags per customer.
+        #[arg(long, default_value_t = 20)]
+        tags_per_customer: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -379,6 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_on_main: false,
             cors_origins: Vec::new(),
             trusted_documents: None,
+            job_poll_interval: Some(std::time::Duration::from_millis(500)),
             limits: Limits {
                 max_query_complexity: cli.limits.max_query_complexity,
                 max_aliases: cli.limits.max_aliases,
@@ -449,6 +471,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Segments { customers, tags, tags_per_customer, runs }) => {
             let size = crate::bench::BenchSize { customers, tags, tags_per_customer };
             crate::bench::run(settings(None), size, runs).await
+        }
+        Command::Bench(BenchCommand::Bulk { sizes, runs, customers, tags, tags_per_customer }) => {
+            let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
+            crate::bench::bulk::run(settings(None), crate::bench::bulk::BulkBench { sizes, runs, data }).await
         }
         Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
             let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };

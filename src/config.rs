@@ -53,6 +53,10 @@ pub struct Settings {
     /// Set: only those operations run, and automatic persisted queries no
     /// longer register new ones.
     pub trusted_documents: Option<PathBuf>,
+    /// How often this instance looks for bulk jobs to run (queued ones,
+    /// and those whose instance stopped renewing its lease). `None`: this
+    /// instance runs no jobs (others do).
+    pub job_poll_interval: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -182,6 +186,23 @@ pub struct Limits {
     pub max_events_per_batch: usize,
     /// Longest window a rule's dry run replays, in days.
     pub max_dry_run_days: i64,
+    /// Customers one bulk job may tag (its snapshot).
+    pub max_customers_per_job: usize,
+    /// Customers a job processes per transaction: each batch commits its
+    /// writes and the job's checkpoint together.
+    pub job_batch_size: usize,
+    /// How long an instance owns a job it runs without renewing its lease
+    /// (renewed at every batch); another instance takes the job over after
+    /// that.
+    pub job_lease: Duration,
+    /// How often `jobProgress` reads the job row.
+    pub job_progress_interval: Duration,
+    /// Times a job is taken up (after crashes) before it is marked failed.
+    pub job_max_attempts: i32,
+    /// Fault injection for tests: the worker stops dead after this many
+    /// batches of a job, as if the process were killed (no release, no
+    /// status change).
+    pub job_halt_after_batches: Option<u32>,
 }
 
 /// A request rate: a steady rate per second and a burst allowance.
@@ -237,6 +258,12 @@ impl Default for Limits {
             phone_searches_per_minute: 20,
             max_events_per_batch: 1_000,
             max_dry_run_days: 90,
+            max_customers_per_job: 2_000_000,
+            job_batch_size: 10_000,
+            job_lease: Duration::from_secs(30),
+            job_progress_interval: Duration::from_millis(250),
+            job_max_attempts: 5,
+            job_halt_after_batches: None,
         }
     }
 }
@@ -275,6 +302,7 @@ impl Settings {
             metrics_on_main: false,
             cors_origins: Vec::new(),
             trusted_documents: None,
+            job_poll_interval: Some(Duration::from_millis(500)),
             limits: Limits::default(),
         }
     }

@@ -172,6 +172,24 @@ pub async fn execute(
     Ok(execute_as(app, schema, &caller, request).await)
 }
 
+/// Signs the caller in and executes a subscription as it: the stream of
+/// responses (in-process tests read `jobProgress` through it).
+///
+/// # Errors
+/// [`AppError::Unauthenticated`] when sign-in fails (nothing is executed).
+pub async fn execute_stream(
+    app: &AppState,
+    schema: &AppSchema,
+    authorization: Option<&str>,
+    request: async_graphql::Request,
+) -> Result<futures_util::stream::BoxStream<'static, async_graphql::Response>, AppError> {
+    use futures_util::StreamExt as _;
+    let caller = sign_in(app, authorization).await?;
+    let loaders = loaders_for_request(app.db.clone(), caller.principal.clone());
+    let request = request.data(caller.principal.clone()).data(caller.sign_in.clone()).data(loaders);
+    Ok(schema.execute_stream(request).boxed())
+}
+
 /// A signed-in caller: who, and how they signed in.
 pub(crate) struct Caller {
     principal: Arc<Principal>,

@@ -15,6 +15,7 @@ use crate::authz::Authz;
 use crate::config::Settings;
 use crate::graphql::{AppSchema, schema_builder};
 use crate::segment::SegmentIndex;
+use crate::service::jobs;
 use crate::state::AppState;
 use crate::{db, http, observability};
 
@@ -44,6 +45,16 @@ impl Application {
             index.spawn_follower(db.clone(), interval);
         }
         let persisted = http::PersistedQueries::from_settings(&settings)?;
+        if let Some(interval) = settings.job_poll_interval {
+            let worker = jobs::Worker {
+                db: db.clone(),
+                authz: authz.clone(),
+                index: index.clone(),
+                limits: settings.limits.clone(),
+                instance: format!("tagbase-{}", uuid::Uuid::new_v4().simple()),
+            };
+            worker.spawn(interval);
+        }
         let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index };
         let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
         Ok(Self { state, schema })

@@ -194,3 +194,21 @@ stored_enum!(
         Archived = "ARCHIVED",
     }
 );
+
+stored_enum!(
+    /// Where a bulk job stands.
+    JobStatus {
+        /// Waiting for an instance to run it.
+        Queued = "QUEUED",
+        /// Waiting for its change request to be approved.
+        AwaitingApproval = "AWAITING_APPROVAL",
+        /// An instance is running it.
+        Running = "RUNNING",
+        /// Every customer was processed.
+        Succeeded = "SUCCEEDED",
+        /// Stopped by an error; the counts say exactly what was applied.
+        Failed = "FAILED",
+        /// Cancelled; the counts say exactly what was applied.
+        Cancelled = "CANCELLED",
+    }
+);

@@ -11,6 +11,8 @@ pub mod customer_event;
 pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;
+pub mod job;
+pub mod job_customer;
 pub mod library_version;
 pub mod modification_lock;
 pub mod modification_lock_customer;

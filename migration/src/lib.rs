@@ -17,6 +17,7 @@ mod m20261201_000040_staff_sign_in;
 mod m20261201_000050_log_txid;
 mod m20261201_000060_automatic_tagging;
 mod m20261201_000070_sign_in_revision;
+mod m20261201_000080_jobs;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000050_log_txid::Migration),
             Box::new(m20261201_000060_automatic_tagging::Migration),
             Box::new(m20261201_000070_sign_in_revision::Migration),
+            Box::new(m20261201_000080_jobs::Migration),
         ]
     }
 }

@@ -2,6 +2,7 @@
 //! tests' assertions on time.
 //!
 //! - [`segments`]: the segment index against plain SQL, in process.
+//! - [`bulk`]: bulk tagging jobs at 10k–1M customers, in process.
 //! - [`api`]: the API over real HTTP, from a separate client, against a
 //!   server started as a child process.
 //! - [`rules`]: automatic tagging over HTTP: ingest, event → segment
@@ -9,6 +10,7 @@
 
 pub mod api;
 pub mod rules;
+pub mod bulk;
 pub mod segments;
 
 pub use segments::{BenchSize, run};

@@ -62,7 +62,11 @@ where
 /// Creates the bench org tree, staff, tag group and tags if missing; then
 /// customers and assignments up to the wanted size. Returns the first tag
 /// id.
-async fn generate(db: &DatabaseConnection, authz: &crate::authz::Authz, size: BenchSize) -> anyhow::Result<i64> {
+pub(crate) async fn generate(
+    db: &DatabaseConnection,
+    authz: &crate::authz::Authz,
+    size: BenchSize,
+) -> anyhow::Result<i64> {
     let now = Utc::now();
     let root = match org_unit::Entity::find().filter(org_unit::Column::Code.eq("bench")).one(db).await? {
         Some(u) => u,

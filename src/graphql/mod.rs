@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod customer;
 mod governance;
+mod jobs;
 pub(crate) mod limits;
 mod loaders;
 mod org;
@@ -20,7 +21,7 @@ mod tag;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
@@ -48,6 +49,7 @@ pub struct Query(
     staff::StaffQuery,
     rules::RuleQuery,
     rule_dryrun::RuleDryRunQuery,
+    jobs::JobQuery,
 );
 
 /// Every change the API makes.
@@ -61,13 +63,16 @@ pub struct Mutation(
     staff::StaffMutation,
     rules::RuleMutation,
     rule_proposal::RuleProposalMutation,
+    jobs::JobMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
-pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, EmptySubscription>;
+pub use jobs::JobSubscription;
+
+pub type AppSchema = Schema<Query, Mutation, JobSubscription>;
+pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, JobSubscription>;
 
 fn builder() -> AppSchemaBuilder {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), JobSubscription)
 }
 
 /// The schema with its limits and the shared state, to be finished by the

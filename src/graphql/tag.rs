@@ -10,11 +10,13 @@ use entity::{
 use super::customer::Customer;
 use super::governance::ChangeRequest;
 use super::governance::{submit, tag_payload};
+use super::jobs::Job;
 use super::loaders::{ActiveTagsOfGroup, GroupById, HoldersOfTag, TagById};
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
 use super::{DateTime, env};
 use crate::domain::{CustomerId, Description, EventSeq, OrgUnitId, Reason, TagGroupId, TagId, TagName, parse_ids};
 use crate::error::AppError;
+use crate::service::jobs;
 use crate::service::library::{self, EditContext, LibraryEdit, NewGroupSpec, NewTagSpec};
 use crate::service::tag_library;
 use crate::service::tagging::{self, BulkOp, BulkTagging, TaggingResult};
@@ -444,6 +446,11 @@ pub struct TagCustomersInput {
     expires_at: Option<DateTime>,
     /// A reference to what prompted the change (a ticket, a campaign).
     source_ref: Option<String>,
+    /// Above the bulk threshold, run the call as a background job instead
+    /// (`job` in the payload; see `bulkTag`), with no upper limit but the
+    /// job's.
+    #[graphql(default)]
+    as_job: bool,
 }
 
 /// Tags to take off customers.
@@ -453,6 +460,9 @@ pub struct UntagCustomersInput {
     customer_ids: Vec<ID>,
     /// The tags (the caller may use them).
     tag_ids: Vec<ID>,
+    /// Above the bulk threshold, run the call as a background job instead.
+    #[graphql(default)]
+    as_job: bool,
 }
 
 /// What a tagging call changed. A call above the bulk threshold by a caller
@@ -476,6 +486,8 @@ pub struct TaggingPayload {
     /// Requested changes a bulk run left out because somebody else changed
     /// those customers' tags of that group after the call began (their edit stays).
     kept: u32,
+    /// The background job the call became (`asJob` above the bulk threshold).
+    job: Option<Job>,
 }
 
 impl From<TaggingResult> for TaggingPayload {
@@ -489,6 +501,7 @@ impl From<TaggingResult> for TaggingPayload {
             removed: o.removed,
             unchanged: o.unchanged,
             kept: o.kept,
+            job: None,
         }
     }
 }
@@ -501,6 +514,32 @@ pub(crate) async fn caught_up(ctx: &Context<'_>) {
     if let Err(err) = state.index.catch_up(&state.db).await {
         tracing::warn!(error = %err, "segment index catch-up failed");
     }
+}
+
+/// A tagging call turned into a bulk job (`asJob`): the payload names the
+/// job, which applies nothing yet.
+async fn as_job(ctx: &Context<'_>, bulk: BulkTagging) -> Result<TaggingPayload> {
+    let env = env(ctx);
+    let tags: Vec<TagId> = bulk.tag_ids.iter().map(|t| TagId(*t)).collect();
+    let (add, remove) = if bulk.op == BulkOp::Add { (tags, Vec::new()) } else { (Vec::new(), tags) };
+    let request = jobs::BulkTagRequest {
+        customers: jobs::Customers::Ids(bulk.customer_ids.iter().map(|c| CustomerId(*c)).collect()),
+        add,
+        remove,
+        reason: Reason::parse(bulk.source_ref.as_deref(), "sourceRef")?,
+    };
+    let index = &ctx.data_unchecked::<AppState>().index;
+    let job = jobs::submit_bulk_tag(env.db, index, env.principal, env.limits, request).await?;
+    Ok(TaggingPayload {
+        applied: false,
+        change_request: None,
+        customers: Vec::new(),
+        added: 0,
+        removed: 0,
+        unchanged: 0,
+        kept: 0,
+        job: Some(Job(job)),
+    })
 }
 
 #[derive(Default)]
@@ -589,6 +628,12 @@ impl TagMutation {
             expires_at: input.expires_at.map(|t| t.0),
             source_ref: input.source_ref,
         };
+        if input.as_job && bulk.customer_ids.len() > env.limits.bulk_threshold {
+            if bulk.expires_at.is_some() {
+                return Err(AppError::validation("expiresAt", "a job uses the tags' own TTL; leave it out").into());
+            }
+            return as_job(ctx, bulk).await;
+        }
         let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
         caught_up(ctx).await;
         Ok(result.into())
@@ -612,6 +657,9 @@ impl TagMutation {
             expires_at: None,
             source_ref: None,
         };
+        if input.as_job && bulk.customer_ids.len() > env.limits.bulk_threshold {
+            return as_job(ctx, bulk).await;
+        }
         let result = tagging::tag_or_request(env.db, env.principal, env.limits, bulk).await?;
         caught_up(ctx).await;
         Ok(result.into())

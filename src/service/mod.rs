@@ -7,6 +7,7 @@ pub mod audit;
 pub mod customer;
 pub mod export;
 pub mod governance;
+pub mod jobs;
 pub mod library;
 pub mod listing;
 pub mod rules;

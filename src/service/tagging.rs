@@ -96,7 +96,7 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     }
     if customers > limits.max_customers_per_tagging {
         return Err(AppError::LimitExceeded(format!(
-            "at most {} customers per call; use a bulk job for more",
+            "at most {} customers per call; use bulkTag for more (or tagCustomers with asJob: true)",
             limits.max_customers_per_tagging
         )));
     }
@@ -127,7 +127,11 @@ async fn lock_customers(
 }
 
 /// The named tags, visible to the caller, in the order given.
-async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[TagId]) -> AppResult<Vec<VisibleTag>> {
+pub(crate) async fn named_tags(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    ids: &[TagId],
+) -> AppResult<Vec<VisibleTag>> {
     let mut tags = tag_library::visible_tags(db, principal, ids).await?;
     ids.iter().map(|id| tags.remove(id).ok_or_else(|| AppError::not_found("tag", id))).collect()
 }
@@ -135,7 +139,7 @@ async fn named_tags(db: &impl ConnectionTrait, principal: &Principal, ids: &[Tag
 /// `FORBIDDEN` unless the caller may put this tag on (or take it off) a
 /// customer of the unit: a personal tag only by its owner; an enterprise
 /// tag with `customer_tag:write` and the use of its visibility class there.
-fn require_use(principal: &Principal, tag: &VisibleTag, org_unit_id: i64) -> AppResult<()> {
+pub(crate) fn require_use(principal: &Principal, tag: &VisibleTag, org_unit_id: i64) -> AppResult<()> {
     match (&tag.tag.owner_staff_id, &tag.group) {
         (Some(owner), _) if *owner == principal.staff.id => principal.require(Action::PersonalTagManage, org_unit_id),
         (Some(_), _) => Err(AppError::Forbidden("only its owner uses a personal tag".to_owned())),
@@ -170,7 +174,7 @@ pub async fn apply_tags(
         return Err(AppError::validation("sourceRef", "must be at most 128 characters"));
     }
     let txn = db.begin().await?;
-    let outcome = apply_tags_in(&txn, principal, limits, req, None).await?;
+    let outcome = apply_tags_in(&txn, principal, limits, req, None, true).await?;
     txn.commit().await?;
     Ok(outcome)
 }
@@ -209,6 +213,7 @@ async fn apply_tags_in(
     limits: &Limits,
     req: TagRequest,
     as_of: Option<&LogPosition>,
+    audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let keep = &keep;
@@ -254,33 +259,22 @@ async fn apply_tags_in(
     }
 
     let customer_ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(txn, &customer_ids).await?;
-    // Existing tags that sit in an exclusive group the request touches, and
-    // those archived (retired: not counted against the cap or the alert).
+    // Of the customers' assignments, only those the call may touch (the
+    // tags named, and the members of the exclusive groups they are in)
+    // are read; the rest only counts (in force, against the cap and the
+    // alert), and is counted by the database.
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
-    let existing_tag_ids: HashSet<i64> = existing.values().flatten().map(|a| a.tag_id).collect();
+    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
+    let existing = relevant_assignments(txn, &customer_ids, &named, &exclusive_groups).await?;
+    let counts = in_force_counts(txn, &customer_ids).await?;
     let mut exclusive_members: HashMap<i64, i64> = HashMap::new();
     let mut retired: HashSet<i64> = HashSet::new();
-    if !existing_tag_ids.is_empty() {
-        let rows: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
-            .select_only()
-            .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
-            .filter(tag::Column::Id.is_in(existing_tag_ids))
-            .filter(
-                Condition::any()
-                    .add(tag::Column::Status.eq(TagStatus::Archived))
-                    .add(tag::Column::GroupId.is_in(exclusive_groups.iter().copied())),
-            )
-            .into_tuple()
-            .all(txn)
-            .await?;
-        for (id, group_id, status) in rows {
-            if tag_library::is_retired(status) {
-                retired.insert(id);
-            }
-            if let Some(group) = group_id.filter(|g| exclusive_groups.contains(g)) {
-                exclusive_members.insert(id, group);
-            }
+    for row in existing.values().flatten() {
+        if tag_library::is_retired(row.status) {
+            retired.insert(row.tag_id);
+        }
+        if let Some(group) = row.group_id.filter(|g| exclusive_groups.contains(g)) {
+            exclusive_members.insert(row.tag_id, group);
         }
     }
 
@@ -293,7 +287,7 @@ async fn apply_tags_in(
     let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
-        let before = held.iter().filter(|t| !retired.contains(t)).count() as u32;
+        let before = counts.get(&c.id).copied().unwrap_or(0);
         let mut after = before;
         for VisibleTag { tag, group } in &tags {
             if keep.contains(c.id, tag.id) {
@@ -346,6 +340,10 @@ async fn apply_tags_in(
     if !alerts.is_empty() {
         tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
+    if !audited {
+        outcome.customers = customers;
+        return Ok(outcome);
+    }
     audit::record(
         txn,
         batch_entry(principal, "customer.tag", &customers).with_detail(json!({
@@ -387,7 +385,7 @@ pub async fn remove_tags(
         source: TagSource::Manual,
         source_ref: None,
     };
-    let outcome = remove_tags_in(&txn, principal, req, None).await?;
+    let outcome = remove_tags_in(&txn, principal, req, None, true).await?;
     txn.commit().await?;
     Ok(outcome)
 }
@@ -399,6 +397,7 @@ async fn remove_tags_in(
     principal: &Principal,
     req: TagRequest,
     as_of: Option<&LogPosition>,
+    audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let keep = &keep;
@@ -408,7 +407,8 @@ async fn remove_tags_in(
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = assignments_of(txn, &ids).await?;
+    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
+    let existing = relevant_assignments(txn, &ids, &named, &[]).await?;
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
@@ -430,6 +430,10 @@ async fn remove_tags_in(
     }
     delete_assignments(txn, &removals).await?;
     insert_event_rows(txn, &by, &events).await?;
+    if !audited {
+        outcome.customers = customers;
+        return Ok(outcome);
+    }
     audit::record(
         txn,
         batch_entry(principal, "customer.untag", &customers).with_detail(json!({
@@ -521,8 +525,8 @@ async fn run_in(
     as_of: Option<&LogPosition>,
 ) -> AppResult<TaggingOutcome> {
     match bulk.op {
-        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of).await,
-        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of).await,
+        BulkOp::Add => apply_tags_in(txn, principal, limits, bulk.request(source, source_ref), as_of, true).await,
+        BulkOp::Remove => remove_tags_in(txn, principal, bulk.request(source, source_ref), as_of, true).await,
     }
 }
 
@@ -730,6 +734,50 @@ pub async fn apply_approved(
     run_in(txn, requester, limits, &bulk, TagSource::Bulk, source_ref, None).await
 }
 
+/// One batch of a bulk job, inside the batch's transaction: takes `remove`
+/// off and puts `add` on `customers` (source `BULK`, `source_ref` naming
+/// the job), with the per-customer rules of [`apply_tags`] (exclusive
+/// groups, cap, alerts) and one tag event per change. No audit row: the
+/// job writes one with its counts when it ends. The caller has left out
+/// customers out of scope or under somebody else's modification lock.
+///
+/// # Errors
+/// As [`apply_tags`] and [`remove_tags`], for the whole batch.
+pub(crate) async fn apply_job_batch(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    customers: Vec<CustomerId>,
+    add: &[TagId],
+    remove: &[TagId],
+    source_ref: String,
+) -> AppResult<TaggingOutcome> {
+    let request = |tags: &[TagId]| TagRequest {
+        customers: customers.clone(),
+        tags: tags.to_vec(),
+        expires_at: None,
+        source: TagSource::Bulk,
+        source_ref: Some(source_ref.clone()),
+    };
+    let mut total = TaggingOutcome::default();
+    if customers.is_empty() {
+        return Ok(total);
+    }
+    if !remove.is_empty() {
+        let o = remove_tags_in(txn, principal, request(remove), None, false).await?;
+        total.removed += o.removed;
+        total.unchanged += o.unchanged;
+    }
+    if !add.is_empty() {
+        let o = apply_tags_in(txn, principal, limits, request(add), None, false).await?;
+        total.added += o.added;
+        total.removed += o.removed;
+        total.unchanged += o.unchanged;
+        total.alerts_raised += o.alerts_raised;
+    }
+    Ok(total)
+}
+
 /// Cursors of a customer's tag history (newest first by sequence).
 const HISTORY_ORDERING: &str = "tag_event.newest";
 
@@ -932,20 +980,77 @@ pub async fn holder_counts(
     Ok(counts)
 }
 
-/// Every assignment of the customers (visibility aside: used for counts and
-/// exclusivity, never shown).
-async fn assignments_of(
+/// An assignment a tagging call may touch, with its tag's group and status.
+#[derive(Debug, FromQueryResult)]
+struct HeldRow {
+    customer_id: i64,
+    tag_id: i64,
+    group_id: Option<i64>,
+    status: TagStatus,
+}
+
+/// Customers per statement when reading by customer: one statement per
+/// batch of a bulk job on PostgreSQL, under SQLite's parameter limit there.
+fn customers_per_statement(db: &impl ConnectionTrait) -> usize {
+    if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CHUNK }
+}
+
+/// The customers' assignments of the `tags`, or of tags of the `groups`,
+/// by customer (visibility aside: used for exclusivity, never shown).
+async fn relevant_assignments(
     txn: &DatabaseTransaction,
     customer_ids: &[i64],
-) -> AppResult<HashMap<i64, Vec<customer_tag::Model>>> {
-    let mut out: HashMap<i64, Vec<customer_tag::Model>> = HashMap::new();
-    for chunk in customer_ids.chunks(CHUNK) {
-        let rows = customer_tag::Entity::find()
-            .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?;
-        for row in rows {
+    tags: &[i64],
+    groups: &[i64],
+) -> AppResult<HashMap<i64, Vec<HeldRow>>> {
+    let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
+    let mut out: HashMap<i64, Vec<HeldRow>> = HashMap::new();
+    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+        let query = Query::select()
+            .columns([ct(customer_tag::Column::CustomerId), ct(customer_tag::Column::TagId)])
+            .columns([(tag::Entity, tag::Column::GroupId), (tag::Entity, tag::Column::Status)])
+            .from(customer_tag::Entity)
+            .inner_join(tag::Entity, Expr::col((tag::Entity, tag::Column::Id)).equals(ct(customer_tag::Column::TagId)))
+            .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(chunk.iter().copied()))
+            .cond_where(
+                Condition::any()
+                    .add(Expr::col(ct(customer_tag::Column::TagId)).is_in(tags.iter().copied()))
+                    .add(Expr::col((tag::Entity, tag::Column::GroupId)).is_in(groups.iter().copied())),
+            )
+            .to_owned();
+        for row in HeldRow::find_by_statement(txn.get_database_backend().build(&query)).all(txn).await? {
             out.entry(row.customer_id).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, FromQueryResult)]
+struct HeldCount {
+    customer_id: i64,
+    held: i64,
+}
+
+/// How many tags in force (not retired) each customer holds: what the cap
+/// and the alert count. Customers holding none are left out.
+async fn in_force_counts(txn: &DatabaseTransaction, customer_ids: &[i64]) -> AppResult<HashMap<i64, u32>> {
+    let customer = (customer_tag::Entity, customer_tag::Column::CustomerId);
+    let mut out = HashMap::new();
+    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+        let query = Query::select()
+            .column(customer)
+            .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).count(), "held")
+            .from(customer_tag::Entity)
+            .inner_join(
+                tag::Entity,
+                Expr::col((tag::Entity, tag::Column::Id)).equals((customer_tag::Entity, customer_tag::Column::TagId)),
+            )
+            .and_where(Expr::col(customer).is_in(chunk.iter().copied()))
+            .and_where(Expr::col((tag::Entity, tag::Column::Status)).ne(TagStatus::Archived.as_str()))
+            .group_by_col(customer)
+            .to_owned();
+        for row in HeldCount::find_by_statement(txn.get_database_backend().build(&query)).all(txn).await? {
+            out.insert(row.customer_id, u32::try_from(row.held).unwrap_or(u32::MAX));
         }
     }
     Ok(out)

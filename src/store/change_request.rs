@@ -34,10 +34,12 @@ pub enum ChangeRequestKind {
     RuleCreate,
     RuleUpdate,
     RuleEnable,
+    /// A bulk job waiting to run (payload `{"jobId": …}`).
+    BulkJob,
 }
 
 impl ChangeRequestKind {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::TagGroupUpdate,
         Self::TagUpdate,
         Self::TagArchive,
@@ -51,6 +53,7 @@ impl ChangeRequestKind {
         Self::RuleCreate,
         Self::RuleUpdate,
         Self::RuleEnable,
+        Self::BulkJob,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl ChangeRequestKind {
             Self::RuleCreate => "rule.create",
             Self::RuleUpdate => "rule.update",
             Self::RuleEnable => "rule.enable",
+            Self::BulkJob => "customer.bulk_tag",
         }
     }
 

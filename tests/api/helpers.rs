@@ -404,6 +404,9 @@ impl TestApp {
     pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings::for_database(String::new());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
+        // No job worker unless the test asks (its polling would show in
+        // statement counts).
+        settings.job_poll_interval = None;
         configure(&mut settings);
         // No background follower: statement counts stay exact, and the
         // index is caught up below and after every write made through the
@@ -477,6 +480,7 @@ impl TestApp {
     pub async fn second_instance(&self) -> Application {
         let mut settings = Settings::for_database(self._test_db.url.clone());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
+        settings.job_poll_interval = None;
         Application::with_database(settings, self.db.clone()).await.expect("second instance")
     }
 
@@ -486,6 +490,7 @@ impl TestApp {
         let mut settings = Settings::for_database(self._test_db.url.clone());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
         settings.index_follow_interval = None;
+        settings.job_poll_interval = None;
         configure(&mut settings);
         Application::with_database(settings, self.db.clone()).await.expect("instance")
     }

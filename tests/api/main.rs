@@ -14,6 +14,7 @@ mod governance;
 mod http;
 mod http_protocol;
 mod index_screens;
+mod jobs;
 mod limits;
 mod n_plus_one;
 mod observability;

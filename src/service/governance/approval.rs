@@ -22,6 +22,7 @@ use crate::config::Limits;
 use crate::domain::{ChangeRequestId, Reason, StaffId, Versions};
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
+use crate::service::jobs;
 use crate::service::library::{self, EditOutcome, LibraryEdit};
 use crate::service::rules::propose;
 use crate::service::tagging::{self, BulkTagging};
@@ -33,6 +34,14 @@ enum Change {
     Tagging(BulkTagging),
     /// A rule's creation, edit or enabling (`service::rules::propose`).
     Rule,
+    /// A bulk job waiting for approval to run.
+    Job(i64),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobPayload {
+    job_id: i64,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> AppResult<T> {
@@ -53,6 +62,7 @@ fn change_of(request: &change_request::Model) -> AppResult<Change> {
         | K::TagGroupCreate => Ok(Change::Library(parse(&request.payload)?, parse(&request.base_versions)?)),
         K::CustomerTag | K::CustomerUntag => Ok(Change::Tagging(parse(&request.payload)?)),
         K::RuleCreate | K::RuleUpdate | K::RuleEnable => Ok(Change::Rule),
+        K::BulkJob => Ok(Change::Job(parse::<JobPayload>(&request.payload)?.job_id)),
     }
 }
 
@@ -117,7 +127,7 @@ pub async fn approve(
     let current = match &change {
         Change::Library(_, base) => library::still_current(&txn, base).await?,
         Change::Rule => propose::still_current(&txn, &request).await?,
-        Change::Tagging(_) => true,
+        Change::Tagging(_) | Change::Job(_) => true,
     };
     if !current {
         transition(&txn, id, ChangeRequestStatus::Stale, by, comment.as_ref()).await?;
@@ -146,6 +156,10 @@ pub async fn approve(
             propose::apply_approved(&txn, &requester, &request).await?;
             EditOutcome { applied: true, ..Default::default() }
         }
+        Change::Job(job_id) => {
+            jobs::approved(&txn, job_id).await?;
+            EditOutcome { applied: true, ..Default::default() }
+        }
     };
     txn.commit().await?;
     let request = find(db, principal, id).await?;
@@ -167,7 +181,7 @@ pub async fn preview(
         return Ok(Vec::new());
     }
     match change_of(request)? {
-        Change::Tagging(_) | Change::Rule => Ok(Vec::new()),
+        Change::Tagging(_) | Change::Rule | Change::Job(_) => Ok(Vec::new()),
         Change::Library(edit, base) => {
             let reason = Reason::parse(Some(&request.reason), "reason")?;
             let requester = StaffId(request.requester_staff_id);
@@ -209,6 +223,9 @@ pub async fn reject(
     let txn = db.begin().await?;
     transition(&txn, id, ChangeRequestStatus::Rejected, principal.staff_id(), Some(&reason)).await?;
     record_decision(&txn, principal.staff_id(), "change_request.reject", &request, Some(&reason)).await?;
+    if let Change::Job(job_id) = change_of(&request)? {
+        jobs::declined(&txn, job_id, principal.staff_id()).await?;
+    }
     txn.commit().await?;
     find(db, principal, id).await
 }
@@ -230,6 +247,9 @@ pub async fn cancel(
     let txn = db.begin().await?;
     transition(&txn, id, ChangeRequestStatus::Cancelled, principal.staff_id(), None).await?;
     record_decision(&txn, principal.staff_id(), "change_request.cancel", &request, None).await?;
+    if let Change::Job(job_id) = change_of(&request)? {
+        jobs::declined(&txn, job_id, principal.staff_id()).await?;
+    }
     txn.commit().await?;
     find(db, principal, id).await
 }

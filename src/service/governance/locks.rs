@@ -6,12 +6,14 @@
 //! own, so a crashed bulk run cannot freeze a group for ever.
 
 use chrono::{DateTime, Duration, Utc};
-use entity::{modification_lock, modification_lock_customer, staff, tag_group};
+use std::collections::HashSet;
+
+use entity::{job_customer, modification_lock, modification_lock_customer, staff, tag_group};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
-    sea_query::Expr,
+    sea_query::{Alias, Expr, ExprTrait, JoinType, Query},
 };
 use serde_json::json;
 
@@ -56,6 +58,164 @@ pub async fn check_unlocked(
             return Err(AppError::Locked(lock_info(db, &lock).await?));
         }
     }
+    Ok(())
+}
+
+/// The customers among `customers` that somebody other than `staff_id`
+/// holds a lock in force on, in any of these groups: a bulk job leaves
+/// them out (and reports them) instead of failing.
+///
+/// # Errors
+/// Database errors.
+pub async fn locked_customers(
+    db: &impl ConnectionTrait,
+    staff_id: i64,
+    groups: &[i64],
+    customers: &[i64],
+) -> AppResult<HashSet<i64>> {
+    let mut locked = HashSet::new();
+    if groups.is_empty() || customers.is_empty() {
+        return Ok(locked);
+    }
+    let locks = others_locks(db, staff_id, groups).await?;
+    if locks.iter().any(|l| l.whole_group) {
+        return Ok(customers.iter().copied().collect());
+    }
+    if locks.is_empty() {
+        return Ok(locked);
+    }
+    for chunk in customers.chunks(CHUNK) {
+        let rows: Vec<i64> = modification_lock_customer::Entity::find()
+            .select_only()
+            .column(modification_lock_customer::Column::CustomerId)
+            .filter(modification_lock_customer::Column::LockId.is_in(locks.iter().map(|l| l.id)))
+            .filter(modification_lock_customer::Column::CustomerId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        locked.extend(rows);
+    }
+    Ok(locked)
+}
+
+/// The locks in force on these groups held by somebody other than `staff_id`.
+async fn others_locks(
+    db: &impl ConnectionTrait,
+    staff_id: i64,
+    groups: &[i64],
+) -> AppResult<Vec<modification_lock::Model>> {
+    Ok(modification_lock::Entity::find()
+        .filter(modification_lock::Column::GroupId.is_in(groups.iter().copied()))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .filter(modification_lock::Column::ExpiresAt.gt(Utc::now()))
+        .filter(modification_lock::Column::HolderStaffId.ne(staff_id))
+        .order_by_asc(modification_lock::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Takes a lock on `group` for the customers of a job's snapshot, in one
+/// `INSERT … SELECT` from the snapshot, leaving out the customers somebody
+/// else's lock covers (the job skips those). Recorded in the audit log.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn take_for_job(
+    txn: &DatabaseTransaction,
+    holder: StaffId,
+    group: &tag_group::Model,
+    job_id: i64,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> AppResult<modification_lock::Model> {
+    crate::store::event_log::serialize_event_log(txn).await?;
+    let now = Utc::now();
+    let lock = modification_lock::Entity::insert(modification_lock::ActiveModel {
+        id: NotSet,
+        group_id: Set(group.id),
+        holder_staff_id: Set(holder.0),
+        reason: Set(reason.trim().to_owned()),
+        whole_group: Set(false),
+        acquired_at: Set(now),
+        expires_at: Set(until),
+        released_at: Set(None),
+        released_by: Set(None),
+    })
+    .exec_with_returning(txn)
+    .await?;
+    let (ml, mlc) = (Alias::new("ml"), Alias::new("mlc"));
+    let covered = Query::select()
+        .expr(Expr::val(1))
+        .from_as(modification_lock_customer::Entity, mlc.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            modification_lock::Entity,
+            ml.clone(),
+            Expr::col((ml.clone(), modification_lock::Column::Id))
+                .equals((mlc.clone(), modification_lock_customer::Column::LockId)),
+        )
+        .and_where(
+            Expr::col((mlc.clone(), modification_lock_customer::Column::CustomerId))
+                .equals((job_customer::Entity, job_customer::Column::CustomerId)),
+        )
+        .and_where(Expr::col((ml.clone(), modification_lock::Column::GroupId)).eq(group.id))
+        .and_where(Expr::col((ml.clone(), modification_lock::Column::ReleasedAt)).is_null())
+        .and_where(Expr::col((ml.clone(), modification_lock::Column::ExpiresAt)).gt(now))
+        .and_where(Expr::col((ml.clone(), modification_lock::Column::HolderStaffId)).ne(holder.0))
+        .to_owned();
+    let whole_group_others = Query::select()
+        .expr(Expr::val(1))
+        .from(modification_lock::Entity)
+        .and_where(modification_lock::Column::GroupId.eq(group.id))
+        .and_where(modification_lock::Column::WholeGroup.eq(true))
+        .and_where(modification_lock::Column::ReleasedAt.is_null())
+        .and_where(modification_lock::Column::ExpiresAt.gt(now))
+        .and_where(modification_lock::Column::HolderStaffId.ne(holder.0))
+        .to_owned();
+    let snapshot = Query::select()
+        .expr(Expr::val(lock.id))
+        .column((job_customer::Entity, job_customer::Column::CustomerId))
+        .from(job_customer::Entity)
+        .and_where(Expr::col((job_customer::Entity, job_customer::Column::JobId)).eq(job_id))
+        .and_where(Expr::exists(covered).not())
+        .and_where(Expr::exists(whole_group_others).not())
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(modification_lock_customer::Entity)
+        .columns([modification_lock_customer::Column::LockId, modification_lock_customer::Column::CustomerId])
+        .select_from(snapshot)
+        .map_err(|e| AppError::internal(anyhow::anyhow!(e)))?
+        .to_owned();
+    let covered_rows = txn.execute(&insert).await?.rows_affected();
+    audit::record(
+        txn,
+        AuditEntry::ok(holder, "tag_group.lock", "tag_group", group.id).in_unit(group.org_unit_id).with_detail(json!({
+            "lockId": lock.id,
+            "reason": lock.reason,
+            "until": lock.expires_at,
+            "jobId": job_id,
+            "customers": covered_rows,
+        })),
+    )
+    .await?;
+    Ok(lock)
+}
+
+/// Moves the end of the locks still in force to `until`: a job renews the
+/// locks it holds while it runs (on whichever instance runs it).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn extend(db: &impl ConnectionTrait, lock_ids: &[i64], until: DateTime<Utc>) -> AppResult<()> {
+    if lock_ids.is_empty() {
+        return Ok(());
+    }
+    modification_lock::Entity::update_many()
+        .col_expr(modification_lock::Column::ExpiresAt, Expr::value(until))
+        .filter(modification_lock::Column::Id.is_in(lock_ids.iter().copied()))
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .exec(db)
+        .await?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde_json::json;
 
@@ -202,6 +202,15 @@ pub async fn record_events(
         let by_id: HashMap<i64, &customer::Model> = customers.values().map(|c| (c.id, c)).collect();
         ids.iter().filter_map(|id| by_id.get(id).copied()).collect()
     };
+    // Concurrent batches for one customer run its rules one after the
+    // other: each sees the other's events and tags once it commits (row
+    // locks in id order, so two batches never wait on each other in a cycle).
+    customer::Entity::find()
+        .filter(customer::Column::Id.is_in(touched.iter().map(|c| c.id)))
+        .order_by_asc(customer::Column::Id)
+        .lock_exclusive()
+        .all(&txn)
+        .await?;
     let mut runner = Runner::new(principal, limits, offset, now);
     for customer in &touched {
         let mut new_events: Vec<&customer_event::Model> =
