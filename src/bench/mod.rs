@@ -9,8 +9,8 @@
 //!   latency, a 30-day dry run, memory.
 
 pub mod api;
-pub mod rules;
 pub mod bulk;
+pub mod rules;
 pub mod segments;
 
 pub use segments::{BenchSize, run};

@@ -117,6 +117,17 @@ pub async fn record_events(
 
     let txn = db.begin().await?;
     share_event_log(&txn).await?;
+    // Concurrent batches for one customer run its rules one after the
+    // other, each seeing the other's events and tags once it commits. The
+    // rows are locked in id order, and before any event is inserted: an
+    // inserted event holds a key-share lock on its customer, which a later
+    // `FOR UPDATE` of another batch would wait on in a cycle.
+    customer::Entity::find()
+        .filter(customer::Column::Id.is_in(customers.values().map(|c| c.id).collect::<BTreeSet<i64>>()))
+        .order_by_asc(customer::Column::Id)
+        .lock_exclusive()
+        .all(&txn)
+        .await?;
     let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
     let keys: Vec<String> = items.iter().filter_map(|i| i.as_ref().ok().map(|e| e.key.clone())).collect();
     let mut known: HashMap<String, (String, i64)> = HashMap::new();
@@ -202,15 +213,6 @@ pub async fn record_events(
         let by_id: HashMap<i64, &customer::Model> = customers.values().map(|c| (c.id, c)).collect();
         ids.iter().filter_map(|id| by_id.get(id).copied()).collect()
     };
-    // Concurrent batches for one customer run its rules one after the
-    // other: each sees the other's events and tags once it commits (row
-    // locks in id order, so two batches never wait on each other in a cycle).
-    customer::Entity::find()
-        .filter(customer::Column::Id.is_in(touched.iter().map(|c| c.id)))
-        .order_by_asc(customer::Column::Id)
-        .lock_exclusive()
-        .all(&txn)
-        .await?;
     let mut runner = Runner::new(principal, limits, offset, now);
     for customer in &touched {
         let mut new_events: Vec<&customer_event::Model> =
