@@ -167,7 +167,7 @@ pub(crate) async fn bulk_request(ctx: &Context<'_>, input: BulkTagInput) -> Resu
         BulkCustomersInput::CustomerIds(ids) => {
             Customers::Ids(parse_ids(&ids, "customers.customerIds", CustomerId::parse)?)
         }
-        BulkCustomersInput::Segment(segment) => Customers::Segment(resolve_segment(ctx, segment).await?),
+        BulkCustomersInput::Segment(segment) => Customers::Segment(Box::new(resolve_segment(ctx, segment).await?)),
     };
     Ok(BulkTagRequest {
         customers,

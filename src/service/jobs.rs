@@ -63,7 +63,7 @@ const ORDERING: &str = "job.newest";
 #[derive(Debug, Clone)]
 pub enum Customers {
     Ids(Vec<CustomerId>),
-    Segment(SegmentFilter),
+    Segment(Box<SegmentFilter>),
 }
 
 /// A bulk tagging job to create.
@@ -142,7 +142,7 @@ async fn snapshot(
             (ids, "ids")
         }
         Customers::Segment(segment) => {
-            let filter = CustomerFilter { segment: Some(segment), ..Default::default() };
+            let filter = CustomerFilter { segment: Some(*segment), ..Default::default() };
             let ids = match super::segment::index_members(db, index, principal, &filter).await? {
                 Some(members) => members.iter().map(i64::from).collect(),
                 None => customer_service::ids_in_scope(db, principal, &filter).await?,

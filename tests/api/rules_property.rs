@@ -88,11 +88,13 @@ fn local_date(at: DateTime<Utc>) -> chrono::NaiveDate {
 }
 
 /// One random customer: spend, and events as (kind, day, minute, text).
-fn customer_strategy() -> impl Strategy<Value = (bool, Vec<(u8, u8, usize, usize)>)> {
+type CustomerCase = (bool, Vec<(u8, u8, usize, usize)>);
+
+fn customer_strategy() -> impl Strategy<Value = CustomerCase> {
     (any::<bool>(), prop::collection::vec((0u8..5, 0u8..7, 0..MINUTES.len(), 0..TEXTS.len()), 1..14))
 }
 
-fn case_strategy() -> impl Strategy<Value = (Vec<(bool, Vec<(u8, u8, usize, usize)>)>, Vec<usize>, u64)> {
+fn case_strategy() -> impl Strategy<Value = (Vec<CustomerCase>, Vec<usize>, u64)> {
     (prop::collection::vec(customer_strategy(), CUSTOMERS), prop::collection::vec(1usize..12, 1..8), any::<u64>())
 }
 
