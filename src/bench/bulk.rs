@@ -10,12 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use chrono::Utc;
-use entity::{org_unit, staff, tag, tag_group};
+use entity::{org_unit, staff};
 use futures_util::StreamExt;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::segments::{BenchSize, generate};
 use crate::authz::{OrgTree, Principal};
@@ -41,60 +38,10 @@ fn app_err(e: crate::error::AppError) -> anyhow::Error {
 
 /// The exclusive group of the bench (created once) and its two tags.
 async fn exclusive_tags(db: &sea_orm::DatabaseConnection, root: i64) -> anyhow::Result<(i64, i64)> {
-    let now = Utc::now();
-    let group = match tag_group::Entity::find()
-        .filter(tag_group::Column::OrgUnitId.eq(root))
-        .filter(tag_group::Column::Name.eq("压测批量"))
-        .one(db)
-        .await?
-    {
-        Some(g) => g,
-        None => {
-            tag_group::ActiveModel {
-                org_unit_id: Set(root),
-                name: Set("压测批量".into()),
-                description: Set(String::new()),
-                category: Set(entity::enums::TagCategory::Interest),
-                visibility_class: Set("interest".into()),
-                exclusive: Set(true),
-                naming_pattern: Set(None),
-                version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-            .insert(db)
-            .await?
-        }
-    };
-    let mut ids = Vec::new();
-    for name in ["批量A", "批量B"] {
-        let found = tag::Entity::find()
-            .filter(tag::Column::GroupId.eq(group.id))
-            .filter(tag::Column::Name.eq(name))
-            .one(db)
-            .await?;
-        let t = match found {
-            Some(t) => t,
-            None => {
-                tag::ActiveModel {
-                    group_id: Set(Some(group.id)),
-                    name: Set(name.into()),
-                    description: Set(String::new()),
-                    status: Set(entity::enums::TagStatus::Active),
-                    aliases: Set(serde_json::json!([])),
-                    version: Set(1),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                }
-                .insert(db)
-                .await?
-            }
-        };
-        ids.push(t.id);
-    }
-    Ok((ids[0], ids[1]))
+    let group = super::ensure_group(db, root, "压测批量", true).await?;
+    let a = super::ensure_tag(db, group.id, "批量A").await?;
+    let b = super::ensure_tag(db, group.id, "批量B").await?;
+    Ok((a.id, b.id))
 }
 
 /// One job, timed from its creation to its end, with the `done` values a

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use entity::{org_unit, staff, tag_group};
+use entity::{org_unit, staff};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter,
@@ -121,26 +121,7 @@ pub(crate) async fn generate(
         }
     };
     authz.assign_role(StaffId(admin.id), "hq_admin", &root.path).await?;
-    let group = match tag_group::Entity::find().filter(tag_group::Column::OrgUnitId.eq(root.id)).one(db).await? {
-        Some(g) => g,
-        None => {
-            tag_group::ActiveModel {
-                org_unit_id: Set(root.id),
-                name: Set("压测标签".into()),
-                description: Set(String::new()),
-                category: Set(entity::enums::TagCategory::Interest),
-                visibility_class: Set("interest".into()),
-                exclusive: Set(false),
-                naming_pattern: Set(None),
-                version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-            .insert(db)
-            .await?
-        }
-    };
+    let group = super::ensure_group(db, root.id, "压测标签", false).await?;
     let exec = |sql: String| async move {
         db.execute_unprepared(&sql).await.with_context(|| sql.chars().take(120).collect::<String>())
     };
