@@ -401,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cors_origins: Vec::new(),
             trusted_documents: None,
             job_poll_interval: Some(std::time::Duration::from_millis(500)),
+            schedule_interval: Some(std::time::Duration::from_secs(30)),
             limits: Limits {
                 max_query_complexity: cli.limits.max_query_complexity,
                 max_aliases: cli.limits.max_aliases,

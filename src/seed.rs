@@ -582,6 +582,7 @@ async fn seed_demo_rules(
             override_manual_removal: false,
             priority: 0,
             enabled: *enabled,
+            schedule: None,
         };
         store::create_rule(db, &principal, draft).await.map_err(err)?;
     }

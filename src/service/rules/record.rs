@@ -331,8 +331,10 @@ pub(super) async fn rule_set_of_unit(
     adjust: impl FnOnce(&mut Vec<rule::Model>),
 ) -> AppResult<(RuleSet, UnitLibrary)> {
     let chain: Vec<i64> = org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+    // Scheduled rules run on their schedule, not on events.
     let mut rows = rule::Entity::find()
         .filter(rule::Column::Status.eq(RuleStatus::Enabled))
+        .filter(rule::Column::Schedule.is_null())
         .filter(rule::Column::OrgUnitId.is_in(chain))
         .all(db)
         .await?;
@@ -484,7 +486,7 @@ fn rule_event(
     at: DateTime<Utc>,
 ) -> tag_event::ActiveModel {
     let by = EventBy {
-        actor: recorder,
+        actor: Some(recorder),
         source: TagSource::Rule,
         source_ref: Some(source_ref(change.rule_id, change.rule_version, event_id)),
         at,
@@ -511,6 +513,7 @@ fn deferred_action(
         ttl_seconds: Set(change.ttl_seconds),
         event_id: Set(Some(event_id)),
         lock_id: Set(lock_id),
+        run_id: Set(None),
         created_at: Set(at),
         applied_at: Set(None),
     }
