@@ -81,7 +81,11 @@ impl MigrationTrait for Migration {
         )
         .await?;
         m.create_index(
-            Index::create().name("ix_customer_tag_expires").table(CustomerTag::Table).col(CustomerTag::ExpiresAt).to_owned(),
+            Index::create()
+                .name("ix_customer_tag_expires")
+                .table(CustomerTag::Table)
+                .col(CustomerTag::ExpiresAt)
+                .to_owned(),
         )
         .await?;
         Ok(())
@@ -92,8 +96,10 @@ impl MigrationTrait for Migration {
         m.drop_table(Table::drop().table(RuleRun::Table).to_owned()).await?;
         m.drop_index(Index::drop().name("ix_rule_deferred_action_pending").table(RuleDeferredAction::Table).to_owned())
             .await?;
-        m.alter_table(Table::alter().table(RuleDeferredAction::Table).drop_column(RuleDeferredAction::RunId).to_owned())
-            .await?;
+        m.alter_table(
+            Table::alter().table(RuleDeferredAction::Table).drop_column(RuleDeferredAction::RunId).to_owned(),
+        )
+        .await?;
         m.alter_table(Table::alter().table(RuleVersion::Table).drop_column(RuleVersion::Schedule).to_owned()).await?;
         m.alter_table(Table::alter().table(Rule::Table).drop_column(Rule::Schedule).to_owned()).await
     }

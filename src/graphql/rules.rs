@@ -1,7 +1,9 @@
 //! Automatic tagging: `recordEvents`, customer events, rules and their
 //! versions, and why an automatic tag is there.
 
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject,
+};
 use entity::{
     customer as customer_entity, customer_event,
     enums::{CustomerEventKind, RuleStatus, TagSource},

@@ -391,7 +391,8 @@ async fn apply_tags_in(
     let mut additions: Vec<NewAssignment> = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let by = EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
+    let by =
+        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = counts.get(&c.id).copied().unwrap_or(0);
@@ -520,7 +521,8 @@ async fn remove_tags_in(
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
-    let by = EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
+    let by =
+        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         for t in &tags {

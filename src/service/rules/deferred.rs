@@ -183,13 +183,15 @@ async fn apply_batch(db: &DatabaseConnection, limits: &Limits, ids: &[i64]) -> A
             continue;
         }
         let exclusive_tags: Vec<i64> = match group.filter(|g| g.exclusive) {
-            Some(g) => tag::Entity::find()
-                .select_only()
-                .column(tag::Column::Id)
-                .filter(tag::Column::GroupId.eq(g.id))
-                .into_tuple()
-                .all(&txn)
-                .await?,
+            Some(g) => {
+                tag::Entity::find()
+                    .select_only()
+                    .column(tag::Column::Id)
+                    .filter(tag::Column::GroupId.eq(g.id))
+                    .into_tuple()
+                    .all(&txn)
+                    .await?
+            }
             None => vec![action.tag_id],
         };
         let held: BTreeSet<i64> = customer_tag::Entity::find()

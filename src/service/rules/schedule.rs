@@ -303,10 +303,7 @@ impl Scheduler {
     /// Runs a claimed run to its end and records how it ended.
     async fn execute(&self, row: &rule::Model, run: rule_run::Model, now: DateTime<Utc>) -> AppResult<rule_run::Model> {
         let result = if run.attempts > MAX_ATTEMPTS {
-            Err(Stop::Failed(AppError::Conflict(format!(
-                "taken up {} times without finishing",
-                run.attempts - 1
-            ))))
+            Err(Stop::Failed(AppError::Conflict(format!("taken up {} times without finishing", run.attempts - 1))))
         } else {
             self.judge(row, &run, now).await
         };
@@ -344,10 +341,19 @@ impl Scheduler {
         let compiled = compile(row, &library).ok_or_else(|| {
             AppError::validation("condition", "the rule no longer compiles: a tag it names was archived or renamed")
         })?;
+        if let Some((i, action)) =
+            compiled.actions.iter().enumerate().find(|(_, a)| !library.tags.contains_key(&a.tag_id))
+        {
+            return Err(Stop::Failed(AppError::validation(
+                format!("actions[{i}].tagId"),
+                format!("tag {} is no longer an active tag of this unit's tag library", action.tag_id),
+            )));
+        }
         let exclusive = library.exclusive_of(compiled.actions.iter().map(|a| a.tag_id));
         let set = RuleSet::new(vec![compiled], exclusive);
         let units: Vec<i64> = org.subtree(row.org_unit_id).map(|u| u.id).collect();
-        let job = Batch { set: &set, library: &library, units: &units, run, now, offset: self.offset, limits: &self.limits };
+        let job =
+            Batch { set: &set, library: &library, units: &units, run, now, offset: self.offset, limits: &self.limits };
         let mut after = 0i64;
         loop {
             let ids: Vec<i64> = customer::Entity::find()
@@ -668,7 +674,8 @@ mod tests {
     fn schedules_parse_to_their_canonical_text_and_bad_ones_are_refused() {
         assert_eq!(Schedule::parse("schedule", "DAILY 03:00").unwrap().text(), "DAILY 03:00");
         assert_eq!(Schedule::parse("schedule", " daily  7:05 ").unwrap().text(), "DAILY 07:05");
-        for bad in ["", "DAILY", "DAILY 24:00", "DAILY 03:60", "WEEKLY 03:00", "DAILY 3", "DAILY 03:00 x", "DAILY 003:00"]
+        for bad in
+            ["", "DAILY", "DAILY 24:00", "DAILY 03:60", "WEEKLY 03:00", "DAILY 3", "DAILY 03:00 x", "DAILY 003:00"]
         {
             let err = Schedule::parse("schedule", bad).unwrap_err();
             assert!(err.message().contains("DAILY HH:MM"), "{bad}: {}", err.message());
