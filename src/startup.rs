@@ -58,7 +58,7 @@ impl Application {
         if let Some(interval) = settings.schedule_interval {
             let scheduler = crate::service::rules::schedule::Scheduler {
                 db: db.clone(),
-                index: index.clone(),
+                index: Some(index.clone()),
                 limits: settings.limits.clone(),
                 offset: settings.utc_offset,
                 instance: format!("tagbase-{}", uuid::Uuid::new_v4().simple()),

@@ -29,7 +29,7 @@ const TAGS: &str = "query($id: ID!) { customer(id: $id) { tags { tag { name } so
 fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
     Scheduler {
         db: app.db.clone(),
-        index: instance.state.index.clone(),
+        index: Some(instance.state.index.clone()),
         limits: instance.state.settings.limits.clone(),
         offset: instance.state.settings.utc_offset,
         instance: name.to_owned(),

@@ -135,8 +135,10 @@ pub fn schedule_key(slot: DateTime<Utc>, offset: FixedOffset) -> String {
 #[derive(Clone)]
 pub struct Scheduler {
     pub db: DatabaseConnection,
-    /// This instance's segment index, caught up after each write.
-    pub index: Arc<SegmentIndex>,
+    /// This instance's segment index, caught up after each write (none in
+    /// a command that serves nothing, such as `seed-demo`: a server's
+    /// index follows the tag event log).
+    pub index: Option<Arc<SegmentIndex>>,
     pub limits: Limits,
     pub offset: FixedOffset,
     /// This instance, as written in `rule_run.owner`.
@@ -207,10 +209,8 @@ impl Scheduler {
         let runs = self.run_due(now).await?;
         let expired = expire_assignments(&self.db, &self.limits, now).await?;
         let deferred_applied = deferred::apply_pending(&self.db, &self.limits, now).await?;
-        if expired + deferred_applied > 0
-            && let Err(err) = self.index.catch_up(&self.db).await
-        {
-            tracing::warn!(error = %err, "segment index catch-up failed");
+        if expired + deferred_applied > 0 {
+            self.catch_up().await;
         }
         Ok(Round { runs, expired, deferred_applied })
     }
@@ -239,6 +239,15 @@ impl Scheduler {
             out.push(self.execute(&row, run, now).await?);
         }
         Ok(out)
+    }
+
+    /// This instance's segment index sees the round's changes at once.
+    async fn catch_up(&self) {
+        if let Some(index) = &self.index
+            && let Err(err) = index.catch_up(&self.db).await
+        {
+            tracing::warn!(error = %err, "segment index catch-up failed");
+        }
     }
 
     fn lease_end(&self) -> DateTime<Utc> {
@@ -328,9 +337,7 @@ impl Scheduler {
             .filter(rule_run::Column::Status.eq(RuleRunStatus::Running))
             .exec(&self.db)
             .await?;
-        if let Err(err) = self.index.catch_up(&self.db).await {
-            tracing::warn!(error = %err, "segment index catch-up failed");
-        }
+        self.catch_up().await;
         Ok(rule_run::Entity::find_by_id(run.id).one(&self.db).await?.unwrap_or(run))
     }
 
