@@ -305,6 +305,14 @@ async fn runs_are_visible_with_their_counts_and_errors(mut app: TestApp) {
     let newest = &res.ok()["ruleRuns"]["edges"][0]["node"];
     assert_eq!(newest["status"], "FAILED");
     assert!(newest["error"].as_str().unwrap().starts_with("VALIDATION: "), "{newest}");
+    // Each run's end is in the audit log, by no person.
+    let audited = entity::audit_log::Entity::find()
+        .filter(entity::audit_log::Column::Action.eq("rule.run"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(audited.len(), 2);
+    assert!(audited.iter().all(|a| a.actor_staff_id.is_none()));
 }
 
 async fn schedules_are_checked_at_save_time_and_dry_runs_refuse_scheduled_rules(app: TestApp) {

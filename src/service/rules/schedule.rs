@@ -47,6 +47,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
+use serde_json::json;
 
 use super::deferred::{self, locks_in_force};
 use super::eval::{EventFact, Facts, RuleSet, fire};
@@ -55,8 +56,10 @@ use super::library::{UnitLibrary, compile};
 use super::record::{attributes_of, removed_by_people};
 use crate::authz::OrgTree;
 use crate::config::Limits;
+use crate::domain::StaffId;
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::SegmentIndex;
+use crate::service::audit::{self, AuditEntry};
 use crate::service::tagging::{SystemChange, apply_system_changes, lock_customer_rows};
 use crate::store::CHUNK;
 
@@ -327,7 +330,10 @@ impl Scheduler {
                 (RuleRunStatus::Failed, Some(format!("{}: {}", err.code().as_str(), err.message())))
             }
         };
-        rule_run::Entity::update_many()
+        // The run's end and its one audit row (no person acted), if the
+        // run is still this instance's.
+        let txn = self.db.begin().await?;
+        let ended = rule_run::Entity::update_many()
             .col_expr(rule_run::Column::Status, Expr::value(status.as_str()))
             .col_expr(rule_run::Column::FinishedAt, Expr::value(Utc::now()))
             .col_expr(rule_run::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
@@ -335,8 +341,28 @@ impl Scheduler {
             .filter(rule_run::Column::Id.eq(run.id))
             .filter(rule_run::Column::Owner.eq(self.instance.clone()))
             .filter(rule_run::Column::Status.eq(RuleRunStatus::Running))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        if ended.rows_affected == 1
+            && let Some(done) = rule_run::Entity::find_by_id(run.id).one(&txn).await?
+        {
+            let mut entry = AuditEntry::ok(StaffId(row.created_by), "rule.run", "rule", row.id)
+                .in_unit(row.org_unit_id)
+                .with_detail(json!({
+                    "run": done.id,
+                    "version": done.rule_version,
+                    "slot": done.schedule_key,
+                    "status": done.status,
+                    "customersScanned": done.customers_scanned,
+                    "customersChanged": done.customers_changed,
+                    "tagChanges": done.tag_changes,
+                    "deferred": done.deferred,
+                    "error": done.error,
+                }));
+            entry.actor = None;
+            audit::record(&txn, entry).await?;
+        }
+        txn.commit().await?;
         self.catch_up().await;
         Ok(rule_run::Entity::find_by_id(run.id).one(&self.db).await?.unwrap_or(run))
     }
