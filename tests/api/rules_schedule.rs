@@ -479,7 +479,115 @@ async fn a_scheduled_change_under_a_lock_is_deferred_and_applied_after(mut app: 
     assert_eq!(tags[0]["why"]["run"]["number"], ran[0].id);
 }
 
+async fn a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out(mut app: TestApp) {
+    let login = connector(&mut app).await;
+    let rule = churn_rule(&app).await;
+    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let now = Utc::now();
+    record(&app, login, vec![order(&customer, "o-1", now - Duration::days(200), 100)]).await;
+    let offset = app.app.state.settings.utc_offset;
+    let key = schedule_key(Schedule::parse("s", "DAILY 03:00").unwrap().latest_slot(offset, now), offset);
+    // An instance took the slot and died: its lease still holds for a while.
+    let dead = rule_run::ActiveModel {
+        rule_id: sea_orm::ActiveValue::Set(row_id(&rule)),
+        rule_version: sea_orm::ActiveValue::Set(1),
+        schedule_key: sea_orm::ActiveValue::Set(key.clone()),
+        status: sea_orm::ActiveValue::Set(RuleRunStatus::Running),
+        owner: sea_orm::ActiveValue::Set(Some("dead-instance".to_owned())),
+        lease_until: sea_orm::ActiveValue::Set(Some(Utc::now() + Duration::seconds(30))),
+        evaluated_at: sea_orm::ActiveValue::Set(now),
+        started_at: sea_orm::ActiveValue::Set(now),
+        finished_at: sea_orm::ActiveValue::Set(None),
+        customers_scanned: sea_orm::ActiveValue::Set(0),
+        customers_changed: sea_orm::ActiveValue::Set(0),
+        tag_changes: sea_orm::ActiveValue::Set(0),
+        deferred: sea_orm::ActiveValue::Set(0),
+        held_back: sea_orm::ActiveValue::Set(0),
+        attempts: sea_orm::ActiveValue::Set(1),
+        error: sea_orm::ActiveValue::Set(None),
+        ..Default::default()
+    };
+    rule_run::Entity::insert(dead).exec(&app.db).await.unwrap();
+    let scheduler = scheduler(&app, &app.app, "instance-b");
+    assert!(scheduler.run_due(now).await.unwrap().is_empty(), "the lease holds");
+    assert!(tags_of(&app, &customer).await.is_empty());
+
+    rule_run::Entity::update_many()
+        .col_expr(rule_run::Column::LeaseUntil, Expr::value(Utc::now() - Duration::seconds(1)))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let ran = scheduler.run_due(now).await.unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].schedule_key, key);
+    assert_eq!(ran[0].attempts, 2);
+    assert_eq!(ran[0].owner.as_deref(), Some("instance-b"));
+    assert_eq!(ran[0].status, RuleRunStatus::Succeeded);
+    assert_eq!(runs(&app).await.len(), 1);
+    assert_eq!(names(&tags_of(&app, &customer).await), vec!["流失客户"]);
+}
+
+async fn a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule(mut app: TestApp) {
+    let login = connector(&mut app).await;
+    let inquiry = app.tag_id("活动", "询价").await;
+    scheduled_rule(
+        &app,
+        "夜间询价",
+        "message contains \"询价\"",
+        json!([{ "op": "ADD", "tagId": inquiry }]),
+        "DAILY 23:00",
+    )
+    .await;
+    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let res = app
+        .gql(
+            login,
+            RECORD,
+            json!({ "e": [{ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": "m-1", "text": "想询价",
+                "occurredAt": Utc::now().to_rfc3339() }] }),
+        )
+        .await;
+    assert_eq!(res.ok()["recordEvents"]["tagChanges"], 0, "the schedule runs it, not the event");
+    assert!(tags_of(&app, &customer).await.is_empty());
+    scheduler(&app, &app.app, "instance-a").run_due(Utc::now()).await.unwrap();
+    assert_eq!(names(&tags_of(&app, &customer).await), vec!["询价"]);
+
+    // Proposed by a salesperson: no dry run to show, the schedule applies on approval.
+    let churned = app.tag_id("客户阶段", "流失客户").await;
+    let rule = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店流失", "condition": CHURN,
+        "actions": [{ "op": "MOVE", "tagId": churned }], "enabled": true, "schedule": "DAILY 04:00" });
+    let res = app
+        .gql(
+            "sz01.sales",
+            "mutation($i: ProposeRuleInput!) { proposeRule(input: $i) { id kind ruleDryRun { wouldAdd } } }",
+            json!({ "i": { "create": rule, "reason": "流失预警" } }),
+        )
+        .await;
+    let request = res.ok()["proposeRule"].clone();
+    assert_eq!(request["kind"], "rule.create");
+    assert_eq!(request["ruleDryRun"], Value::Null);
+    let approved = app
+        .gql(
+            "sz01.manager",
+            "mutation($id: ID!) { approveChangeRequest(id: $id) { changeRequest { status } } }",
+            json!({ "id": request["id"] }),
+        )
+        .await;
+    assert_eq!(approved.ok()["approveChangeRequest"]["changeRequest"]["status"], "APPROVED");
+    let rules = app
+        .gql(
+            "sz01.manager",
+            "query($u: ID!) { rules(orgUnitId: $u) { name schedule } }",
+            json!({ "u": app.unit_id("sz01") }),
+        )
+        .await;
+    let rules = rules.ok()["rules"].as_array().unwrap().clone();
+    assert!(rules.contains(&json!({ "name": "门店流失", "schedule": "DAILY 04:00" })), "{rules:?}");
+}
+
 on_both_databases!(
+    a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out,
+    a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule,
     a_slot_runs_exactly_once_with_two_instances,
     missed_slots_are_caught_up_with_the_latest_one_judged_as_of_now,
     value_tiers_are_recomputed_as_a_brute_force_reading_says,
