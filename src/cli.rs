@@ -100,6 +100,12 @@ pub struct Cli {
     #[arg(long, env = "TAGBASE_UTC_OFFSET", default_value = "+08:00", value_parser = parse_offset, global = true)]
     utc_offset: FixedOffset,
 
+    /// How often a serving instance runs a scheduler round (scheduled
+    /// rules' due slots, expiry, deferred rule actions); `0s`: never (other
+    /// instances do).
+    #[arg(long, env = "TAGBASE_SCHEDULE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    schedule_interval: std::time::Duration,
+
     #[command(flatten)]
     limits: LimitArgs,
     /// Whole-number phone searches per minute for a staff member who sees
@@ -401,7 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cors_origins: Vec::new(),
             trusted_documents: None,
             job_poll_interval: Some(std::time::Duration::from_millis(500)),
-            schedule_interval: Some(std::time::Duration::from_secs(30)),
+            schedule_interval: Some(cli.schedule_interval).filter(|d| !d.is_zero()),
             limits: Limits {
                 max_query_complexity: cli.limits.max_query_complexity,
                 max_aliases: cli.limits.max_aliases,
