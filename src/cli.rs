@@ -303,6 +303,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         tags_per_customer: i64,
     },
+    /// A scheduled absence rule (`no order_paid for 180d`) over every
+    /// customer of the segment bench data (DATABASE_URL), run in process
+    /// by the scheduler; prints customers judged and changed, and seconds.
+    Schedule {
+        /// Timed runs (the first on a database tags; later ones only judge).
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Bench customers to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: i64,
+        /// Bench tags to generate.
+        #[arg(long, default_value_t = 2_000)]
+        tags: i64,
+        /// Bench tags per customer.
+        #[arg(long, default_value_t = 20)]
+        tags_per_customer: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -486,6 +503,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
             let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };
             crate::bench::api::run(settings(None), bench).await
+        }
+        Command::Bench(BenchCommand::Schedule { runs, customers, tags, tags_per_customer }) => {
+            let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
+            crate::bench::schedule::run(settings(None), crate::bench::schedule::ScheduleBench { runs, data }).await
         }
         Command::Bench(BenchCommand::Rules { login, customers, events, batch, connections, probes, server }) => {
             let bench =

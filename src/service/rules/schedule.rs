@@ -232,16 +232,25 @@ impl Scheduler {
             .await?;
         let mut out = Vec::new();
         for row in rules {
-            let Some(schedule) = row.schedule.as_deref().and_then(|s| Schedule::parse("schedule", s).ok()) else {
-                tracing::warn!(rule = row.id, "stored schedule does not parse; skipped");
-                continue;
-            };
-            let key = schedule_key(schedule.latest_slot(self.offset, now), self.offset);
-            let Some(run) = self.claim(&row, &key, now).await? else { continue };
-            tracing::info!(rule = row.id, run = run.id, slot = %key, attempt = run.attempts, "scheduled rule run");
-            out.push(self.execute(&row, run, now).await?);
+            out.extend(self.run_latest_slot(&row, now).await?);
         }
         Ok(out)
+    }
+
+    /// Runs a scheduled rule's latest slot at or before `now`, unless it
+    /// has a run already (or another instance holds it); `None` then.
+    ///
+    /// # Errors
+    /// Database errors outside the run.
+    pub async fn run_latest_slot(&self, row: &rule::Model, now: DateTime<Utc>) -> AppResult<Option<rule_run::Model>> {
+        let Some(schedule) = row.schedule.as_deref().and_then(|s| Schedule::parse("schedule", s).ok()) else {
+            tracing::warn!(rule = row.id, "stored schedule does not parse; skipped");
+            return Ok(None);
+        };
+        let key = schedule_key(schedule.latest_slot(self.offset, now), self.offset);
+        let Some(run) = self.claim(row, &key, now).await? else { return Ok(None) };
+        tracing::info!(rule = row.id, run = run.id, slot = %key, attempt = run.attempts, "scheduled rule run");
+        Ok(Some(self.execute(row, run, now).await?))
     }
 
     /// This instance's segment index sees the round's changes at once.
