@@ -270,6 +270,17 @@ impl Scheduler {
     /// taking over one whose lease ran out; `None` when another instance
     /// has it or it ended.
     async fn claim(&self, row: &rule::Model, key: &str, now: DateTime<Utc>) -> AppResult<Option<rule_run::Model>> {
+        // Most rounds find the slot run already: a read, no failing insert.
+        let existing = rule_run::Entity::find()
+            .filter(rule_run::Column::RuleId.eq(row.id))
+            .filter(rule_run::Column::ScheduleKey.eq(key))
+            .one(&self.db)
+            .await?;
+        if existing
+            .is_some_and(|r| r.status != RuleRunStatus::Running || r.lease_until.is_some_and(|l| l >= Utc::now()))
+        {
+            return Ok(None);
+        }
         let inserted = rule_run::Entity::insert(rule_run::ActiveModel {
             id: NotSet,
             rule_id: Set(row.id),
