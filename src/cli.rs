@@ -100,6 +100,12 @@ pub struct Cli {
     #[arg(long, env = "TAGBASE_UTC_OFFSET", default_value = "+08:00", value_parser = parse_offset, global = true)]
     utc_offset: FixedOffset,
 
+    /// How often a serving instance runs a scheduler round (scheduled
+    /// rules' due slots, expiry, deferred rule actions); `0s`: never (other
+    /// instances do).
+    #[arg(long, env = "TAGBASE_SCHEDULE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    schedule_interval: std::time::Duration,
+
     #[command(flatten)]
     limits: LimitArgs,
     /// Whole-number phone searches per minute for a staff member who sees
@@ -297,6 +303,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         tags_per_customer: i64,
     },
+    /// A scheduled absence rule (`no order_paid for 180d`) over every
+    /// customer of the segment bench data (DATABASE_URL), run in process
+    /// by the scheduler; prints customers judged and changed, and seconds.
+    Schedule {
+        /// Timed runs (the first on a database tags; later ones only judge).
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Bench customers to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: i64,
+        /// Bench tags to generate.
+        #[arg(long, default_value_t = 2_000)]
+        tags: i64,
+        /// Bench tags per customer.
+        #[arg(long, default_value_t = 20)]
+        tags_per_customer: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,6 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cors_origins: Vec::new(),
             trusted_documents: None,
             job_poll_interval: Some(std::time::Duration::from_millis(500)),
+            schedule_interval: Some(cli.schedule_interval).filter(|d| !d.is_zero()),
             limits: Limits {
                 max_query_complexity: cli.limits.max_query_complexity,
                 max_aliases: cli.limits.max_aliases,
@@ -479,6 +503,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
             let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };
             crate::bench::api::run(settings(None), bench).await
+        }
+        Command::Bench(BenchCommand::Schedule { runs, customers, tags, tags_per_customer }) => {
+            let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
+            crate::bench::schedule::run(settings(None), crate::bench::schedule::ScheduleBench { runs, data }).await
         }
         Command::Bench(BenchCommand::Rules { login, customers, events, batch, connections, probes, server }) => {
             let bench =

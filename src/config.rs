@@ -57,6 +57,11 @@ pub struct Settings {
     /// and those whose instance stopped renewing its lease). `None`: this
     /// instance runs no jobs (others do).
     pub job_poll_interval: Option<Duration>,
+    /// How often this instance runs a scheduler round: the scheduled
+    /// rules' due slots (each slot runs once across instances), the expiry
+    /// of assignments, and rule actions deferred by a lock that ended.
+    /// `None`: this instance runs no rounds (others do; tests call them).
+    pub schedule_interval: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -303,6 +308,7 @@ impl Settings {
             cors_origins: Vec::new(),
             trusted_documents: None,
             job_poll_interval: Some(Duration::from_millis(500)),
+            schedule_interval: Some(Duration::from_secs(30)),
             limits: Limits::default(),
         }
     }

@@ -565,7 +565,7 @@ async fn seed_demo_rules(
             .with_context(|| format!("no tag {name}"))?;
         anyhow::Ok(tag.id)
     };
-    for DemoRule { name, condition, op, tag: (group, tag), enabled } in DEMO_RULES {
+    for DemoRule { name, condition, op, tag: (group, tag), enabled, schedule } in DEMO_RULES {
         let exists = entity::rule::Entity::find()
             .filter(entity::rule::Column::OrgUnitId.eq(hq))
             .filter(entity::rule::Column::Name.eq(*name))
@@ -582,18 +582,26 @@ async fn seed_demo_rules(
             override_manual_removal: false,
             priority: 0,
             enabled: *enabled,
+            schedule: schedule.map(str::to_owned),
         };
         store::create_rule(db, &principal, draft).await.map_err(err)?;
     }
 
-    let externals: Vec<String> = customer_identity::Entity::find()
+    let identities = customer_identity::Entity::find()
         .filter(customer_identity::Column::Provider.eq(DEMO_PROVIDER))
         .order_by_asc(customer_identity::Column::Id)
         .all(db)
+        .await?;
+    let last_orders: HashMap<i64, Option<DateTime<Utc>>> = customer::Entity::find()
+        .filter(customer::Column::Id.is_in(identities.iter().map(|i| i.customer_id)))
+        .all(db)
         .await?
         .into_iter()
-        .map(|i| i.external_id)
+        .map(|c| (c.id, c.last_order_at))
         .collect();
+    let last_order_of: Vec<Option<DateTime<Utc>>> =
+        identities.iter().map(|i| last_orders.get(&i.customer_id).copied().flatten()).collect();
+    let externals: Vec<String> = identities.into_iter().map(|i| i.external_id).collect();
     let day = |back: i64, hour: u32, minute: u32| {
         let date = anchor().with_timezone(&offset).date_naive() - Duration::days(back);
         offset.from_local_datetime(&date.and_hms_opt(hour, minute, 0).unwrap_or_default()).single().map(|t| t.to_utc())
@@ -641,6 +649,20 @@ async fn seed_demo_rules(
                 let e = event(customer, format!("demo-paid-{i}"), "ORDER_PAID", day(1, 12, 0));
                 texts.push((e, "orderId", "SO-DEMO"));
             }
+            // Bought once, long ago, and never again: the scheduled
+            // absence rule finds them (流失客户).
+            5 if i % 20 == 5 && last_order_of[i].is_none() => {
+                let e = event(customer, format!("demo-old-order-{i}"), "ORDER_PAID", day(250, 15, 0));
+                texts.push((e, "orderId", "SO-OLD"));
+            }
+            // The order system's record of the last order: what the
+            // scheduled value tiers (消费等级) read for recency.
+            6 => {
+                if let Some(at) = last_order_of[i] {
+                    let e = event(customer, format!("demo-order-{i}"), "ORDER_PAID", Some(at));
+                    texts.push((e, "orderId", "SO-LAST"));
+                }
+            }
             _ => {}
         }
     }
@@ -669,6 +691,19 @@ async fn seed_demo_rules(
         changes += outcome.tag_changes;
     }
     tracing::info!(tag_changes = changes, "demo events recorded");
+
+    // The scheduled rules run once now, so that they have fired too (a
+    // second seed finds today's slot run).
+    let scheduler = crate::service::rules::schedule::Scheduler {
+        db: db.clone(),
+        index: None,
+        limits,
+        offset,
+        instance: "seed-demo".to_owned(),
+    };
+    for run in scheduler.run_due(Utc::now()).await.map_err(err)? {
+        tracing::info!(rule = run.rule_id, customers_changed = run.customers_changed, status = ?run.status, "demo scheduled run");
+    }
     Ok(())
 }
 
@@ -683,6 +718,8 @@ struct DemoRule {
     /// (group, tag) at HQ.
     tag: (&'static str, &'static str),
     enabled: bool,
+    /// `DAILY HH:MM` for a scheduled rule.
+    schedule: Option<&'static str>,
 }
 
 const fn demo_rule(
@@ -692,7 +729,24 @@ const fn demo_rule(
     tag: (&'static str, &'static str),
     enabled: bool,
 ) -> DemoRule {
-    DemoRule { name, condition, op, tag, enabled }
+    DemoRule { name, condition, op, tag, enabled, schedule: None }
+}
+
+/// A scheduled demo rule, enabled: every day at `at`.
+const fn scheduled(
+    name: &'static str,
+    condition: &'static str,
+    tag: (&'static str, &'static str),
+    at: &'static str,
+) -> DemoRule {
+    DemoRule {
+        name,
+        condition,
+        op: crate::service::rules::eval::ActionOp::Move,
+        tag,
+        enabled: true,
+        schedule: Some(at),
+    }
 }
 
 /// The articles' rules.
@@ -713,9 +767,42 @@ const DEMO_RULES: &[DemoRule] = {
         // Every demo customer has a seeded stage, which a second seed puts
         // back beside a moved one: the stage move stays disabled in the demo.
         demo_rule("付费客户", "count(order_paid, 1d) >= 1", Move, ("客户阶段", "付费客户"), false),
-        // Absence becomes true with time and no event: it waits for
-        // scheduled rules, so it stays disabled for now.
-        demo_rule("流失客户", "no order_paid for 180d", Move, ("客户阶段", "流失客户"), false),
+        // Absence becomes true with time and no event: a scheduled rule,
+        // over customers who ordered at all.
+        scheduled(
+            "流失客户",
+            "count(order_paid, 3650d) >= 1 AND no order_paid for 180d",
+            ("客户阶段", "流失客户"),
+            "DAILY 03:00",
+        ),
+        // Value tiers from recency (an order in the last 90 days), frequency
+        // (orders) and money (spend, in cents), recomputed daily; the five
+        // conditions cover every customer with an order, once each.
+        scheduled(
+            "消费等级 S",
+            "count(order_paid, 90d) >= 1 AND spend >= 2000000 AND orders >= 5",
+            ("消费等级", "S级"),
+            "DAILY 03:30",
+        ),
+        scheduled(
+            "消费等级 A",
+            "count(order_paid, 90d) >= 1 AND spend >= 500000 AND NOT (spend >= 2000000 AND orders >= 5)",
+            ("消费等级", "A级"),
+            "DAILY 03:30",
+        ),
+        scheduled("消费等级 B", "count(order_paid, 90d) >= 1 AND spend < 500000", ("消费等级", "B级"), "DAILY 03:30"),
+        scheduled(
+            "消费等级 C",
+            "count(order_paid, 365d) >= 1 AND NOT count(order_paid, 90d) >= 1",
+            ("消费等级", "C级"),
+            "DAILY 03:30",
+        ),
+        scheduled(
+            "消费等级 D",
+            "count(order_paid, 3650d) >= 1 AND no order_paid for 365d",
+            ("消费等级", "D级"),
+            "DAILY 03:30",
+        ),
     ]
 };
 
@@ -1099,6 +1186,16 @@ async fn seed_customers(
         .into_iter()
         .map(|a| (a.customer_id, a.tag_id))
         .collect();
+    // A rule may have moved a customer within an exclusive group (客户阶段,
+    // 消费等级) since the last seed: the seeded tag is not put back beside
+    // the one it holds.
+    let exclusive_group_of: HashMap<i64, &str> = tags
+        .iter()
+        .filter(|((group, _), _)| GROUPS.iter().any(|g| g.exclusive && g.name == group.as_str()))
+        .map(|((group, _), id)| (*id, group.as_str()))
+        .collect();
+    let holds_in_group: HashSet<(i64, &str)> =
+        held.iter().filter_map(|(c, t)| exclusive_group_of.get(t).map(|g| (*c, *g))).collect();
     let mut assignments = Vec::new();
     let mut events = Vec::new();
     for (demo, id) in customers.iter().zip(&ids) {
@@ -1107,6 +1204,7 @@ async fn seed_customers(
             let tag_id =
                 *tags.get(&(group.clone(), (*name).to_owned())).with_context(|| format!("demo tag {group}/{name}"))?;
             if held.contains(&(*id, tag_id))
+                || holds_in_group.contains(&(*id, group.as_str()))
                 || assignments
                     .iter()
                     .any(|a: &customer_tag::ActiveModel| a.customer_id.as_ref() == id && a.tag_id.as_ref() == &tag_id)

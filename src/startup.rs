@@ -55,6 +55,16 @@ impl Application {
             };
             worker.spawn(interval);
         }
+        if let Some(interval) = settings.schedule_interval {
+            let scheduler = crate::service::rules::schedule::Scheduler {
+                db: db.clone(),
+                index: Some(index.clone()),
+                limits: settings.limits.clone(),
+                offset: settings.utc_offset,
+                instance: format!("tagbase-{}", uuid::Uuid::new_v4().simple()),
+            };
+            scheduler.spawn(interval);
+        }
         let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index };
         let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
         Ok(Self { state, schema })

@@ -101,6 +101,8 @@ stored_enum!(
         Api = "API",
         /// Moved by a merge of two tags.
         Merge = "MERGE",
+        /// Taken off when the assignment's `expiresAt` passed.
+        Expiry = "EXPIRY",
     }
 );
 
@@ -192,6 +194,18 @@ stored_enum!(
         Disabled = "DISABLED",
         /// Retired: fires on nothing and cannot be enabled again.
         Archived = "ARCHIVED",
+    }
+);
+
+stored_enum!(
+    /// Where a scheduled rule's run stands.
+    RuleRunStatus {
+        /// An instance is running it (while its lease holds).
+        Running = "RUNNING",
+        /// Every customer was judged.
+        Succeeded = "SUCCEEDED",
+        /// Stopped by an error (see `error`).
+        Failed = "FAILED",
     }
 );
 

@@ -19,6 +19,7 @@ pub mod modification_lock_customer;
 pub mod org_unit;
 pub mod rule;
 pub mod rule_deferred_action;
+pub mod rule_run;
 pub mod rule_version;
 pub mod segment;
 pub mod segment_member;

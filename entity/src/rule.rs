@@ -24,6 +24,9 @@ pub struct Model {
     pub override_manual_removal: bool,
     /// Lower runs first among rules that do not depend on each other.
     pub priority: i32,
+    /// When a scheduled rule runs (`DAILY 03:00`, organisation's time
+    /// zone); `None`: the rule runs on events.
+    pub schedule: Option<String>,
     pub created_by: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -17,6 +17,8 @@ pub struct Model {
     /// The customer event that triggered the rule.
     pub event_id: Option<i64>,
     pub lock_id: i64,
+    /// The scheduled run that decided the action (`event_id` is then none).
+    pub run_id: Option<i64>,
     pub created_at: DateTimeUtc,
     pub applied_at: Option<DateTimeUtc>,
 }

@@ -20,6 +20,7 @@ pub struct Model {
     pub actions: Json,
     pub override_manual_removal: bool,
     pub priority: i32,
+    pub schedule: Option<String>,
     pub changed_by: i64,
     pub changed_at: DateTimeUtc,
 }

@@ -7,10 +7,13 @@
 //!   server started as a child process.
 //! - [`rules`]: automatic tagging over HTTP: ingest, event → segment
 //!   latency, a 30-day dry run, memory.
+//! - [`schedule`]: a scheduled absence rule over every customer, in
+//!   process.
 
 pub mod api;
 pub mod bulk;
 pub mod rules;
+pub mod schedule;
 pub mod segments;
 
 pub use segments::{BenchSize, run};

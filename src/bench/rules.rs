@@ -417,7 +417,7 @@ fn print_table(settings: &Settings, bench: &RulesBench, f: &Figures, rss_ready: 
         ms(f.visible_p50),
         ms(f.visible_p99)
     );
-    println!("| scheduled absence rule over all customers | not in this build |");
+    println!("| scheduled absence rule over all customers | see `tagbase bench schedule` |");
     println!(
         "| 30-day dry run ({} events, {} customers replayed) | {:.2} s |",
         f.dry_run_events,

@@ -674,6 +674,9 @@ impl GovernanceMutation {
     ) -> Result<ModificationLockPayload> {
         let env = env(ctx);
         let id = LockId::parse(&lock_id, "lockId")?;
-        Ok(ModificationLockPayload { lock: ModificationLock(locks::unlock(env.db, env.principal, id).await?) })
+        let lock = locks::unlock(env.db, env.principal, env.limits, id).await?;
+        // Deferred rule actions may have applied: seen by segments at once.
+        super::tag::caught_up(ctx).await;
+        Ok(ModificationLockPayload { lock: ModificationLock(lock) })
     }
 }

@@ -13,6 +13,7 @@ mod org;
 mod relay;
 mod rule_dryrun;
 mod rule_proposal;
+mod rule_runs;
 mod rules;
 mod scalars;
 mod segment;
@@ -50,6 +51,7 @@ pub struct Query(
     rules::RuleQuery,
     rule_dryrun::RuleDryRunQuery,
     jobs::JobQuery,
+    rule_runs::RuleRunQuery,
 );
 
 /// Every change the API makes.

@@ -35,6 +35,9 @@ pub struct UnsavedRuleInput {
     /// Lower runs first among rules that do not depend on each other.
     #[graphql(default = 0)]
     priority: i32,
+    /// A schedule (`DAILY HH:MM`): a scheduled rule is refused
+    /// (`VALIDATION`), as it does not run on the events a dry run replays.
+    schedule: Option<String>,
 }
 
 impl UnsavedRuleInput {
@@ -46,6 +49,7 @@ impl UnsavedRuleInput {
             actions: parse_actions(self.actions)?,
             override_manual_removal: self.override_manual_removal,
             priority: self.priority,
+            schedule: self.schedule,
         })
     }
 }

@@ -40,6 +40,7 @@ fn proposal_of(input: ProposeRuleInput) -> Result<(RuleProposal, Option<i32>)> {
                 actions: draft.actions,
                 override_manual_removal: draft.override_manual_removal,
                 priority: draft.priority,
+                schedule: draft.schedule,
             };
             Ok((RuleProposal::Create { rule, enabled: draft.enabled }, None))
         }
@@ -52,6 +53,8 @@ fn proposal_of(input: ProposeRuleInput) -> Result<(RuleProposal, Option<i32>)> {
                 actions: patch.actions,
                 override_manual_removal: patch.override_manual_removal,
                 priority: patch.priority,
+                // `""`: the schedule taken away.
+                schedule: patch.schedule.map(Option::unwrap_or_default),
             };
             Ok((proposal, version))
         }

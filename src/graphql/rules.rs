@@ -1,7 +1,9 @@
 //! Automatic tagging: `recordEvents`, customer events, rules and their
 //! versions, and why an automatic tag is there.
 
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, Result, SimpleObject,
+};
 use entity::{
     customer as customer_entity, customer_event,
     enums::{CustomerEventKind, RuleStatus, TagSource},
@@ -395,6 +397,7 @@ fn actions_of(json: &Value, id: i64) -> Result<Vec<RuleAction>> {
         actions: json.clone(),
         override_manual_removal: false,
         priority: 0,
+        schedule: None,
         created_by: 0,
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
@@ -446,6 +449,24 @@ impl Rule {
     async fn priority(&self) -> i32 {
         self.0.priority
     }
+    /// `DAILY HH:MM` (organisation's time zone) for a scheduled rule, which
+    /// runs on its schedule instead of on events; none for a rule that
+    /// runs on events.
+    async fn schedule(&self) -> Option<&str> {
+        self.0.schedule.as_deref()
+    }
+    /// Its scheduled runs, newest first.
+    #[graphql(complexity = "super::limits::page_cost(first.or(last), child_complexity)")]
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page forward: this many runs after `after`.")] first: Option<i32>,
+        #[graphql(desc = "Page forward from this cursor.")] after: Option<String>,
+        #[graphql(desc = "Page backward: this many runs before `before`.")] last: Option<i32>,
+        #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
+    ) -> Result<super::rule_runs::RuleRunConnection> {
+        super::rule_runs::runs_of(ctx, RuleId(self.0.id), first, after, last, before).await
+    }
     /// When it was created.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
@@ -494,6 +515,10 @@ impl RuleVersion {
     async fn priority(&self) -> i32 {
         self.0.priority
     }
+    /// The schedule in this version (none: it ran on events).
+    async fn schedule(&self) -> Option<&str> {
+        self.0.schedule.as_deref()
+    }
     /// Who made the change.
     async fn changed_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.changed_by)).await
@@ -531,6 +556,10 @@ impl TagExplanation {
     async fn event(&self) -> Option<CustomerEvent> {
         let org_unit = self.0.customer_org_unit?;
         self.0.event.clone().map(|e| CustomerEvent(e, org_unit))
+    }
+    /// The scheduled run that made the change.
+    async fn run(&self) -> Option<super::rule_runs::RuleRun> {
+        self.0.run.clone().map(super::rule_runs::RuleRun)
     }
 }
 
@@ -604,6 +633,10 @@ pub struct CreateRuleInput {
     /// Rules start disabled: dry-run them first.
     #[graphql(default = false)]
     enabled: bool,
+    /// `DAILY HH:MM` (organisation's time zone): the rule runs on this
+    /// schedule instead of on events (for conditions that become true with
+    /// time, such as `no order_paid for 180d`).
+    schedule: Option<String>,
 }
 
 /// A change to a rule; absent fields stay.
@@ -623,6 +656,9 @@ pub struct UpdateRuleInput {
     override_manual_removal: Option<bool>,
     /// A new priority.
     priority: Option<i32>,
+    /// A new schedule (`DAILY HH:MM`); `null` takes the schedule away (the
+    /// rule runs on events again).
+    schedule: MaybeUndefined<String>,
 }
 
 impl CreateRuleInput {
@@ -635,6 +671,7 @@ impl CreateRuleInput {
             override_manual_removal: self.override_manual_removal,
             priority: self.priority,
             enabled: self.enabled,
+            schedule: self.schedule,
         })
     }
 }
@@ -649,6 +686,11 @@ impl UpdateRuleInput {
             actions: self.actions.map(parse_actions).transpose()?,
             override_manual_removal: self.override_manual_removal,
             priority: self.priority,
+            schedule: match self.schedule {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(s) => Some(Some(s)),
+            },
         };
         Ok((id, self.version, patch))
     }

@@ -106,24 +106,6 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     Ok(())
 }
 
-/// Locks the rows of `ids` (on PostgreSQL; SQLite has one writer anyway)
-/// in id order, the one order every writer of customers uses, so that two
-/// transactions locking overlapping sets wait for each other instead of
-/// deadlocking. Narrowed by `scope` when given; returns the rows found, in
-/// id order.
-pub(crate) async fn lock_customer_rows(
-    txn: &DatabaseTransaction,
-    ids: impl IntoIterator<Item = i64>,
-    scope: Option<&Principal>,
-) -> AppResult<Vec<customer::Model>> {
-    let sorted: std::collections::BTreeSet<i64> = ids.into_iter().collect();
-    let mut query = customer::Entity::find().filter(customer::Column::Id.is_in(sorted));
-    if let Some(principal) = scope {
-        query = query.filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
-    }
-    Ok(query.order_by_asc(customer::Column::Id).lock_exclusive().all(txn).await?)
-}
-
 /// Loads the named customers inside the transaction, locking their rows
 /// (on PostgreSQL) so that concurrent tagging of one customer serialises.
 async fn lock_customers(
@@ -131,9 +113,124 @@ async fn lock_customers(
     principal: &Principal,
     ids: &[CustomerId],
 ) -> AppResult<Vec<customer::Model>> {
-    let found = lock_customer_rows(txn, ids.iter().map(|c| c.0), Some(principal)).await?;
+    let sorted: Vec<i64> = ids.iter().map(|c| c.0).collect();
+    let scope = principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId);
+    let found = lock_customer_rows(txn, &sorted, scope).await?;
     let by_id: HashMap<i64, customer::Model> = found.into_iter().map(|c| (c.id, c)).collect();
     ids.iter().map(|id| by_id.get(&id.0).cloned().ok_or_else(|| AppError::not_found("customer", id))).collect()
+}
+
+/// Locks the rows of the customers among `ids` that match `filter`, in id
+/// order (so two transactions locking overlapping sets never wait on each
+/// other in a cycle), and returns them by id. Tagbase's own writers (a
+/// rule's scheduled run, an expiry, a deferred action) lock with no scope.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn lock_customer_rows(
+    txn: &DatabaseTransaction,
+    ids: &[i64],
+    filter: Condition,
+) -> AppResult<Vec<customer::Model>> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::with_capacity(sorted.len());
+    for chunk in sorted.chunks(customers_per_statement(txn)) {
+        out.extend(
+            customer::Entity::find()
+                .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                .filter(filter.clone())
+                .order_by_asc(customer::Column::Id)
+                .lock_exclusive()
+                .all(txn)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// A change tagbase makes itself, for a customer whose row the caller
+/// locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SystemChange {
+    pub customer_id: i64,
+    pub tag_id: i64,
+    pub op: TagOp,
+    /// For an add: when the assignment lapses.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What [`apply_system_changes`] wrote.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SystemOutcome {
+    pub added: u32,
+    pub removed: u32,
+    /// Adds left out because the customer holds the most tags allowed.
+    pub over_cap: u32,
+    /// The customers with a change.
+    pub customers: std::collections::BTreeSet<i64>,
+}
+
+/// Writes changes tagbase decides itself (a rule's scheduled run, a rule
+/// action deferred by a modification lock, an expiry), with no person
+/// acting: assignments and tag events with `source` and `source_ref`, in
+/// set-based statements as every tagging call. The caller locked the
+/// customers' rows and decided the changes against what they hold (an
+/// exclusive group's replacement comes as its remove before its add, and
+/// no pair is both added and removed); nothing is checked against a
+/// caller's rights (a rule was checked when saved). An add that would pass
+/// the per-customer cap is left out and counted.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn apply_system_changes(
+    txn: &DatabaseTransaction,
+    limits: &Limits,
+    source: TagSource,
+    source_ref: Option<String>,
+    changes: &[SystemChange],
+) -> AppResult<SystemOutcome> {
+    let mut outcome = SystemOutcome::default();
+    if changes.is_empty() {
+        return Ok(outcome);
+    }
+    let adding: Vec<i64> = {
+        let mut ids: Vec<i64> = changes.iter().filter(|c| c.op == TagOp::Add).map(|c| c.customer_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let mut held = in_force_counts(txn, &adding).await?;
+    let mut removals: Vec<(i64, i64)> = Vec::new();
+    let mut additions: Vec<NewAssignment> = Vec::new();
+    let mut events: Vec<NewEvent> = Vec::new();
+    for change in changes {
+        let count = held.entry(change.customer_id).or_insert(0);
+        match change.op {
+            TagOp::Remove => {
+                removals.push((change.customer_id, change.tag_id));
+                *count = count.saturating_sub(1);
+                outcome.removed += 1;
+            }
+            TagOp::Add => {
+                if *count >= limits.max_tags_per_customer {
+                    outcome.over_cap += 1;
+                    continue;
+                }
+                additions.push((change.customer_id, change.tag_id, change.expires_at));
+                *count += 1;
+                outcome.added += 1;
+            }
+        }
+        events.push((change.customer_id, change.tag_id, change.op));
+        outcome.customers.insert(change.customer_id);
+    }
+    let by = EventBy { actor: None, source, source_ref, at: Utc::now() };
+    delete_assignments(txn, &removals).await?;
+    insert_assignments(txn, &by, &additions).await?;
+    insert_event_rows(txn, &by, &events).await?;
+    Ok(outcome)
 }
 
 /// The named tags, visible to the caller, in the order given.
@@ -294,7 +391,8 @@ async fn apply_tags_in(
     let mut additions: Vec<NewAssignment> = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
+    let by =
+        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = counts.get(&c.id).copied().unwrap_or(0);
@@ -423,7 +521,8 @@ async fn remove_tags_in(
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
-    let by = EventBy { actor: principal.staff.id, source: req.source, source_ref: req.source_ref.clone(), at: now };
+    let by =
+        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
     for c in &customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         for t in &tags {
@@ -1105,7 +1204,7 @@ async fn insert_assignments(txn: &DatabaseTransaction, by: &EventBy, rows: &[New
             tag_id: Set(*tag_id),
             source: Set(by.source),
             source_ref: Set(by.source_ref.clone()),
-            tagged_by: Set(Some(by.actor)),
+            tagged_by: Set(by.actor),
             tagged_at: Set(by.at),
             expires_at: Set(*expires_at),
         });

@@ -56,7 +56,9 @@ pub(crate) async fn share_event_log(txn: &DatabaseTransaction) -> AppResult<()> 
 
 /// Who, how and when, shared by the events of one call.
 pub(crate) struct EventBy {
-    pub actor: i64,
+    /// The person acting; `None` when tagbase itself acts (a rule's
+    /// scheduled run, an expiry).
+    pub actor: Option<i64>,
     pub source: TagSource,
     pub source_ref: Option<String>,
     pub at: DateTime<Utc>,
@@ -71,7 +73,7 @@ impl EventBy {
             op: Set(op),
             source: Set(self.source),
             source_ref: Set(self.source_ref.clone()),
-            actor_staff_id: Set(Some(self.actor)),
+            actor_staff_id: Set(self.actor),
             occurred_at: Set(self.at),
         }
     }

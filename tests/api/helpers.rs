@@ -407,6 +407,8 @@ impl TestApp {
         // No job worker unless the test asks (its polling would show in
         // statement counts).
         settings.job_poll_interval = None;
+        // No scheduler rounds unless the test runs them (with its clock).
+        settings.schedule_interval = None;
         configure(&mut settings);
         // No background follower: statement counts stay exact, and the
         // index is caught up below and after every write made through the
@@ -502,6 +504,7 @@ impl TestApp {
         let mut settings = Settings::for_database(self._test_db.url.clone());
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
         settings.job_poll_interval = None;
+        settings.schedule_interval = None;
         Application::with_database(settings, self.db.clone()).await.expect("second instance")
     }
 
@@ -512,6 +515,7 @@ impl TestApp {
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
         settings.index_follow_interval = None;
         settings.job_poll_interval = None;
+        settings.schedule_interval = None;
         configure(&mut settings);
         Application::with_database(settings, self.db.clone()).await.expect("instance")
     }

@@ -27,6 +27,7 @@ mod rules;
 mod rules_bench;
 mod rules_dryrun;
 mod rules_property;
+mod rules_schedule;
 mod schema_drift;
 mod seed;
 mod segment_index;

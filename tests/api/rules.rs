@@ -473,7 +473,7 @@ async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
     let rules = app
         .gql("admin", "query($u: ID!) { rules(orgUnitId: $u) { name status } }", json!({ "u": app.unit_id("hq") }))
         .await;
-    assert_eq!(rules.ok()["rules"].as_array().unwrap().len(), 7);
+    assert_eq!(rules.ok()["rules"].as_array().unwrap().len(), 12);
     let by_rule: Vec<(String, i64)> = entity::customer_tag::Entity::find()
         .all(&app.db)
         .await
@@ -490,16 +490,48 @@ async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
         .filter(|r| r.status == entity::enums::RuleStatus::Enabled)
         .map(|r| r.id)
         .collect();
-    assert_eq!(rule_ids.len(), 5);
+    assert_eq!(rule_ids.len(), 11, "5 event rules, 流失客户 and the 5 spend tiers on their schedule");
     for id in rule_ids {
         let fired = by_rule.iter().filter(|(r, _)| *r == id.to_string()).count();
-        // Each event pattern hits one in twenty customers: 100 of 2,000.
-        assert!((1..=100).contains(&fired), "rule {id} fired on {fired} customers");
+        // Each event pattern hits one in twenty customers (100 of 2,000),
+        // orders one in ten; the scheduled rules ran once in the seed.
+        assert!((1..=400).contains(&fired), "rule {id} fired on {fired} customers");
     }
+    let runs = entity::rule_run::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(runs.len(), 6);
+    assert!(runs.iter().all(|r| r.status == entity::enums::RuleRunStatus::Succeeded && r.customers_changed > 0));
     // Seeding again records nothing new.
     let before = customer_event::Entity::find().count(&app.db).await.unwrap();
     tagbase::seed::seed_demo(&app.db, &app.app.state.authz, app.app.state.settings.utc_offset).await.unwrap();
     assert_eq!(customer_event::Entity::find().count(&app.db).await.unwrap(), before);
+    // Nor does it put a seeded stage or tier back beside the one a rule moved to.
+    use sea_orm::{ColumnTrait, QueryFilter};
+    for group in ["客户阶段", "消费等级"] {
+        let group = entity::tag_group::Entity::find()
+            .filter(entity::tag_group::Column::Name.eq(group))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let members: Vec<i64> = entity::tag::Entity::find()
+            .filter(entity::tag::Column::GroupId.eq(group.id))
+            .all(&app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        let mut per_customer = std::collections::HashMap::<i64, usize>::new();
+        for a in entity::customer_tag::Entity::find()
+            .filter(entity::customer_tag::Column::TagId.is_in(members))
+            .all(&app.db)
+            .await
+            .unwrap()
+        {
+            *per_customer.entry(a.customer_id).or_default() += 1;
+        }
+        assert!(per_customer.values().all(|n| *n == 1), "{}: a customer holds two tags", group.name);
+    }
 }
 
 on_both_databases!(

@@ -30,7 +30,7 @@ async fn the_rules_bench_runs_over_http_at_a_small_size(app: TestApp) {
         "| ingest through the API, events/s |",
         "| `recordEvents` batch p50 / p99 |",
         "| batch sent → tag visible to segments, p50 / p99 (3 probes) |",
-        "| scheduled absence rule over all customers | not in this build |",
+        "| scheduled absence rule over all customers | see `tagbase bench schedule` |",
         "| 30-day dry run (",
         "| server RSS once ready / after / peak (VmHWM) |",
     ] {

@@ -67,7 +67,7 @@ pub(super) async fn merge(
         .exec(txn)
         .await?;
     let by_merge = EventBy {
-        actor: by.actor.0,
+        actor: Some(by.actor.0),
         source: TagSource::Merge,
         source_ref: Some(format!("merge:{}->{}", b.id, a.id)),
         at: by.at,

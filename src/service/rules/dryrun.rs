@@ -62,6 +62,9 @@ pub struct UnsavedRule {
     pub actions: Vec<Action>,
     pub override_manual_removal: bool,
     pub priority: i32,
+    /// `DAILY HH:MM` for a scheduled rule (which a dry run refuses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// The rule a dry run tries.
@@ -155,6 +158,7 @@ async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: 
                     actions: old.actions,
                     override_manual_removal: old.override_manual_removal,
                     priority: old.priority,
+                    schedule: old.schedule,
                     ..row
                 };
             }
@@ -178,6 +182,7 @@ async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: 
                 actions: serde_json::to_value(&draft.actions).unwrap_or_default(),
                 override_manual_removal: draft.override_manual_removal,
                 priority: draft.priority,
+                schedule: super::store::check_schedule(draft.schedule.as_deref())?,
                 created_by: principal.staff.id,
                 created_at: now,
                 updated_at: now,
@@ -186,11 +191,28 @@ async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: 
     }
 }
 
+/// `VALIDATION` for a scheduled rule: a dry run replays events, and a
+/// scheduled rule does not run on events.
+pub(super) fn refuse_scheduled(row: &rule::Model) -> AppResult<()> {
+    match &row.schedule {
+        Some(schedule) => Err(AppError::validation(
+            "schedule",
+            format!(
+                "a scheduled rule ({schedule}) runs on its schedule, not on events, so replaying events cannot \
+                 predict it; a dry run covers rules without a schedule (see the rule's runs, `ruleRuns`, for what \
+                 its schedule did)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Replays the window's events for the rule and says what it would do.
 ///
 /// # Errors
 /// `NOT_FOUND` for a rule, version or unit the caller may not read;
-/// `VALIDATION` for an unsaved rule that would not save, a window that
+/// `VALIDATION` for a scheduled rule (see [`refuse_scheduled`]), an
+/// unsaved rule that would not save, a window that
 /// ends before it starts, a sample out of range; `LIMIT_EXCEEDED` for a
 /// window longer than the configured days.
 #[tracing::instrument(skip_all, fields(staff = principal.staff.id))]
@@ -214,6 +236,7 @@ pub async fn dry_run(
         return Err(AppError::validation("sample", format!("at most {MAX_SAMPLE}")));
     }
     let candidate = subject_row(db, principal, &request.subject).await?;
+    refuse_scheduled(&candidate)?;
     let readable = principal.scope(Permit::CustomerRead);
     let units: BTreeSet<i64> =
         principal.org.subtree(candidate.org_unit_id).map(|u| u.id).filter(|u| readable.contains(*u)).collect();

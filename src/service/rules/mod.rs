@@ -11,8 +11,12 @@
 //! - [`explain`]: why an automatic tag is there.
 //! - [`dryrun`]: what a rule would do, replayed over recorded events.
 //! - [`propose`]: rule changes by change request, with their dry run.
+//! - [`schedule`]: scheduled rules, their runs, and the expiry sweep.
+//! - [`deferred`]: rule actions a modification lock deferred, applied
+//!   when it ends.
 
 pub mod condition;
+pub mod deferred;
 pub mod dryrun;
 pub mod eval;
 pub mod event;
@@ -20,4 +24,5 @@ pub mod explain;
 pub mod library;
 pub mod propose;
 pub mod record;
+pub mod schedule;
 pub mod store;

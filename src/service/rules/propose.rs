@@ -41,6 +41,9 @@ pub enum RuleProposal {
         actions: Option<Vec<Action>>,
         override_manual_removal: Option<bool>,
         priority: Option<i32>,
+        /// A new schedule; `""` takes the schedule away.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schedule: Option<String>,
     },
     /// Turning a disabled rule on.
     #[serde(rename_all = "camelCase")]
@@ -62,7 +65,15 @@ impl RuleProposal {
 #[serde(rename_all = "camelCase")]
 struct Payload {
     proposal: RuleProposal,
-    dry_run: DryRun,
+    /// None for a scheduled rule: a dry run replays events, which a
+    /// scheduled rule does not run on.
+    #[serde(default)]
+    dry_run: Option<DryRun>,
+}
+
+/// A proposal's schedule change as the store takes it (`""` removes).
+fn schedule_patch(schedule: Option<String>) -> Option<Option<String>> {
+    schedule.map(|s| (!s.trim().is_empty()).then_some(s))
 }
 
 /// The rule the request is against and the version it was read at.
@@ -93,10 +104,11 @@ async fn check(
             principal.require(Permit::RulePropose, unit)?;
             let name = check_name(&rule.name)?;
             name_taken(db, unit, &name, 0).await?;
+            super::store::check_schedule(rule.schedule.as_deref())?;
             validate(db, principal, unit, 0, &rule.condition, &rule.actions).await?;
             Ok((unit, Subject::Unsaved(rule.clone()), None))
         }
-        RuleProposal::Update { rule_id, name, condition, actions, override_manual_removal, priority } => {
+        RuleProposal::Update { rule_id, name, condition, actions, override_manual_removal, priority, schedule } => {
             let row = current(db, principal, *rule_id).await?;
             check_expected(&row, expected_version)?;
             let mut next = row.clone();
@@ -115,6 +127,9 @@ async fn check(
             }
             if let Some(p) = priority {
                 next.priority = *p;
+            }
+            if let Some(schedule) = schedule_patch(schedule.clone()) {
+                next.schedule = super::store::check_schedule(schedule.as_deref())?;
             }
             let parsed = stored_actions(&next)?;
             validate(db, principal, next.org_unit_id, next.id, &next.condition, &parsed).await?;
@@ -164,8 +179,17 @@ pub async fn propose_rule(
 ) -> AppResult<change_request::Model> {
     let reason = Reason::parse(reason, "reason")?;
     let (unit, subject, base) = check(db, principal, &proposal, expected_version).await?;
-    let run =
-        dry_run(db, principal, limits, offset, DryRunRequest { subject, from: None, to: None, sample: None }).await?;
+    let scheduled = match &subject {
+        Subject::Unsaved(rule) => rule.schedule.is_some(),
+        Subject::Proposed(row) => row.schedule.is_some(),
+        Subject::Saved { .. } => base.as_ref().is_some_and(|r| r.schedule.is_some()),
+    };
+    let run = if scheduled {
+        None
+    } else {
+        let request = DryRunRequest { subject, from: None, to: None, sample: None };
+        Some(dry_run(db, principal, limits, offset, request).await?)
+    };
     let txn = db.begin().await?;
     let request = requests::file(
         &txn,
@@ -186,7 +210,7 @@ pub async fn propose_rule(
 
 /// The dry run a rule change request carries; `None` for other requests.
 pub fn dry_run_of(request: &change_request::Model) -> Option<DryRun> {
-    serde_json::from_value(request.payload.get("dryRun")?.clone()).ok()
+    serde_json::from_value(request.payload.get("dryRun")?.clone()).ok().flatten()
 }
 
 /// True when the rule a request is against is still at the version it was
@@ -225,11 +249,13 @@ pub async fn apply_approved(
                 override_manual_removal: rule.override_manual_removal,
                 priority: rule.priority,
                 enabled,
+                schedule: rule.schedule,
             };
             create_rule_in(txn, requester, draft, Permit::RulePropose).await
         }
-        RuleProposal::Update { rule_id, name, condition, actions, override_manual_removal, priority } => {
-            let patch = RulePatch { name, condition, actions, override_manual_removal, priority };
+        RuleProposal::Update { rule_id, name, condition, actions, override_manual_removal, priority, schedule } => {
+            let schedule = schedule_patch(schedule);
+            let patch = RulePatch { name, condition, actions, override_manual_removal, priority, schedule };
             update_rule_in(txn, requester, RuleId(rule_id), base, patch, Permit::RulePropose).await
         }
         RuleProposal::Enable { rule_id } => {

@@ -122,7 +122,8 @@ pub async fn record_events(
     // rows are locked in id order, and before any event is inserted: an
     // inserted event holds a key-share lock on its customer, which a later
     // `FOR UPDATE` of another batch would wait on in a cycle.
-    crate::service::tagging::lock_customer_rows(&txn, customers.values().map(|c| c.id), None).await?;
+    let ids: Vec<i64> = customers.values().map(|c| c.id).collect();
+    crate::service::tagging::lock_customer_rows(&txn, &ids, Condition::all()).await?;
     let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
     let keys: Vec<String> = items.iter().filter_map(|i| i.as_ref().ok().map(|e| e.key.clone())).collect();
     let mut known: HashMap<String, (String, i64)> = HashMap::new();
@@ -326,8 +327,10 @@ pub(super) async fn rule_set_of_unit(
     adjust: impl FnOnce(&mut Vec<rule::Model>),
 ) -> AppResult<(RuleSet, UnitLibrary)> {
     let chain: Vec<i64> = org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+    // Scheduled rules run on their schedule, not on events.
     let mut rows = rule::Entity::find()
         .filter(rule::Column::Status.eq(RuleStatus::Enabled))
+        .filter(rule::Column::Schedule.is_null())
         .filter(rule::Column::OrgUnitId.is_in(chain))
         .all(db)
         .await?;
@@ -479,7 +482,7 @@ fn rule_event(
     at: DateTime<Utc>,
 ) -> tag_event::ActiveModel {
     let by = EventBy {
-        actor: recorder,
+        actor: Some(recorder),
         source: TagSource::Rule,
         source_ref: Some(source_ref(change.rule_id, change.rule_version, event_id)),
         at,
@@ -506,6 +509,7 @@ fn deferred_action(
         ttl_seconds: Set(change.ttl_seconds),
         event_id: Set(Some(event_id)),
         lock_id: Set(lock_id),
+        run_id: Set(None),
         created_at: Set(at),
         applied_at: Set(None),
     }

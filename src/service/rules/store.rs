@@ -40,6 +40,8 @@ pub struct RuleDraft {
     pub priority: i32,
     /// Rules start disabled unless asked: dry-run them first.
     pub enabled: bool,
+    /// `DAILY HH:MM`: the rule runs on this schedule instead of on events.
+    pub schedule: Option<String>,
 }
 
 /// A change to a rule; absent parts stay.
@@ -50,6 +52,16 @@ pub struct RulePatch {
     pub actions: Option<Vec<Action>>,
     pub override_manual_removal: Option<bool>,
     pub priority: Option<i32>,
+    /// `Some(None)` takes the schedule away (the rule runs on events again).
+    pub schedule: Option<Option<String>>,
+}
+
+/// A schedule as stored: checked, in its canonical text.
+///
+/// # Errors
+/// `VALIDATION` on `schedule` for one that does not parse.
+pub(super) fn check_schedule(schedule: Option<&str>) -> AppResult<Option<String>> {
+    schedule.map(|s| super::schedule::Schedule::parse("schedule", s).map(|s| s.text())).transpose()
 }
 
 /// True when the caller may read rules of `unit`: it reads rules at that
@@ -189,6 +201,7 @@ async fn record_version(txn: &DatabaseTransaction, row: &rule::Model, change: &s
         actions: Set(row.actions.clone()),
         override_manual_removal: Set(row.override_manual_removal),
         priority: Set(row.priority),
+        schedule: Set(row.schedule.clone()),
         changed_by: Set(by),
         changed_at: Set(row.updated_at),
     })
@@ -211,6 +224,7 @@ async fn audit_change(
             "status": row.status,
             "condition": row.condition,
             "actions": row.actions,
+            "schedule": row.schedule,
         })),
     )
     .await?;
@@ -250,6 +264,7 @@ pub(super) async fn create_rule_in(
     }
     principal.require(permit, unit)?;
     let name = check_name(&draft.name)?;
+    let schedule = check_schedule(draft.schedule.as_deref())?;
     let (compiled, library) = validate(txn, principal, unit, 0, &draft.condition, &draft.actions).await?;
     name_taken(txn, unit, &name, 0).await?;
     if draft.enabled {
@@ -266,6 +281,7 @@ pub(super) async fn create_rule_in(
         actions: Set(actions_json(&draft.actions)),
         override_manual_removal: Set(draft.override_manual_removal),
         priority: Set(draft.priority),
+        schedule: Set(schedule),
         created_by: Set(principal.staff.id),
         created_at: Set(now),
         updated_at: Set(now),
@@ -327,6 +343,7 @@ async fn save(
         .col_expr(rule::Column::Actions, Expr::value(next.actions.clone()))
         .col_expr(rule::Column::OverrideManualRemoval, Expr::value(next.override_manual_removal))
         .col_expr(rule::Column::Priority, Expr::value(next.priority))
+        .col_expr(rule::Column::Schedule, Expr::value(next.schedule.clone()))
         .col_expr(rule::Column::UpdatedAt, Expr::value(next.updated_at))
         .filter(rule::Column::Id.eq(current.id))
         .filter(rule::Column::Version.eq(current.version))
@@ -406,6 +423,9 @@ pub(super) async fn update_rule_in(
     }
     if let Some(p) = patch.priority {
         next.priority = p;
+    }
+    if let Some(schedule) = &patch.schedule {
+        next.schedule = check_schedule(schedule.as_deref())?;
     }
     let actions = stored_actions(&next)?;
     let (compiled, library) = validate(txn, principal, next.org_unit_id, next.id, &next.condition, &actions).await?;
@@ -498,6 +518,7 @@ pub async fn rollback_rule(
         actions: old.actions,
         override_manual_removal: old.override_manual_removal,
         priority: old.priority,
+        schedule: old.schedule,
         ..current.clone()
     };
     name_taken(&txn, next.org_unit_id, &next.name, next.id).await?;
