@@ -77,11 +77,27 @@ impl EventBy {
     }
 }
 
+/// Gives a PostgreSQL writer its transaction id before it draws sequence
+/// numbers. A follower that sees no transaction below some id running then
+/// knows that every sequence number drawn before it saw that point has
+/// committed or never will (the realtime hub releases events in sequence
+/// order on that ground). Without it, the id would be assigned by the
+/// first row written, just after its sequence number was drawn.
+async fn take_transaction_id(txn: &DatabaseTransaction) -> AppResult<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("SELECT pg_current_xact_id()").await?;
+    }
+    Ok(())
+}
+
 /// Inserts tag events in multi-row statements.
 ///
 /// # Errors
 /// Database errors.
 pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
+    if !events.is_empty() {
+        take_transaction_id(txn).await?;
+    }
     for chunk in events.chunks(super::CHUNK) {
         tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }
@@ -103,6 +119,7 @@ pub(crate) async fn insert_event_rows(txn: &DatabaseTransaction, by: &EventBy, r
         return Ok(());
     }
     if txn.get_database_backend() == DbBackend::Postgres {
+        take_transaction_id(txn).await?;
         let sql = "INSERT INTO tag_event \
                    (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at) \
                    SELECT u.c, u.t, u.o, $4, $5, $6, $7 \
@@ -244,6 +261,16 @@ fn snapshot_xmin(snapshot: &str) -> u64 {
     snapshot.split(':').next().and_then(|x| x.parse().ok()).unwrap_or(0)
 }
 
+/// The oldest running transaction and the first unassigned one of a
+/// `pg_snapshot` text (`xmin:xmax:xip…`).
+#[must_use]
+pub fn snapshot_bounds(snapshot: &str) -> Option<(u64, u64)> {
+    let mut parts = snapshot.split(':');
+    let xmin = parts.next()?.parse().ok()?;
+    let xmax = parts.next()?.parse().ok()?;
+    Some((xmin, xmax))
+}
+
 /// Rows of `log` a reader at `at` has seen: the complement of [`after`].
 #[must_use]
 pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
@@ -259,7 +286,14 @@ pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
 
 #[cfg(test)]
 mod tests {
-    use super::{pg_array, snapshot_xmin};
+    use super::{pg_array, snapshot_bounds, snapshot_xmin};
+
+    #[test]
+    fn a_snapshot_gives_its_oldest_running_and_first_unassigned_transactions() {
+        assert_eq!(snapshot_bounds("126733:127236:126733,126846"), Some((126_733, 127_236)));
+        assert_eq!(snapshot_bounds("9:9:"), Some((9, 9)));
+        assert_eq!(snapshot_bounds("nonsense"), None);
+    }
 
     #[test]
     fn the_oldest_running_transaction_is_the_first_field_of_a_snapshot() {
