@@ -79,23 +79,18 @@ impl RealtimeSubscription {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Customers of this unit and the units below it.")] org_unit_id: Option<ID>,
-        #[graphql(desc = "Only these tags.", default)] tag_ids: Vec<ID>,
+        #[graphql(desc = "Only these tags (all the caller sees when absent).")] tag_ids: Option<Vec<ID>>,
         #[graphql(desc = "Replay the changes after this sequence number first.")] after_seq: Option<i64>,
     ) -> Result<BoxStream<'static, Result<TagChange>>> {
         let request = TagChangesRequest {
             org_unit: org_unit_id.map(|id| OrgUnitId::parse(&id, "orgUnitId")).transpose()?,
-            tags: parse_ids(&tag_ids, "tagIds", TagId::parse)?,
+            tags: parse_ids(tag_ids.as_deref().unwrap_or_default(), "tagIds", TagId::parse)?,
             after_seq,
         };
         let state = ctx.data_unchecked::<AppState>();
-        let stream = realtime::tag_changes(
-            &state.db,
-            &state.realtime,
-            live_principal(ctx),
-            &state.settings.limits,
-            request,
-        )
-        .await?;
+        let stream =
+            realtime::tag_changes(&state.db, &state.realtime, live_principal(ctx), &state.settings.limits, request)
+                .await?;
         Ok(stream.map(|item| item.map(TagChange).map_err(Into::into)).boxed())
     }
 

@@ -291,7 +291,12 @@ async fn session(
 /// `complete`. A result without data (a refused request, or an error that
 /// ends a stream: `RESYNC_REQUIRED`, `SLOW_CONSUMER`) is sent as `error`,
 /// which ends the operation. Returns the operation's id.
-async fn operation(schema: AppSchema, request: async_graphql::Request, id: String, out: mpsc::Sender<Outgoing>) -> String {
+async fn operation(
+    schema: AppSchema,
+    request: async_graphql::Request,
+    id: String,
+    out: mpsc::Sender<Outgoing>,
+) -> String {
     let mut stream = schema.execute_stream(request);
     while let Some(mut response) = stream.next().await {
         for error in &mut response.errors {

@@ -151,11 +151,7 @@ pub async fn requests_touched_since(
     since: DateTime<Utc>,
 ) -> AppResult<Vec<change_request::Model>> {
     Ok(change_request::Entity::find()
-        .filter(
-            change_request::Column::CreatedAt
-                .gte(since)
-                .or(change_request::Column::DecidedAt.gte(since)),
-        )
+        .filter(change_request::Column::CreatedAt.gte(since).or(change_request::Column::DecidedAt.gte(since)))
         .all(db)
         .await?)
 }

@@ -191,9 +191,7 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stable = {
             let mut fanout = self.fanout();
-            fanout
-                .subscribers
-                .insert(id, Subscriber { filter: Arc::new(filter), tx, overflowed: overflowed.clone() });
+            fanout.subscribers.insert(id, Subscriber { filter: Arc::new(filter), tx, overflowed: overflowed.clone() });
             fanout.stable
         };
         Ok((TagFeed { hub: Arc::clone(self), id, rx, overflowed }, stable))
@@ -232,6 +230,16 @@ impl Hub {
         }
         *n += 1;
         Ok(ConnectionSlot { hub: Arc::clone(self), staff_id })
+    }
+
+    /// Subscribers of tag changes registered now.
+    pub fn tag_subscribers(&self) -> usize {
+        self.fanout().subscribers.len()
+    }
+
+    /// Subscribers of change requests registered now.
+    pub fn request_subscribers(&self) -> usize {
+        self.requests.receiver_count()
     }
 
     /// The stable point: every tag event at or below it has been released.

@@ -14,8 +14,8 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
 
-pub use hub::{ConnectionSlot, FeedFilter, Hub, TagFeed};
 pub use crate::store::live::TagChangeRow;
+pub use hub::{ConnectionSlot, FeedFilter, Hub, TagFeed};
 
 use crate::authz::visibility::on_customer_visible;
 use crate::authz::{Action, Principal};
@@ -187,14 +187,9 @@ impl Follow {
                         continue;
                     }
                     None => {
-                        let page = live::changes_between(
-                            &self.db,
-                            self.position,
-                            self.replay_to,
-                            &self.units,
-                            REPLAY_PAGE,
-                        )
-                        .await;
+                        let page =
+                            live::changes_between(&self.db, self.position, self.replay_to, &self.units, REPLAY_PAGE)
+                                .await;
                         match page {
                             Ok(rows) if rows.is_empty() => {
                                 self.position = self.replay_to;
