@@ -18,6 +18,7 @@
 //! too many connections of one staff member.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -33,7 +34,7 @@ use super::{HttpState, give_code};
 use crate::auth::{self, Authenticated};
 use crate::error::AppError;
 use crate::graphql::{AppSchema, loaders_for_request};
-use crate::service::realtime::LivePrincipal;
+use crate::service::realtime::{LivePrincipal, Refresh};
 use crate::state::AppState;
 
 /// The subprotocol spoken.
@@ -165,7 +166,7 @@ async fn session(
     let limits = &app.settings.limits;
     let init_deadline = tokio::time::sleep(limits.ws_init_timeout);
     tokio::pin!(init_deadline);
-    let (bearer, caller) = loop {
+    let (bearer, caller, mut revisions, revision) = loop {
         let message = tokio::select! {
             () = &mut init_deadline => return Some((4408, "Connection initialisation timeout".to_owned())),
             message = incoming.next() => message,
@@ -178,9 +179,15 @@ async fn session(
         let Ok(message) = serde_json::from_str::<Value>(&text) else { return Some(invalid()) };
         match message["type"].as_str() {
             Some("connection_init") => {
+                // The revision first: the caller signed in below is current
+                // at it at least.
+                let Ok(mut revisions) = app.realtime.revisions().await else {
+                    return Some((1011, "Internal error".to_owned()));
+                };
+                let revision = *revisions.borrow_and_update();
                 let bearer = bearer_of(&message["payload"]);
                 match sign_in(app, bearer.as_deref()).await {
-                    Ok(caller) => break (bearer, caller),
+                    Ok(caller) => break (bearer, caller, revisions, revision),
                     Err(err) => return Some(forbidden(&err)),
                 }
             }
@@ -194,12 +201,14 @@ async fn session(
         Ok(slot) => slot,
         Err(err) => return Some((4429, err.message())),
     };
-    let mut revisions = match app.realtime.revisions().await {
-        Ok(revisions) => revisions,
-        Err(_) => return Some((1011, "Internal error".to_owned())),
+    let refresh: Refresh = {
+        let (app, bearer) = (app.clone(), bearer.clone());
+        Arc::new(move || {
+            let (app, bearer) = (app.clone(), bearer.clone());
+            Box::pin(async move { Ok(sign_in(&app, bearer.as_deref()).await?.principal) })
+        })
     };
-    revisions.borrow_and_update();
-    let live = LivePrincipal::new(caller.principal.clone());
+    let live = LivePrincipal::renewable(caller.principal.clone(), revision, refresh);
     let mut caller = caller;
     let expiry = tokio::time::sleep_until(expiry_check(app, &caller));
     tokio::pin!(expiry);
@@ -218,18 +227,20 @@ async fn session(
                 if changed.is_err() {
                     return Some((1011, "Internal error".to_owned()));
                 }
+                let revision = *revisions.borrow_and_update();
                 match sign_in(app, bearer.as_deref()).await {
                     Ok(now) => {
-                        live.replace(now.principal.clone());
+                        live.replace(now.principal.clone(), revision);
                         caller = now;
                     }
                     Err(err) => return Some(forbidden(&err)),
                 }
             }
             () = &mut expiry => {
+                let revision = *revisions.borrow();
                 match sign_in(app, bearer.as_deref()).await {
                     Ok(now) => {
-                        live.replace(now.principal.clone());
+                        live.replace(now.principal.clone(), revision);
                         expiry.as_mut().reset(expiry_check(app, &now));
                         caller = now;
                     }

@@ -318,6 +318,35 @@ async fn a_revoked_session_closes_an_open_stream_with_4403(app: TestApp) {
     }
 }
 
+async fn a_role_taken_away_applies_to_a_stream_already_open(app: TestApp) {
+    let url = serve(app.app.router()).await;
+    let inquiry = app.tag_id("活动", "询价").await;
+    let (sz01, bj01) = (app.customers_of("sz01").await, app.customers_of("bj01").await);
+    let binding = json!({ "i": { "staffId": app.staff("bj01.sales").id.to_string(), "role": "sales", "orgUnitId": app.unit_id("sz01") } });
+    let assign = "mutation($i: RoleBindingInput!) { assignRole(input: $i) { changed } }";
+    let revoke = "mutation($i: RoleBindingInput!) { revokeRole(input: $i) { changed } }";
+    assert_eq!(app.gql("admin", assign, binding.clone()).await.ok()["assignRole"]["changed"], true);
+    let start = newest_seq(&app).await;
+    let mut client = Client::signed_in(&url, &app.token("bj01.sales")).await;
+    client.subscribe("1", TAG_CHANGES, json!({ "t": [inquiry], "after": start })).await;
+    // While it holds the role, it sees sz01's changes.
+    app.gql("sz01.sales", UNTAG, json!({ "c": [sz01[0]], "t": [inquiry] })).await.ok();
+    app.gql("sz01.sales", TAG, json!({ "c": [sz01[0]], "t": [inquiry] })).await.ok();
+    let expected = events_after(&app, start, &sz01).await;
+    let got = client.tag_changes("1", expected.len()).await;
+    assert!(got.iter().all(|c| c["orgUnitId"] == app.unit_id("sz01")));
+    // Taken away: sz01's next change is not sent; bj01's is.
+    assert_eq!(app.gql("admin", revoke, binding).await.ok()["revokeRole"]["changed"], true);
+    let before = newest_seq(&app).await;
+    app.gql("sz01.sales", UNTAG, json!({ "c": [sz01[0]], "t": [inquiry] })).await.ok();
+    app.gql("bj01.sales", UNTAG, json!({ "c": bj01, "t": [inquiry] })).await.ok();
+    app.gql("bj01.sales", TAG, json!({ "c": [bj01[0]], "t": [inquiry] })).await.ok();
+    let own = events_after(&app, before, &bj01).await;
+    assert!(!own.is_empty());
+    let next = client.tag_changes("1", own.len()).await;
+    assert_eq!(seqs(&next), own.iter().map(|e| e.seq).collect::<Vec<_>>(), "only its own store's changes");
+}
+
 async fn connections_and_subscriptions_are_limited(app: TestApp) {
     let url = serve(app.app.router()).await;
     let token = app.token("sz01.sales");
@@ -483,6 +512,7 @@ on_both_databases!(
     a_bad_token_or_a_subscribe_before_init_closes_with_the_protocol_code,
     a_revoked_session_closes_an_open_stream_with_4403,
     a_change_on_a_second_instance_reaches_a_subscriber_on_the_first,
+    a_role_taken_away_applies_to_a_stream_already_open,
     an_approver_sees_a_request_filed_in_its_scope_and_a_stranger_does_not,
 );
 

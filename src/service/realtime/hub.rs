@@ -99,6 +99,13 @@ impl TagFeed {
     }
 }
 
+impl TagFeed {
+    /// The sign-in revision as of the hub's last poll.
+    pub fn revision(&self) -> i64 {
+        self.hub.revision_now()
+    }
+}
+
 /// The feed's buffer filled up: the subscriber was cut off.
 #[derive(Debug, Clone, Copy)]
 pub struct Overflowed;
@@ -214,6 +221,11 @@ impl Hub {
     pub async fn revisions(self: &Arc<Self>) -> AppResult<watch::Receiver<i64>> {
         self.ready().await?;
         Ok(self.revision.subscribe())
+    }
+
+    /// The sign-in revision as of the last poll.
+    pub fn revision_now(&self) -> i64 {
+        *self.revision.borrow()
     }
 
     /// Takes one of `limit` connection slots of a staff member.

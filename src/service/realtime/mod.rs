@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use entity::change_request;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
@@ -28,22 +29,58 @@ use crate::store::live;
 /// Replayed events read per statement.
 const REPLAY_PAGE: u64 = 1_000;
 
-/// The subscriber's principal, replaced while its connection stays open
-/// (roles, policy, org tree changed). Streams read it for every item.
+/// Signs the subscriber in again (its connection's token).
+pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, AppResult<Arc<Principal>>> + Send + Sync>;
+
+/// The subscriber's principal, renewed while its connection stays open
+/// (roles, policy, org tree changed). Streams ask for it at the sign-in
+/// revision of the changes they deliver, so a role taken away before a
+/// change was made applies to that change.
 #[derive(Clone)]
-pub struct LivePrincipal(Arc<RwLock<Arc<Principal>>>);
+pub struct LivePrincipal {
+    /// The principal, and the sign-in revision it is known current at.
+    now: Arc<RwLock<(Arc<Principal>, i64)>>,
+    refresh: Option<Refresh>,
+}
 
 impl LivePrincipal {
+    /// A principal that is never renewed (a request's own).
     pub fn new(principal: Arc<Principal>) -> Self {
-        Self(Arc::new(RwLock::new(principal)))
+        Self { now: Arc::new(RwLock::new((principal, i64::MAX))), refresh: None }
+    }
+
+    /// A principal current at `revision`, renewed by `refresh`.
+    pub fn renewable(principal: Arc<Principal>, revision: i64, refresh: Refresh) -> Self {
+        Self { now: Arc::new(RwLock::new((principal, revision))), refresh: Some(refresh) }
     }
 
     pub fn current(&self) -> Arc<Principal> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.now.read().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
-    pub fn replace(&self, principal: Arc<Principal>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = principal;
+    /// Stores a principal known current at `revision`.
+    pub fn replace(&self, principal: Arc<Principal>, revision: i64) {
+        let mut now = self.now.write().unwrap_or_else(|e| e.into_inner());
+        if revision >= now.1 {
+            *now = (principal, revision);
+        }
+    }
+
+    /// The principal as of `revision` at least: signed in again when the
+    /// one held is older.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` when signing in again is refused.
+    pub async fn at(&self, revision: i64) -> AppResult<Arc<Principal>> {
+        let (principal, known) = self.now.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match &self.refresh {
+            Some(refresh) if known < revision => {
+                let fresh = refresh().await?;
+                self.replace(fresh.clone(), revision);
+                Ok(fresh)
+            }
+            _ => Ok(principal),
+        }
     }
 }
 
@@ -216,8 +253,18 @@ impl Follow {
             if row.seq <= self.position {
                 continue;
             }
+            // The hub reads the sign-in revision with the events it
+            // releases: a change of roles committed before this event was
+            // read is known here.
+            let principal = match self.principal.at(self.feed.revision()).await {
+                Ok(principal) => principal,
+                Err(err) => {
+                    self.ended = true;
+                    return Some(Err(err));
+                }
+            };
             self.position = row.seq;
-            if change_visible(&self.principal.current(), &row) {
+            if change_visible(&principal, &row) {
                 return Some(Ok(row));
             }
         }
@@ -246,15 +293,20 @@ pub async fn change_request_updates(
         None => None,
     };
     let rx = hub.subscribe_requests().await?;
+    let hub = Arc::clone(hub);
     Ok(stream::unfold(Some(rx), move |rx| {
-        let (principal, units) = (principal.clone(), units.clone());
+        let (principal, units, hub) = (principal.clone(), units.clone(), hub.clone());
         async move {
             let mut rx = rx?;
             loop {
                 match rx.recv().await {
                     Ok(request) => {
                         let wanted = units.as_ref().is_none_or(|u| u.contains(&request.org_unit_id));
-                        if wanted && requests::is_visible(&principal.current(), &request) {
+                        let principal = match principal.at(hub.revision_now()).await {
+                            Ok(principal) => principal,
+                            Err(err) => return Some((Err(err), None)),
+                        };
+                        if wanted && requests::is_visible(&principal, &request) {
                             return Some((Ok(change_request::Model::clone(&request)), Some(rx)));
                         }
                     }
