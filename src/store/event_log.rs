@@ -77,27 +77,11 @@ impl EventBy {
     }
 }
 
-/// Gives a PostgreSQL writer its transaction id before it draws sequence
-/// numbers. A follower that sees no transaction below some id running then
-/// knows that every sequence number drawn before it saw that point has
-/// committed or never will (the realtime hub releases events in sequence
-/// order on that ground). Without it, the id would be assigned by the
-/// first row written, just after its sequence number was drawn.
-async fn take_transaction_id(txn: &DatabaseTransaction) -> AppResult<()> {
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_unprepared("SELECT pg_current_xact_id()").await?;
-    }
-    Ok(())
-}
-
 /// Inserts tag events in multi-row statements.
 ///
 /// # Errors
 /// Database errors.
 pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
-    if !events.is_empty() {
-        take_transaction_id(txn).await?;
-    }
     for chunk in events.chunks(super::CHUNK) {
         tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }
@@ -119,7 +103,6 @@ pub(crate) async fn insert_event_rows(txn: &DatabaseTransaction, by: &EventBy, r
         return Ok(());
     }
     if txn.get_database_backend() == DbBackend::Postgres {
-        take_transaction_id(txn).await?;
         let sql = "INSERT INTO tag_event \
                    (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at) \
                    SELECT u.c, u.t, u.o, $4, $5, $6, $7 \
@@ -261,14 +244,29 @@ fn snapshot_xmin(snapshot: &str) -> u64 {
     snapshot.split(':').next().and_then(|x| x.parse().ok()).unwrap_or(0)
 }
 
-/// The oldest running transaction and the first unassigned one of a
-/// `pg_snapshot` text (`xmin:xmax:xip…`).
-#[must_use]
-pub fn snapshot_bounds(snapshot: &str) -> Option<(u64, u64)> {
-    let mut parts = snapshot.split(':');
-    let xmin = parts.next()?.parse().ok()?;
-    let xmax = parts.next()?.parse().ok()?;
-    Some((xmin, xmax))
+/// The transactions (PostgreSQL virtual transaction ids) holding the
+/// event-log lock of this database now, in either mode: every transaction
+/// that draws tag event sequence numbers holds it from before it draws them
+/// until it ends ([`share_event_log`], [`serialize_event_log`]). Empty on
+/// SQLite, where one transaction writes at a time.
+///
+/// # Errors
+/// Database errors.
+pub async fn event_log_writers(db: &impl ConnectionTrait) -> AppResult<std::collections::HashSet<String>> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(std::collections::HashSet::new());
+    }
+    // A bigint advisory key shows as its high half (classid) and low half
+    // (objid), with objsubid 1.
+    let sql = format!(
+        "SELECT DISTINCT virtualtransaction AS vxid FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = {} AND objid = {} \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        EVENT_LOG_LOCK >> 32,
+        EVENT_LOG_LOCK & 0xffff_ffff
+    );
+    let rows = db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
+    rows.iter().map(|r| Ok(r.try_get::<String>("", "vxid")?)).collect()
 }
 
 /// Rows of `log` a reader at `at` has seen: the complement of [`after`].
@@ -286,14 +284,7 @@ pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {
 
 #[cfg(test)]
 mod tests {
-    use super::{pg_array, snapshot_bounds, snapshot_xmin};
-
-    #[test]
-    fn a_snapshot_gives_its_oldest_running_and_first_unassigned_transactions() {
-        assert_eq!(snapshot_bounds("126733:127236:126733,126846"), Some((126_733, 127_236)));
-        assert_eq!(snapshot_bounds("9:9:"), Some((9, 9)));
-        assert_eq!(snapshot_bounds("nonsense"), None);
-    }
+    use super::{pg_array, snapshot_xmin};
 
     #[test]
     fn the_oldest_running_transaction_is_the_first_field_of_a_snapshot() {

@@ -347,6 +347,27 @@ async fn a_role_taken_away_applies_to_a_stream_already_open(app: TestApp) {
     assert_eq!(seqs(&next), own.iter().map(|e| e.seq).collect::<Vec<_>>(), "only its own store's changes");
 }
 
+async fn a_token_that_expires_while_connected_closes_the_connection_with_4403(app: TestApp) {
+    let strict = app.instance_with(|s| s.token_leeway = Duration::ZERO).await;
+    let url = serve(strict.router()).await;
+    let token = strict.state.keys.mint(app.staff("sz01.sales"), Duration::from_secs(2)).unwrap();
+    let mut client = Client::signed_in(&url, &token).await;
+    client.subscribe("1", TAG_CHANGES, json!({})).await;
+    match client.receive().await {
+        Received::Closed(code, reason) => {
+            assert_eq!(code, 4403, "{reason}");
+            assert!(reason.starts_with("Forbidden"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // And an expired token is refused at once.
+    let mut late = Client::connect(&url).await;
+    match late.init(json!({ "Authorization": format!("Bearer {token}") })).await {
+        Received::Closed(code, _) => assert_eq!(code, 4403),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn connections_and_subscriptions_are_limited(app: TestApp) {
     let url = serve(app.app.router()).await;
     let token = app.token("sz01.sales");
@@ -511,6 +532,7 @@ on_both_databases!(
     a_subscriber_that_resumes_with_after_seq_loses_nothing_and_gets_nothing_twice,
     a_bad_token_or_a_subscribe_before_init_closes_with_the_protocol_code,
     a_revoked_session_closes_an_open_stream_with_4403,
+    a_token_that_expires_while_connected_closes_the_connection_with_4403,
     a_change_on_a_second_instance_reaches_a_subscriber_on_the_first,
     a_role_taken_away_applies_to_a_stream_already_open,
     an_approver_sees_a_request_filed_in_its_scope_and_a_stranger_does_not,

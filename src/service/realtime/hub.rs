@@ -11,13 +11,15 @@
 //! a sequence number below which nothing can still commit. On SQLite one
 //! transaction writes at a time, so every event read is stable. On
 //! PostgreSQL a writer may commit sequence number 101 after another has
-//! committed 102; a writer takes its transaction id before it draws
-//! sequence numbers (see `store::event_log`), so every number up to the
-//! newest one visible in a snapshot was drawn by a transaction older than
-//! that snapshot's `xmax`. Once a later snapshot's `xmin` (the oldest
-//! transaction still running) has reached that `xmax`, all of those have
-//! ended, and what they wrote has been read. The hub keeps what it read
-//! above the stable point until then.
+//! committed 102. Every writer of tag events holds the event-log advisory
+//! lock (shared or exclusive) from before it draws sequence numbers until
+//! it ends, so the writers that may still commit a number up to the newest
+//! one visible in a snapshot are among the lock's holders listed just
+//! after that snapshot was taken. Once none of them holds it any more
+//! (listed just before a later snapshot), all have ended, and what they
+//! wrote is visible in the later snapshot and has been read. Unrelated
+//! transactions, of this database or of others on the server, hold
+//! nothing back.
 //!
 //! Subscribers register under the same lock that releases events, and get
 //! the stable point at that moment: everything at or below it is in the
@@ -34,7 +36,7 @@ use sea_orm::{AccessMode, DatabaseConnection, DbBackend, IsolationLevel, Transac
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::{AppError, AppResult};
-use crate::store::event_log::{Log, LogPosition, log_position, snapshot_bounds};
+use crate::store::event_log::{Log, LogPosition, event_log_writers, log_position};
 use crate::store::live::{self, TagChangeRow};
 
 /// Log rows read per statement.
@@ -273,6 +275,9 @@ impl Hub {
     /// snapshot, and releases what has become stable.
     async fn poll(&self, state: &mut Follow) -> AppResult<()> {
         let postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        // Before the snapshot: a writer not among these had ended before it
+        // was taken, and everything it wrote is visible in it.
+        let writing_before = event_log_writers(&self.db).await?;
         let txn = if postgres {
             self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
         } else {
@@ -280,6 +285,9 @@ impl Hub {
         };
         // The first statement fixes the snapshot this poll reads in.
         let to = log_position(&txn, Log::TagEvents).await?;
+        // After it: every writer that had drawn sequence numbers before the
+        // snapshot and had not committed by then (and maybe a few more).
+        let writing_after = event_log_writers(&txn).await?;
         let revision = live::sign_in_revision(&txn).await?;
         let mut rows = Vec::new();
         if let Some(from) = &state.from {
@@ -312,20 +320,20 @@ impl Hub {
         for row in rows {
             state.pending.insert(row.seq, Arc::new(row));
         }
-        let stable = match to.snapshot.as_deref().and_then(snapshot_bounds) {
-            Some((xmin, xmax)) => {
-                state.candidates.push_back((xmax, to.seq));
-                let mut stable = None;
-                while let Some(&(x, seq)) = state.candidates.front()
-                    && x <= xmin
-                {
-                    stable = Some(seq);
-                    state.candidates.pop_front();
-                }
-                stable
-            }
-            None => Some(to.seq),
-        };
+        // Earlier snapshots whose unfinished writers have all ended since:
+        // every sequence number up to their newest one has been read.
+        let mut stable = None;
+        while let Some((writers, seq)) = state.candidates.front()
+            && writers.is_disjoint(&writing_before)
+        {
+            stable = Some(*seq);
+            state.candidates.pop_front();
+        }
+        if postgres {
+            state.candidates.push_back((writing_after, to.seq));
+        } else {
+            stable = Some(to.seq);
+        }
         state.from = Some(to);
         let Some(stable) = stable else { return Ok(()) };
         let mut released = state.pending.split_off(&(stable + 1));
@@ -394,9 +402,10 @@ struct Follow {
     from: Option<LogPosition>,
     /// Read, not yet stable.
     pending: BTreeMap<i64, Arc<TagChangeRow>>,
-    /// (xmax, newest sequence number visible) of the snapshots read, oldest
-    /// first, waiting for a later `xmin` to reach their `xmax`.
-    candidates: VecDeque<(u64, i64)>,
+    /// The snapshots read, oldest first, waiting for their unfinished
+    /// writers to end: those writers, and the newest sequence number
+    /// visible in the snapshot.
+    candidates: VecDeque<(HashSet<String>, i64)>,
     /// Status of the change requests in the window, as last announced.
     requests: HashMap<i64, ChangeRequestStatus>,
 }
