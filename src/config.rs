@@ -204,6 +204,27 @@ pub struct Limits {
     pub job_progress_interval: Duration,
     /// Times a job is taken up (after crashes) before it is marked failed.
     pub job_max_attempts: i32,
+    /// WebSocket connections (`/graphql/ws`) one staff member may hold open
+    /// on one instance; one more is closed with 4429.
+    pub max_ws_connections_per_staff: usize,
+    /// Subscriptions one WebSocket connection may run at once; one more
+    /// is answered with an `error` message (`LIMIT_EXCEEDED`).
+    pub max_subscriptions_per_connection: usize,
+    /// Tag changes one `tagChanges` subscriber may have waiting to be sent;
+    /// a subscriber that falls this far behind is cut off with
+    /// `SLOW_CONSUMER` and the position to resume from, rather than
+    /// holding memory without bound.
+    pub subscription_buffer: usize,
+    /// Sequence numbers a `tagChanges` resume (`afterSeq`) may go back;
+    /// further back answers `RESYNC_REQUIRED`.
+    pub max_replay_events: i64,
+    /// How long a WebSocket may stay open without `connection_init`
+    /// (closed with 4408 after it).
+    pub ws_init_timeout: Duration,
+    /// How often the realtime hub reads the tag event log (and the
+    /// sign-in revision and change requests): at most 250 ms, so that a
+    /// change reaches subscribers on every instance within a second.
+    pub realtime_poll_interval: Duration,
     /// Fault injection for tests: the worker stops dead after this many
     /// batches of a job, as if the process were killed (no release, no
     /// status change).
@@ -269,6 +290,12 @@ impl Default for Limits {
             job_progress_interval: Duration::from_millis(250),
             job_max_attempts: 5,
             job_halt_after_batches: None,
+            max_ws_connections_per_staff: 8,
+            max_subscriptions_per_connection: 20,
+            subscription_buffer: 20_000,
+            max_replay_events: 1_000_000,
+            ws_init_timeout: Duration::from_secs(10),
+            realtime_poll_interval: Duration::from_millis(200),
         }
     }
 }

@@ -38,6 +38,13 @@ pub enum ErrorCode {
     PersistedQueryNotInList,
     /// The request ran past the request timeout and was cancelled.
     Timeout,
+    /// A subscription asked to resume from a place the log no longer
+    /// replays (or never had): the client reloads what it shows, then
+    /// subscribes from the present.
+    ResyncRequired,
+    /// A subscriber fell too far behind its stream and was cut off; it
+    /// resumes from the position the error carries.
+    SlowConsumer,
     Internal,
 }
 
@@ -57,6 +64,8 @@ impl ErrorCode {
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::PersistedQueryNotInList => "PERSISTED_QUERY_NOT_IN_LIST",
             Self::Timeout => "TIMEOUT",
+            Self::ResyncRequired => "RESYNC_REQUIRED",
+            Self::SlowConsumer => "SLOW_CONSUMER",
             Self::Internal => "INTERNAL",
         }
     }
@@ -94,6 +103,14 @@ pub enum AppError {
     /// A modification lock (修改锁) held by somebody else covers the change.
     Locked(LockInfo),
     LimitExceeded(String),
+    /// See [`ErrorCode::ResyncRequired`].
+    ResyncRequired(String),
+    /// See [`ErrorCode::SlowConsumer`]: `resume_after_seq` is the last
+    /// sequence number the stream got past (delivered or not for the
+    /// caller), to pass as `afterSeq`.
+    SlowConsumer {
+        resume_after_seq: Option<i64>,
+    },
     Internal(anyhow::Error),
 }
 
@@ -119,6 +136,8 @@ impl AppError {
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Locked(_) => ErrorCode::Locked,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::ResyncRequired(_) => ErrorCode::ResyncRequired,
+            Self::SlowConsumer { .. } => ErrorCode::SlowConsumer,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -148,7 +167,17 @@ impl AppError {
     /// The message for a caller, internal errors aside.
     pub fn message(&self) -> String {
         match self {
-            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::Conflict(m) | Self::LimitExceeded(m) => m.clone(),
+            Self::Unauthenticated(m)
+            | Self::Forbidden(m)
+            | Self::Conflict(m)
+            | Self::LimitExceeded(m)
+            | Self::ResyncRequired(m) => m.clone(),
+            Self::SlowConsumer { resume_after_seq: Some(seq) } => {
+                format!("the subscriber fell too far behind and was cut off; resume after sequence number {seq}")
+            }
+            Self::SlowConsumer { resume_after_seq: None } => {
+                "the subscriber fell too far behind and was cut off; subscribe again".to_owned()
+            }
             Self::ForbiddenField { field } => format!("you may not read {field}"),
             Self::NotFound { kind, id } => format!("{kind} {id} not found"),
             Self::Validation { field, message } => format!("{field}: {message}"),
@@ -203,6 +232,10 @@ impl From<AppError> for async_graphql::Error {
             AppError::Locked(lock) => Some(lock.clone()),
             _ => None,
         };
+        let resume_after_seq = match &err {
+            AppError::SlowConsumer { resume_after_seq } => *resume_after_seq,
+            _ => None,
+        };
         async_graphql::Error::new(err.public_message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
             if let Some(lock) = &lock {
@@ -213,6 +246,9 @@ impl From<AppError> for async_graphql::Error {
             }
             if let Some(field) = &field {
                 ext.set("field", field.as_str());
+            }
+            if let Some(seq) = resume_after_seq {
+                ext.set("resumeAfterSeq", seq);
             }
             if let Some(id) = request_id::current() {
                 ext.set("requestId", id);

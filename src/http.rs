@@ -8,6 +8,7 @@ mod graphql;
 mod persisted;
 mod read_only;
 mod reply;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,7 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
     let cors = cors_layer(&app.settings.cors_origins);
     let graphql = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post).fallback(graphql::other_method))
+        .route("/graphql/ws", get(ws::upgrade))
         .layer(DefaultBodyLimit::max(body_limit));
     let observer = observability::HttpObserver::new(&app);
     let sign_in = auth::routes::router(app.db.clone(), app.auth.clone());

@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::graphql::{AppSchema, schema_builder};
 use crate::segment::SegmentIndex;
 use crate::service::jobs;
+use crate::service::realtime::Hub;
 use crate::state::AppState;
 use crate::{db, http, observability};
 
@@ -65,7 +66,9 @@ impl Application {
             };
             scheduler.spawn(interval);
         }
-        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index };
+        // Starts following the logs with its first subscriber.
+        let realtime = Hub::new(db.clone(), settings.limits.realtime_poll_interval);
+        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index, realtime };
         let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
         Ok(Self { state, schema })
     }

@@ -8,6 +8,7 @@ use crate::auth::{Auth, JwtKeys};
 use crate::authz::Authz;
 use crate::config::Settings;
 use crate::segment::SegmentIndex;
+use crate::service::realtime::Hub;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,4 +20,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The in-memory segment index of this instance.
     pub index: Arc<SegmentIndex>,
+    /// The realtime hub of this instance (subscriptions).
+    pub realtime: Arc<Hub>,
 }

@@ -10,6 +10,7 @@ mod jobs;
 pub(crate) mod limits;
 mod loaders;
 mod org;
+mod realtime;
 mod relay;
 mod rule_dryrun;
 mod rule_proposal;
@@ -22,7 +23,7 @@ mod tag;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
@@ -70,11 +71,15 @@ pub struct Mutation(
 
 pub use jobs::JobSubscription;
 
-pub type AppSchema = Schema<Query, Mutation, JobSubscription>;
-pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, JobSubscription>;
+/// Live updates, over `graphql-transport-ws` at `/graphql/ws`.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(jobs::JobSubscription, realtime::RealtimeSubscription);
+
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
+pub type AppSchemaBuilder = SchemaBuilder<Query, Mutation, Subscription>;
 
 fn builder() -> AppSchemaBuilder {
-    Schema::build(Query::default(), Mutation::default(), JobSubscription)
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
 }
 
 /// The schema with its limits and the shared state, to be finished by the

@@ -246,6 +246,31 @@ fn snapshot_xmin(snapshot: &str) -> u64 {
     snapshot.split(':').next().and_then(|x| x.parse().ok()).unwrap_or(0)
 }
 
+/// The transactions (PostgreSQL virtual transaction ids) holding the
+/// event-log lock of this database now, in either mode: every transaction
+/// that draws tag event sequence numbers holds it from before it draws them
+/// until it ends ([`share_event_log`], [`serialize_event_log`]). Empty on
+/// SQLite, where one transaction writes at a time.
+///
+/// # Errors
+/// Database errors.
+pub async fn event_log_writers(db: &impl ConnectionTrait) -> AppResult<std::collections::HashSet<String>> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(std::collections::HashSet::new());
+    }
+    // A bigint advisory key shows as its high half (classid) and low half
+    // (objid), with objsubid 1.
+    let sql = format!(
+        "SELECT DISTINCT virtualtransaction AS vxid FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = {} AND objid = {} \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        EVENT_LOG_LOCK >> 32,
+        EVENT_LOG_LOCK & 0xffff_ffff
+    );
+    let rows = db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
+    rows.iter().map(|r| Ok(r.try_get::<String>("", "vxid")?)).collect()
+}
+
 /// Rows of `log` a reader at `at` has seen: the complement of [`after`].
 #[must_use]
 pub fn seen_at(log: Log, at: &LogPosition) -> SimpleExpr {

@@ -9,6 +9,7 @@ pub mod constraint;
 pub mod customer_log;
 pub mod event_log;
 pub mod library_version;
+pub mod live;
 pub mod session;
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.

@@ -35,6 +35,7 @@ mod segments;
 mod sign_in;
 mod sign_in_cache;
 mod staff;
+mod subscriptions;
 mod tag_library;
 mod tagging;
 mod visibility;

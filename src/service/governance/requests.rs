@@ -57,6 +57,14 @@ fn visible(principal: &Principal) -> Condition {
         .add(principal.scope(Action::AuditLogRead).condition(change_request::Column::OrgUnitId))
 }
 
+/// [`visible`] for a request already read (the realtime hub's): the same
+/// three reasons, in the same order.
+pub fn is_visible(principal: &Principal, request: &change_request::Model) -> bool {
+    request.requester_staff_id == principal.staff.id
+        || principal.scope(Action::ChangeRequestApprove).contains(request.org_unit_id)
+        || principal.scope(Action::AuditLogRead).contains(request.org_unit_id)
+}
+
 fn filtered(principal: &Principal, filter: &RequestFilter) -> AppResult<Condition> {
     let mut cond = Condition::all().add(visible(principal));
     if let Some(status) = filter.status {
