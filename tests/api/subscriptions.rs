@@ -191,8 +191,10 @@ async fn store_subscribers_see_only_their_own_customers_while_a_salesperson_and_
         other => panic!("{other:?}"),
     }
 
-    // HQ bulk-tags every customer of both stores while the salespeople
-    // untag and tag their own.
+    // HQ bulk-tags every customer of both stores with 询价 while the
+    // salespeople tag their own with a stage (another group: the job holds
+    // a modification lock on 活动 while it runs).
+    let prospect = app.tag_id("客户阶段", "潜在客户").await;
     let mut everyone = sz01.clone();
     everyone.extend(bj01.iter().cloned());
     let job = app
@@ -202,15 +204,15 @@ async fn store_subscribers_see_only_their_own_customers_while_a_salesperson_and_
     let w = worker(&app);
     let run = tokio::spawn(async move { w.run_next().await });
     let (a, b) = tokio::join!(
-        app.gql("sz01.sales", UNTAG, json!({ "c": [sz01[0]], "t": [inquiry] })),
-        app.gql("bj01.sales", UNTAG, json!({ "c": [bj01[0]], "t": [inquiry] })),
+        app.gql("sz01.sales", TAG, json!({ "c": sz01[..2], "t": [prospect] })),
+        app.gql("bj01.sales", TAG, json!({ "c": bj01[..2], "t": [prospect] })),
     );
     a.ok();
     b.ok();
     run.await.unwrap().unwrap();
     let (a, b) = tokio::join!(
-        app.gql("sz01.sales", TAG, json!({ "c": [sz01[1]], "t": [inquiry] })),
-        app.gql("bj01.sales", TAG, json!({ "c": [bj01[1]], "t": [inquiry] })),
+        app.gql("sz01.sales", UNTAG, json!({ "c": [sz01[1]], "t": [inquiry] })),
+        app.gql("bj01.sales", UNTAG, json!({ "c": [bj01[1]], "t": [inquiry] })),
     );
     a.ok();
     b.ok();

@@ -339,13 +339,10 @@ impl Hub {
         let mut released = state.pending.split_off(&(stable + 1));
         std::mem::swap(&mut released, &mut state.pending);
         let mut fanout = self.fanout();
-        if stable < fanout.stable {
-            return Ok(());
-        }
         if ready {
             self.release(&mut fanout, released.into_values());
         }
-        fanout.stable = stable;
+        fanout.stable = fanout.stable.max(stable);
         drop(fanout);
         if !ready {
             // Nobody subscribed before this point: they replay up to it.
