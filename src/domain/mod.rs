@@ -10,7 +10,7 @@ mod reason;
 pub mod tag;
 
 pub use id::{
-    AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, JobId, LockId, OrgUnitId, RuleId, SegmentId,
+    AlertId, AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, JobId, LockId, OrgUnitId, RuleId, SegmentId,
     StaffId, TagGroupId, TagId, decode_global, encode_global, parse_ids,
 };
 pub use name::{

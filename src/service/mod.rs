@@ -10,6 +10,7 @@ pub mod governance;
 pub mod jobs;
 pub mod library;
 pub mod listing;
+pub mod reports;
 pub mod rules;
 pub mod segment;
 pub mod staff;

@@ -1,0 +1,274 @@
+//! Probable duplicate tags: pairs of active enterprise tags, among the
+//! layers of an org unit's effective library and of the units below it,
+//! that are probably one idea. Each pair says why:
+//!
+//! - `SAME_NAME`: equal names once normalised (NFKC, case, spaces), in
+//!   different layers — 黄金会员 in two regions;
+//! - `ALIAS_COLLISION`: a name or alias of one is an alias of the other;
+//! - `SIMILAR_NAME`: names at most the unit's edit distance apart
+//!   (Levenshtein on characters; only names of at least `2d + 2`
+//!   characters, so that `S级`/`A级` do not count);
+//! - `HOLDER_OVERLAP`: the customers holding them overlap at least the
+//!   unit's Jaccard threshold (from the index's bitmaps; left out while the
+//!   index builds).
+//!
+//! Each pair proposes the merges that fold it into one canonical tag, as
+//! the existing `mergeTags` edit (applied or filed as the policy says): a
+//! tag's holders must stay within the canonical tag's library, so the
+//! canonical tag is the one whose layer contains the other's; for tags of
+//! sibling layers it is an active tag of the same name (or alias) in a
+//! layer above both, and both merge into it; when there is none the pair
+//! has no proposal and says so.
+
+use std::collections::{HashMap, HashSet};
+
+use entity::{tag, tag_group};
+use roaring::RoaringBitmap;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use unicode_normalization::UnicodeNormalization;
+
+use super::report_unit;
+use super::usage::{self, TagUsage};
+use crate::authz::Principal;
+use crate::authz::visibility::group_visible;
+use crate::domain::OrgUnitId;
+use crate::error::AppResult;
+use crate::segment::SegmentIndex;
+use crate::service::library::aliases_of;
+use crate::service::tag_library::tags_of_groups;
+
+/// Why two tags are probably one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DuplicateReason {
+    SameName,
+    AliasCollision,
+    SimilarName,
+    HolderOverlap,
+}
+
+impl DuplicateReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SameName => "SAME_NAME",
+            Self::AliasCollision => "ALIAS_COLLISION",
+            Self::SimilarName => "SIMILAR_NAME",
+            Self::HolderOverlap => "HOLDER_OVERLAP",
+        }
+    }
+}
+
+/// One merge of a proposal: `source` into `target`.
+#[derive(Debug, Clone)]
+pub struct ProposedMerge {
+    pub target: tag::Model,
+    pub source: tag::Model,
+}
+
+/// A pair of probable duplicates.
+#[derive(Debug, Clone)]
+pub struct DuplicatePair {
+    pub a: TagUsage,
+    pub b: TagUsage,
+    pub reasons: Vec<DuplicateReason>,
+    /// Names' edit distance (characters).
+    pub edit_distance: usize,
+    /// Holder overlap; `None` while the index builds.
+    pub jaccard: Option<f64>,
+    /// The two tags are in sibling layers (neither layer contains the other).
+    pub sibling_scopes: bool,
+    /// The tag the pair would become.
+    pub canonical: Option<tag::Model>,
+    /// The merges that fold the pair into `canonical`, in order.
+    pub merges: Vec<ProposedMerge>,
+    /// Why there is no proposal, when there is none.
+    pub note: Option<String>,
+}
+
+/// A name as compared: NFKC, lower case, no white space.
+pub fn normalise(name: &str) -> String {
+    name.nfkc().flat_map(char::to_lowercase).filter(|c| !c.is_whitespace()).collect()
+}
+
+fn names_of(t: &tag::Model) -> (String, HashSet<String>) {
+    (normalise(&t.name), aliases_of(t).iter().map(|a| normalise(a)).collect())
+}
+
+/// The probable duplicates among the tags the caller sees in the unit's
+/// effective library and below it, strongest reasons first.
+///
+/// # Errors
+/// `NOT_FOUND` for a unit the caller does not know, `FORBIDDEN` without
+/// `report:read` there; database errors.
+#[tracing::instrument(skip(db, index, principal), fields(staff = principal.staff.id))]
+pub async fn duplicate_tags(
+    db: &DatabaseConnection,
+    index: &SegmentIndex,
+    principal: &Principal,
+    unit: OrgUnitId,
+) -> AppResult<Vec<DuplicatePair>> {
+    let found = report_unit(principal, unit)?;
+    let org = &principal.org;
+    let layers: HashSet<i64> = org
+        .ancestors_or_self(found.id)
+        .into_iter()
+        .map(|u| u.id)
+        .chain(org.subtree(found.id).map(|u| u.id))
+        .filter(|u| principal.may_read_library_layer(*u))
+        .collect();
+    let groups: HashMap<i64, tag_group::Model> = tag_group::Entity::find()
+        .filter(tag_group::Column::OrgUnitId.is_in(layers.iter().copied()))
+        .order_by_asc(tag_group::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|g| group_visible(principal, g, None))
+        .map(|g| (g.id, g))
+        .collect();
+    let group_ids: Vec<i64> = groups.keys().copied().collect();
+    let tags: Vec<tag::Model> = tags_of_groups(db, &group_ids, false).await?.into_values().flatten().collect();
+    let usage = usage::usage_of(db, index, principal, found.id, groups.clone(), tags).await?;
+    let settings = usage.settings;
+    let max_distance = usize::try_from(settings.duplicate_edit_distance).unwrap_or(0);
+    let rows = usage.rows;
+    let names: Vec<(String, HashSet<String>)> = rows.iter().map(|r| names_of(&r.tag)).collect();
+    let lengths: Vec<usize> = names.iter().map(|(n, _)| n.chars().count()).collect();
+    let layer_of = |r: &TagUsage| r.group.org_unit_id;
+    let mut pairs = Vec::new();
+    for i in 0..rows.len() {
+        for j in (i + 1)..rows.len() {
+            let (a, b) = (&rows[i], &rows[j]);
+            let (na, aa) = &names[i];
+            let (nb, ab) = &names[j];
+            let mut reasons = Vec::new();
+            if na == nb && layer_of(a) != layer_of(b) {
+                reasons.push(DuplicateReason::SameName);
+            }
+            if ab.contains(na) || aa.contains(nb) || !aa.is_disjoint(ab) {
+                reasons.push(DuplicateReason::AliasCollision);
+            }
+            let short = lengths[i].min(lengths[j]);
+            let distance = if lengths[i].abs_diff(lengths[j]) > max_distance.max(1) * 4 {
+                usize::MAX
+            } else {
+                strsim::levenshtein(na, nb)
+            };
+            let same_exclusive_group = a.group.id == b.group.id && a.group.exclusive;
+            if distance > 0
+                && distance <= max_distance
+                && short >= 2 * max_distance + 2
+                && !same_exclusive_group
+            {
+                reasons.push(DuplicateReason::SimilarName);
+            }
+            let held = usage.holders.as_ref().and_then(|h| Some((h.get(&a.tag.id)?, h.get(&b.tag.id)?)));
+            let mut overlap = None;
+            if let Some((ha, hb)) = held.filter(|(ha, hb)| may_reach(ha, hb, settings.duplicate_jaccard)) {
+                let j = jaccard(ha, hb);
+                overlap = Some(j);
+                if j >= settings.duplicate_jaccard && !same_exclusive_group {
+                    reasons.push(DuplicateReason::HolderOverlap);
+                }
+            }
+            if reasons.is_empty() {
+                continue;
+            }
+            let overlap = overlap.or_else(|| held.map(|(ha, hb)| jaccard(ha, hb)));
+            pairs.push(propose(principal, &rows, a.clone(), b.clone(), reasons, distance, overlap));
+        }
+    }
+    pairs.sort_by(|x, y| {
+        x.reasons.first().cmp(&y.reasons.first()).then(x.a.tag.id.cmp(&y.a.tag.id)).then(x.b.tag.id.cmp(&y.b.tag.id))
+    });
+    Ok(pairs)
+}
+
+/// True unless the sizes alone keep two holder sets under `threshold`
+/// (the Jaccard index is at most the smaller over the larger).
+fn may_reach(a: &RoaringBitmap, b: &RoaringBitmap, threshold: f64) -> bool {
+    let (la, lb) = (a.len(), b.len());
+    #[allow(clippy::cast_precision_loss)]
+    let bound = if la.max(lb) == 0 { 0.0 } else { la.min(lb) as f64 / la.max(lb) as f64 };
+    bound >= threshold
+}
+
+/// The Jaccard index of two holder sets (0 when both are empty).
+fn jaccard(a: &RoaringBitmap, b: &RoaringBitmap) -> f64 {
+    let both = a.intersection_len(b);
+    let either = a.len() + b.len() - both;
+    #[allow(clippy::cast_precision_loss)]
+    if either == 0 { 0.0 } else { both as f64 / either as f64 }
+}
+
+/// The pair with its proposal.
+fn propose(
+    principal: &Principal,
+    rows: &[TagUsage],
+    a: TagUsage,
+    b: TagUsage,
+    reasons: Vec<DuplicateReason>,
+    distance: usize,
+    jaccard: Option<f64>,
+) -> DuplicatePair {
+    let org = &principal.org;
+    let (ua, ub) = (a.group.org_unit_id, b.group.org_unit_id);
+    let a_above = org.is_within(ub, ua);
+    let b_above = org.is_within(ua, ub);
+    let mut pair = DuplicatePair {
+        reasons,
+        edit_distance: distance,
+        jaccard,
+        sibling_scopes: !a_above && !b_above,
+        canonical: None,
+        merges: Vec::new(),
+        note: None,
+        a,
+        b,
+    };
+    let (a, b) = (&pair.a, &pair.b);
+    let one_into_other = |target: &TagUsage, source: &TagUsage| {
+        (Some(target.tag.clone()), vec![ProposedMerge { target: target.tag.clone(), source: source.tag.clone() }])
+    };
+    let (canonical, merges) = if a_above && b_above {
+        // One layer: the more held survives (the older on a tie).
+        if (b.holders, std::cmp::Reverse(b.tag.id)) > (a.holders, std::cmp::Reverse(a.tag.id)) {
+            one_into_other(b, a)
+        } else {
+            one_into_other(a, b)
+        }
+    } else if a_above {
+        one_into_other(a, b)
+    } else if b_above {
+        one_into_other(b, a)
+    } else {
+        // Sibling layers: a tag of the same name (or alias) above both.
+        let common = org.common_ancestor([ua, ub]);
+        let (na, aa) = names_of(&a.tag);
+        let (nb, ab) = names_of(&b.tag);
+        let above = rows.iter().find(|r| {
+            let u = r.group.org_unit_id;
+            common.is_some_and(|c| org.is_within(c, u)) && {
+                let (n, al) = names_of(&r.tag);
+                n == na || n == nb || al.contains(&na) || al.contains(&nb) || aa.contains(&n) || ab.contains(&n)
+            }
+        });
+        match above {
+            Some(c) => (
+                Some(c.tag.clone()),
+                vec![
+                    ProposedMerge { target: c.tag.clone(), source: a.tag.clone() },
+                    ProposedMerge { target: c.tag.clone(), source: b.tag.clone() },
+                ],
+            ),
+            None => {
+                let at = common.and_then(|c| org.get(c)).map_or_else(String::new, |u| u.name.clone());
+                pair.note = Some(format!(
+                    "the tags are in sibling layers: create the tag in {at} (a layer above both) and merge both into it"
+                ));
+                (None, Vec::new())
+            }
+        }
+    };
+    pair.canonical = canonical;
+    pair.merges = merges;
+    pair
+}
