@@ -11,6 +11,7 @@ pub(crate) mod limits;
 mod loaders;
 mod org;
 mod relay;
+mod reports;
 mod rule_dryrun;
 mod rule_proposal;
 mod rules;
@@ -50,6 +51,7 @@ pub struct Query(
     rules::RuleQuery,
     rule_dryrun::RuleDryRunQuery,
     jobs::JobQuery,
+    reports::ReportQuery,
 );
 
 /// Every change the API makes.
@@ -64,6 +66,7 @@ pub struct Mutation(
     rules::RuleMutation,
     rule_proposal::RuleProposalMutation,
     jobs::JobMutation,
+    reports::ReportMutation,
 );
 
 pub use jobs::JobSubscription;

@@ -31,10 +31,10 @@ use super::report_unit;
 use super::usage::{self, TagUsage};
 use crate::authz::Principal;
 use crate::authz::visibility::group_visible;
-use crate::domain::OrgUnitId;
-use crate::error::AppResult;
+use crate::domain::{ObjectKey, OrgUnitId, Reason, TagId};
+use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
-use crate::service::library::aliases_of;
+use crate::service::library::{self, EditContext, EditOutcome, LibraryEdit, aliases_of};
 use crate::service::tag_library::tags_of_groups;
 
 /// Why two tags are probably one.
@@ -271,4 +271,47 @@ fn propose(
     pair.canonical = canonical;
     pair.merges = merges;
     pair
+}
+
+/// Merges each source into the canonical tag, in order, as the normal
+/// `mergeTags` edit: applied or filed as a change request as the policy
+/// decides for the caller. The canonical tag's version moves with each
+/// applied merge (its aliases grow), so the next merge is checked against
+/// the version the previous one left. Merges filed as requests are decided
+/// one by one; approving one moves the canonical tag, so a later one may
+/// come back `STALE` and is filed again from a fresh report.
+///
+/// # Errors
+/// `VALIDATION` for no sources or the canonical tag among them; the first
+/// failing edit's error (merges before it stay applied or filed, each in
+/// its own transaction, and are in the audit log).
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn merge_duplicates(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    canonical: (TagId, i32),
+    sources: &[(TagId, i32)],
+    reason: Option<Reason>,
+) -> AppResult<Vec<EditOutcome>> {
+    if sources.is_empty() {
+        return Err(AppError::validation("sources", "name at least one tag to merge"));
+    }
+    if sources.iter().any(|(s, _)| *s == canonical.0) {
+        return Err(AppError::validation("sources", "the canonical tag cannot be merged into itself"));
+    }
+    let (target, mut target_version) = canonical;
+    let mut outcomes = Vec::with_capacity(sources.len());
+    for (source, version) in sources {
+        let ctx = EditContext {
+            expected: [(ObjectKey::tag(target), target_version), (ObjectKey::tag(*source), *version)].into(),
+            reason: reason.clone(),
+        };
+        let outcome = library::submit(db, principal, LibraryEdit::MergeTags { target_id: target, source_id: *source }, ctx)
+            .await?;
+        if let Some(t) = outcome.tag.as_ref().filter(|t| t.id == target.0) {
+            target_version = t.version;
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
