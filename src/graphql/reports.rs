@@ -592,3 +592,20 @@ impl ReportMutation {
         Ok(GovernanceAlert(alerts::resolve(env.db, env.principal, id).await?))
     }
 }
+
+/// A tag a customer held at an instant.
+#[derive(SimpleObject)]
+pub struct TagAtDate {
+    /// The tag (as it is now).
+    tag: Tag,
+    /// When it was last given before the instant.
+    tagged_at: DateTime,
+    /// What gave it then.
+    source: TagSource,
+}
+
+impl From<crate::service::reports::time_travel::TagAt> for TagAtDate {
+    fn from(t: crate::service::reports::time_travel::TagAt) -> Self {
+        Self { tag: Tag(t.tag), tagged_at: DateTime(t.tagged_at), source: t.source }
+    }
+}
