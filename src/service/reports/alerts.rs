@@ -153,7 +153,7 @@ pub async fn refresh(
         found.push(Found {
             kind: GovernanceAlertKind::DuplicateTags,
             unit: found_unit,
-            subject: format!("tags:{},{}", d.a.tag.id, d.b.tag.id),
+            subject: format!("tags:{},{}", d.a.tag.id.min(d.b.tag.id), d.a.tag.id.max(d.b.tag.id)),
             detail: json!({ "tagIds": [d.a.tag.id, d.b.tag.id], "names": [d.a.tag.name, d.b.tag.name],
                             "reasons": reasons }),
         });

@@ -136,7 +136,7 @@ struct EventRow {
 /// `SUM(CASE WHEN occurred_at >= since THEN 1 ELSE 0 END)`.
 fn count_since(since: DateTime<Utc>) -> SimpleExpr {
     let at = (tag_event::Entity, tag_event::Column::OccurredAt);
-    Expr::expr(Expr::case(Expr::col(at).gte(since), Expr::val(1_i64)).finally(Expr::val(0_i64))).sum()
+    Expr::expr(Expr::case(Expr::col(at).gte(since), Expr::val(1_i32)).finally(Expr::val(0_i32))).sum()
 }
 
 /// Holders per tag by SQL (while the index builds): one grouped count.
@@ -253,8 +253,9 @@ pub(crate) async fn usage_of(
     principal: &Principal,
     unit: i64,
     groups: HashMap<i64, tag_group::Model>,
-    tags: Vec<tag::Model>,
+    mut tags: Vec<tag::Model>,
 ) -> AppResult<Usage> {
+    tags.sort_by_key(|t| t.id);
     let settings = settings_in_force(db, principal, unit).await?;
     let scope = customer_scope(principal, unit);
     let now = Utc::now();
