@@ -134,7 +134,8 @@ impl Customer {
         #[graphql(desc = "The instant.")] at: DateTime,
     ) -> Result<Vec<super::reports::TagAtDate>> {
         let env = env(ctx);
-        let tags = crate::service::reports::time_travel::tags_at(env.db, env.principal, CustomerId(self.0.id), at.0).await?;
+        let tags =
+            crate::service::reports::time_travel::tags_at(env.db, env.principal, CustomerId(self.0.id), at.0).await?;
         Ok(tags.into_iter().map(super::reports::TagAtDate::from).collect())
     }
     /// The customer's tag in the HQ lifecycle group (客户阶段), if any.

@@ -586,7 +586,11 @@ impl ReportMutation {
 
     /// Resolves an open or acknowledged alert. Needs `alert:manage` in its
     /// unit; audited.
-    async fn resolve_alert(&self, ctx: &Context<'_>, #[graphql(desc = "The alert.")] id: ID) -> Result<GovernanceAlert> {
+    async fn resolve_alert(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The alert.")] id: ID,
+    ) -> Result<GovernanceAlert> {
         let env = env(ctx);
         let id = AlertId::parse(&id, "id")?;
         Ok(GovernanceAlert(alerts::resolve(env.db, env.principal, id).await?))

@@ -184,7 +184,9 @@ impl SegmentPreview {
     /// `VALIDATION` on a field that does not travel in time.
     fn now_only(&self, field: &str) -> Result<()> {
         match self.as_of {
-            Some(_) => Err(AppError::validation("asOf", format!("`{field}` is not answered as of a date; ask `count`")).into()),
+            Some(_) => {
+                Err(AppError::validation("asOf", format!("`{field}` is not answered as of a date; ask `count`")).into())
+            }
             None => Ok(()),
         }
     }

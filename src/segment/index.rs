@@ -560,7 +560,8 @@ impl SegmentIndex {
         let universe = self.union_of(read_scope.unit_ids());
         let s = self.read();
         let today = Utc::now().with_timezone(&offset).date_naive();
-        let evaluator = Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today, as_of: None };
+        let evaluator =
+            Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today, as_of: None };
         let members = evaluator.eval(resolved, &resolved.expr)?;
         Some(members & universe.as_ref())
     }

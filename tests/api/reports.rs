@@ -434,11 +434,8 @@ async fn tags_at_the_first_of_last_month_are_exact(app: TestApp) {
 
     // Expected: every event of this customer up to `at`, replayed by hand.
     let mut held: BTreeMap<i64, bool> = BTreeMap::new();
-    let mut events = tag_event::Entity::find()
-        .filter(tag_event::Column::CustomerId.eq(customer))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let mut events =
+        tag_event::Entity::find().filter(tag_event::Column::CustomerId.eq(customer)).all(&app.db).await.unwrap();
     events.sort_by_key(|e| e.seq);
     for e in events.iter().filter(|e| e.occurred_at <= at) {
         held.insert(e.tag_id, e.op == TagOp::Add);

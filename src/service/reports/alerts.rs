@@ -250,18 +250,18 @@ pub async fn refresh(
             Condition::any()
                 .add(
                     Condition::all()
-                        .add(governance_alert::Column::Kind.is_in([
-                            GovernanceAlertKind::ZombieTag,
-                            GovernanceAlertKind::DuplicateTags,
-                        ]))
+                        .add(
+                            governance_alert::Column::Kind
+                                .is_in([GovernanceAlertKind::ZombieTag, GovernanceAlertKind::DuplicateTags]),
+                        )
                         .add(governance_alert::Column::OrgUnitId.eq(found_unit)),
                 )
                 .add(
                     Condition::all()
-                        .add(governance_alert::Column::Kind.is_in([
-                            GovernanceAlertKind::TagOverload,
-                            GovernanceAlertKind::StrandedLock,
-                        ]))
+                        .add(
+                            governance_alert::Column::Kind
+                                .is_in([GovernanceAlertKind::TagOverload, GovernanceAlertKind::StrandedLock]),
+                        )
                         .add(governance_alert::Column::OrgUnitId.is_in(subtree.iter().copied())),
                 ),
         )
@@ -338,7 +338,11 @@ pub async fn acknowledge(
 ///
 /// # Errors
 /// As [`acknowledge`]; `CONFLICT` when it is resolved already.
-pub async fn resolve(db: &DatabaseConnection, principal: &Principal, id: AlertId) -> AppResult<governance_alert::Model> {
+pub async fn resolve(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    id: AlertId,
+) -> AppResult<governance_alert::Model> {
     transition(db, principal, id, &[AlertStatus::Open, AlertStatus::Acknowledged], AlertStatus::Resolved).await
 }
 

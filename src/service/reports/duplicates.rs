@@ -153,11 +153,7 @@ pub async fn duplicate_tags(
                 strsim::levenshtein(na, nb)
             };
             let same_exclusive_group = a.group.id == b.group.id && a.group.exclusive;
-            if distance > 0
-                && distance <= max_distance
-                && short >= 2 * max_distance + 2
-                && !same_exclusive_group
-            {
+            if distance > 0 && distance <= max_distance && short >= 2 * max_distance + 2 && !same_exclusive_group {
                 reasons.push(DuplicateReason::SimilarName);
             }
             let held = usage.holders.as_ref().and_then(|h| Some((h.get(&a.tag.id)?, h.get(&b.tag.id)?)));
@@ -306,8 +302,9 @@ pub async fn merge_duplicates(
             expected: [(ObjectKey::tag(target), target_version), (ObjectKey::tag(*source), *version)].into(),
             reason: reason.clone(),
         };
-        let outcome = library::submit(db, principal, LibraryEdit::MergeTags { target_id: target, source_id: *source }, ctx)
-            .await?;
+        let outcome =
+            library::submit(db, principal, LibraryEdit::MergeTags { target_id: target, source_id: *source }, ctx)
+                .await?;
         if let Some(t) = outcome.tag.as_ref().filter(|t| t.id == target.0) {
             target_version = t.version;
         }

@@ -110,7 +110,7 @@ impl SettingsChange {
 
 /// The unit a report is read at: `NOT_FOUND` when the caller does not know
 /// it, `FORBIDDEN` without `report:read` there.
-pub(crate) fn report_unit<'p>(principal: &'p Principal, unit: OrgUnitId) -> AppResult<&'p org_unit::Model> {
+pub(crate) fn report_unit(principal: &Principal, unit: OrgUnitId) -> AppResult<&org_unit::Model> {
     let found = principal
         .org
         .get(unit.0)

@@ -178,9 +178,7 @@ async fn holders_by_sql(
 }
 
 fn class_by_tag(groups: &HashMap<i64, tag_group::Model>, tags: &[tag::Model]) -> HashMap<i64, String> {
-    tags.iter()
-        .filter_map(|t| Some((t.id, groups.get(&t.group_id?)?.visibility_class.clone())))
-        .collect()
+    tags.iter().filter_map(|t| Some((t.id, groups.get(&t.group_id?)?.visibility_class.clone()))).collect()
 }
 
 /// Recency and sources of the tags' ADD events for customers of the
@@ -204,7 +202,10 @@ async fn events_by_sql(
         .expr_as(count_since(now - Duration::days(90)), Alias::new("last_90"))
         .expr_as(Expr::col(ev(tag_event::Column::Seq)).count(), Alias::new("added"))
         .from(tag_event::Entity)
-        .inner_join(customer::Entity, Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)))
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)),
+        )
         .and_where(Expr::col(ev(tag_event::Column::TagId)).is_in(tags.iter().map(|t| t.id)))
         .and_where(Expr::col(ev(tag_event::Column::Op)).eq(TagOp::Add.as_str()))
         .and_where(Expr::col(unit).is_in(scope.unit_ids()))
@@ -282,10 +283,7 @@ pub(crate) async fn usage_of(
             let total = if scope.is_empty() {
                 0
             } else {
-                customer::Entity::find()
-                    .filter(scope.condition(customer::Column::OrgUnitId))
-                    .count(db)
-                    .await?
+                customer::Entity::find().filter(scope.condition(customer::Column::OrgUnitId)).count(db).await?
             };
             (total, holders_by_sql(db, principal, &scope, &groups, &tags).await?, None)
         }
