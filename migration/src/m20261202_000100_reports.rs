@@ -79,13 +79,83 @@ impl MigrationTrait for Migration {
                 .col(GovernanceAlert::Status)
                 .to_owned(),
         )
-        .await
+        .await?;
+        grant_new_permissions(m).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(GovernanceAlert::Table).to_owned()).await?;
         m.drop_table(Table::drop().table(ReportSetting::Table).to_owned()).await
     }
+}
+
+/// The default grants of the permissions this migration brings, as in
+/// `policies/policy.csv`.
+const NEW_GRANTS: &[(&str, &str, &str)] = &[
+    ("hq_admin", "report", "read"),
+    ("hq_admin", "report", "configure"),
+    ("hq_admin", "alert", "manage"),
+    ("region_manager", "report", "read"),
+    ("region_manager", "report", "configure"),
+    ("region_manager", "alert", "manage"),
+    ("store_manager", "report", "read"),
+    ("store_manager", "alert", "manage"),
+    ("sales", "report", "read"),
+    ("marketing", "report", "read"),
+    ("auditor", "report", "read"),
+];
+
+/// A database whose policy was stored before these permissions existed
+/// gets their default grants, for the default roles it still has (an
+/// empty policy is seeded whole from `policy.csv` at start-up instead).
+async fn grant_new_permissions(m: &SchemaManager<'_>) -> Result<(), DbErr> {
+    let db = m.get_connection();
+    let roles = Query::select()
+        .distinct()
+        .column(CasbinRule::V0)
+        .from(CasbinRule::Table)
+        .and_where(Expr::col(CasbinRule::Ptype).eq("p"))
+        .to_owned();
+    let present: Vec<String> =
+        db.query_all(&roles).await?.into_iter().filter_map(|row| row.try_get::<String>("", "v0").ok()).collect();
+    for (role, object, action) in NEW_GRANTS.iter().filter(|(r, _, _)| present.iter().any(|p| p == r)) {
+        let insert = Query::insert()
+            .into_table(CasbinRule::Table)
+            .columns([
+                CasbinRule::Ptype,
+                CasbinRule::V0,
+                CasbinRule::V1,
+                CasbinRule::V2,
+                CasbinRule::V3,
+                CasbinRule::V4,
+                CasbinRule::V5,
+            ])
+            .values_panic([
+                "p".into(),
+                (*role).into(),
+                (*object).into(),
+                (*action).into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ])
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .to_owned();
+        db.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+#[derive(DeriveIden)]
+enum CasbinRule {
+    Table,
+    Ptype,
+    V0,
+    V1,
+    V2,
+    V3,
+    V4,
+    V5,
 }
 
 #[derive(DeriveIden)]

@@ -29,7 +29,7 @@ pub mod zombie;
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 use entity::{org_unit, report_setting};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
@@ -65,6 +65,22 @@ impl Default for ReportSettings {
             duplicate_edit_distance: 1,
             set_at: None,
         }
+    }
+}
+
+impl ReportSettings {
+    /// What a zombie tag is: held by less than the zombie share of the
+    /// scope, or given to nobody for the zombie idle days (counted from its
+    /// creation when it was never given).
+    pub fn is_zombie(
+        &self,
+        share: f64,
+        last_tagged_at: Option<DateTime<Utc>>,
+        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let idle_since = last_tagged_at.unwrap_or(created_at).max(created_at);
+        share < self.zombie_share || idle_since < now - Duration::days(i64::from(self.zombie_idle_days))
     }
 }
 

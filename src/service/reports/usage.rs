@@ -24,7 +24,7 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, Func, IntoColumnRef, Query, SimpleExpr},
 };
 
-use super::{ReportSettings, customer_scope, report_unit, settings_in_force, zombie};
+use super::{ReportSettings, customer_scope, report_unit, settings_in_force};
 use crate::authz::visibility::{class_units, on_customer_visible};
 use crate::authz::{Principal, Scope};
 use crate::domain::{Cursor, OrgUnitId, Page, PageArgs};
@@ -321,7 +321,7 @@ pub(crate) async fn usage_of(
             by_source,
             zombie: false,
         };
-        row.zombie = zombie::is_zombie(&row, &settings, now);
+        row.zombie = settings.is_zombie(row.share, row.last_tagged_at, row.tag.created_at, now);
         rows.push(row);
     }
     Ok(Usage { rows, holders: bitmaps, settings })

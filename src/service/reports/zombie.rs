@@ -1,27 +1,20 @@
 //! Zombie tags (僵尸标签): tags of the effective library that almost
 //! nobody in the scope holds (share under the unit's threshold, 10% by
 //! default) or that nobody was given for a while (90 days by default,
-//! counted from the tag's creation when it was never given). Archiving
+//! counted from the tag's creation when it was never given; the rule is
+//! [`ReportSettings::is_zombie`](super::ReportSettings::is_zombie)). Archiving
 //! them goes through the normal library-edit rules, tag by tag: applied at
 //! once where the caller may edit the tag's layer, a change request where
 //! it may only propose.
 
-use chrono::{DateTime, Duration, Utc};
 use sea_orm::DatabaseConnection;
 
-use super::ReportSettings;
 use super::usage::{self, TagUsage};
 use crate::authz::Principal;
 use crate::domain::{ObjectKey, OrgUnitId, Reason, TagId};
 use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
 use crate::service::library::{self, EditContext, EditOutcome, LibraryEdit};
-
-/// True when the tag's usage is under the thresholds at `now`.
-pub fn is_zombie(row: &TagUsage, settings: &ReportSettings, now: DateTime<Utc>) -> bool {
-    let idle_since = row.last_tagged_at.unwrap_or(row.tag.created_at).max(row.tag.created_at);
-    row.share < settings.zombie_share || idle_since < now - Duration::days(i64::from(settings.zombie_idle_days))
-}
 
 /// The zombie tags of a unit's effective library, least held first.
 ///
