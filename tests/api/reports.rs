@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use entity::{
-    audit_log, customer, customer_tag,
+    audit_log, customer, customer_tag, modification_lock,
     enums::{TagOp, TagSource, TagStatus},
     tag, tag_event, tag_group,
 };
@@ -324,6 +324,23 @@ fn alert_nodes(res: &Value) -> Vec<Value> {
 /// resolving are audited conditional transitions; a store sees its own
 /// alerts only and cannot touch HQ's.
 async fn alerts_are_acknowledged_resolved_audited_and_scoped(app: TestApp) {
+    // A lock of the store's group left past its expiry.
+    let group = row_id(&app.group_id("门店专属").await);
+    let lock = modification_lock::Entity::insert(modification_lock::ActiveModel {
+        id: NotSet,
+        group_id: Set(group),
+        holder_staff_id: Set(app.staff("sz01.manager").id),
+        reason: Set("活动".to_owned()),
+        whole_group: Set(true),
+        acquired_at: Set(Utc::now() - Duration::days(2)),
+        expires_at: Set(Utc::now() - Duration::hours(1)),
+        released_at: Set(None),
+        released_by: Set(None),
+    })
+    .exec(&app.db)
+    .await
+    .unwrap()
+    .last_insert_id;
     let res = app.gql("admin", REFRESH, json!({ "u": app.unit_id("hq") })).await;
     let first = res.ok()["refreshAlerts"].clone();
     assert!(first["raised"].as_u64().unwrap() > 0, "{first}");
@@ -336,6 +353,10 @@ async fn alerts_are_acknowledged_resolved_audited_and_scoped(app: TestApp) {
     assert!(!zombies.is_empty());
     assert!(zombies.iter().all(|a| a["kind"] == "ZOMBIE_TAG" && a["orgUnit"]["code"] == "hq"));
     let alert = zombies[0]["id"].as_str().unwrap().to_owned();
+    let stranded = alert_nodes(app.gql("sz01.manager", ALERTS, json!({ "k": "STRANDED_LOCK" })).await.ok());
+    assert_eq!(stranded.len(), 1, "{stranded:?}");
+    assert_eq!(stranded[0]["subject"], format!("lock:{lock}"));
+    assert_eq!(stranded[0]["orgUnit"]["code"], "sz01");
 
     // A store: its own refresh, its own alerts; HQ's are unknown to it.
     let res = app.gql("sz01.manager", REFRESH, json!({ "u": app.unit_id("sz01") })).await;
