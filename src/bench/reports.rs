@@ -5,8 +5,9 @@
 //!
 //! The bench data has no tag events of its own (it is loaded with COPY
 //! into `customer_tag`): the first run writes one ADD event per bench
-//! assignment, at its tagging time, so that the recency statement reads a
-//! log of realistic size. Later runs reuse them.
+//! assignment, spread over the year before its tagging time, so that the
+//! recency statements read a log of realistic size and age. Later runs
+//! reuse them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,10 +57,12 @@ where
     Ok((cell, last.expect("at least one run")))
 }
 
-/// One ADD event per bench assignment without one, at its tagging time.
+/// One ADD event per bench assignment without one, in the year before
+/// its tagging time.
 async fn backfill_events(db: &sea_orm::DatabaseConnection, root_path: &str) -> anyhow::Result<u64> {
     let sql = "INSERT INTO tag_event (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at)
-        SELECT ct.customer_id, ct.tag_id, 'ADD', ct.source, 'bench', NULL, ct.tagged_at
+        SELECT ct.customer_id, ct.tag_id, 'ADD', ct.source, 'bench', NULL,
+               ct.tagged_at - random() * interval '365 days'
         FROM customer_tag ct
         JOIN customer c ON c.id = ct.customer_id
         JOIN org_unit u ON u.id = c.org_unit_id

@@ -31,7 +31,7 @@ fn index<'a>(ctx: &'a Context<'_>) -> &'a crate::segment::SegmentIndex {
 pub struct SourceCount {
     /// What gave it.
     source: TagSource,
-    /// Times it gave the tag to customers of the scope (whole history).
+    /// Times it gave the tag to customers of the scope in the last 90 days.
     count: u64,
 }
 
@@ -75,7 +75,8 @@ impl TagUsage {
     async fn tagged_last_90_days(&self) -> u64 {
         self.0.tagged_last_90_days
     }
-    /// What gave the tag (manual, rule, bulk, import, …), most first.
+    /// What gave the tag in the last 90 days (manual, rule, bulk, import,
+    /// …), most first.
     async fn by_source(&self) -> Vec<SourceCount> {
         self.0.by_source.iter().map(|(source, count)| SourceCount { source: *source, count: *count }).collect()
     }

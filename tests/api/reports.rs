@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use entity::{
-    audit_log, customer, customer_tag, modification_lock,
+    audit_log, customer, customer_tag,
     enums::{TagOp, TagSource, TagStatus},
-    tag, tag_event, tag_group,
+    modification_lock, tag, tag_event, tag_group,
 };
 use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -27,6 +27,7 @@ struct Brute {
     holders: u64,
     last: Option<DateTime<Utc>>,
     last_30: u64,
+    /// ADD events of the last 90 days.
     adds: u64,
 }
 
@@ -53,7 +54,9 @@ async fn brute_force(app: &TestApp, units: &[i64]) -> (u64, HashMap<i64, Brute>)
             continue;
         }
         let b = out.entry(e.tag_id).or_default();
-        b.adds += 1;
+        if e.occurred_at >= now - Duration::days(90) {
+            b.adds += 1;
+        }
         b.last = b.last.max(Some(e.occurred_at));
         if e.occurred_at >= now - Duration::days(30) {
             b.last_30 += 1;

@@ -49,8 +49,8 @@ pub struct TagUsage {
     pub tagged_last_30_days: u64,
     /// … in the last 90 days.
     pub tagged_last_90_days: u64,
-    /// Times the tag was given, by what gave it (whole history, sources
-    /// that never gave it left out), most first.
+    /// Times the tag was given in the last 90 days, by what gave it
+    /// (sources that did not left out), most first.
     pub by_source: Vec<(TagSource, u64)>,
     /// Under the zombie thresholds in force at the unit.
     pub zombie: bool,
@@ -181,46 +181,70 @@ fn class_by_tag(groups: &HashMap<i64, tag_group::Model>, tags: &[tag::Model]) ->
     tags.iter().filter_map(|t| Some((t.id, groups.get(&t.group_id?)?.visibility_class.clone()))).collect()
 }
 
-/// Recency and sources of the tags' ADD events for customers of the
-/// scope: one grouped statement.
+/// Days of the tag event log the recency counts and sources read.
+const WINDOW_DAYS: i64 = 90;
+
+/// The ADD events of the tags for customers of the scope, grouped by tag,
+/// org unit and source, from `since` on (or all of them, with `since`
+/// `None`). When `whole` says that the scope holds every customer and every
+/// tag's class is readable all over it, the customer table is not joined:
+/// the statement reads the event log's (tag, time) index alone, and the
+/// unit of every row is 0.
+#[allow(clippy::too_many_arguments)]
 async fn events_by_sql(
     db: &impl ConnectionTrait,
     principal: &Principal,
     scope: &Scope,
-    groups: &HashMap<i64, tag_group::Model>,
-    tags: &[tag::Model],
+    whole: bool,
+    class_of: &HashMap<i64, String>,
+    tags: &[i64],
+    since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> AppResult<HashMap<i64, Vec<EventRow>>> {
     let unit = (customer::Entity, customer::Column::OrgUnitId);
     let ev = |c: tag_event::Column| (tag_event::Entity, c);
-    let query = Query::select()
-        .column(ev(tag_event::Column::TagId))
-        .column(unit)
+    let mut query = Query::select();
+    query.column(ev(tag_event::Column::TagId));
+    if whole {
+        query.expr_as(Expr::val(0_i64), Alias::new("org_unit_id"));
+    } else {
+        query.column(unit);
+    }
+    query
         .column(ev(tag_event::Column::Source))
         .expr_as(Func::max(Expr::col(ev(tag_event::Column::OccurredAt))), Alias::new("last_at"))
         .expr_as(count_since(now - Duration::days(30)), Alias::new("last_30"))
-        .expr_as(count_since(now - Duration::days(90)), Alias::new("last_90"))
+        .expr_as(count_since(now - Duration::days(WINDOW_DAYS)), Alias::new("last_90"))
         .expr_as(Expr::col(ev(tag_event::Column::Seq)).count(), Alias::new("added"))
         .from(tag_event::Entity)
-        .inner_join(
-            customer::Entity,
-            Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)),
-        )
-        .and_where(Expr::col(ev(tag_event::Column::TagId)).is_in(tags.iter().map(|t| t.id)))
-        .and_where(Expr::col(ev(tag_event::Column::Op)).eq(TagOp::Add.as_str()))
-        .and_where(Expr::col(unit).is_in(scope.unit_ids()))
-        .group_by_columns([
+        .and_where(Expr::col(ev(tag_event::Column::TagId)).is_in(tags.iter().copied()))
+        .and_where(Expr::col(ev(tag_event::Column::Op)).eq(TagOp::Add.as_str()));
+    if let Some(since) = since {
+        query.and_where(Expr::col(ev(tag_event::Column::OccurredAt)).gte(since));
+    }
+    if whole {
+        query.group_by_columns([
             ev(tag_event::Column::TagId).into_column_ref(),
-            unit.into_column_ref(),
             ev(tag_event::Column::Source).into_column_ref(),
-        ])
-        .to_owned();
+        ]);
+    } else {
+        query
+            .inner_join(
+                customer::Entity,
+                Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)),
+            )
+            .and_where(Expr::col(unit).is_in(scope.unit_ids()))
+            .group_by_columns([
+                ev(tag_event::Column::TagId).into_column_ref(),
+                unit.into_column_ref(),
+                ev(tag_event::Column::Source).into_column_ref(),
+            ]);
+    }
     let rows = EventRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
-    let class_of = class_by_tag(groups, tags);
     let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
     for row in rows {
         let class = class_of.get(&row.tag_id).map(String::as_str);
-        if on_customer_visible(principal, None, class, row.org_unit_id) {
+        if whole || on_customer_visible(principal, None, class, row.org_unit_id) {
             out.entry(row.tag_id).or_default().push(row);
         }
     }
@@ -288,11 +312,37 @@ pub(crate) async fn usage_of(
             (total, holders_by_sql(db, principal, &scope, &groups, &tags).await?, None)
         }
     };
-    let mut events = if tags.is_empty() || scope.is_empty() {
-        HashMap::new()
-    } else {
-        events_by_sql(db, principal, &scope, &groups, &tags, now).await?
-    };
+    // Recency and sources from the window of the log; the last tagging of
+    // tags idle for the whole window from a second statement over those
+    // tags only (few, and given rarely: that is why they are idle).
+    let class_of = class_by_tag(&groups, &tags);
+    let every_unit = principal.org.all().iter().all(|u| scope.contains(u.id));
+    let whole =
+        every_unit && tags.iter().all(|t| class_of.get(&t.id).is_none_or(|c| class_units(principal, c).covers(&scope)));
+    let ids: Vec<i64> = tags.iter().map(|t| t.id).collect();
+    let mut events = HashMap::new();
+    if !ids.is_empty() && !scope.is_empty() {
+        let since = now - Duration::days(WINDOW_DAYS);
+        events = events_by_sql(db, principal, &scope, whole, &class_of, &ids, Some(since), now).await?;
+        let idle: Vec<i64> = ids.iter().copied().filter(|t| !events.contains_key(t)).collect();
+        if !idle.is_empty() {
+            for (tag, rows) in events_by_sql(db, principal, &scope, whole, &class_of, &idle, None, now).await? {
+                let last = rows.iter().filter_map(|r| r.last_at).max();
+                events.insert(
+                    tag,
+                    vec![EventRow {
+                        tag_id: tag,
+                        org_unit_id: 0,
+                        source: TagSource::Manual,
+                        last_at: last,
+                        last_30: Some(0),
+                        last_90: Some(0),
+                        added: 0,
+                    }],
+                );
+            }
+        }
+    }
     let mut rows = Vec::with_capacity(tags.len());
     for tag in tags {
         let Some(group) = tag.group_id.and_then(|g| groups.get(&g)).cloned() else { continue };
@@ -303,7 +353,9 @@ pub(crate) async fn usage_of(
             last = Ord::max(last, row.last_at);
             last_30 += u64::try_from(row.last_30.unwrap_or(0)).unwrap_or(0);
             last_90 += u64::try_from(row.last_90.unwrap_or(0)).unwrap_or(0);
-            *by_source.entry(row.source).or_default() += u64::try_from(row.added).unwrap_or(0);
+            if row.added > 0 {
+                *by_source.entry(row.source).or_default() += u64::try_from(row.added).unwrap_or(0);
+            }
         }
         let mut by_source: Vec<(TagSource, u64)> = by_source.into_iter().collect();
         by_source.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
