@@ -217,8 +217,8 @@ impl DuplicateTagPair {
         self.0.reasons.iter().map(|r| (*r).into()).collect()
     }
     /// Edit distance between the names (characters).
-    async fn edit_distance(&self) -> Option<u64> {
-        u64::try_from(self.0.edit_distance).ok().filter(|d| *d != u64::MAX)
+    async fn edit_distance(&self) -> u64 {
+        u64::try_from(self.0.edit_distance).unwrap_or(u64::MAX)
     }
     /// How much their holders overlap (Jaccard, 0 to 1); `null` while the
     /// segment index builds.

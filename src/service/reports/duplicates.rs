@@ -7,7 +7,8 @@
 //! - `ALIAS_COLLISION`: a name or alias of one is an alias of the other;
 //! - `SIMILAR_NAME`: names at most the unit's edit distance apart
 //!   (Levenshtein on characters; only names of at least `2d + 2`
-//!   characters, so that `S级`/`A级` do not count);
+//!   characters, so that `S级`/`A级` do not count, and not names that
+//!   differ in digits only, a numbered series such as `孩子0-3岁`/`孩子3-6岁`);
 //! - `HOLDER_OVERLAP`: the customers holding them overlap at least the
 //!   unit's Jaccard threshold (from the index's bitmaps; left out while the
 //!   index builds).
@@ -147,13 +148,17 @@ pub async fn duplicate_tags(
                 reasons.push(DuplicateReason::AliasCollision);
             }
             let short = lengths[i].min(lengths[j]);
-            let distance = if lengths[i].abs_diff(lengths[j]) > max_distance.max(1) * 4 {
-                usize::MAX
-            } else {
-                strsim::levenshtein(na, nb)
-            };
+            // Names whose lengths differ by more than the distance cannot be
+            // that close: spare the comparison (most pairs).
+            let mut distance =
+                if lengths[i].abs_diff(lengths[j]) > max_distance { usize::MAX } else { strsim::levenshtein(na, nb) };
             let same_exclusive_group = a.group.id == b.group.id && a.group.exclusive;
-            if distance > 0 && distance <= max_distance && short >= 2 * max_distance + 2 && !same_exclusive_group {
+            if distance > 0
+                && distance <= max_distance
+                && short >= 2 * max_distance + 2
+                && !same_exclusive_group
+                && !numbered_series(na, nb)
+            {
                 reasons.push(DuplicateReason::SimilarName);
             }
             let held = usage.holders.as_ref().and_then(|h| Some((h.get(&a.tag.id)?, h.get(&b.tag.id)?)));
@@ -169,6 +174,9 @@ pub async fn duplicate_tags(
                 continue;
             }
             let overlap = overlap.or_else(|| held.map(|(ha, hb)| jaccard(ha, hb)));
+            if distance == usize::MAX {
+                distance = strsim::levenshtein(na, nb);
+            }
             pairs.push(propose(principal, &rows, a.clone(), b.clone(), reasons, distance, overlap));
         }
     }
@@ -176,6 +184,13 @@ pub async fn duplicate_tags(
         x.reasons.first().cmp(&y.reasons.first()).then(x.a.tag.id.cmp(&y.a.tag.id)).then(x.b.tag.id.cmp(&y.b.tag.id))
     });
     Ok(pairs)
+}
+
+/// True when two names differ in digits only (`年龄_18-25`, `年龄_26-35`;
+/// `孩子0-3岁`, `孩子3-6岁`): members of a numbered series, not duplicates.
+fn numbered_series(a: &str, b: &str) -> bool {
+    let letters = |s: &str| s.chars().filter(|c| !c.is_ascii_digit()).collect::<String>();
+    a != b && letters(a) == letters(b)
 }
 
 /// True unless the sizes alone keep two holder sets under `threshold`
