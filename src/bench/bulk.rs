@@ -1,5 +1,5 @@
 //! `tagbase bench bulk`: bulk tagging jobs at 10k, 100k and 1M customers
-//! on the segment bench data (PostgreSQL): one tag added, then a move
+//! on the segment bench data (PostgreSQL or SQLite): one tag added, then a move
 //! inside an exclusive group, each timed from `bulkTag` to the job's end,
 //! with the progress a `jobProgress` subscriber saw.
 //!
@@ -10,12 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use chrono::Utc;
-use entity::{org_unit, staff, tag, tag_group};
+use entity::{org_unit, staff};
 use futures_util::StreamExt;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::segments::{BenchSize, generate};
 use crate::authz::{OrgTree, Principal};
@@ -41,60 +38,10 @@ fn app_err(e: crate::error::AppError) -> anyhow::Error {
 
 /// The exclusive group of the bench (created once) and its two tags.
 async fn exclusive_tags(db: &sea_orm::DatabaseConnection, root: i64) -> anyhow::Result<(i64, i64)> {
-    let now = Utc::now();
-    let group = match tag_group::Entity::find()
-        .filter(tag_group::Column::OrgUnitId.eq(root))
-        .filter(tag_group::Column::Name.eq("压测批量"))
-        .one(db)
-        .await?
-    {
-        Some(g) => g,
-        None => {
-            tag_group::ActiveModel {
-                org_unit_id: Set(root),
-                name: Set("压测批量".into()),
-                description: Set(String::new()),
-                category: Set(entity::enums::TagCategory::Interest),
-                visibility_class: Set("interest".into()),
-                exclusive: Set(true),
-                naming_pattern: Set(None),
-                version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-            .insert(db)
-            .await?
-        }
-    };
-    let mut ids = Vec::new();
-    for name in ["批量A", "批量B"] {
-        let found = tag::Entity::find()
-            .filter(tag::Column::GroupId.eq(group.id))
-            .filter(tag::Column::Name.eq(name))
-            .one(db)
-            .await?;
-        let t = match found {
-            Some(t) => t,
-            None => {
-                tag::ActiveModel {
-                    group_id: Set(Some(group.id)),
-                    name: Set(name.into()),
-                    description: Set(String::new()),
-                    status: Set(entity::enums::TagStatus::Active),
-                    aliases: Set(serde_json::json!([])),
-                    version: Set(1),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                }
-                .insert(db)
-                .await?
-            }
-        };
-        ids.push(t.id);
-    }
-    Ok((ids[0], ids[1]))
+    let group = super::ensure_group(db, root, "压测批量", true).await?;
+    let a = super::ensure_tag(db, group.id, "批量A").await?;
+    let b = super::ensure_tag(db, group.id, "批量B").await?;
+    Ok((a.id, b.id))
 }
 
 /// One job, timed from its creation to its end, with the `done` values a
@@ -156,14 +103,12 @@ fn spread(values: &mut [f64]) -> String {
 /// Runs the benchmark and prints the table.
 ///
 /// # Errors
-/// A database that is not PostgreSQL, and database errors.
+/// Database errors.
 pub async fn run(mut settings: Settings, bench: BulkBench) -> anyhow::Result<()> {
     settings.job_poll_interval = None;
     let app = Application::build(settings.clone()).await?;
     let db = app.state.db.clone();
-    if db.get_database_backend() != DbBackend::Postgres {
-        bail!("the bulk benchmark runs on the segment bench data, on PostgreSQL: set DATABASE_URL=postgres://…");
-    }
+    let backend = if db.get_database_backend() == DbBackend::Postgres { "PostgreSQL" } else { "SQLite" };
     let largest = bench.sizes.iter().copied().max().context("no sizes")?;
     let data = BenchSize { customers: bench.data.customers.max(largest as i64), ..bench.data };
     let generation_db = crate::db::connect_with(&settings.database_url, Duration::from_secs(3 * 3600)).await?;
@@ -192,7 +137,7 @@ pub async fn run(mut settings: Settings, bench: BulkBench) -> anyhow::Result<()>
         .all(&db)
         .await?;
     println!(
-        "Bulk jobs on PostgreSQL, batches of {} customers, {} run(s) per row; seconds from `bulkTag` to the job's end \
+        "Bulk jobs on {backend}, batches of {} customers, {} run(s) per row; seconds from `bulkTag` to the job's end \
          (snapshot, locks, writes, tag events, index catch-up, audit): median (min–max).",
         settings.limits.job_batch_size, bench.runs
     );

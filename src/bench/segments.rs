@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use entity::{org_unit, staff, tag_group};
+use entity::{org_unit, staff};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter,
@@ -121,94 +121,96 @@ pub(crate) async fn generate(
         }
     };
     authz.assign_role(StaffId(admin.id), "hq_admin", &root.path).await?;
-    let group = match tag_group::Entity::find().filter(tag_group::Column::OrgUnitId.eq(root.id)).one(db).await? {
-        Some(g) => g,
-        None => {
-            tag_group::ActiveModel {
-                org_unit_id: Set(root.id),
-                name: Set("压测标签".into()),
-                description: Set(String::new()),
-                category: Set(entity::enums::TagCategory::Interest),
-                visibility_class: Set("interest".into()),
-                exclusive: Set(false),
-                naming_pattern: Set(None),
-                version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-            .insert(db)
-            .await?
-        }
-    };
+    let group = super::ensure_group(db, root.id, "压测标签", false).await?;
+    let backend = db.get_database_backend();
+    let sqlite = backend == DbBackend::Sqlite;
     let exec = |sql: String| async move {
         db.execute_unprepared(&sql).await.with_context(|| sql.chars().take(120).collect::<String>())
     };
+    let scalar = |sql: String| async move {
+        db.query_one_raw(sea_orm::Statement::from_string(backend, sql.clone()))
+            .await?
+            .with_context(|| sql.chars().take(120).collect::<String>())
+    };
+    // PostgreSQL counts with generate_series; SQLite with a recursive CTE
+    // (`series(i)`), and writes times as the text SeaORM reads.
+    let series = |from: i64, to: i64| {
+        if sqlite {
+            format!("WITH RECURSIVE series(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM series WHERE i < {to}) ")
+        } else {
+            String::new()
+        }
+    };
+    let series_from = |from: i64, to: i64| {
+        if sqlite { "series".to_owned() } else { format!("generate_series({from}, {to}) AS series(i)") }
+    };
+    let now_sql = if sqlite { "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')" } else { "now()" };
+    let tag_name = if sqlite { "printf('b%04d', i)" } else { "'b' || lpad(i::text, 4, '0')" };
     exec(format!(
-        "INSERT INTO tag (group_id, name, description, status, aliases, version, created_at, updated_at)
-         SELECT {g}, 'b' || lpad(i::text, 4, '0'), '', 'ACTIVE', '[]', 1, now(), now()
-         FROM generate_series(0, {n} - 1) i ON CONFLICT DO NOTHING",
+        "{with}INSERT INTO tag (group_id, name, description, status, aliases, version, created_at, updated_at)
+         SELECT {g}, {tag_name}, '', 'ACTIVE', '[]', 1, {now_sql}, {now_sql}
+         FROM {from} WHERE true ON CONFLICT DO NOTHING",
+        with = series(0, size.tags - 1),
+        from = series_from(0, size.tags - 1),
         g = group.id,
-        n = size.tags
     ))
     .await?;
-    let first_tag: i64 = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            DbBackend::Postgres,
-            format!("SELECT min(id) AS m FROM tag WHERE group_id = {}", group.id),
-        ))
-        .await?
-        .context("no bench tags")?
-        .try_get("", "m")?;
+    let first_tag: i64 =
+        scalar(format!("SELECT min(id) AS m FROM tag WHERE group_id = {}", group.id)).await?.try_get("", "m")?;
     let units = stores.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let have: i64 = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            DbBackend::Postgres,
-            format!("SELECT count(*) AS n FROM customer WHERE org_unit_id IN ({units})"),
-        ))
-        .await?
-        .context("count")?
-        .try_get("", "n")?;
-    let store_array = format!("ARRAY[{units}]");
+    let have: i64 =
+        scalar(format!("SELECT count(*) AS n FROM customer WHERE org_unit_id IN ({units})")).await?.try_get("", "n")?;
     if have < size.customers {
         eprintln!("generating {} customers…", size.customers - have);
+        let store = format!(
+            "CASE i % {STORES} {} END",
+            stores.iter().enumerate().map(|(k, id)| format!("WHEN {k} THEN {id}")).collect::<Vec<_>>().join(" ")
+        );
+        let added = if sqlite {
+            "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '-' || (i % 700) || ' days')"
+        } else {
+            "now() - (i % 700) * interval '1 day'"
+        };
         exec(format!(
-            "INSERT INTO customer (org_unit_id, name, gender, city, total_spend_cents, order_count, added_at, updated_at, version)
-             SELECT ({store_array})[1 + (i % {STORES})], '压测' || i, CASE WHEN i % 2 = 0 THEN 'FEMALE' ELSE 'MALE' END,
-                    '深圳', (i % 100000) * 100, i % 30, now() - (i % 700) * interval '1 day', now(), 1
-             FROM generate_series({from}, {to}) i",
-            from = have + 1,
-            to = size.customers
+            "{with}INSERT INTO customer (org_unit_id, name, gender, city, total_spend_cents, order_count, added_at, updated_at, version)
+             SELECT {store}, '压测' || i, CASE WHEN i % 2 = 0 THEN 'FEMALE' ELSE 'MALE' END,
+                    '深圳', (i % 100000) * 100, i % 30, {added}, {now_sql}, 1
+             FROM {from}",
+            with = series(have + 1, size.customers),
+            from = series_from(have + 1, size.customers),
         ))
         .await?;
     }
     // Assignments for every bench customer without any (so an interrupted
     // run resumes where it stopped).
-    let untagged: bool = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT EXISTS (SELECT 1 FROM customer c WHERE c.org_unit_id IN ({units})
-                   AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id)) AS u"
-            ),
-        ))
-        .await?
-        .context("untagged")?
-        .try_get("", "u")?;
+    let untagged: bool = scalar(format!(
+        "SELECT EXISTS (SELECT 1 FROM customer c WHERE c.org_unit_id IN ({units})
+           AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id)) AS u"
+    ))
+    .await?
+    .try_get("", "u")?;
     if untagged {
         eprintln!("generating about {} assignments…", size.customers * size.tags_per_customer);
         // Zipf-like popularity: low tag numbers are far more common.
+        let (pick, tagged_at) = if sqlite {
+            // random() is a 64-bit integer: a uniform u in [0, 1) cubed.
+            let u = "((abs(random()) % 1000000) / 1000000.0)";
+            (format!("CAST({{n}} * {u} * {u} * {u} AS INTEGER)"), now_sql.to_owned())
+        } else {
+            ("floor({n} * power(random(), 3))::bigint".to_owned(), "now()".to_owned())
+        };
+        let pick = pick.replace("{n}", &size.tags.to_string());
         exec(format!(
-            "INSERT INTO customer_tag (customer_id, tag_id, source, tagged_at)
-             SELECT c.id, {first_tag} + floor({n} * power(random(), 3))::bigint, 'IMPORT', now()
-             FROM customer c CROSS JOIN generate_series(1, {k})
+            "{with}INSERT INTO customer_tag (customer_id, tag_id, source, tagged_at)
+             SELECT c.id, {first_tag} + {pick}, 'IMPORT', {tagged_at}
+             FROM customer c CROSS JOIN {from}
              WHERE c.org_unit_id IN ({units}) AND NOT EXISTS (SELECT 1 FROM customer_tag x WHERE x.customer_id = c.id)
              ON CONFLICT DO NOTHING",
-            n = size.tags,
-            k = size.tags_per_customer
+            with = series(1, size.tags_per_customer),
+            from = series_from(1, size.tags_per_customer),
         ))
         .await?;
-        exec("ANALYZE customer; ANALYZE customer_tag;".into()).await?;
+        exec(if sqlite { "ANALYZE".into() } else { "ANALYZE customer; ANALYZE customer_tag;".into() }).await?;
     }
     Ok(first_tag)
 }

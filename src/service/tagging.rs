@@ -106,6 +106,24 @@ fn check_sizes(limits: &Limits, customers: usize, tags: usize) -> AppResult<()> 
     Ok(())
 }
 
+/// Locks the rows of `ids` (on PostgreSQL; SQLite has one writer anyway)
+/// in id order, the one order every writer of customers uses, so that two
+/// transactions locking overlapping sets wait for each other instead of
+/// deadlocking. Narrowed by `scope` when given; returns the rows found, in
+/// id order.
+pub(crate) async fn lock_customer_rows(
+    txn: &DatabaseTransaction,
+    ids: impl IntoIterator<Item = i64>,
+    scope: Option<&Principal>,
+) -> AppResult<Vec<customer::Model>> {
+    let sorted: std::collections::BTreeSet<i64> = ids.into_iter().collect();
+    let mut query = customer::Entity::find().filter(customer::Column::Id.is_in(sorted));
+    if let Some(principal) = scope {
+        query = query.filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
+    }
+    Ok(query.order_by_asc(customer::Column::Id).lock_exclusive().all(txn).await?)
+}
+
 /// Loads the named customers inside the transaction, locking their rows
 /// (on PostgreSQL) so that concurrent tagging of one customer serialises.
 async fn lock_customers(
@@ -113,15 +131,7 @@ async fn lock_customers(
     principal: &Principal,
     ids: &[CustomerId],
 ) -> AppResult<Vec<customer::Model>> {
-    let mut sorted: Vec<i64> = ids.iter().map(|c| c.0).collect();
-    sorted.sort_unstable();
-    let found = customer::Entity::find()
-        .filter(customer::Column::Id.is_in(sorted))
-        .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
-        .order_by_asc(customer::Column::Id)
-        .lock_exclusive()
-        .all(txn)
-        .await?;
+    let found = lock_customer_rows(txn, ids.iter().map(|c| c.0), Some(principal)).await?;
     let by_id: HashMap<i64, customer::Model> = found.into_iter().map(|c| (c.id, c)).collect();
     ids.iter().map(|id| by_id.get(&id.0).cloned().ok_or_else(|| AppError::not_found("customer", id))).collect()
 }

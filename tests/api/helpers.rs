@@ -441,6 +441,27 @@ impl TestApp {
         self.staff.insert(member.login.clone(), member);
     }
 
+    /// The principal `login` signs in as (scopes, field rules), as a
+    /// request would build it.
+    pub async fn principal_of(&self, login: &str) -> Arc<tagbase::authz::Principal> {
+        let state = &self.app.state;
+        let bearer = format!("Bearer {}", self.token(login));
+        tagbase::auth::authenticate(&state.db, &state.auth, &state.authz, Some(&bearer)).await.unwrap().principal
+    }
+
+    /// Gives bj01.sales a second role, customer service in gz01: value tags
+    /// are visible to it in bj01 and not in gz01, the case where class
+    /// visibility differs by unit.
+    pub async fn bj01_sales_also_serves_gz01(&self) {
+        let member = self.staff("bj01.sales");
+        self.app
+            .state
+            .authz
+            .assign_role(tagbase::domain::StaffId(member.id), "customer_service", "hq/south/gz01/")
+            .await
+            .unwrap();
+    }
+
     pub fn unit(&self, code: &str) -> i64 {
         self.units[code]
     }

@@ -7,7 +7,6 @@
 //! the in-memory one gives, with the row count up front.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use entity::{customer, tag, tag_group};
 use rand::{Rng, SeedableRng};
@@ -38,12 +37,6 @@ const SEGMENTS: &[&str] = &[
 
 const LOGINS: &[&str] = &["admin", "south.manager", "sz01.sales", "sz01.service", "hq.marketing", "bj01.sales"];
 
-async fn principal_of(app: &TestApp, login: &str) -> Arc<Principal> {
-    let state = &app.app.state;
-    let bearer = format!("Bearer {}", app.token(login));
-    tagbase::auth::authenticate(&state.db, &state.auth, &state.authz, Some(&bearer)).await.unwrap().principal
-}
-
 fn pick<T: Clone>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
     items[rng.random_range(0..items.len())].clone()
 }
@@ -52,13 +45,7 @@ fn pick<T: Clone>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
 /// API (so the index follows them at once), and a second role for
 /// bj01.sales (customer service in gz01: value tags count in bj01 only).
 async fn enlarge(app: &TestApp, rng: &mut ChaCha8Rng) -> Vec<i64> {
-    let member = app.staff("bj01.sales").clone();
-    app.app
-        .state
-        .authz
-        .assign_role(tagbase::domain::StaffId(member.id), "customer_service", "hq/south/gz01/")
-        .await
-        .unwrap();
+    app.bj01_sales_also_serves_gz01().await;
     for store in ["sz01", "bj01", "gz01"] {
         for i in 0..4 {
             let input = json!({ "orgUnitId": app.unit_id(store), "name": format!("加{store}{i}"),
@@ -187,7 +174,7 @@ async fn counts_ids_and_pages_from_the_index_match_sql_for_random_filters(app: T
     assert!(state.index.is_ready());
     let (mut answered, mut refused, mut sizes) = (0, 0, BTreeSet::new());
     for login in LOGINS {
-        let principal = principal_of(&app, login).await;
+        let principal = app.principal_of(login).await;
         for round in 0..30 {
             let filter = random_filter(&app, &mut rng, &principal, &tags, &lifecycle).await;
             let by_sql = customer_service::count_in_scope(&state.db, &principal, &filter).await;
@@ -227,7 +214,7 @@ async fn counts_ids_and_pages_from_the_index_match_sql_for_random_filters(app: T
 
 async fn the_index_follows_writes_and_falls_back_to_sql_while_it_builds(app: TestApp) {
     let state = &app.app.state;
-    let principal = principal_of(&app, "sz01.sales").await;
+    let principal = app.principal_of("sz01.sales").await;
     let tag = app.tag_id("活动", "试驾预约").await;
     let filter = CustomerFilter { has_all_tags: vec![TagId(crate::helpers::row_id(&tag))], ..Default::default() };
     let count = || listing::count_members(&state.db, &state.index, &principal, &filter);
@@ -263,7 +250,7 @@ async fn tag_customer_counts_from_the_index_match_sql_for_every_caller(app: Test
     let ids: Vec<i64> = all_tags.iter().map(|t| t.id).collect();
     let mut nonzero = 0;
     for login in LOGINS {
-        let principal = principal_of(&app, login).await;
+        let principal = app.principal_of(login).await;
         let by_sql = tagging::holder_counts(&state.db, &principal, &ids).await.unwrap();
         for t in &all_tags {
             let group = t.group_id.and_then(|g| groups.get(&g));
@@ -278,7 +265,7 @@ async fn tag_customer_counts_from_the_index_match_sql_for_every_caller(app: Test
     let tag = app.tag_id("活动", "试驾预约").await;
     let q = "query($id: ID!) { node(id: $id) { ... on Tag { customerCount } } }";
     for login in ["admin", "sz01.sales"] {
-        let principal = principal_of(&app, login).await;
+        let principal = app.principal_of(login).await;
         let sql = tagging::holder_counts(&state.db, &principal, &[crate::helpers::row_id(&tag)]).await.unwrap();
         let res = app.gql(login, q, json!({ "id": tag })).await;
         assert_eq!(res.ok()["node"]["customerCount"].as_u64(), sql.values().next().copied(), "{login}");

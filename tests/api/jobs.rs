@@ -72,6 +72,13 @@ fn worker(app: &TestApp, name: &str, configure: impl FnOnce(&mut Limits)) -> Wor
     }
 }
 
+/// Files a job adding `tag` to `customers` as `login`; its id.
+async fn job_adding(app: &TestApp, login: &str, customers: &[String], tag: &str) -> String {
+    let input = json!({ "customers": { "customerIds": customers }, "add": [tag] });
+    let created = app.gql(login, BULK_TAG, json!({ "input": input })).await;
+    created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned()
+}
+
 async fn job_of(app: &TestApp, login: &str, id: &str) -> Value {
     app.gql(login, JOB, json!({ "id": id })).await.ok()["job"].clone()
 }
@@ -165,25 +172,11 @@ async fn a_job_moves_customers_inside_an_exclusive_group(app: TestApp) {
     let paying = app.tag_id("客户阶段", "付费客户").await;
     let customers = app.customers_of("sz01").await;
     let w = worker(&app, "a", |_| {});
-    let first = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [prospect] } }),
-        )
-        .await;
-    let first_id = first.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let first_id = job_adding(&app, "south.manager", &customers, &prospect).await;
     assert_eq!(w.run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));
     let stage_holders = |p: BTreeSet<i64>| p.intersection(&ids(&customers)).count();
     assert_eq!(stage_holders(holders(&app, &prospect).await), customers.len());
-    let moved = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [paying] } }),
-        )
-        .await;
-    let id = moved.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let id = job_adding(&app, "south.manager", &customers, &paying).await;
     assert_ne!(id, first_id);
     assert_eq!(w.run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));
     let done = job_of(&app, "south.manager", &id).await;
@@ -197,14 +190,7 @@ async fn a_job_moves_customers_inside_an_exclusive_group(app: TestApp) {
 async fn progress_is_streamed_until_the_job_ends(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
-    let created = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
-        )
-        .await;
-    let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let id = job_adding(&app, "south.manager", &customers, &inquiry).await;
     let request = async_graphql::Request::new(
         "subscription($id: ID!) { jobProgress(jobId: $id) { status done total added finished } }",
     )
@@ -246,14 +232,7 @@ async fn a_job_resumes_on_another_instance_after_its_instance_dies(app: TestApp)
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
     let before = holders(&app, &inquiry).await;
-    let created = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
-        )
-        .await;
-    let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let id = job_adding(&app, "south.manager", &customers, &inquiry).await;
     // Instance a dies after two batches: its lease held, its locks kept.
     let a = worker(&app, "a", |l| {
         l.job_halt_after_batches = Some(2);
@@ -292,14 +271,7 @@ async fn a_job_resumes_on_another_instance_after_its_instance_dies(app: TestApp)
 async fn a_cancelled_job_stops_between_batches_with_an_exact_account(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
-    let created = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
-        )
-        .await;
-    let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let id = job_adding(&app, "south.manager", &customers, &inquiry).await;
     let a = worker(&app, "a", |l| {
         l.job_halt_after_batches = Some(1);
         l.job_lease = Duration::from_millis(200);
@@ -362,14 +334,7 @@ async fn locked_customers_are_skipped_and_reported(app: TestApp) {
         .await;
     lock.ok();
     let before = holders(&app, &inquiry).await;
-    let created = app
-        .gql(
-            "south.manager",
-            BULK_TAG,
-            json!({ "input": { "customers": { "customerIds": customers }, "add": [inquiry] } }),
-        )
-        .await;
-    let id = created.ok()["bulkTag"]["id"].as_str().unwrap().to_owned();
+    let id = job_adding(&app, "south.manager", &customers, &inquiry).await;
     assert_eq!(worker(&app, "a", |_| {}).run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));
     let done = job_of(&app, "south.manager", &id).await;
     assert_eq!(done["skipped"], 2);

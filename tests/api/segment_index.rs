@@ -403,22 +403,10 @@ async fn evaluate_three_ways(
     Some((engine, sql, brute, resolved.expr))
 }
 
-async fn principal_of(app: &TestApp, login: &str) -> std::sync::Arc<Principal> {
-    let state = &app.app.state;
-    let bearer = format!("Bearer {}", app.token(login));
-    tagbase::auth::authenticate(&state.db, &state.auth, &state.authz, Some(&bearer)).await.unwrap().principal
-}
-
 async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: TestApp) {
     // bj01.sales also serves gz01 as customer service: value tags count
     // in bj01 only, a case where class visibility differs by unit.
-    let member = app.staff("bj01.sales").clone();
-    app.app
-        .state
-        .authz
-        .assign_role(tagbase::domain::StaffId(member.id), "customer_service", "hq/south/gz01/")
-        .await
-        .unwrap();
+    app.bj01_sales_also_serves_gz01().await;
     let mut rng = ChaCha8Rng::seed_from_u64(20261125);
     let group_tags: Vec<i64> =
         World::load(&app).await.tags.values().filter(|t| t.group_id.is_some()).map(|t| t.id).collect();
@@ -429,7 +417,7 @@ async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: Te
     let logins = ["admin", "south.manager", "sz01.sales", "sz01.service", "hq.marketing", "bj01.sales"];
     let mut principals = Vec::new();
     for login in logins {
-        principals.push((login, principal_of(&app, login).await));
+        principals.push((login, app.principal_of(login).await));
     }
     let mut checked: Vec<(usize, SegmentExpr, BTreeSet<i64>)> = Vec::new();
     let mut kinds = BTreeSet::new();
@@ -519,7 +507,7 @@ async fn engine_sql_and_brute_force_agree_on_random_data_and_expressions(app: Te
 async fn negated_predicates_compile_to_not_exists(app: TestApp) {
     use sea_orm::{DbBackend, QueryFilter, QueryTrait};
     let state = &app.app.state;
-    let principal = principal_of(&app, "admin").await;
+    let principal = app.principal_of("admin").await;
     let tag = app.tag_id("活动", "试驾预约").await;
     let group = app.group_id("活动").await;
     let saved = app
@@ -611,7 +599,7 @@ async fn member_pages_from_the_index_match_sql_in_every_order(app: TestApp) {
     let state = &app.app.state;
     let offset = state.settings.utc_offset;
     for login in ["admin", "sz01.sales", "sz01.service"] {
-        let principal = principal_of(&app, login).await;
+        let principal = app.principal_of(login).await;
         let expr = segment_service::parse_text("NOT city = \"北京\"", offset).unwrap();
         let resolved = segment_service::resolve(&state.db, &principal, &state.settings.limits, expr).await.unwrap();
         let filter = customer_service::CustomerFilter {
@@ -632,7 +620,7 @@ async fn member_pages_from_the_index_match_sql_in_every_order(app: TestApp) {
     }
     // The page comes from the index: a customer written behind the
     // application's back shows in SQL only, until the index catches up.
-    let principal = principal_of(&app, "admin").await;
+    let principal = app.principal_of("admin").await;
     let expr = segment_service::parse_text("gender = FEMALE", offset).unwrap();
     let resolved = segment_service::resolve(&state.db, &principal, &state.settings.limits, expr).await.unwrap();
     let filter = customer_service::CustomerFilter {

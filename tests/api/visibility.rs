@@ -99,17 +99,10 @@ async fn customer_service_cannot_learn_that_a_customer_has_a_value_tag(app: Test
     assert!(lifecycle.ok()["customer"]["lifecycleStage"].is_null());
 }
 
-async fn a_tag_counts_only_customers_where_its_class_is_visible(mut app: TestApp) {
+async fn a_tag_counts_only_customers_where_its_class_is_visible(app: TestApp) {
     // bj01.sales also serves gz01 customers as customer service: value
     // tags are visible in bj01, not in gz01.
-    let member = app.staff("bj01.sales").clone();
-    app.app
-        .state
-        .authz
-        .assign_role(tagbase::domain::StaffId(member.id), "customer_service", "hq/south/gz01/")
-        .await
-        .unwrap();
-    app.register(member);
+    app.bj01_sales_also_serves_gz01().await;
     let tier = app.tag_id("消费等级", "A级").await;
     let bj = app.customers_of("bj01").await;
     let gz = app.customers_of("gz01").await;

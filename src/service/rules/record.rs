@@ -21,7 +21,7 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, TransactionTrait,
 };
 use serde_json::json;
 
@@ -122,12 +122,7 @@ pub async fn record_events(
     // rows are locked in id order, and before any event is inserted: an
     // inserted event holds a key-share lock on its customer, which a later
     // `FOR UPDATE` of another batch would wait on in a cycle.
-    customer::Entity::find()
-        .filter(customer::Column::Id.is_in(customers.values().map(|c| c.id).collect::<BTreeSet<i64>>()))
-        .order_by_asc(customer::Column::Id)
-        .lock_exclusive()
-        .all(&txn)
-        .await?;
+    crate::service::tagging::lock_customer_rows(&txn, customers.values().map(|c| c.id), None).await?;
     let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
     let keys: Vec<String> = items.iter().filter_map(|i| i.as_ref().ok().map(|e| e.key.clone())).collect();
     let mut known: HashMap<String, (String, i64)> = HashMap::new();
