@@ -282,6 +282,23 @@ enum BenchCommand {
         #[arg(long)]
         server: Option<PathBuf>,
     },
+    /// The governance reports on PostgreSQL (DATABASE_URL), on the segment
+    /// bench data: tagUsage (index and SQL holders), zombieTags,
+    /// duplicateTags, tagsAt and segmentPreview(asOf).
+    Reports {
+        /// Timed runs per report; cells show median (min–max).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Bench customers to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: i64,
+        /// Bench tags to generate.
+        #[arg(long, default_value_t = 2_000)]
+        tags: i64,
+        /// Bench tags per customer.
+        #[arg(long, default_value_t = 20)]
+        tags_per_customer: i64,
+    },
     /// Bulk tagging jobs on PostgreSQL (DATABASE_URL), on the segment
     /// bench data: one tag added, then a move inside an exclusive group,
     /// per size; prints seconds, assignments/s and the progress a
@@ -499,6 +516,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bulk { sizes, runs, customers, tags, tags_per_customer }) => {
             let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
             crate::bench::bulk::run(settings(None), crate::bench::bulk::BulkBench { sizes, runs, data }).await
+        }
+        Command::Bench(BenchCommand::Reports { runs, customers, tags, tags_per_customer }) => {
+            let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
+            crate::bench::reports::run(settings(None), crate::bench::reports::ReportsBench { runs, data }).await
         }
         Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
             let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };

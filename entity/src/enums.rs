@@ -226,3 +226,31 @@ stored_enum!(
         Cancelled = "CANCELLED",
     }
 );
+
+stored_enum!(
+    /// What a governance alert is about.
+    GovernanceAlertKind {
+        /// A customer carries more tags than the alert threshold.
+        TagOverload = "TAG_OVERLOAD",
+        /// A tag almost nobody carries, or nobody tagged lately.
+        ZombieTag = "ZOMBIE_TAG",
+        /// Two tags that are probably one idea.
+        DuplicateTags = "DUPLICATE_TAGS",
+        /// A scheduled rule run failed.
+        FailedRun = "FAILED_RUN",
+        /// A modification lock past its expiry, or whose holder is gone.
+        StrandedLock = "STRANDED_LOCK",
+    }
+);
+
+stored_enum!(
+    /// Where a governance alert stands.
+    AlertStatus {
+        /// Raised, nobody has looked at it yet.
+        Open = "OPEN",
+        /// Somebody is on it.
+        Acknowledged = "ACKNOWLEDGED",
+        /// Dealt with, or its condition went away.
+        Resolved = "RESOLVED",
+    }
+);

@@ -19,6 +19,7 @@ mod m20261201_000060_automatic_tagging;
 mod m20261201_000070_sign_in_revision;
 mod m20261201_000080_jobs;
 mod m20261202_000090_rule_schedule;
+mod m20261202_000100_reports;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000070_sign_in_revision::Migration),
             Box::new(m20261201_000080_jobs::Migration),
             Box::new(m20261202_000090_rule_schedule::Migration),
+            Box::new(m20261202_000100_reports::Migration),
         ]
     }
 }

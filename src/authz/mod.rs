@@ -67,10 +67,13 @@ pub enum Action {
     RuleRead,
     RuleWrite,
     RulePropose,
+    ReportRead,
+    ReportConfigure,
+    AlertManage,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 25] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -93,6 +96,9 @@ impl Action {
         Action::RuleRead,
         Action::RuleWrite,
         Action::RulePropose,
+        Action::ReportRead,
+        Action::ReportConfigure,
+        Action::AlertManage,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -120,6 +126,9 @@ impl Action {
             Action::RuleRead => ("rule", "read"),
             Action::RuleWrite => ("rule", "write"),
             Action::RulePropose => ("rule", "propose"),
+            Action::ReportRead => ("report", "read"),
+            Action::ReportConfigure => ("report", "configure"),
+            Action::AlertManage => ("alert", "manage"),
         }
     }
 

@@ -5,6 +5,8 @@
 //! - [`bulk`]: bulk tagging jobs at 10k–1M customers, in process.
 //! - [`api`]: the API over real HTTP, from a separate client, against a
 //!   server started as a child process.
+//! - [`reports`]: the governance reports (tag usage, zombies, duplicates,
+//!   tags at a date), in process.
 //! - [`rules`]: automatic tagging over HTTP: ingest, event → segment
 //!   latency, a 30-day dry run, memory.
 //! - [`schedule`]: a scheduled absence rule over every customer, in
@@ -12,6 +14,7 @@
 
 pub mod api;
 pub mod bulk;
+pub mod reports;
 pub mod rules;
 pub mod schedule;
 pub mod segments;

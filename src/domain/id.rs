@@ -111,6 +111,7 @@ typed_id!(AuditEntryId, "audit log entry", "AuditLogEntry");
 typed_id!(RuleId, "rule", "Rule");
 typed_id!(CustomerEventId, "customer event", "CustomerEvent");
 typed_id!(JobId, "job", "Job");
+typed_id!(AlertId, "alert", "GovernanceAlert");
 
 /// Parses a list of ids, dropping repeats but keeping the first order.
 pub fn parse_ids<T: Copy + Eq + std::hash::Hash>(

@@ -10,8 +10,8 @@ mod reason;
 pub mod tag;
 
 pub use id::{
-    AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, JobId, LockId, OrgUnitId, RuleId, SegmentId,
-    StaffId, TagGroupId, TagId, decode_global, encode_global, parse_ids,
+    AlertId, AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, JobId, LockId, OrgUnitId, RuleId,
+    SegmentId, StaffId, TagGroupId, TagId, decode_global, encode_global, parse_ids,
 };
 pub use name::{
     Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,

@@ -123,6 +123,21 @@ impl Customer {
             page_info,
         })
     }
+    /// The tags the customer held at an instant that the caller may see on
+    /// it, by name: its tag events up to then replayed (exact; one
+    /// statement over this customer's events). Tags archived or merged
+    /// since show as they are now.
+    #[graphql(complexity = "super::limits::list_cost(super::limits::TAGS_PER_CUSTOMER, child_complexity)")]
+    async fn tags_at(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The instant.")] at: DateTime,
+    ) -> Result<Vec<super::reports::TagAtDate>> {
+        let env = env(ctx);
+        let tags =
+            crate::service::reports::time_travel::tags_at(env.db, env.principal, CustomerId(self.0.id), at.0).await?;
+        Ok(tags.into_iter().map(super::reports::TagAtDate::from).collect())
+    }
     /// The customer's tag in the HQ lifecycle group (客户阶段), if any.
     async fn lifecycle_stage(&self, ctx: &Context<'_>) -> Result<Option<Tag>> {
         let env = env(ctx);

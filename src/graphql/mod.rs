@@ -12,6 +12,7 @@ mod loaders;
 mod org;
 mod realtime;
 mod relay;
+mod reports;
 mod rule_dryrun;
 mod rule_proposal;
 mod rule_runs;
@@ -53,6 +54,7 @@ pub struct Query(
     rule_dryrun::RuleDryRunQuery,
     jobs::JobQuery,
     rule_runs::RuleRunQuery,
+    reports::ReportQuery,
 );
 
 /// Every change the API makes.
@@ -67,6 +69,7 @@ pub struct Mutation(
     rules::RuleMutation,
     rule_proposal::RuleProposalMutation,
     jobs::JobMutation,
+    reports::ReportMutation,
 );
 
 pub use jobs::JobSubscription;

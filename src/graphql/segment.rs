@@ -176,6 +176,20 @@ pub(crate) async fn resolve_segment(ctx: &Context<'_>, input: SegmentInput) -> R
 
 pub struct SegmentPreview {
     filter: CustomerFilter,
+    /// Tags as they were at this instant (`asOf`).
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SegmentPreview {
+    /// `VALIDATION` on a field that does not travel in time.
+    fn now_only(&self, field: &str) -> Result<()> {
+        match self.as_of {
+            Some(_) => {
+                Err(AppError::validation("asOf", format!("`{field}` is not answered as of a date; ask `count`")).into())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// A segment evaluated now, for the caller.
@@ -188,14 +202,31 @@ impl SegmentPreview {
         Ok(seg.resolved.text(env.db, env.principal, seg.offset).await?)
     }
 
-    /// Members the caller may see.
+    /// Members the caller may see (as of `asOf` when given: tags replayed
+    /// from the tag event log, other fields as they are now).
     async fn count(&self, ctx: &Context<'_>) -> Result<u64> {
+        if let Some(at) = self.as_of {
+            let env = env(ctx);
+            let seg = self.filter.segment.as_ref().expect("a preview has a segment");
+            let index = &ctx.data_unchecked::<AppState>().index;
+            let members = crate::service::reports::time_travel::members_as_of(
+                env.db,
+                index,
+                env.principal,
+                &seg.resolved,
+                seg.offset,
+                at,
+            )
+            .await?;
+            return Ok(members.len());
+        }
         members_count(ctx, &self.filter).await
     }
 
     /// The members as CSV: only the columns the caller may read, masked
     /// or left empty per customer as the field rules say. Audited.
     async fn csv(&self, ctx: &Context<'_>) -> Result<String> {
+        self.now_only("csv")?;
         members_csv(ctx, &self.filter).await
     }
 
@@ -211,6 +242,7 @@ impl SegmentPreview {
         #[graphql(desc = "Page backward from this cursor.")] before: Option<String>,
         #[graphql(desc = "The order (default: newest added first).")] order_by: Option<CustomerOrderInput>,
     ) -> Result<CustomerConnection> {
+        self.now_only("customers")?;
         let page = page_args(ctx, first, after, last, before)?;
         customer_connection(ctx, self.filter.clone(), order_by, &page).await
     }
@@ -263,9 +295,15 @@ impl SegmentQuery {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "The expression to evaluate.")] segment: SegmentInput,
+        #[graphql(desc = "Evaluate with the tags customers held at this instant (replayed from the tag \
+                          event log; other fields as they are now). Answers `count` and `text`.")]
+        as_of: Option<DateTime>,
     ) -> Result<SegmentPreview> {
         let seg = resolve_segment(ctx, segment).await?;
-        Ok(SegmentPreview { filter: CustomerFilter { segment: Some(seg), ..Default::default() } })
+        Ok(SegmentPreview {
+            filter: CustomerFilter { segment: Some(seg), ..Default::default() },
+            as_of: as_of.map(|t| t.0),
+        })
     }
 }
 

@@ -560,9 +560,41 @@ impl SegmentIndex {
         let universe = self.union_of(read_scope.unit_ids());
         let s = self.read();
         let today = Utc::now().with_timezone(&offset).date_naive();
-        let evaluator = Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today };
+        let evaluator =
+            Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today, as_of: None };
         let members = evaluator.eval(resolved, &resolved.expr)?;
         Some(members & universe.as_ref())
+    }
+
+    /// As [`evaluate`](Self::evaluate), with the holders of tags as they
+    /// were at a past instant (`holders`, replayed from the tag event log
+    /// by the caller) in place of the current ones: tags and groups read
+    /// `holders` (a tag missing from it was held by nobody); every other
+    /// predicate reads the customers as they are now.
+    pub fn evaluate_as_of(
+        &self,
+        principal: &Principal,
+        resolved: &Resolved,
+        offset: FixedOffset,
+        holders: &HashMap<i64, RoaringBitmap>,
+    ) -> Option<RoaringBitmap> {
+        if !self.is_ready() {
+            return None;
+        }
+        let read_scope = principal.scope(Action::CustomerRead);
+        let universe = self.union_of(read_scope.unit_ids());
+        let s = self.read();
+        let today = Utc::now().with_timezone(&offset).date_naive();
+        let evaluator =
+            Evaluator { s: &s, principal, read_scope: &read_scope, universe: &universe, today, as_of: Some(holders) };
+        let members = evaluator.eval(resolved, &resolved.expr)?;
+        Some(members & universe.as_ref())
+    }
+
+    /// The tags of each group, as the index follows them (for replaying a
+    /// group's holders at a past instant).
+    pub fn tags_of_group(&self, group_id: i64) -> Vec<i64> {
+        self.read().group_tags.get(&group_id).cloned().unwrap_or_default()
     }
 
     /// Cross analysis: for every pair of the tags (a tag with itself
@@ -625,6 +657,44 @@ impl SegmentIndex {
             Some(seen) => (holders & universe.as_ref()).intersection_len(&seen),
             None => holders.intersection_len(&universe),
         })
+    }
+
+    /// The customers of a set of org units as the index holds them; `None`
+    /// when the index is not ready. Reports use it as the base their
+    /// holders are counted in (a caller's scope within an org subtree).
+    pub fn customers_of_units(&self, units: impl Iterator<Item = i64>) -> Option<Arc<RoaringBitmap>> {
+        if !self.is_ready() {
+            return None;
+        }
+        Some(self.union_of(units))
+    }
+
+    /// The holders of each tag among `base`, each counted only among the
+    /// customers of its `units` when given (where the caller sees the
+    /// tag's class); `None` when the index is not ready.
+    pub fn holders_among(
+        &self,
+        base: &RoaringBitmap,
+        tags: &[(i64, Option<Arc<Scope>>)],
+    ) -> Option<HashMap<i64, RoaringBitmap>> {
+        if !self.is_ready() {
+            return None;
+        }
+        let seen: Vec<Option<Arc<RoaringBitmap>>> =
+            tags.iter().map(|(_, units)| units.as_ref().map(|u| self.union_of(u.unit_ids()))).collect();
+        let s = self.read();
+        Some(
+            tags.iter()
+                .zip(seen)
+                .map(|((id, _), seen)| {
+                    let mut held = s.tags.get(id).map_or_else(RoaringBitmap::new, |b| b & base);
+                    if let Some(seen) = seen {
+                        held &= seen.as_ref();
+                    }
+                    (*id, held)
+                })
+                .collect(),
+        )
     }
 
     /// Ids of the first `limit` members in the order of a key the index
@@ -829,6 +899,9 @@ struct Evaluator<'a> {
     universe: &'a RoaringBitmap,
     /// Today in the expression's time zone (for ages).
     today: NaiveDate,
+    /// Holders as of a past instant, replacing the current ones
+    /// ([`SegmentIndex::evaluate_as_of`]).
+    as_of: Option<&'a HashMap<i64, RoaringBitmap>>,
 }
 
 /// Customers of the units where the caller may see the class; `None` when
@@ -888,6 +961,11 @@ impl Evaluator<'_> {
     /// Holders of the tag, where the caller may see it.
     fn holds(&self, resolved: &Resolved, r: &Ref) -> Option<RoaringBitmap> {
         let Ref::Id(id) = r else { return None };
+        if let Some(past) = self.as_of {
+            // A tag retired since was held then.
+            let holders = past.get(id).cloned().unwrap_or_default();
+            return Some(self.where_tag_visible(resolved, *id, holders));
+        }
         if resolved.tags.get(id).is_some_and(|t| is_retired(t.tag.status)) {
             return Some(RoaringBitmap::new());
         }
@@ -1002,7 +1080,11 @@ impl Evaluator<'_> {
                 let group = resolved.groups.get(id)?;
                 let mut holders = RoaringBitmap::new();
                 for tag in self.s.group_tags.get(id).into_iter().flatten() {
-                    if let Some(b) = self.s.tags.get(tag) {
+                    let held = match self.as_of {
+                        Some(past) => past.get(tag),
+                        None => self.s.tags.get(tag),
+                    };
+                    if let Some(b) = held {
                         holders |= b;
                     }
                 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod library;
 pub mod listing;
 pub mod realtime;
+pub mod reports;
 pub mod rules;
 pub mod segment;
 pub mod staff;

@@ -23,6 +23,7 @@ mod permission_matrix;
 mod playground;
 mod races;
 mod relay;
+mod reports;
 mod rules;
 mod rules_bench;
 mod rules_dryrun;

@@ -1,0 +1,432 @@
+//! `tagUsage`: per tag of the effective library at an org unit, how many
+//! customers of the caller's scope there hold it, their share of that
+//! scope, when it was last given, how often in the last 30 and 90 days,
+//! and what gave it (manual, rule, bulk, import, …).
+//!
+//! Holders come from the segment index's bitmaps (one intersection per
+//! tag), or from one grouped SQL count while the index builds. Recency and
+//! sources come from one grouped SQL statement over the tag event log (its
+//! ADD events of the library's tags, for customers of the scope), grouped
+//! by tag, org unit and source so that a tag's class is applied per unit
+//! exactly as the holder counts apply it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use entity::{
+    customer, customer_tag,
+    enums::{TagOp, TagSource},
+    tag, tag_event, tag_group,
+};
+use roaring::RoaringBitmap;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    sea_query::{Alias, Expr, ExprTrait, Func, IntoColumnRef, Query, SimpleExpr},
+};
+
+use super::{ReportSettings, customer_scope, report_unit, settings_in_force};
+use crate::authz::visibility::{class_units, on_customer_visible};
+use crate::authz::{Principal, Scope};
+use crate::domain::{Cursor, OrgUnitId, Page, PageArgs};
+use crate::error::{AppError, AppResult};
+use crate::segment::SegmentIndex;
+use crate::service::tag_library::{library_for, tags_of_groups};
+
+/// One tag's usage in the report's scope.
+#[derive(Debug, Clone)]
+pub struct TagUsage {
+    pub tag: tag::Model,
+    pub group: tag_group::Model,
+    /// Customers of the scope holding the tag (where the caller sees it).
+    pub holders: u64,
+    /// Customers of the scope.
+    pub scope_customers: u64,
+    /// `holders / scope_customers`, 0 for an empty scope.
+    pub share: f64,
+    /// The last time a customer of the scope was given the tag.
+    pub last_tagged_at: Option<DateTime<Utc>>,
+    /// Times a customer of the scope was given the tag in the last 30 days.
+    pub tagged_last_30_days: u64,
+    /// … in the last 90 days.
+    pub tagged_last_90_days: u64,
+    /// Times the tag was given in the last 90 days, by what gave it
+    /// (sources that did not left out), most first.
+    pub by_source: Vec<(TagSource, u64)>,
+    /// Under the zombie thresholds in force at the unit.
+    pub zombie: bool,
+}
+
+/// The whole report at a unit, before filtering and paging; with each
+/// tag's holders when the index answered (duplicates need them).
+pub(crate) struct Usage {
+    pub rows: Vec<TagUsage>,
+    pub holders: Option<HashMap<i64, RoaringBitmap>>,
+    pub settings: ReportSettings,
+}
+
+/// How `tagUsage` is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageOrderField {
+    /// Holders (and so share).
+    #[default]
+    Holders,
+    /// Tag name.
+    Name,
+    /// Last tagged (never tagged first ascending, last descending).
+    LastTagged,
+    /// Tagged in the last 30 days.
+    TaggedLast30Days,
+}
+
+/// A field and a direction; ties by tag id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageOrder {
+    pub field: UsageOrderField,
+    pub descending: bool,
+}
+
+impl Default for UsageOrder {
+    fn default() -> Self {
+        Self { field: UsageOrderField::Holders, descending: true }
+    }
+}
+
+impl UsageOrder {
+    fn tag(self) -> String {
+        format!("usage:{:?}:{}", self.field, if self.descending { "desc" } else { "asc" })
+    }
+
+    fn compare(self, a: &TagUsage, b: &TagUsage) -> std::cmp::Ordering {
+        let by = match self.field {
+            UsageOrderField::Holders => a.holders.cmp(&b.holders),
+            UsageOrderField::Name => a.tag.name.cmp(&b.tag.name),
+            UsageOrderField::LastTagged => a.last_tagged_at.cmp(&b.last_tagged_at),
+            UsageOrderField::TaggedLast30Days => a.tagged_last_30_days.cmp(&b.tagged_last_30_days),
+        };
+        let by = by.then(a.tag.id.cmp(&b.tag.id));
+        if self.descending { by.reverse() } else { by }
+    }
+}
+
+/// Which tags of the report to keep.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageFilter {
+    /// Only zombies (`true`) or only the others (`false`).
+    pub zombie: Option<bool>,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct HolderRow {
+    tag_id: i64,
+    org_unit_id: i64,
+    holders: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct EventRow {
+    tag_id: i64,
+    org_unit_id: i64,
+    source: TagSource,
+    last_at: Option<DateTime<Utc>>,
+    last_30: Option<i64>,
+    last_90: Option<i64>,
+    added: i64,
+}
+
+/// `SUM(CASE WHEN occurred_at >= since THEN 1 ELSE 0 END)`.
+fn count_since(since: DateTime<Utc>) -> SimpleExpr {
+    let at = (tag_event::Entity, tag_event::Column::OccurredAt);
+    Expr::expr(Expr::case(Expr::col(at).gte(since), Expr::val(1_i32)).finally(Expr::val(0_i32))).sum()
+}
+
+/// Holders per tag by SQL (while the index builds): one grouped count.
+async fn holders_by_sql(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    scope: &Scope,
+    groups: &HashMap<i64, tag_group::Model>,
+    tags: &[tag::Model],
+) -> AppResult<HashMap<i64, u64>> {
+    let unit = (customer::Entity, customer::Column::OrgUnitId);
+    let query = Query::select()
+        .column((customer_tag::Entity, customer_tag::Column::TagId))
+        .column(unit)
+        .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::CustomerId)).count(), "holders")
+        .from(customer_tag::Entity)
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id))
+                .equals((customer_tag::Entity, customer_tag::Column::CustomerId)),
+        )
+        .and_where(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).is_in(tags.iter().map(|t| t.id)))
+        .and_where(Expr::col(unit).is_in(scope.unit_ids()))
+        .group_by_columns([
+            (customer_tag::Entity, customer_tag::Column::TagId).into_column_ref(),
+            unit.into_column_ref(),
+        ])
+        .to_owned();
+    let rows = HolderRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let class_of = class_by_tag(groups, tags);
+    let mut out: HashMap<i64, u64> = tags.iter().map(|t| (t.id, 0)).collect();
+    for row in rows {
+        let class = class_of.get(&row.tag_id).map(String::as_str);
+        if on_customer_visible(principal, None, class, row.org_unit_id) {
+            *out.entry(row.tag_id).or_default() += u64::try_from(row.holders).unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+fn class_by_tag(groups: &HashMap<i64, tag_group::Model>, tags: &[tag::Model]) -> HashMap<i64, String> {
+    tags.iter().filter_map(|t| Some((t.id, groups.get(&t.group_id?)?.visibility_class.clone()))).collect()
+}
+
+/// Days of the tag event log the recency counts and sources read.
+const WINDOW_DAYS: i64 = 90;
+
+/// The ADD events of the tags for customers of the scope, grouped by tag,
+/// org unit and source, from `since` on (or all of them, with `since`
+/// `None`). When `whole` says that the scope holds every customer and every
+/// tag's class is readable all over it, the customer table is not joined:
+/// the statement reads the event log's (tag, time) index alone, and the
+/// unit of every row is 0.
+#[allow(clippy::too_many_arguments)]
+async fn events_by_sql(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    scope: &Scope,
+    whole: bool,
+    class_of: &HashMap<i64, String>,
+    tags: &[i64],
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> AppResult<HashMap<i64, Vec<EventRow>>> {
+    let unit = (customer::Entity, customer::Column::OrgUnitId);
+    let ev = |c: tag_event::Column| (tag_event::Entity, c);
+    let mut query = Query::select();
+    query.column(ev(tag_event::Column::TagId));
+    if whole {
+        query.expr_as(Expr::val(0_i64), Alias::new("org_unit_id"));
+    } else {
+        query.column(unit);
+    }
+    query
+        .column(ev(tag_event::Column::Source))
+        .expr_as(Func::max(Expr::col(ev(tag_event::Column::OccurredAt))), Alias::new("last_at"))
+        .expr_as(count_since(now - Duration::days(30)), Alias::new("last_30"))
+        .expr_as(count_since(now - Duration::days(WINDOW_DAYS)), Alias::new("last_90"))
+        .expr_as(Expr::col(ev(tag_event::Column::Seq)).count(), Alias::new("added"))
+        .from(tag_event::Entity)
+        .and_where(Expr::col(ev(tag_event::Column::TagId)).is_in(tags.iter().copied()))
+        .and_where(Expr::col(ev(tag_event::Column::Op)).eq(TagOp::Add.as_str()));
+    if let Some(since) = since {
+        query.and_where(Expr::col(ev(tag_event::Column::OccurredAt)).gte(since));
+    }
+    if whole {
+        query.group_by_columns([
+            ev(tag_event::Column::TagId).into_column_ref(),
+            ev(tag_event::Column::Source).into_column_ref(),
+        ]);
+    } else {
+        query
+            .inner_join(
+                customer::Entity,
+                Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)),
+            )
+            .and_where(Expr::col(unit).is_in(scope.unit_ids()))
+            .group_by_columns([
+                ev(tag_event::Column::TagId).into_column_ref(),
+                unit.into_column_ref(),
+                ev(tag_event::Column::Source).into_column_ref(),
+            ]);
+    }
+    let rows = EventRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
+    for row in rows {
+        let class = class_of.get(&row.tag_id).map(String::as_str);
+        if whole || on_customer_visible(principal, None, class, row.org_unit_id) {
+            out.entry(row.tag_id).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// The usage of every active tag of the unit's effective library.
+///
+/// # Errors
+/// As [`report_unit`]; database errors.
+pub(crate) async fn compute(
+    db: &DatabaseConnection,
+    index: &SegmentIndex,
+    principal: &Principal,
+    unit: OrgUnitId,
+) -> AppResult<Usage> {
+    let found = report_unit(principal, unit)?;
+    let library = library_for(db, principal, unit).await?;
+    let groups: HashMap<i64, tag_group::Model> =
+        library.layers.iter().flat_map(|l| l.groups.iter().cloned()).map(|g| (g.id, g)).collect();
+    let group_ids: Vec<i64> = groups.keys().copied().collect();
+    let tags: Vec<tag::Model> = tags_of_groups(db, &group_ids, false).await?.into_values().flatten().collect();
+    usage_of(db, index, principal, found.id, groups, tags).await
+}
+
+/// The usage of the given tags among the caller's customers of `unit`'s
+/// subtree.
+pub(crate) async fn usage_of(
+    db: &DatabaseConnection,
+    index: &SegmentIndex,
+    principal: &Principal,
+    unit: i64,
+    groups: HashMap<i64, tag_group::Model>,
+    mut tags: Vec<tag::Model>,
+) -> AppResult<Usage> {
+    tags.sort_by_key(|t| t.id);
+    let settings = settings_in_force(db, principal, unit).await?;
+    let scope = customer_scope(principal, unit);
+    let now = Utc::now();
+    let (scope_customers, holders, bitmaps) = match index.customers_of_units(scope.unit_ids()) {
+        Some(base) => {
+            let wanted: Vec<(i64, Option<std::sync::Arc<Scope>>)> = tags
+                .iter()
+                .map(|t| {
+                    let units = t
+                        .group_id
+                        .and_then(|g| groups.get(&g))
+                        .map(|g| class_units(principal, &g.visibility_class))
+                        .filter(|u| !u.covers(&scope));
+                    (t.id, units)
+                })
+                .collect();
+            let bitmaps = index
+                .holders_among(&base, &wanted)
+                .ok_or_else(|| AppError::internal(anyhow::anyhow!("the index stopped being ready")))?;
+            let counts = bitmaps.iter().map(|(t, b)| (*t, b.len())).collect();
+            (base.len(), counts, Some(bitmaps))
+        }
+        None => {
+            let total = if scope.is_empty() {
+                0
+            } else {
+                customer::Entity::find().filter(scope.condition(customer::Column::OrgUnitId)).count(db).await?
+            };
+            (total, holders_by_sql(db, principal, &scope, &groups, &tags).await?, None)
+        }
+    };
+    // Recency and sources from the window of the log; the last tagging of
+    // tags idle for the whole window from a second statement over those
+    // tags only (few, and given rarely: that is why they are idle).
+    let class_of = class_by_tag(&groups, &tags);
+    let every_unit = principal.org.all().iter().all(|u| scope.contains(u.id));
+    let whole =
+        every_unit && tags.iter().all(|t| class_of.get(&t.id).is_none_or(|c| class_units(principal, c).covers(&scope)));
+    let ids: Vec<i64> = tags.iter().map(|t| t.id).collect();
+    let mut events = HashMap::new();
+    if !ids.is_empty() && !scope.is_empty() {
+        let since = now - Duration::days(WINDOW_DAYS);
+        events = events_by_sql(db, principal, &scope, whole, &class_of, &ids, Some(since), now).await?;
+        let idle: Vec<i64> = ids.iter().copied().filter(|t| !events.contains_key(t)).collect();
+        if !idle.is_empty() {
+            for (tag, rows) in events_by_sql(db, principal, &scope, whole, &class_of, &idle, None, now).await? {
+                let last = rows.iter().filter_map(|r| r.last_at).max();
+                events.insert(
+                    tag,
+                    vec![EventRow {
+                        tag_id: tag,
+                        org_unit_id: 0,
+                        source: TagSource::Manual,
+                        last_at: last,
+                        last_30: Some(0),
+                        last_90: Some(0),
+                        added: 0,
+                    }],
+                );
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let Some(group) = tag.group_id.and_then(|g| groups.get(&g)).cloned() else { continue };
+        let held = holders.get(&tag.id).copied().unwrap_or(0);
+        let mut by_source: HashMap<TagSource, u64> = HashMap::new();
+        let (mut last, mut last_30, mut last_90) = (None, 0_u64, 0_u64);
+        for row in events.remove(&tag.id).unwrap_or_default() {
+            last = Ord::max(last, row.last_at);
+            last_30 += u64::try_from(row.last_30.unwrap_or(0)).unwrap_or(0);
+            last_90 += u64::try_from(row.last_90.unwrap_or(0)).unwrap_or(0);
+            if row.added > 0 {
+                *by_source.entry(row.source).or_default() += u64::try_from(row.added).unwrap_or(0);
+            }
+        }
+        let mut by_source: Vec<(TagSource, u64)> = by_source.into_iter().collect();
+        by_source.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
+        #[allow(clippy::cast_precision_loss)]
+        let share = if scope_customers == 0 { 0.0 } else { held as f64 / scope_customers as f64 };
+        let mut row = TagUsage {
+            tag,
+            group,
+            holders: held,
+            scope_customers,
+            share,
+            last_tagged_at: last,
+            tagged_last_30_days: last_30,
+            tagged_last_90_days: last_90,
+            by_source,
+            zombie: false,
+        };
+        row.zombie = settings.is_zombie(row.share, row.last_tagged_at, row.tag.created_at, now);
+        rows.push(row);
+    }
+    Ok(Usage { rows, holders: bitmaps, settings })
+}
+
+/// One page of `tagUsage` at a unit, filtered and ordered. The report is
+/// computed whole for each page (a library has thousands of tags at most);
+/// a cursor is a position in the order, tied to it.
+///
+/// # Errors
+/// `NOT_FOUND` for a unit the caller does not know, `FORBIDDEN` without
+/// `report:read` there, `VALIDATION` for a cursor of another order.
+#[tracing::instrument(skip(db, index, principal), fields(staff = principal.staff.id))]
+pub async fn tag_usage(
+    db: &DatabaseConnection,
+    index: &SegmentIndex,
+    principal: &Principal,
+    unit: OrgUnitId,
+    filter: UsageFilter,
+    order: UsageOrder,
+    page: &PageArgs,
+) -> AppResult<Page<TagUsage>> {
+    page.decode_cursor(&order.tag())?;
+    let usage = compute(db, index, principal, unit).await?;
+    let mut rows: Vec<TagUsage> =
+        usage.rows.into_iter().filter(|r| filter.zombie.is_none_or(|z| r.zombie == z)).collect();
+    rows.sort_by(|a, b| order.compare(a, b));
+    page_of(rows, &order.tag(), page)
+}
+
+/// A page of an ordered, computed list: the cursor's key is the position.
+///
+/// # Errors
+/// `VALIDATION` for a cursor that is not one of this order.
+pub(crate) fn page_of<T>(rows: Vec<T>, ordering: &str, page: &PageArgs) -> AppResult<Page<T>> {
+    let start = match page.decode_cursor(ordering)? {
+        None => 0,
+        Some(c) => {
+            c.key.parse::<usize>().map_err(|_| AppError::validation(page.cursor_field(), "is not a valid cursor"))? + 1
+        }
+    };
+    let size = usize::try_from(page.size.get()).unwrap_or(usize::MAX);
+    let total = rows.len();
+    let items: Vec<(String, T)> = rows
+        .into_iter()
+        .enumerate()
+        .skip(start)
+        .take(size)
+        .map(|(i, row)| {
+            let id = i64::try_from(i).unwrap_or(i64::MAX);
+            (Cursor { ordering: ordering.to_owned(), key: i.to_string(), id }.encode(), row)
+        })
+        .collect();
+    let has_next_page = start.saturating_add(size) < total;
+    Ok(Page { items, has_next_page, has_previous_page: start > 0 })
+}
