@@ -11,6 +11,7 @@ pub mod customer_event;
 pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;
+pub mod import_row;
 pub mod job;
 pub mod job_customer;
 pub mod library_version;

@@ -18,6 +18,7 @@ mod m20261201_000050_log_txid;
 mod m20261201_000060_automatic_tagging;
 mod m20261201_000070_sign_in_revision;
 mod m20261201_000080_jobs;
+mod m20261202_000110_customer_data;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000060_automatic_tagging::Migration),
             Box::new(m20261201_000070_sign_in_revision::Migration),
             Box::new(m20261201_000080_jobs::Migration),
+            Box::new(m20261202_000110_customer_data::Migration),
         ]
     }
 }

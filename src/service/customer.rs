@@ -524,6 +524,8 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
         added_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        merged_into_id: Set(None),
+        merged_at: Set(None),
     })
     .exec_with_returning(&txn)
     .await?;

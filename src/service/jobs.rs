@@ -255,6 +255,8 @@ pub async fn submit_bulk_tag(
         removed: Set(0),
         unchanged: Set(0),
         skipped: Set(0),
+        created: Set(0),
+        updated: Set(0),
         errors: Set(json!([])),
         change_request_id: Set(None),
         cancel_requested: Set(false),
