@@ -7,6 +7,8 @@ pub mod audit;
 pub mod customer;
 pub mod export;
 pub mod governance;
+pub mod identity;
+pub mod import;
 pub mod jobs;
 pub mod library;
 pub mod listing;

@@ -118,6 +118,8 @@ async fn lock_customers(
     let found = customer::Entity::find()
         .filter(customer::Column::Id.is_in(sorted))
         .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        // A merged customer's tags are the kept one's: its tombstone takes none.
+        .filter(customer::Column::MergedIntoId.is_null())
         .order_by_asc(customer::Column::Id)
         .lock_exclusive()
         .all(txn)
@@ -776,6 +778,30 @@ pub(crate) async fn apply_job_batch(
         total.alerts_raised += o.alerts_raised;
     }
     Ok(total)
+}
+
+/// Puts tags on the customers of an import batch, in the import's
+/// transaction: as [`apply_tags`] (exclusive groups, cap, alerts, locks),
+/// source `IMPORT`, no audit row of its own (the import writes one).
+///
+/// # Errors
+/// As [`apply_tags`], for the whole batch.
+pub(crate) async fn apply_import_batch(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    customers: Vec<CustomerId>,
+    tags: &[TagId],
+    source_ref: &str,
+) -> AppResult<TaggingOutcome> {
+    let request = TagRequest {
+        customers,
+        tags: tags.to_vec(),
+        expires_at: None,
+        source: TagSource::Import,
+        source_ref: Some(source_ref.to_owned()),
+    };
+    apply_tags_in(txn, principal, limits, request, None, false).await
 }
 
 /// Cursors of a customer's tag history (newest first by sequence).

@@ -293,6 +293,25 @@ async fn resolve_customers(
             by_id.insert(row.id, row);
         }
     }
+    // Events naming a merged customer go to the one it was merged into
+    // (when that one is in scope too).
+    let kept: BTreeSet<i64> = by_id.values().filter_map(|c| c.merged_into_id).collect();
+    if !kept.is_empty() {
+        let rows = customer::Entity::find()
+            .filter(customer::Column::Id.is_in(kept))
+            .filter(scope.condition(customer::Column::OrgUnitId))
+            .filter(customer::Column::MergedIntoId.is_null())
+            .all(db)
+            .await?;
+        let kept: HashMap<i64, customer::Model> = rows.into_iter().map(|c| (c.id, c)).collect();
+        by_id = by_id
+            .into_iter()
+            .filter_map(|(id, c)| match c.merged_into_id {
+                None => Some((id, c)),
+                Some(k) => kept.get(&k).map(|k| (id, k.clone())),
+            })
+            .collect();
+    }
     let mut out = HashMap::new();
     for item in items.iter_mut() {
         let Ok(event) = item else { continue };
