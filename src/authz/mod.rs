@@ -67,10 +67,11 @@ pub enum Action {
     RuleRead,
     RuleWrite,
     RulePropose,
+    CustomerMerge,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -93,6 +94,7 @@ impl Action {
         Action::RuleRead,
         Action::RuleWrite,
         Action::RulePropose,
+        Action::CustomerMerge,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -120,6 +122,7 @@ impl Action {
             Action::RuleRead => ("rule", "read"),
             Action::RuleWrite => ("rule", "write"),
             Action::RulePropose => ("rule", "propose"),
+            Action::CustomerMerge => ("customer", "merge"),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod import;
 pub mod jobs;
 pub mod library;
 pub mod listing;
+pub mod merge;
 pub mod rules;
 pub mod segment;
 pub mod staff;
