@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod customer;
+mod customer_data;
 mod governance;
 mod jobs;
 pub(crate) mod limits;
@@ -50,6 +51,7 @@ pub struct Query(
     rules::RuleQuery,
     rule_dryrun::RuleDryRunQuery,
     jobs::JobQuery,
+    customer_data::CustomerDataQuery,
 );
 
 /// Every change the API makes.
@@ -64,6 +66,7 @@ pub struct Mutation(
     rules::RuleMutation,
     rule_proposal::RuleProposalMutation,
     jobs::JobMutation,
+    customer_data::CustomerDataMutation,
 );
 
 pub use jobs::JobSubscription;
