@@ -9,9 +9,12 @@
 //! kept customer's tag wins and the removed customer's is dropped (the
 //! audit row lists it). Nothing else is dropped.
 //!
-//! **History.** The removed customer's tag events, customer events,
-//! identities, static-segment memberships (`segment_member`), deferred rule
-//! actions and modification-lock coverage move to the kept customer. New
+//! **History.** The removed customer's tag events, identities,
+//! static-segment memberships (`segment_member`), deferred rule actions,
+//! alerts and modification-lock coverage move to the kept customer. Its
+//! customer events stay where they were recorded (that log is
+//! append-only, enforced by the database) and read as the kept
+//! customer's: its `events`, and the history its rules see. New
 //! tag events record the merge itself (source `MERGE`): a `REMOVE` of each
 //! of the removed customer's tags from it, an `ADD` on the kept customer of
 //! each tag that moved, and a `REMOVE` on the kept customer of each
@@ -31,7 +34,7 @@ use entity::{
     modification_lock_customer, rule_deferred_action, segment_member, tag, tag_alert, tag_event, tag_group,
 };
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
@@ -298,12 +301,12 @@ async fn apply(
     events.extend(dropped.iter().filter(|t| !kept_ids.contains(t)).map(|t| (keep.id, *t, TagOp::Remove)));
     insert_event_rows(txn, &by, &events).await?;
 
-    let customer_events = customer_event::Entity::update_many()
-        .col_expr(customer_event::Column::CustomerId, Expr::value(keep.id))
+    // Customer events are append-only: they stay under the removed id and
+    // read as the kept customer's (`store::customer_log::with_merged`).
+    let customer_events = customer_event::Entity::find()
         .filter(customer_event::Column::CustomerId.eq(remove.id))
-        .exec(txn)
-        .await?
-        .rows_affected;
+        .count(txn)
+        .await?;
     let identities_moved = customer_identity::Entity::update_many()
         .col_expr(customer_identity::Column::CustomerId, Expr::value(keep.id))
         .filter(customer_identity::Column::CustomerId.eq(remove.id))

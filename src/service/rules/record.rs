@@ -34,6 +34,7 @@ use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
+use crate::store::customer_log::with_merged;
 use crate::store::CHUNK;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
 
@@ -415,7 +416,7 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         let history: Vec<EventFact> = customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.eq(customer.id))
+            .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)))
             .order_by_asc(customer_event::Column::OccurredAt)
             .order_by_asc(customer_event::Column::Id)
             .all(txn)
@@ -622,7 +623,9 @@ pub async fn events_of(
     if !principal.may(Action::CustomerRead, customer.org_unit_id) {
         return Err(AppError::not_found("customer", CustomerId(customer.id)));
     }
-    let query = customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer.id));
+    // A merged customer's events read as the kept customer's.
+    let query =
+        customer_event::Entity::find().filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)));
     crate::service::newest_first(db, query, customer_event::Column::Id, |e| e.id, "customer_event", page).await
 }
 
@@ -632,5 +635,8 @@ pub async fn events_of(
 /// Database errors.
 pub async fn count_events_of(db: &impl ConnectionTrait, customer_id: i64) -> AppResult<u64> {
     use sea_orm::PaginatorTrait;
-    Ok(customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer_id)).count(db).await?)
+    Ok(customer_event::Entity::find()
+        .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer_id)))
+        .count(db)
+        .await?)
 }
