@@ -90,9 +90,10 @@ impl Identity {
             Some((head, corp)) => (head, Some(corp.to_owned())),
             None => (provider, None),
         };
-        let source = [IdentitySource::Wecom, IdentitySource::Unionid, IdentitySource::Phone, IdentitySource::OrderSystem]
-            .into_iter()
-            .find(|s| s.provider() == head)?;
+        let source =
+            [IdentitySource::Wecom, IdentitySource::Unionid, IdentitySource::Phone, IdentitySource::OrderSystem]
+                .into_iter()
+                .find(|s| s.provider() == head)?;
         (corp.is_none() || source == IdentitySource::Wecom).then_some((source, corp))
     }
 }

@@ -14,9 +14,9 @@ use super::{DateTime, env};
 use crate::authz::FieldAccess;
 use crate::domain::{CustomerId, Identity, IdentitySource as Source, OrgUnitId, Reason, TagId, parse_ids};
 use crate::error::AppError;
+use crate::service::identity;
 use crate::service::import::{self, Encoding, ImportRequest};
 use crate::service::merge::{self, MergeOutcome, MergeRequest};
-use crate::service::identity;
 
 /// Where an identity comes from.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]

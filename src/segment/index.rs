@@ -79,20 +79,22 @@ struct CustomerRow {
 
 /// A query selecting [`CustomerRow`]s.
 fn customer_rows() -> sea_orm::Select<customer::Entity> {
-    customer::Entity::find().select_only().columns([
-        customer::Column::Id,
-        customer::Column::OrgUnitId,
-        customer::Column::Gender,
-        customer::Column::BirthDate,
-        customer::Column::City,
-        customer::Column::Channel,
-        customer::Column::TotalSpendCents,
-        customer::Column::OrderCount,
-        customer::Column::LastOrderAt,
-        customer::Column::AddedAt,
-    ])
-    // Tombstones of merged customers are members of nothing.
-    .filter(customer::Column::MergedIntoId.is_null())
+    customer::Entity::find()
+        .select_only()
+        .columns([
+            customer::Column::Id,
+            customer::Column::OrgUnitId,
+            customer::Column::Gender,
+            customer::Column::BirthDate,
+            customer::Column::City,
+            customer::Column::Channel,
+            customer::Column::TotalSpendCents,
+            customer::Column::OrderCount,
+            customer::Column::LastOrderAt,
+            customer::Column::AddedAt,
+        ])
+        // Tombstones of merged customers are members of nothing.
+        .filter(customer::Column::MergedIntoId.is_null())
 }
 
 /// An instant as nanoseconds since the epoch, saturating outside

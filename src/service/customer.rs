@@ -251,8 +251,9 @@ pub(crate) async fn check_filter(
         searched = searched.intersect(&principal.org.subtree(unit.0).map(|u| u.id).collect());
     }
     // Tombstones of merged customers are in no list.
-    let mut cond =
-        Condition::all().add(searched.condition(customer::Column::OrgUnitId)).add(customer::Column::MergedIntoId.is_null());
+    let mut cond = Condition::all()
+        .add(searched.condition(customer::Column::OrgUnitId))
+        .add(customer::Column::MergedIntoId.is_null());
 
     // A guarded field may be compared only where it is readable in full.
     let require_field = |rule: Option<&FieldRule>, api: &str| match rule {

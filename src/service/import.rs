@@ -182,9 +182,10 @@ fn decode(bytes: &[u8], encoding: Encoding) -> AppResult<(String, &'static str)>
     const BOM: &[u8] = b"\xEF\xBB\xBF";
     let utf8 = |b: &[u8]| std::str::from_utf8(b.strip_prefix(BOM).unwrap_or(b)).map(str::to_owned);
     let gbk = |b: &[u8]| {
-        encoding_rs::GBK.decode_without_bom_handling_and_without_replacement(b).map(|t| t.into_owned()).ok_or_else(
-            || AppError::validation("encoding", "the file is not valid GBK (try encoding: UTF8)"),
-        )
+        encoding_rs::GBK
+            .decode_without_bom_handling_and_without_replacement(b)
+            .map(|t| t.into_owned())
+            .ok_or_else(|| AppError::validation("encoding", "the file is not valid GBK (try encoding: UTF8)"))
     };
     match encoding {
         Encoding::Utf8 => utf8(bytes)
@@ -262,7 +263,12 @@ pub fn parse_file(bytes: &[u8], encoding: Encoding, max_rows: usize) -> AppResul
             Some(c) => columns.push(Some(c)),
             None => {
                 if !header.is_empty() {
-                    out.issues.push(RowIssue::new(1, Some(header), "UNKNOWN_COLUMN", "not a column an import knows; ignored"));
+                    out.issues.push(RowIssue::new(
+                        1,
+                        Some(header),
+                        "UNKNOWN_COLUMN",
+                        "not a column an import knows; ignored",
+                    ));
                 }
                 columns.push(None);
             }
@@ -443,9 +449,8 @@ async fn holders(db: &impl ConnectionTrait, ids: &[(String, String)]) -> AppResu
                    ON i.provider = u.p AND i.external_id = u.v";
         let values: Vec<sea_orm::Value> =
             vec![pg_array(ids.iter().map(|i| Some(&i.0))).into(), pg_array(ids.iter().map(|i| Some(&i.1))).into()];
-        let rows = Held::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-            .all(db)
-            .await?;
+        let rows =
+            Held::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).all(db).await?;
         out.extend(rows.into_iter().map(|r| ((r.provider, r.external_id), r.customer_id)));
         return Ok(out);
     }
@@ -474,8 +479,9 @@ async fn customers_by_id(
     let ids: Vec<i64> = ids.iter().copied().collect();
     let per = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CHUNK };
     for chunk in ids.chunks(per) {
-        let mut query =
-            customer::Entity::find().filter(customer::Column::Id.is_in(chunk.iter().copied())).order_by_asc(customer::Column::Id);
+        let mut query = customer::Entity::find()
+            .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+            .order_by_asc(customer::Column::Id);
         if lock {
             query = query.lock_exclusive();
         }
@@ -548,7 +554,8 @@ async fn plan(
                             ));
                             None
                         } else {
-                            let same = merged_values(row, c) == *c && row.identities.iter().all(|i| held.contains_key(i));
+                            let same =
+                                merged_values(row, c) == *c && row.identities.iter().all(|i| held.contains_key(i));
                             Some(if same { Plan::Unchanged(id) } else { Plan::Update(id) })
                         }
                     }
@@ -612,9 +619,8 @@ async fn insert_customers(
         struct Id {
             id: i64,
         }
-        let ids = Id::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-            .all(txn)
-            .await?;
+        let ids =
+            Id::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).all(txn).await?;
         // RETURNING gives no order guarantee: the ids of one statement's
         // rows are drawn in its (ordered) insertion order, so sorting them
         // puts them back in the rows' order.
@@ -858,7 +864,10 @@ async fn check_target(db: &DatabaseConnection, principal: &Principal, req: &Impo
                 ));
             }
             if group.exclusive && !exclusive.insert(group.id) {
-                return Err(AppError::validation("tagIds", format!("two tags of the exclusive group {:?}", group.name)));
+                return Err(AppError::validation(
+                    "tagIds",
+                    format!("two tags of the exclusive group {:?}", group.name),
+                ));
             }
         }
     }

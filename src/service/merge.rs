@@ -110,7 +110,8 @@ pub async fn merge_customers(
     let payload =
         MergePayload { keep: keep.id, remove: remove.id, keep_version: keep.version, remove_version: remove.version };
     let txn = db.begin().await?;
-    if principal.may(Action::CustomerMerge, keep.org_unit_id) && principal.may(Action::CustomerMerge, remove.org_unit_id)
+    if principal.may(Action::CustomerMerge, keep.org_unit_id)
+        && principal.may(Action::CustomerMerge, remove.org_unit_id)
     {
         let merged = apply(&txn, principal, &payload, req.reason.as_ref(), None).await?;
         txn.commit().await?;
@@ -142,9 +143,8 @@ pub async fn merge_customers(
 pub(crate) async fn still_current(txn: &DatabaseTransaction, request: &change_request::Model) -> AppResult<bool> {
     let p: MergePayload = serde_json::from_value(request.payload.clone()).map_err(AppError::internal)?;
     let rows = customer::Entity::find().filter(customer::Column::Id.is_in([p.keep, p.remove])).all(txn).await?;
-    let current = |id: i64, version: i32| {
-        rows.iter().any(|c| c.id == id && c.version == version && c.merged_into_id.is_none())
-    };
+    let current =
+        |id: i64, version: i32| rows.iter().any(|c| c.id == id && c.version == version && c.merged_into_id.is_none());
     Ok(current(p.keep, p.keep_version) && current(p.remove, p.remove_version))
 }
 
@@ -200,10 +200,7 @@ async fn tags_of(txn: &DatabaseTransaction, customer_id: i64) -> AppResult<Vec<(
         .await?
         .into_iter()
         .collect();
-    Ok(held
-        .into_iter()
-        .map(|t| (t, groups.get(&t).copied().flatten().filter(|g| exclusive.contains(g))))
-        .collect())
+    Ok(held.into_iter().map(|t| (t, groups.get(&t).copied().flatten().filter(|g| exclusive.contains(g)))).collect())
 }
 
 /// Moves `table.column` from one customer to another, leaving out rows
@@ -247,7 +244,8 @@ async fn apply(
         .lock_exclusive()
         .all(txn)
         .await?;
-    let changed = || AppError::Conflict("one of the customers was changed or merged meanwhile; reload and retry".into());
+    let changed =
+        || AppError::Conflict("one of the customers was changed or merged meanwhile; reload and retry".into());
     let pos = |id| locked.iter().position(|c: &customer::Model| c.id == id);
     let (Some(k), Some(r)) = (pos(p.keep), pos(p.remove)) else { return Err(changed()) };
     let remove = locked.remove(r);
@@ -303,10 +301,8 @@ async fn apply(
 
     // Customer events are append-only: they stay under the removed id and
     // read as the kept customer's (`store::customer_log::with_merged`).
-    let customer_events = customer_event::Entity::find()
-        .filter(customer_event::Column::CustomerId.eq(remove.id))
-        .count(txn)
-        .await?;
+    let customer_events =
+        customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(remove.id)).count(txn).await?;
     let identities_moved = customer_identity::Entity::update_many()
         .col_expr(customer_identity::Column::CustomerId, Expr::value(keep.id))
         .filter(customer_identity::Column::CustomerId.eq(remove.id))
@@ -349,11 +345,10 @@ async fn apply(
         .col_expr(customer::Column::City, Expr::value(keep.city.clone().or(remove.city.clone())))
         .col_expr(customer::Column::Industry, Expr::value(keep.industry.clone().or(remove.industry.clone())))
         .col_expr(customer::Column::Channel, Expr::value(keep.channel.clone().or(remove.channel.clone())))
-        .col_expr(customer::Column::Gender, Expr::value(if keep.gender == entity::enums::Gender::Unknown {
-            remove.gender
-        } else {
-            keep.gender
-        }))
+        .col_expr(
+            customer::Column::Gender,
+            Expr::value(if keep.gender == entity::enums::Gender::Unknown { remove.gender } else { keep.gender }),
+        )
         .col_expr(customer::Column::TotalSpendCents, Expr::value(keep.total_spend_cents + remove.total_spend_cents))
         .col_expr(customer::Column::OrderCount, Expr::value(keep.order_count + remove.order_count))
         .col_expr(customer::Column::LastOrderAt, Expr::value(last_order_at))
@@ -373,8 +368,9 @@ async fn apply(
     super::import::log_changes(txn, &[keep.id, remove.id]).await?;
     audit::record(
         txn,
-        AuditEntry::ok(principal.staff_id(), "customer.merge", "customer", keep.id).in_unit(keep.org_unit_id).with_detail(
-            json!({
+        AuditEntry::ok(principal.staff_id(), "customer.merge", "customer", keep.id)
+            .in_unit(keep.org_unit_id)
+            .with_detail(json!({
                 "keep": keep.id,
                 "remove": remove.id,
                 "removeOrgUnitId": remove.org_unit_id,
@@ -386,16 +382,9 @@ async fn apply(
                 "segmentMemberships": memberships,
                 "reason": reason.map(Reason::as_str),
                 "changeRequestId": request_id,
-            }),
-        ),
+            })),
     )
     .await?;
     let kept = customer::Entity::find_by_id(keep.id).one(txn).await?.ok_or_else(changed)?;
-    Ok(Merged {
-        kept,
-        tags_moved: moved,
-        tags_dropped: dropped,
-        events_moved: customer_events,
-        identities_moved,
-    })
+    Ok(Merged { kept, tags_moved: moved, tags_dropped: dropped, events_moved: customer_events, identities_moved })
 }

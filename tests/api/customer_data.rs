@@ -68,7 +68,13 @@ fn issues(report: &Value) -> Vec<(i64, Option<String>, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["line"].as_i64().unwrap(), i["column"].as_str().map(str::to_owned), i["code"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["line"].as_i64().unwrap(),
+                i["column"].as_str().map(str::to_owned),
+                i["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -92,7 +98,10 @@ async fn a_gbk_file_with_bad_rows_dry_runs_then_imports_the_rest_exactly_once(ap
     assert_eq!(app.snapshot().await, before, "a dry run writes nothing");
 
     let real = import(&app, "sz01.manager", FILE, false, vec![tag.clone()]).await;
-    assert_eq!((real["created"].as_i64(), real["updated"].as_i64(), real["skipped"].as_i64()), (Some(3), Some(0), Some(4)));
+    assert_eq!(
+        (real["created"].as_i64(), real["updated"].as_i64(), real["skipped"].as_i64()),
+        (Some(3), Some(0), Some(4))
+    );
     assert_eq!(real["tagsAdded"], 3);
     assert_eq!(issues(&real), expected);
     assert_eq!(real["sha256"], dry["sha256"]);
@@ -101,7 +110,10 @@ async fn a_gbk_file_with_bad_rows_dry_runs_then_imports_the_rest_exactly_once(ap
     let orders = identities(&app, "order_system").await;
     assert_eq!(orders.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(), ["o-1", "o-7"]);
     let ming = customer::Entity::find_by_id(unionids[0].1).one(&app.db).await.unwrap().unwrap();
-    assert_eq!((ming.name.as_str(), ming.phone.as_deref(), ming.city.as_deref()), ("王小明", Some("13800138001"), Some("深圳")));
+    assert_eq!(
+        (ming.name.as_str(), ming.phone.as_deref(), ming.city.as_deref()),
+        ("王小明", Some("13800138001"), Some("深圳"))
+    );
     assert_eq!(ming.org_unit_id, app.unit("sz01"));
     let imported: Vec<i64> = unionids.iter().chain(&orders).map(|(_, c)| *c).collect();
     let tagged = customer_tag::Entity::find()
@@ -116,7 +128,10 @@ async fn a_gbk_file_with_bad_rows_dry_runs_then_imports_the_rest_exactly_once(ap
     // The same file again: nobody new, nothing changed.
     let customers = customer::Entity::find().count(&app.db).await.unwrap();
     let again = import(&app, "sz01.manager", FILE, false, vec![tag]).await;
-    assert_eq!((again["created"].as_i64(), again["updated"].as_i64(), again["unchanged"].as_i64()), (Some(0), Some(0), Some(3)));
+    assert_eq!(
+        (again["created"].as_i64(), again["updated"].as_i64(), again["unchanged"].as_i64()),
+        (Some(0), Some(0), Some(3))
+    );
     assert_eq!(again["tagsAdded"], 0);
     assert_eq!(customer::Entity::find().count(&app.db).await.unwrap(), customers);
     assert_eq!(identities(&app, "unionid").await, unionids);
@@ -127,11 +142,8 @@ async fn a_gbk_file_with_bad_rows_dry_runs_then_imports_the_rest_exactly_once(ap
     let yan = customer::Entity::find_by_id(unionids[1].1).one(&app.db).await.unwrap().unwrap();
     assert_eq!((yan.phone.as_deref(), yan.city.as_deref()), (Some("13800138009"), Some("广州")));
 
-    let audited = audit_log::Entity::find()
-        .filter(audit_log::Column::Action.eq("customer.import"))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let audited =
+        audit_log::Entity::find().filter(audit_log::Column::Action.eq("customer.import")).all(&app.db).await.unwrap();
     assert_eq!(audited.len(), 3);
     assert_eq!(audited[0].detail["sha256"], dry["sha256"]);
 }
@@ -200,7 +212,11 @@ async fn two_records_of_one_person(app: &TestApp) -> (String, String) {
     let ids = app.customers_of("sz01").await;
     let (keep, remove) = (ids[0].clone(), ids[1].clone());
     for c in [&keep, &remove] {
-        customer_tag::Entity::delete_many().filter(customer_tag::Column::CustomerId.eq(row_id(c))).exec(&app.db).await.unwrap();
+        customer_tag::Entity::delete_many()
+            .filter(customer_tag::Column::CustomerId.eq(row_id(c)))
+            .exec(&app.db)
+            .await
+            .unwrap();
     }
     let expo = app.tag_id("渠道来源", "线下展会").await;
     let referral = app.tag_id("渠道来源", "老带新").await;
@@ -262,7 +278,10 @@ async fn two_records_of_one_person_merge_without_losing_a_tag_or_an_event(app: T
     let tomb = customer::Entity::find_by_id(row_id(&remove)).one(&app.db).await.unwrap().unwrap();
     assert_eq!(tomb.merged_into_id, Some(row_id(&keep)));
     assert!(tomb.merged_at.is_some());
-    assert_eq!(customer_tag::Entity::find().filter(customer_tag::Column::CustomerId.eq(tomb.id)).count(&app.db).await.unwrap(), 0);
+    assert_eq!(
+        customer_tag::Entity::find().filter(customer_tag::Column::CustomerId.eq(tomb.id)).count(&app.db).await.unwrap(),
+        0
+    );
 
     // Lists and the index leave the tombstone out.
     let now_listed = app.gql("admin", &total, json!({})).await.ok()["customers"]["totalCount"].as_i64().unwrap();
@@ -275,10 +294,15 @@ async fn two_records_of_one_person_merge_without_losing_a_tag_or_an_event(app: T
             json!({ "t": referral }),
         )
         .await;
-    let held: Vec<&str> =
-        holders.ok()["customers"]["edges"].as_array().unwrap().iter().map(|e| e["node"]["id"].as_str().unwrap()).collect();
+    let held: Vec<&str> = holders.ok()["customers"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["id"].as_str().unwrap())
+        .collect();
     assert!(held.contains(&keep.as_str()) && !held.contains(&remove.as_str()), "{held:?}");
-    let merge_events = tag_event::Entity::find().filter(tag_event::Column::Source.eq("MERGE")).count(&app.db).await.unwrap();
+    let merge_events =
+        tag_event::Entity::find().filter(tag_event::Column::Source.eq("MERGE")).count(&app.db).await.unwrap();
     assert!(merge_events >= 3);
     let audited =
         audit_log::Entity::find().filter(audit_log::Column::Action.eq("customer.merge")).all(&app.db).await.unwrap();
@@ -358,7 +382,10 @@ async fn a_large_import_runs_as_a_job_with_progress(app: TestApp) {
         .await;
     let done = &done.ok()["job"];
     assert_eq!(done["kind"], "IMPORT_CUSTOMERS");
-    assert_eq!((done["done"].as_i64(), done["created"].as_i64(), done["skipped"].as_i64()), (Some(5), Some(5), Some(1)));
+    assert_eq!(
+        (done["done"].as_i64(), done["created"].as_i64(), done["skipped"].as_i64()),
+        (Some(5), Some(5), Some(1))
+    );
     assert_eq!(done["errors"][0]["line"], 7);
     assert_eq!(identities(&app, "unionid").await.len(), 5);
     let audited =

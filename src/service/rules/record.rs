@@ -34,8 +34,8 @@ use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-use crate::store::customer_log::with_merged;
 use crate::store::CHUNK;
+use crate::store::customer_log::with_merged;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
 
 /// A refused event of a batch.
