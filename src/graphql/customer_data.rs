@@ -302,7 +302,7 @@ impl CustomerDataMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The customer to keep.")] keep: ID,
         #[graphql(desc = "The customer merged into it.")] remove: ID,
-        #[graphql(desc = "Why (kept in the audit log and the request).")] reason: Option<String>,
+        #[graphql(desc = "Why (kept with the merge record and its request).")] reason: Option<String>,
     ) -> Result<MergeCustomersPayload> {
         let env = env(ctx);
         let req = MergeRequest {

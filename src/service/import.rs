@@ -1111,7 +1111,15 @@ pub(crate) async fn job_batch(
         .iter()
         .map(|r| serde_json::from_value(r.payload.clone()).map_err(AppError::internal))
         .collect::<AppResult<_>>()?;
-    let tags: Vec<TagId> = super::jobs::input_of(job)?.add.into_iter().map(TagId).collect();
+    let tags: Vec<TagId> = job
+        .input
+        .get("add")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .map(TagId)
+        .collect();
     let outcome =
         apply_rows(txn, principal, limits, input.org_unit_id, &rows, &tags, &format!("job:{}", job.id)).await?;
     Ok((rows.len(), outcome))
