@@ -193,6 +193,10 @@ pub struct Limits {
     pub max_dry_run_days: i64,
     /// Customers one bulk job may tag (its snapshot).
     pub max_customers_per_job: usize,
+    /// Data rows above which a real `importCustomers` runs as a job.
+    pub import_job_rows: usize,
+    /// Data rows one import file may have.
+    pub max_import_rows: usize,
     /// Customers a job processes per transaction: each batch commits its
     /// writes and the job's checkpoint together.
     pub job_batch_size: usize,
@@ -285,6 +289,8 @@ impl Default for Limits {
             max_events_per_batch: 1_000,
             max_dry_run_days: 90,
             max_customers_per_job: 2_000_000,
+            import_job_rows: 2_000,
+            max_import_rows: 1_000_000,
             job_batch_size: 10_000,
             job_lease: Duration::from_secs(30),
             job_progress_interval: Duration::from_millis(250),

@@ -1139,6 +1139,8 @@ async fn seed_customers(
             added_at: demo.added_at,
             updated_at: demo.added_at,
             version: 1,
+            merged_into_id: None,
+            merged_at: None,
         };
         let current = identities.get(&demo.external_id).and_then(|id| existing.get(id));
         let id = match current {

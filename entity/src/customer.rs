@@ -24,6 +24,10 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Optimistic concurrency: every update is `WHERE version = <read>`.
     pub version: i32,
+    /// Set when this customer was merged into another: a tombstone, which
+    /// lists and segments leave out and reads of its id redirect from.
+    pub merged_into_id: Option<i64>,
+    pub merged_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

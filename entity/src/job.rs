@@ -9,7 +9,7 @@ use crate::enums::JobStatus;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    /// `BULK_TAG`.
+    /// `BULK_TAG` or `IMPORT_CUSTOMERS`.
     pub kind: String,
     pub status: JobStatus,
     pub requested_by: i64,
@@ -25,6 +25,9 @@ pub struct Model {
     pub removed: i64,
     pub unchanged: i64,
     pub skipped: i64,
+    /// An import job: customers created and updated.
+    pub created: i64,
+    pub updated: i64,
     /// `[{ "customerId", "code", "message" }]`, capped.
     #[sea_orm(column_type = "Json")]
     pub errors: Json,

@@ -12,6 +12,7 @@ pub mod customer_identity;
 pub mod customer_tag;
 pub mod enums;
 pub mod governance_alert;
+pub mod import_row;
 pub mod job;
 pub mod job_customer;
 pub mod library_version;

@@ -20,6 +20,7 @@ mod m20261201_000070_sign_in_revision;
 mod m20261201_000080_jobs;
 mod m20261202_000090_rule_schedule;
 mod m20261202_000100_reports;
+mod m20261202_000110_customer_data;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000080_jobs::Migration),
             Box::new(m20261202_000090_rule_schedule::Migration),
             Box::new(m20261202_000100_reports::Migration),
+            Box::new(m20261202_000110_customer_data::Migration),
         ]
     }
 }

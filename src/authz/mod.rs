@@ -70,10 +70,11 @@ pub enum Action {
     ReportRead,
     ReportConfigure,
     AlertManage,
+    CustomerMerge,
 }
 
 impl Action {
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 26] = [
         Action::CustomerRead,
         Action::CustomerCreate,
         Action::CustomerUpdate,
@@ -99,6 +100,7 @@ impl Action {
         Action::ReportRead,
         Action::ReportConfigure,
         Action::AlertManage,
+        Action::CustomerMerge,
     ];
 
     /// `(object, action)` as written in `policy.csv`.
@@ -129,6 +131,7 @@ impl Action {
             Action::ReportRead => ("report", "read"),
             Action::ReportConfigure => ("report", "configure"),
             Action::AlertManage => ("alert", "manage"),
+            Action::CustomerMerge => ("customer", "merge"),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`segments`]: the segment index against plain SQL, in process.
 //! - [`bulk`]: bulk tagging jobs at 10k–1M customers, in process.
+//! - [`import`]: a 100,000-row GBK customer import, as a job, in process.
 //! - [`api`]: the API over real HTTP, from a separate client, against a
 //!   server started as a child process.
 //! - [`reports`]: the governance reports (tag usage, zombies, duplicates,
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod bulk;
+pub mod import;
 pub mod reports;
 pub mod rules;
 pub mod schedule;

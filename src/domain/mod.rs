@@ -2,6 +2,7 @@
 //! value that reached a service has already been checked.
 
 mod id;
+mod identity;
 mod name;
 mod object_key;
 mod page;
@@ -13,6 +14,7 @@ pub use id::{
     AlertId, AuditEntryId, ChangeRequestId, CustomerEventId, CustomerId, EventSeq, JobId, LockId, OrgUnitId, RuleId,
     SegmentId, StaffId, TagGroupId, TagId, decode_global, encode_global, parse_ids,
 };
+pub use identity::{Identity, IdentitySource};
 pub use name::{
     Aliases, CustomerName, Description, Email, ExternalIdentity, IdentityValue, Login, NamingPattern, OptionalText,
     RoleName, StaffName, TagName, VisibilityClass,

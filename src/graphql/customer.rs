@@ -163,12 +163,54 @@ impl Customer {
     ) -> Result<super::rules::CustomerEventConnection> {
         super::rules::events_of(ctx, &self.0, first, after, last, before).await
     }
-    /// External identities (WeCom, unionid, CRM, shop).
+    /// External identities (WeCom, unionid, CRM, shop), as stored
+    /// (`provider`, `externalId`). A phone identity shows as the phone
+    /// does (masked, or left out where the phone is hidden).
     #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
     async fn external_ids(&self, ctx: &Context<'_>) -> Result<Vec<ExternalId>> {
         let rows = env(ctx).loaders.load_one(IdentitiesOfCustomer(self.0.id)).await?.unwrap_or_default();
-        Ok(rows.into_iter().map(|r| ExternalId { provider: r.provider, external_id: r.external_id }).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let shown = identity_value(ctx, &self.0, &r.provider, &r.external_id)?;
+                Some(ExternalId { provider: r.provider, external_id: shown })
+            })
+            .collect())
     }
+    /// The customer's identities by source: WeCom `external_userid` (per
+    /// corp), unionid, phone, order-system id (and `OTHER` systems'). Each
+    /// belongs to this customer only. A phone identity shows as the phone
+    /// does (masked, or left out where the phone is hidden).
+    #[graphql(complexity = "super::limits::list_cost(super::limits::SMALL_LIST, child_complexity)")]
+    async fn identities(&self, ctx: &Context<'_>) -> Result<Vec<super::customer_data::CustomerIdentity>> {
+        let rows = env(ctx).loaders.load_one(IdentitiesOfCustomer(self.0.id)).await?.unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let shown = identity_value(ctx, &self.0, &r.provider, &r.external_id)?;
+                Some(super::customer_data::CustomerIdentity::of(r, shown))
+            })
+            .collect())
+    }
+}
+
+/// An identity's value as the caller may see it: a phone identity is
+/// guarded by the phone's field rule (masked, or `None` where hidden).
+pub(super) fn identity_value(
+    ctx: &Context<'_>,
+    customer: &customer_entity::Model,
+    provider: &str,
+    value: &str,
+) -> Option<String> {
+    if provider != crate::domain::IdentitySource::Phone.provider() {
+        return Some(value.to_owned());
+    }
+    let rule = FieldRule::by_api("phone")?;
+    let access = env(ctx).principal.field_access(rule.field, customer.org_unit_id);
+    if access == FieldAccess::Hidden {
+        return None;
+    }
+    rule.show(access, value)
 }
 
 /// The value of a field guarded by a row of [`FIELD_RULES`](crate::authz::FIELD_RULES),
@@ -310,7 +352,7 @@ fn prefetch_for(node: &async_graphql::Lookahead<'_>) -> CustomerPrefetch {
     CustomerPrefetch {
         tags,
         staff: node.field("owner").exists() || node.field("tags").field("taggedBy").exists(),
-        external_ids: node.field("externalIds").exists(),
+        external_ids: node.field("externalIds").exists() || node.field("identities").exists(),
     }
 }
 
@@ -550,6 +592,9 @@ mod tests {
         "events",
         "lifecycleStage",
         "externalIds",
+        // A phone identity's value is shown through the phone's field rule
+        // (`identity_value`).
+        "identities",
     ];
 
     /// `CustomerFilterInput` arguments that compare no guarded value.

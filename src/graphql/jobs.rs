@@ -30,7 +30,11 @@ pub struct Job(pub job::Model);
 pub struct JobError {
     /// The customer, when the error is about one.
     customer_id: Option<ID>,
-    /// `LOCKED`, `NOT_FOUND`, `FORBIDDEN`, … (as error codes).
+    /// An import: the file's line (the header is line 1).
+    line: Option<i64>,
+    /// An import: the column at fault, as the file's header names it.
+    column: Option<String>,
+    /// `LOCKED`, `NOT_FOUND`, `FORBIDDEN`, … (as error codes); an import's row codes.
     code: String,
     /// What happened, for people.
     message: String,
@@ -44,7 +48,7 @@ impl Job {
     async fn id(&self) -> ID {
         JobId(self.0.id).into()
     }
-    /// `BULK_TAG`.
+    /// `BULK_TAG` or `IMPORT_CUSTOMERS`.
     async fn kind(&self) -> &str {
         &self.0.kind
     }
@@ -60,13 +64,22 @@ impl Job {
     async fn requested_by(&self, ctx: &Context<'_>) -> Result<Option<Staff>> {
         staff_by_id(ctx, Some(self.0.requested_by)).await
     }
-    /// Customers in the job's snapshot (taken when it was created).
+    /// Customers in the job's snapshot (taken when it was created); for an
+    /// import, the file's rows that passed its checks.
     async fn total(&self) -> i64 {
         self.0.total
     }
-    /// Customers processed so far (applied, unchanged or skipped).
+    /// Customers (import: rows) processed so far (applied, unchanged or skipped).
     async fn done(&self) -> i64 {
         self.0.done
+    }
+    /// An import: customers created.
+    async fn created(&self) -> i64 {
+        self.0.created
+    }
+    /// An import: customers updated.
+    async fn updated(&self) -> i64 {
+        self.0.updated
     }
     /// Assignments added.
     async fn added(&self) -> i64 {
@@ -95,6 +108,8 @@ impl Job {
             .flatten()
             .map(|e| JobError {
                 customer_id: e.get("customerId").and_then(Value::as_str).map(|c| ID(c.to_owned())),
+                line: e.get("line").and_then(Value::as_i64),
+                column: e.get("column").and_then(Value::as_str).map(str::to_owned),
                 code: e.get("code").and_then(Value::as_str).unwrap_or_default().to_owned(),
                 message: e.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
             })

@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod customer;
+mod customer_data;
 mod governance;
 mod jobs;
 pub(crate) mod limits;
@@ -55,6 +56,7 @@ pub struct Query(
     jobs::JobQuery,
     rule_runs::RuleRunQuery,
     reports::ReportQuery,
+    customer_data::CustomerDataQuery,
 );
 
 /// Every change the API makes.
@@ -70,6 +72,7 @@ pub struct Mutation(
     rule_proposal::RuleProposalMutation,
     jobs::JobMutation,
     reports::ReportMutation,
+    customer_data::CustomerDataMutation,
 );
 
 pub use jobs::JobSubscription;

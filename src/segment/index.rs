@@ -79,18 +79,22 @@ struct CustomerRow {
 
 /// A query selecting [`CustomerRow`]s.
 fn customer_rows() -> sea_orm::Select<customer::Entity> {
-    customer::Entity::find().select_only().columns([
-        customer::Column::Id,
-        customer::Column::OrgUnitId,
-        customer::Column::Gender,
-        customer::Column::BirthDate,
-        customer::Column::City,
-        customer::Column::Channel,
-        customer::Column::TotalSpendCents,
-        customer::Column::OrderCount,
-        customer::Column::LastOrderAt,
-        customer::Column::AddedAt,
-    ])
+    customer::Entity::find()
+        .select_only()
+        .columns([
+            customer::Column::Id,
+            customer::Column::OrgUnitId,
+            customer::Column::Gender,
+            customer::Column::BirthDate,
+            customer::Column::City,
+            customer::Column::Channel,
+            customer::Column::TotalSpendCents,
+            customer::Column::OrderCount,
+            customer::Column::LastOrderAt,
+            customer::Column::AddedAt,
+        ])
+        // Tombstones of merged customers are members of nothing.
+        .filter(customer::Column::MergedIntoId.is_null())
 }
 
 /// An instant as nanoseconds since the epoch, saturating outside
@@ -220,6 +224,32 @@ impl State {
             self.unions.clear();
         }
         self.attributes.set(bit, row, known);
+    }
+
+    /// Drops a customer merged into `kept`: out of every bitmap, and in a
+    /// static segment's snapshot the kept customer takes its place (the
+    /// database's `segment_member` rows moved the same way).
+    fn forget(&mut self, customer: i64, kept: i64) {
+        let Some(bit) = id32(customer) else { return };
+        if !self.known.remove(bit) {
+            return;
+        }
+        for b in self.units.values_mut().chain(self.tags.values_mut()) {
+            b.remove(bit);
+        }
+        let a = &mut self.attributes;
+        for b in a.cities.values_mut().chain(a.channels.values_mut()).chain(a.genders.values_mut()) {
+            b.remove(bit);
+        }
+        self.added_since.remove(bit);
+        for snapshot in self.snapshots.values_mut() {
+            if snapshot.members.remove(bit)
+                && let Some(kept) = id32(kept)
+            {
+                snapshot.members.insert(kept);
+            }
+        }
+        self.unions.clear();
     }
 
     /// An instant given in an expression, as the database compares it.
@@ -354,6 +384,7 @@ impl SegmentIndex {
                 .all(db)
                 .await?;
             let older: Vec<i64> = changed.into_iter().filter(|c| *c <= last_customer).collect();
+            let mut merged: Vec<(i64, i64)> = Vec::new();
             for chunk in older.chunks(1000) {
                 rows.extend(
                     customer_rows()
@@ -362,6 +393,15 @@ impl SegmentIndex {
                         .all(db)
                         .await?,
                 );
+                let tombstones: Vec<(i64, Option<i64>)> = customer::Entity::find()
+                    .select_only()
+                    .columns([customer::Column::Id, customer::Column::MergedIntoId])
+                    .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                    .filter(customer::Column::MergedIntoId.is_not_null())
+                    .into_tuple()
+                    .all(db)
+                    .await?;
+                merged.extend(tombstones.into_iter().filter_map(|(id, kept)| Some((id, kept?))));
             }
             let new_tags: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
                 .select_only()
@@ -419,6 +459,9 @@ impl SegmentIndex {
                 for row in &rows {
                     s.put(row);
                     s.last_customer = s.last_customer.max(row.id);
+                }
+                for (id, kept) in &merged {
+                    s.forget(*id, *kept);
                 }
                 if let Some((seq, _)) = changes.last() {
                     change_page = *seq;

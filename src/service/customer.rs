@@ -137,7 +137,9 @@ impl CustomerOrder {
 
 pub use crate::domain::Page;
 
-/// Finds a customer the caller may read.
+/// Finds a customer the caller may read. The id of a customer merged into
+/// another (a tombstone) redirects to the one it was merged into, which
+/// the caller must be able to read too.
 ///
 /// # Errors
 /// [`AppError::NotFound`] for a missing id and for one outside the caller's
@@ -148,8 +150,36 @@ pub async fn find_in_scope(
     principal: &Principal,
     id: CustomerId,
 ) -> AppResult<customer::Model> {
+    let mut next = id.0;
+    // A merge never targets a tombstone, so one hop is the rule; a few
+    // more cost nothing and a loop is impossible past them.
+    for _ in 0..4 {
+        let found = customer::Entity::find_by_id(next)
+            .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+            .one(db)
+            .await?
+            .ok_or_else(|| AppError::not_found("customer", id))?;
+        match found.merged_into_id {
+            Some(kept) => next = kept,
+            None => return Ok(found),
+        }
+    }
+    Err(AppError::not_found("customer", id))
+}
+
+/// Finds a customer the caller may read, not following a merge: a
+/// tombstone is `NOT_FOUND` (writes never land on one).
+///
+/// # Errors
+/// `NOT_FOUND` for missing, out-of-scope and merged ids alike.
+pub async fn find_live_in_scope(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    id: CustomerId,
+) -> AppResult<customer::Model> {
     customer::Entity::find_by_id(id.0)
         .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .filter(customer::Column::MergedIntoId.is_null())
         .one(db)
         .await?
         .ok_or_else(|| AppError::not_found("customer", id))
@@ -167,6 +197,7 @@ pub async fn require_visible_ids(db: &impl ConnectionTrait, principal: &Principa
             .column(customer::Column::Id)
             .filter(customer::Column::Id.is_in(chunk.iter().copied()))
             .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+            .filter(customer::Column::MergedIntoId.is_null())
             .into_tuple()
             .all(db)
             .await?;
@@ -219,7 +250,10 @@ pub(crate) async fn check_filter(
         }
         searched = searched.intersect(&principal.org.subtree(unit.0).map(|u| u.id).collect());
     }
-    let mut cond = Condition::all().add(searched.condition(customer::Column::OrgUnitId));
+    // Tombstones of merged customers are in no list.
+    let mut cond = Condition::all()
+        .add(searched.condition(customer::Column::OrgUnitId))
+        .add(customer::Column::MergedIntoId.is_null());
 
     // A guarded field may be compared only where it is readable in full.
     let require_field = |rule: Option<&FieldRule>, api: &str| match rule {
@@ -400,7 +434,9 @@ pub(crate) async fn list_among(
     page: &PageArgs,
 ) -> AppResult<Page<customer::Model>> {
     let walk = if page.backward() { order.reversed() } else { order };
-    let mut cond = Condition::all().add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId));
+    let mut cond = Condition::all()
+        .add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .add(customer::Column::MergedIntoId.is_null());
     if let Some(cursor) = page.decode_cursor(&order.tag())? {
         cond = cond.add(walk.after(&cursor, page.cursor_field())?);
     }
@@ -524,6 +560,8 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
         added_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        merged_into_id: Set(None),
+        merged_at: Set(None),
     })
     .exec_with_returning(&txn)
     .await?;
@@ -565,6 +603,7 @@ pub async fn create(db: &DatabaseConnection, principal: &Principal, input: NewCu
                 .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
                 .filter(customer::Column::Phone.eq(phone.as_str()))
                 .filter(customer::Column::Id.ne(model.id))
+                .filter(customer::Column::MergedIntoId.is_null())
                 .order_by_asc(customer::Column::Id)
                 .limit(20)
                 .all(db)
@@ -603,7 +642,7 @@ pub async fn update(
     principal: &Principal,
     patch: CustomerPatch,
 ) -> AppResult<customer::Model> {
-    let current = find_in_scope(db, principal, patch.id).await?;
+    let current = find_live_in_scope(db, principal, patch.id).await?;
     principal.require(Action::CustomerUpdate, current.org_unit_id)?;
     if let Some(birth_date) = patch.birth_date {
         check_birth_date(birth_date)?;

@@ -255,6 +255,8 @@ pub async fn submit_bulk_tag(
         removed: Set(0),
         unchanged: Set(0),
         skipped: Set(0),
+        created: Set(0),
+        updated: Set(0),
         errors: Set(json!([])),
         change_request_id: Set(None),
         cancel_requested: Set(false),
@@ -462,6 +464,36 @@ pub(crate) async fn declined(txn: &DatabaseTransaction, job_id: i64, by: StaffId
 async fn record_end(txn: &DatabaseTransaction, job: &job::Model, by: Option<StaffId>) -> AppResult<()> {
     let input = input_of(job)?;
     let errors = job.errors.as_array().map_or(0, Vec::len);
+    if job.kind == super::import::IMPORT_CUSTOMERS {
+        // The import's audit row, with the file's hash; its rows are done with.
+        let import = super::import::import_input_of(job)?;
+        super::import::forget_rows(txn, job.id).await?;
+        audit::record(
+            txn,
+            AuditEntry::ok(by.unwrap_or(StaffId(job.requested_by)), "customer.import", "job", job.id)
+                .in_unit(job.org_unit_id)
+                .with_detail(json!({
+                    "status": job.status,
+                    "sha256": import.sha256,
+                    "encoding": import.encoding,
+                    "orgUnitId": import.org_unit_id,
+                    "rows": import.rows,
+                    "total": job.total,
+                    "done": job.done,
+                    "created": job.created,
+                    "updated": job.updated,
+                    "unchanged": job.unchanged,
+                    "skipped": job.skipped,
+                    "tagIds": input.add,
+                    "tagsAdded": job.added,
+                    "errorsKept": errors,
+                    "startedAt": job.started_at,
+                    "finishedAt": job.finished_at,
+                })),
+        )
+        .await?;
+        return Ok(());
+    }
     audit::record(
         txn,
         AuditEntry::ok(by.unwrap_or(StaffId(job.requested_by)), "customer.bulk_tag", "job", job.id)
@@ -700,6 +732,9 @@ impl Worker {
         share_event_log(&txn).await?;
         // At most 20,000: one statement binds a whole batch of ids on PostgreSQL.
         let size = self.limits.job_batch_size.clamp(1, 20_000) as i64;
+        if job.kind == super::import::IMPORT_CUSTOMERS {
+            return self.import_batch(txn, job, principal, size).await;
+        }
         let ids: Vec<i64> = job_customer::Entity::find()
             .select_only()
             .column(job_customer::Column::CustomerId)
@@ -728,6 +763,7 @@ impl Worker {
                 .columns([customer::Column::Id, customer::Column::OrgUnitId])
                 .filter(customer::Column::Id.is_in(chunk.iter().copied()))
                 .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+                .filter(customer::Column::MergedIntoId.is_null())
                 .into_tuple()
                 .all(&txn)
                 .await?;
@@ -784,6 +820,38 @@ impl Worker {
             .col_expr(job::Column::Skipped, Expr::value(job.skipped + skipped))
             .col_expr(job::Column::Errors, Expr::value(Value::Array(errors)))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(job.id))
+            .exec(&txn)
+            .await?;
+        locks::extend(&txn, &lock_ids(job), self.lock_end()).await?;
+        let next = job::Entity::find_by_id(job.id).one(&txn).await?;
+        txn.commit().await?;
+        Ok(next)
+    }
+
+    /// One batch of an import job and its checkpoint, in the batch's
+    /// transaction (the lease already renewed).
+    async fn import_batch(
+        &self,
+        txn: DatabaseTransaction,
+        job: &job::Model,
+        principal: &Principal,
+        size: i64,
+    ) -> AppResult<Option<job::Model>> {
+        let (rows, outcome) = super::import::job_batch(&txn, principal, &self.limits, job, size).await?;
+        let mut errors: Vec<Value> = job.errors.as_array().cloned().unwrap_or_default();
+        let room = MAX_ERRORS.saturating_sub(errors.len());
+        errors.extend(super::import::job_errors(&outcome.issues).into_iter().take(room));
+        let skipped = outcome.issues.iter().map(|i| i.line).collect::<HashSet<_>>().len() as i64;
+        job::Entity::update_many()
+            .col_expr(job::Column::Done, Expr::value(job.done + rows as i64))
+            .col_expr(job::Column::Created, Expr::value(job.created + outcome.created as i64))
+            .col_expr(job::Column::Updated, Expr::value(job.updated + outcome.updated as i64))
+            .col_expr(job::Column::Unchanged, Expr::value(job.unchanged + outcome.unchanged as i64))
+            .col_expr(job::Column::Added, Expr::value(job.added + outcome.tags_added as i64))
+            .col_expr(job::Column::Skipped, Expr::value(job.skipped + skipped))
+            .col_expr(job::Column::Errors, Expr::value(Value::Array(errors)))
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(job::Column::Id.eq(job.id))
             .exec(&txn)
             .await?;

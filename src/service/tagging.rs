@@ -114,7 +114,10 @@ async fn lock_customers(
     ids: &[CustomerId],
 ) -> AppResult<Vec<customer::Model>> {
     let sorted: Vec<i64> = ids.iter().map(|c| c.0).collect();
-    let scope = principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId);
+    // A merged customer's tags are the kept one's: its tombstone takes none.
+    let scope = Condition::all()
+        .add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+        .add(customer::Column::MergedIntoId.is_null());
     let found = lock_customer_rows(txn, &sorted, scope).await?;
     let by_id: HashMap<i64, customer::Model> = found.into_iter().map(|c| (c.id, c)).collect();
     ids.iter().map(|id| by_id.get(&id.0).cloned().ok_or_else(|| AppError::not_found("customer", id))).collect()
@@ -885,6 +888,30 @@ pub(crate) async fn apply_job_batch(
         total.alerts_raised += o.alerts_raised;
     }
     Ok(total)
+}
+
+/// Puts tags on the customers of an import batch, in the import's
+/// transaction: as [`apply_tags`] (exclusive groups, cap, alerts, locks),
+/// source `IMPORT`, no audit row of its own (the import writes one).
+///
+/// # Errors
+/// As [`apply_tags`], for the whole batch.
+pub(crate) async fn apply_import_batch(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    customers: Vec<CustomerId>,
+    tags: &[TagId],
+    source_ref: &str,
+) -> AppResult<TaggingOutcome> {
+    let request = TagRequest {
+        customers,
+        tags: tags.to_vec(),
+        expires_at: None,
+        source: TagSource::Import,
+        source_ref: Some(source_ref.to_owned()),
+    };
+    apply_tags_in(txn, principal, limits, request, None, false).await
 }
 
 /// Cursors of a customer's tag history (newest first by sequence).

@@ -36,10 +36,12 @@ pub enum ChangeRequestKind {
     RuleEnable,
     /// A bulk job waiting to run (payload `{"jobId": …}`).
     BulkJob,
+    /// Two customers to merge (payload: both ids and the versions seen).
+    CustomerMerge,
 }
 
 impl ChangeRequestKind {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::TagGroupUpdate,
         Self::TagUpdate,
         Self::TagArchive,
@@ -54,6 +56,7 @@ impl ChangeRequestKind {
         Self::RuleUpdate,
         Self::RuleEnable,
         Self::BulkJob,
+        Self::CustomerMerge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl ChangeRequestKind {
             Self::RuleUpdate => "rule.update",
             Self::RuleEnable => "rule.enable",
             Self::BulkJob => "customer.bulk_tag",
+            Self::CustomerMerge => "customer.merge",
         }
     }
 

@@ -9,6 +9,7 @@ mod audit;
 mod bench;
 mod cli;
 mod constraints;
+mod customer_data;
 mod customers;
 mod governance;
 mod http;

@@ -369,6 +369,8 @@ fn plain_customer(unit: i64, name: String) -> customer::ActiveModel {
         added_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        merged_into_id: Set(None),
+        merged_at: Set(None),
     }
 }
 

@@ -402,7 +402,7 @@ async fn log_progress(progress: Arc<Progress>) {
 
 /// The customer columns of the index, as a binary COPY.
 const CUSTOMERS_COPY: &str = "COPY (SELECT id, org_unit_id, gender, birth_date, city, channel, total_spend_cents, \
-     order_count, last_order_at, added_at FROM customer) TO STDOUT (FORMAT binary)";
+     order_count, last_order_at, added_at FROM customer WHERE merged_into_id IS NULL) TO STDOUT (FORMAT binary)";
 
 /// Assignments are read in this many parallel streams, each a range of
 /// the table's blocks: the server's side of a COPY costs more than ours.

@@ -10,7 +10,8 @@
 //!
 //! [`change_of`] is the one place where a request's kind meets the service
 //! that applies it: library edits go to `service::library`, bulk tagging
-//! to `service::tagging`, rule changes to `service::rules::propose`.
+//! to `service::tagging`, rule changes to `service::rules::propose`,
+//! customer merges to `service::merge`.
 
 use entity::{change_request, enums::ChangeRequestStatus, staff};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
@@ -24,6 +25,7 @@ use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::service::jobs;
 use crate::service::library::{self, EditOutcome, LibraryEdit};
+use crate::service::merge;
 use crate::service::rules::propose;
 use crate::service::tagging::{self, BulkTagging};
 use crate::store::change_request::transition;
@@ -36,6 +38,8 @@ enum Change {
     Rule,
     /// A bulk job waiting for approval to run.
     Job(i64),
+    /// Two customers to merge (`service::merge`).
+    Merge,
 }
 
 #[derive(serde::Deserialize)]
@@ -63,6 +67,7 @@ fn change_of(request: &change_request::Model) -> AppResult<Change> {
         K::CustomerTag | K::CustomerUntag => Ok(Change::Tagging(parse(&request.payload)?)),
         K::RuleCreate | K::RuleUpdate | K::RuleEnable => Ok(Change::Rule),
         K::BulkJob => Ok(Change::Job(parse::<JobPayload>(&request.payload)?.job_id)),
+        K::CustomerMerge => Ok(Change::Merge),
     }
 }
 
@@ -127,6 +132,7 @@ pub async fn approve(
     let current = match &change {
         Change::Library(_, base) => library::still_current(&txn, base).await?,
         Change::Rule => propose::still_current(&txn, &request).await?,
+        Change::Merge => merge::still_current(&txn, &request).await?,
         Change::Tagging(_) | Change::Job(_) => true,
     };
     if !current {
@@ -160,6 +166,11 @@ pub async fn approve(
             jobs::approved(&txn, job_id).await?;
             EditOutcome { applied: true, ..Default::default() }
         }
+        Change::Merge => {
+            let requester = requester_principal(&txn, authz, principal, &request).await?;
+            merge::apply_approved(&txn, &requester, &request).await?;
+            EditOutcome { applied: true, ..Default::default() }
+        }
     };
     txn.commit().await?;
     let request = find(db, principal, id).await?;
@@ -181,7 +192,7 @@ pub async fn preview(
         return Ok(Vec::new());
     }
     match change_of(request)? {
-        Change::Tagging(_) | Change::Rule | Change::Job(_) => Ok(Vec::new()),
+        Change::Tagging(_) | Change::Rule | Change::Job(_) | Change::Merge => Ok(Vec::new()),
         Change::Library(edit, base) => {
             let reason = Reason::parse(Some(&request.reason), "reason")?;
             let requester = StaffId(request.requester_staff_id);

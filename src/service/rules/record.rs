@@ -35,6 +35,7 @@ use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::store::CHUNK;
+use crate::store::customer_log::with_merged;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
 
 /// A refused event of a batch.
@@ -289,6 +290,25 @@ async fn resolve_customers(
             by_id.insert(row.id, row);
         }
     }
+    // Events naming a merged customer go to the one it was merged into
+    // (when that one is in scope too).
+    let kept: BTreeSet<i64> = by_id.values().filter_map(|c| c.merged_into_id).collect();
+    if !kept.is_empty() {
+        let rows = customer::Entity::find()
+            .filter(customer::Column::Id.is_in(kept))
+            .filter(scope.condition(customer::Column::OrgUnitId))
+            .filter(customer::Column::MergedIntoId.is_null())
+            .all(db)
+            .await?;
+        let kept: HashMap<i64, customer::Model> = rows.into_iter().map(|c| (c.id, c)).collect();
+        by_id = by_id
+            .into_iter()
+            .filter_map(|(id, c)| match c.merged_into_id {
+                None => Some((id, c)),
+                Some(k) => kept.get(&k).map(|k| (id, k.clone())),
+            })
+            .collect();
+    }
     let mut out = HashMap::new();
     for item in items.iter_mut() {
         let Ok(event) = item else { continue };
@@ -394,7 +414,7 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         let history: Vec<EventFact> = customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.eq(customer.id))
+            .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)))
             .order_by_asc(customer_event::Column::OccurredAt)
             .order_by_asc(customer_event::Column::Id)
             .all(txn)
@@ -602,7 +622,9 @@ pub async fn events_of(
     if !principal.may(Action::CustomerRead, customer.org_unit_id) {
         return Err(AppError::not_found("customer", CustomerId(customer.id)));
     }
-    let query = customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer.id));
+    // A merged customer's events read as the kept customer's.
+    let query =
+        customer_event::Entity::find().filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)));
     crate::service::newest_first(db, query, customer_event::Column::Id, |e| e.id, "customer_event", page).await
 }
 
@@ -612,5 +634,8 @@ pub async fn events_of(
 /// Database errors.
 pub async fn count_events_of(db: &impl ConnectionTrait, customer_id: i64) -> AppResult<u64> {
     use sea_orm::PaginatorTrait;
-    Ok(customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer_id)).count(db).await?)
+    Ok(customer_event::Entity::find()
+        .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer_id)))
+        .count(db)
+        .await?)
 }
