@@ -312,6 +312,31 @@ async fn runs_are_visible_with_their_counts_and_errors(mut app: TestApp) {
         .await
         .unwrap();
     assert_eq!(audited.len(), 2);
+
+    // The failed run is a FAILED_RUN alert at the rule's unit, until a
+    // later run succeeds.
+    const REFRESH: &str = "mutation($u: ID!) { refreshAlerts(orgUnitId: $u) { raised resolved } }";
+    const ALERTS: &str = "query($s: AlertStatus) { alerts(kind: FAILED_RUN, status: $s, first: 10) {
+        edges { node { subject status orgUnit { code } } } } }";
+    app.gql("admin", REFRESH, json!({ "u": app.unit_id("hq") })).await.ok();
+    let open = app.gql("admin", ALERTS, json!({ "s": "OPEN" })).await;
+    let open = open.ok()["alerts"]["edges"].as_array().unwrap().clone();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["node"]["subject"], format!("rule:{}", row_id(&rule)));
+    assert_eq!(open[0]["node"]["orgUnit"]["code"], "hq");
+    tag::Entity::update_many()
+        .col_expr(tag::Column::Status, Expr::value("ACTIVE"))
+        .filter(tag::Column::Id.eq(row_id(&app.tag_id("客户阶段", "流失客户").await)))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let next = scheduler(&app, &app.app, "instance-a").run_due(now + Duration::days(2)).await.unwrap();
+    assert_eq!(next[0].status, RuleRunStatus::Succeeded);
+    app.gql("admin", REFRESH, json!({ "u": app.unit_id("hq") })).await.ok();
+    let still_open = app.gql("admin", ALERTS, json!({ "s": "OPEN" })).await;
+    assert_eq!(still_open.ok()["alerts"]["edges"], json!([]));
+    let resolved = app.gql("admin", ALERTS, json!({ "s": "RESOLVED" })).await;
+    assert_eq!(resolved.ok()["alerts"]["edges"][0]["node"]["subject"], format!("rule:{}", row_id(&rule)));
     assert!(audited.iter().all(|a| a.actor_staff_id.is_none()));
 }
 

@@ -13,7 +13,9 @@
 //! - `STRANDED_LOCK`: modification locks not released that are past their
 //!   expiry or whose holder is deactivated or gone, on groups of the
 //!   subtree, filed at the group's unit;
-//! - `FAILED_RUN`: scheduled rule runs, once they exist.
+//! - `FAILED_RUN`: rules of the subtree whose latest scheduled run failed
+//!   (`rule_run`), filed at the rule's unit; resolved once a later run
+//!   succeeds.
 //!
 //! One live (not resolved) alert per kind, subject and unit: the unique
 //! `open_key` says so in the database, and a refresh run twice raises
@@ -24,8 +26,9 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::Utc;
 use entity::{
     customer,
+    enums::RuleRunStatus,
     enums::{AlertStatus, GovernanceAlertKind},
-    governance_alert, modification_lock, staff, tag_alert, tag_group,
+    governance_alert, modification_lock, rule, rule_run, staff, tag_alert, tag_group,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -241,6 +244,38 @@ pub async fn refresh(
         });
     }
 
+    // Scheduled rules whose latest run failed.
+    let rules: BTreeMap<i64, rule::Model> = rule::Entity::find()
+        .filter(rule::Column::OrgUnitId.is_in(subtree.iter().copied()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let rule_ids: Vec<i64> = rules.keys().copied().collect();
+    let mut latest: BTreeMap<i64, rule_run::Model> = BTreeMap::new();
+    for chunk in rule_ids.chunks(CHUNK) {
+        let runs = rule_run::Entity::find()
+            .filter(rule_run::Column::RuleId.is_in(chunk.iter().copied()))
+            .filter(rule_run::Column::Status.ne(RuleRunStatus::Running))
+            .order_by_asc(rule_run::Column::Id)
+            .all(db)
+            .await?;
+        for run in runs {
+            latest.insert(run.rule_id, run);
+        }
+    }
+    for run in latest.into_values().filter(|r| r.status == RuleRunStatus::Failed) {
+        let Some(rule) = rules.get(&run.rule_id) else { continue };
+        found.push(Found {
+            kind: GovernanceAlertKind::FailedRun,
+            unit: rule.org_unit_id,
+            subject: format!("rule:{}", rule.id),
+            detail: json!({ "ruleId": rule.id, "rule": rule.name, "runId": run.id, "slot": run.schedule_key,
+                            "error": run.error, "finishedAt": run.finished_at }),
+        });
+    }
+
     let txn = db.begin().await?;
     // What is live now in the refreshed area: the unit's own report
     // alerts, and the per-customer and per-lock alerts of its subtree.
@@ -258,10 +293,11 @@ pub async fn refresh(
                 )
                 .add(
                     Condition::all()
-                        .add(
-                            governance_alert::Column::Kind
-                                .is_in([GovernanceAlertKind::TagOverload, GovernanceAlertKind::StrandedLock]),
-                        )
+                        .add(governance_alert::Column::Kind.is_in([
+                            GovernanceAlertKind::TagOverload,
+                            GovernanceAlertKind::StrandedLock,
+                            GovernanceAlertKind::FailedRun,
+                        ]))
                         .add(governance_alert::Column::OrgUnitId.is_in(subtree.iter().copied())),
                 ),
         )
