@@ -1173,6 +1173,22 @@ async fn in_force_counts(txn: &DatabaseTransaction, customer_ids: &[i64]) -> App
     let customer = (customer_tag::Entity, customer_tag::Column::CustomerId);
     let mut out = HashMap::new();
     for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // One array parameter, not a list of thousands: PostgreSQL
+            // plans `IN (…10,000 values…)` as a scan of every assignment
+            // (1–5 s at 19M rows), `= ANY(array)` as index probes (0.27 s).
+            let sql = "SELECT ct.customer_id, COUNT(*) AS held FROM customer_tag ct \
+                       JOIN tag t ON t.id = ct.tag_id \
+                       WHERE ct.customer_id = ANY($1::text::bigint[]) AND t.status <> $2 \
+                       GROUP BY ct.customer_id";
+            let values: Vec<sea_orm::Value> =
+                vec![pg_array(chunk.iter().map(|c| Some(*c))).into(), TagStatus::Archived.as_str().into()];
+            let statement = sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+            for row in HeldCount::find_by_statement(statement).all(txn).await? {
+                out.insert(row.customer_id, u32::try_from(row.held).unwrap_or(u32::MAX));
+            }
+            continue;
+        }
         let query = Query::select()
             .column(customer)
             .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).count(), "held")
