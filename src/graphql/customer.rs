@@ -586,6 +586,9 @@ mod tests {
         "orgUnit",
         "owner",
         "tags",
+        // Replayed tags, shown by the same class rule as `tags`
+        // (`on_customer_visible` in `service::reports::time_travel`).
+        "tagsAt",
         "tagEvents",
         // An order event's amount is guarded as `totalSpend` is, in
         // `graphql::rules::CustomerEvent::amount`.
