@@ -674,7 +674,12 @@ impl GovernanceMutation {
     ) -> Result<ModificationLockPayload> {
         let env = env(ctx);
         let id = LockId::parse(&lock_id, "lockId")?;
-        let lock = locks::unlock(env.db, env.principal, env.limits, id).await?;
+        let lock = locks::unlock(env.db, env.principal, id).await?;
+        // The rule actions the lock deferred apply now (should that fail,
+        // the scheduler's next round applies them).
+        if let Err(err) = crate::service::rules::deferred::apply_pending(env.db, env.limits, chrono::Utc::now()).await {
+            tracing::warn!(error = ?err, lock = lock.id, "deferred rule actions left for the next scheduler round");
+        }
         // Deferred rule actions may have applied: seen by segments at once.
         super::tag::caught_up(ctx).await;
         Ok(ModificationLockPayload { lock: ModificationLock(lock) })

@@ -421,19 +421,14 @@ pub async fn lock_group(
 }
 
 /// Releases a lock: its holder, or anybody with `tag_group:lock` at the
-/// group's unit (an admin clearing a forgotten lock). After the release
-/// commits, the rule actions the lock deferred are applied (should that
-/// fail, the scheduler's next round applies them).
+/// group's unit (an admin clearing a forgotten lock). The caller then
+/// applies the rule actions the lock deferred
+/// (`rules::deferred::apply_pending`; else the scheduler's next round does).
 ///
 /// # Errors
 /// `NOT_FOUND`, `FORBIDDEN`, `CONFLICT` when already released.
-#[tracing::instrument(skip(db, principal, limits), fields(staff = principal.staff.id))]
-pub async fn unlock(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    limits: &crate::config::Limits,
-    id: LockId,
-) -> AppResult<modification_lock::Model> {
+#[tracing::instrument(skip(db, principal), fields(staff = principal.staff.id))]
+pub async fn unlock(db: &DatabaseConnection, principal: &Principal, id: LockId) -> AppResult<modification_lock::Model> {
     let lock_id = id.0;
     let lock = modification_lock::Entity::find_by_id(lock_id)
         .one(db)
@@ -449,9 +444,6 @@ pub async fn unlock(
         return Err(AppError::Conflict(format!("lock {lock_id} was already released")));
     }
     txn.commit().await?;
-    if let Err(err) = crate::service::rules::deferred::apply_pending(db, limits, Utc::now()).await {
-        tracing::warn!(error = ?err, lock = lock_id, "deferred rule actions left for the next scheduler round");
-    }
     Ok(modification_lock::Entity::find_by_id(lock_id).one(db).await?.unwrap_or(lock))
 }
 

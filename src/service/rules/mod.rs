@@ -11,6 +11,7 @@
 //! - [`explain`]: why an automatic tag is there.
 //! - [`dryrun`]: what a rule would do, replayed over recorded events.
 //! - [`propose`]: rule changes by change request, with their dry run.
+//! - [`slot`]: a rule's schedule (`DAILY HH:MM`) and its slots.
 //! - [`schedule`]: scheduled rules, their runs, and the expiry sweep.
 //! - [`deferred`]: rule actions a modification lock deferred, applied
 //!   when it ends.
@@ -25,4 +26,5 @@ pub mod library;
 pub mod propose;
 pub mod record;
 pub mod schedule;
+pub mod slot;
 pub mod store;

@@ -61,7 +61,7 @@ pub struct RulePatch {
 /// # Errors
 /// `VALIDATION` on `schedule` for one that does not parse.
 pub(super) fn check_schedule(schedule: Option<&str>) -> AppResult<Option<String>> {
-    schedule.map(|s| super::schedule::Schedule::parse("schedule", s).map(|s| s.text())).transpose()
+    schedule.map(|s| super::slot::Schedule::parse("schedule", s).map(|s| s.text())).transpose()
 }
 
 /// True when the caller may read rules of `unit`: it reads rules at that
