@@ -20,7 +20,7 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.get_connection()
             .execute_unprepared(
-                "CREATE INDEX ix_customer_tag_expiring ON customer_tag (customer_id, expires_at) \
+                "CREATE INDEX IF NOT EXISTS ix_customer_tag_expiring ON customer_tag (customer_id, expires_at) \
                  WHERE expires_at IS NOT NULL",
             )
             .await?;
@@ -28,7 +28,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        m.get_connection().execute_unprepared("DROP INDEX ix_customer_tag_expiring").await?;
+        m.get_connection().execute_unprepared("DROP INDEX IF EXISTS ix_customer_tag_expiring").await?;
         Ok(())
     }
 }
