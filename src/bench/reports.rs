@@ -1,7 +1,8 @@
 //! `tagbase bench reports`: the governance reports on the segment bench
 //! data (PostgreSQL): `tagUsage` with holders from the index and from SQL
-//! (as while the index builds), `zombieTags`, `duplicateTags`, a
-//! customer's `tagsAt` and `segmentPreview(asOf)` for one tag.
+//! (as while the index builds), with and without its `bySource` counts,
+//! `zombieTags`, `duplicateTags`, a customer's `tagsAt` and
+//! `segmentPreview(asOf)` for one tag.
 //!
 //! The bench data has no tag events of its own (it is loaded with COPY
 //! into `customer_tag`): the first run writes one ADD event per bench
@@ -118,6 +119,17 @@ pub async fn run(mut settings: Settings, bench: ReportsBench) -> anyhow::Result<
     })
     .await?;
     println!("| tagUsage, first 100 (holders from the index) | {cell} | {rows} rows |");
+    let (cell, sources) = timed(runs, || async {
+        let p = usage::tag_usage(&db, index, &principal, unit, Default::default(), Default::default(), &page)
+            .await
+            .map_err(app_err)?;
+        let tags: Vec<(i64, Option<String>)> =
+            p.items.iter().map(|(_, u)| (u.tag.id, Some(u.group.visibility_class.clone()))).collect();
+        let by = usage::holders_by_source(&db, &principal, unit.0, &tags).await.map_err(app_err)?;
+        Ok(by.values().map(Vec::len).sum::<usize>())
+    })
+    .await?;
+    println!("| tagUsage, first 100, with bySource (holders by source) | {cell} | {sources} (tag, source) counts |");
     let (cell, rows) = timed(runs, || async {
         let p = usage::tag_usage(&db, &building, &principal, unit, Default::default(), Default::default(), &page)
             .await

@@ -2,6 +2,9 @@
 //! `duplicateTags`, `reportSettings`, `alerts`, and the mutations that act
 //! on them. Rules in `service::reports`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
 use entity::{
     enums::{AlertStatus, GovernanceAlertKind, TagSource},
@@ -26,17 +29,37 @@ fn index<'a>(ctx: &'a Context<'_>) -> &'a crate::segment::SegmentIndex {
     &ctx.data_unchecked::<AppState>().index
 }
 
-/// How many times a source gave a tag.
+/// How many holders of a tag a source gave it to.
 #[derive(SimpleObject)]
 pub struct SourceCount {
-    /// What gave it.
+    /// What put the tag on them.
     source: TagSource,
-    /// Times it gave the tag to customers of the scope in the last 90 days.
+    /// Customers of the scope holding the tag now whose assignment came
+    /// from this source.
     count: u64,
 }
 
+/// The tags of one report response, whose sources are counted together
+/// the first time a `bySource` of any of them is asked (one statement for
+/// the page, none when no client asks).
+pub struct SourceBatch {
+    unit: i64,
+    tags: Vec<(i64, Option<String>)>,
+    counts: tokio::sync::OnceCell<HashMap<i64, Vec<(TagSource, u64)>>>,
+}
+
+impl SourceBatch {
+    fn of<'a>(unit: i64, rows: impl IntoIterator<Item = &'a usage::TagUsage>) -> Arc<Self> {
+        let mut tags: Vec<(i64, Option<String>)> =
+            rows.into_iter().map(|r| (r.tag.id, Some(r.group.visibility_class.clone()))).collect();
+        tags.sort();
+        tags.dedup();
+        Arc::new(Self { unit, tags, counts: tokio::sync::OnceCell::new() })
+    }
+}
+
 /// One tag's usage among the customers of a report's scope.
-pub struct TagUsage(usage::TagUsage);
+pub struct TagUsage(usage::TagUsage, Arc<SourceBatch>);
 
 /// One tag's usage among the customers the caller may read in the
 /// report's org unit (and below), counting the tag only where the caller
@@ -75,10 +98,20 @@ impl TagUsage {
     async fn tagged_last_90_days(&self) -> u64 {
         self.0.tagged_last_90_days
     }
-    /// What gave the tag in the last 90 days (manual, rule, bulk, import,
-    /// …), most first.
-    async fn by_source(&self) -> Vec<SourceCount> {
-        self.0.by_source.iter().map(|(source, count)| SourceCount { source: *source, count: *count }).collect()
+    /// What put the tag on the customers of the scope holding it now
+    /// (manual, rule, bulk, import, …: the source of each assignment), most
+    /// first; the counts add up to `holders`.
+    async fn by_source(&self, ctx: &Context<'_>) -> Result<Vec<SourceCount>> {
+        let env = env(ctx);
+        let batch = &self.1;
+        let counts = batch
+            .counts
+            .get_or_try_init(|| usage::holders_by_source(env.db, env.principal, batch.unit, &batch.tags))
+            .await?;
+        Ok(counts
+            .get(&self.0.tag.id)
+            .map(|by| by.iter().map(|(source, count)| SourceCount { source: *source, count: *count }).collect())
+            .unwrap_or_default())
     }
     /// Under the zombie thresholds in force at the unit.
     async fn zombie(&self) -> bool {
@@ -199,18 +232,18 @@ pub struct ProposedMerge {
 }
 
 /// Two tags that are probably one idea.
-pub struct DuplicateTagPair(duplicates::DuplicatePair);
+pub struct DuplicateTagPair(duplicates::DuplicatePair, Arc<SourceBatch>);
 
 /// Two tags that are probably one idea, why, and how to fold them into one.
 #[Object]
 impl DuplicateTagPair {
     /// One tag, with its usage.
     async fn a(&self) -> TagUsage {
-        TagUsage(self.0.a.clone())
+        TagUsage(self.0.a.clone(), self.1.clone())
     }
     /// The other tag, with its usage.
     async fn b(&self) -> TagUsage {
-        TagUsage(self.0.b.clone())
+        TagUsage(self.0.b.clone(), self.1.clone())
     }
     /// Why they are probably one, strongest first.
     async fn reasons(&self) -> Vec<DuplicateReason> {
@@ -366,8 +399,13 @@ impl ReportQuery {
         let filter = UsageFilter { zombie: filter.unwrap_or_default().zombie };
         let page = usage::tag_usage(env.db, index(ctx), env.principal, unit, filter, order, &page).await?;
         let page_info = PageInfo::of(&page);
+        let batch = SourceBatch::of(unit.0, page.items.iter().map(|(_, u)| u));
         Ok(TagUsageConnection {
-            edges: page.items.into_iter().map(|(cursor, u)| TagUsageEdge { cursor, node: TagUsage(u) }).collect(),
+            edges: page
+                .items
+                .into_iter()
+                .map(|(cursor, u)| TagUsageEdge { cursor, node: TagUsage(u, batch.clone()) })
+                .collect(),
             page_info,
         })
     }
@@ -382,7 +420,9 @@ impl ReportQuery {
     ) -> Result<Vec<TagUsage>> {
         let env = env(ctx);
         let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
-        Ok(zombie::zombie_tags(env.db, index(ctx), env.principal, unit).await?.into_iter().map(TagUsage).collect())
+        let rows = zombie::zombie_tags(env.db, index(ctx), env.principal, unit).await?;
+        let batch = SourceBatch::of(unit.0, &rows);
+        Ok(rows.into_iter().map(|r| TagUsage(r, batch.clone())).collect())
     }
 
     /// Pairs of tags that are probably one idea, in the unit's effective
@@ -395,11 +435,9 @@ impl ReportQuery {
     ) -> Result<Vec<DuplicateTagPair>> {
         let env = env(ctx);
         let unit = OrgUnitId::parse(&org_unit_id, "orgUnitId")?;
-        Ok(duplicates::duplicate_tags(env.db, index(ctx), env.principal, unit)
-            .await?
-            .into_iter()
-            .map(DuplicateTagPair)
-            .collect())
+        let pairs = duplicates::duplicate_tags(env.db, index(ctx), env.principal, unit).await?;
+        let batch = SourceBatch::of(unit.0, pairs.iter().flat_map(|p| [&p.a, &p.b]));
+        Ok(pairs.into_iter().map(|p| DuplicateTagPair(p, batch.clone())).collect())
     }
 
     /// The report thresholds in force at an org unit.

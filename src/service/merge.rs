@@ -9,12 +9,14 @@
 //! kept customer's tag wins and the removed customer's is dropped (the
 //! audit row lists it). Nothing else is dropped.
 //!
-//! **History.** The removed customer's tag events, identities,
-//! static-segment memberships (`segment_member`), deferred rule actions,
-//! alerts and modification-lock coverage move to the kept customer. Its
-//! customer events stay where they were recorded (that log is
-//! append-only, enforced by the database) and read as the kept
-//! customer's: its `events`, and the history its rules see. New
+//! **History.** The removed customer's customer events, tag events,
+//! identities, static-segment memberships (`segment_member`), deferred
+//! rule actions, alerts and modification-lock coverage move to the kept
+//! customer. Customer events are append-only (enforced by the database);
+//! the one change it allows is this move, an event's `customer_id` to the
+//! customer its customer was merged into, so the tombstone is marked
+//! first. The kept customer's `events`, rules, dry runs and scheduled
+//! evaluations then see the merged history under its own id. New
 //! tag events record the merge itself (source `MERGE`): a `REMOVE` of each
 //! of the removed customer's tags from it, an `ADD` on the kept customer of
 //! each tag that moved, and a `REMOVE` on the kept customer of each
@@ -34,8 +36,8 @@ use entity::{
     modification_lock_customer, rule_deferred_action, segment_member, tag, tag_alert, tag_event, tag_group,
 };
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -299,10 +301,6 @@ async fn apply(
     events.extend(dropped.iter().filter(|t| !kept_ids.contains(t)).map(|t| (keep.id, *t, TagOp::Remove)));
     insert_event_rows(txn, &by, &events).await?;
 
-    // Customer events are append-only: they stay under the removed id and
-    // read as the kept customer's (`store::customer_log::with_merged`).
-    let customer_events =
-        customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(remove.id)).count(txn).await?;
     let identities_moved = customer_identity::Entity::update_many()
         .col_expr(customer_identity::Column::CustomerId, Expr::value(keep.id))
         .filter(customer_identity::Column::CustomerId.eq(remove.id))
@@ -365,6 +363,15 @@ async fn apply(
         .filter(customer::Column::Id.eq(remove.id))
         .exec(txn)
         .await?;
+    // Customer events move once the tombstone names the kept customer: the
+    // database refuses any other change to them (migration
+    // `m20261202_000120_merge_moves_events`).
+    let customer_events = customer_event::Entity::update_many()
+        .col_expr(customer_event::Column::CustomerId, Expr::value(keep.id))
+        .filter(customer_event::Column::CustomerId.eq(remove.id))
+        .exec(txn)
+        .await?
+        .rows_affected;
     super::import::log_changes(txn, &[keep.id, remove.id]).await?;
     audit::record(
         txn,

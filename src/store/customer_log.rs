@@ -4,11 +4,10 @@
 //! [`super::event_log::LogPosition`]), so writers take no lock for it.
 
 use chrono::Utc;
-use entity::{customer, customer_change};
+use entity::customer_change;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseTransaction, EntityTrait,
-    sea_query::{Query, SelectStatement},
+    DatabaseTransaction, EntityTrait,
 };
 
 use crate::error::AppResult;
@@ -28,19 +27,4 @@ pub(crate) async fn log_customer_change(txn: &DatabaseTransaction, customer_id: 
     .exec(txn)
     .await?;
     Ok(())
-}
-
-/// The ids of a customer and of the customers merged into it: the rows of
-/// append-only logs (customer events) stay under the id they were recorded
-/// for, and read as the kept customer's through this subquery.
-pub(crate) fn with_merged(customer_id: i64) -> SelectStatement {
-    Query::select()
-        .column(customer::Column::Id)
-        .from(customer::Entity)
-        .cond_where(
-            sea_orm::Condition::any()
-                .add(customer::Column::Id.eq(customer_id))
-                .add(customer::Column::MergedIntoId.eq(customer_id)),
-        )
-        .to_owned()
 }

@@ -3,12 +3,16 @@
 //! as a job), and merging two records of one person.
 
 use base64::Engine as _;
-use entity::{audit_log, customer, customer_identity, customer_tag, enums::JobStatus, tag_event};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use chrono::{Duration, Utc};
+use entity::{audit_log, customer, customer_event, customer_identity, customer_tag, enums::JobStatus, tag_event};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, sea_query::Expr,
+};
 use serde_json::{Value, json};
 use tagbase::service::jobs::{RunEnd, Worker};
 
 use crate::helpers::{TestApp, row_id};
+use crate::rules::{RECORD, fresh_customer, tags_of};
 
 const IMPORT: &str = "mutation($i: ImportCustomersInput!) { importCustomers(input: $i) {
     dryRun sha256 encoding rows created updated unchanged skipped tagsAdded
@@ -355,6 +359,136 @@ async fn a_merge_is_scope_checked_on_both_customers(app: TestApp) {
     assert!(after.tables["change_request"] == before.tables["change_request"], "change_request changed");
 }
 
+fn message_at(customer: &str, key: &str, text: &str, at: chrono::DateTime<Utc>) -> Value {
+    json!({ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": key, "text": text, "occurredAt": at.to_rfc3339() })
+}
+
+async fn events_under(app: &TestApp, customer: &str) -> u64 {
+    customer_event::Entity::find()
+        .filter(customer_event::Column::CustomerId.eq(row_id(customer)))
+        .count(&app.db)
+        .await
+        .unwrap()
+}
+
+/// The removed customer's events move to the kept one: its rules (a count
+/// and a streak over the merged history), a dry run and its event list
+/// see them under its own id, and a connector resending an event recorded
+/// before the merge gets a duplicate, not a conflict.
+async fn a_merge_moves_customer_events_and_rules_see_the_merged_history(app: TestApp) {
+    let now = Utc::now();
+    let keep = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let remove = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let inquiry = app.tag_id("活动", "询价").await;
+    // Three messages in 30 days, one on each of the last two days.
+    let condition = "count(message, 30d) >= 3 AND streak(message, 2d)";
+    app.gql(
+        "admin",
+        "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
+        json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "常联系", "condition": condition,
+            "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true } }),
+    )
+    .await
+    .ok();
+    let earlier = [
+        message_at(&remove, "mv-1", "你好", now - Duration::days(1)),
+        message_at(&remove, "mv-2", "在吗", now - Duration::hours(2)),
+    ];
+    let res = app.gql("admin", RECORD, json!({ "e": earlier })).await;
+    assert_eq!(res.ok()["recordEvents"]["recorded"], 2);
+    assert!(tags_of(&app, &remove).await.is_empty(), "two messages are not three");
+
+    let merged = app.gql("admin", MERGE, json!({ "k": keep, "r": remove })).await;
+    assert_eq!(merged.ok()["mergeCustomers"]["eventsMoved"], 2);
+    assert_eq!(events_under(&app, &remove).await, 0);
+    assert_eq!(events_under(&app, &keep).await, 2);
+    let listed = app.gql("admin", CUSTOMER, json!({ "id": keep })).await;
+    assert_eq!(listed.ok()["customer"]["events"]["edges"].as_array().unwrap().len(), 2);
+
+    // A dry run replays the merged history as the kept customer's.
+    let dry = app
+        .gql(
+            "admin",
+            "query($i: DryRunRuleInput!) { dryRunRule(input: $i) { wouldAdd sample { customerId } } }",
+            json!({ "i": { "rule": { "orgUnitId": app.unit_id("hq"), "name": "草稿",
+                "condition": "count(message, 30d) >= 2", "actions": [{ "op": "ADD", "tagId": inquiry }] } } }),
+        )
+        .await;
+    let samples: Vec<Value> =
+        dry.ok()["dryRunRule"]["sample"].as_array().unwrap().iter().map(|s| s["customerId"].clone()).collect();
+    assert!(samples.contains(&json!(keep)) && !samples.contains(&json!(remove)), "{samples:?}");
+
+    // The third message, today, to the kept customer: count and streak hold.
+    let res = app.gql("admin", RECORD, json!({ "e": [message_at(&keep, "mv-3", "好的", now)] })).await;
+    assert_eq!(res.ok()["recordEvents"]["tagChanges"], 1);
+    let tags = tags_of(&app, &keep).await;
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0]["tag"]["name"], "询价");
+
+    // A resend of an event recorded before the merge, naming the removed id.
+    let resend = app.gql("admin", RECORD, json!({ "e": [earlier[0].clone()] })).await;
+    assert_eq!(resend.ok()["recordEvents"]["duplicates"], 1, "{:?}", resend.ok());
+    assert_eq!(resend.ok()["recordEvents"]["errors"], json!([]));
+    assert_eq!(events_under(&app, &keep).await, 3);
+}
+
+/// The customer event log stays append-only: the one change the database
+/// lets through is moving an event to the customer its customer was merged
+/// into, nothing else changed with it.
+async fn customer_events_refuse_every_change_but_the_move_of_a_merge(app: TestApp) {
+    let keep = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let remove = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let other = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let res = app.gql("admin", RECORD, json!({ "e": [message_at(&keep, "ao-1", "你好", Utc::now())] })).await;
+    let event = row_id(res.ok()["recordEvents"]["results"][0]["eventId"].as_str().unwrap());
+    let by_id = |id: i64| customer_event::Entity::update_many().filter(customer_event::Column::Id.eq(id));
+    // A live customer's event: no change at all, not even its customer.
+    assert!(by_id(event).col_expr(customer_event::Column::EventKey, Expr::value("x")).exec(&app.db).await.is_err());
+    assert!(
+        by_id(event)
+            .col_expr(customer_event::Column::CustomerId, Expr::value(row_id(&other)))
+            .exec(&app.db)
+            .await
+            .is_err()
+    );
+    assert!(customer_event::Entity::delete_by_id(event).exec(&app.db).await.is_err());
+
+    // An event left under a tombstone (as merges before this rule left them).
+    app.gql("admin", MERGE, json!({ "k": keep, "r": remove })).await.ok();
+    let stray = customer_event::Entity::find_by_id(event).one(&app.db).await.unwrap().unwrap();
+    let stray = customer_event::ActiveModel {
+        id: sea_orm::ActiveValue::NotSet,
+        customer_id: Set(row_id(&remove)),
+        event_key: Set("ao-stray".to_owned()),
+        ..stray.into()
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(events_under(&app, &remove).await, 1);
+    let to = |id: &str| Expr::value(row_id(id));
+    // Elsewhere than the kept customer: refused.
+    assert!(by_id(stray.id).col_expr(customer_event::Column::CustomerId, to(&other)).exec(&app.db).await.is_err());
+    // To the kept customer but with another change: refused.
+    let with_key = by_id(stray.id)
+        .col_expr(customer_event::Column::CustomerId, to(&keep))
+        .col_expr(customer_event::Column::EventKey, Expr::value("ao-changed"));
+    assert!(with_key.exec(&app.db).await.is_err());
+    let with_unit = by_id(stray.id)
+        .col_expr(customer_event::Column::CustomerId, to(&keep))
+        .col_expr(customer_event::Column::OrgUnitId, Expr::value(app.unit("bj01")));
+    assert!(with_unit.exec(&app.db).await.is_err());
+    assert!(customer_event::Entity::delete_by_id(stray.id).exec(&app.db).await.is_err());
+    assert_eq!(customer_event::Entity::find_by_id(stray.id).one(&app.db).await.unwrap().unwrap(), stray);
+    // The move itself.
+    let moved = by_id(stray.id).col_expr(customer_event::Column::CustomerId, to(&keep)).exec(&app.db).await.unwrap();
+    assert_eq!(moved.rows_affected, 1);
+    let after = customer_event::Entity::find_by_id(stray.id).one(&app.db).await.unwrap().unwrap();
+    assert_eq!(after, customer_event::Model { customer_id: row_id(&keep), ..stray });
+    // And once there, it stays.
+    assert!(by_id(stray.id).col_expr(customer_event::Column::CustomerId, to(&remove)).exec(&app.db).await.is_err());
+}
+
 async fn a_large_import_runs_as_a_job_with_progress(app: TestApp) {
     let file: String = std::iter::once("姓名,unionid\n".to_owned())
         .chain((1..=5).map(|i| format!("客户{i},job-u-{i}\n")))
@@ -402,6 +536,8 @@ crate::on_both_databases!(
     two_records_of_one_person_merge_without_losing_a_tag_or_an_event,
     a_merge_without_the_merge_right_goes_through_a_change_request,
     a_merge_is_scope_checked_on_both_customers,
+    a_merge_moves_customer_events_and_rules_see_the_merged_history,
+    customer_events_refuse_every_change_but_the_move_of_a_merge,
 );
 
 crate::on_both_databases_with!(

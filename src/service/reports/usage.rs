@@ -1,14 +1,17 @@
 //! `tagUsage`: per tag of the effective library at an org unit, how many
 //! customers of the caller's scope there hold it, their share of that
 //! scope, when it was last given, how often in the last 30 and 90 days,
-//! and what gave it (manual, rule, bulk, import, …).
+//! and what put it on the customers holding it now (manual, rule, bulk,
+//! import, …).
 //!
 //! Holders come from the segment index's bitmaps (one intersection per
-//! tag), or from one grouped SQL count while the index builds. Recency and
-//! sources come from one grouped SQL statement over the tag event log (its
-//! ADD events of the library's tags, for customers of the scope), grouped
-//! by tag, org unit and source so that a tag's class is applied per unit
-//! exactly as the holder counts apply it.
+//! tag), or from one grouped SQL count while the index builds. Recency
+//! comes from one grouped SQL statement over the tag event log (its ADD
+//! events of the library's tags, for customers of the scope), grouped by
+//! tag and org unit so that a tag's class is applied per unit exactly as
+//! the holder counts apply it. The sources are asked only for the tags a
+//! response shows ([`holders_by_source`]): one grouped count of their
+//! assignments by `source`, so they add up to the holders.
 
 use std::collections::HashMap;
 
@@ -20,7 +23,8 @@ use entity::{
 };
 use roaring::RoaringBitmap;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    Statement,
     sea_query::{Alias, Expr, ExprTrait, Func, IntoColumnRef, Query, SimpleExpr},
 };
 
@@ -31,6 +35,8 @@ use crate::domain::{Cursor, OrgUnitId, Page, PageArgs};
 use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
 use crate::service::tag_library::{library_for, tags_of_groups};
+use crate::store::CHUNK;
+use crate::store::event_log::pg_array;
 
 /// One tag's usage in the report's scope.
 #[derive(Debug, Clone)]
@@ -49,9 +55,6 @@ pub struct TagUsage {
     pub tagged_last_30_days: u64,
     /// … in the last 90 days.
     pub tagged_last_90_days: u64,
-    /// Times the tag was given in the last 90 days, by what gave it
-    /// (sources that did not left out), most first.
-    pub by_source: Vec<(TagSource, u64)>,
     /// Under the zombie thresholds in force at the unit.
     pub zombie: bool,
 }
@@ -126,11 +129,17 @@ struct HolderRow {
 struct EventRow {
     tag_id: i64,
     org_unit_id: i64,
-    source: TagSource,
     last_at: Option<DateTime<Utc>>,
     last_30: Option<i64>,
     last_90: Option<i64>,
-    added: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct SourceRow {
+    tag_id: i64,
+    org_unit_id: i64,
+    source: TagSource,
+    holders: i64,
 }
 
 /// `SUM(CASE WHEN occurred_at >= since THEN 1 ELSE 0 END)`.
@@ -181,11 +190,11 @@ fn class_by_tag(groups: &HashMap<i64, tag_group::Model>, tags: &[tag::Model]) ->
     tags.iter().filter_map(|t| Some((t.id, groups.get(&t.group_id?)?.visibility_class.clone()))).collect()
 }
 
-/// Days of the tag event log the recency counts and sources read.
+/// Days of the tag event log the recency counts read.
 const WINDOW_DAYS: i64 = 90;
 
-/// The ADD events of the tags for customers of the scope, grouped by tag,
-/// org unit and source, from `since` on (or all of them, with `since`
+/// The ADD events of the tags for customers of the scope, grouped by tag
+/// and org unit, from `since` on (or all of them, with `since`
 /// `None`). When `whole` says that the scope holds every customer and every
 /// tag's class is readable all over it, the customer table is not joined:
 /// the statement reads the event log's (tag, time) index alone, and the
@@ -211,11 +220,9 @@ async fn events_by_sql(
         query.column(unit);
     }
     query
-        .column(ev(tag_event::Column::Source))
         .expr_as(Func::max(Expr::col(ev(tag_event::Column::OccurredAt))), Alias::new("last_at"))
         .expr_as(count_since(now - Duration::days(30)), Alias::new("last_30"))
         .expr_as(count_since(now - Duration::days(WINDOW_DAYS)), Alias::new("last_90"))
-        .expr_as(Expr::col(ev(tag_event::Column::Seq)).count(), Alias::new("added"))
         .from(tag_event::Entity)
         .and_where(Expr::col(ev(tag_event::Column::TagId)).is_in(tags.iter().copied()))
         .and_where(Expr::col(ev(tag_event::Column::Op)).eq(TagOp::Add.as_str()));
@@ -223,10 +230,7 @@ async fn events_by_sql(
         query.and_where(Expr::col(ev(tag_event::Column::OccurredAt)).gte(since));
     }
     if whole {
-        query.group_by_columns([
-            ev(tag_event::Column::TagId).into_column_ref(),
-            ev(tag_event::Column::Source).into_column_ref(),
-        ]);
+        query.group_by_col(ev(tag_event::Column::TagId));
     } else {
         query
             .inner_join(
@@ -234,11 +238,7 @@ async fn events_by_sql(
                 Expr::col((customer::Entity, customer::Column::Id)).equals(ev(tag_event::Column::CustomerId)),
             )
             .and_where(Expr::col(unit).is_in(scope.unit_ids()))
-            .group_by_columns([
-                ev(tag_event::Column::TagId).into_column_ref(),
-                unit.into_column_ref(),
-                ev(tag_event::Column::Source).into_column_ref(),
-            ]);
+            .group_by_columns([ev(tag_event::Column::TagId).into_column_ref(), unit.into_column_ref()]);
     }
     let rows = EventRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
     let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
@@ -312,7 +312,7 @@ pub(crate) async fn usage_of(
             (total, holders_by_sql(db, principal, &scope, &groups, &tags).await?, None)
         }
     };
-    // Recency and sources from the window of the log; the last tagging of
+    // Recency from the window of the log; the last tagging of
     // tags idle for the whole window from a second statement over those
     // tags only (few, and given rarely: that is why they are idle).
     let class_of = class_by_tag(&groups, &tags);
@@ -330,15 +330,7 @@ pub(crate) async fn usage_of(
                 let last = rows.iter().filter_map(|r| r.last_at).max();
                 events.insert(
                     tag,
-                    vec![EventRow {
-                        tag_id: tag,
-                        org_unit_id: 0,
-                        source: TagSource::Manual,
-                        last_at: last,
-                        last_30: Some(0),
-                        last_90: Some(0),
-                        added: 0,
-                    }],
+                    vec![EventRow { tag_id: tag, org_unit_id: 0, last_at: last, last_30: Some(0), last_90: Some(0) }],
                 );
             }
         }
@@ -347,18 +339,12 @@ pub(crate) async fn usage_of(
     for tag in tags {
         let Some(group) = tag.group_id.and_then(|g| groups.get(&g)).cloned() else { continue };
         let held = holders.get(&tag.id).copied().unwrap_or(0);
-        let mut by_source: HashMap<TagSource, u64> = HashMap::new();
         let (mut last, mut last_30, mut last_90) = (None, 0_u64, 0_u64);
         for row in events.remove(&tag.id).unwrap_or_default() {
             last = Ord::max(last, row.last_at);
             last_30 += u64::try_from(row.last_30.unwrap_or(0)).unwrap_or(0);
             last_90 += u64::try_from(row.last_90.unwrap_or(0)).unwrap_or(0);
-            if row.added > 0 {
-                *by_source.entry(row.source).or_default() += u64::try_from(row.added).unwrap_or(0);
-            }
         }
-        let mut by_source: Vec<(TagSource, u64)> = by_source.into_iter().collect();
-        by_source.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
         #[allow(clippy::cast_precision_loss)]
         let share = if scope_customers == 0 { 0.0 } else { held as f64 / scope_customers as f64 };
         let mut row = TagUsage {
@@ -370,13 +356,116 @@ pub(crate) async fn usage_of(
             last_tagged_at: last,
             tagged_last_30_days: last_30,
             tagged_last_90_days: last_90,
-            by_source,
             zombie: false,
         };
         row.zombie = settings.is_zombie(row.share, row.last_tagged_at, row.tag.created_at, now);
         rows.push(row);
     }
     Ok(Usage { rows, holders: bitmaps, settings })
+}
+
+/// The current holders of `tags` among the caller's customers of `unit`'s
+/// subtree, by what put the tag on them (the assignment's `source`), most
+/// first; a tag's counts add up to its holders. `tags` are the tags with
+/// their group's visibility class, counted only where the caller sees it,
+/// as holders are. One grouped statement over the assignments of these
+/// tags (by the `(tag_id, customer_id)` index); the customer table is
+/// joined only when the scope is not every customer or a class is not
+/// readable all over it.
+///
+/// # Errors
+/// Database errors.
+pub async fn holders_by_source(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    unit: i64,
+    tags: &[(i64, Option<String>)],
+) -> AppResult<HashMap<i64, Vec<(TagSource, u64)>>> {
+    let scope = customer_scope(principal, unit);
+    let mut counts: HashMap<i64, HashMap<TagSource, u64>> = HashMap::new();
+    if tags.is_empty() || scope.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let class_of: HashMap<i64, &str> = tags.iter().filter_map(|(t, c)| Some((*t, c.as_deref()?))).collect();
+    let every_unit = principal.org.all().iter().all(|u| scope.contains(u.id));
+    let whole = every_unit && class_of.values().all(|c| class_units(principal, c).covers(&scope));
+    let ids: Vec<i64> = tags.iter().map(|(t, _)| *t).collect();
+    let units: Vec<i64> = scope.unit_ids().collect();
+    let backend = db.get_database_backend();
+    let mut statements = Vec::new();
+    if backend == DbBackend::Postgres {
+        // Arrays, not lists of thousands of values (see `in_force_counts`).
+        let (sql, values): (&str, Vec<sea_orm::Value>) = if whole {
+            (
+                "SELECT ct.tag_id, 0::bigint AS org_unit_id, ct.source, COUNT(*) AS holders FROM customer_tag ct \
+                 WHERE ct.tag_id = ANY($1::text::bigint[]) GROUP BY ct.tag_id, ct.source",
+                vec![pg_array(ids.iter().map(|t| Some(*t))).into()],
+            )
+        } else {
+            (
+                "SELECT ct.tag_id, c.org_unit_id, ct.source, COUNT(*) AS holders FROM customer_tag ct \
+                 JOIN customer c ON c.id = ct.customer_id \
+                 WHERE ct.tag_id = ANY($1::text::bigint[]) AND c.org_unit_id = ANY($2::text::bigint[]) \
+                 GROUP BY ct.tag_id, c.org_unit_id, ct.source",
+                vec![pg_array(ids.iter().map(|t| Some(*t))).into(), pg_array(units.iter().map(|u| Some(*u))).into()],
+            )
+        };
+        statements.push(Statement::from_sql_and_values(backend, sql, values));
+    } else {
+        let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
+        let unit_col = (customer::Entity, customer::Column::OrgUnitId);
+        for chunk in ids.chunks(CHUNK) {
+            let mut query = Query::select();
+            query.column(ct(customer_tag::Column::TagId));
+            if whole {
+                query.expr_as(Expr::val(0_i64), Alias::new("org_unit_id"));
+            } else {
+                query.column(unit_col);
+            }
+            query
+                .column(ct(customer_tag::Column::Source))
+                .expr_as(Expr::col(ct(customer_tag::Column::CustomerId)).count(), Alias::new("holders"))
+                .from(customer_tag::Entity)
+                .and_where(Expr::col(ct(customer_tag::Column::TagId)).is_in(chunk.iter().copied()));
+            if whole {
+                query.group_by_columns([
+                    ct(customer_tag::Column::TagId).into_column_ref(),
+                    ct(customer_tag::Column::Source).into_column_ref(),
+                ]);
+            } else {
+                query
+                    .inner_join(
+                        customer::Entity,
+                        Expr::col((customer::Entity, customer::Column::Id))
+                            .equals(ct(customer_tag::Column::CustomerId)),
+                    )
+                    .and_where(Expr::col(unit_col).is_in(units.iter().copied()))
+                    .group_by_columns([
+                        ct(customer_tag::Column::TagId).into_column_ref(),
+                        unit_col.into_column_ref(),
+                        ct(customer_tag::Column::Source).into_column_ref(),
+                    ]);
+            }
+            statements.push(backend.build(&query));
+        }
+    }
+    for statement in statements {
+        for row in SourceRow::find_by_statement(statement).all(db).await? {
+            let class = class_of.get(&row.tag_id).copied();
+            if whole || on_customer_visible(principal, None, class, row.org_unit_id) {
+                *counts.entry(row.tag_id).or_default().entry(row.source).or_default() +=
+                    u64::try_from(row.holders).unwrap_or(0);
+            }
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(tag, by)| {
+            let mut by: Vec<(TagSource, u64)> = by.into_iter().filter(|(_, n)| *n > 0).collect();
+            by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
+            (tag, by)
+        })
+        .collect())
 }
 
 /// One page of `tagUsage` at a unit, filtered and ordered. The report is

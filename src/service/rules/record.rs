@@ -21,7 +21,7 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde_json::json;
 
@@ -35,7 +35,6 @@ use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::store::CHUNK;
-use crate::store::customer_log::with_merged;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
 
 /// A refused event of a batch.
@@ -123,18 +122,27 @@ pub async fn record_events(
     // rows are locked in id order, and before any event is inserted: an
     // inserted event holds a key-share lock on its customer, which a later
     // `FOR UPDATE` of another batch would wait on in a cycle.
-    let ids: Vec<i64> = customers.values().map(|c| c.id).collect();
-    crate::service::tagging::lock_customer_rows(&txn, &ids, Condition::all()).await?;
+    let ids: BTreeSet<i64> = customers.values().map(|c| c.id).collect();
+    let ids: Vec<i64> = ids.into_iter().collect();
+    let live = Condition::all().add(customer::Column::MergedIntoId.is_null());
+    let locked = crate::service::tagging::lock_customer_rows(&txn, &ids, live).await?;
+    if locked.len() < ids.len() {
+        // Merged between the lookup and the lock: its events belong to the
+        // kept customer now, which the resent batch finds.
+        return Err(AppError::Conflict(
+            "a customer of the batch was merged meanwhile; send the batch again".to_owned(),
+        ));
+    }
     let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
     let keys: Vec<String> = items.iter().filter_map(|i| i.as_ref().ok().map(|e| e.key.clone())).collect();
-    let mut known: HashMap<String, (String, i64)> = HashMap::new();
+    let mut known: HashMap<String, (String, i64, i64)> = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
         for row in customer_event::Entity::find()
             .filter(customer_event::Column::EventKey.is_in(chunk.iter().cloned()))
             .all(&txn)
             .await?
         {
-            known.insert(row.event_key, (row.fingerprint, row.id));
+            known.insert(row.event_key, (row.fingerprint, row.id, row.customer_id));
         }
     }
     // Key → (fingerprint, index of the first event of the batch with it).
@@ -153,8 +161,13 @@ pub async fn record_events(
         let customer = &customers[&event.customer];
         let fingerprint = event.fingerprint(customer.id);
         let conflict = || AppError::Conflict(format!("event key {:?} was recorded for another event", event.key));
-        if let Some((seen, id)) = known.get(&event.key) {
-            if *seen == fingerprint {
+        if let Some((seen, id, stored_for)) = known.get(&event.key) {
+            // An event recorded before a merge moved here keeps the
+            // fingerprint it was recorded with, for the removed customer.
+            let same = *seen == fingerprint
+                || (*stored_for == customer.id
+                    && merged_into(&txn, customer.id).await?.iter().any(|m| *seen == event.fingerprint(*m)));
+            if same {
                 outcome.results[index] = ItemResult::Duplicate(*id);
             } else {
                 outcome.errors.push(ItemError { index, error: conflict() });
@@ -240,6 +253,24 @@ pub async fn record_events(
     .await?;
     txn.commit().await?;
     Ok(outcome)
+}
+
+/// The customers merged into `customer_id`, directly or through a chain
+/// of merges.
+async fn merged_into(txn: &DatabaseTransaction, customer_id: i64) -> AppResult<Vec<i64>> {
+    let mut out = Vec::new();
+    let mut frontier = vec![customer_id];
+    while !frontier.is_empty() {
+        frontier = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::Id)
+            .filter(customer::Column::MergedIntoId.is_in(frontier))
+            .into_tuple::<i64>()
+            .all(txn)
+            .await?;
+        out.extend(frontier.iter().copied());
+    }
+    Ok(out)
 }
 
 /// Looks up the customers the events name; an event whose customer does
@@ -414,7 +445,7 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         let history: Vec<EventFact> = customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)))
+            .filter(customer_event::Column::CustomerId.eq(customer.id))
             .order_by_asc(customer_event::Column::OccurredAt)
             .order_by_asc(customer_event::Column::Id)
             .all(txn)
@@ -622,9 +653,8 @@ pub async fn events_of(
     if !principal.may(Action::CustomerRead, customer.org_unit_id) {
         return Err(AppError::not_found("customer", CustomerId(customer.id)));
     }
-    // A merged customer's events read as the kept customer's.
-    let query =
-        customer_event::Entity::find().filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer.id)));
+    // A merge moved the removed customer's events here.
+    let query = customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer.id));
     crate::service::newest_first(db, query, customer_event::Column::Id, |e| e.id, "customer_event", page).await
 }
 
@@ -634,8 +664,5 @@ pub async fn events_of(
 /// Database errors.
 pub async fn count_events_of(db: &impl ConnectionTrait, customer_id: i64) -> AppResult<u64> {
     use sea_orm::PaginatorTrait;
-    Ok(customer_event::Entity::find()
-        .filter(customer_event::Column::CustomerId.in_subquery(with_merged(customer_id)))
-        .count(db)
-        .await?)
+    Ok(customer_event::Entity::find().filter(customer_event::Column::CustomerId.eq(customer_id)).count(db).await?)
 }
