@@ -656,7 +656,9 @@ async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: Te
     )
     .await;
     let tag = |c: &str, t: &str, op: &str| {
-        let mutation = format!("mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}");
+        let mutation = format!(
+            "mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}"
+        );
         (mutation, json!({ "c": [c], "t": [t] }))
     };
     for (c, t, op) in [
@@ -722,10 +724,14 @@ async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(m
     let archived = fresh_customer(&app, "sz01", "sz01.sales").await;
     let kept = fresh_customer(&app, "sz01", "sz01.sales").await;
     const LOCK: &str = "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }";
-    let lock = app.gql("hq.marketing", LOCK, json!({ "g": app.group_id("活动").await, "c": [disabled, archived, kept] })).await;
+    let lock = app
+        .gql("hq.marketing", LOCK, json!({ "g": app.group_id("活动").await, "c": [disabled, archived, kept] }))
+        .await;
     let lock = lock.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned();
-    let message = |c: &str, key: &str, text: &str| json!({ "customerId": c, "kind": "MESSAGE_RECEIVED", "key": key,
-        "text": text, "occurredAt": Utc::now().to_rfc3339() });
+    let message = |c: &str, key: &str, text: &str| {
+        json!({ "customerId": c, "kind": "MESSAGE_RECEIVED", "key": key,
+        "text": text, "occurredAt": Utc::now().to_rfc3339() })
+    };
     let res = app
         .gql(
             login,

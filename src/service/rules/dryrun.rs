@@ -286,7 +286,12 @@ struct Replay<'a> {
 
 impl Replay<'_> {
     /// The rule sets (with the candidate put in) of the units not loaded yet.
-    async fn rule_sets(&mut self, db: &impl ConnectionTrait, principal: &Principal, units: BTreeSet<i64>) -> AppResult<()> {
+    async fn rule_sets(
+        &mut self,
+        db: &impl ConnectionTrait,
+        principal: &Principal,
+        units: BTreeSet<i64>,
+    ) -> AppResult<()> {
         let missing: BTreeSet<i64> = units.into_iter().filter(|u| !self.sets.contains_key(u)).collect();
         if missing.is_empty() {
             return Ok(());
@@ -335,11 +340,7 @@ impl Replay<'_> {
             });
         }
         let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        for row in customer_tag::Entity::find()
-            .filter(id_in(db, "customer_tag", "customer_id", &ids))
-            .all(db)
-            .await?
-        {
+        for row in customer_tag::Entity::find().filter(id_in(db, "customer_tag", "customer_id", &ids)).all(db).await? {
             tags.entry(row.customer_id).or_default().insert(row.tag_id);
         }
         self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
@@ -350,7 +351,9 @@ impl Replay<'_> {
             .collect();
         let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
         if !action_tags.is_empty() {
-            for part in ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 }) {
+            for part in
+                ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 })
+            {
                 for row in tag_event::Entity::find()
                     .filter(id_in(db, "tag_event", "customer_id", part))
                     .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))

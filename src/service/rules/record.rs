@@ -26,9 +26,9 @@ use sea_orm::{
 };
 use serde_json::json;
 
+use super::deferred::locks_in_force;
 use super::eval::{Attributes, CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
-use super::deferred::locks_in_force;
 use super::explain::{parse_source_ref, source_ref};
 use super::library::{UnitLibrary, compile};
 use crate::authz::{Action, OrgTree, Principal};
@@ -36,9 +36,9 @@ use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-use crate::store::{CHUNK, id_in, ids_per_statement};
 use crate::store::customer_log::with_merged;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// A refused event of a batch.
 #[derive(Debug)]
@@ -637,7 +637,13 @@ impl<'a> Runner<'a> {
                 let after = &facts.tags;
                 let undo = |tag: i64, op: TagOp| {
                     rewound.get(&tag).map(|(rule_id, rule_version, _)| {
-                        let planned = Planned { rule_id: *rule_id, rule_version: *rule_version, tag_id: tag, op, ttl_seconds: None };
+                        let planned = Planned {
+                            rule_id: *rule_id,
+                            rule_version: *rule_version,
+                            tag_id: tag,
+                            op,
+                            ttl_seconds: None,
+                        };
                         (planned, late.id)
                     })
                 };
@@ -711,7 +717,6 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 }
-
 
 /// The tag event of a rule's change: source `RULE`, no acting person.
 fn rule_event(

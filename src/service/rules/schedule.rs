@@ -373,7 +373,10 @@ impl Scheduler {
     async fn renew(&self, db: &impl ConnectionTrait, run: &rule_run::Model, counts: &Counts) -> Result<(), Stop> {
         let renewed = rule_run::Entity::update_many()
             .col_expr(rule_run::Column::LeaseUntil, Expr::value(self.lease_end()))
-            .col_expr(rule_run::Column::CustomersScanned, Expr::col(rule_run::Column::CustomersScanned).add(counts.scanned))
+            .col_expr(
+                rule_run::Column::CustomersScanned,
+                Expr::col(rule_run::Column::CustomersScanned).add(counts.scanned),
+            )
             .col_expr(
                 rule_run::Column::CustomersChanged,
                 Expr::col(rule_run::Column::CustomersChanged).add(counts.customers_changed),
