@@ -74,7 +74,7 @@ impl RealtimeSubscription {
     /// `RESYNC_REQUIRED` when `afterSeq` is further back than the log
     /// replays; the stream ends with `SLOW_CONSUMER` (and
     /// `extensions.resumeAfterSeq`) when the subscriber falls too far
-    /// behind.
+    /// behind, and over `/graphql/ws` the socket then closes with 4413.
     async fn tag_changes(
         &self,
         ctx: &Context<'_>,

@@ -15,7 +15,10 @@
 //! acknowledgement, 4403 token refused (at `connection_init` or later),
 //! 4406 the subprotocol was not asked for, 4408 no `connection_init` in
 //! time, 4409 a subscription id in use, 4429 a second `connection_init` or
-//! too many connections of one staff member.
+//! too many connections of one staff member, 4413 a subscriber that fell
+//! too far behind (`SLOW_CONSUMER`): its `error` message, sent first, carries
+//! `resumeAfterSeq`, and the close reason repeats it, so that a client
+//! reconnects and resumes with `afterSeq` and nothing is lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +55,10 @@ enum Outgoing {
 
 /// A close code and its reason.
 type Close = (u16, String);
+
+/// The close code for a slow consumer: the connection ends, and its
+/// subscriptions resume from the position the error gave.
+const SLOW_CONSUMER_CLOSE: u16 = 4413;
 
 pub(super) async fn upgrade(State(state): State<HttpState>, ws: WebSocketUpgrade) -> Response {
     let ws = ws.protocols([PROTOCOL]);
@@ -160,7 +167,7 @@ async fn session(
     state: &HttpState,
     incoming: &mut SplitStream<WebSocket>,
     out: &mpsc::Sender<Outgoing>,
-    ops: &mut JoinSet<String>,
+    ops: &mut JoinSet<(String, Option<Close>)>,
 ) -> Option<Close> {
     let app = &state.app;
     let limits = &app.settings.limits;
@@ -219,8 +226,11 @@ async fn session(
         tokio::select! {
             biased;
             Some(done) = ops.join_next(), if !ops.is_empty() => {
-                if let Ok(id) = done {
+                if let Ok((id, close)) = done {
                     running.remove(&id);
+                    if close.is_some() {
+                        return close;
+                    }
                 }
             }
             changed = revisions.changed() => {
@@ -301,13 +311,15 @@ async fn session(
 /// Runs one operation, sending its results as `next` and its end as
 /// `complete`. A result without data (a refused request, or an error that
 /// ends a stream: `RESYNC_REQUIRED`, `SLOW_CONSUMER`) is sent as `error`,
-/// which ends the operation. Returns the operation's id.
+/// which ends the operation. Returns the operation's id, and the close
+/// frame the connection ends with when the stream ended with
+/// `SLOW_CONSUMER` (the consumer is disconnected, not only that stream).
 async fn operation(
     schema: AppSchema,
     request: async_graphql::Request,
     id: String,
     out: mpsc::Sender<Outgoing>,
-) -> String {
+) -> (String, Option<Close>) {
     let mut stream = schema.execute_stream(request);
     while let Some(mut response) = stream.next().await {
         for error in &mut response.errors {
@@ -315,25 +327,46 @@ async fn operation(
         }
         let message = if response.data == async_graphql::Value::Null && !response.errors.is_empty() {
             let payload = serde_json::to_value(&response.errors).unwrap_or_else(|_| json!([]));
+            let close = slow_consumer_close(&payload);
             let message = json!({ "type": "error", "id": id, "payload": payload });
             let _ = out.send(Outgoing::Text(message.to_string())).await;
-            return id;
+            return (id, close);
         } else {
             json!({ "type": "next", "id": id, "payload": response })
         };
         if out.send(Outgoing::Text(message.to_string())).await.is_err() {
-            return id;
+            return (id, None);
         }
     }
     send(&out, json!({ "type": "complete", "id": id })).await;
-    id
+    (id, None)
+}
+
+/// The close frame for errors that end a stream with `SLOW_CONSUMER`: code
+/// 4413, and the position to resume from in the reason (the `error`
+/// message carries it too, as `extensions.resumeAfterSeq`).
+fn slow_consumer_close(errors: &Value) -> Option<Close> {
+    let slow = errors.as_array()?.iter().find(|e| e["extensions"]["code"] == "SLOW_CONSUMER")?;
+    let reason = match slow["extensions"]["resumeAfterSeq"].as_i64() {
+        Some(seq) => format!("SLOW_CONSUMER: resume with afterSeq {seq}"),
+        None => "SLOW_CONSUMER: subscribe again".to_owned(),
+    };
+    Some((SLOW_CONSUMER_CLOSE, reason))
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::bearer_of;
+    use super::{bearer_of, slow_consumer_close};
+
+    #[test]
+    fn a_slow_consumer_is_closed_with_its_resume_position() {
+        let errors = json!([{ "message": "behind", "extensions": { "code": "SLOW_CONSUMER", "resumeAfterSeq": 42 } }]);
+        assert_eq!(slow_consumer_close(&errors), Some((4413, "SLOW_CONSUMER: resume with afterSeq 42".to_owned())));
+        let other = json!([{ "message": "gone", "extensions": { "code": "RESYNC_REQUIRED" } }]);
+        assert_eq!(slow_consumer_close(&other), None);
+    }
 
     #[test]
     fn the_token_comes_from_any_of_the_three_keys_with_or_without_its_scheme() {

@@ -24,7 +24,7 @@
 //! rows are read from the database.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -278,6 +278,11 @@ pub struct SegmentIndex {
     ready: AtomicBool,
     /// Serialises catch-ups and loads, so two never apply the same events.
     catching_up: tokio::sync::Mutex<()>,
+    /// Catch-ups asked for, and the latest of them a finished catch-up
+    /// covered: concurrent writers share one catch-up (see
+    /// [`SegmentIndex::catch_up`]).
+    catch_ups_asked: AtomicU64,
+    catch_ups_covered: AtomicU64,
     /// How far a running build is (shared with its progress logger).
     progress: Arc<build::Progress>,
 }
@@ -336,8 +341,27 @@ impl SegmentIndex {
     ///
     /// # Errors
     /// Database errors.
+    ///
+    /// Concurrent callers share the work: a call is answered by any
+    /// catch-up whose snapshot began after the call began (so after the
+    /// caller's own commit), not necessarily its own. Under many writers
+    /// each waits for at most the running catch-up and the next one,
+    /// instead of one catch-up each in a queue.
     pub async fn catch_up(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
+        let ticket = self.catch_ups_asked.fetch_add(1, Ordering::AcqRel) + 1;
         let _guard = self.catching_up.lock().await;
+        if self.catch_ups_covered.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        // Every call with a ticket up to here began before this snapshot.
+        let covers = self.catch_ups_asked.load(Ordering::Acquire);
+        self.catch_up_locked(outer).await?;
+        self.catch_ups_covered.fetch_max(covers, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// [`SegmentIndex::catch_up`]'s work, under the catch-up lock.
+    async fn catch_up_locked(&self, outer: &DatabaseConnection) -> Result<(), DbErr> {
         let txn = if outer.get_database_backend() == DbBackend::Postgres {
             outer.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
         } else {
