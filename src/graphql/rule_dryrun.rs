@@ -176,15 +176,15 @@ impl DryRunChange {
     async fn op(&self) -> TagOp {
         self.0.op
     }
-    /// The event that would trigger it.
-    async fn event_id(&self) -> ID {
-        CustomerEventId(self.0.event_id).into()
+    /// The event that would trigger it (null for a scheduled rule's run).
+    async fn event_id(&self) -> Option<ID> {
+        self.0.event_id.map(|id| CustomerEventId(id).into())
     }
-    /// The event's kind.
-    async fn event_kind(&self) -> CustomerEventKind {
+    /// The event's kind (null for a scheduled rule's run).
+    async fn event_kind(&self) -> Option<CustomerEventKind> {
         self.0.event_kind
     }
-    /// When the event happened.
+    /// When the event happened, or the instant a scheduled run judges.
     async fn occurred_at(&self) -> DateTime {
         self.0.occurred_at.into()
     }

@@ -139,10 +139,10 @@ pub(crate) async fn lock_customer_rows(
     sorted.sort_unstable();
     sorted.dedup();
     let mut out = Vec::with_capacity(sorted.len());
-    for chunk in sorted.chunks(customers_per_statement(txn)) {
+    for chunk in sorted.chunks(crate::store::ids_per_statement(txn)) {
         out.extend(
             customer::Entity::find()
-                .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                .filter(crate::store::id_in(txn, "customer", "id", chunk))
                 .filter(filter.clone())
                 .order_by_asc(customer::Column::Id)
                 .lock_exclusive()
@@ -1258,7 +1258,7 @@ async fn insert_assignments(txn: &DatabaseTransaction, by: &EventBy, rows: &[New
 
 /// Deletes (customer, tag) assignments: one statement over arrays on
 /// PostgreSQL, multi-row statements on SQLite.
-async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {
+pub(crate) async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {
     if pairs.is_empty() {
         return Ok(());
     }

@@ -15,6 +15,33 @@ pub mod session;
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 pub(crate) const CHUNK: usize = 500;
 
+/// Ids per statement filtered with [`id_in`]: on PostgreSQL one array
+/// parameter holds them all (index probes whatever the count), on SQLite
+/// lists of [`CHUNK`].
+pub(crate) fn ids_per_statement(db: &impl sea_orm::ConnectionTrait) -> usize {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres { 50_000 } else { CHUNK }
+}
+
+/// `table.column` is one of `ids`: on PostgreSQL `= ANY($1)` over one
+/// array parameter (an `IN (…)` list of thousands plans as a scan of the
+/// whole table there), on SQLite `IN (…)` (at most [`CHUNK`] ids).
+pub(crate) fn id_in(
+    db: &impl sea_orm::ConnectionTrait,
+    table: &str,
+    column: &str,
+    ids: &[i64],
+) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        Expr::cust_with_values(
+            format!("\"{table}\".\"{column}\" = ANY($1::text::bigint[])"),
+            [event_log::pg_array(ids.iter().map(|i| Some(*i)))],
+        )
+    } else {
+        Expr::col((Alias::new(table), Alias::new(column))).is_in(ids.iter().copied())
+    }
+}
+
 /// A page of rows newest first (by id), each with its cursor.
 pub type NewestFirst<M> = crate::domain::Page<M>;
 

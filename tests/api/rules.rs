@@ -534,7 +534,33 @@ async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
     }
 }
 
+/// The statements one `recordEvents` call runs for `n` customers, each
+/// in one of the given stores, each sent a message the rule answers.
+async fn statements_for_batch(app: &TestApp, n: usize, stores: &[&str], round: &str) -> usize {
+    let mut customers = Vec::new();
+    for i in 0..n {
+        customers.push(fresh_customer(app, stores[i % stores.len()], "admin").await);
+    }
+    let events: Vec<Value> =
+        customers.iter().enumerate().map(|(i, c)| message(c, &format!("{round}-{i}"), "想询价")).collect();
+    let before = app.statements();
+    let res = app.gql("admin", RECORD, json!({ "e": events })).await;
+    let spent = app.statements() - before;
+    assert_eq!(res.ok()["recordEvents"]["tagChanges"], n);
+    spent
+}
+
+async fn a_batch_costs_the_same_statements_whatever_its_customers_and_units(app: TestApp) {
+    inquiry_rule(&app).await;
+    // The caller's first request builds its cached sign-in; count from the next.
+    statements_for_batch(&app, 1, &["sz01"], "warm").await;
+    let small = statements_for_batch(&app, 2, &["sz01"], "small").await;
+    let large = statements_for_batch(&app, 24, &["sz01", "gz01", "bj01"], "large").await;
+    assert_eq!(small, large, "statements for 2 customers in one store, then 24 in three");
+}
+
 on_both_databases!(
+    a_batch_costs_the_same_statements_whatever_its_customers_and_units,
     recorded_events_cannot_be_changed_or_deleted,
     the_demo_rules_have_fired_on_some_customers,
     a_message_with_the_keyword_tags_the_customer_at_once_and_says_why,

@@ -12,10 +12,11 @@
 //! out.
 //!
 //! Out of order *within* a batch is covered: the batch is evaluated in
-//! the order the events happened. An event recorded in a *later* batch
-//! than events that happened after it is judged by what had happened by
-//! its own time and does not re-trigger them (docs/rules.md), so the
-//! streams here arrive batch by batch in time order.
+//! the order the events happened. So is out of order *across* batches:
+//! the batches are sent in a random order, so that an event often
+//! arrives after events that happened later (a streak it completes, an
+//! order that breaks an absence); the rules' changes after it are
+//! rewound and the events from it on evaluated again (docs/rules.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -217,10 +218,16 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
             all.extend(events.into_iter().enumerate().map(|(i, e)| (c, i, e)));
             ids.push(id);
         }
-        // Batches of random sizes in time order, each shuffled.
+        // Batches of random sizes cut in time order, each shuffled, sent
+        // in a random order.
         all.sort_by_key(|(_, _, e)| e.at);
         let mut rest = all.as_slice();
         let mut shuffle = seed;
+        let mut next = |below: usize| {
+            shuffle = shuffle.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (shuffle >> 33) as usize % below
+        };
+        let mut batches: Vec<Vec<Value>> = Vec::new();
         for cut in cuts.iter().cycle() {
             if rest.is_empty() {
                 break;
@@ -230,9 +237,14 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
             let mut batch: Vec<Value> =
                 batch.iter().map(|(c, i, e)| as_input(&ids[*c], format!("p{case}-{c}-{i}"), e)).collect();
             for k in (1..batch.len()).rev() {
-                shuffle = shuffle.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                batch.swap(k, (shuffle >> 33) as usize % (k + 1));
+                batch.swap(k, next(k + 1));
             }
+            batches.push(batch);
+        }
+        for k in (1..batches.len()).rev() {
+            batches.swap(k, next(k + 1));
+        }
+        for batch in batches {
             let res = app.gql("admin", RECORD, json!({ "e": batch })).await;
             assert_eq!(res.ok()["recordEvents"]["errors"], json!([]));
         }

@@ -340,7 +340,7 @@ async fn runs_are_visible_with_their_counts_and_errors(mut app: TestApp) {
     assert!(audited.iter().all(|a| a.actor_staff_id.is_none()));
 }
 
-async fn schedules_are_checked_at_save_time_and_dry_runs_refuse_scheduled_rules(app: TestApp) {
+async fn schedules_are_checked_at_save_time(app: TestApp) {
     let churned = app.tag_id("客户阶段", "流失客户").await;
     let create = |schedule: &str| {
         json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "流失", "condition": CHURN,
@@ -356,11 +356,6 @@ async fn schedules_are_checked_at_save_time_and_dry_runs_refuse_scheduled_rules(
     let res = app.gql("admin", CREATE, create("daily 3:00")).await;
     assert_eq!(res.ok()["createRule"]["schedule"], "DAILY 03:00");
     let id = res.ok()["createRule"]["id"].as_str().unwrap().to_owned();
-
-    let dry =
-        app.gql("admin", "query($r: ID!) { dryRunRule(input: { ruleId: $r }) { wouldAdd } }", json!({ "r": id })).await;
-    assert_eq!(dry.code(), "VALIDATION");
-    assert!(dry.message().contains("scheduled rule"), "{}", dry.message());
 
     // Taking the schedule away makes it an event rule again, with a version.
     let res = app
@@ -610,14 +605,178 @@ async fn a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedul
     assert!(rules.contains(&json!({ "name": "门店流失", "schedule": "DAILY 04:00" })), "{rules:?}");
 }
 
+const DRY_RUN: &str = "query($r: ID!) { dryRunRule(input: { ruleId: $r }) { customersReplayed customersMatched
+    wouldAdd wouldRemove heldBack sampleTruncated
+    sample { customer { id } changes { op tag { name } eventId text } } } }";
+
+/// The customers holding `tag` by a rule's run, with the change.
+async fn ruled(app: &TestApp, tag: i64) -> Vec<i64> {
+    let mut out: Vec<i64> = customer_tag::Entity::find()
+        .filter(customer_tag::Column::TagId.eq(tag))
+        .filter(customer_tag::Column::Source.eq(TagSource::Rule))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.customer_id)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: TestApp) {
+    let login = connector(&mut app).await;
+    let churned = app.tag_id("客户阶段", "流失客户").await;
+    let prospect = app.tag_id("客户阶段", "潜在客户").await;
+    let res = app
+        .gql(
+            "admin",
+            "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
+            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "流失客户", "condition": CHURN,
+                "actions": [{ "op": "MOVE", "tagId": churned }], "schedule": "DAILY 03:00" } }),
+        )
+        .await;
+    let rule = res.ok()["createRule"]["id"].as_str().unwrap().to_owned();
+    let mut customers = Vec::new();
+    for _ in 0..6 {
+        customers.push(fresh_customer(&app, "sz01", "sz01.sales").await);
+    }
+    let [gone, staged, recent, _never, removed, already] = customers.clone().try_into().unwrap();
+    let now = Utc::now();
+    record(
+        &app,
+        login,
+        vec![
+            order(&gone, "o-1", now - Duration::days(200), 100),
+            order(&staged, "o-2", now - Duration::days(181), 100),
+            order(&recent, "o-3", now - Duration::days(179), 100),
+            order(&removed, "o-4", now - Duration::days(300), 100),
+            order(&already, "o-5", now - Duration::days(900), 100),
+        ],
+    )
+    .await;
+    let tag = |c: &str, t: &str, op: &str| {
+        let mutation = format!(
+            "mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}"
+        );
+        (mutation, json!({ "c": [c], "t": [t] }))
+    };
+    for (c, t, op) in [
+        (&staged, &prospect, "tagCustomers"),
+        (&removed, &churned, "tagCustomers"),
+        (&removed, &churned, "untagCustomers"),
+        (&already, &churned, "tagCustomers"),
+    ] {
+        let (mutation, vars) = tag(c, t, op);
+        app.gql("admin", &mutation, vars).await.ok();
+    }
+
+    let dry = app.gql("admin", DRY_RUN, json!({ "r": rule })).await;
+    let dry = dry.ok()["dryRunRule"].clone();
+    assert_eq!(dry["wouldAdd"], 2, "{dry}");
+    assert_eq!(dry["wouldRemove"], 1, "the move takes 潜在客户 off: {dry}");
+    assert_eq!(dry["heldBack"], 1, "a person took 流失客户 off: {dry}");
+    assert_eq!(dry["customersMatched"], 3);
+    let predicted: Vec<i64> =
+        dry["sample"].as_array().unwrap().iter().map(|s| row_id(s["customer"]["id"].as_str().unwrap())).collect();
+    assert_eq!(predicted, vec![row_id(&gone), row_id(&staged)]);
+    let staged_changes = &dry["sample"][1]["changes"];
+    assert_eq!(staged_changes[0]["op"], "REMOVE");
+    assert_eq!(staged_changes[0]["tag"]["name"], "潜在客户");
+    assert_eq!(staged_changes[1]["op"], "ADD");
+    assert_eq!(staged_changes[1]["eventId"], Value::Null);
+    assert!(staged_changes[1]["text"].as_str().unwrap().starts_with("规则 流失客户 v1: scheduled run at "), "{dry}");
+
+    // Enabled, the rule runs its slot at once: exactly what was predicted.
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rule })).await.ok();
+    let ran = scheduler(&app, &app.app, "instance-a").run_due(Utc::now()).await.unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].customers_changed, 2);
+    assert_eq!(ran[0].tag_changes, 3);
+    assert_eq!(ran[0].held_back, 1);
+    // Of this test's customers (the demo's own 流失客户 rule tagged others).
+    let ours: Vec<i64> = customers.iter().map(|c| row_id(c)).collect();
+    let mut now_ruled = ruled(&app, row_id(&churned)).await;
+    now_ruled.retain(|c| ours.contains(c));
+    assert_eq!(now_ruled, predicted);
+    assert_eq!(names(&tags_of(&app, &staged).await), vec!["流失客户"]);
+    assert!(tags_of(&app, &removed).await.is_empty());
+
+    // Settled: a dry run now predicts nothing more, and the next run does nothing.
+    let dry = app.gql("admin", DRY_RUN, json!({ "r": rule })).await;
+    assert_eq!(dry.ok()["dryRunRule"]["wouldAdd"], 0);
+    assert!(dry.ok()["dryRunRule"]["customersReplayed"].as_u64().unwrap() >= customers.len() as u64);
+}
+
+async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(mut app: TestApp) {
+    let login = connector(&mut app).await;
+    let inquiry = app.tag_id("活动", "询价").await;
+    let mut rules = Vec::new();
+    for (name, text) in [("询价甲", "询价"), ("询价乙", "报价"), ("询价丙", "价格")] {
+        let res = app
+            .gql(
+                "admin",
+                "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
+                json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name,
+                    "condition": format!("message contains \"{text}\""),
+                    "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true } }),
+            )
+            .await;
+        rules.push(res.ok()["createRule"]["id"].as_str().unwrap().to_owned());
+    }
+    let disabled = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let archived = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let kept = fresh_customer(&app, "sz01", "sz01.sales").await;
+    const LOCK: &str = "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }";
+    let lock = app
+        .gql("hq.marketing", LOCK, json!({ "g": app.group_id("活动").await, "c": [disabled, archived, kept] }))
+        .await;
+    let lock = lock.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned();
+    let message = |c: &str, key: &str, text: &str| {
+        json!({ "customerId": c, "kind": "MESSAGE_RECEIVED", "key": key,
+        "text": text, "occurredAt": Utc::now().to_rfc3339() })
+    };
+    let res = app
+        .gql(
+            login,
+            RECORD,
+            json!({ "e": [message(&disabled, "m-1", "想询价"), message(&archived, "m-2", "要报价"),
+                message(&kept, "m-3", "价格多少")] }),
+        )
+        .await;
+    assert_eq!(res.ok()["recordEvents"]["deferred"], 3);
+
+    // While the lock holds, the first rule is disabled and the second archived.
+    app.gql("admin", "mutation($id: ID!) { disableRule(id: $id) { status } }", json!({ "id": rules[0] })).await.ok();
+    app.gql("admin", "mutation($id: ID!) { archiveRule(id: $id) { status } }", json!({ "id": rules[1] })).await.ok();
+    app.gql("hq.marketing", "mutation($l: ID!) { unlockTagGroup(lockId: $l) { lock { id } } }", json!({ "l": lock }))
+        .await
+        .ok();
+    assert!(tags_of(&app, &disabled).await.is_empty(), "its rule was disabled since");
+    assert!(tags_of(&app, &archived).await.is_empty(), "its rule was archived since");
+    assert_eq!(names(&tags_of(&app, &kept).await), vec!["询价"]);
+    // All three are closed: re-enabling the rule does not bring its old action back.
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rules[0] })).await.ok();
+    assert_eq!(scheduler(&app, &app.app, "instance-a").round(Utc::now()).await.unwrap().deferred_applied, 0);
+    assert!(tags_of(&app, &disabled).await.is_empty());
+    let pending = rule_deferred_action::Entity::find()
+        .filter(rule_deferred_action::Column::AppliedAt.is_null())
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
 on_both_databases!(
+    a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied,
+    a_scheduled_dry_run_predicts_exactly_what_its_run_then_does,
     a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out,
     a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule,
     a_slot_runs_exactly_once_with_two_instances,
     missed_slots_are_caught_up_with_the_latest_one_judged_as_of_now,
     value_tiers_are_recomputed_as_a_brute_force_reading_says,
     runs_are_visible_with_their_counts_and_errors,
-    schedules_are_checked_at_save_time_and_dry_runs_refuse_scheduled_rules,
+    schedules_are_checked_at_save_time,
     expired_assignments_are_taken_off_unless_a_lock_holds_them,
     a_deferred_action_is_applied_when_its_lock_ends,
     a_scheduled_change_under_a_lock_is_deferred_and_applied_after,

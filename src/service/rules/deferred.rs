@@ -12,15 +12,16 @@
 //! (replacing the customer's other tag of an exclusive group) unless the
 //! customer holds it; a remove takes it off if held. The change carries
 //! the rule's original explanation (`rule:<id>@v<n>/event:<id>` or
-//! `…/run:<id>`).
+//! `…/run:<id>`). A rule disabled or archived since no longer acts: its
+//! deferred actions are closed then without a change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use entity::{
     customer_tag,
-    enums::{TagOp, TagSource},
-    modification_lock, modification_lock_customer, rule_deferred_action, tag, tag_group,
+    enums::{RuleStatus, TagOp, TagSource},
+    modification_lock, modification_lock_customer, rule, rule_deferred_action, tag, tag_group,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -168,10 +169,27 @@ async fn apply_batch(db: &DatabaseConnection, limits: &Limits, ids: &[i64]) -> A
         .collect();
     let customer_ids: Vec<i64> = actions.iter().map(|a| a.customer_id).collect();
     let locked = locks_in_force(&txn, &customer_ids, &group_ids).await?;
+    // A rule disabled or archived since its action was deferred no longer
+    // acts: the action is closed without a change.
+    let rule_ids: BTreeSet<i64> = actions.iter().map(|a| a.rule_id).collect();
+    let enabled: BTreeSet<i64> = rule::Entity::find()
+        .select_only()
+        .column(rule::Column::Id)
+        .filter(rule::Column::Id.is_in(rule_ids.iter().copied()))
+        .filter(rule::Column::Status.eq(RuleStatus::Enabled))
+        .into_tuple()
+        .all(&txn)
+        .await?
+        .into_iter()
+        .collect();
     let now = Utc::now();
     let mut applied = Vec::new();
     let mut waiting: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for action in &actions {
+        if !enabled.contains(&action.rule_id) {
+            applied.push(action.id);
+            continue;
+        }
         let Some(tag) = tags.get(&action.tag_id) else {
             applied.push(action.id);
             continue;

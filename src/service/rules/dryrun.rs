@@ -23,6 +23,7 @@
 //! a store manager's dry run of an HQ rule counts the store's customers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
@@ -30,19 +31,19 @@ use entity::{
     enums::{CustomerEventKind, RuleStatus, TagOp},
     rule, rule_version, tag_event,
 };
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use super::eval::{Action, EventFact, Facts, RuleSet, fire};
 use super::explain::sentence;
-use super::library::UnitLibrary;
-use super::record::{attributes_of, removed_by_people, rule_set_of_unit};
+use super::library::{UnitLibrary, compile};
+use super::record::{attributes_of, removed_by_people, rule_sets_of_units};
 use super::store::{find_rule, validate};
 use crate::authz::{Action as Permit, Principal};
 use crate::config::Limits;
 use crate::domain::{OrgUnitId, RuleId};
 use crate::error::{AppError, AppResult};
-use crate::store::CHUNK;
+use crate::store::{CHUNK, id_in};
 
 /// Customers one dry run loads at a time.
 const CUSTOMERS_PER_CHUNK: usize = 500;
@@ -96,8 +97,10 @@ pub struct DryRunRequest {
 pub struct PredictedChange {
     pub tag_id: i64,
     pub op: TagOp,
-    pub event_id: i64,
-    pub event_kind: CustomerEventKind,
+    /// The triggering event (none for a scheduled rule's run).
+    pub event_id: Option<i64>,
+    pub event_kind: Option<CustomerEventKind>,
+    /// When the event happened, or the instant a scheduled run judges.
     pub occurred_at: DateTime<Utc>,
     /// Worded as `CustomerTag.why` would word it.
     pub text: String,
@@ -191,28 +194,11 @@ async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: 
     }
 }
 
-/// `VALIDATION` for a scheduled rule: a dry run replays events, and a
-/// scheduled rule does not run on events.
-pub(super) fn refuse_scheduled(row: &rule::Model) -> AppResult<()> {
-    match &row.schedule {
-        Some(schedule) => Err(AppError::validation(
-            "schedule",
-            format!(
-                "a scheduled rule ({schedule}) runs on its schedule, not on events, so replaying events cannot \
-                 predict it; a dry run covers rules without a schedule (see the rule's runs, `ruleRuns`, for what \
-                 its schedule did)"
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Replays the window's events for the rule and says what it would do.
 ///
 /// # Errors
 /// `NOT_FOUND` for a rule, version or unit the caller may not read;
-/// `VALIDATION` for a scheduled rule (see [`refuse_scheduled`]), an
-/// unsaved rule that would not save, a window that
+/// `VALIDATION` for an unsaved rule that would not save, a window that
 /// ends before it starts, a sample out of range; `LIMIT_EXCEEDED` for a
 /// window longer than the configured days.
 #[tracing::instrument(skip_all, fields(staff = principal.staff.id))]
@@ -236,10 +222,27 @@ pub async fn dry_run(
         return Err(AppError::validation("sample", format!("at most {MAX_SAMPLE}")));
     }
     let candidate = subject_row(db, principal, &request.subject).await?;
-    refuse_scheduled(&candidate)?;
     let readable = principal.scope(Permit::CustomerRead);
     let units: BTreeSet<i64> =
         principal.org.subtree(candidate.org_unit_id).map(|u| u.id).filter(|u| readable.contains(*u)).collect();
+    let empty = DryRun {
+        rule_id: (candidate.id != UNSAVED).then_some(candidate.id),
+        rule_name: candidate.name.clone(),
+        rule_version: candidate.version,
+        from,
+        to,
+        events_replayed: 0,
+        customers_replayed: 0,
+        customers_matched: 0,
+        would_add: 0,
+        would_remove: 0,
+        held_back: 0,
+        sample: Vec::new(),
+        sample_truncated: false,
+    };
+    if candidate.schedule.is_some() {
+        return dry_run_scheduled(db, principal, &candidate, &units, offset, empty, sample_size).await;
+    }
 
     let customer_ids: Vec<i64> = customer_event::Entity::find()
         .select_only()
@@ -260,23 +263,10 @@ pub async fn dry_run(
         to,
         sets: HashMap::new(),
         sample_size,
-        answer: DryRun {
-            rule_id: (candidate.id != UNSAVED).then_some(candidate.id),
-            rule_name: candidate.name.clone(),
-            rule_version: candidate.version,
-            from,
-            to,
-            events_replayed: 0,
-            customers_replayed: 0,
-            customers_matched: 0,
-            would_add: 0,
-            would_remove: 0,
-            held_back: 0,
-            sample: Vec::new(),
-            sample_truncated: false,
-        },
+        answer: empty,
     };
-    for chunk in customer_ids.chunks(CUSTOMERS_PER_CHUNK) {
+    let per = if db.get_database_backend() == DbBackend::Postgres { 10_000 } else { CUSTOMERS_PER_CHUNK };
+    for chunk in customer_ids.chunks(per) {
         replay.chunk(db, principal, &units, chunk).await?;
     }
     Ok(replay.answer)
@@ -289,23 +279,30 @@ struct Replay<'a> {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     /// Rule sets (with the candidate put in) per org unit.
-    sets: HashMap<i64, (RuleSet, UnitLibrary)>,
+    sets: HashMap<i64, Arc<(RuleSet, UnitLibrary)>>,
     sample_size: usize,
     answer: DryRun,
 }
 
 impl Replay<'_> {
-    async fn rule_set(&mut self, db: &impl ConnectionTrait, principal: &Principal, unit: i64) -> AppResult<()> {
-        if self.sets.contains_key(&unit) {
+    /// The rule sets (with the candidate put in) of the units not loaded yet.
+    async fn rule_sets(
+        &mut self,
+        db: &impl ConnectionTrait,
+        principal: &Principal,
+        units: BTreeSet<i64>,
+    ) -> AppResult<()> {
+        let missing: BTreeSet<i64> = units.into_iter().filter(|u| !self.sets.contains_key(u)).collect();
+        if missing.is_empty() {
             return Ok(());
         }
         let candidate = self.candidate.clone();
-        let loaded = rule_set_of_unit(db, &principal.org, unit, move |rows| {
+        let loaded = rule_sets_of_units(db, &principal.org, &missing, move |rows| {
             rows.retain(|r| r.id != candidate.id);
             rows.push(candidate);
         })
         .await?;
-        self.sets.insert(unit, loaded);
+        self.sets.extend(loaded);
         Ok(())
     }
 
@@ -317,7 +314,7 @@ impl Replay<'_> {
         ids: &[i64],
     ) -> AppResult<()> {
         let customers: Vec<customer::Model> = customer::Entity::find()
-            .filter(customer::Column::Id.is_in(ids.iter().copied()))
+            .filter(id_in(db, "customer", "id", ids))
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .order_by_asc(customer::Column::Id)
             .all(db)
@@ -328,7 +325,7 @@ impl Replay<'_> {
         let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
         let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
         for row in customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.is_in(ids.iter().copied()))
+            .filter(id_in(db, "customer_event", "customer_id", &ids))
             .filter(customer_event::Column::OccurredAt.lte(self.to))
             .order_by_asc(customer_event::Column::OccurredAt)
             .order_by_asc(customer_event::Column::Id)
@@ -343,26 +340,22 @@ impl Replay<'_> {
             });
         }
         let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        for row in customer_tag::Entity::find()
-            .filter(customer_tag::Column::CustomerId.is_in(ids.iter().copied()))
-            .all(db)
-            .await?
-        {
+        for row in customer_tag::Entity::find().filter(id_in(db, "customer_tag", "customer_id", &ids)).all(db).await? {
             tags.entry(row.customer_id).or_default().insert(row.tag_id);
         }
-        for unit in customers.iter().map(|c| c.org_unit_id).collect::<BTreeSet<_>>() {
-            self.rule_set(db, principal, unit).await?;
-        }
+        self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
         let action_tags: BTreeSet<i64> = self
             .sets
             .values()
-            .flat_map(|(s, _)| s.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
+            .flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
             .collect();
         let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
         if !action_tags.is_empty() {
-            for part in ids.chunks(CHUNK / 2) {
+            for part in
+                ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 })
+            {
                 for row in tag_event::Entity::find()
-                    .filter(tag_event::Column::CustomerId.is_in(part.iter().copied()))
+                    .filter(id_in(db, "tag_event", "customer_id", part))
                     .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
                     .order_by_desc(tag_event::Column::Seq)
                     .all(db)
@@ -391,7 +384,8 @@ impl Replay<'_> {
         held: BTreeSet<i64>,
         manual_removals: BTreeSet<i64>,
     ) {
-        let Some((set, _)) = self.sets.get(&customer.org_unit_id) else { return };
+        let Some(entry) = self.sets.get(&customer.org_unit_id).cloned() else { return };
+        let set = &entry.0;
         let attributes = attributes_of(customer);
         let mut facts =
             Facts { events: history, attributes: &attributes, tags: held, manual_removals, offset: self.offset };
@@ -420,8 +414,8 @@ impl Replay<'_> {
                     changes.push(PredictedChange {
                         tag_id: change.tag_id,
                         op: change.op,
-                        event_id: trigger.id,
-                        event_kind: trigger.kind,
+                        event_id: Some(trigger.id),
+                        event_kind: Some(trigger.kind),
                         occurred_at: trigger.occurred_at,
                         text: sentence(&self.candidate.name, self.candidate.version, Some(trigger_ref), self.offset),
                     });
@@ -450,6 +444,149 @@ impl Replay<'_> {
             answer.sample.push(SampleCustomer { customer_id: customer.id, changes });
         } else {
             answer.sample_truncated = true;
+        }
+    }
+}
+
+/// A scheduled rule's dry run: what a run judged at `to` (the window's
+/// end, by default now) would do, the way the scheduler judges it: the
+/// rule alone, for every customer of its unit's subtree (those the caller
+/// reads), on the events of its condition's kinds up to `to`, the tags it
+/// reads and changes, and the manual removals. Enabling the rule runs its
+/// latest slot at once, judged as of then: what this predicts. An
+/// absence or tier condition is judged at the window's end only (each
+/// daily run converges to it; the earlier slots of the window are not
+/// replayed one by one).
+async fn dry_run_scheduled(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    candidate: &rule::Model,
+    units: &BTreeSet<i64>,
+    offset: FixedOffset,
+    mut answer: DryRun,
+    sample_size: usize,
+) -> AppResult<DryRun> {
+    let at = answer.to;
+    let library = UnitLibrary::load(db, &principal.org, candidate.org_unit_id).await?;
+    let compiled = compile(candidate, &library).ok_or_else(|| {
+        AppError::validation("condition", "the rule no longer compiles: a tag it names was archived or renamed")
+    })?;
+    let exclusive = library.exclusive_of(compiled.actions.iter().map(|a| a.tag_id));
+    let set = RuleSet::new(vec![compiled], exclusive);
+    let rule = &set.rules[0];
+    let kinds = rule.condition.event_kinds();
+    let action_tags: BTreeSet<i64> = rule.actions.iter().flat_map(|a| set.exclusive.affected(a)).collect();
+    let mut relevant: BTreeSet<i64> = rule.reads();
+    relevant.extend(action_tags.iter().copied());
+    let units: Vec<i64> = units.iter().copied().collect();
+    let range = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CUSTOMERS_PER_CHUNK };
+    let text = format!(
+        "{}: scheduled run at {} ({offset})",
+        sentence(&candidate.name, candidate.version, None, offset),
+        at.with_timezone(&offset).format("%Y-%m-%d %H:%M")
+    );
+    let mut after = 0i64;
+    let empty = Vec::new();
+    loop {
+        let customers: Vec<customer::Model> = customer::Entity::find()
+            .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
+            .filter(customer::Column::Id.gt(after))
+            .order_by_asc(customer::Column::Id)
+            .limit(range as u64)
+            .all(db)
+            .await?;
+        let (Some(first), Some(last)) = (customers.first().map(|c| c.id), customers.last().map(|c| c.id)) else {
+            return Ok(answer);
+        };
+        after = last;
+        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
+        if !kinds.is_empty() {
+            for e in customer_event::Entity::find()
+                .filter(customer_event::Column::CustomerId.between(first, last))
+                .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
+                .filter(customer_event::Column::OccurredAt.lte(at))
+                .order_by_asc(customer_event::Column::CustomerId)
+                .order_by_asc(customer_event::Column::OccurredAt)
+                .order_by_asc(customer_event::Column::Id)
+                .all(db)
+                .await?
+            {
+                answer.events_replayed += 1;
+                events.entry(e.customer_id).or_default().push(EventFact {
+                    id: e.id,
+                    kind: e.kind,
+                    occurred_at: e.occurred_at,
+                    payload: e.payload,
+                });
+            }
+        }
+        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
+        if !relevant.is_empty() {
+            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
+                .select_only()
+                .column(customer_tag::Column::CustomerId)
+                .column(customer_tag::Column::TagId)
+                .filter(customer_tag::Column::TagId.is_in(relevant.iter().copied()))
+                .filter(customer_tag::Column::CustomerId.between(first, last))
+                .into_tuple()
+                .all(db)
+                .await?;
+            for (customer, tag) in rows {
+                held.entry(customer).or_default().insert(tag);
+            }
+            for row in tag_event::Entity::find()
+                .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
+                .filter(tag_event::Column::CustomerId.between(first, last))
+                .order_by_desc(tag_event::Column::Seq)
+                .all(db)
+                .await?
+            {
+                removals.entry(row.customer_id).or_default().push(row);
+            }
+        }
+        for customer in &customers {
+            let attributes = attributes_of(customer);
+            let facts = Facts {
+                events: events.get(&customer.id).unwrap_or(&empty),
+                attributes: &attributes,
+                tags: held.remove(&customer.id).unwrap_or_default(),
+                manual_removals: removed_by_people(removals.get(&customer.id).into_iter().flatten()),
+                offset,
+            };
+            let firing = fire(&set, &facts, None, at);
+            answer.customers_replayed += 1;
+            answer.held_back += firing.held_back.len() as u64;
+            if firing.changes.is_empty() && firing.held_back.is_empty() {
+                continue;
+            }
+            answer.customers_matched += 1;
+            if firing.changes.iter().any(|c| c.op == TagOp::Add) {
+                answer.would_add += 1;
+            }
+            if firing.changes.iter().any(|c| c.op == TagOp::Remove) {
+                answer.would_remove += 1;
+            }
+            if firing.changes.is_empty() {
+                continue;
+            }
+            if answer.sample.len() < sample_size {
+                let changes = firing
+                    .changes
+                    .iter()
+                    .map(|c| PredictedChange {
+                        tag_id: c.tag_id,
+                        op: c.op,
+                        event_id: None,
+                        event_kind: None,
+                        occurred_at: at,
+                        text: text.clone(),
+                    })
+                    .collect();
+                answer.sample.push(SampleCustomer { customer_id: customer.id, changes });
+            } else {
+                answer.sample_truncated = true;
+            }
         }
     }
 }

@@ -11,12 +11,13 @@
 //! whole call.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
     customer, customer_event, customer_identity, customer_tag,
-    enums::{RuleStatus, TagOp, TagSource},
-    modification_lock, modification_lock_customer, rule, rule_deferred_action, tag_event,
+    enums::{CustomerEventKind, RuleStatus, TagOp, TagSource},
+    rule, rule_deferred_action, tag_event,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -25,17 +26,18 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use super::eval::{Attributes, EventFact, Facts, Planned, RuleSet, fire};
+use super::deferred::locks_in_force;
+use super::eval::{Attributes, CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
-use super::explain::source_ref;
+use super::explain::{parse_source_ref, source_ref};
 use super::library::{UnitLibrary, compile};
 use crate::authz::{Action, OrgTree, Principal};
 use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-use crate::store::CHUNK;
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// A refused event of a batch.
 #[derive(Debug)]
@@ -224,12 +226,7 @@ pub async fn record_events(
         ids.iter().filter_map(|id| by_id.get(id).copied()).collect()
     };
     let mut runner = Runner::new(principal, limits, offset, now);
-    for customer in &touched {
-        let mut new_events: Vec<&customer_event::Model> =
-            recorded.iter().filter(|e| e.customer_id == customer.id).collect();
-        new_events.sort_by_key(|e| (e.occurred_at, e.id));
-        runner.run_for(&txn, customer, &new_events).await?;
-    }
+    runner.run_batch(&txn, &touched, &recorded).await?;
     outcome.tag_changes = runner.changes;
     outcome.held_back = runner.held_back;
     outcome.deferred = runner.deferred;
@@ -365,47 +362,86 @@ async fn resolve_customers(
     Ok(out)
 }
 
-/// The enabled rules that apply to customers of `unit` (its own and the
-/// units' above), compiled against the unit's library and ordered.
-/// `adjust` may change the rows first: a dry run puts its rule in.
+/// The enabled rules that apply to customers of each of `units` (each
+/// unit's own and the units' above), ordered, each compiled against its
+/// own unit's library (where its tags are named), with the union of those
+/// libraries (the tags their actions change). Units with the same rules
+/// share one set: one statement for the rules and one library load per
+/// unit holding rules, however many units the batch touches. `adjust` may
+/// change the rows first: a dry run puts its rule in.
 ///
 /// # Errors
 /// Database errors.
-pub(super) async fn rule_set_of_unit(
+pub(super) async fn rule_sets_of_units(
     db: &impl ConnectionTrait,
     org: &OrgTree,
-    unit: i64,
+    units: &BTreeSet<i64>,
     adjust: impl FnOnce(&mut Vec<rule::Model>),
-) -> AppResult<(RuleSet, UnitLibrary)> {
-    let chain: Vec<i64> = org.ancestors_or_self(unit).iter().map(|u| u.id).collect();
+) -> AppResult<HashMap<i64, Arc<(RuleSet, UnitLibrary)>>> {
+    let chains: HashMap<i64, BTreeSet<i64>> =
+        units.iter().map(|u| (*u, org.ancestors_or_self(*u).iter().map(|a| a.id).collect())).collect();
+    let all: BTreeSet<i64> = chains.values().flatten().copied().collect();
     // Scheduled rules run on their schedule, not on events.
     let mut rows = rule::Entity::find()
         .filter(rule::Column::Status.eq(RuleStatus::Enabled))
         .filter(rule::Column::Schedule.is_null())
-        .filter(rule::Column::OrgUnitId.is_in(chain))
+        .filter(rule::Column::OrgUnitId.is_in(all))
         .all(db)
         .await?;
     adjust(&mut rows);
-    // The unit's library holds the libraries of the units above it, so
-    // one load resolves every rule that applies here.
-    let library = UnitLibrary::load(db, org, unit).await?;
-    let compiled: Vec<_> = rows.iter().filter_map(|r| compile(r, &library)).collect();
-    let exclusive = library.exclusive_of(compiled.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)));
-    Ok((RuleSet::new(compiled, exclusive), library))
+    rows.sort_by_key(|r| r.id);
+    let mut libraries: HashMap<i64, UnitLibrary> = HashMap::new();
+    for unit in rows.iter().map(|r| r.org_unit_id).collect::<BTreeSet<_>>() {
+        libraries.insert(unit, UnitLibrary::load(db, org, unit).await?);
+    }
+    let compiled: HashMap<i64, CompiledRule> =
+        rows.iter().filter_map(|r| Some((r.id, compile(r, libraries.get(&r.org_unit_id)?)?))).collect();
+    let mut shared: HashMap<Vec<i64>, Arc<(RuleSet, UnitLibrary)>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (unit, chain) in &chains {
+        let applying: Vec<&rule::Model> = rows.iter().filter(|r| chain.contains(&r.org_unit_id)).collect();
+        let key: Vec<i64> = applying.iter().map(|r| r.id).collect();
+        let set = shared
+            .entry(key)
+            .or_insert_with(|| {
+                let mut tags = HashMap::new();
+                for rule_unit in applying.iter().map(|r| r.org_unit_id).collect::<BTreeSet<_>>() {
+                    if let Some(library) = libraries.get(&rule_unit) {
+                        tags.extend(library.tags.iter().map(|(id, t)| (*id, t.clone())));
+                    }
+                }
+                let library = UnitLibrary { tags };
+                let rules: Vec<CompiledRule> = applying.iter().filter_map(|r| compiled.get(&r.id).cloned()).collect();
+                let exclusive = library.exclusive_of(rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)));
+                Arc::new((RuleSet::new(rules, exclusive), library))
+            })
+            .clone();
+        out.insert(*unit, set);
+    }
+    Ok(out)
 }
 
 /// Runs the rules for the customers of one batch, remembering compiled
-/// rule sets per org unit.
+/// rule sets per org unit. Set-based: the batch's customers' events,
+/// tags, manual removals and locks are read in a few statements for the
+/// whole batch, the rules run in memory, and the changes are written in
+/// multi-row statements.
 struct Runner<'a> {
     principal: &'a Principal,
     limits: &'a Limits,
     offset: FixedOffset,
     now: DateTime<Utc>,
-    sets: HashMap<i64, (RuleSet, UnitLibrary)>,
+    sets: HashMap<i64, Arc<(RuleSet, UnitLibrary)>>,
     changes: u32,
     held_back: u32,
     deferred: u32,
     over_cap: u32,
+}
+
+/// The last change a batch makes to one (customer, tag).
+enum Last {
+    Added(customer_tag::ActiveModel),
+    Removed,
 }
 
 impl<'a> Runner<'a> {
@@ -423,101 +459,290 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The enabled rules that apply to customers of `unit`, in order.
-    async fn rule_set(&mut self, txn: &DatabaseTransaction, unit: i64) -> AppResult<()> {
-        if self.sets.contains_key(&unit) {
-            return Ok(());
-        }
-        let loaded = rule_set_of_unit(txn, &self.principal.org, unit, |_| {}).await?;
-        self.sets.insert(unit, loaded);
-        Ok(())
-    }
-
-    async fn run_for(
+    /// Runs the rules for every customer of the batch on its new events.
+    async fn run_batch(
         &mut self,
         txn: &DatabaseTransaction,
-        customer: &customer::Model,
-        new_events: &[&customer_event::Model],
+        touched: &[&customer::Model],
+        recorded: &[customer_event::Model],
     ) -> AppResult<()> {
-        self.rule_set(txn, customer.org_unit_id).await?;
-        let (set, library) = &self.sets[&customer.org_unit_id];
-        if set.rules.is_empty() || new_events.is_empty() {
+        let units: BTreeSet<i64> = touched.iter().map(|c| c.org_unit_id).collect();
+        self.sets = rule_sets_of_units(txn, &self.principal.org, &units, |_| {}).await?;
+        let customers: Vec<&customer::Model> =
+            touched.iter().copied().filter(|c| !self.sets[&c.org_unit_id].0.rules.is_empty()).collect();
+        if customers.is_empty() {
             return Ok(());
         }
-        let history: Vec<EventFact> = customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.eq(customer.id))
-            .order_by_asc(customer_event::Column::OccurredAt)
-            .order_by_asc(customer_event::Column::Id)
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|e| EventFact { id: e.id, kind: e.kind, occurred_at: e.occurred_at, payload: e.payload })
+        let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
+        let units: BTreeSet<i64> = customers.iter().map(|c| c.org_unit_id).collect();
+        let rules = || units.iter().flat_map(|u| self.sets[u].0.rules.iter());
+        let mut kinds: Vec<CustomerEventKind> = rules().flat_map(|r| r.condition.event_kinds()).collect();
+        kinds.sort_by_key(|k| k.as_str());
+        kinds.dedup();
+        // The tags the rules may change: their actions' and, for an add,
+        // the other tags of its exclusive group.
+        let action_tags: BTreeSet<i64> = units
+            .iter()
+            .flat_map(|u| {
+                let set = &self.sets[u].0;
+                set.rules.iter().flat_map(move |r| r.actions.iter().flat_map(move |a| set.exclusive.affected(a)))
+            })
             .collect();
-        let attributes = attributes_of(customer);
-        let held: BTreeSet<i64> = customer_tag::Entity::find()
-            .filter(customer_tag::Column::CustomerId.eq(customer.id))
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|a| a.tag_id)
+        let groups: BTreeSet<i64> = units
+            .iter()
+            .flat_map(|u| {
+                let library = &self.sets[u].1;
+                action_tags.iter().filter_map(|t| library.tags.get(t).map(|(_, g)| g.id))
+            })
             .collect();
-        let action_tags: BTreeSet<i64> = set.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)).collect();
-        let manual_removals = manual_removals(txn, customer.id, &action_tags).await?;
-        let mut facts =
-            Facts { events: &history, attributes: &attributes, tags: held, manual_removals, offset: self.offset };
-        let locked = locked_groups(txn, customer.id, self.now).await?;
+
+        let per = ids_per_statement(txn);
+        // A merged customer's events count as the kept customer's.
+        let mut owner: HashMap<i64, i64> = ids.iter().map(|id| (*id, *id)).collect();
+        for chunk in ids.chunks(per) {
+            let merged: Vec<(i64, Option<i64>)> = customer::Entity::find()
+                .select_only()
+                .column(customer::Column::Id)
+                .column(customer::Column::MergedIntoId)
+                .filter(id_in(txn, "customer", "merged_into_id", chunk))
+                .into_tuple()
+                .all(txn)
+                .await?;
+            for (id, into) in merged {
+                if let Some(into) = into {
+                    owner.insert(id, into);
+                }
+            }
+        }
+        let mut history: HashMap<i64, Vec<EventFact>> = HashMap::new();
+        if !kinds.is_empty() {
+            let all: Vec<i64> = owner.keys().copied().collect();
+            for chunk in all.chunks(per) {
+                for e in customer_event::Entity::find()
+                    .filter(id_in(txn, "customer_event", "customer_id", chunk))
+                    .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
+                    .all(txn)
+                    .await?
+                {
+                    history.entry(owner[&e.customer_id]).or_default().push(EventFact {
+                        id: e.id,
+                        kind: e.kind,
+                        occurred_at: e.occurred_at,
+                        payload: e.payload,
+                    });
+                }
+            }
+            for events in history.values_mut() {
+                events.sort_by_key(|e| (e.occurred_at, e.id));
+            }
+        }
+        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+        let mut removals: HashMap<i64, Vec<tag_event::Model>> = HashMap::new();
+        for chunk in ids.chunks(per) {
+            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
+                .select_only()
+                .column(customer_tag::Column::CustomerId)
+                .column(customer_tag::Column::TagId)
+                .filter(id_in(txn, "customer_tag", "customer_id", chunk))
+                .into_tuple()
+                .all(txn)
+                .await?;
+            for (customer, tag) in rows {
+                held.entry(customer).or_default().insert(tag);
+            }
+            if !action_tags.is_empty() {
+                for e in tag_event::Entity::find()
+                    .filter(id_in(txn, "tag_event", "customer_id", chunk))
+                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
+                    .order_by_desc(tag_event::Column::Seq)
+                    .all(txn)
+                    .await?
+                {
+                    removals.entry(e.customer_id).or_default().push(e);
+                }
+            }
+        }
+        let locked = locks_in_force(txn, &ids, &groups).await?;
+
+        let mut new_events: HashMap<i64, Vec<&customer_event::Model>> = HashMap::new();
+        for e in recorded {
+            new_events.entry(e.customer_id).or_default().push(e);
+        }
         let mut tag_events = Vec::new();
         let mut deferred = Vec::new();
-        for event in new_events {
-            let Some(trigger) = history.iter().find(|e| e.id == event.id) else { continue };
-            let firing = fire(set, &facts, Some(trigger), trigger.occurred_at);
-            self.held_back += firing.held_back.len() as u32;
-            let mut tags = facts.tags.clone();
-            for change in firing.changes {
-                let group = library.tags.get(&change.tag_id).map(|(_, g)| g.id);
-                if let Some(lock_id) = group.and_then(|g| locked.get(&g)) {
-                    deferred.push(deferred_action(&change, customer.id, event.id, *lock_id, self.now));
-                    continue;
+        // (customer, tag) → its last change, and whether it was held before.
+        let mut last: BTreeMap<(i64, i64), (bool, Last)> = BTreeMap::new();
+        let empty = Vec::new();
+        for customer in customers {
+            let Some(mut mine) = new_events.remove(&customer.id) else { continue };
+            mine.sort_by_key(|e| (e.occurred_at, e.id));
+            let entry = Arc::clone(&self.sets[&customer.org_unit_id]);
+            let (set, library) = &*entry;
+            let attributes = attributes_of(customer);
+            let before = held.remove(&customer.id).unwrap_or_default();
+            let events = history.get(&customer.id).unwrap_or(&empty);
+            let log: &[tag_event::Model] = removals.get(&customer.id).map_or(&[], Vec::as_slice);
+            let mut facts = Facts {
+                events,
+                attributes: &attributes,
+                tags: before.clone(),
+                manual_removals: removed_by_people(log),
+                offset: self.offset,
+            };
+            let mut triggers: Vec<(i64, CustomerEventKind, DateTime<Utc>)> =
+                mine.iter().map(|e| (e.id, e.kind, e.occurred_at)).collect();
+            // A late event (one that happened before events evaluated in
+            // earlier batches): the rules' changes triggered by those
+            // later events are rewound, and every event from the late one
+            // on is evaluated again in the order they happened, so that
+            // the customer ends as if the events had come in order.
+            let new_ids: HashSet<i64> = mine.iter().map(|e| e.id).collect();
+            let newest_before = events.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.occurred_at).max();
+            let late = newest_before.and_then(|n| mine.iter().find(|e| e.occurred_at < n)).copied();
+            // Tag → the rule's rewound change that made its state (rule,
+            // version, triggering event).
+            let mut rewound: HashMap<i64, (i64, i32, i64)> = HashMap::new();
+            if let Some(late) = late {
+                let time_of: HashMap<i64, DateTime<Utc>> = events.iter().map(|e| (e.id, e.occurred_at)).collect();
+                let mut pinned: HashSet<i64> = HashSet::new();
+                for e in log {
+                    if e.source != TagSource::Rule {
+                        // A person's change after the rule's stays.
+                        pinned.insert(e.tag_id);
+                        continue;
+                    }
+                    let Some(rule_ref) = e.source_ref.as_deref().and_then(parse_source_ref) else { continue };
+                    let Some((event_id, at)) = rule_ref.event_id.and_then(|id| Some((id, *time_of.get(&id)?))) else {
+                        continue;
+                    };
+                    if pinned.contains(&e.tag_id) || at <= late.occurred_at {
+                        continue;
+                    }
+                    match e.op {
+                        TagOp::Add => facts.tags.remove(&e.tag_id),
+                        TagOp::Remove => facts.tags.insert(e.tag_id),
+                    };
+                    rewound.entry(e.tag_id).or_insert((rule_ref.rule_id, rule_ref.version, event_id));
                 }
+                for e in events.iter().filter(|e| !new_ids.contains(&e.id) && e.occurred_at > late.occurred_at) {
+                    triggers.push((e.id, e.kind, e.occurred_at));
+                }
+                triggers.sort_by_key(|(id, _, at)| (*at, *id));
+            }
+            // (change, triggering event), in order.
+            let mut steps: Vec<(Planned, i64)> = Vec::new();
+            for (id, kind, occurred_at) in triggers {
+                let trigger = EventFact { id, kind, occurred_at, payload: serde_json::Value::Null };
+                let firing = fire(set, &facts, Some(&trigger), occurred_at);
+                self.held_back += firing.held_back.len() as u32;
+                let mut tags = facts.tags.clone();
+                for change in firing.changes {
+                    let group = library.tags.get(&change.tag_id).map(|(_, g)| g.id);
+                    if let Some(lock_id) = group.and_then(|g| locked.get(&(customer.id, g))) {
+                        deferred.push(deferred_action(&change, customer.id, id, *lock_id, self.now));
+                        continue;
+                    }
+                    match change.op {
+                        TagOp::Add => {
+                            if tags.len() as u32 >= self.limits.max_tags_per_customer {
+                                self.over_cap += 1;
+                                continue;
+                            }
+                            tags.insert(change.tag_id);
+                        }
+                        TagOp::Remove => {
+                            tags.remove(&change.tag_id);
+                        }
+                    }
+                    steps.push((change, id));
+                }
+                facts.tags = tags;
+            }
+            if let Some(late) = late {
+                // Only the net effect is written: what the customer holds
+                // now against what the replay ends with.
+                // A tag held before and after, put on again by another
+                // event than the one that put it on, is written anew
+                // (taken off, put on) so that it says why it is there.
+                let mut net: Vec<(Planned, i64)> = Vec::new();
+                let after = &facts.tags;
+                let undo = |tag: i64, op: TagOp| {
+                    rewound.get(&tag).map(|(rule_id, rule_version, _)| {
+                        let planned = Planned {
+                            rule_id: *rule_id,
+                            rule_version: *rule_version,
+                            tag_id: tag,
+                            op,
+                            ttl_seconds: None,
+                        };
+                        (planned, late.id)
+                    })
+                };
+                for tag in before.union(after).copied() {
+                    let step = steps.iter().rev().find(|(c, _)| c.tag_id == tag).cloned();
+                    match (before.contains(&tag), after.contains(&tag)) {
+                        (true, false) => net.extend(step.or_else(|| undo(tag, TagOp::Remove))),
+                        (false, true) => net.extend(step.or_else(|| undo(tag, TagOp::Add))),
+                        (true, true) => {
+                            if let (Some((rule_id, _, event_id)), Some((change, by))) = (rewound.get(&tag), step)
+                                && change.op == TagOp::Add
+                                && (change.rule_id, by) != (*rule_id, *event_id)
+                            {
+                                net.extend(undo(tag, TagOp::Remove));
+                                net.push((change, by));
+                            }
+                        }
+                        (false, false) => {}
+                    }
+                }
+                steps = net;
+            }
+            for (change, event_id) in steps {
+                let was_held = before.contains(&change.tag_id);
                 match change.op {
                     TagOp::Add => {
-                        if tags.len() as u32 >= self.limits.max_tags_per_customer {
-                            self.over_cap += 1;
-                            continue;
-                        }
                         let ttl = change
                             .ttl_seconds
                             .or_else(|| library.tags.get(&change.tag_id).and_then(|(t, _)| t.ttl_seconds));
-                        customer_tag::Entity::insert(customer_tag::ActiveModel {
+                        let row = customer_tag::ActiveModel {
                             customer_id: Set(customer.id),
                             tag_id: Set(change.tag_id),
                             source: Set(TagSource::Rule),
-                            source_ref: Set(Some(source_ref(change.rule_id, change.rule_version, event.id))),
+                            source_ref: Set(Some(source_ref(change.rule_id, change.rule_version, event_id))),
                             tagged_by: Set(None),
                             tagged_at: Set(self.now),
                             expires_at: Set(ttl.map(|s| self.now + Duration::seconds(s))),
-                        })
-                        .exec(txn)
-                        .await?;
-                        tags.insert(change.tag_id);
+                        };
+                        last.insert((customer.id, change.tag_id), (was_held, Last::Added(row)));
                     }
                     TagOp::Remove => {
-                        customer_tag::Entity::delete_many()
-                            .filter(customer_tag::Column::CustomerId.eq(customer.id))
-                            .filter(customer_tag::Column::TagId.eq(change.tag_id))
-                            .exec(txn)
-                            .await?;
-                        tags.remove(&change.tag_id);
+                        last.insert((customer.id, change.tag_id), (was_held, Last::Removed));
                     }
                 }
-                tag_events.push(rule_event(&change, customer.id, event.id, self.principal.staff.id, self.now));
+                tag_events.push(rule_event(&change, customer.id, event_id, self.principal.staff.id, self.now));
                 self.changes += 1;
             }
-            facts.tags = tags;
+        }
+        // Net effect per (customer, tag): what was held and changed goes
+        // (a tag taken off and put back is written anew, with the
+        // explanation of its last add), what is added last goes on.
+        let mut removed: Vec<(i64, i64)> = Vec::new();
+        let mut added: Vec<customer_tag::ActiveModel> = Vec::new();
+        for (pair, (was_held, change)) in last {
+            if was_held {
+                removed.push(pair);
+            }
+            if let Last::Added(row) = change {
+                added.push(row);
+            }
+        }
+        crate::service::tagging::delete_assignments(txn, &removed).await?;
+        for chunk in added.chunks(CHUNK) {
+            customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
         }
         self.deferred += deferred.len() as u32;
-        if !deferred.is_empty() {
-            rule_deferred_action::Entity::insert_many(deferred).exec(txn).await?;
+        for chunk in deferred.chunks(CHUNK) {
+            rule_deferred_action::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
         }
         insert_events(txn, tag_events).await?;
         Ok(())
@@ -566,25 +791,6 @@ fn deferred_action(
     }
 }
 
-/// Tags among `tags` that a person took off the customer (by hand or in
-/// bulk) and nobody put back since.
-async fn manual_removals(
-    txn: &DatabaseTransaction,
-    customer_id: i64,
-    tags: &BTreeSet<i64>,
-) -> AppResult<BTreeSet<i64>> {
-    if tags.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let events = tag_event::Entity::find()
-        .filter(tag_event::Column::CustomerId.eq(customer_id))
-        .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
-        .order_by_desc(tag_event::Column::Seq)
-        .all(txn)
-        .await?;
-    Ok(removed_by_people(&events))
-}
-
 /// The customer's attributes that conditions may test.
 pub(super) fn attributes_of(customer: &customer::Model) -> Attributes {
     Attributes {
@@ -608,35 +814,6 @@ pub(super) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a t
         }
     }
     out
-}
-
-/// Tag groups under a modification lock in force that covers the customer,
-/// with the lock's id. Rules hold no lock, so every lock stops them.
-async fn locked_groups(
-    txn: &DatabaseTransaction,
-    customer_id: i64,
-    now: DateTime<Utc>,
-) -> AppResult<BTreeMap<i64, i64>> {
-    let locks = modification_lock::Entity::find()
-        .filter(modification_lock::Column::ReleasedAt.is_null())
-        .filter(modification_lock::Column::ExpiresAt.gt(now))
-        .order_by_asc(modification_lock::Column::Id)
-        .all(txn)
-        .await?;
-    let mut out = BTreeMap::new();
-    for lock in locks {
-        let covers = lock.whole_group
-            || modification_lock_customer::Entity::find()
-                .filter(modification_lock_customer::Column::LockId.eq(lock.id))
-                .filter(modification_lock_customer::Column::CustomerId.eq(customer_id))
-                .one(txn)
-                .await?
-                .is_some();
-        if covers {
-            out.entry(lock.group_id).or_insert(lock.id);
-        }
-    }
-    Ok(out)
 }
 
 /// A customer's events the caller may see, newest recorded first: those of

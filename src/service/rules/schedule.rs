@@ -31,7 +31,7 @@
 //!   (source `RULE`, `sourceRef` `rule:<id>@v<version>/run:<run id>`). A
 //!   modification lock defers a change as it does on the event path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -43,14 +43,14 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::json;
 
 use super::deferred::{self, locks_in_force};
-use super::eval::{EventFact, Facts, RuleSet, fire};
+use super::eval::{Attributes, EventFact, Facts, RuleSet, fire};
 use super::explain::run_source_ref;
 use super::library::{UnitLibrary, compile};
 use super::record::{attributes_of, removed_by_people};
@@ -61,7 +61,7 @@ use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::SegmentIndex;
 use crate::service::audit::{self, AuditEntry};
 use crate::service::tagging::{SystemChange, apply_system_changes, lock_customer_rows};
-use crate::store::CHUNK;
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// Customers judged per transaction.
 pub const BATCH: usize = 500;
@@ -351,47 +351,197 @@ impl Scheduler {
         let units: Vec<i64> = org.subtree(row.org_unit_id).map(|u| u.id).collect();
         let job =
             Batch { set: &set, library: &library, units: &units, run, now, offset: self.offset, limits: &self.limits };
-        let mut after = 0i64;
-        loop {
-            let ids: Vec<i64> = customer::Entity::find()
-                .select_only()
-                .column(customer::Column::Id)
-                .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
-                .filter(customer::Column::Id.gt(after))
-                .order_by_asc(customer::Column::Id)
-                .limit(BATCH as u64)
-                .into_tuple()
-                .all(&self.db)
-                .await?;
-            let Some(last) = ids.last().copied() else { return Ok(()) };
-            after = last;
+        // 1. A read-only sweep over the subtree, a range of customers per
+        //    few statements, judges every customer on what it reads
+        //    without locks: customers the rule would change (or whose add
+        //    a person's removal may hold back) are the candidates.
+        let candidates = self.sweep(&set, &units, run, now).await?;
+        // 2. The candidates, batch by batch, each batch one transaction
+        //    that locks their rows and judges them again on what it reads
+        //    then (a customer changed meanwhile is judged as it is now).
+        for chunk in candidates.chunks(batch_size(&self.db)) {
             let txn = self.db.begin().await?;
-            let counts = job.run(&txn, &ids).await?;
-            // The lease, renewed with the counts, only while the run is ours.
-            let renewed = rule_run::Entity::update_many()
-                .col_expr(rule_run::Column::LeaseUntil, Expr::value(self.lease_end()))
-                .col_expr(
-                    rule_run::Column::CustomersScanned,
-                    Expr::col(rule_run::Column::CustomersScanned).add(counts.scanned),
-                )
-                .col_expr(
-                    rule_run::Column::CustomersChanged,
-                    Expr::col(rule_run::Column::CustomersChanged).add(counts.customers_changed),
-                )
-                .col_expr(rule_run::Column::TagChanges, Expr::col(rule_run::Column::TagChanges).add(counts.tag_changes))
-                .col_expr(rule_run::Column::Deferred, Expr::col(rule_run::Column::Deferred).add(counts.deferred))
-                .col_expr(rule_run::Column::HeldBack, Expr::col(rule_run::Column::HeldBack).add(counts.held_back))
-                .filter(rule_run::Column::Id.eq(run.id))
-                .filter(rule_run::Column::Owner.eq(self.instance.clone()))
-                .filter(rule_run::Column::Status.eq(RuleRunStatus::Running))
-                .exec(&txn)
-                .await?;
-            if renewed.rows_affected != 1 {
-                return Err(Stop::Lost);
-            }
+            let mut counts = job.run(&txn, chunk).await?;
+            counts.scanned = 0;
+            self.renew(&txn, run, &counts).await?;
             txn.commit().await?;
         }
+        Ok(())
     }
+
+    /// The lease, renewed with a batch's counts, only while the run is ours.
+    async fn renew(&self, db: &impl ConnectionTrait, run: &rule_run::Model, counts: &Counts) -> Result<(), Stop> {
+        let renewed = rule_run::Entity::update_many()
+            .col_expr(rule_run::Column::LeaseUntil, Expr::value(self.lease_end()))
+            .col_expr(
+                rule_run::Column::CustomersScanned,
+                Expr::col(rule_run::Column::CustomersScanned).add(counts.scanned),
+            )
+            .col_expr(
+                rule_run::Column::CustomersChanged,
+                Expr::col(rule_run::Column::CustomersChanged).add(counts.customers_changed),
+            )
+            .col_expr(rule_run::Column::TagChanges, Expr::col(rule_run::Column::TagChanges).add(counts.tag_changes))
+            .col_expr(rule_run::Column::Deferred, Expr::col(rule_run::Column::Deferred).add(counts.deferred))
+            .col_expr(rule_run::Column::HeldBack, Expr::col(rule_run::Column::HeldBack).add(counts.held_back))
+            .filter(rule_run::Column::Id.eq(run.id))
+            .filter(rule_run::Column::Owner.eq(self.instance.clone()))
+            .filter(rule_run::Column::Status.eq(RuleRunStatus::Running))
+            .exec(db)
+            .await?;
+        if renewed.rows_affected != 1 {
+            return Err(Stop::Lost);
+        }
+        Ok(())
+    }
+
+    /// Judges every customer of the subtree without locks, a range of
+    /// customer ids at a time (their events of the condition's kinds and
+    /// their assignments of the tags it reads and changes, each one
+    /// statement over the range), and returns the customers the rule
+    /// would change. Customers a person ever took one of the rule's tags
+    /// off are candidates whatever the sweep says: the locked batch
+    /// decides whether the removal holds the add back.
+    async fn sweep(
+        &self,
+        set: &RuleSet,
+        units: &[i64],
+        run: &rule_run::Model,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, Stop> {
+        let rule = &set.rules[0];
+        let kinds = rule.condition.event_kinds();
+        let action_tags: BTreeSet<i64> = rule.actions.iter().flat_map(|a| set.exclusive.affected(a)).collect();
+        let mut relevant: BTreeSet<i64> = rule.reads();
+        relevant.extend(action_tags.iter().copied());
+        let reads_attributes = reads_attributes(&rule.condition);
+        let removed_once = removed_by_people_ever(&self.db, &action_tags).await?;
+        let range = if self.db.get_database_backend() == DbBackend::Postgres { 20_000 } else { BATCH };
+        let mut candidates = Vec::new();
+        let mut after = 0i64;
+        let empty = Vec::new();
+        loop {
+            let customers: Vec<(i64, Attributes)> = if reads_attributes {
+                customer::Entity::find()
+                    .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
+                    .filter(customer::Column::Id.gt(after))
+                    .order_by_asc(customer::Column::Id)
+                    .limit(range as u64)
+                    .all(&self.db)
+                    .await?
+                    .iter()
+                    .map(|c| (c.id, attributes_of(c)))
+                    .collect()
+            } else {
+                customer::Entity::find()
+                    .select_only()
+                    .column(customer::Column::Id)
+                    .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
+                    .filter(customer::Column::Id.gt(after))
+                    .order_by_asc(customer::Column::Id)
+                    .limit(range as u64)
+                    .into_tuple::<i64>()
+                    .all(&self.db)
+                    .await?
+                    .into_iter()
+                    .map(|id| (id, Attributes::default()))
+                    .collect()
+            };
+            let (Some((first, _)), Some((last, _))) = (customers.first(), customers.last()) else {
+                return Ok(candidates);
+            };
+            let (first, last) = (*first, *last);
+            after = last;
+            let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
+            if !kinds.is_empty() {
+                for e in customer_event::Entity::find()
+                    .filter(customer_event::Column::CustomerId.between(first, last))
+                    .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
+                    .filter(customer_event::Column::OccurredAt.lte(now))
+                    .order_by_asc(customer_event::Column::CustomerId)
+                    .order_by_asc(customer_event::Column::OccurredAt)
+                    .order_by_asc(customer_event::Column::Id)
+                    .all(&self.db)
+                    .await?
+                {
+                    events.entry(e.customer_id).or_default().push(EventFact {
+                        id: e.id,
+                        kind: e.kind,
+                        occurred_at: e.occurred_at,
+                        payload: e.payload,
+                    });
+                }
+            }
+            let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+            if !relevant.is_empty() {
+                let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
+                    .select_only()
+                    .column(customer_tag::Column::CustomerId)
+                    .column(customer_tag::Column::TagId)
+                    .filter(customer_tag::Column::TagId.is_in(relevant.iter().copied()))
+                    .filter(customer_tag::Column::CustomerId.between(first, last))
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?;
+                for (customer, tag) in rows {
+                    held.entry(customer).or_default().insert(tag);
+                }
+            }
+            for (id, attributes) in &customers {
+                if removed_once.contains(id) {
+                    candidates.push(*id);
+                    continue;
+                }
+                let facts = Facts {
+                    events: events.get(id).unwrap_or(&empty),
+                    attributes,
+                    tags: held.remove(id).unwrap_or_default(),
+                    manual_removals: BTreeSet::new(),
+                    offset: self.offset,
+                };
+                if !fire(set, &facts, None, now).changes.is_empty() {
+                    candidates.push(*id);
+                }
+            }
+            self.renew(&self.db, run, &Counts { scanned: customers.len() as i64, ..Counts::default() }).await?;
+        }
+    }
+}
+
+/// Customers judged per locked transaction: 500 (SQLite), 5,000 on
+/// PostgreSQL (its statements take the ids as one array).
+fn batch_size(db: &impl ConnectionTrait) -> usize {
+    if db.get_database_backend() == DbBackend::Postgres { 10 * BATCH } else { BATCH }
+}
+
+/// Does the condition read the customer's attributes?
+fn reads_attributes(condition: &super::condition::Condition) -> bool {
+    use super::condition::Condition as C;
+    let mut reads = false;
+    condition.walk(&mut |c| {
+        if matches!(c, C::City(_) | C::Channel(_) | C::Gender(_) | C::Number(..)) {
+            reads = true;
+        }
+    });
+    reads
+}
+
+/// Customers a person (by hand or in bulk) ever took one of `tags` off.
+async fn removed_by_people_ever(db: &impl ConnectionTrait, tags: &BTreeSet<i64>) -> AppResult<HashSet<i64>> {
+    if tags.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<i64> = tag_event::Entity::find()
+        .select_only()
+        .column(tag_event::Column::CustomerId)
+        .distinct()
+        .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
+        .filter(tag_event::Column::Op.eq(TagOp::Remove))
+        .filter(tag_event::Column::Source.is_in([TagSource::Manual, TagSource::Bulk]))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ids.into_iter().collect())
 }
 
 /// One run's judging of a batch of customers.
@@ -510,9 +660,9 @@ async fn events_of(
     if kinds.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(ids_per_statement(txn)) {
         let rows = customer_event::Entity::find()
-            .filter(customer_event::Column::CustomerId.is_in(chunk.iter().copied()))
+            .filter(id_in(txn, "customer_event", "customer_id", chunk))
             .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
             .filter(customer_event::Column::OccurredAt.lte(at))
             .order_by_asc(customer_event::Column::CustomerId)
@@ -542,12 +692,12 @@ async fn holdings(
     if tags.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(ids_per_statement(txn)) {
         let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
             .select_only()
             .column(customer_tag::Column::CustomerId)
             .column(customer_tag::Column::TagId)
-            .filter(customer_tag::Column::CustomerId.is_in(chunk.iter().copied()))
+            .filter(id_in(txn, "customer_tag", "customer_id", chunk))
             .filter(customer_tag::Column::TagId.is_in(tags.iter().copied()))
             .into_tuple()
             .all(txn)
@@ -570,9 +720,9 @@ async fn manual_removals(
     if tags.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(ids_per_statement(txn)) {
         let rows = tag_event::Entity::find()
-            .filter(tag_event::Column::CustomerId.is_in(chunk.iter().copied()))
+            .filter(id_in(txn, "tag_event", "customer_id", chunk))
             .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
             .order_by_desc(tag_event::Column::Seq)
             .all(txn)
