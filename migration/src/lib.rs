@@ -21,6 +21,7 @@ mod m20261201_000080_jobs;
 mod m20261202_000090_rule_schedule;
 mod m20261202_000100_reports;
 mod m20261202_000110_customer_data;
+mod m20261203_000120_job_locks;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000090_rule_schedule::Migration),
             Box::new(m20261202_000100_reports::Migration),
             Box::new(m20261202_000110_customer_data::Migration),
+            Box::new(m20261203_000120_job_locks::Migration),
         ]
     }
 }

@@ -592,18 +592,10 @@ async fn locked_groups(
         .order_by_asc(modification_lock::Column::Id)
         .all(txn)
         .await?;
+    let group_of: BTreeMap<i64, i64> = locks.iter().map(|l| (l.id, l.group_id)).collect();
     let mut out = BTreeMap::new();
-    for lock in locks {
-        let covers = lock.whole_group
-            || modification_lock_customer::Entity::find()
-                .filter(modification_lock_customer::Column::LockId.eq(lock.id))
-                .filter(modification_lock_customer::Column::CustomerId.eq(customer_id))
-                .one(txn)
-                .await?
-                .is_some();
-        if covers {
-            out.entry(lock.group_id).or_insert(lock.id);
-        }
+    for (lock, _) in crate::service::governance::locks::coverage(txn, &locks, &[customer_id]).await? {
+        out.entry(group_of[&lock]).or_insert(lock);
     }
     Ok(out)
 }
