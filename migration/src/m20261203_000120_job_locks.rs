@@ -19,7 +19,10 @@ impl MigrationName for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.alter_table(
-            Table::alter().table(ModificationLock::Table).add_column(big_integer_null(ModificationLock::JobId)).to_owned(),
+            Table::alter()
+                .table(ModificationLock::Table)
+                .add_column(big_integer_null(ModificationLock::JobId))
+                .to_owned(),
         )
         .await?;
         m.create_index(
@@ -35,7 +38,8 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_index(Index::drop().name("ix_job_customer_customer").table(JobCustomer::Table).to_owned()).await?;
-        m.alter_table(Table::alter().table(ModificationLock::Table).drop_column(ModificationLock::JobId).to_owned()).await
+        m.alter_table(Table::alter().table(ModificationLock::Table).drop_column(ModificationLock::JobId).to_owned())
+            .await
     }
 }
 

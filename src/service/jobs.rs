@@ -49,9 +49,9 @@ use crate::config::Limits;
 use crate::domain::{CustomerId, JobId, PageArgs, Reason, StaffId, TagId};
 use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
-use crate::store::{CHUNK, id_in, ids_per_statement};
 use crate::store::change_request::transition;
 use crate::store::event_log::{pg_array, share_event_log};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// The kind of a bulk tagging job.
 pub const BULK_TAG: &str = "BULK_TAG";
@@ -714,7 +714,8 @@ impl Worker {
         );
         let mut ids = Vec::new();
         for group in groups {
-            let lock = locks::take_for_job(&txn, principal.staff_id(), group, job.id, job.total, &reason, self.lock_end())
+            let lock =
+                locks::take_for_job(&txn, principal.staff_id(), group, job.id, job.total, &reason, self.lock_end())
                     .await?;
             ids.push(lock.id);
         }
@@ -943,14 +944,13 @@ fn database_error(err: &AppError) -> Option<(String, String)> {
     let AppError::Internal(cause) = err else { return None };
     let db = cause.chain().find_map(|e| e.downcast_ref::<sea_orm::DbErr>())?;
     match db {
-        sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) | sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => {
-            match e.as_ref() {
-                sea_orm::sqlx::Error::Database(d) => {
-                    Some((d.code().map(|c| c.into_owned()).unwrap_or_default(), d.message().to_owned()))
-                }
-                other => Some((String::new(), other.to_string())),
+        sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+        | sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sea_orm::sqlx::Error::Database(d) => {
+                Some((d.code().map(|c| c.into_owned()).unwrap_or_default(), d.message().to_owned()))
             }
-        }
+            other => Some((String::new(), other.to_string())),
+        },
         other => Some((String::new(), other.to_string())),
     }
 }
@@ -959,7 +959,8 @@ fn database_error(err: &AppError) -> Option<(String, String)> {
 /// a deadlock, a serialization failure, a statement cancelled by its
 /// timeout or a lock not available (PostgreSQL), a busy database (SQLite).
 fn is_transient(err: &AppError) -> bool {
-    database_error(err).is_some_and(|(code, _)| matches!(code.as_str(), "40P01" | "40001" | "57014" | "55P03" | "5" | "517"))
+    database_error(err)
+        .is_some_and(|(code, _)| matches!(code.as_str(), "40P01" | "40001" | "57014" | "55P03" | "5" | "517"))
 }
 
 fn lock_ids(job: &job::Model) -> Vec<i64> {

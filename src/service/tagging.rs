@@ -36,10 +36,10 @@ use crate::service::governance::{
     requests::{self, ChangeRequestKind, NewRequest, RequestTarget},
 };
 use crate::store::constraint::on_constraint;
-use crate::store::{id_in, ids_per_statement};
 use crate::store::event_log::{
     EventBy, Log, LogPosition, NewEvent, after, insert_event_rows, log_position, pg_array, pg_instant, share_event_log,
 };
+use crate::store::{id_in, ids_per_statement};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;

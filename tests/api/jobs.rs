@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use entity::{audit_log, customer_tag, enums::JobStatus, job, modification_lock, modification_lock_customer, tag_event};
+use entity::{
+    audit_log, customer_tag, enums::JobStatus, job, modification_lock, modification_lock_customer, tag_event,
+};
 use futures_util::StreamExt;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -384,7 +386,8 @@ async fn a_running_jobs_lock_covers_its_snapshot_and_nothing_else(app: TestApp) 
         .await
         .unwrap();
     assert_eq!(listed, 0, "the snapshot is not copied");
-    const TAG: &str = "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    const TAG: &str =
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
     let pending = &snapshot[BATCH];
     let refused = app.gql("sz01.sales", TAG, json!({ "c": [pending], "t": [inquiry] })).await;
     assert_eq!(refused.code(), "LOCKED");
@@ -395,7 +398,8 @@ async fn a_running_jobs_lock_covers_its_snapshot_and_nothing_else(app: TestApp) 
     let done = job_of(&app, "south.manager", &id).await;
     assert_eq!(done["done"], snapshot.len());
     assert_eq!(done["skipped"], 0);
-    let untag = "mutation($c: [ID!]!, $t: [ID!]!) { untagCustomers(input: { customerIds: $c, tagIds: $t }) { removed } }";
+    let untag =
+        "mutation($c: [ID!]!, $t: [ID!]!) { untagCustomers(input: { customerIds: $c, tagIds: $t }) { removed } }";
     let after = app.gql("sz01.sales", untag, json!({ "c": [pending], "t": [inquiry] })).await;
     assert_eq!(after.ok()["untagCustomers"]["removed"], 1, "the lock ended with the job");
 }

@@ -237,7 +237,9 @@ async fn insert_lock_rows(txn: &DatabaseTransaction, lock_id: i64, customers: &[
     }
     for chunk in customers.chunks(CHUNK) {
         modification_lock_customer::Entity::insert_many(
-            chunk.iter().map(|c| modification_lock_customer::ActiveModel { lock_id: Set(lock_id), customer_id: Set(*c) }),
+            chunk
+                .iter()
+                .map(|c| modification_lock_customer::ActiveModel { lock_id: Set(lock_id), customer_id: Set(*c) }),
         )
         .exec(txn)
         .await?;

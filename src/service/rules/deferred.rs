@@ -20,7 +20,7 @@ use chrono::{DateTime, Duration, Utc};
 use entity::{
     customer_tag,
     enums::{TagOp, TagSource},
-    modification_lock, modification_lock_customer, rule_deferred_action, tag, tag_group,
+    modification_lock, rule_deferred_action, tag, tag_group,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,

@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
     customer, customer_event, customer_identity, customer_tag,
     enums::{RuleStatus, TagOp, TagSource},
-    modification_lock, modification_lock_customer, rule, rule_deferred_action, tag_event,
+    modification_lock, rule, rule_deferred_action, tag_event,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
