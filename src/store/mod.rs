@@ -38,7 +38,7 @@ pub(crate) fn id_in(
     use sea_orm::sea_query::{Expr, ExprTrait};
     if backend == sea_orm::DbBackend::Postgres {
         let array = event_log::pg_array(ids.iter().map(|c| Some(*c)));
-        Expr::col(column).eq(Expr::cust_with_values("ANY(CAST(CAST(? AS text) AS bigint[]))", [array]))
+        Expr::cust_with_exprs("$1 = ANY(CAST(CAST($2 AS text) AS bigint[]))", [Expr::col(column), Expr::val(array)])
     } else {
         Expr::col(column).is_in(ids.iter().copied())
     }
