@@ -10,12 +10,16 @@ pub struct Model {
     pub group_id: i64,
     pub holder_staff_id: i64,
     pub reason: String,
-    /// Every customer (true) or the listed ones (false).
+    /// Every customer (true) or the listed ones (false): listed in
+    /// `modification_lock_customer`, or, for a bulk job's lock, the job's
+    /// snapshot (`job_customer` of [`Self::job_id`]).
     pub whole_group: bool,
     pub acquired_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
     pub released_at: Option<DateTimeUtc>,
     pub released_by: Option<i64>,
+    /// A bulk job's lock: it covers the customers of that job's snapshot.
+    pub job_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

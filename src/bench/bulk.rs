@@ -106,6 +106,10 @@ fn spread(values: &mut [f64]) -> String {
 /// Database errors.
 pub async fn run(mut settings: Settings, bench: BulkBench) -> anyhow::Result<()> {
     settings.job_poll_interval = None;
+    // The bench builds the index itself (below) and the worker catches it
+    // up after each batch: no background build running beside the first
+    // timed jobs.
+    settings.index_follow_interval = None;
     let app = Application::build(settings.clone()).await?;
     let db = app.state.db.clone();
     let backend = if db.get_database_backend() == DbBackend::Postgres { "PostgreSQL" } else { "SQLite" };

@@ -191,11 +191,12 @@ pub async fn find_live_in_scope(
 /// `NOT_FOUND` naming the first that is missing or out of scope.
 pub async fn require_visible_ids(db: &impl ConnectionTrait, principal: &Principal, ids: &[i64]) -> AppResult<()> {
     let mut found = std::collections::HashSet::new();
-    for chunk in ids.chunks(500) {
+    let backend = db.get_database_backend();
+    for chunk in ids.chunks(crate::store::ids_per_statement(backend)) {
         let rows: Vec<i64> = customer::Entity::find()
             .select_only()
             .column(customer::Column::Id)
-            .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+            .filter(crate::store::id_in(backend, customer::Column::Id, chunk))
             .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
             .filter(customer::Column::MergedIntoId.is_null())
             .into_tuple()

@@ -49,14 +49,20 @@ use crate::config::Limits;
 use crate::domain::{CustomerId, JobId, PageArgs, Reason, StaffId, TagId};
 use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
-use crate::store::CHUNK;
 use crate::store::change_request::transition;
 use crate::store::event_log::{pg_array, share_event_log};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// The kind of a bulk tagging job.
 pub const BULK_TAG: &str = "BULK_TAG";
 /// Errors a job keeps (the counts stay exact beyond them).
 const MAX_ERRORS: usize = 100;
+/// Times one batch runs again after a transient database error (see
+/// [`is_transient`]) before the job fails.
+const BATCH_RETRIES: u32 = 3;
+/// The statement timeout inside a batch (PostgreSQL): a batch's statements
+/// are bounded by the batch size, not by a caller waiting.
+const BATCH_STATEMENT_TIMEOUT: StdDuration = StdDuration::from_secs(120);
 const ORDERING: &str = "job.newest";
 
 /// Which customers a bulk job tags.
@@ -626,6 +632,7 @@ impl Worker {
             locks::extend(&self.db, &lock_ids(&job), self.lock_end()).await?;
         }
         let mut batches = 0u32;
+        let mut retries = 0u32;
         loop {
             let current = job::Entity::find_by_id(job.id).one(&self.db).await?.unwrap_or(job.clone());
             if current.cancel_requested {
@@ -635,8 +642,19 @@ impl Worker {
                 return self.finish(&job, JobStatus::Succeeded, None).await;
             }
             match self.batch(&job, &principal, &input).await {
-                Ok(Some(next)) => job = next,
+                Ok(Some(next)) => {
+                    job = next;
+                    retries = 0;
+                }
                 Ok(None) => return Ok(RunEnd::LostLease),
+                Err(err) if retries < BATCH_RETRIES && is_transient(&err) => {
+                    // The batch rolled back whole: running it again from
+                    // the same checkpoint applies it once.
+                    retries += 1;
+                    tracing::warn!(job = job.id, retries, error = ?err, "bulk job batch rolled back; running it again");
+                    tokio::time::sleep(StdDuration::from_millis(200 * u64::from(retries))).await;
+                    continue;
+                }
                 Err(err) => {
                     return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
@@ -696,7 +714,9 @@ impl Worker {
         );
         let mut ids = Vec::new();
         for group in groups {
-            let lock = locks::take_for_job(&txn, principal.staff_id(), group, job.id, &reason, self.lock_end()).await?;
+            let lock =
+                locks::take_for_job(&txn, principal.staff_id(), group, job.id, job.total, &reason, self.lock_end())
+                    .await?;
             ids.push(lock.id);
         }
         job::Entity::update_many()
@@ -729,6 +749,12 @@ impl Worker {
             txn.rollback().await?;
             return Ok(None);
         }
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // A batch is no request: the request timeout (the connection's
+            // statement_timeout) does not bound its statements.
+            txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", BATCH_STATEMENT_TIMEOUT.as_millis()))
+                .await?;
+        }
         share_event_log(&txn).await?;
         // At most 20,000: one statement binds a whole batch of ids on PostgreSQL.
         let size = self.limits.job_batch_size.clamp(1, 20_000) as i64;
@@ -756,12 +782,12 @@ impl Worker {
         // Customers out of the requester's scope now, or (unless approved)
         // in a unit where it may no longer bulk-tag, are left out.
         let mut units: Vec<(i64, i64)> = Vec::with_capacity(ids.len());
-        let per_statement = if txn.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK };
-        for chunk in ids.chunks(per_statement) {
+        let backend = txn.get_database_backend();
+        for chunk in ids.chunks(ids_per_statement(backend)) {
             let rows: Vec<(i64, i64)> = customer::Entity::find()
                 .select_only()
                 .columns([customer::Column::Id, customer::Column::OrgUnitId])
-                .filter(customer::Column::Id.is_in(chunk.iter().copied()))
+                .filter(id_in(backend, customer::Column::Id, chunk))
                 .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
                 .filter(customer::Column::MergedIntoId.is_null())
                 .into_tuple()
@@ -900,10 +926,41 @@ impl Worker {
 }
 
 /// What a job's `errors` says of the error that stopped it: its code and
-/// its public message (an internal error's cause goes to the log only).
+/// its message; for a database error, the database's own code and
+/// message (`internal error: database error 57014: canceling statement
+/// due to statement timeout`), never SQL. The whole cause goes to the log.
 fn failure(job: &job::Model, err: &AppError) -> Option<(&'static str, String)> {
     tracing::warn!(job = job.id, error = ?err, "bulk job stopped by an error");
-    Some((err.code().as_str(), err.message()))
+    let message = match database_error(err) {
+        Some((code, text)) => format!("{}: database error {code}: {text}", err.message()),
+        None => err.message(),
+    };
+    Some((err.code().as_str(), message))
+}
+
+/// The database's code (SQLSTATE on PostgreSQL) and message of an internal
+/// error that a database statement raised.
+fn database_error(err: &AppError) -> Option<(String, String)> {
+    let AppError::Internal(cause) = err else { return None };
+    let db = cause.chain().find_map(|e| e.downcast_ref::<sea_orm::DbErr>())?;
+    match db {
+        sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+        | sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sea_orm::sqlx::Error::Database(d) => {
+                Some((d.code().map(|c| c.into_owned()).unwrap_or_default(), d.message().to_owned()))
+            }
+            other => Some((String::new(), other.to_string())),
+        },
+        other => Some((String::new(), other.to_string())),
+    }
+}
+
+/// True for the errors after which running the batch again may succeed:
+/// a deadlock, a serialization failure, a statement cancelled by its
+/// timeout or a lock not available (PostgreSQL), a busy database (SQLite).
+fn is_transient(err: &AppError) -> bool {
+    database_error(err)
+        .is_some_and(|(code, _)| matches!(code.as_str(), "40P01" | "40001" | "57014" | "55P03" | "5" | "517"))
 }
 
 fn lock_ids(job: &job::Model) -> Vec<i64> {

@@ -39,6 +39,7 @@ use crate::store::constraint::on_constraint;
 use crate::store::event_log::{
     EventBy, Log, LogPosition, NewEvent, after, insert_event_rows, log_position, pg_array, pg_instant, share_event_log,
 };
+use crate::store::{id_in, ids_per_statement};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const CHUNK: usize = 500;
@@ -139,10 +140,11 @@ pub(crate) async fn lock_customer_rows(
     sorted.sort_unstable();
     sorted.dedup();
     let mut out = Vec::with_capacity(sorted.len());
-    for chunk in sorted.chunks(crate::store::ids_per_statement(txn)) {
+    let backend = txn.get_database_backend();
+    for chunk in sorted.chunks(ids_per_statement(backend)) {
         out.extend(
             customer::Entity::find()
-                .filter(crate::store::id_in(txn, "customer", "id", chunk))
+                .filter(id_in(backend, customer::Column::Id, chunk))
                 .filter(filter.clone())
                 .order_by_asc(customer::Column::Id)
                 .lock_exclusive()
@@ -1125,12 +1127,6 @@ struct HeldRow {
     status: TagStatus,
 }
 
-/// Customers per statement when reading by customer: one statement per
-/// batch of a bulk job on PostgreSQL, under SQLite's parameter limit there.
-fn customers_per_statement(db: &impl ConnectionTrait) -> usize {
-    if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CHUNK }
-}
-
 /// The customers' assignments of the `tags`, or of tags of the `groups`,
 /// by customer (visibility aside: used for exclusivity, never shown).
 async fn relevant_assignments(
@@ -1141,13 +1137,14 @@ async fn relevant_assignments(
 ) -> AppResult<HashMap<i64, Vec<HeldRow>>> {
     let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
     let mut out: HashMap<i64, Vec<HeldRow>> = HashMap::new();
-    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
+    let backend = txn.get_database_backend();
+    for chunk in customer_ids.chunks(ids_per_statement(backend)) {
         let query = Query::select()
             .columns([ct(customer_tag::Column::CustomerId), ct(customer_tag::Column::TagId)])
             .columns([(tag::Entity, tag::Column::GroupId), (tag::Entity, tag::Column::Status)])
             .from(customer_tag::Entity)
             .inner_join(tag::Entity, Expr::col((tag::Entity, tag::Column::Id)).equals(ct(customer_tag::Column::TagId)))
-            .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(chunk.iter().copied()))
+            .and_where(id_in(backend, ct(customer_tag::Column::CustomerId), chunk))
             .cond_where(
                 Condition::any()
                     .add(Expr::col(ct(customer_tag::Column::TagId)).is_in(tags.iter().copied()))
@@ -1172,23 +1169,8 @@ struct HeldCount {
 async fn in_force_counts(txn: &DatabaseTransaction, customer_ids: &[i64]) -> AppResult<HashMap<i64, u32>> {
     let customer = (customer_tag::Entity, customer_tag::Column::CustomerId);
     let mut out = HashMap::new();
-    for chunk in customer_ids.chunks(customers_per_statement(txn)) {
-        if txn.get_database_backend() == DbBackend::Postgres {
-            // One array parameter, not a list of thousands: PostgreSQL
-            // plans `IN (…10,000 values…)` as a scan of every assignment
-            // (1–5 s at 19M rows), `= ANY(array)` as index probes (0.27 s).
-            let sql = "SELECT ct.customer_id, COUNT(*) AS held FROM customer_tag ct \
-                       JOIN tag t ON t.id = ct.tag_id \
-                       WHERE ct.customer_id = ANY($1::text::bigint[]) AND t.status <> $2 \
-                       GROUP BY ct.customer_id";
-            let values: Vec<sea_orm::Value> =
-                vec![pg_array(chunk.iter().map(|c| Some(*c))).into(), TagStatus::Archived.as_str().into()];
-            let statement = sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
-            for row in HeldCount::find_by_statement(statement).all(txn).await? {
-                out.insert(row.customer_id, u32::try_from(row.held).unwrap_or(u32::MAX));
-            }
-            continue;
-        }
+    let backend = txn.get_database_backend();
+    for chunk in customer_ids.chunks(ids_per_statement(backend)) {
         let query = Query::select()
             .column(customer)
             .expr_as(Expr::col((customer_tag::Entity, customer_tag::Column::TagId)).count(), "held")
@@ -1197,11 +1179,11 @@ async fn in_force_counts(txn: &DatabaseTransaction, customer_ids: &[i64]) -> App
                 tag::Entity,
                 Expr::col((tag::Entity, tag::Column::Id)).equals((customer_tag::Entity, customer_tag::Column::TagId)),
             )
-            .and_where(Expr::col(customer).is_in(chunk.iter().copied()))
+            .and_where(id_in(backend, customer, chunk))
             .and_where(Expr::col((tag::Entity, tag::Column::Status)).ne(TagStatus::Archived.as_str()))
             .group_by_col(customer)
             .to_owned();
-        for row in HeldCount::find_by_statement(txn.get_database_backend().build(&query)).all(txn).await? {
+        for row in HeldCount::find_by_statement(backend.build(&query)).all(txn).await? {
             out.insert(row.customer_id, u32::try_from(row.held).unwrap_or(u32::MAX));
         }
     }

@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use entity::{audit_log, customer_tag, enums::JobStatus, job, modification_lock, tag_event};
+use entity::{
+    audit_log, customer_tag, enums::JobStatus, job, modification_lock, modification_lock_customer, tag_event,
+};
 use futures_util::StreamExt;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -356,6 +358,52 @@ async fn locked_customers_are_skipped_and_reported(app: TestApp) {
     }
 }
 
+/// A running job's lock names the job and covers its snapshot (no copy of
+/// its customers): somebody else tagging a snapshot customer in the group
+/// is refused with `LOCKED`, a customer outside the snapshot is free, and
+/// after the job ends the retry lands.
+async fn a_running_jobs_lock_covers_its_snapshot_and_nothing_else(app: TestApp) {
+    let inquiry = app.tag_id("活动", "询价").await;
+    let all = app.customers_of("sz01").await;
+    assert!(all.len() > BATCH + 1, "a customer past the first batch, and one outside the job");
+    let (outside, snapshot) = all.split_last().unwrap();
+    let id = job_adding(&app, "south.manager", snapshot, &inquiry).await;
+    let a = worker(&app, "a", |l| {
+        l.job_halt_after_batches = Some(1);
+        l.job_lease = Duration::from_millis(200);
+    });
+    assert_eq!(a.run_next().await.unwrap(), Some(RunEnd::Halted));
+    let locks = modification_lock::Entity::find()
+        .filter(modification_lock::Column::ReleasedAt.is_null())
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].job_id, Some(row_id(&id)), "the lock names the job");
+    let listed = modification_lock_customer::Entity::find()
+        .filter(modification_lock_customer::Column::LockId.eq(locks[0].id))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(listed, 0, "the snapshot is not copied");
+    const TAG: &str =
+        "mutation($c: [ID!]!, $t: [ID!]!) { tagCustomers(input: { customerIds: $c, tagIds: $t }) { added } }";
+    let pending = &snapshot[BATCH];
+    let refused = app.gql("sz01.sales", TAG, json!({ "c": [pending], "t": [inquiry] })).await;
+    assert_eq!(refused.code(), "LOCKED");
+    app.gql("sz01.sales", TAG, json!({ "c": [outside], "t": [inquiry] })).await.ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = worker(&app, "b", |_| {});
+    assert_eq!(b.run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Succeeded)));
+    let done = job_of(&app, "south.manager", &id).await;
+    assert_eq!(done["done"], snapshot.len());
+    assert_eq!(done["skipped"], 0);
+    let untag =
+        "mutation($c: [ID!]!, $t: [ID!]!) { untagCustomers(input: { customerIds: $c, tagIds: $t }) { removed } }";
+    let after = app.gql("sz01.sales", untag, json!({ "c": [pending], "t": [inquiry] })).await;
+    assert_eq!(after.ok()["untagCustomers"]["removed"], 1, "the lock ended with the job");
+}
+
 async fn tag_customers_over_its_limit_points_to_bulk_tag_and_becomes_a_job_with_one_flag(app: TestApp) {
     let inquiry = app.tag_id("活动", "询价").await;
     let customers = south_customers(&app).await;
@@ -431,6 +479,7 @@ on_both_databases_in_batches!(
     a_cancelled_job_stops_between_batches_with_an_exact_account,
     a_job_beyond_the_callers_bulk_rights_waits_for_approval,
     locked_customers_are_skipped_and_reported,
+    a_running_jobs_lock_covers_its_snapshot_and_nothing_else,
     tag_customers_over_its_limit_points_to_bulk_tag_and_becomes_a_job_with_one_flag,
     a_store_manager_cannot_bulk_tag_another_stores_customers,
     bad_requests_are_refused_and_write_nothing,

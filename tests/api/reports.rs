@@ -350,6 +350,7 @@ async fn alerts_are_acknowledged_resolved_audited_and_scoped(app: TestApp) {
         expires_at: Set(Utc::now() - Duration::hours(1)),
         released_at: Set(None),
         released_by: Set(None),
+        job_id: Set(None),
     })
     .exec(&app.db)
     .await

@@ -11,9 +11,9 @@ use std::collections::HashSet;
 use entity::{job_customer, modification_lock, modification_lock_customer, staff, tag_group};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, JoinType, Query},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
+    sea_query::Expr,
 };
 use serde_json::json;
 
@@ -22,7 +22,8 @@ use crate::domain::{CustomerId, LockId, Reason, StaffId, TagGroupId};
 use crate::error::{AppError, AppResult, LockInfo};
 use crate::service::audit::{self, AuditEntry};
 use crate::service::tag_library::find_group;
-use crate::store::CHUNK;
+use crate::store::event_log::pg_array;
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// Longest a lock may be taken for.
 pub const MAX_LOCK_SECONDS: i64 = 24 * 3600;
@@ -52,11 +53,9 @@ pub async fn check_unlocked(
         .order_by_asc(modification_lock::Column::Id)
         .all(db)
         .await?;
-    for lock in locks {
-        let covers = lock.whole_group || covers_any(db, lock.id, customers).await?;
-        if covers {
-            return Err(AppError::Locked(lock_info(db, &lock).await?));
-        }
+    let first = coverage(db, &locks, customers).await?.first().map(|(lock, _)| *lock);
+    if let Some(lock) = locks.iter().find(|l| Some(l.id) == first) {
+        return Err(AppError::Locked(lock_info(db, lock).await?));
     }
     Ok(())
 }
@@ -81,21 +80,60 @@ pub async fn locked_customers(
     if locks.iter().any(|l| l.whole_group) {
         return Ok(customers.iter().copied().collect());
     }
-    if locks.is_empty() {
-        return Ok(locked);
-    }
-    for chunk in customers.chunks(CHUNK) {
-        let rows: Vec<i64> = modification_lock_customer::Entity::find()
-            .select_only()
-            .column(modification_lock_customer::Column::CustomerId)
-            .filter(modification_lock_customer::Column::LockId.is_in(locks.iter().map(|l| l.id)))
-            .filter(modification_lock_customer::Column::CustomerId.is_in(chunk.iter().copied()))
-            .into_tuple()
-            .all(db)
-            .await?;
-        locked.extend(rows);
-    }
+    locked.extend(coverage(db, &locks, customers).await?.into_iter().map(|(_, c)| c));
     Ok(locked)
+}
+
+/// Which of `customers` each of `locks` covers, as (lock id, customer id)
+/// pairs by lock id: every customer for a whole-group lock; for a bulk
+/// job's lock (`job_id`), those in the job's snapshot; otherwise those
+/// listed in `modification_lock_customer`. One statement for the listed
+/// locks and one per job lock (per chunk of customers on SQLite).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn coverage(
+    db: &impl ConnectionTrait,
+    locks: &[modification_lock::Model],
+    customers: &[i64],
+) -> AppResult<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    if customers.is_empty() {
+        return Ok(out);
+    }
+    for lock in locks.iter().filter(|l| l.whole_group) {
+        out.extend(customers.iter().map(|c| (lock.id, *c)));
+    }
+    let listed: Vec<i64> = locks.iter().filter(|l| !l.whole_group && l.job_id.is_none()).map(|l| l.id).collect();
+    let of_jobs: Vec<(i64, i64)> =
+        locks.iter().filter(|l| !l.whole_group).filter_map(|l| Some((l.id, l.job_id?))).collect();
+    let backend = db.get_database_backend();
+    for chunk in customers.chunks(ids_per_statement(backend)) {
+        if !listed.is_empty() {
+            let rows: Vec<(i64, i64)> = modification_lock_customer::Entity::find()
+                .select_only()
+                .columns([modification_lock_customer::Column::LockId, modification_lock_customer::Column::CustomerId])
+                .filter(modification_lock_customer::Column::LockId.is_in(listed.iter().copied()))
+                .filter(id_in(backend, modification_lock_customer::Column::CustomerId, chunk))
+                .into_tuple()
+                .all(db)
+                .await?;
+            out.extend(rows);
+        }
+        for (lock, job) in &of_jobs {
+            let rows: Vec<i64> = job_customer::Entity::find()
+                .select_only()
+                .column(job_customer::Column::CustomerId)
+                .filter(job_customer::Column::JobId.eq(*job))
+                .filter(id_in(backend, job_customer::Column::CustomerId, chunk))
+                .into_tuple()
+                .all(db)
+                .await?;
+            out.extend(rows.into_iter().map(|c| (*lock, c)));
+        }
+    }
+    out.sort_by_key(|(lock, _)| *lock);
+    Ok(out)
 }
 
 /// The locks in force on these groups held by somebody other than `staff_id`.
@@ -114,9 +152,15 @@ async fn others_locks(
         .await?)
 }
 
-/// Takes a lock on `group` for the customers of a job's snapshot, in one
-/// `INSERT … SELECT` from the snapshot, leaving out the customers somebody
-/// else's lock covers (the job skips those). Recorded in the audit log.
+/// Takes a lock on `group` for the customers of a job's snapshot
+/// (`total` of them), leaving out the customers somebody else's lock
+/// covers (the job skips those). Recorded in the audit log.
+///
+/// When nobody else holds a lock in force on the group (the usual case),
+/// the lock names the job (`job_id`) and covers its snapshot as it is:
+/// no row is copied (copying 100,000 customers cost ~1.5 s). Otherwise
+/// the snapshot's customers not covered by those locks are listed, as a
+/// lock taken by hand lists them.
 ///
 /// # Errors
 /// Database errors.
@@ -125,11 +169,13 @@ pub(crate) async fn take_for_job(
     holder: StaffId,
     group: &tag_group::Model,
     job_id: i64,
+    total: i64,
     reason: &str,
     until: DateTime<Utc>,
 ) -> AppResult<modification_lock::Model> {
     crate::store::event_log::serialize_event_log(txn).await?;
     let now = Utc::now();
+    let others = others_locks(txn, holder.0, &[group.id]).await?;
     let lock = modification_lock::Entity::insert(modification_lock::ActiveModel {
         id: NotSet,
         group_id: Set(group.id),
@@ -140,53 +186,28 @@ pub(crate) async fn take_for_job(
         expires_at: Set(until),
         released_at: Set(None),
         released_by: Set(None),
+        job_id: Set(others.is_empty().then_some(job_id)),
     })
     .exec_with_returning(txn)
     .await?;
-    let (ml, mlc) = (Alias::new("ml"), Alias::new("mlc"));
-    let covered = Query::select()
-        .expr(Expr::val(1))
-        .from_as(modification_lock_customer::Entity, mlc.clone())
-        .join_as(
-            JoinType::InnerJoin,
-            modification_lock::Entity,
-            ml.clone(),
-            Expr::col((ml.clone(), modification_lock::Column::Id))
-                .equals((mlc.clone(), modification_lock_customer::Column::LockId)),
-        )
-        .and_where(
-            Expr::col((mlc.clone(), modification_lock_customer::Column::CustomerId))
-                .equals((job_customer::Entity, job_customer::Column::CustomerId)),
-        )
-        .and_where(Expr::col((ml.clone(), modification_lock::Column::GroupId)).eq(group.id))
-        .and_where(Expr::col((ml.clone(), modification_lock::Column::ReleasedAt)).is_null())
-        .and_where(Expr::col((ml.clone(), modification_lock::Column::ExpiresAt)).gt(now))
-        .and_where(Expr::col((ml.clone(), modification_lock::Column::HolderStaffId)).ne(holder.0))
-        .to_owned();
-    let whole_group_others = Query::select()
-        .expr(Expr::val(1))
-        .from(modification_lock::Entity)
-        .and_where(modification_lock::Column::GroupId.eq(group.id))
-        .and_where(modification_lock::Column::WholeGroup.eq(true))
-        .and_where(modification_lock::Column::ReleasedAt.is_null())
-        .and_where(modification_lock::Column::ExpiresAt.gt(now))
-        .and_where(modification_lock::Column::HolderStaffId.ne(holder.0))
-        .to_owned();
-    let snapshot = Query::select()
-        .expr(Expr::val(lock.id))
-        .column((job_customer::Entity, job_customer::Column::CustomerId))
-        .from(job_customer::Entity)
-        .and_where(Expr::col((job_customer::Entity, job_customer::Column::JobId)).eq(job_id))
-        .and_where(Expr::exists(covered).not())
-        .and_where(Expr::exists(whole_group_others).not())
-        .to_owned();
-    let insert = Query::insert()
-        .into_table(modification_lock_customer::Entity)
-        .columns([modification_lock_customer::Column::LockId, modification_lock_customer::Column::CustomerId])
-        .select_from(snapshot)
-        .map_err(|e| AppError::internal(anyhow::anyhow!(e)))?
-        .to_owned();
-    let covered_rows = txn.execute(&insert).await?.rows_affected();
+    let covered_rows = if others.is_empty() {
+        total
+    } else if others.iter().any(|l| l.whole_group) {
+        0
+    } else {
+        let snapshot: Vec<i64> = job_customer::Entity::find()
+            .select_only()
+            .column(job_customer::Column::CustomerId)
+            .filter(job_customer::Column::JobId.eq(job_id))
+            .order_by_asc(job_customer::Column::CustomerId)
+            .into_tuple()
+            .all(txn)
+            .await?;
+        let taken: HashSet<i64> = coverage(txn, &others, &snapshot).await?.into_iter().map(|(_, c)| c).collect();
+        let free: Vec<i64> = snapshot.into_iter().filter(|c| !taken.contains(c)).collect();
+        insert_lock_rows(txn, lock.id, &free).await?;
+        free.len() as i64
+    };
     audit::record(
         txn,
         AuditEntry::ok(holder, "tag_group.lock", "tag_group", group.id).in_unit(group.org_unit_id).with_detail(json!({
@@ -199,6 +220,31 @@ pub(crate) async fn take_for_job(
     )
     .await?;
     Ok(lock)
+}
+
+/// Lists the customers a lock covers: one statement over an array on
+/// PostgreSQL, multi-row statements on SQLite.
+async fn insert_lock_rows(txn: &DatabaseTransaction, lock_id: i64, customers: &[i64]) -> AppResult<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "INSERT INTO modification_lock_customer (lock_id, customer_id) \
+                   SELECT $1, u.c FROM unnest($2::text::bigint[]) AS u(c)";
+        let values: Vec<sea_orm::Value> = vec![lock_id.into(), pg_array(customers.iter().map(|c| Some(*c))).into()];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        return Ok(());
+    }
+    for chunk in customers.chunks(CHUNK) {
+        modification_lock_customer::Entity::insert_many(
+            chunk
+                .iter()
+                .map(|c| modification_lock_customer::ActiveModel { lock_id: Set(lock_id), customer_id: Set(*c) }),
+        )
+        .exec(txn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Moves the end of the locks still in force to `until`: a job renews the
@@ -217,21 +263,6 @@ pub(crate) async fn extend(db: &impl ConnectionTrait, lock_ids: &[i64], until: D
         .exec(db)
         .await?;
     Ok(())
-}
-
-async fn covers_any(db: &impl ConnectionTrait, lock_id: i64, customers: &[i64]) -> AppResult<bool> {
-    for chunk in customers.chunks(CHUNK) {
-        let hit = modification_lock_customer::Entity::find()
-            .filter(modification_lock_customer::Column::LockId.eq(lock_id))
-            .filter(modification_lock_customer::Column::CustomerId.is_in(chunk.iter().copied()))
-            .limit(1)
-            .one(db)
-            .await?;
-        if hit.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 async fn lock_info(db: &impl ConnectionTrait, lock: &modification_lock::Model) -> AppResult<LockInfo> {
@@ -291,14 +322,12 @@ async fn insert_lock(
         .filter(modification_lock::Column::HolderStaffId.ne(holder))
         .all(txn)
         .await?;
-    for other in others {
-        let overlaps = match customers {
-            None => true,
-            Some(ids) => other.whole_group || covers_any(txn, other.id, ids).await?,
-        };
-        if overlaps {
-            return Err(AppError::Locked(lock_info(txn, &other).await?));
-        }
+    let overlapping = match customers {
+        None => others.first().map(|l| l.id),
+        Some(ids) => coverage(txn, &others, ids).await?.first().map(|(lock, _)| *lock),
+    };
+    if let Some(other) = others.iter().find(|l| Some(l.id) == overlapping) {
+        return Err(AppError::Locked(lock_info(txn, other).await?));
     }
     let lock = modification_lock::Entity::insert(modification_lock::ActiveModel {
         id: NotSet,
@@ -310,6 +339,7 @@ async fn insert_lock(
         expires_at: Set(until),
         released_at: Set(None),
         released_by: Set(None),
+        job_id: Set(None),
     })
     .exec_with_returning(txn)
     .await?;
@@ -317,15 +347,7 @@ async fn insert_lock(
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        for chunk in ids.chunks(CHUNK) {
-            modification_lock_customer::Entity::insert_many(
-                chunk
-                    .iter()
-                    .map(|c| modification_lock_customer::ActiveModel { lock_id: Set(lock.id), customer_id: Set(*c) }),
-            )
-            .exec(txn)
-            .await?;
-        }
+        insert_lock_rows(txn, lock.id, &ids).await?;
     }
     Ok(lock)
 }

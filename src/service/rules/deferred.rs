@@ -21,7 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 use entity::{
     customer_tag,
     enums::{RuleStatus, TagOp, TagSource},
-    modification_lock, modification_lock_customer, rule, rule_deferred_action, tag, tag_group,
+    modification_lock, rule, rule_deferred_action, tag, tag_group,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -68,24 +68,9 @@ pub(crate) async fn locks_in_force(
             out.entry((*c, lock.group_id)).or_insert(lock.id);
         }
     }
-    let partial: Vec<i64> = locks.iter().filter(|l| !l.whole_group).map(|l| l.id).collect();
-    if partial.is_empty() {
-        return Ok(out);
-    }
-    for chunk in customers.chunks(CHUNK) {
-        let rows: Vec<(i64, i64)> = modification_lock_customer::Entity::find()
-            .select_only()
-            .column(modification_lock_customer::Column::LockId)
-            .column(modification_lock_customer::Column::CustomerId)
-            .filter(modification_lock_customer::Column::LockId.is_in(partial.iter().copied()))
-            .filter(modification_lock_customer::Column::CustomerId.is_in(chunk.iter().copied()))
-            .order_by_asc(modification_lock_customer::Column::LockId)
-            .into_tuple()
-            .all(db)
-            .await?;
-        for (lock, customer) in rows {
-            out.entry((customer, group_of[&lock])).or_insert(lock);
-        }
+    let partial: Vec<modification_lock::Model> = locks.iter().filter(|l| !l.whole_group).cloned().collect();
+    for (lock, customer) in crate::service::governance::locks::coverage(db, &partial, customers).await? {
+        out.entry((customer, group_of[&lock])).or_insert(lock);
     }
     Ok(out)
 }

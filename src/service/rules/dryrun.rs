@@ -43,7 +43,7 @@ use crate::authz::{Action as Permit, Principal};
 use crate::config::Limits;
 use crate::domain::{OrgUnitId, RuleId};
 use crate::error::{AppError, AppResult};
-use crate::store::{CHUNK, id_in};
+use crate::store::{CHUNK, id_in_table};
 
 /// Customers one dry run loads at a time.
 const CUSTOMERS_PER_CHUNK: usize = 500;
@@ -314,7 +314,7 @@ impl Replay<'_> {
         ids: &[i64],
     ) -> AppResult<()> {
         let customers: Vec<customer::Model> = customer::Entity::find()
-            .filter(id_in(db, "customer", "id", ids))
+            .filter(id_in_table(db, "customer", "id", ids))
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .order_by_asc(customer::Column::Id)
             .all(db)
@@ -325,7 +325,7 @@ impl Replay<'_> {
         let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
         let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
         for row in customer_event::Entity::find()
-            .filter(id_in(db, "customer_event", "customer_id", &ids))
+            .filter(id_in_table(db, "customer_event", "customer_id", &ids))
             .filter(customer_event::Column::OccurredAt.lte(self.to))
             .order_by_asc(customer_event::Column::OccurredAt)
             .order_by_asc(customer_event::Column::Id)
@@ -340,7 +340,9 @@ impl Replay<'_> {
             });
         }
         let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        for row in customer_tag::Entity::find().filter(id_in(db, "customer_tag", "customer_id", &ids)).all(db).await? {
+        for row in
+            customer_tag::Entity::find().filter(id_in_table(db, "customer_tag", "customer_id", &ids)).all(db).await?
+        {
             tags.entry(row.customer_id).or_default().insert(row.tag_id);
         }
         self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
@@ -355,7 +357,7 @@ impl Replay<'_> {
                 ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 })
             {
                 for row in tag_event::Entity::find()
-                    .filter(id_in(db, "tag_event", "customer_id", part))
+                    .filter(id_in_table(db, "tag_event", "customer_id", part))
                     .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
                     .order_by_desc(tag_event::Column::Seq)
                     .all(db)

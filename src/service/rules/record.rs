@@ -37,7 +37,7 @@ use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
-use crate::store::{CHUNK, id_in, ids_per_statement};
+use crate::store::{CHUNK, id_in_table, ids_per_statement};
 
 /// A refused event of a batch.
 #[derive(Debug)]
@@ -496,7 +496,7 @@ impl<'a> Runner<'a> {
             })
             .collect();
 
-        let per = ids_per_statement(txn);
+        let per = ids_per_statement(txn.get_database_backend());
         // A merged customer's events count as the kept customer's.
         let mut owner: HashMap<i64, i64> = ids.iter().map(|id| (*id, *id)).collect();
         for chunk in ids.chunks(per) {
@@ -504,7 +504,7 @@ impl<'a> Runner<'a> {
                 .select_only()
                 .column(customer::Column::Id)
                 .column(customer::Column::MergedIntoId)
-                .filter(id_in(txn, "customer", "merged_into_id", chunk))
+                .filter(id_in_table(txn, "customer", "merged_into_id", chunk))
                 .into_tuple()
                 .all(txn)
                 .await?;
@@ -519,7 +519,7 @@ impl<'a> Runner<'a> {
             let all: Vec<i64> = owner.keys().copied().collect();
             for chunk in all.chunks(per) {
                 for e in customer_event::Entity::find()
-                    .filter(id_in(txn, "customer_event", "customer_id", chunk))
+                    .filter(id_in_table(txn, "customer_event", "customer_id", chunk))
                     .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
                     .all(txn)
                     .await?
@@ -543,7 +543,7 @@ impl<'a> Runner<'a> {
                 .select_only()
                 .column(customer_tag::Column::CustomerId)
                 .column(customer_tag::Column::TagId)
-                .filter(id_in(txn, "customer_tag", "customer_id", chunk))
+                .filter(id_in_table(txn, "customer_tag", "customer_id", chunk))
                 .into_tuple()
                 .all(txn)
                 .await?;
@@ -552,7 +552,7 @@ impl<'a> Runner<'a> {
             }
             if !action_tags.is_empty() {
                 for e in tag_event::Entity::find()
-                    .filter(id_in(txn, "tag_event", "customer_id", chunk))
+                    .filter(id_in_table(txn, "tag_event", "customer_id", chunk))
                     .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
                     .order_by_desc(tag_event::Column::Seq)
                     .all(txn)

@@ -61,7 +61,7 @@ use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::SegmentIndex;
 use crate::service::audit::{self, AuditEntry};
 use crate::service::tagging::{SystemChange, apply_system_changes, lock_customer_rows};
-use crate::store::{CHUNK, id_in, ids_per_statement};
+use crate::store::{CHUNK, id_in_table, ids_per_statement};
 
 /// Customers judged per transaction.
 pub const BATCH: usize = 500;
@@ -660,9 +660,9 @@ async fn events_of(
     if kinds.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(ids_per_statement(txn)) {
+    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
         let rows = customer_event::Entity::find()
-            .filter(id_in(txn, "customer_event", "customer_id", chunk))
+            .filter(id_in_table(txn, "customer_event", "customer_id", chunk))
             .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
             .filter(customer_event::Column::OccurredAt.lte(at))
             .order_by_asc(customer_event::Column::CustomerId)
@@ -692,12 +692,12 @@ async fn holdings(
     if tags.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(ids_per_statement(txn)) {
+    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
         let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
             .select_only()
             .column(customer_tag::Column::CustomerId)
             .column(customer_tag::Column::TagId)
-            .filter(id_in(txn, "customer_tag", "customer_id", chunk))
+            .filter(id_in_table(txn, "customer_tag", "customer_id", chunk))
             .filter(customer_tag::Column::TagId.is_in(tags.iter().copied()))
             .into_tuple()
             .all(txn)
@@ -720,9 +720,9 @@ async fn manual_removals(
     if tags.is_empty() {
         return Ok(out);
     }
-    for chunk in ids.chunks(ids_per_statement(txn)) {
+    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
         let rows = tag_event::Entity::find()
-            .filter(id_in(txn, "tag_event", "customer_id", chunk))
+            .filter(id_in_table(txn, "tag_event", "customer_id", chunk))
             .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
             .order_by_desc(tag_event::Column::Seq)
             .all(txn)
