@@ -754,13 +754,6 @@ impl Worker {
             // statement_timeout) does not bound its statements.
             txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", BATCH_STATEMENT_TIMEOUT.as_millis()))
                 .await?;
-            // A batch's statements filter by an array of 10,000 ids
-            // (`= ANY($1)`). After five runs of a prepared statement
-            // PostgreSQL may switch to a generic plan that cannot see the
-            // array's size and scans every assignment (measured: the
-            // tag-cap count ran for over 9 s a batch, against 0.27 s with
-            // a plan made for the array).
-            txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan").await?;
         }
         share_event_log(&txn).await?;
         // At most 20,000: one statement binds a whole batch of ids on PostgreSQL.

@@ -227,3 +227,30 @@ async fn concurrent_writers_leave_every_follower_equal_to_a_fresh_build(app: Tes
 }
 
 on_both_databases!(concurrent_writers_leave_every_follower_equal_to_a_fresh_build);
+
+/// Every PostgreSQL connection of the pool plans a prepared statement for
+/// its own parameters: with a generic plan PostgreSQL cannot see the size
+/// of an `= ANY($1)` array, and a batch's tag-cap count scanned every
+/// assignment. Several transactions at once, so several connections answer.
+async fn every_postgres_connection_plans_for_its_parameters(app: TestApp) {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    if app.db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let show = || async {
+        let txn = app.db.begin().await.unwrap();
+        let row = txn
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, "SHOW plan_cache_mode"))
+            .await
+            .unwrap()
+            .expect("one row");
+        let mode: String = row.try_get("", "plan_cache_mode").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        txn.commit().await.unwrap();
+        mode
+    };
+    let modes = futures_util::future::join_all((0..4).map(|_| show())).await;
+    assert_eq!(modes, vec!["force_custom_plan"; 4]);
+}
+
+on_both_databases!(every_postgres_connection_plans_for_its_parameters);
