@@ -24,6 +24,8 @@ mod m20261202_000110_customer_data;
 mod m20261202_000120_merge_moves_events;
 mod m20261202_000150_expiring_assignments;
 mod m20261203_000120_job_locks;
+mod m20261204_000200_lean_assignment_index;
+mod m20261204_000210_assignment_writes_without_fk_checks;
 
 pub struct Migrator;
 
@@ -48,6 +50,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000120_merge_moves_events::Migration),
             Box::new(m20261202_000150_expiring_assignments::Migration),
             Box::new(m20261203_000120_job_locks::Migration),
+            Box::new(m20261204_000200_lean_assignment_index::Migration),
+            Box::new(m20261204_000210_assignment_writes_without_fk_checks::Migration),
         ]
     }
 }
