@@ -255,20 +255,30 @@ async fn every_postgres_connection_plans_for_its_parameters(app: TestApp) {
 
 on_both_databases!(every_postgres_connection_plans_for_its_parameters);
 
-/// Customers and tags are never deleted (a customer is merged, a tag
-/// archived or merged): assignments and tag events refer to them without
-/// a per-row foreign-key check on PostgreSQL, so the database refuses the
+/// Customers, tags and jobs are never deleted (a customer is merged, a tag
+/// archived or merged, a job kept as the account of a bulk run):
+/// assignments, tag events and job snapshots refer to them without a
+/// per-row foreign-key check on PostgreSQL, so the database refuses the
 /// delete itself, whoever connects.
 async fn customers_and_tags_are_never_deleted(app: TestApp) {
     use sea_orm::ConnectionTrait;
     let customer = app.customers_of("sz01").await[0].clone();
     let tag = app.tag_id("华南区域标签", "南方气候").await;
+    let job = app
+        .gql(
+            "admin",
+            "mutation($c: [ID!]!, $t: [ID!]!) { bulkTag(input: { customers: { customerIds: $c }, add: $t }) { id } }",
+            json!({ "c": [customer], "t": [tag] }),
+        )
+        .await;
+    job.ok();
     for sql in [
         format!("DELETE FROM customer WHERE id = {}", crate::helpers::row_id(&customer)),
         format!("DELETE FROM tag WHERE id = {}", crate::helpers::row_id(&tag)),
+        "DELETE FROM job".to_owned(),
     ] {
         let err = app.db.execute_unprepared(&sql).await.expect_err(&sql);
-        assert!(err.to_string().contains("never deleted"), "{sql}: {err}");
+        assert!(err.to_string().contains("are never deleted"), "{sql}: {err}");
     }
     let res = app.gql("admin", "query($id: ID!) { customer(id: $id) { id } }", json!({ "id": customer })).await;
     assert_eq!(res.ok()["customer"]["id"], json!(customer));
