@@ -376,8 +376,7 @@ async fn apply_tags_in(
     // are read; the rest only counts (in force, against the cap and the
     // alert), and is counted by the database.
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
-    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
-    let existing = relevant_assignments(txn, &customer_ids, &named, &exclusive_groups).await?;
+    let existing = relevant_assignments(txn, &customer_ids, &tags, &exclusive_groups).await?;
     let counts = in_force_counts(txn, &customer_ids).await?;
     let mut exclusive_members: HashMap<i64, i64> = HashMap::new();
     let mut retired: HashSet<i64> = HashSet::new();
@@ -520,8 +519,7 @@ async fn remove_tags_in(
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let named: Vec<i64> = tags.iter().map(|t| t.tag.id).collect();
-    let existing = relevant_assignments(txn, &ids, &named, &[]).await?;
+    let existing = relevant_assignments(txn, &ids, &tags, &[]).await?;
     let now = Utc::now();
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
@@ -1131,7 +1129,7 @@ struct HeldRow {
 async fn relevant_assignments(
     txn: &DatabaseTransaction,
     customer_ids: &[i64],
-    tags: &[i64],
+    tags: &[VisibleTag],
     groups: &[i64],
 ) -> AppResult<HashMap<i64, Vec<HeldRow>>> {
     let mut out: HashMap<i64, Vec<HeldRow>> = HashMap::new();
@@ -1142,20 +1140,19 @@ async fn relevant_assignments(
     // members: a handful), so that the assignments are found by the
     // primary key (customer, tag), not by reading every assignment of the
     // customers (about 190,000 rows for 10,000 customers at 1M).
-    let mut concerned: HashMap<i64, (Option<i64>, TagStatus)> = HashMap::new();
-    let members: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
-        .select_only()
-        .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
-        .filter(
-            Condition::any()
-                .add(tag::Column::Id.is_in(tags.iter().copied()))
-                .add(tag::Column::GroupId.is_in(groups.iter().copied())),
-        )
-        .into_tuple()
-        .all(txn)
-        .await?;
-    for (id, group_id, status) in members {
-        concerned.insert(id, (group_id, status));
+    let mut concerned: HashMap<i64, (Option<i64>, TagStatus)> =
+        tags.iter().map(|t| (t.tag.id, (t.tag.group_id, t.tag.status))).collect();
+    if !groups.is_empty() {
+        let members: Vec<(i64, Option<i64>, TagStatus)> = tag::Entity::find()
+            .select_only()
+            .columns([tag::Column::Id, tag::Column::GroupId, tag::Column::Status])
+            .filter(tag::Column::GroupId.is_in(groups.iter().copied()))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        for (id, group_id, status) in members {
+            concerned.insert(id, (group_id, status));
+        }
     }
     let tag_ids: Vec<i64> = concerned.keys().copied().collect();
     let backend = txn.get_database_backend();
