@@ -22,28 +22,29 @@
 //! unit and the units below it that the caller reads (`customer:read`):
 //! a store manager's dry run of an HQ rule counts the store's customers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
-    customer, customer_event, customer_tag,
+    customer, customer_event,
     enums::{CustomerEventKind, RuleStatus, TagOp},
-    rule, rule_version, tag_event,
+    rule, rule_version,
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use super::eval::{Action, EventFact, Facts, RuleSet, fire};
 use super::explain::sentence;
+use super::facts::{Customers, attributes_of, events_in_range, held_in_range, manual_removals_in_range};
 use super::library::{UnitLibrary, compile};
-use super::record::{attributes_of, removed_by_people, rule_sets_of_units};
+use super::record::rule_sets_of_units;
 use super::store::{find_rule, validate};
 use crate::authz::{Action as Permit, Principal};
 use crate::config::Limits;
 use crate::domain::{OrgUnitId, RuleId};
 use crate::error::{AppError, AppResult};
-use crate::store::{CHUNK, id_in_table};
+use crate::store::id_in;
 
 /// Customers one dry run loads at a time.
 const CUSTOMERS_PER_CHUNK: usize = 500;
@@ -314,7 +315,7 @@ impl Replay<'_> {
         ids: &[i64],
     ) -> AppResult<()> {
         let customers: Vec<customer::Model> = customer::Entity::find()
-            .filter(id_in_table(db, "customer", "id", ids))
+            .filter(id_in(db.get_database_backend(), customer::Column::Id, ids))
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .order_by_asc(customer::Column::Id)
             .all(db)
@@ -323,54 +324,19 @@ impl Replay<'_> {
             return Ok(());
         }
         let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        for row in customer_event::Entity::find()
-            .filter(id_in_table(db, "customer_event", "customer_id", &ids))
-            .filter(customer_event::Column::OccurredAt.lte(self.to))
-            .order_by_asc(customer_event::Column::OccurredAt)
-            .order_by_asc(customer_event::Column::Id)
-            .all(db)
-            .await?
-        {
-            events.entry(row.customer_id).or_default().push(EventFact {
-                id: row.id,
-                kind: row.kind,
-                occurred_at: row.occurred_at,
-                payload: row.payload,
-            });
-        }
-        let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        for row in
-            customer_tag::Entity::find().filter(id_in_table(db, "customer_tag", "customer_id", &ids)).all(db).await?
-        {
-            tags.entry(row.customer_id).or_default().insert(row.tag_id);
-        }
+        let mut events = events_in_range(db, Customers::Ids(&ids), None, Some(self.to)).await?;
+        let mut tags = held_in_range(db, Customers::Ids(&ids), None).await?;
         self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
         let action_tags: BTreeSet<i64> = self
             .sets
             .values()
             .flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
             .collect();
-        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
-        if !action_tags.is_empty() {
-            for part in
-                ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 })
-            {
-                for row in tag_event::Entity::find()
-                    .filter(id_in_table(db, "tag_event", "customer_id", part))
-                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                    .order_by_desc(tag_event::Column::Seq)
-                    .all(db)
-                    .await?
-                {
-                    removals.entry(row.customer_id).or_default().push(row);
-                }
-            }
-        }
+        let removals = manual_removals_in_range(db, Customers::Ids(&ids), &action_tags).await?;
         for customer in &customers {
             let history = events.remove(&customer.id).unwrap_or_default();
             let held = tags.remove(&customer.id).unwrap_or_default();
-            let removed = removed_by_people(removals.get(&customer.id).into_iter().flatten());
+            let removed = removals.get(&customer.id).cloned().unwrap_or_default();
             self.customer(customer, &history, held, removed);
         }
         Ok(())
@@ -481,7 +447,7 @@ async fn dry_run_scheduled(
     let mut relevant: BTreeSet<i64> = rule.reads();
     relevant.extend(action_tags.iter().copied());
     let units: Vec<i64> = units.iter().copied().collect();
-    let range = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CUSTOMERS_PER_CHUNK };
+    let per_range = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CUSTOMERS_PER_CHUNK };
     let text = format!(
         "{}: scheduled run at {} ({offset})",
         sentence(&candidate.name, candidate.version, None, offset),
@@ -494,66 +460,25 @@ async fn dry_run_scheduled(
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .filter(customer::Column::Id.gt(after))
             .order_by_asc(customer::Column::Id)
-            .limit(range as u64)
+            .limit(per_range as u64)
             .all(db)
             .await?;
         let (Some(first), Some(last)) = (customers.first().map(|c| c.id), customers.last().map(|c| c.id)) else {
             return Ok(answer);
         };
         after = last;
-        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        if !kinds.is_empty() {
-            for e in customer_event::Entity::find()
-                .filter(customer_event::Column::CustomerId.between(first, last))
-                .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-                .filter(customer_event::Column::OccurredAt.lte(at))
-                .order_by_asc(customer_event::Column::CustomerId)
-                .order_by_asc(customer_event::Column::OccurredAt)
-                .order_by_asc(customer_event::Column::Id)
-                .all(db)
-                .await?
-            {
-                answer.events_replayed += 1;
-                events.entry(e.customer_id).or_default().push(EventFact {
-                    id: e.id,
-                    kind: e.kind,
-                    occurred_at: e.occurred_at,
-                    payload: e.payload,
-                });
-            }
-        }
-        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
-        if !relevant.is_empty() {
-            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-                .select_only()
-                .column(customer_tag::Column::CustomerId)
-                .column(customer_tag::Column::TagId)
-                .filter(customer_tag::Column::TagId.is_in(relevant.iter().copied()))
-                .filter(customer_tag::Column::CustomerId.between(first, last))
-                .into_tuple()
-                .all(db)
-                .await?;
-            for (customer, tag) in rows {
-                held.entry(customer).or_default().insert(tag);
-            }
-            for row in tag_event::Entity::find()
-                .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                .filter(tag_event::Column::CustomerId.between(first, last))
-                .order_by_desc(tag_event::Column::Seq)
-                .all(db)
-                .await?
-            {
-                removals.entry(row.customer_id).or_default().push(row);
-            }
-        }
+        let range = Customers::Range(first, last);
+        let events = events_in_range(db, range, Some(&kinds), Some(at)).await?;
+        answer.events_replayed += events.values().map(|e| e.len() as u64).sum::<u64>();
+        let mut held = held_in_range(db, range, Some(&relevant)).await?;
+        let mut removals = manual_removals_in_range(db, range, &action_tags).await?;
         for customer in &customers {
             let attributes = attributes_of(customer);
             let facts = Facts {
                 events: events.get(&customer.id).unwrap_or(&empty),
                 attributes: &attributes,
                 tags: held.remove(&customer.id).unwrap_or_default(),
-                manual_removals: removed_by_people(removals.get(&customer.id).into_iter().flatten()),
+                manual_removals: removals.remove(&customer.id).unwrap_or_default(),
                 offset,
             };
             let firing = fire(&set, &facts, None, at);

@@ -22,14 +22,15 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QuerySelect, TransactionTrait,
 };
 use serde_json::json;
 
 use super::deferred::locks_in_force;
-use super::eval::{Attributes, CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
+use super::eval::{CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
 use super::explain::{parse_source_ref, source_ref};
+use super::facts::{Customers, attributes_of, events_in_range, held_in_range, removed_by_people, tag_log_in_range};
 use super::library::{UnitLibrary, compile};
 use crate::authz::{Action, OrgTree, Principal};
 use crate::config::Limits;
@@ -37,7 +38,7 @@ use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
-use crate::store::{CHUNK, id_in_table, ids_per_statement};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// A refused event of a batch.
 #[derive(Debug)]
@@ -496,15 +497,15 @@ impl<'a> Runner<'a> {
             })
             .collect();
 
-        let per = ids_per_statement(txn.get_database_backend());
         // A merged customer's events count as the kept customer's.
         let mut owner: HashMap<i64, i64> = ids.iter().map(|id| (*id, *id)).collect();
-        for chunk in ids.chunks(per) {
+        let backend = txn.get_database_backend();
+        for chunk in ids.chunks(ids_per_statement(backend)) {
             let merged: Vec<(i64, Option<i64>)> = customer::Entity::find()
                 .select_only()
                 .column(customer::Column::Id)
                 .column(customer::Column::MergedIntoId)
-                .filter(id_in_table(txn, "customer", "merged_into_id", chunk))
+                .filter(id_in(backend, customer::Column::MergedIntoId, chunk))
                 .into_tuple()
                 .all(txn)
                 .await?;
@@ -515,53 +516,17 @@ impl<'a> Runner<'a> {
             }
         }
         let mut history: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        if !kinds.is_empty() {
-            let all: Vec<i64> = owner.keys().copied().collect();
-            for chunk in all.chunks(per) {
-                for e in customer_event::Entity::find()
-                    .filter(id_in_table(txn, "customer_event", "customer_id", chunk))
-                    .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-                    .all(txn)
-                    .await?
-                {
-                    history.entry(owner[&e.customer_id]).or_default().push(EventFact {
-                        id: e.id,
-                        kind: e.kind,
-                        occurred_at: e.occurred_at,
-                        payload: e.payload,
-                    });
-                }
-            }
+        let all: Vec<i64> = owner.keys().copied().collect();
+        for (customer, events) in events_in_range(txn, Customers::Ids(&all), Some(&kinds), None).await? {
+            history.entry(owner[&customer]).or_default().extend(events);
+        }
+        if owner.len() > ids.len() {
             for events in history.values_mut() {
                 events.sort_by_key(|e| (e.occurred_at, e.id));
             }
         }
-        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        let mut removals: HashMap<i64, Vec<tag_event::Model>> = HashMap::new();
-        for chunk in ids.chunks(per) {
-            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-                .select_only()
-                .column(customer_tag::Column::CustomerId)
-                .column(customer_tag::Column::TagId)
-                .filter(id_in_table(txn, "customer_tag", "customer_id", chunk))
-                .into_tuple()
-                .all(txn)
-                .await?;
-            for (customer, tag) in rows {
-                held.entry(customer).or_default().insert(tag);
-            }
-            if !action_tags.is_empty() {
-                for e in tag_event::Entity::find()
-                    .filter(id_in_table(txn, "tag_event", "customer_id", chunk))
-                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                    .order_by_desc(tag_event::Column::Seq)
-                    .all(txn)
-                    .await?
-                {
-                    removals.entry(e.customer_id).or_default().push(e);
-                }
-            }
-        }
+        let mut held = held_in_range(txn, Customers::Ids(&ids), None).await?;
+        let removals = tag_log_in_range(txn, Customers::Ids(&ids), &action_tags).await?;
         let locked = locks_in_force(txn, &ids, &groups).await?;
 
         let mut new_events: HashMap<i64, Vec<&customer_event::Model>> = HashMap::new();
@@ -789,31 +754,6 @@ fn deferred_action(
         created_at: Set(at),
         applied_at: Set(None),
     }
-}
-
-/// The customer's attributes that conditions may test.
-pub(super) fn attributes_of(customer: &customer::Model) -> Attributes {
-    Attributes {
-        city: customer.city.clone(),
-        channel: customer.channel.clone(),
-        gender: Some(customer.gender),
-        spend_cents: customer.total_spend_cents,
-        orders: i64::from(customer.order_count),
-        birth_date: customer.birth_date,
-    }
-}
-
-/// Of one customer's tag events, newest first: the tags whose latest
-/// change was a person taking them off (by hand or in bulk).
-pub(super) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a tag_event::Model>) -> BTreeSet<i64> {
-    let mut seen = HashSet::new();
-    let mut out = BTreeSet::new();
-    for e in newest_first {
-        if seen.insert(e.tag_id) && e.op == TagOp::Remove && matches!(e.source, TagSource::Manual | TagSource::Bulk) {
-            out.insert(e.tag_id);
-        }
-    }
-    out
 }
 
 /// A customer's events the caller may see, newest recorded first: those of
