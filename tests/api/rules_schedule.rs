@@ -25,7 +25,7 @@ const TAGS: &str = "query($id: ID!) { customer(id: $id) { tags { tag { name } so
     why { text ruleVersion run { number scheduleKey status } } } } }";
 
 /// This instance's scheduler, as the background task builds it.
-fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
+pub(crate) fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
     Scheduler {
         db: app.db.clone(),
         index: Some(instance.state.index.clone()),

@@ -85,6 +85,7 @@ pub(crate) async fn events_in_range(
                 kind: e.kind,
                 occurred_at: e.occurred_at,
                 payload: e.payload,
+                recorded_at: e.recorded_at,
             });
         }
     }
