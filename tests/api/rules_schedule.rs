@@ -5,7 +5,7 @@
 //! taken off unless a lock holds them; a rule action a lock deferred is
 //! applied when the lock ends.
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use entity::{
     customer, customer_tag,
     enums::{RuleRunStatus, TagSource},
@@ -664,6 +664,67 @@ async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: Te
     assert!(dry.ok()["dryRunRule"]["customersReplayed"].as_u64().unwrap() >= customers.len() as u64);
 }
 
+/// Over a week, a scheduled dry run judges each daily run: a customer
+/// the rule held for on one day of the week (and no longer today) is
+/// predicted, at that day's slot, and the runs then do exactly that.
+async fn a_scheduled_dry_run_predicts_what_each_daily_run_of_its_window_does(mut app: TestApp) {
+    let login = app.connector().await;
+    let funds = app.tag_id("活动", "资金需求").await;
+    let offset = app.app.state.settings.utc_offset;
+    let now = Utc::now();
+    // Every day at the minute an hour ago.
+    let schedule = format!("DAILY {}", (now - Duration::hours(1)).with_timezone(&offset).format("%H:%M"));
+    let rule = app
+        .create_rule(
+            json!({ "orgUnitId": app.unit_id("hq"), "name": "近期下单", "condition": "count(order_paid, 2d) >= 1",
+            "actions": [{ "op": "ADD", "tagId": funds }], "schedule": schedule }),
+        )
+        .await;
+    let [last_week, today, never]: [String; 3] = app.fresh_customers(3).await.try_into().unwrap();
+    app.record_events(
+        login,
+        vec![
+            order(&last_week, "o-1", now - Duration::days(5), 100),
+            order(&today, "o-2", now - Duration::hours(2), 100),
+        ],
+    )
+    .await;
+    let latest = Schedule::parse("schedule", &schedule).unwrap().latest_slot(offset, now);
+
+    let from = (now - Duration::days(7)).to_rfc3339();
+    let dry = app
+        .gql(
+            "admin",
+            "query($r: ID!, $f: DateTime, $t: DateTime) { dryRunRule(input: { ruleId: $r, from: $f, to: $t }) {
+                wouldAdd sample { customerId changes { op occurredAt } } } }",
+            json!({ "r": rule, "f": from, "t": now.to_rfc3339() }),
+        )
+        .await;
+    let dry = dry.ok()["dryRunRule"].clone();
+    assert_eq!(dry["wouldAdd"], 2, "{dry}");
+    let when = |c: &str| {
+        let s = dry["sample"].as_array().unwrap().iter().find(|s| s["customerId"] == json!(c)).expect("predicted");
+        s["changes"][0]["occurredAt"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap()
+    };
+    // The order five days ago was under two days old at the slot four days ago.
+    assert_eq!(when(&last_week), latest - Duration::days(4));
+    assert_eq!(when(&today).timestamp(), now.timestamp(), "the latest slot, judged at the window's end");
+
+    // Enabled a week ago, the daily runs would have done exactly that.
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rule })).await.ok();
+    let scheduler = scheduler(&app, &app.app, "instance-a");
+    // (The demo's own rules put tiers and 已完成交易 on these customers.)
+    let holds = async |c: &str| app.tag_names(c).await.iter().any(|t| t == "资金需求");
+    for k in (1..=6).rev() {
+        scheduler.run_due(latest - Duration::days(k)).await.unwrap();
+        assert_eq!(holds(&last_week).await, k <= 4, "after the run {k} days ago");
+    }
+    scheduler.run_due(now).await.unwrap();
+    assert!(holds(&last_week).await);
+    assert!(holds(&today).await);
+    assert!(!holds(&never).await);
+}
+
 async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(mut app: TestApp) {
     let login = app.connector().await;
     let inquiry = app.tag_id("活动", "询价").await;
@@ -721,6 +782,7 @@ async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(m
 on_both_databases!(
     a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied,
     a_scheduled_dry_run_predicts_exactly_what_its_run_then_does,
+    a_scheduled_dry_run_predicts_what_each_daily_run_of_its_window_does,
     a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out,
     a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule,
     a_slot_runs_exactly_once_with_two_instances,
