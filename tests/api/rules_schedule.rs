@@ -544,20 +544,41 @@ async fn a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedul
     scheduler(&app, &app.app, "instance-a").run_due(Utc::now()).await.unwrap();
     assert_eq!(app.tag_names(&customer).await, vec!["询价"]);
 
-    // Proposed by a salesperson: no dry run to show, the schedule applies on approval.
+    // Proposed by a salesperson: the request carries the rule's scheduled
+    // dry run, as `dryRunRule` of the same rule answers; the schedule
+    // applies on approval.
     let churned = app.tag_id("客户阶段", "流失客户").await;
+    let gone = app.fresh_customer("sz01", "sz01.sales").await;
+    app.record_events(login, vec![order(&gone, "o-gone", Utc::now() - Duration::days(400), 100)]).await;
     let rule = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店流失", "condition": CHURN,
         "actions": [{ "op": "MOVE", "tagId": churned }], "enabled": true, "schedule": "DAILY 04:00" });
     let res = app
         .gql(
             "sz01.sales",
-            "mutation($i: ProposeRuleInput!) { proposeRule(input: $i) { id kind ruleDryRun { wouldAdd } } }",
+            "mutation($i: ProposeRuleInput!) { proposeRule(input: $i) { id kind
+                ruleDryRun { ruleName wouldAdd sample { customerId changes { eventId text } } } } }",
             json!({ "i": { "create": rule, "reason": "流失预警" } }),
         )
         .await;
     let request = res.ok()["proposeRule"].clone();
     assert_eq!(request["kind"], "rule.create");
-    assert_eq!(request["ruleDryRun"], Value::Null);
+    let carried = &request["ruleDryRun"];
+    assert_eq!(carried["ruleName"], "门店流失");
+    assert!(carried["wouldAdd"].as_u64().unwrap() >= 1, "{carried}");
+    let unsaved = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店流失", "condition": CHURN,
+        "actions": [{ "op": "MOVE", "tagId": churned }], "schedule": "DAILY 04:00" });
+    let direct = app
+        .gql(
+            "sz01.sales",
+            "query($i: DryRunRuleInput!) { dryRunRule(input: $i) { wouldAdd } }",
+            json!({ "i": { "rule": unsaved } }),
+        )
+        .await;
+    assert_eq!(carried["wouldAdd"], direct.ok()["dryRunRule"]["wouldAdd"]);
+    let ours =
+        carried["sample"].as_array().unwrap().iter().find(|s| s["customerId"] == json!(gone)).expect("in the sample");
+    assert_eq!(ours["changes"][0]["eventId"], Value::Null);
+    assert!(ours["changes"][0]["text"].as_str().unwrap().starts_with("规则 门店流失 v0: scheduled run at "), "{ours}");
     let approved = app
         .gql(
             "sz01.manager",
