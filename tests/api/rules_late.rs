@@ -113,6 +113,27 @@ async fn a_persons_change_since_wins_over_a_late_events_replay(mut app: TestApp)
     assert!(app.tag_names(&customer).await.is_empty());
 }
 
+/// The same in an exclusive group: a person's move to another stage after
+/// an event was judged stays, and the replayed rule's move (which would
+/// take that stage off) is left out whole.
+async fn a_persons_move_since_stays_when_a_replayed_rule_would_move_the_group(mut app: TestApp) {
+    let login = app.connector().await;
+    let churned = app.tag_id("客户阶段", "流失客户").await;
+    let paying = app.tag_id("客户阶段", "付费客户").await;
+    event_rule(&app, "退订两次", "message contains \"退订\" AND count(message, 1d) >= 2", "MOVE", &churned, 0).await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    let now = Utc::now();
+    app.record_events(login, vec![message_at(&customer, "m-2", "退订", now - Duration::hours(1))]).await;
+    app.tag_by_hand("sz01.sales", "tagCustomers", &[&customer], &[&paying]).await;
+
+    let late = app.record_events(login, vec![message_at(&customer, "m-1", "你好", now - Duration::hours(2))]).await;
+    assert_eq!(late["tagChanges"], 0, "{late}");
+    assert_eq!(app.tag_names(&customer).await, vec!["付费客户"]);
+    // A new event moves the customer, as the rule says.
+    app.record_events(login, vec![message_at(&customer, "m-3", "退订", now - Duration::minutes(30))]).await;
+    assert_eq!(app.tag_names(&customer).await, vec!["流失客户"]);
+}
+
 /// A scheduled run's change after an event was judged stays through that
 /// event's replay.
 async fn a_scheduled_runs_change_since_stays_through_a_late_events_replay(mut app: TestApp) {
@@ -151,5 +172,6 @@ on_both_databases!(
     a_late_event_does_not_defer_again_what_the_events_it_replays_deferred,
     a_late_event_replays_what_a_rule_reading_no_event_did_on_an_event_of_another_kind,
     a_persons_change_since_wins_over_a_late_events_replay,
+    a_persons_move_since_stays_when_a_replayed_rule_would_move_the_group,
     a_scheduled_runs_change_since_stays_through_a_late_events_replay,
 );
