@@ -61,7 +61,8 @@ impl ChangeRequest {
 
     /// For a rule's creation, edit or enabling: the rule's dry run over
     /// the 30 days before the request was filed (counted over the
-    /// customers its requester reads); none for other requests.
+    /// customers its requester reads; a scheduled rule's daily runs of
+    /// those days); none for other requests.
     async fn rule_dry_run(&self) -> Option<super::rule_dryrun::RuleDryRun> {
         crate::service::rules::propose::dry_run_of(&self.0).map(super::rule_dryrun::RuleDryRun)
     }

@@ -35,8 +35,8 @@ pub struct UnsavedRuleInput {
     /// Lower runs first among rules that do not depend on each other.
     #[graphql(default = 0)]
     priority: i32,
-    /// A schedule (`DAILY HH:MM`): a scheduled rule is refused
-    /// (`VALIDATION`), as it does not run on the events a dry run replays.
+    /// A schedule (`DAILY HH:MM`): a scheduled rule is dry-run as its
+    /// daily runs of the window would judge.
     schedule: Option<String>,
 }
 
@@ -122,7 +122,8 @@ impl RuleDryRun {
     async fn would_remove(&self) -> u64 {
         self.0.would_remove
     }
-    /// Adds held back because a person had removed the tag.
+    /// Adds held back because a person had removed the tag (for a
+    /// scheduled rule, each once however many of its runs hold it back).
     async fn held_back(&self) -> u64 {
         self.0.held_back
     }
@@ -184,7 +185,8 @@ impl DryRunChange {
     async fn event_kind(&self) -> Option<CustomerEventKind> {
         self.0.event_kind
     }
-    /// When the event happened, or the instant a scheduled run judges.
+    /// When the event happened, or the instant a scheduled run judges (a
+    /// slot of the window; the latest slot is judged at the window's end).
     async fn occurred_at(&self) -> DateTime {
         self.0.occurred_at.into()
     }

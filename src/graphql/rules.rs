@@ -283,7 +283,9 @@ pub struct RecordEventsPayload {
     errors: Vec<EventError>,
     /// Tags put on or taken off by rules.
     tag_changes: i32,
-    /// Adds left out because a person had removed the tag from the customer.
+    /// Adds left out because a person had removed the tag from the customer,
+    /// on this call's own events (a late event's replay of earlier events
+    /// does not count theirs again).
     held_back: i32,
     /// Changes refused by a modification lock, kept to apply when it ends.
     deferred: i32,

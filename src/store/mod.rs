@@ -44,17 +44,6 @@ pub(crate) fn id_in(
     }
 }
 
-/// [`id_in`] for a column named by its table and column names.
-pub(crate) fn id_in_table(
-    db: &impl sea_orm::ConnectionTrait,
-    table: &str,
-    column: &str,
-    ids: &[i64],
-) -> sea_orm::sea_query::SimpleExpr {
-    use sea_orm::sea_query::Alias;
-    id_in(db.get_database_backend(), (Alias::new(table), Alias::new(column)), ids)
-}
-
 /// A page of rows newest first (by id), each with its cursor.
 pub type NewestFirst<M> = crate::domain::Page<M>;
 

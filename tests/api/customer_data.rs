@@ -11,8 +11,8 @@ use sea_orm::{
 use serde_json::{Value, json};
 use tagbase::service::jobs::{RunEnd, Worker};
 
-use crate::helpers::{TestApp, row_id};
-use crate::rules::{RECORD, fresh_customer, tags_of};
+use crate::helpers::{RECORD, TestApp, message_at, row_id};
+use crate::rules::tags_of;
 
 const IMPORT: &str = "mutation($i: ImportCustomersInput!) { importCustomers(input: $i) {
     dryRun sha256 encoding rows created updated unchanged skipped tagsAdded
@@ -359,10 +359,6 @@ async fn a_merge_is_scope_checked_on_both_customers(app: TestApp) {
     assert!(after.tables["change_request"] == before.tables["change_request"], "change_request changed");
 }
 
-fn message_at(customer: &str, key: &str, text: &str, at: chrono::DateTime<Utc>) -> Value {
-    json!({ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": key, "text": text, "occurredAt": at.to_rfc3339() })
-}
-
 async fn events_under(app: &TestApp, customer: &str) -> u64 {
     customer_event::Entity::find()
         .filter(customer_event::Column::CustomerId.eq(row_id(customer)))
@@ -377,8 +373,8 @@ async fn events_under(app: &TestApp, customer: &str) -> u64 {
 /// before the merge gets a duplicate, not a conflict.
 async fn a_merge_moves_customer_events_and_rules_see_the_merged_history(app: TestApp) {
     let now = Utc::now();
-    let keep = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let remove = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let keep = app.fresh_customer("sz01", "sz01.sales").await;
+    let remove = app.fresh_customer("sz01", "sz01.sales").await;
     let inquiry = app.tag_id("活动", "询价").await;
     // Three messages in 30 days, one on each of the last two days.
     let condition = "count(message, 30d) >= 3 AND streak(message, 2d)";
@@ -436,9 +432,9 @@ async fn a_merge_moves_customer_events_and_rules_see_the_merged_history(app: Tes
 /// lets through is moving an event to the customer its customer was merged
 /// into, nothing else changed with it.
 async fn customer_events_refuse_every_change_but_the_move_of_a_merge(app: TestApp) {
-    let keep = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let remove = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let other = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let keep = app.fresh_customer("sz01", "sz01.sales").await;
+    let remove = app.fresh_customer("sz01", "sz01.sales").await;
+    let other = app.fresh_customer("sz01", "sz01.sales").await;
     let res = app.gql("admin", RECORD, json!({ "e": [message_at(&keep, "ao-1", "你好", Utc::now())] })).await;
     let event = row_id(res.ok()["recordEvents"]["results"][0]["eventId"].as_str().unwrap());
     let by_id = |id: i64| customer_event::Entity::update_many().filter(customer_event::Column::Id.eq(id));

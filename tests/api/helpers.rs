@@ -629,6 +629,112 @@ impl TestApp {
     }
 }
 
+/// `recordEvents`, with the counts and per-item answers the rules tests read.
+pub const RECORD: &str = "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) {
+    recorded duplicates tagChanges heldBack deferred
+    results { index outcome eventId } errors { index code field message } } }";
+
+/// Set-up shared by the rules tests (events, rules, dry runs, schedules).
+impl TestApp {
+    /// A connector's account: the `integration` role at store sz01, which
+    /// records events and does nothing else.
+    pub async fn connector(&mut self) -> &'static str {
+        let login = "sz01.connector";
+        let member = staff::ActiveModel {
+            login: sea_orm::ActiveValue::Set(login.to_owned()),
+            display_name: sea_orm::ActiveValue::Set("企微连接器".to_owned()),
+            home_org_unit_id: sea_orm::ActiveValue::Set(self.unit("sz01")),
+            active: sea_orm::ActiveValue::Set(true),
+            created_at: sea_orm::ActiveValue::Set(chrono::Utc::now()),
+            ..Default::default()
+        };
+        let member = sea_orm::ActiveModelTrait::insert(member, &self.db).await.unwrap();
+        self.app
+            .state
+            .authz
+            .assign_role(tagbase::domain::StaffId(member.id), "integration", "hq/south/sz01/")
+            .await
+            .unwrap();
+        self.register(member);
+        login
+    }
+
+    /// A new customer of `store` (named 新客户), created by `login`.
+    pub async fn fresh_customer(&self, store: &str, login: &str) -> String {
+        let res = self
+            .gql(
+                login,
+                "mutation($u: ID!) { createCustomer(input: { orgUnitId: $u, name: \"新客户\" }) { customer { id } } }",
+                json!({ "u": self.unit_id(store) }),
+            )
+            .await;
+        res.ok()["createCustomer"]["customer"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `n` new customers of store sz01.
+    pub async fn fresh_customers(&self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.fresh_customer("sz01", "sz01.sales").await);
+        }
+        out
+    }
+
+    /// Creates a rule as admin (directly) and returns its id; `input` is
+    /// a `CreateRuleInput`.
+    pub async fn create_rule(&self, input: Value) -> String {
+        let res = self
+            .gql("admin", "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }", json!({ "i": input }))
+            .await;
+        res.ok()["createRule"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Records events as `login`, every one of which must be accepted, and
+    /// returns the `recordEvents` answer.
+    pub async fn record_events(&self, login: &str, events: Vec<Value>) -> Value {
+        let res = self.gql(login, RECORD, json!({ "e": events })).await;
+        let answer = res.ok()["recordEvents"].clone();
+        assert_eq!(answer["errors"], json!([]), "{answer}");
+        answer
+    }
+
+    /// Puts tags on customers (`tagCustomers`) or takes them off
+    /// (`untagCustomers`) as `login`, as a person does.
+    pub async fn tag_by_hand(&self, login: &str, op: &str, customers: &[&str], tags: &[&str]) {
+        let mutation = format!(
+            "mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}"
+        );
+        self.gql(login, &mutation, json!({ "c": customers, "t": tags })).await.ok();
+    }
+
+    /// The names of the tags a customer holds, sorted.
+    pub async fn tag_names(&self, customer: &str) -> Vec<String> {
+        let res = self
+            .gql("admin", "query($id: ID!) { customer(id: $id) { tags { tag { name } } } }", json!({ "id": customer }))
+            .await;
+        let mut out: Vec<String> = res.ok()["customer"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tag"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A `MESSAGE_RECEIVED` event.
+pub fn message_at(customer: &str, key: &str, text: &str, at: chrono::DateTime<chrono::Utc>) -> Value {
+    json!({ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": key, "text": text,
+        "occurredAt": at.to_rfc3339() })
+}
+
+/// An `ORDER_PAID` event.
+pub fn order_paid(customer: &str, key: &str, at: chrono::DateTime<chrono::Utc>, amount: i64) -> Value {
+    json!({ "customerId": customer, "kind": "ORDER_PAID", "key": key, "amount": amount,
+        "occurredAt": at.to_rfc3339() })
+}
+
 /// Tables that are bookkeeping of the migrations, not of the application.
 const MIGRATION_TABLES: &[&str] = &["seaql_migrations"];
 

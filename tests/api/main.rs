@@ -28,6 +28,7 @@ mod reports;
 mod rules;
 mod rules_bench;
 mod rules_dryrun;
+mod rules_late;
 mod rules_property;
 mod rules_schedule;
 mod schema_drift;

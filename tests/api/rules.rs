@@ -9,51 +9,14 @@ use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
 use tagbase::config::Limits;
 
-use crate::helpers::{TestApp, row_id};
+use crate::helpers::{RECORD, TestApp, row_id};
 use crate::{on_both_databases, on_both_databases_with};
-
-pub(crate) const RECORD: &str = "mutation($e: [CustomerEventInput!]!) { recordEvents(input: { events: $e }) {
-    recorded duplicates tagChanges heldBack deferred
-    results { index outcome eventId } errors { index code field message } } }";
 
 const CREATE_RULE: &str = "mutation($i: CreateRuleInput!) { createRule(input: $i) { id name version status condition
     actions { op tag { name } ttlSeconds } } }";
 
 const TAGS: &str = "query($id: ID!) { customer(id: $id) { tags { tag { name } source sourceRef
     why { text ruleVersion rule { name } event { kind } } } } }";
-
-/// A connector's account: the `integration` role at store sz01.
-pub(crate) async fn connector(app: &mut TestApp) -> &'static str {
-    let login = "sz01.connector";
-    let member = entity::staff::ActiveModel {
-        login: sea_orm::ActiveValue::Set(login.to_owned()),
-        display_name: sea_orm::ActiveValue::Set("企微连接器".to_owned()),
-        home_org_unit_id: sea_orm::ActiveValue::Set(app.unit("sz01")),
-        active: sea_orm::ActiveValue::Set(true),
-        created_at: sea_orm::ActiveValue::Set(Utc::now()),
-        ..Default::default()
-    };
-    let member = sea_orm::ActiveModelTrait::insert(member, &app.db).await.unwrap();
-    app.app
-        .state
-        .authz
-        .assign_role(tagbase::domain::StaffId(member.id), "integration", "hq/south/sz01/")
-        .await
-        .unwrap();
-    app.register(member);
-    login
-}
-
-pub(crate) async fn fresh_customer(app: &TestApp, store: &str, login: &str) -> String {
-    let res = app
-        .gql(
-            login,
-            "mutation($u: ID!) { createCustomer(input: { orgUnitId: $u, name: \"新客户\" }) { customer { id } } }",
-            json!({ "u": app.unit_id(store) }),
-        )
-        .await;
-    res.ok()["createCustomer"]["customer"]["id"].as_str().unwrap().to_owned()
-}
 
 fn message(customer: &str, key: &str, text: &str) -> Value {
     json!({ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": key, "text": text,
@@ -82,10 +45,10 @@ pub(crate) async fn tags_of(app: &TestApp, customer: &str) -> Vec<Value> {
 }
 
 async fn a_message_with_the_keyword_tags_the_customer_at_once_and_says_why(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     inquiry_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let quiet = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    let quiet = app.fresh_customer("sz01", "sz01.sales").await;
     let res = app
         .gql(
             login,
@@ -128,8 +91,8 @@ async fn a_message_with_the_keyword_tags_the_customer_at_once_and_says_why(mut a
 }
 
 async fn the_same_key_twice_has_no_second_effect_and_another_event_under_it_is_a_conflict(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let first = message(&customer, "wx-9", "你好");
     let res = app.gql(login, RECORD, json!({ "e": [first.clone(), first.clone()] })).await;
     let out = &res.ok()["recordEvents"];
@@ -150,8 +113,8 @@ async fn the_same_key_twice_has_no_second_effect_and_another_event_under_it_is_a
 }
 
 async fn bad_events_are_refused_one_by_one_and_the_good_ones_kept(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let elsewhere = app.customers_of("bj01").await[0].clone();
     let now = Utc::now();
     let mut unknown_kind = message(&customer, "k1", "x");
@@ -201,8 +164,8 @@ async fn bad_events_are_refused_one_by_one_and_the_good_ones_kept(mut app: TestA
 }
 
 async fn an_oversized_batch_is_refused_whole(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let events: Vec<Value> = (0..3).map(|i| message(&customer, &format!("b{i}"), "x")).collect();
     let res = app.gql(login, RECORD, json!({ "e": events })).await;
     assert_eq!(res.code(), "LIMIT_EXCEEDED");
@@ -210,8 +173,8 @@ async fn an_oversized_batch_is_refused_whole(mut app: TestApp) {
 }
 
 async fn the_integration_role_records_events_and_does_nothing_else(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let read = app.gql(login, "query($id: ID!) { customer(id: $id) { name } }", json!({ "id": customer })).await;
     assert_eq!(read.code(), "NOT_FOUND");
     let rules =
@@ -253,8 +216,8 @@ async fn the_integration_role_records_events_and_does_nothing_else(mut app: Test
 }
 
 async fn customer_events_are_read_with_the_customers_visibility(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     app.gql(login, RECORD, json!({ "e": [message(&customer, "v1", "你好")] })).await.ok();
     let q =
         "query($id: ID!) { customer(id: $id) { events(first: 10) { totalCount edges { node { kind text key } } } } }";
@@ -268,8 +231,8 @@ async fn customer_events_are_read_with_the_customers_visibility(mut app: TestApp
 }
 
 async fn an_orders_amount_is_guarded_as_the_customers_spend(mut app: TestApp) {
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let order = json!({ "customerId": customer, "kind": "ORDER_PAID", "key": "o1", "amount": 19900,
         "orderId": "SO-9", "occurredAt": Utc::now().to_rfc3339() });
     app.gql(login, RECORD, json!({ "e": [order] })).await.ok();
@@ -384,9 +347,9 @@ async fn rules_keep_their_versions_and_roll_back(app: TestApp) {
 }
 
 async fn a_rule_does_not_put_back_a_tag_a_person_removed(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     inquiry_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     app.gql(login, RECORD, json!({ "e": [message(&customer, "m1", "询价")] })).await.ok();
     let inquiry = app.tag_id("活动", "询价").await;
     app.gql(
@@ -403,9 +366,9 @@ async fn a_rule_does_not_put_back_a_tag_a_person_removed(mut app: TestApp) {
 }
 
 async fn a_locked_group_defers_the_rules_change(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     inquiry_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let group = app.group_id("活动").await;
     app.gql(
         "hq.marketing",
@@ -425,7 +388,7 @@ async fn a_locked_group_defers_the_rules_change(mut app: TestApp) {
 }
 
 async fn customers_added_at_17_59_and_18_01_get_different_tags(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let evening = app.tag_id("活动", "晚间咨询").await;
     create_rule(
         &app,
@@ -438,8 +401,8 @@ async fn customers_added_at_17_59_and_18_01_get_different_tags(mut app: TestApp)
     let shanghai = FixedOffset::east_opt(8 * 3600).unwrap();
     let today = Utc::now().with_timezone(&shanghai).date_naive() - chrono::Days::new(1);
     let at = |h, m| shanghai.from_local_datetime(&today.and_hms_opt(h, m, 0).unwrap()).unwrap().to_rfc3339();
-    let early = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let late = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let early = app.fresh_customer("sz01", "sz01.sales").await;
+    let late = app.fresh_customer("sz01", "sz01.sales").await;
     let added = |c: &str, key: &str, when: String| json!({ "customerId": c, "kind": "CUSTOMER_ADDED", "key": key, "channel": "抖音广告", "occurredAt": when });
     let res =
         app.gql(login, RECORD, json!({ "e": [added(&early, "a1", at(17, 59)), added(&late, "a2", at(18, 1))] })).await;
@@ -452,8 +415,8 @@ async fn customers_added_at_17_59_and_18_01_get_different_tags(mut app: TestApp)
 
 async fn recorded_events_cannot_be_changed_or_deleted(mut app: TestApp) {
     use sea_orm::{QueryFilter, sea_query::Expr};
-    let login = connector(&mut app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let login = app.connector().await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     app.gql(login, RECORD, json!({ "e": [message(&customer, "ao1", "你好")] })).await.ok();
     let update = customer_event::Entity::update_many()
         .col_expr(customer_event::Column::EventKey, Expr::value("changed"))
@@ -539,7 +502,7 @@ async fn the_demo_rules_have_fired_on_some_customers(app: TestApp) {
 async fn statements_for_batch(app: &TestApp, n: usize, stores: &[&str], round: &str) -> usize {
     let mut customers = Vec::new();
     for i in 0..n {
-        customers.push(fresh_customer(app, stores[i % stores.len()], "admin").await);
+        customers.push(app.fresh_customer(stores[i % stores.len()], "admin").await);
     }
     let events: Vec<Value> =
         customers.iter().enumerate().map(|(i, c)| message(c, &format!("{round}-{i}"), "想询价")).collect();

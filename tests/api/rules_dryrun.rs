@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, row_id};
+use crate::helpers::{TestApp, message_at as message, row_id};
 use crate::on_both_databases;
-use crate::rules::{RECORD, fresh_customer, tags_of};
+use crate::rules::tags_of;
 
 const DRY_RUN: &str = "query($i: DryRunRuleInput!) { dryRunRule(input: $i) {
     ruleId ruleName ruleVersion eventsReplayed customersReplayed customersMatched wouldAdd wouldRemove heldBack
@@ -21,20 +21,9 @@ const CONDITION: &str = r#"message contains "价格" AND count(message, 3d) >= 2
 
 async fn price_rule(app: &TestApp, enabled: bool) -> String {
     let inquiry = app.tag_id("活动", "询价").await;
-    let res = app
-        .gql(
-            "admin",
-            "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
-            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "价格咨询", "condition": CONDITION,
-                "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": enabled } }),
-        )
-        .await;
-    res.ok()["createRule"]["id"].as_str().unwrap().to_owned()
-}
-
-fn message(customer: &str, key: &str, text: &str, at: DateTime<Utc>) -> Value {
-    json!({ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": key, "text": text,
-        "occurredAt": at.to_rfc3339() })
+    app.create_rule(json!({ "orgUnitId": app.unit_id("hq"), "name": "价格咨询", "condition": CONDITION,
+        "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": enabled }))
+        .await
 }
 
 /// Each customer's messages, as (text, how long ago).
@@ -60,22 +49,13 @@ async fn record_histories(app: &TestApp, customers: &[String], prefix: &str, now
             events.push(message(customer, &format!("{prefix}-{i}-{j}"), text, at));
         }
     }
-    let res = app.gql("admin", RECORD, json!({ "e": events })).await;
-    assert_eq!(res.ok()["recordEvents"]["errors"], json!([]));
-}
-
-async fn customers(app: &TestApp, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(fresh_customer(app, "sz01", "sz01.sales").await);
-    }
-    out
+    app.record_events("admin", events).await;
 }
 
 async fn a_dry_run_predicts_exactly_what_enabling_the_rule_then_does(app: TestApp) {
     let rule = price_rule(&app, false).await;
     let now = Utc::now();
-    let before = customers(&app, 5).await;
+    let before = app.fresh_customers(5).await;
     record_histories(&app, &before, "a", now).await;
     let untouched = app.snapshot().await;
 
@@ -107,7 +87,7 @@ async fn a_dry_run_predicts_exactly_what_enabling_the_rule_then_does(app: TestAp
 
     // Enabled, the rule does exactly that to customers with the same events.
     app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rule })).await.ok();
-    let after = customers(&app, 5).await;
+    let after = app.fresh_customers(5).await;
     record_histories(&app, &after, "b", now).await;
     let mut tagged = BTreeSet::new();
     for (i, customer) in after.iter().enumerate() {
@@ -124,16 +104,15 @@ async fn a_dry_run_predicts_exactly_what_enabling_the_rule_then_does(app: TestAp
 async fn a_window_and_a_version_choose_what_is_replayed(app: TestApp) {
     let rule = price_rule(&app, false).await;
     let now = Utc::now();
-    let old = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let res = app
-        .gql(
-            "admin",
-            RECORD,
-            json!({ "e": [message(&old, "o1", "价格", now - Duration::days(40)),
-                message(&old, "o2", "价格", now - Duration::days(39))] }),
-        )
-        .await;
-    res.ok();
+    let old = app.fresh_customer("sz01", "sz01.sales").await;
+    app.record_events(
+        "admin",
+        vec![
+            message(&old, "o1", "价格", now - Duration::days(40)),
+            message(&old, "o2", "价格", now - Duration::days(39)),
+        ],
+    )
+    .await;
     let last_30 = app.gql("admin", DRY_RUN, json!({ "i": { "ruleId": rule } })).await;
     assert_eq!(last_30.ok()["dryRunRule"]["wouldAdd"], 0, "the default window is the last 30 days");
     let from = (now - Duration::days(45)).to_rfc3339();
@@ -157,8 +136,8 @@ async fn a_window_and_a_version_choose_what_is_replayed(app: TestApp) {
 
 async fn an_unsaved_rule_is_dry_run_and_counts_only_customers_the_caller_reads(app: TestApp) {
     let now = Utc::now();
-    let here = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let there = fresh_customer(&app, "bj01", "bj01.sales").await;
+    let here = app.fresh_customer("sz01", "sz01.sales").await;
+    let there = app.fresh_customer("bj01", "bj01.sales").await;
     let events: Vec<Value> = [&here, &there]
         .iter()
         .enumerate()
@@ -169,7 +148,7 @@ async fn an_unsaved_rule_is_dry_run_and_counts_only_customers_the_caller_reads(a
             ]
         })
         .collect();
-    app.gql("admin", RECORD, json!({ "e": events })).await.ok();
+    app.record_events("admin", events).await;
     let inquiry = app.tag_id("活动", "询价").await;
     let unsaved = json!({ "rule": { "orgUnitId": app.unit_id("hq"), "name": "草稿", "condition": CONDITION,
         "actions": [{ "op": "ADD", "tagId": inquiry }] } });
@@ -214,17 +193,18 @@ async fn bad_dry_runs_are_refused_with_a_code(app: TestApp) {
 
 async fn every_automatic_change_says_why_on_the_assignment_and_on_the_tag_event(app: TestApp) {
     price_rule(&app, true).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
     let res = app
-        .gql(
+        .record_events(
             "admin",
-            RECORD,
-            json!({ "e": [message(&customer, "w1", "价格", now - Duration::hours(2)),
-                message(&customer, "w2", "价格呢", now - Duration::hours(1))] }),
+            vec![
+                message(&customer, "w1", "价格", now - Duration::hours(2)),
+                message(&customer, "w2", "价格呢", now - Duration::hours(1)),
+            ],
         )
         .await;
-    let trigger = row_id(res.ok()["recordEvents"]["results"][1]["eventId"].as_str().unwrap());
+    let trigger = row_id(res["results"][1]["eventId"].as_str().unwrap());
     let evening = app.tag_id("活动", "晚间咨询").await;
     app.gql(
         "sz01.sales",
@@ -264,15 +244,15 @@ const RULES_OF: &str = "query($u: ID!) { rules(orgUnitId: $u) { name status vers
 
 async fn a_proposed_rule_shows_its_dry_run_and_approving_applies_it(app: TestApp) {
     let now = Utc::now();
-    let asked = fresh_customer(&app, "sz01", "sz01.sales").await;
-    app.gql(
+    let asked = app.fresh_customer("sz01", "sz01.sales").await;
+    app.record_events(
         "admin",
-        RECORD,
-        json!({ "e": [message(&asked, "p1", "价格", now - Duration::hours(3)),
-            message(&asked, "p2", "价格呢", now - Duration::hours(2))] }),
+        vec![
+            message(&asked, "p1", "价格", now - Duration::hours(3)),
+            message(&asked, "p2", "价格呢", now - Duration::hours(2)),
+        ],
     )
-    .await
-    .ok();
+    .await;
     let inquiry = app.tag_id("活动", "询价").await;
     let rule = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店价格咨询", "condition": CONDITION,
         "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true });
@@ -308,15 +288,15 @@ async fn a_proposed_rule_shows_its_dry_run_and_approving_applies_it(app: TestApp
     let rules = app.gql("sz01.manager", RULES_OF, json!({ "u": app.unit_id("sz01") })).await;
     assert_eq!(rules.ok()["rules"], json!([{ "name": "门店价格咨询", "status": "ENABLED", "version": 1 }]));
     // The rule now fires as its dry run said it would.
-    let next = fresh_customer(&app, "sz01", "sz01.sales").await;
-    app.gql(
+    let next = app.fresh_customer("sz01", "sz01.sales").await;
+    app.record_events(
         "admin",
-        RECORD,
-        json!({ "e": [message(&next, "q1", "价格", now - Duration::hours(3)),
-            message(&next, "q2", "价格呢", now - Duration::hours(2))] }),
+        vec![
+            message(&next, "q1", "价格", now - Duration::hours(3)),
+            message(&next, "q2", "价格呢", now - Duration::hours(2)),
+        ],
     )
-    .await
-    .ok();
+    .await;
     let tags = tags_of(&app, &next).await;
     assert_eq!(tags[0]["tag"]["name"], "询价");
     assert!(tags[0]["why"]["text"].as_str().unwrap().starts_with("规则 门店价格咨询 v1: message at "));

@@ -28,9 +28,8 @@ use proptest::test_runner::{Config, TestRunner};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, row_id};
+use crate::helpers::{RECORD, TestApp, row_id};
 use crate::on_both_databases;
-use crate::rules::{RECORD, fresh_customer};
 
 const CASES: usize = 12;
 const CUSTOMERS: usize = 3;
@@ -208,7 +207,7 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
         let mut all: Vec<(usize, usize, Ev)> = Vec::new();
         let mut expected = Vec::new();
         for (c, (rich, raw)) in customers.iter().enumerate() {
-            let id = fresh_customer(&app, "sz01", "sz01.sales").await;
+            let id = app.fresh_customer("sz01", "sz01.sales").await;
             let row = entity::customer::Entity::find_by_id(row_id(&id)).one(&app.db).await.unwrap().unwrap();
             let mut row: entity::customer::ActiveModel = row.into();
             row.total_spend_cents = Set(if *rich { 20_000 } else { 0 });

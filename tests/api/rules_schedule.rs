@@ -16,9 +16,8 @@ use serde_json::{Value, json};
 use tagbase::service::rules::schedule::{Schedule, Scheduler, schedule_key};
 use tagbase::startup::Application;
 
-use crate::helpers::{TestApp, row_id};
+use crate::helpers::{TestApp, message_at, order_paid as order, row_id};
 use crate::on_both_databases;
-use crate::rules::{RECORD, connector, fresh_customer};
 
 const CHURN: &str = "count(order_paid, 3650d) >= 1 AND no order_paid for 180d";
 
@@ -26,7 +25,7 @@ const TAGS: &str = "query($id: ID!) { customer(id: $id) { tags { tag { name } so
     why { text ruleVersion run { number scheduleKey status } } } } }";
 
 /// This instance's scheduler, as the background task builds it.
-fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
+pub(crate) fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
     Scheduler {
         db: app.db.clone(),
         index: Some(instance.state.index.clone()),
@@ -37,30 +36,14 @@ fn scheduler(app: &TestApp, instance: &Application, name: &str) -> Scheduler {
 }
 
 async fn scheduled_rule(app: &TestApp, name: &str, condition: &str, actions: Value, schedule: &str) -> String {
-    let res = app
-        .gql(
-            "admin",
-            "mutation($i: CreateRuleInput!) { createRule(input: $i) { id schedule } }",
-            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name, "condition": condition,
-                "actions": actions, "enabled": true, "schedule": schedule } }),
-        )
-        .await;
-    res.ok()["createRule"]["id"].as_str().unwrap().to_owned()
+    app.create_rule(json!({ "orgUnitId": app.unit_id("hq"), "name": name, "condition": condition,
+        "actions": actions, "enabled": true, "schedule": schedule }))
+        .await
 }
 
 async fn churn_rule(app: &TestApp) -> String {
     let churned = app.tag_id("客户阶段", "流失客户").await;
     scheduled_rule(app, "流失客户", CHURN, json!([{ "op": "MOVE", "tagId": churned }]), "DAILY 03:00").await
-}
-
-fn order(customer: &str, key: &str, at: DateTime<Utc>, amount: i64) -> Value {
-    json!({ "customerId": customer, "kind": "ORDER_PAID", "key": key, "amount": amount,
-        "occurredAt": at.to_rfc3339() })
-}
-
-async fn record(app: &TestApp, login: &str, events: Vec<Value>) {
-    let res = app.gql(login, RECORD, json!({ "e": events })).await;
-    assert!(res.ok()["recordEvents"]["errors"].as_array().unwrap().is_empty(), "{:?}", res.0);
 }
 
 async fn tags_of(app: &TestApp, customer: &str) -> Vec<Value> {
@@ -78,14 +61,13 @@ async fn runs(app: &TestApp) -> Vec<rule_run::Model> {
 }
 
 async fn a_slot_runs_exactly_once_with_two_instances(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let rule = churn_rule(&app).await;
-    let gone = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let recent = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let never = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let gone = app.fresh_customer("sz01", "sz01.sales").await;
+    let recent = app.fresh_customer("sz01", "sz01.sales").await;
+    let never = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
-    record(
-        &app,
+    app.record_events(
         login,
         vec![order(&gone, "o-1", now - Duration::days(200), 100), order(&recent, "o-2", now - Duration::days(10), 100)],
     )
@@ -135,12 +117,12 @@ async fn a_slot_runs_exactly_once_with_two_instances(mut app: TestApp) {
 }
 
 async fn missed_slots_are_caught_up_with_the_latest_one_judged_as_of_now(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     churn_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
     // 182 days ago: not yet 180 days three days ago, churned today.
-    record(&app, login, vec![order(&customer, "o-1", now - Duration::days(182), 100)]).await;
+    app.record_events(login, vec![order(&customer, "o-1", now - Duration::days(182), 100)]).await;
     let scheduler = scheduler(&app, &app.app, "instance-a");
 
     let before = scheduler.run_due(now - Duration::days(3)).await.unwrap();
@@ -163,7 +145,7 @@ async fn missed_slots_are_caught_up_with_the_latest_one_judged_as_of_now(mut app
             schedule_key(daily.latest_slot(offset, now), offset)
         ]
     );
-    assert_eq!(names(&tags_of(&app, &customer).await), vec!["流失客户"]);
+    assert_eq!(app.tag_names(&customer).await, vec!["流失客户"]);
     assert!(scheduler.run_due(now).await.unwrap().is_empty());
 }
 
@@ -198,7 +180,7 @@ fn expected_tier(spend: i64, orders: i32, order_days_ago: &[i64]) -> Option<&'st
 }
 
 async fn value_tiers_are_recomputed_as_a_brute_force_reading_says(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     for (tier, condition) in tier_rules() {
         let tag = app.tag_id("消费等级", tier).await;
         scheduled_rule(
@@ -219,7 +201,7 @@ async fn value_tiers_are_recomputed_as_a_brute_force_reading_says(mut app: TestA
     for (i, history) in histories.iter().enumerate() {
         for (j, spend) in spends.iter().enumerate() {
             let orders = order_counts[(i + j) % order_counts.len()];
-            let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+            let customer = app.fresh_customer("sz01", "sz01.sales").await;
             customer::Entity::update_many()
                 .col_expr(customer::Column::TotalSpendCents, Expr::value(*spend))
                 .col_expr(customer::Column::OrderCount, Expr::value(orders))
@@ -233,7 +215,7 @@ async fn value_tiers_are_recomputed_as_a_brute_force_reading_says(mut app: TestA
             cases.push((customer, *spend, orders, *history));
         }
     }
-    record(&app, login, events).await;
+    app.record_events(login, events).await;
     // A customer in a tier the definitions no longer give is moved.
     let (stale, ..) = &cases[7];
     app.gql(
@@ -255,11 +237,11 @@ async fn value_tiers_are_recomputed_as_a_brute_force_reading_says(mut app: TestA
 }
 
 async fn runs_are_visible_with_their_counts_and_errors(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let rule = churn_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
-    record(&app, login, vec![order(&customer, "o-1", now - Duration::days(300), 100)]).await;
+    app.record_events(login, vec![order(&customer, "o-1", now - Duration::days(300), 100)]).await;
     scheduler(&app, &app.app, "instance-a").run_due(now).await.unwrap();
 
     const RUNS: &str = "query($r: ID!) { ruleRuns(ruleId: $r, first: 10) { edges { node { number ruleVersion
@@ -373,8 +355,8 @@ async fn schedules_are_checked_at_save_time(app: TestApp) {
 }
 
 async fn expired_assignments_are_taken_off_unless_a_lock_holds_them(app: TestApp) {
-    let a = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let b = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let a = app.fresh_customer("sz01", "sz01.sales").await;
+    let b = app.fresh_customer("sz01", "sz01.sales").await;
     let inquiry = app.tag_id("活动", "询价").await;
     let soon = Utc::now() + Duration::hours(1);
     app.gql(
@@ -399,7 +381,7 @@ async fn expired_assignments_are_taken_off_unless_a_lock_holds_them(app: TestApp
     let later = soon + Duration::minutes(1);
     assert_eq!(scheduler.round(later).await.unwrap().expired, 1);
     assert!(tags_of(&app, &a).await.is_empty());
-    assert_eq!(names(&tags_of(&app, &b).await), vec!["询价"], "the lock holds it");
+    assert_eq!(app.tag_names(&b).await, vec!["询价"], "the lock holds it");
     let expiry =
         tag_event::Entity::find().filter(tag_event::Column::Source.eq(TagSource::Expiry)).all(&app.db).await.unwrap();
     assert_eq!(expiry.len(), 1);
@@ -422,26 +404,23 @@ async fn expired_assignments_are_taken_off_unless_a_lock_holds_them(app: TestApp
 }
 
 async fn a_deferred_action_is_applied_when_its_lock_ends(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let inquiry = app.tag_id("活动", "询价").await;
-    app.gql(
-        "admin",
-        "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
-        json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "询价关键词", "condition": "message contains \"询价\"",
-            "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true } }),
+    app.create_rule(
+        json!({ "orgUnitId": app.unit_id("hq"), "name": "询价关键词", "condition": "message contains \"询价\"",
+        "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true }),
     )
-    .await
-    .ok();
-    let released = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let expired = fresh_customer(&app, "sz01", "sz01.sales").await;
+    .await;
+    let released = app.fresh_customer("sz01", "sz01.sales").await;
+    let expired = app.fresh_customer("sz01", "sz01.sales").await;
     const LOCK: &str = "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }";
     let group = app.group_id("活动").await;
     let lock_a = app.gql("hq.marketing", LOCK, json!({ "g": group, "c": [released] })).await;
     let lock_a = lock_a.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned();
     app.gql("hq.marketing", LOCK, json!({ "g": group, "c": [expired] })).await.ok();
-    let message = |c: &str, key: &str| json!({ "customerId": c, "kind": "MESSAGE_RECEIVED", "key": key, "text": "想询价", "occurredAt": Utc::now().to_rfc3339() });
-    let res = app.gql(login, RECORD, json!({ "e": [message(&released, "m-1"), message(&expired, "m-2")] })).await;
-    assert_eq!(res.ok()["recordEvents"]["deferred"], 2);
+    let message = |c: &str, key: &str| message_at(c, key, "想询价", Utc::now());
+    let res = app.record_events(login, vec![message(&released, "m-1"), message(&expired, "m-2")]).await;
+    assert_eq!(res["deferred"], 2);
     assert!(tags_of(&app, &released).await.is_empty());
 
     // Released by hand: applied at once, explained by its event.
@@ -461,7 +440,7 @@ async fn a_deferred_action_is_applied_when_its_lock_ends(mut app: TestApp) {
         .unwrap();
     let scheduler = scheduler(&app, &app.app, "instance-a");
     assert_eq!(scheduler.round(Utc::now()).await.unwrap().deferred_applied, 1);
-    assert_eq!(names(&tags_of(&app, &expired).await), vec!["询价"]);
+    assert_eq!(app.tag_names(&expired).await, vec!["询价"]);
     assert_eq!(scheduler.round(Utc::now()).await.unwrap().deferred_applied, 0);
     let pending = rule_deferred_action::Entity::find()
         .filter(rule_deferred_action::Column::AppliedAt.is_null())
@@ -472,11 +451,11 @@ async fn a_deferred_action_is_applied_when_its_lock_ends(mut app: TestApp) {
 }
 
 async fn a_scheduled_change_under_a_lock_is_deferred_and_applied_after(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     churn_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
-    record(&app, login, vec![order(&customer, "o-1", now - Duration::days(400), 100)]).await;
+    app.record_events(login, vec![order(&customer, "o-1", now - Duration::days(400), 100)]).await;
     let lock = app
         .gql(
             "admin",
@@ -500,11 +479,11 @@ async fn a_scheduled_change_under_a_lock_is_deferred_and_applied_after(mut app: 
 }
 
 async fn a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let rule = churn_rule(&app).await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
     let now = Utc::now();
-    record(&app, login, vec![order(&customer, "o-1", now - Duration::days(200), 100)]).await;
+    app.record_events(login, vec![order(&customer, "o-1", now - Duration::days(200), 100)]).await;
     let offset = app.app.state.settings.utc_offset;
     let key = schedule_key(Schedule::parse("s", "DAILY 03:00").unwrap().latest_slot(offset, now), offset);
     // An instance took the slot and died: its lease still holds for a while.
@@ -544,11 +523,11 @@ async fn a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out(mut app
     assert_eq!(ran[0].owner.as_deref(), Some("instance-b"));
     assert_eq!(ran[0].status, RuleRunStatus::Succeeded);
     assert_eq!(runs(&app).await.len(), 1);
-    assert_eq!(names(&tags_of(&app, &customer).await), vec!["流失客户"]);
+    assert_eq!(app.tag_names(&customer).await, vec!["流失客户"]);
 }
 
 async fn a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let inquiry = app.tag_id("活动", "询价").await;
     scheduled_rule(
         &app,
@@ -558,34 +537,48 @@ async fn a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedul
         "DAILY 23:00",
     )
     .await;
-    let customer = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let res = app
-        .gql(
-            login,
-            RECORD,
-            json!({ "e": [{ "customerId": customer, "kind": "MESSAGE_RECEIVED", "key": "m-1", "text": "想询价",
-                "occurredAt": Utc::now().to_rfc3339() }] }),
-        )
-        .await;
-    assert_eq!(res.ok()["recordEvents"]["tagChanges"], 0, "the schedule runs it, not the event");
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    let res = app.record_events(login, vec![message_at(&customer, "m-1", "想询价", Utc::now())]).await;
+    assert_eq!(res["tagChanges"], 0, "the schedule runs it, not the event");
     assert!(tags_of(&app, &customer).await.is_empty());
     scheduler(&app, &app.app, "instance-a").run_due(Utc::now()).await.unwrap();
-    assert_eq!(names(&tags_of(&app, &customer).await), vec!["询价"]);
+    assert_eq!(app.tag_names(&customer).await, vec!["询价"]);
 
-    // Proposed by a salesperson: no dry run to show, the schedule applies on approval.
+    // Proposed by a salesperson: the request carries the rule's scheduled
+    // dry run, as `dryRunRule` of the same rule answers; the schedule
+    // applies on approval.
     let churned = app.tag_id("客户阶段", "流失客户").await;
+    let gone = app.fresh_customer("sz01", "sz01.sales").await;
+    app.record_events(login, vec![order(&gone, "o-gone", Utc::now() - Duration::days(400), 100)]).await;
     let rule = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店流失", "condition": CHURN,
         "actions": [{ "op": "MOVE", "tagId": churned }], "enabled": true, "schedule": "DAILY 04:00" });
     let res = app
         .gql(
             "sz01.sales",
-            "mutation($i: ProposeRuleInput!) { proposeRule(input: $i) { id kind ruleDryRun { wouldAdd } } }",
+            "mutation($i: ProposeRuleInput!) { proposeRule(input: $i) { id kind
+                ruleDryRun { ruleName wouldAdd sample { customerId changes { eventId text } } } } }",
             json!({ "i": { "create": rule, "reason": "流失预警" } }),
         )
         .await;
     let request = res.ok()["proposeRule"].clone();
     assert_eq!(request["kind"], "rule.create");
-    assert_eq!(request["ruleDryRun"], Value::Null);
+    let carried = &request["ruleDryRun"];
+    assert_eq!(carried["ruleName"], "门店流失");
+    assert!(carried["wouldAdd"].as_u64().unwrap() >= 1, "{carried}");
+    let unsaved = json!({ "orgUnitId": app.unit_id("sz01"), "name": "门店流失", "condition": CHURN,
+        "actions": [{ "op": "MOVE", "tagId": churned }], "schedule": "DAILY 04:00" });
+    let direct = app
+        .gql(
+            "sz01.sales",
+            "query($i: DryRunRuleInput!) { dryRunRule(input: $i) { wouldAdd } }",
+            json!({ "i": { "rule": unsaved } }),
+        )
+        .await;
+    assert_eq!(carried["wouldAdd"], direct.ok()["dryRunRule"]["wouldAdd"]);
+    let ours =
+        carried["sample"].as_array().unwrap().iter().find(|s| s["customerId"] == json!(gone)).expect("in the sample");
+    assert_eq!(ours["changes"][0]["eventId"], Value::Null);
+    assert!(ours["changes"][0]["text"].as_str().unwrap().starts_with("规则 门店流失 v0: scheduled run at "), "{ours}");
     let approved = app
         .gql(
             "sz01.manager",
@@ -625,26 +618,17 @@ async fn ruled(app: &TestApp, tag: i64) -> Vec<i64> {
 }
 
 async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let churned = app.tag_id("客户阶段", "流失客户").await;
     let prospect = app.tag_id("客户阶段", "潜在客户").await;
-    let res = app
-        .gql(
-            "admin",
-            "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
-            json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": "流失客户", "condition": CHURN,
-                "actions": [{ "op": "MOVE", "tagId": churned }], "schedule": "DAILY 03:00" } }),
-        )
+    let rule = app
+        .create_rule(json!({ "orgUnitId": app.unit_id("hq"), "name": "流失客户", "condition": CHURN,
+            "actions": [{ "op": "MOVE", "tagId": churned }], "schedule": "DAILY 03:00" }))
         .await;
-    let rule = res.ok()["createRule"]["id"].as_str().unwrap().to_owned();
-    let mut customers = Vec::new();
-    for _ in 0..6 {
-        customers.push(fresh_customer(&app, "sz01", "sz01.sales").await);
-    }
+    let customers = app.fresh_customers(6).await;
     let [gone, staged, recent, _never, removed, already] = customers.clone().try_into().unwrap();
     let now = Utc::now();
-    record(
-        &app,
+    app.record_events(
         login,
         vec![
             order(&gone, "o-1", now - Duration::days(200), 100),
@@ -655,20 +639,13 @@ async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: Te
         ],
     )
     .await;
-    let tag = |c: &str, t: &str, op: &str| {
-        let mutation = format!(
-            "mutation($c: [ID!]!, $t: [ID!]!) {{ {op}(input: {{ customerIds: $c, tagIds: $t }}) {{ __typename }} }}"
-        );
-        (mutation, json!({ "c": [c], "t": [t] }))
-    };
     for (c, t, op) in [
         (&staged, &prospect, "tagCustomers"),
         (&removed, &churned, "tagCustomers"),
         (&removed, &churned, "untagCustomers"),
         (&already, &churned, "tagCustomers"),
     ] {
-        let (mutation, vars) = tag(c, t, op);
-        app.gql("admin", &mutation, vars).await.ok();
+        app.tag_by_hand("admin", op, &[c], &[t]).await;
     }
 
     let dry = app.gql("admin", DRY_RUN, json!({ "r": rule })).await;
@@ -699,7 +676,7 @@ async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: Te
     let mut now_ruled = ruled(&app, row_id(&churned)).await;
     now_ruled.retain(|c| ours.contains(c));
     assert_eq!(now_ruled, predicted);
-    assert_eq!(names(&tags_of(&app, &staged).await), vec!["流失客户"]);
+    assert_eq!(app.tag_names(&staged).await, vec!["流失客户"]);
     assert!(tags_of(&app, &removed).await.is_empty());
 
     // Settled: a dry run now predicts nothing more, and the next run does nothing.
@@ -708,43 +685,99 @@ async fn a_scheduled_dry_run_predicts_exactly_what_its_run_then_does(mut app: Te
     assert!(dry.ok()["dryRunRule"]["customersReplayed"].as_u64().unwrap() >= customers.len() as u64);
 }
 
+/// Over a week, a scheduled dry run judges each daily run: a customer
+/// the rule held for on one day of the week (and no longer today) is
+/// predicted, at that day's slot, and the runs then do exactly that.
+async fn a_scheduled_dry_run_predicts_what_each_daily_run_of_its_window_does(mut app: TestApp) {
+    let login = app.connector().await;
+    let funds = app.tag_id("活动", "资金需求").await;
+    let offset = app.app.state.settings.utc_offset;
+    let now = Utc::now();
+    // Every day at the minute an hour ago.
+    let schedule = format!("DAILY {}", (now - Duration::hours(1)).with_timezone(&offset).format("%H:%M"));
+    let rule = app
+        .create_rule(
+            json!({ "orgUnitId": app.unit_id("hq"), "name": "近期下单", "condition": "count(order_paid, 2d) >= 1",
+            "actions": [{ "op": "ADD", "tagId": funds }], "schedule": schedule }),
+        )
+        .await;
+    let [last_week, today, never]: [String; 3] = app.fresh_customers(3).await.try_into().unwrap();
+    app.record_events(
+        login,
+        vec![
+            order(&last_week, "o-1", now - Duration::days(5), 100),
+            order(&today, "o-2", now - Duration::hours(2), 100),
+        ],
+    )
+    .await;
+    let latest = Schedule::parse("schedule", &schedule).unwrap().latest_slot(offset, now);
+
+    let from = (now - Duration::days(7)).to_rfc3339();
+    let dry = app
+        .gql(
+            "admin",
+            "query($r: ID!, $f: DateTime, $t: DateTime) { dryRunRule(input: { ruleId: $r, from: $f, to: $t }) {
+                wouldAdd sample { customerId changes { op occurredAt } } } }",
+            json!({ "r": rule, "f": from, "t": now.to_rfc3339() }),
+        )
+        .await;
+    let dry = dry.ok()["dryRunRule"].clone();
+    assert_eq!(dry["wouldAdd"], 2, "{dry}");
+    let when = |c: &str| {
+        let s = dry["sample"].as_array().unwrap().iter().find(|s| s["customerId"] == json!(c)).expect("predicted");
+        s["changes"][0]["occurredAt"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap()
+    };
+    // The order five days ago was under two days old at the slot four days ago.
+    assert_eq!(when(&last_week), latest - Duration::days(4));
+    assert_eq!(when(&today).timestamp(), now.timestamp(), "the latest slot, judged at the window's end");
+
+    // Enabled a week ago, the daily runs would have done exactly that.
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rule })).await.ok();
+    let scheduler = scheduler(&app, &app.app, "instance-a");
+    // (The demo's own rules put tiers and 已完成交易 on these customers.)
+    let holds = async |c: &str| app.tag_names(c).await.iter().any(|t| t == "资金需求");
+    for k in (1..=6).rev() {
+        scheduler.run_due(latest - Duration::days(k)).await.unwrap();
+        assert_eq!(holds(&last_week).await, k <= 4, "after the run {k} days ago");
+    }
+    scheduler.run_due(now).await.unwrap();
+    assert!(holds(&last_week).await);
+    assert!(holds(&today).await);
+    assert!(!holds(&never).await);
+}
+
 async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(mut app: TestApp) {
-    let login = connector(&mut app).await;
+    let login = app.connector().await;
     let inquiry = app.tag_id("活动", "询价").await;
     let mut rules = Vec::new();
     for (name, text) in [("询价甲", "询价"), ("询价乙", "报价"), ("询价丙", "价格")] {
-        let res = app
-            .gql(
-                "admin",
-                "mutation($i: CreateRuleInput!) { createRule(input: $i) { id } }",
-                json!({ "i": { "orgUnitId": app.unit_id("hq"), "name": name,
-                    "condition": format!("message contains \"{text}\""),
-                    "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true } }),
-            )
-            .await;
-        rules.push(res.ok()["createRule"]["id"].as_str().unwrap().to_owned());
+        rules.push(
+            app.create_rule(json!({ "orgUnitId": app.unit_id("hq"), "name": name,
+                "condition": format!("message contains \"{text}\""),
+                "actions": [{ "op": "ADD", "tagId": inquiry }], "enabled": true }))
+                .await,
+        );
     }
-    let disabled = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let archived = fresh_customer(&app, "sz01", "sz01.sales").await;
-    let kept = fresh_customer(&app, "sz01", "sz01.sales").await;
+    let disabled = app.fresh_customer("sz01", "sz01.sales").await;
+    let archived = app.fresh_customer("sz01", "sz01.sales").await;
+    let kept = app.fresh_customer("sz01", "sz01.sales").await;
     const LOCK: &str = "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }";
     let lock = app
         .gql("hq.marketing", LOCK, json!({ "g": app.group_id("活动").await, "c": [disabled, archived, kept] }))
         .await;
     let lock = lock.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned();
-    let message = |c: &str, key: &str, text: &str| {
-        json!({ "customerId": c, "kind": "MESSAGE_RECEIVED", "key": key,
-        "text": text, "occurredAt": Utc::now().to_rfc3339() })
-    };
+    let message = |c: &str, key: &str, text: &str| message_at(c, key, text, Utc::now());
     let res = app
-        .gql(
+        .record_events(
             login,
-            RECORD,
-            json!({ "e": [message(&disabled, "m-1", "想询价"), message(&archived, "m-2", "要报价"),
-                message(&kept, "m-3", "价格多少")] }),
+            vec![
+                message(&disabled, "m-1", "想询价"),
+                message(&archived, "m-2", "要报价"),
+                message(&kept, "m-3", "价格多少"),
+            ],
         )
         .await;
-    assert_eq!(res.ok()["recordEvents"]["deferred"], 3);
+    assert_eq!(res["deferred"], 3);
 
     // While the lock holds, the first rule is disabled and the second archived.
     app.gql("admin", "mutation($id: ID!) { disableRule(id: $id) { status } }", json!({ "id": rules[0] })).await.ok();
@@ -754,7 +787,7 @@ async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(m
         .ok();
     assert!(tags_of(&app, &disabled).await.is_empty(), "its rule was disabled since");
     assert!(tags_of(&app, &archived).await.is_empty(), "its rule was archived since");
-    assert_eq!(names(&tags_of(&app, &kept).await), vec!["询价"]);
+    assert_eq!(app.tag_names(&kept).await, vec!["询价"]);
     // All three are closed: re-enabling the rule does not bring its old action back.
     app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rules[0] })).await.ok();
     assert_eq!(scheduler(&app, &app.app, "instance-a").round(Utc::now()).await.unwrap().deferred_applied, 0);
@@ -770,6 +803,7 @@ async fn a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied(m
 on_both_databases!(
     a_deferred_action_of_a_rule_disabled_or_archived_since_is_not_applied,
     a_scheduled_dry_run_predicts_exactly_what_its_run_then_does,
+    a_scheduled_dry_run_predicts_what_each_daily_run_of_its_window_does,
     a_run_whose_instance_died_is_taken_over_once_its_lease_runs_out,
     a_scheduled_rule_does_not_run_on_events_and_proposals_carry_the_schedule,
     a_slot_runs_exactly_once_with_two_instances,

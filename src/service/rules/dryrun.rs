@@ -13,37 +13,40 @@
 //!
 //! **Exact for events that arrive in order.** Enabling the rule and
 //! recording the same events (in order, on customers in the same state)
-//! makes exactly the predicted changes. Two things a dry run cannot know
-//! are left out: a modification lock taken later (its changes would be
-//! deferred), and events recorded late out of order (live, a late event
-//! does not re-trigger the events after it).
+//! makes exactly the predicted changes. What a dry run cannot know is left
+//! out: a modification lock taken later (its changes would be deferred).
+//!
+//! **Scheduled rules** are judged as their daily runs of the window would
+//! judge (see [`dry_run_scheduled`]).
 //!
 //! **Scope.** The counts and the sample cover the customers of the rule's
 //! unit and the units below it that the caller reads (`customer:read`):
 //! a store manager's dry run of an HQ rule counts the store's customers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
-    customer, customer_event, customer_tag,
+    customer, customer_event,
     enums::{CustomerEventKind, RuleStatus, TagOp},
-    rule, rule_version, tag_event,
+    rule, rule_version,
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use super::eval::{Action, EventFact, Facts, RuleSet, fire};
 use super::explain::sentence;
+use super::facts::{Customers, attributes_of, events_in_range, held_in_range, manual_removals_in_range};
 use super::library::{UnitLibrary, compile};
-use super::record::{attributes_of, removed_by_people, rule_sets_of_units};
+use super::record::rule_sets_of_units;
+use super::slot::Schedule;
 use super::store::{find_rule, validate};
 use crate::authz::{Action as Permit, Principal};
 use crate::config::Limits;
 use crate::domain::{OrgUnitId, RuleId};
 use crate::error::{AppError, AppResult};
-use crate::store::{CHUNK, id_in_table};
+use crate::store::id_in;
 
 /// Customers one dry run loads at a time.
 const CUSTOMERS_PER_CHUNK: usize = 500;
@@ -314,7 +317,7 @@ impl Replay<'_> {
         ids: &[i64],
     ) -> AppResult<()> {
         let customers: Vec<customer::Model> = customer::Entity::find()
-            .filter(id_in_table(db, "customer", "id", ids))
+            .filter(id_in(db.get_database_backend(), customer::Column::Id, ids))
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .order_by_asc(customer::Column::Id)
             .all(db)
@@ -323,54 +326,19 @@ impl Replay<'_> {
             return Ok(());
         }
         let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        for row in customer_event::Entity::find()
-            .filter(id_in_table(db, "customer_event", "customer_id", &ids))
-            .filter(customer_event::Column::OccurredAt.lte(self.to))
-            .order_by_asc(customer_event::Column::OccurredAt)
-            .order_by_asc(customer_event::Column::Id)
-            .all(db)
-            .await?
-        {
-            events.entry(row.customer_id).or_default().push(EventFact {
-                id: row.id,
-                kind: row.kind,
-                occurred_at: row.occurred_at,
-                payload: row.payload,
-            });
-        }
-        let mut tags: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        for row in
-            customer_tag::Entity::find().filter(id_in_table(db, "customer_tag", "customer_id", &ids)).all(db).await?
-        {
-            tags.entry(row.customer_id).or_default().insert(row.tag_id);
-        }
+        let mut events = events_in_range(db, Customers::Ids(&ids), None, Some(self.to)).await?;
+        let mut tags = held_in_range(db, Customers::Ids(&ids), None).await?;
         self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
         let action_tags: BTreeSet<i64> = self
             .sets
             .values()
             .flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
             .collect();
-        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
-        if !action_tags.is_empty() {
-            for part in
-                ids.chunks(if db.get_database_backend() == DbBackend::Postgres { ids.len().max(1) } else { CHUNK / 2 })
-            {
-                for row in tag_event::Entity::find()
-                    .filter(id_in_table(db, "tag_event", "customer_id", part))
-                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                    .order_by_desc(tag_event::Column::Seq)
-                    .all(db)
-                    .await?
-                {
-                    removals.entry(row.customer_id).or_default().push(row);
-                }
-            }
-        }
+        let removals = manual_removals_in_range(db, Customers::Ids(&ids), &action_tags).await?;
         for customer in &customers {
             let history = events.remove(&customer.id).unwrap_or_default();
             let held = tags.remove(&customer.id).unwrap_or_default();
-            let removed = removed_by_people(removals.get(&customer.id).into_iter().flatten());
+            let removed = removals.get(&customer.id).cloned().unwrap_or_default();
             self.customer(customer, &history, held, removed);
         }
         Ok(())
@@ -450,15 +418,14 @@ impl Replay<'_> {
     }
 }
 
-/// A scheduled rule's dry run: what a run judged at `to` (the window's
-/// end, by default now) would do, the way the scheduler judges it: the
-/// rule alone, for every customer of its unit's subtree (those the caller
-/// reads), on the events of its condition's kinds up to `to`, the tags it
-/// reads and changes, and the manual removals. Enabling the rule runs its
-/// latest slot at once, judged as of then: what this predicts. An
-/// absence or tier condition is judged at the window's end only (each
-/// daily run converges to it; the earlier slots of the window are not
-/// replayed one by one).
+/// A scheduled rule's dry run: what each of its daily runs in the window
+/// would do, the way the scheduler judges: the rule alone, for every
+/// customer of its unit's subtree (those the caller reads), on the events
+/// of its condition's kinds, the tags it reads and changes, and the manual
+/// removals. The window's slots run in order, each judged at its instant
+/// on the tags the runs before it left, starting from the current ones;
+/// the latest slot (at or before `to`) is judged at `to`, as enabling the
+/// rule then runs it at once.
 async fn dry_run_scheduled(
     db: &impl ConnectionTrait,
     principal: &Principal,
@@ -468,7 +435,9 @@ async fn dry_run_scheduled(
     mut answer: DryRun,
     sample_size: usize,
 ) -> AppResult<DryRun> {
-    let at = answer.to;
+    let to = answer.to;
+    let schedule = Schedule::parse("schedule", candidate.schedule.as_deref().unwrap_or_default())?;
+    let instants = run_instants(schedule, offset, answer.from, to);
     let library = UnitLibrary::load(db, &principal.org, candidate.org_unit_id).await?;
     let compiled = compile(candidate, &library).ok_or_else(|| {
         AppError::validation("condition", "the rule no longer compiles: a tag it names was archived or renamed")
@@ -481,12 +450,17 @@ async fn dry_run_scheduled(
     let mut relevant: BTreeSet<i64> = rule.reads();
     relevant.extend(action_tags.iter().copied());
     let units: Vec<i64> = units.iter().copied().collect();
-    let range = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CUSTOMERS_PER_CHUNK };
-    let text = format!(
-        "{}: scheduled run at {} ({offset})",
-        sentence(&candidate.name, candidate.version, None, offset),
-        at.with_timezone(&offset).format("%Y-%m-%d %H:%M")
-    );
+    let per_range = if db.get_database_backend() == DbBackend::Postgres { 20_000 } else { CUSTOMERS_PER_CHUNK };
+    let texts: Vec<String> = instants
+        .iter()
+        .map(|at| {
+            format!(
+                "{}: scheduled run at {} ({offset})",
+                sentence(&candidate.name, candidate.version, None, offset),
+                at.with_timezone(&offset).format("%Y-%m-%d %H:%M")
+            )
+        })
+        .collect();
     let mut after = 0i64;
     let empty = Vec::new();
     loop {
@@ -494,101 +468,101 @@ async fn dry_run_scheduled(
             .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
             .filter(customer::Column::Id.gt(after))
             .order_by_asc(customer::Column::Id)
-            .limit(range as u64)
+            .limit(per_range as u64)
             .all(db)
             .await?;
         let (Some(first), Some(last)) = (customers.first().map(|c| c.id), customers.last().map(|c| c.id)) else {
             return Ok(answer);
         };
         after = last;
-        let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        if !kinds.is_empty() {
-            for e in customer_event::Entity::find()
-                .filter(customer_event::Column::CustomerId.between(first, last))
-                .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-                .filter(customer_event::Column::OccurredAt.lte(at))
-                .order_by_asc(customer_event::Column::CustomerId)
-                .order_by_asc(customer_event::Column::OccurredAt)
-                .order_by_asc(customer_event::Column::Id)
-                .all(db)
-                .await?
-            {
-                answer.events_replayed += 1;
-                events.entry(e.customer_id).or_default().push(EventFact {
-                    id: e.id,
-                    kind: e.kind,
-                    occurred_at: e.occurred_at,
-                    payload: e.payload,
-                });
-            }
-        }
-        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        let mut removals: BTreeMap<i64, Vec<tag_event::Model>> = BTreeMap::new();
-        if !relevant.is_empty() {
-            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-                .select_only()
-                .column(customer_tag::Column::CustomerId)
-                .column(customer_tag::Column::TagId)
-                .filter(customer_tag::Column::TagId.is_in(relevant.iter().copied()))
-                .filter(customer_tag::Column::CustomerId.between(first, last))
-                .into_tuple()
-                .all(db)
-                .await?;
-            for (customer, tag) in rows {
-                held.entry(customer).or_default().insert(tag);
-            }
-            for row in tag_event::Entity::find()
-                .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                .filter(tag_event::Column::CustomerId.between(first, last))
-                .order_by_desc(tag_event::Column::Seq)
-                .all(db)
-                .await?
-            {
-                removals.entry(row.customer_id).or_default().push(row);
-            }
-        }
+        let range = Customers::Range(first, last);
+        let events = events_in_range(db, range, Some(&kinds), Some(to)).await?;
+        answer.events_replayed += events.values().map(|e| e.len() as u64).sum::<u64>();
+        let mut held = held_in_range(db, range, Some(&relevant)).await?;
+        let mut removals = manual_removals_in_range(db, range, &action_tags).await?;
         for customer in &customers {
             let attributes = attributes_of(customer);
-            let facts = Facts {
+            let mut facts = Facts {
                 events: events.get(&customer.id).unwrap_or(&empty),
                 attributes: &attributes,
                 tags: held.remove(&customer.id).unwrap_or_default(),
-                manual_removals: removed_by_people(removals.get(&customer.id).into_iter().flatten()),
+                manual_removals: removals.remove(&customer.id).unwrap_or_default(),
                 offset,
             };
-            let firing = fire(&set, &facts, None, at);
+            let mut changes: Vec<PredictedChange> = Vec::new();
+            // Each add held back once, however many runs hold it back.
+            let mut held_back: BTreeSet<i64> = BTreeSet::new();
+            for (at, text) in instants.iter().zip(&texts) {
+                let firing = fire(&set, &facts, None, *at);
+                held_back.extend(firing.held_back.iter().map(|p| p.tag_id));
+                changes.extend(firing.changes.iter().map(|c| PredictedChange {
+                    tag_id: c.tag_id,
+                    op: c.op,
+                    event_id: None,
+                    event_kind: None,
+                    occurred_at: *at,
+                    text: text.clone(),
+                }));
+                facts.tags = firing.tags;
+            }
             answer.customers_replayed += 1;
-            answer.held_back += firing.held_back.len() as u64;
-            if firing.changes.is_empty() && firing.held_back.is_empty() {
+            answer.held_back += held_back.len() as u64;
+            if changes.is_empty() && held_back.is_empty() {
                 continue;
             }
             answer.customers_matched += 1;
-            if firing.changes.iter().any(|c| c.op == TagOp::Add) {
+            if changes.iter().any(|c| c.op == TagOp::Add) {
                 answer.would_add += 1;
             }
-            if firing.changes.iter().any(|c| c.op == TagOp::Remove) {
+            if changes.iter().any(|c| c.op == TagOp::Remove) {
                 answer.would_remove += 1;
             }
-            if firing.changes.is_empty() {
+            if changes.is_empty() {
                 continue;
             }
             if answer.sample.len() < sample_size {
-                let changes = firing
-                    .changes
-                    .iter()
-                    .map(|c| PredictedChange {
-                        tag_id: c.tag_id,
-                        op: c.op,
-                        event_id: None,
-                        event_kind: None,
-                        occurred_at: at,
-                        text: text.clone(),
-                    })
-                    .collect();
                 answer.sample.push(SampleCustomer { customer_id: customer.id, changes });
             } else {
                 answer.sample_truncated = true;
             }
         }
+    }
+}
+
+/// The instants a scheduled rule's runs of the window judge at, oldest
+/// first: each slot after `from` and before the latest one at or before
+/// `to`, then `to` itself (for that latest slot).
+fn run_instants(schedule: Schedule, offset: FixedOffset, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let mut out = vec![to];
+    let mut slot = schedule.latest_slot(offset, to) - Duration::days(1);
+    while slot > from {
+        out.push(slot);
+        slot -= Duration::days(1);
+    }
+    out.reverse();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_scheduled_dry_run_judges_each_slot_of_the_window_and_the_latest_at_its_end() {
+        let shanghai = FixedOffset::east_opt(8 * 3600).unwrap();
+        let local = |d, h, m| shanghai.with_ymd_and_hms(2026, 12, d, h, m, 0).unwrap().to_utc();
+        let daily = Schedule::parse("s", "DAILY 03:00").unwrap();
+        // 1 Dec 12:00 to 4 Dec 10:00: the slots of 2 and 3 Dec, then the
+        // latest (4 Dec 03:00) judged at 10:00.
+        assert_eq!(
+            run_instants(daily, shanghai, local(1, 12, 0), local(4, 10, 0)),
+            vec![local(2, 3, 0), local(3, 3, 0), local(4, 10, 0)]
+        );
+        // A window with no slot in it: the latest slot, judged at its end.
+        assert_eq!(run_instants(daily, shanghai, local(4, 4, 0), local(4, 10, 0)), vec![local(4, 10, 0)]);
+        // A slot exactly at `from` is not in the window.
+        assert_eq!(run_instants(daily, shanghai, local(3, 3, 0), local(4, 3, 0)), vec![local(4, 3, 0)]);
     }
 }

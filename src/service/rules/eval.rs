@@ -25,6 +25,9 @@ pub struct EventFact {
     pub kind: CustomerEventKind,
     pub occurred_at: DateTime<Utc>,
     pub payload: Value,
+    /// When it was recorded (and first judged): a late event's replay
+    /// leaves alone what people changed since (`record`).
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl EventFact {
@@ -144,7 +147,7 @@ pub struct Exclusive {
 }
 
 impl Exclusive {
-    fn siblings(&self, tag: i64) -> impl Iterator<Item = i64> + '_ {
+    pub(crate) fn siblings(&self, tag: i64) -> impl Iterator<Item = i64> + '_ {
         self.group_of
             .get(&tag)
             .and_then(|g| self.members.get(g))
@@ -500,7 +503,7 @@ mod tests {
     }
 
     fn event(id: i64, kind: CustomerEventKind, at: DateTime<Utc>, payload: Value) -> EventFact {
-        EventFact { id, kind, occurred_at: at, payload }
+        EventFact { id, kind, occurred_at: at, payload, recorded_at: at }
     }
 
     fn lifecycle() -> Exclusive {

@@ -5,6 +5,8 @@
 //! - [`condition`]: the rule condition language (parser).
 //! - [`eval`]: the evaluator, a pure function shared by the event-driven
 //!   path, recomputation and dry runs.
+//! - [`facts`]: what rules judge customers on (events, held tags, tag
+//!   events), read for many customers at once; shared by all three paths.
 //! - [`library`]: what a rule may name, and stored rules compiled.
 //! - [`store`]: rules as versioned library objects.
 //! - [`record`]: `recordEvents`, and the rules run in its transaction.
@@ -22,6 +24,7 @@ pub mod dryrun;
 pub mod eval;
 pub mod event;
 pub mod explain;
+pub mod facts;
 pub mod library;
 pub mod propose;
 pub mod record;

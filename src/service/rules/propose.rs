@@ -65,8 +65,7 @@ impl RuleProposal {
 #[serde(rename_all = "camelCase")]
 struct Payload {
     proposal: RuleProposal,
-    /// None for a scheduled rule: a dry run replays events, which a
-    /// scheduled rule does not run on.
+    /// None only in requests filed before scheduled rules were dry-run.
     #[serde(default)]
     dry_run: Option<DryRun>,
 }
@@ -179,17 +178,9 @@ pub async fn propose_rule(
 ) -> AppResult<change_request::Model> {
     let reason = Reason::parse(reason, "reason")?;
     let (unit, subject, base) = check(db, principal, &proposal, expected_version).await?;
-    let scheduled = match &subject {
-        Subject::Unsaved(rule) => rule.schedule.is_some(),
-        Subject::Proposed(row) => row.schedule.is_some(),
-        Subject::Saved { .. } => base.as_ref().is_some_and(|r| r.schedule.is_some()),
-    };
-    let run = if scheduled {
-        None
-    } else {
-        let request = DryRunRequest { subject, from: None, to: None, sample: None };
-        Some(dry_run(db, principal, limits, offset, request).await?)
-    };
+    // A scheduled rule's dry run predicts its daily runs of the window.
+    let request = DryRunRequest { subject, from: None, to: None, sample: None };
+    let run = Some(dry_run(db, principal, limits, offset, request).await?);
     let txn = db.begin().await?;
     let request = requests::file(
         &txn,

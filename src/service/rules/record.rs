@@ -22,14 +22,15 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QuerySelect, TransactionTrait,
 };
 use serde_json::json;
 
 use super::deferred::locks_in_force;
-use super::eval::{Attributes, CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
+use super::eval::{CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
 use super::explain::{parse_source_ref, source_ref};
+use super::facts::{Customers, attributes_of, events_in_range, held_in_range, removed_by_people, tag_log_in_range};
 use super::library::{UnitLibrary, compile};
 use crate::authz::{Action, OrgTree, Principal};
 use crate::config::Limits;
@@ -37,7 +38,7 @@ use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
 use crate::store::event_log::{EventBy, insert_events, share_event_log};
-use crate::store::{CHUNK, id_in_table, ids_per_statement};
+use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// A refused event of a batch.
 #[derive(Debug)]
@@ -479,6 +480,9 @@ impl<'a> Runner<'a> {
         let mut kinds: Vec<CustomerEventKind> = rules().flat_map(|r| r.condition.event_kinds()).collect();
         kinds.sort_by_key(|k| k.as_str());
         kinds.dedup();
+        // A rule that looks at no event runs on every event: then events
+        // of every kind are read (a late one of any kind replays them).
+        let any_kind = rules().any(|r| r.condition.event_kinds().is_empty());
         // The tags the rules may change: their actions' and, for an add,
         // the other tags of its exclusive group.
         let action_tags: BTreeSet<i64> = units
@@ -496,15 +500,15 @@ impl<'a> Runner<'a> {
             })
             .collect();
 
-        let per = ids_per_statement(txn.get_database_backend());
         // A merged customer's events count as the kept customer's.
         let mut owner: HashMap<i64, i64> = ids.iter().map(|id| (*id, *id)).collect();
-        for chunk in ids.chunks(per) {
+        let backend = txn.get_database_backend();
+        for chunk in ids.chunks(ids_per_statement(backend)) {
             let merged: Vec<(i64, Option<i64>)> = customer::Entity::find()
                 .select_only()
                 .column(customer::Column::Id)
                 .column(customer::Column::MergedIntoId)
-                .filter(id_in_table(txn, "customer", "merged_into_id", chunk))
+                .filter(id_in(backend, customer::Column::MergedIntoId, chunk))
                 .into_tuple()
                 .all(txn)
                 .await?;
@@ -515,54 +519,20 @@ impl<'a> Runner<'a> {
             }
         }
         let mut history: HashMap<i64, Vec<EventFact>> = HashMap::new();
-        if !kinds.is_empty() {
-            let all: Vec<i64> = owner.keys().copied().collect();
-            for chunk in all.chunks(per) {
-                for e in customer_event::Entity::find()
-                    .filter(id_in_table(txn, "customer_event", "customer_id", chunk))
-                    .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-                    .all(txn)
-                    .await?
-                {
-                    history.entry(owner[&e.customer_id]).or_default().push(EventFact {
-                        id: e.id,
-                        kind: e.kind,
-                        occurred_at: e.occurred_at,
-                        payload: e.payload,
-                    });
-                }
-            }
+        let all: Vec<i64> = owner.keys().copied().collect();
+        let read_kinds = (!any_kind).then_some(kinds.as_slice());
+        for (customer, events) in events_in_range(txn, Customers::Ids(&all), read_kinds, None).await? {
+            history.entry(owner[&customer]).or_default().extend(events);
+        }
+        if owner.len() > ids.len() {
             for events in history.values_mut() {
                 events.sort_by_key(|e| (e.occurred_at, e.id));
             }
         }
-        let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-        let mut removals: HashMap<i64, Vec<tag_event::Model>> = HashMap::new();
-        for chunk in ids.chunks(per) {
-            let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-                .select_only()
-                .column(customer_tag::Column::CustomerId)
-                .column(customer_tag::Column::TagId)
-                .filter(id_in_table(txn, "customer_tag", "customer_id", chunk))
-                .into_tuple()
-                .all(txn)
-                .await?;
-            for (customer, tag) in rows {
-                held.entry(customer).or_default().insert(tag);
-            }
-            if !action_tags.is_empty() {
-                for e in tag_event::Entity::find()
-                    .filter(id_in_table(txn, "tag_event", "customer_id", chunk))
-                    .filter(tag_event::Column::TagId.is_in(action_tags.iter().copied()))
-                    .order_by_desc(tag_event::Column::Seq)
-                    .all(txn)
-                    .await?
-                {
-                    removals.entry(e.customer_id).or_default().push(e);
-                }
-            }
-        }
+        let mut held = held_in_range(txn, Customers::Ids(&ids), None).await?;
+        let removals = tag_log_in_range(txn, Customers::Ids(&ids), &action_tags).await?;
         let locked = locks_in_force(txn, &ids, &groups).await?;
+        let pending = pending_deferrals(txn, &locked).await?;
 
         let mut new_events: HashMap<i64, Vec<&customer_event::Model>> = HashMap::new();
         for e in recorded {
@@ -589,33 +559,47 @@ impl<'a> Runner<'a> {
                 manual_removals: removed_by_people(log),
                 offset: self.offset,
             };
-            let mut triggers: Vec<(i64, CustomerEventKind, DateTime<Utc>)> =
-                mine.iter().map(|e| (e.id, e.kind, e.occurred_at)).collect();
+            // (event, kind, when it happened, when it counts as judged):
+            // the batch's own events are judged now.
+            let mut triggers: Vec<(i64, CustomerEventKind, DateTime<Utc>, DateTime<Utc>)> =
+                mine.iter().map(|e| (e.id, e.kind, e.occurred_at, self.now)).collect();
             // A late event (one that happened before events evaluated in
             // earlier batches): the rules' changes triggered by those
             // later events are rewound, and every event from the late one
             // on is evaluated again in the order they happened, so that
-            // the customer ends as if the events had come in order.
+            // the customer ends as if the events had come in order. An
+            // event no rule runs on changes nothing and rewinds nothing.
             let new_ids: HashSet<i64> = mine.iter().map(|e| e.id).collect();
             let newest_before = events.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.occurred_at).max();
-            let late = newest_before.and_then(|n| mine.iter().find(|e| e.occurred_at < n)).copied();
+            let late = newest_before
+                .and_then(|n| mine.iter().find(|e| e.occurred_at < n && (any_kind || kinds.contains(&e.kind))))
+                .copied();
             // Tag → the rule's rewound change that made its state (rule,
             // version, triggering event).
             let mut rewound: HashMap<i64, (i64, i32, i64)> = HashMap::new();
+            // Tag → the newest change to it that no event's rule made (a
+            // person's, a scheduled run's, an expiry's): a replayed event
+            // judged before then does not change that tag.
+            let mut outside: HashMap<i64, DateTime<Utc>> = HashMap::new();
             if let Some(late) = late {
                 let time_of: HashMap<i64, DateTime<Utc>> = events.iter().map(|e| (e.id, e.occurred_at)).collect();
-                let mut pinned: HashSet<i64> = HashSet::new();
+                let mut kept: Vec<&tag_event::Model> = Vec::new();
                 for e in log {
-                    if e.source != TagSource::Rule {
-                        // A person's change after the rule's stays.
-                        pinned.insert(e.tag_id);
-                        continue;
-                    }
-                    let Some(rule_ref) = e.source_ref.as_deref().and_then(parse_source_ref) else { continue };
-                    let Some((event_id, at)) = rule_ref.event_id.and_then(|id| Some((id, *time_of.get(&id)?))) else {
+                    let by_rule = (e.source == TagSource::Rule)
+                        .then(|| e.source_ref.as_deref().and_then(parse_source_ref))
+                        .flatten()
+                        .and_then(|r| r.event_id.map(|id| (r, id)));
+                    let Some((rule_ref, event_id)) = by_rule else {
+                        // Newest first: an older rule change to this tag
+                        // is not rewound.
+                        outside.entry(e.tag_id).or_insert(e.occurred_at);
+                        kept.push(e);
                         continue;
                     };
-                    if pinned.contains(&e.tag_id) || at <= late.occurred_at {
+                    let rewind = !outside.contains_key(&e.tag_id)
+                        && time_of.get(&event_id).is_some_and(|at| *at > late.occurred_at);
+                    if !rewind {
+                        kept.push(e);
                         continue;
                     }
                     match e.op {
@@ -624,28 +608,62 @@ impl<'a> Runner<'a> {
                     };
                     rewound.entry(e.tag_id).or_insert((rule_ref.rule_id, rule_ref.version, event_id));
                 }
+                // A person's removal the rewind uncovered holds adds back.
+                facts.manual_removals = removed_by_people(kept);
                 for e in events.iter().filter(|e| !new_ids.contains(&e.id) && e.occurred_at > late.occurred_at) {
-                    triggers.push((e.id, e.kind, e.occurred_at));
+                    triggers.push((e.id, e.kind, e.occurred_at, e.recorded_at));
                 }
-                triggers.sort_by_key(|(id, _, at)| (*at, *id));
+                triggers.sort_by_key(|(id, _, at, _)| (*at, *id));
+                // In order, an event is judged no later than any event
+                // that happened after it was.
+                let mut judged = self.now;
+                for trigger in triggers.iter_mut().rev() {
+                    judged = judged.min(trigger.3);
+                    trigger.3 = judged;
+                }
             }
             // (change, triggering event), in order.
             let mut steps: Vec<(Planned, i64)> = Vec::new();
-            for (id, kind, occurred_at) in triggers {
-                let trigger = EventFact { id, kind, occurred_at, payload: serde_json::Value::Null };
+            for (id, kind, occurred_at, judged) in triggers {
+                let trigger =
+                    EventFact { id, kind, occurred_at, payload: serde_json::Value::Null, recorded_at: judged };
                 let firing = fire(set, &facts, Some(&trigger), occurred_at);
-                self.held_back += firing.held_back.len() as u32;
+                // A replayed event's held-back adds were counted when it
+                // was recorded.
+                let own = new_ids.contains(&id);
+                if own {
+                    self.held_back += firing.held_back.len() as u32;
+                }
+                // Tags changed from outside since this event was judged
+                // stay as they are, and so does an exclusive group whose
+                // held tag stays.
+                let stays = |tag: i64| outside.get(&tag).is_some_and(|at| *at >= judged);
+                let kept_held: BTreeSet<i64> = firing
+                    .changes
+                    .iter()
+                    .filter(|c| c.op == TagOp::Remove && stays(c.tag_id))
+                    .map(|c| c.tag_id)
+                    .collect();
                 let mut tags = facts.tags.clone();
                 for change in firing.changes {
+                    if stays(change.tag_id)
+                        || (change.op == TagOp::Add
+                            && set.exclusive.siblings(change.tag_id).any(|t| kept_held.contains(&t)))
+                    {
+                        continue;
+                    }
                     let group = library.tags.get(&change.tag_id).map(|(_, g)| g.id);
                     if let Some(lock_id) = group.and_then(|g| locked.get(&(customer.id, g))) {
-                        deferred.push(deferred_action(&change, customer.id, id, *lock_id, self.now));
+                        let action = (id, change.rule_id, change.tag_id, change.op);
+                        if own || !pending.contains(&(customer.id, action)) {
+                            deferred.push(deferred_action(&change, customer.id, id, *lock_id, self.now));
+                        }
                         continue;
                     }
                     match change.op {
                         TagOp::Add => {
                             if tags.len() as u32 >= self.limits.max_tags_per_customer {
-                                self.over_cap += 1;
+                                self.over_cap += u32::from(own);
                                 continue;
                             }
                             tags.insert(change.tag_id);
@@ -749,6 +767,37 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The deferred actions still waiting for their lock, as (customer,
+/// (event, rule, tag, op)): a late event's replay of an earlier event does
+/// not defer its action twice. Read only when a lock covers the batch.
+async fn pending_deferrals(
+    txn: &DatabaseTransaction,
+    locked: &HashMap<(i64, i64), i64>,
+) -> AppResult<HashSet<(i64, (i64, i64, i64, TagOp))>> {
+    let mut out = HashSet::new();
+    if locked.is_empty() {
+        return Ok(out);
+    }
+    let customers: BTreeSet<i64> = locked.keys().map(|(c, _)| *c).collect();
+    let customers: Vec<i64> = customers.into_iter().collect();
+    let backend = txn.get_database_backend();
+    for chunk in customers.chunks(ids_per_statement(backend)) {
+        for row in rule_deferred_action::Entity::find()
+            .filter(id_in(backend, rule_deferred_action::Column::CustomerId, chunk))
+            .filter(rule_deferred_action::Column::AppliedAt.is_null())
+            .filter(rule_deferred_action::Column::EventId.is_not_null())
+            .all(txn)
+            .await?
+        {
+            let op = if row.op == TagOp::Remove.as_str() { TagOp::Remove } else { TagOp::Add };
+            if let Some(event) = row.event_id {
+                out.insert((row.customer_id, (event, row.rule_id, row.tag_id, op)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The tag event of a rule's change: source `RULE`, no acting person.
 fn rule_event(
     change: &Planned,
@@ -789,31 +838,6 @@ fn deferred_action(
         created_at: Set(at),
         applied_at: Set(None),
     }
-}
-
-/// The customer's attributes that conditions may test.
-pub(super) fn attributes_of(customer: &customer::Model) -> Attributes {
-    Attributes {
-        city: customer.city.clone(),
-        channel: customer.channel.clone(),
-        gender: Some(customer.gender),
-        spend_cents: customer.total_spend_cents,
-        orders: i64::from(customer.order_count),
-        birth_date: customer.birth_date,
-    }
-}
-
-/// Of one customer's tag events, newest first: the tags whose latest
-/// change was a person taking them off (by hand or in bulk).
-pub(super) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a tag_event::Model>) -> BTreeSet<i64> {
-    let mut seen = HashSet::new();
-    let mut out = BTreeSet::new();
-    for e in newest_first {
-        if seen.insert(e.tag_id) && e.op == TagOp::Remove && matches!(e.source, TagSource::Manual | TagSource::Bulk) {
-            out.insert(e.tag_id);
-        }
-    }
-    out
 }
 
 /// A customer's events the caller may see, newest recorded first: those of

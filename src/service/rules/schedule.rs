@@ -37,7 +37,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{
-    customer, customer_event, customer_tag,
+    customer, customer_tag,
     enums::{RuleRunStatus, RuleStatus, TagOp, TagSource},
     rule, rule_deferred_action, rule_run, tag, tag_event,
 };
@@ -50,10 +50,10 @@ use sea_orm::{
 use serde_json::json;
 
 use super::deferred::{self, locks_in_force};
-use super::eval::{Attributes, EventFact, Facts, RuleSet, fire};
+use super::eval::{Attributes, Facts, RuleSet, fire};
 use super::explain::run_source_ref;
+use super::facts::{Customers, attributes_of, events_in_range, held_in_range, manual_removals_in_range};
 use super::library::{UnitLibrary, compile};
-use super::record::{attributes_of, removed_by_people};
 use crate::authz::OrgTree;
 use crate::config::Limits;
 use crate::domain::StaffId;
@@ -61,7 +61,7 @@ use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::segment::SegmentIndex;
 use crate::service::audit::{self, AuditEntry};
 use crate::service::tagging::{SystemChange, apply_system_changes, lock_customer_rows};
-use crate::store::{CHUNK, id_in_table, ids_per_statement};
+use crate::store::CHUNK;
 
 /// Customers judged per transaction.
 pub const BATCH: usize = 500;
@@ -452,41 +452,9 @@ impl Scheduler {
             };
             let (first, last) = (*first, *last);
             after = last;
-            let mut events: HashMap<i64, Vec<EventFact>> = HashMap::new();
-            if !kinds.is_empty() {
-                for e in customer_event::Entity::find()
-                    .filter(customer_event::Column::CustomerId.between(first, last))
-                    .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-                    .filter(customer_event::Column::OccurredAt.lte(now))
-                    .order_by_asc(customer_event::Column::CustomerId)
-                    .order_by_asc(customer_event::Column::OccurredAt)
-                    .order_by_asc(customer_event::Column::Id)
-                    .all(&self.db)
-                    .await?
-                {
-                    events.entry(e.customer_id).or_default().push(EventFact {
-                        id: e.id,
-                        kind: e.kind,
-                        occurred_at: e.occurred_at,
-                        payload: e.payload,
-                    });
-                }
-            }
-            let mut held: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-            if !relevant.is_empty() {
-                let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-                    .select_only()
-                    .column(customer_tag::Column::CustomerId)
-                    .column(customer_tag::Column::TagId)
-                    .filter(customer_tag::Column::TagId.is_in(relevant.iter().copied()))
-                    .filter(customer_tag::Column::CustomerId.between(first, last))
-                    .into_tuple()
-                    .all(&self.db)
-                    .await?;
-                for (customer, tag) in rows {
-                    held.entry(customer).or_default().insert(tag);
-                }
-            }
+            let range = Customers::Range(first, last);
+            let events = events_in_range(&self.db, range, Some(&kinds), Some(now)).await?;
+            let mut held = held_in_range(&self.db, range, Some(&relevant)).await?;
             for (id, attributes) in &customers {
                 if removed_once.contains(id) {
                     candidates.push(*id);
@@ -567,9 +535,10 @@ impl Batch<'_> {
         let mut relevant: BTreeSet<i64> = rule.reads();
         relevant.extend(action_tags.iter().copied());
 
-        let events = events_of(txn, &ids, &rule.condition.event_kinds(), self.now).await?;
-        let held = holdings(txn, &ids, &relevant).await?;
-        let removed = manual_removals(txn, &ids, &action_tags).await?;
+        let batch = Customers::Ids(&ids);
+        let events = events_in_range(txn, batch, Some(&rule.condition.event_kinds()), Some(self.now)).await?;
+        let held = held_in_range(txn, batch, Some(&relevant)).await?;
+        let removed = manual_removals_in_range(txn, batch, &action_tags).await?;
         let groups: BTreeSet<i64> =
             action_tags.iter().filter_map(|t| self.library.tags.get(t).map(|(_, g)| g.id)).collect();
         let locked = locks_in_force(txn, &ids, &groups).await?;
@@ -646,99 +615,6 @@ pub async fn runs_of(
     let row = super::store::find_rule(db, principal, rule_id).await?;
     let query = rule_run::Entity::find().filter(rule_run::Column::RuleId.eq(row.id));
     crate::service::newest_first(db, query, rule_run::Column::Id, |r| r.id, "rule_run", page).await
-}
-
-/// The customers' events of these kinds up to `at`, oldest first, by
-/// customer (none when the condition looks at no event).
-async fn events_of(
-    txn: &DatabaseTransaction,
-    ids: &[i64],
-    kinds: &[entity::enums::CustomerEventKind],
-    at: DateTime<Utc>,
-) -> AppResult<HashMap<i64, Vec<EventFact>>> {
-    let mut out: HashMap<i64, Vec<EventFact>> = HashMap::new();
-    if kinds.is_empty() {
-        return Ok(out);
-    }
-    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
-        let rows = customer_event::Entity::find()
-            .filter(id_in_table(txn, "customer_event", "customer_id", chunk))
-            .filter(customer_event::Column::Kind.is_in(kinds.iter().copied()))
-            .filter(customer_event::Column::OccurredAt.lte(at))
-            .order_by_asc(customer_event::Column::CustomerId)
-            .order_by_asc(customer_event::Column::OccurredAt)
-            .order_by_asc(customer_event::Column::Id)
-            .all(txn)
-            .await?;
-        for e in rows {
-            out.entry(e.customer_id).or_default().push(EventFact {
-                id: e.id,
-                kind: e.kind,
-                occurred_at: e.occurred_at,
-                payload: e.payload,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// The customers' assignments among `tags`, by customer.
-async fn holdings(
-    txn: &DatabaseTransaction,
-    ids: &[i64],
-    tags: &BTreeSet<i64>,
-) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
-    let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-    if tags.is_empty() {
-        return Ok(out);
-    }
-    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
-        let rows: Vec<(i64, i64)> = customer_tag::Entity::find()
-            .select_only()
-            .column(customer_tag::Column::CustomerId)
-            .column(customer_tag::Column::TagId)
-            .filter(id_in_table(txn, "customer_tag", "customer_id", chunk))
-            .filter(customer_tag::Column::TagId.is_in(tags.iter().copied()))
-            .into_tuple()
-            .all(txn)
-            .await?;
-        for (customer, tag) in rows {
-            out.entry(customer).or_default().insert(tag);
-        }
-    }
-    Ok(out)
-}
-
-/// Tags among `tags` a person took off each customer (and nobody put back
-/// since), by customer.
-async fn manual_removals(
-    txn: &DatabaseTransaction,
-    ids: &[i64],
-    tags: &BTreeSet<i64>,
-) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
-    let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-    if tags.is_empty() {
-        return Ok(out);
-    }
-    for chunk in ids.chunks(ids_per_statement(txn.get_database_backend())) {
-        let rows = tag_event::Entity::find()
-            .filter(id_in_table(txn, "tag_event", "customer_id", chunk))
-            .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
-            .order_by_desc(tag_event::Column::Seq)
-            .all(txn)
-            .await?;
-        let mut by_customer: HashMap<i64, Vec<tag_event::Model>> = HashMap::new();
-        for e in rows {
-            by_customer.entry(e.customer_id).or_default().push(e);
-        }
-        for (customer, events) in by_customer {
-            let removed = removed_by_people(&events);
-            if !removed.is_empty() {
-                out.insert(customer, removed);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Takes off the assignments whose `expiresAt` is at or before `now`

@@ -1,0 +1,194 @@
+//! What the rules judge customers on, read for many customers at once: their
+//! events, the tags they hold, and their tag events (for manual removals
+//! and for rewinding). The event path, the scheduler and dry runs all read
+//! through here, so the three judge on the same facts read the same way.
+//!
+//! A read covers [`Customers`]: a list of ids (a batch, a locked set), in
+//! statements of [`ids_per_statement`] ids each, or every id in a range
+//! (a sweep over a unit's customers in id order), in one statement.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::{
+    customer, customer_event, customer_tag,
+    enums::{CustomerEventKind, TagOp, TagSource},
+    tag_event,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{IntoColumnRef, SimpleExpr},
+};
+
+use super::eval::{Attributes, EventFact};
+use crate::error::AppResult;
+use crate::store::{id_in, ids_per_statement};
+
+/// The customers a read covers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Customers<'a> {
+    /// These ids.
+    Ids(&'a [i64]),
+    /// Every id from the first to the last, both included.
+    Range(i64, i64),
+}
+
+impl Customers<'_> {
+    /// One filter on `column` per statement the read takes.
+    fn filters<C>(self, db: &impl ConnectionTrait, column: C) -> Vec<SimpleExpr>
+    where
+        C: ColumnTrait + IntoColumnRef + Copy,
+    {
+        match self {
+            Self::Ids(ids) => ids
+                .chunks(ids_per_statement(db.get_database_backend()))
+                .map(|chunk| id_in(db.get_database_backend(), column, chunk))
+                .collect(),
+            Self::Range(first, last) => vec![column.between(first, last)],
+        }
+    }
+}
+
+/// The customers' events, oldest first (by `occurredAt`, then id) by
+/// customer: of `kinds` (every kind for `None`; nothing for none), and up
+/// to `up_to` when given.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn events_in_range(
+    db: &impl ConnectionTrait,
+    customers: Customers<'_>,
+    kinds: Option<&[CustomerEventKind]>,
+    up_to: Option<DateTime<Utc>>,
+) -> AppResult<HashMap<i64, Vec<EventFact>>> {
+    let mut out: HashMap<i64, Vec<EventFact>> = HashMap::new();
+    if kinds.is_some_and(<[_]>::is_empty) {
+        return Ok(out);
+    }
+    for filter in customers.filters(db, customer_event::Column::CustomerId) {
+        let mut query = customer_event::Entity::find().filter(filter);
+        if let Some(kinds) = kinds {
+            query = query.filter(customer_event::Column::Kind.is_in(kinds.iter().copied()));
+        }
+        if let Some(at) = up_to {
+            query = query.filter(customer_event::Column::OccurredAt.lte(at));
+        }
+        for e in query
+            .order_by_asc(customer_event::Column::CustomerId)
+            .order_by_asc(customer_event::Column::OccurredAt)
+            .order_by_asc(customer_event::Column::Id)
+            .all(db)
+            .await?
+        {
+            out.entry(e.customer_id).or_default().push(EventFact {
+                id: e.id,
+                kind: e.kind,
+                occurred_at: e.occurred_at,
+                payload: e.payload,
+                recorded_at: e.recorded_at,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The tags the customers hold, by customer: among `tags` (every tag for
+/// `None`; nothing for none).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn held_in_range(
+    db: &impl ConnectionTrait,
+    customers: Customers<'_>,
+    tags: Option<&BTreeSet<i64>>,
+) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
+    let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+    if tags.is_some_and(BTreeSet::is_empty) {
+        return Ok(out);
+    }
+    for filter in customers.filters(db, customer_tag::Column::CustomerId) {
+        let mut query = customer_tag::Entity::find()
+            .select_only()
+            .column(customer_tag::Column::CustomerId)
+            .column(customer_tag::Column::TagId)
+            .filter(filter);
+        if let Some(tags) = tags {
+            query = query.filter(customer_tag::Column::TagId.is_in(tags.iter().copied()));
+        }
+        for (customer, tag) in query.into_tuple::<(i64, i64)>().all(db).await? {
+            out.entry(customer).or_default().insert(tag);
+        }
+    }
+    Ok(out)
+}
+
+/// The customers' tag events of `tags`, newest first, by customer (none
+/// for no tags).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn tag_log_in_range(
+    db: &impl ConnectionTrait,
+    customers: Customers<'_>,
+    tags: &BTreeSet<i64>,
+) -> AppResult<HashMap<i64, Vec<tag_event::Model>>> {
+    let mut out: HashMap<i64, Vec<tag_event::Model>> = HashMap::new();
+    if tags.is_empty() {
+        return Ok(out);
+    }
+    for filter in customers.filters(db, tag_event::Column::CustomerId) {
+        for e in tag_event::Entity::find()
+            .filter(filter)
+            .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
+            .order_by_desc(tag_event::Column::Seq)
+            .all(db)
+            .await?
+        {
+            out.entry(e.customer_id).or_default().push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Of `tags`, those a person took off each customer (and nobody put back
+/// since), by customer; customers with none are left out.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn manual_removals_in_range(
+    db: &impl ConnectionTrait,
+    customers: Customers<'_>,
+    tags: &BTreeSet<i64>,
+) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
+    Ok(tag_log_in_range(db, customers, tags)
+        .await?
+        .into_iter()
+        .map(|(customer, log)| (customer, removed_by_people(&log)))
+        .filter(|(_, removed)| !removed.is_empty())
+        .collect())
+}
+
+/// The customer's attributes that conditions may test.
+pub(crate) fn attributes_of(customer: &customer::Model) -> Attributes {
+    Attributes {
+        city: customer.city.clone(),
+        channel: customer.channel.clone(),
+        gender: Some(customer.gender),
+        spend_cents: customer.total_spend_cents,
+        orders: i64::from(customer.order_count),
+        birth_date: customer.birth_date,
+    }
+}
+
+/// Of one customer's tag events, newest first: the tags whose latest
+/// change was a person taking them off (by hand or in bulk).
+pub(crate) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a tag_event::Model>) -> BTreeSet<i64> {
+    let mut seen = HashSet::new();
+    let mut out = BTreeSet::new();
+    for e in newest_first {
+        if seen.insert(e.tag_id) && e.op == TagOp::Remove && matches!(e.source, TagSource::Manual | TagSource::Bulk) {
+            out.insert(e.tag_id);
+        }
+    }
+    out
+}
