@@ -24,6 +24,7 @@ mod m20261202_000110_customer_data;
 mod m20261202_000120_merge_moves_events;
 mod m20261202_000150_expiring_assignments;
 mod m20261203_000120_job_locks;
+mod m20261203_000160_tag_event_adds;
 
 pub struct Migrator;
 
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000120_merge_moves_events::Migration),
             Box::new(m20261202_000150_expiring_assignments::Migration),
             Box::new(m20261203_000120_job_locks::Migration),
+            Box::new(m20261203_000160_tag_event_adds::Migration),
         ]
     }
 }
