@@ -30,7 +30,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 use unicode_normalization::UnicodeNormalization;
 
 use super::report_unit;
-use super::usage::{self, TagUsage};
+use super::usage::{self, Recency, TagUsage};
 use crate::authz::Principal;
 use crate::authz::visibility::group_visible;
 use crate::domain::{ObjectKey, OrgUnitId, Reason, TagId};
@@ -128,8 +128,8 @@ pub async fn duplicate_tags(
         .collect();
     let group_ids: Vec<i64> = groups.keys().copied().collect();
     let tags: Vec<tag::Model> = tags_of_groups(db, &group_ids, false).await?.into_values().flatten().collect();
-    let usage = usage::usage_of(db, index, principal, found.id, groups.clone(), tags).await?;
-    let settings = usage.settings;
+    let usage = usage::usage_of(db, index, principal, found.id, groups.clone(), tags, Recency::Later).await?;
+    let settings = usage.settings.clone();
     let max_distance = usize::try_from(settings.duplicate_edit_distance).unwrap_or(0);
     let rows = usage.rows;
     let names: Vec<(String, HashSet<String>)> = rows.iter().map(|r| names_of(&r.tag)).collect();
@@ -186,6 +186,20 @@ pub async fn duplicate_tags(
                 distance = strsim::levenshtein(na, nb);
             }
             pairs.push(propose(principal, &rows, a.clone(), b.clone(), reasons, distance, overlap));
+        }
+    }
+    // Recency only for the tags of the pairs (a few), not the library.
+    let mut paired: HashMap<i64, TagUsage> = HashMap::new();
+    for p in &pairs {
+        paired.entry(p.a.tag.id).or_insert_with(|| p.a.clone());
+        paired.entry(p.b.tag.id).or_insert_with(|| p.b.clone());
+    }
+    usage::add_recency(db, principal, &usage.scope, &settings, usage.now, paired.values_mut().collect()).await?;
+    for p in &mut pairs {
+        for side in [&mut p.a, &mut p.b] {
+            if let Some(filled) = paired.get(&side.tag.id) {
+                *side = filled.clone();
+            }
         }
     }
     pairs.sort_by(|x, y| {
