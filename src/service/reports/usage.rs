@@ -6,12 +6,13 @@
 //!
 //! Holders come from the segment index's bitmaps (one intersection per
 //! tag), or from one grouped SQL count while the index builds. Recency
-//! comes from one grouped SQL statement over the tag event log (its ADD
-//! events of the library's tags, for customers of the scope), grouped by
-//! tag and org unit so that a tag's class is applied per unit exactly as
-//! the holder counts apply it. The sources are asked only for the tags a
-//! response shows ([`holders_by_source`]): one grouped count of their
-//! assignments by `source`, so they add up to the holders.
+//! (`add_recency`) comes from grouped statements over the partial index
+//! of the tag event log's ADD events, for customers of the scope (see
+//! `scope_events` for the three ways), and only for the rows that need
+//! it: a page in holder or name order asks it for its own tags. The
+//! sources are asked only for the tags a response shows
+//! ([`holders_by_source`]): one grouped count of their assignments by
+//! `source`, so they add up to the holders.
 
 use std::collections::HashMap;
 use std::sync::Arc;
