@@ -27,6 +27,7 @@ mod m20261203_000120_job_locks;
 mod m20261204_000200_lean_assignment_index;
 mod m20261204_000210_assignment_writes_without_fk_checks;
 mod m20261204_000220_job_snapshot_without_fk_checks;
+mod m20261204_000230_tag_event_adds;
 
 pub struct Migrator;
 
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000200_lean_assignment_index::Migration),
             Box::new(m20261204_000210_assignment_writes_without_fk_checks::Migration),
             Box::new(m20261204_000220_job_snapshot_without_fk_checks::Migration),
+            Box::new(m20261204_000230_tag_event_adds::Migration),
         ]
     }
 }

@@ -518,6 +518,206 @@ async fn tags_at_the_first_of_last_month_are_exact(app: TestApp) {
     assert_eq!(now.ok()["segmentPreview"]["count"], current);
 }
 
+const PAGED_USAGE: &str = "query($u: ID!, $after: String, $o: TagUsageOrderInput) {
+    tagUsage(orgUnitId: $u, first: 7, after: $after, orderBy: $o) {
+    edges { node { tag { id } holders scopeCustomers lastTaggedAt taggedLast30Days taggedLast90Days zombie } }
+    pageInfo { hasNextPage endCursor } } }";
+
+/// Every row of `tagUsage` at a unit, page by page (7 a page).
+async fn all_pages(app: &TestApp, login: &str, unit: &str, order: Value) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let res = app.gql(login, PAGED_USAGE, json!({ "u": app.unit_id(unit), "after": after, "o": order })).await;
+        let page = &res.ok()["tagUsage"];
+        rows.extend(page["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()));
+        if page["pageInfo"]["hasNextPage"] != true {
+            return rows;
+        }
+        after = page["pageInfo"]["endCursor"].clone();
+    }
+}
+
+/// Recency, holders and zombies over a random event log equal a
+/// brute-force count, for callers with the whole base (HQ's admin), a
+/// region, a subtree of HQ and one store (where classes hide some tags);
+/// with random thresholds; read whole, page by page in holder order (each
+/// page's recency asked for its rows only), in recency order, as the
+/// zombie report and as its filter; and with the holders counted by SQL
+/// (a segment index that is not ready). Events sit on either side of the
+/// 30- and 90-day marks, and removed taggings count as taggings.
+async fn usage_and_zombies_equal_brute_force_over_a_random_log(app: TestApp) {
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashSet;
+    use tagbase::authz::visibility::on_customer_visible;
+    use tagbase::domain::{OrgUnitId, PageArgs, PageSize};
+    use tagbase::service::reports::{usage, zombie};
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261203);
+    let now = Utc::now();
+    // Tags a year old, so that an idle tag is idle by its events.
+    tag::Entity::update_many()
+        .col_expr(tag::Column::CreatedAt, sea_orm::sea_query::Expr::value(now - Duration::days(365)))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let tags: Vec<tag::Model> =
+        tag::Entity::find().filter(tag::Column::Status.eq(TagStatus::Active)).all(&app.db).await.unwrap();
+    let customers: Vec<customer::Model> = customer::Entity::find().all(&app.db).await.unwrap();
+    let held: HashSet<(i64, i64)> = customer_tag::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.customer_id, r.tag_id))
+        .collect();
+    let hour = Duration::hours(1);
+    for _ in 0..400 {
+        let c = customers[rng.random_range(0..customers.len())].id;
+        let t = tags[rng.random_range(0..tags.len())].id;
+        let side = if rng.random_bool(0.5) { hour } else { -hour };
+        let at = match rng.random_range(0..8) {
+            0 => now - Duration::days(30) + side,
+            1 => now - Duration::days(90) + side,
+            _ => now - Duration::minutes(rng.random_range(90..200 * 24 * 60)),
+        };
+        // The log stays true to the assignments (the index follows it):
+        // a holder is given the tag again; anybody else is given it and
+        // has it taken away.
+        insert_event(&app, c, t, TagOp::Add, at).await;
+        if !held.contains(&(c, t)) {
+            insert_event(&app, c, t, TagOp::Remove, at + Duration::minutes(1)).await;
+        }
+    }
+    let share = rng.random_range(5..60) as f64 / 100.0;
+    let idle = rng.random_range(20..120);
+    let set = "mutation($u: ID!, $s: Float, $d: Int) {
+        setReportSettings(input: { orgUnitId: $u, zombieShare: $s, zombieIdleDays: $d }) { zombieShare } }";
+    app.gql("admin", set, json!({ "u": app.unit_id("hq"), "s": share, "d": idle })).await.ok();
+
+    let assignments = customer_tag::Entity::find().all(&app.db).await.unwrap();
+    let events = tag_event::Entity::find().all(&app.db).await.unwrap();
+    let class_of: HashMap<i64, String> =
+        tag_group::Entity::find().all(&app.db).await.unwrap().into_iter().map(|g| (g.id, g.visibility_class)).collect();
+    let tag_class: HashMap<i64, String> =
+        tags.iter().filter_map(|t| Some((t.id, class_of.get(&t.group_id?)?.clone()))).collect();
+    let created: HashMap<i64, DateTime<Utc>> = tags.iter().map(|t| (t.id, t.created_at)).collect();
+    let state = &app.app.state;
+    let unready = tagbase::segment::SegmentIndex::new();
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("admin", "hq", &["hq", "north", "bj01", "tj01", "south", "sz01", "gz01"]),
+        ("admin", "north", &["north", "bj01", "tj01"]),
+        ("admin", "south", &["south", "sz01", "gz01"]),
+        ("south.manager", "south", &["south", "sz01", "gz01"]),
+        ("sz01.sales", "sz01", &["sz01"]),
+    ];
+    let mut zombies_seen = (0, 0);
+    let mut duplicates_seen = 0;
+    for (login, unit, units) in cases {
+        let principal = app.principal_of(login).await;
+        let units: HashSet<i64> = units.iter().map(|u| app.unit(u)).collect();
+        let unit_of: HashMap<i64, i64> =
+            customers.iter().filter(|c| units.contains(&c.org_unit_id)).map(|c| (c.id, c.org_unit_id)).collect();
+        let seen = |customer: i64, tag: i64| {
+            unit_of
+                .get(&customer)
+                .is_some_and(|u| on_customer_visible(&principal, None, tag_class.get(&tag).map(String::as_str), *u))
+        };
+        let asked = Utc::now();
+        let mut brute: HashMap<i64, Brute> = HashMap::new();
+        for a in assignments.iter().filter(|a| seen(a.customer_id, a.tag_id)) {
+            brute.entry(a.tag_id).or_default().holders += 1;
+        }
+        for e in events.iter().filter(|e| e.op == TagOp::Add && seen(e.customer_id, e.tag_id)) {
+            let b = brute.entry(e.tag_id).or_default();
+            b.last = b.last.max(Some(e.occurred_at));
+            b.last_30 += u64::from(e.occurred_at >= asked - Duration::days(30));
+            b.adds += u64::from(e.occurred_at >= asked - Duration::days(90));
+        }
+        let total = unit_of.len() as u64;
+        let is_zombie = |id: i64| {
+            let b = brute.get(&id).cloned().unwrap_or_default();
+            let since = b.last.unwrap_or(created[&id]).max(created[&id]);
+            let held = if total == 0 { 0.0 } else { b.holders as f64 / total as f64 };
+            held < share || since < asked - Duration::days(idle)
+        };
+        let check = |row: &Value, how: &str| {
+            let id = row_id(row["tag"]["id"].as_str().unwrap());
+            let b = brute.get(&id).cloned().unwrap_or_default();
+            let at = format!("{login} at {unit}, {how}: {row}");
+            assert_eq!(row["holders"], b.holders, "{at}");
+            assert_eq!(row["scopeCustomers"], total, "{at}");
+            assert_eq!(row["taggedLast30Days"], b.last_30, "{at}");
+            assert_eq!(row["taggedLast90Days"], b.adds, "{at}");
+            let last = row["lastTaggedAt"].as_str().map(|t| DateTime::parse_from_rfc3339(t).unwrap().timestamp());
+            assert_eq!(last, b.last.map(|t| t.timestamp()), "{at}");
+            assert_eq!(row["zombie"], is_zombie(id), "{at}");
+            id
+        };
+        let whole = usage_rows(app.gql(login, USAGE, json!({ "u": app.unit_id(unit) })).await.ok());
+        assert!(!whole.is_empty(), "{login} at {unit}");
+        let ids: BTreeSet<i64> = whole.iter().map(|r| check(r, "whole")).collect();
+        let expected: BTreeSet<i64> = ids.iter().copied().filter(|t| is_zombie(*t)).collect();
+        zombies_seen.0 += expected.len();
+        zombies_seen.1 += ids.len() - expected.len();
+        for order in [
+            json!({ "field": "HOLDERS" }),
+            json!({ "field": "NAME", "direction": "ASC" }),
+            json!({ "field": "LAST_TAGGED" }),
+        ] {
+            let paged = all_pages(&app, login, unit, order.clone()).await;
+            let paged: BTreeSet<i64> = paged.iter().map(|r| check(r, &format!("paged by {order}"))).collect();
+            assert_eq!(paged, ids, "{login} at {unit} by {order}");
+        }
+        let res = app.gql(login, ZOMBIES, json!({ "u": app.unit_id(unit) })).await;
+        let found: BTreeSet<i64> = res.ok()["zombieTags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| row_id(z["tag"]["id"].as_str().unwrap()))
+            .collect();
+        assert_eq!(found, expected, "{login} at {unit}: zombie report");
+        for z in [true, false] {
+            let res = app.gql(login, USAGE, json!({ "u": app.unit_id(unit), "z": z })).await;
+            let filtered: BTreeSet<i64> = usage_rows(res.ok()).iter().map(|r| check(r, "filtered")).collect();
+            let want: BTreeSet<i64> = ids.iter().copied().filter(|t| expected.contains(t) == z).collect();
+            assert_eq!(filtered, want, "{login} at {unit}: filter zombie {z}");
+        }
+        // Holders by SQL, as while the index builds.
+        let page = PageArgs::forward(PageSize::parse(Some(500), &state.settings.limits).unwrap());
+        let unit_id = OrgUnitId(app.unit(unit));
+        let by_sql =
+            usage::tag_usage(&state.db, &unready, &principal, unit_id, Default::default(), Default::default(), &page)
+                .await
+                .unwrap();
+        assert_eq!(by_sql.items.len(), ids.len(), "{login} at {unit}: by SQL");
+        for (_, u) in &by_sql.items {
+            let b = brute.get(&u.tag.id).cloned().unwrap_or_default();
+            assert_eq!((u.holders, u.tagged_last_30_days, u.tagged_last_90_days), (b.holders, b.last_30, b.adds));
+            assert_eq!(u.zombie, is_zombie(u.tag.id), "{login} at {unit}: tag {} by SQL", u.tag.id);
+        }
+        let by_sql: BTreeSet<i64> = zombie::zombie_tags(&state.db, &unready, &principal, unit_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|z| z.tag.id)
+            .collect();
+        assert_eq!(by_sql, expected, "{login} at {unit}: zombie report by SQL");
+        // The tags of duplicate pairs carry their usage too (asked for theirs only).
+        let pairs = "query($u: ID!) { duplicateTags(orgUnitId: $u) {
+            a { tag { id } holders scopeCustomers lastTaggedAt taggedLast30Days taggedLast90Days zombie }
+            b { tag { id } holders scopeCustomers lastTaggedAt taggedLast30Days taggedLast90Days zombie } } }";
+        let res = app.gql(login, pairs, json!({ "u": app.unit_id(unit) })).await;
+        for pair in res.ok()["duplicateTags"].as_array().unwrap() {
+            check(&pair["a"], "duplicate pair");
+            check(&pair["b"], "duplicate pair");
+            duplicates_seen += 1;
+        }
+    }
+    assert!(duplicates_seen > 0, "the demo has duplicate pairs");
+    assert!(zombies_seen.0 > 0 && zombies_seen.1 > 0, "some zombies and some live tags: {zombies_seen:?}");
+}
+
 crate::on_both_databases!(
     usage_counts_equal_a_brute_force_count,
     a_salesperson_sees_only_their_scope,
@@ -526,4 +726,5 @@ crate::on_both_databases!(
     gold_members_of_two_regions_are_found_and_merged_through_a_request,
     alerts_are_acknowledged_resolved_audited_and_scoped,
     tags_at_the_first_of_last_month_are_exact,
+    usage_and_zombies_equal_brute_force_over_a_random_log,
 );

@@ -27,8 +27,12 @@ pub async fn zombie_tags(
     principal: &Principal,
     unit: OrgUnitId,
 ) -> AppResult<Vec<TagUsage>> {
-    let mut rows: Vec<TagUsage> =
-        usage::compute(db, index, principal, unit).await?.rows.into_iter().filter(|r| r.zombie).collect();
+    let mut rows: Vec<TagUsage> = usage::compute(db, index, principal, unit, usage::Recency::All)
+        .await?
+        .rows
+        .into_iter()
+        .filter(|r| r.zombie)
+        .collect();
     rows.sort_by(|a, b| a.holders.cmp(&b.holders).then(a.tag.id.cmp(&b.tag.id)));
     Ok(rows)
 }
