@@ -177,6 +177,17 @@ async fn slow_requests_time_out(backend: crate::helpers::Backend) {
     let limits = Limits { request_timeout: std::time::Duration::ZERO, ..Limits::default() };
     let app = TestApp::spawn_with(backend, limits).await;
     let token = app.token("admin");
+    // The request must wait on the database whatever the machine's speed:
+    // a transaction holds the audit log (PostgreSQL) or the only pooled
+    // connection (SQLite) until the answer is in.
+    let blocker = {
+        use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+        let txn = app.db.begin().await.unwrap();
+        if app.db.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE").await.unwrap();
+        }
+        txn
+    };
     let server = start(app).await;
     let res = server
         .client
@@ -196,6 +207,7 @@ async fn slow_requests_time_out(backend: crate::helpers::Backend) {
     assert_eq!(code(&body), "TIMEOUT", "{body}");
     assert_eq!(body["errors"][0]["extensions"]["requestId"], "slow-1");
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("request timeout"), "{body}");
+    blocker.rollback().await.unwrap();
 }
 
 mod slow_requests_time_out {
