@@ -37,7 +37,6 @@ use crate::domain::{Cursor, OrgUnitId, Page, PageArgs};
 use crate::error::{AppError, AppResult};
 use crate::segment::SegmentIndex;
 use crate::service::tag_library::{library_for, tags_of_groups};
-use crate::store::event_log::pg_array;
 use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// One tag's usage in the report's scope.
@@ -586,16 +585,16 @@ pub async fn holders_by_source(
         let (sql, values): (&str, Vec<sea_orm::Value>) = if whole {
             (
                 "SELECT ct.tag_id, 0::bigint AS org_unit_id, ct.source, COUNT(*) AS holders FROM customer_tag ct \
-                 WHERE ct.tag_id = ANY($1::text::bigint[]) GROUP BY ct.tag_id, ct.source",
-                vec![pg_array(ids.iter().map(|t| Some(*t))).into()],
+                 WHERE ct.tag_id = ANY($1) GROUP BY ct.tag_id, ct.source",
+                vec![ids.clone().into()],
             )
         } else {
             (
                 "SELECT ct.tag_id, c.org_unit_id, ct.source, COUNT(*) AS holders FROM customer_tag ct \
                  JOIN customer c ON c.id = ct.customer_id \
-                 WHERE ct.tag_id = ANY($1::text::bigint[]) AND c.org_unit_id = ANY($2::text::bigint[]) \
+                 WHERE ct.tag_id = ANY($1) AND c.org_unit_id = ANY($2) \
                  GROUP BY ct.tag_id, c.org_unit_id, ct.source",
-                vec![pg_array(ids.iter().map(|t| Some(*t))).into(), pg_array(units.iter().map(|u| Some(*u))).into()],
+                vec![ids.clone().into(), units.clone().into()],
             )
         };
         statements.push(Statement::from_sql_and_values(backend, sql, values));
