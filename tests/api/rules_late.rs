@@ -10,7 +10,7 @@ use entity::rule_deferred_action;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, message_at, row_id};
+use crate::helpers::{TestApp, message_at, order_paid, row_id};
 use crate::on_both_databases;
 use crate::rules_schedule::scheduler;
 
@@ -167,6 +167,31 @@ async fn a_scheduled_runs_change_since_stays_through_a_late_events_replay(mut ap
     assert_eq!(events.ok()["customer"]["tagEvents"]["edges"].as_array().unwrap().len(), 2, "added, removed by the run");
 }
 
+/// Two late events in a row. The first moves a tag's add to an earlier
+/// event (the log says: added for m-3, taken off and put on again for
+/// m-1). The second, between them, must not rewind the add for m-3 that
+/// the log has already replaced: the tag was held since m-1, and an order
+/// after m-1 does not take it off (found by rules_property).
+async fn a_late_event_does_not_rewind_a_change_an_earlier_replay_replaced(mut app: TestApp) {
+    let login = app.connector().await;
+    let intent = app.tag_id("活动", "购车意向").await;
+    event_rule(&app, "在吗无单", "message contains \"在吗\" AND no order_paid for 2d", "ADD", &intent, 0).await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    let now = Utc::now();
+
+    // m-3 (one day ago): no order in the two days before, the tag goes on.
+    let first = app.record_events(login, vec![message_at(&customer, "m-3", "在吗", now - Duration::days(1))]).await;
+    assert_eq!(first["tagChanges"], 1, "{first}");
+    // m-1 (five days ago), late: the tag is on since m-1 now.
+    app.record_events(login, vec![message_at(&customer, "m-1", "在吗", now - Duration::days(5))]).await;
+    assert_eq!(app.tag_names(&customer).await, vec!["购车意向"]);
+    // An order two days ago, late: m-3 would not put the tag on any more,
+    // but m-1, before the order, did, and the rule never takes it off.
+    let order = app.record_events(login, vec![order_paid(&customer, "o-2", now - Duration::days(2), 100)]).await;
+    assert_eq!(order["tagChanges"], 0, "{order}");
+    assert_eq!(app.tag_names(&customer).await, vec!["购车意向"]);
+}
+
 on_both_databases!(
     a_late_event_does_not_count_again_what_the_events_it_replays_held_back,
     a_late_event_does_not_defer_again_what_the_events_it_replays_deferred,
@@ -174,4 +199,5 @@ on_both_databases!(
     a_persons_change_since_wins_over_a_late_events_replay,
     a_persons_move_since_stays_when_a_replayed_rule_would_move_the_group,
     a_scheduled_runs_change_since_stays_through_a_late_events_replay,
+    a_late_event_does_not_rewind_a_change_an_earlier_replay_replaced,
 );

@@ -24,7 +24,7 @@ use chrono::{DateTime, Datelike, Duration, FixedOffset, TimeZone, Timelike, Utc}
 use entity::customer_tag;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestRunner};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -180,6 +180,11 @@ fn as_input(customer: &str, key: String, e: &Ev) -> Value {
     v
 }
 
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
 async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: TestApp) {
     let group = app.create_group("admin", "hq", "性质测试", "behavior", false).await;
     let mut rule_of_tag: BTreeMap<i64, usize> = BTreeMap::new();
@@ -200,7 +205,13 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
     let day = today - Duration::days(20);
     let start = shanghai().with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0).unwrap().with_timezone(&Utc);
 
-    let mut runner = TestRunner::new(Config { cases: CASES as u32, ..Config::default() });
+    // A random seed unless PROPTEST_RNG_SEED gives one; a failure names it.
+    let seed_of_run = match Config::default().rng_seed {
+        RngSeed::Fixed(seed) => seed,
+        RngSeed::Random => rand_seed(),
+    };
+    let mut runner =
+        TestRunner::new(Config { cases: CASES as u32, rng_seed: RngSeed::Fixed(seed_of_run), ..Config::default() });
     for case in 0..CASES {
         let (customers, cuts, seed) = case_strategy().new_tree(&mut runner).unwrap().current();
         let mut ids = Vec::new();
@@ -259,7 +270,7 @@ async fn incremental_tagging_equals_recomputation_over_the_whole_history(app: Te
             assert_eq!(
                 held,
                 expected[c],
-                "case {case}, customer {c}: rules {:?}, events {:?}",
+                "case {case}, customer {c} (rerun with PROPTEST_RNG_SEED={seed_of_run}): rules {:?}, events {:?}; batches cut {cuts:?}, shuffled by {seed}",
                 RULES,
                 events_of(start, &customers[c].1)
             );

@@ -584,21 +584,27 @@ impl<'a> Runner<'a> {
             if let Some(late) = late {
                 let time_of: HashMap<i64, DateTime<Utc>> = events.iter().map(|e| (e.id, e.occurred_at)).collect();
                 let mut kept: Vec<&tag_event::Model> = Vec::new();
+                // Newest first, a tag's changes are rewound up to its
+                // newest change that stays: that one made the state the
+                // older ones had led to (a rule's change for an event
+                // before the late one, a replay's own writes, or any
+                // change no event's rule made), so none older is undone.
+                let mut settled: HashSet<i64> = HashSet::new();
                 for e in log {
                     let by_rule = (e.source == TagSource::Rule)
                         .then(|| e.source_ref.as_deref().and_then(parse_source_ref))
                         .flatten()
                         .and_then(|r| r.event_id.map(|id| (r, id)));
                     let Some((rule_ref, event_id)) = by_rule else {
-                        // Newest first: an older rule change to this tag
-                        // is not rewound.
                         outside.entry(e.tag_id).or_insert(e.occurred_at);
+                        settled.insert(e.tag_id);
                         kept.push(e);
                         continue;
                     };
-                    let rewind = !outside.contains_key(&e.tag_id)
-                        && time_of.get(&event_id).is_some_and(|at| *at > late.occurred_at);
+                    let rewind =
+                        !settled.contains(&e.tag_id) && time_of.get(&event_id).is_some_and(|at| *at > late.occurred_at);
                     if !rewind {
+                        settled.insert(e.tag_id);
                         kept.push(e);
                         continue;
                     }
