@@ -278,6 +278,10 @@ enum BenchCommand {
         /// The server binary (default: this one).
         #[arg(long)]
         server: Option<PathBuf>,
+        /// Only the cases whose name contains this text (`page`, `count`,
+        /// `tag/untag`, `bulk`), e.g. while a profiler watches the server.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Automatic tagging over real HTTP on DATABASE_URL: 50 enabled rules
     /// of every kind, `recordEvents` ingest (events/s), batch → tag
@@ -562,8 +566,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let data = crate::bench::BenchSize { customers, tags, tags_per_customer };
             crate::bench::reports::run(settings(None), crate::bench::reports::ReportsBench { runs, data }).await
         }
-        Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server }) => {
-            let bench = crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server };
+        Command::Bench(BenchCommand::Api { login, runs, connections, duration, bulk, server, only }) => {
+            let bench =
+                crate::bench::api::ApiBench { login, runs, connections, duration, bulk, bulk_calls: 3, server, only };
             crate::bench::api::run(settings(None), bench).await
         }
         Command::Bench(BenchCommand::Schedule { runs, customers, tags, tags_per_customer }) => {

@@ -44,6 +44,9 @@ pub struct ApiBench {
     pub bulk_calls: usize,
     /// The server binary; this one when not given.
     pub server: Option<PathBuf>,
+    /// Only the cases whose name contains this (e.g. `page` while a
+    /// profiler watches the server); the others show as `–`.
+    pub only: Option<String>,
 }
 
 /// One case's figures for one run.
@@ -372,9 +375,11 @@ async fn measure(
     let count = json!({ "query": COUNT, "variables": { "t": subject.segment } });
     let count_and_page = json!({ "query": COUNT_AND_PAGE, "variables": { "t": subject.segment } });
     let page = json!({ "query": PAGE_WITH_TAGS });
+    let wanted = |name: &str| bench.only.as_deref().is_none_or(|only| name.contains(only));
+    let skipped = Load { per_second: f64::NAN, p50: Duration::ZERO, p99: Duration::ZERO };
     let mut cases = Vec::new();
-    for body in [count, count_and_page, page] {
-        cases.push(load(client, &url, token, same(body), bench.duration).await?);
+    for (name, body) in CASES.iter().zip([count, count_and_page, page]) {
+        cases.push(if wanted(name) { load(client, &url, token, same(body), bench.duration).await? } else { skipped });
     }
     // Tag then untag, each worker on customers of its own, so no two
     // requests wait on the same customer.
@@ -392,12 +397,17 @@ async fn measure(
         })
         .collect();
     ensure!(subject.untagged.len() >= bench.connections, "fewer customers without the probe tag than connections");
-    let singles = load(client, &url, token, singles, bench.duration).await;
-    // Whatever the outcome, untag every customer the workers may have left
-    // tagged (a request cut off by the end of the case included).
-    restore(client, &url, token, subject).await?;
-    cases.push(singles?);
-    let bulk_per_second = bulk(client, &url, token, subject, bench).await?;
+    if wanted(CASES[3]) {
+        let singles = load(client, &url, token, singles, bench.duration).await;
+        // Whatever the outcome, untag every customer the workers may have
+        // left tagged (a request cut off by the end of the case included).
+        restore(client, &url, token, subject).await?;
+        cases.push(singles?);
+    } else {
+        cases.push(skipped);
+    }
+    let bulk_per_second =
+        if wanted("bulk tagging") { bulk(client, &url, token, subject, bench).await? } else { f64::NAN };
     Ok(RunFigures {
         ready: server.ready,
         cases,
@@ -452,7 +462,10 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// `median (min–max)` of the runs, or the single value.
 fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
-    let mut sorted = values.to_vec();
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    if sorted.is_empty() {
+        return "–".to_owned();
+    }
     let mid = median(&mut sorted);
     match (sorted.first(), sorted.last()) {
         (Some(lo), Some(hi)) if sorted.len() > 1 => format!("{} ({}–{})", show(mid), show(*lo), show(*hi)),
