@@ -7,7 +7,7 @@
 
 use chrono::{Duration, Utc};
 use entity::rule_deferred_action;
-use sea_orm::{EntityTrait, PaginatorTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, message_at, order_paid, row_id};
@@ -45,24 +45,56 @@ async fn a_late_event_does_not_count_again_what_the_events_it_replays_held_back(
     assert!(app.tag_names(&customer).await.is_empty());
 }
 
+/// Locks 活动 for the customers (as 市场部); returns the lock's id.
+async fn lock_activity(app: &TestApp, customers: &[&str]) -> String {
+    let lock = app
+        .gql(
+            "hq.marketing",
+            "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }",
+            json!({ "g": app.group_id("活动").await, "c": customers }),
+        )
+        .await;
+    lock.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn unlock(app: &TestApp, lock: &str) {
+    app.gql("hq.marketing", "mutation($l: ID!) { unlockTagGroup(lockId: $l) { lock { id } } }", json!({ "l": lock }))
+        .await
+        .ok();
+}
+
+/// The customer's deferred actions, as (applied, op).
+async fn deferrals(app: &TestApp, customer: &str) -> Vec<(bool, String)> {
+    rule_deferred_action::Entity::find()
+        .filter(rule_deferred_action::Column::CustomerId.eq(row_id(customer)))
+        .order_by_asc(rule_deferred_action::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.applied_at.is_some(), a.op))
+        .collect()
+}
+
+/// A replayed event whose rule still fires keeps the one action its first
+/// judgement deferred, and the lock's release applies it.
 async fn a_late_event_does_not_defer_again_what_the_events_it_replays_deferred(mut app: TestApp) {
     let login = app.connector().await;
     let intent = app.tag_id("活动", "购车意向").await;
     event_rule(&app, "报价关键词", "message contains \"报价\"", "ADD", &intent, 0).await;
     let customer = app.fresh_customer("sz01", "sz01.sales").await;
-    app.gql(
-        "hq.marketing",
-        "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }",
-        json!({ "g": app.group_id("活动").await, "c": [customer] }),
-    )
-    .await
-    .ok();
+    let lock = lock_activity(&app, &[&customer]).await;
     let now = Utc::now();
     let first = app.record_events(login, vec![message_at(&customer, "m-2", "要报价", now - Duration::hours(1))]).await;
     assert_eq!(first["deferred"], 1);
     let late = app.record_events(login, vec![message_at(&customer, "m-1", "你好", now - Duration::hours(2))]).await;
     assert_eq!(late["deferred"], 0, "{late}");
     assert_eq!(rule_deferred_action::Entity::find().count(&app.db).await.unwrap(), 1);
+    assert_eq!(deferrals(&app, &customer).await, vec![(false, "ADD".to_owned())], "still waiting for the lock");
+
+    unlock(&app, &lock).await;
+    assert_eq!(app.tag_names(&customer).await, vec!["购车意向"]);
+    assert_eq!(deferrals(&app, &customer).await, vec![(true, "ADD".to_owned())]);
 }
 
 /// A rule that reads no event runs on every event, of any kind: a late
