@@ -6,8 +6,8 @@
 //! changed after the replayed events were judged.
 
 use chrono::{Duration, Utc};
-use entity::rule_deferred_action;
-use sea_orm::{EntityTrait, PaginatorTrait};
+use entity::{audit_log, modification_lock, rule_deferred_action};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, message_at, order_paid, row_id};
@@ -45,24 +45,125 @@ async fn a_late_event_does_not_count_again_what_the_events_it_replays_held_back(
     assert!(app.tag_names(&customer).await.is_empty());
 }
 
+/// Locks 活动 for the customers (as 市场部); returns the lock's id.
+async fn lock_activity(app: &TestApp, customers: &[&str]) -> String {
+    let lock = app
+        .gql(
+            "hq.marketing",
+            "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }",
+            json!({ "g": app.group_id("活动").await, "c": customers }),
+        )
+        .await;
+    lock.ok()["lockTagGroup"]["lock"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn unlock(app: &TestApp, lock: &str) {
+    app.gql("hq.marketing", "mutation($l: ID!) { unlockTagGroup(lockId: $l) { lock { id } } }", json!({ "l": lock }))
+        .await
+        .ok();
+}
+
+/// The customer's deferred actions, as (applied, op).
+async fn deferrals(app: &TestApp, customer: &str) -> Vec<(bool, String)> {
+    rule_deferred_action::Entity::find()
+        .filter(rule_deferred_action::Column::CustomerId.eq(row_id(customer)))
+        .order_by_asc(rule_deferred_action::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.applied_at.is_some(), a.op))
+        .collect()
+}
+
+/// A replayed event whose rule still fires keeps the one action its first
+/// judgement deferred, and the lock's release applies it.
 async fn a_late_event_does_not_defer_again_what_the_events_it_replays_deferred(mut app: TestApp) {
     let login = app.connector().await;
     let intent = app.tag_id("活动", "购车意向").await;
     event_rule(&app, "报价关键词", "message contains \"报价\"", "ADD", &intent, 0).await;
     let customer = app.fresh_customer("sz01", "sz01.sales").await;
-    app.gql(
-        "hq.marketing",
-        "mutation($g: ID!, $c: [ID!]) { lockTagGroup(input: { groupId: $g, customerIds: $c, reason: \"活动\" }) { lock { id } } }",
-        json!({ "g": app.group_id("活动").await, "c": [customer] }),
-    )
-    .await
-    .ok();
+    let lock = lock_activity(&app, &[&customer]).await;
     let now = Utc::now();
     let first = app.record_events(login, vec![message_at(&customer, "m-2", "要报价", now - Duration::hours(1))]).await;
     assert_eq!(first["deferred"], 1);
     let late = app.record_events(login, vec![message_at(&customer, "m-1", "你好", now - Duration::hours(2))]).await;
     assert_eq!(late["deferred"], 0, "{late}");
     assert_eq!(rule_deferred_action::Entity::find().count(&app.db).await.unwrap(), 1);
+    assert_eq!(deferrals(&app, &customer).await, vec![(false, "ADD".to_owned())], "still waiting for the lock");
+
+    unlock(&app, &lock).await;
+    assert_eq!(app.tag_names(&customer).await, vec!["购车意向"]);
+    assert_eq!(deferrals(&app, &customer).await, vec![(true, "ADD".to_owned())]);
+}
+
+/// A late order breaks the rule of a message judged before it under a
+/// lock: in order, the message would have found the order and deferred
+/// nothing. The action its first judgement deferred is closed without a
+/// change, so releasing the lock puts nothing on.
+async fn a_late_event_closes_the_deferred_action_of_an_event_whose_rule_no_longer_fires(mut app: TestApp) {
+    let login = app.connector().await;
+    let intent = app.tag_id("活动", "购车意向").await;
+    event_rule(&app, "在吗无单", "message contains \"在吗\" AND no order_paid for 2d", "ADD", &intent, 0).await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    let ordered = app.fresh_customer("sz01", "sz01.sales").await;
+    let lock = lock_activity(&app, &[&customer, &ordered]).await;
+    let now = Utc::now();
+
+    let first = app.record_events(login, vec![message_at(&customer, "m-1", "在吗", now - Duration::days(1))]).await;
+    assert_eq!(first["deferred"], 1, "{first}");
+    // An order a day before the message, late: the message's rule no
+    // longer holds.
+    let late = app.record_events(login, vec![order_paid(&customer, "o-1", now - Duration::days(2), 100)]).await;
+    assert_eq!((late["tagChanges"].clone(), late["deferred"].clone()), (json!(0), json!(0)), "{late}");
+    assert_eq!(deferrals(&app, &customer).await, vec![(true, "ADD".to_owned())], "closed by the replay");
+    // The call's audit entry names it.
+    let closed = rule_deferred_action::Entity::find().one(&app.db).await.unwrap().unwrap().id;
+    let audit = audit_log::Entity::find()
+        .filter(audit_log::Column::Action.eq("customer_event.record"))
+        .order_by_desc(audit_log::Column::Id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(audit.detail["deferredClosed"], json!([closed]), "{}", audit.detail);
+
+    unlock(&app, &lock).await;
+    assert!(app.tag_names(&customer).await.is_empty(), "nothing was left to apply");
+    assert_eq!(deferrals(&app, &customer).await, vec![(true, "ADD".to_owned())]);
+
+    // The same events in order, on another customer under the same lock:
+    // nothing is deferred, nothing put on.
+    app.record_events(login, vec![order_paid(&ordered, "p-1", now - Duration::days(2), 100)]).await;
+    let message = app.record_events(login, vec![message_at(&ordered, "p-2", "在吗", now - Duration::days(1))]).await;
+    assert_eq!(message["deferred"], 0, "{message}");
+    assert!(app.tag_names(&ordered).await.is_empty());
+}
+
+/// The same when the lock has run out before the late event arrives but
+/// the scheduler has not applied the action yet: no lock is in force, and
+/// the replay still closes the action, so the next round applies nothing.
+async fn a_late_event_closes_a_deferred_action_whose_lock_ran_out_but_is_not_yet_applied(mut app: TestApp) {
+    let login = app.connector().await;
+    let intent = app.tag_id("活动", "购车意向").await;
+    event_rule(&app, "在吗无单", "message contains \"在吗\" AND no order_paid for 2d", "ADD", &intent, 0).await;
+    let customer = app.fresh_customer("sz01", "sz01.sales").await;
+    lock_activity(&app, &[&customer]).await;
+    let now = Utc::now();
+    let first = app.record_events(login, vec![message_at(&customer, "m-1", "在吗", now - Duration::days(1))]).await;
+    assert_eq!(first["deferred"], 1, "{first}");
+    modification_lock::Entity::update_many()
+        .col_expr(modification_lock::Column::ExpiresAt, Expr::value(Utc::now() - Duration::seconds(1)))
+        .exec(&app.db)
+        .await
+        .unwrap();
+
+    let late = app.record_events(login, vec![order_paid(&customer, "o-1", now - Duration::days(2), 100)]).await;
+    assert_eq!((late["tagChanges"].clone(), late["deferred"].clone()), (json!(0), json!(0)), "{late}");
+    assert_eq!(deferrals(&app, &customer).await, vec![(true, "ADD".to_owned())], "closed by the replay");
+    let round = scheduler(&app, &app.app, "instance-a").round(Utc::now()).await.unwrap();
+    assert_eq!(round.deferred_applied, 0);
+    assert!(app.tag_names(&customer).await.is_empty());
 }
 
 /// A rule that reads no event runs on every event, of any kind: a late
@@ -195,6 +296,8 @@ async fn a_late_event_does_not_rewind_a_change_an_earlier_replay_replaced(mut ap
 on_both_databases!(
     a_late_event_does_not_count_again_what_the_events_it_replays_held_back,
     a_late_event_does_not_defer_again_what_the_events_it_replays_deferred,
+    a_late_event_closes_the_deferred_action_of_an_event_whose_rule_no_longer_fires,
+    a_late_event_closes_a_deferred_action_whose_lock_ran_out_but_is_not_yet_applied,
     a_late_event_replays_what_a_rule_reading_no_event_did_on_an_event_of_another_kind,
     a_persons_change_since_wins_over_a_late_events_replay,
     a_persons_move_since_stays_when_a_replayed_rule_would_move_the_group,

@@ -13,7 +13,9 @@
 //! customer holds it; a remove takes it off if held. The change carries
 //! the rule's original explanation (`rule:<id>@v<n>/event:<id>` or
 //! `…/run:<id>`). A rule disabled or archived since no longer acts: its
-//! deferred actions are closed then without a change.
+//! deferred actions are closed then without a change. A late event closes
+//! the same way an action whose event its replay judges again without
+//! deciding that action (`record.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -238,14 +240,26 @@ async fn apply_batch(db: &DatabaseConnection, limits: &Limits, ids: &[i64]) -> A
             .exec(&txn)
             .await?;
     }
-    for chunk in applied.chunks(CHUNK) {
-        rule_deferred_action::Entity::update_many()
-            .col_expr(rule_deferred_action::Column::AppliedAt, Expr::value(now))
-            .filter(rule_deferred_action::Column::Id.is_in(chunk.iter().copied()))
-            .filter(rule_deferred_action::Column::AppliedAt.is_null())
-            .exec(&txn)
-            .await?;
-    }
+    mark_done(&txn, &applied, now).await?;
     txn.commit().await?;
     Ok(applied.len() as u64)
+}
+
+/// Marks deferred actions done at `at`: applied, or closed without a
+/// change (a rule disabled or archived since, a tag gone, a late event's
+/// replay that no longer decides the action). No round applies them
+/// after that.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn mark_done(db: &impl ConnectionTrait, ids: &[i64], at: DateTime<Utc>) -> AppResult<()> {
+    for chunk in ids.chunks(CHUNK) {
+        rule_deferred_action::Entity::update_many()
+            .col_expr(rule_deferred_action::Column::AppliedAt, Expr::value(at))
+            .filter(rule_deferred_action::Column::Id.is_in(chunk.iter().copied()))
+            .filter(rule_deferred_action::Column::AppliedAt.is_null())
+            .exec(db)
+            .await?;
+    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use super::deferred::locks_in_force;
+use super::deferred::{locks_in_force, mark_done};
 use super::eval::{CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
 use super::explain::{parse_source_ref, source_ref};
@@ -246,6 +246,9 @@ pub async fn record_events(
             "tagChanges": outcome.tag_changes,
             "heldBack": outcome.held_back,
             "deferred": outcome.deferred,
+            // Pending deferred actions of replayed events that a late
+            // event's replay no longer decides, closed without a change.
+            "deferredClosed": runner.closed,
         })),
     )
     .await?;
@@ -437,6 +440,8 @@ struct Runner<'a> {
     held_back: u32,
     deferred: u32,
     over_cap: u32,
+    /// Pending deferred actions a late event's replay closed.
+    closed: Vec<i64>,
 }
 
 /// The last change a batch makes to one (customer, tag).
@@ -457,6 +462,7 @@ impl<'a> Runner<'a> {
             held_back: 0,
             deferred: 0,
             over_cap: 0,
+            closed: Vec::new(),
         }
     }
 
@@ -532,20 +538,42 @@ impl<'a> Runner<'a> {
         let mut held = held_in_range(txn, Customers::Ids(&ids), None).await?;
         let removals = tag_log_in_range(txn, Customers::Ids(&ids), &action_tags).await?;
         let locked = locks_in_force(txn, &ids, &groups).await?;
-        let pending = pending_deferrals(txn, &locked).await?;
 
         let mut new_events: HashMap<i64, Vec<&customer_event::Model>> = HashMap::new();
         for e in recorded {
             new_events.entry(e.customer_id).or_default().push(e);
         }
+        for mine in new_events.values_mut() {
+            mine.sort_by_key(|e| (e.occurred_at, e.id));
+        }
+        // Each customer's late event, if any (one that happened before
+        // events evaluated in earlier batches), and the events its replay
+        // judges again.
+        let empty = Vec::new();
+        let mut lates: HashMap<i64, &customer_event::Model> = HashMap::new();
+        let mut replayed: HashMap<i64, HashSet<i64>> = HashMap::new();
+        for customer in &customers {
+            let Some(mine) = new_events.get(&customer.id) else { continue };
+            let events = history.get(&customer.id).unwrap_or(&empty);
+            let new_ids: HashSet<i64> = mine.iter().map(|e| e.id).collect();
+            let Some(late) = late_event(mine, events, &new_ids, |k| any_kind || kinds.contains(&k)) else { continue };
+            lates.insert(customer.id, late);
+            replayed.insert(
+                customer.id,
+                events
+                    .iter()
+                    .filter(|e| !new_ids.contains(&e.id) && e.occurred_at > late.occurred_at)
+                    .map(|e| e.id)
+                    .collect(),
+            );
+        }
+        let pending = pending_deferrals(txn, &replayed).await?;
         let mut tag_events = Vec::new();
         let mut deferred = Vec::new();
         // (customer, tag) → its last change, and whether it was held before.
         let mut last: BTreeMap<(i64, i64), (bool, Last)> = BTreeMap::new();
-        let empty = Vec::new();
         for customer in customers {
-            let Some(mut mine) = new_events.remove(&customer.id) else { continue };
-            mine.sort_by_key(|e| (e.occurred_at, e.id));
+            let Some(mine) = new_events.remove(&customer.id) else { continue };
             let entry = Arc::clone(&self.sets[&customer.org_unit_id]);
             let (set, library) = &*entry;
             let attributes = attributes_of(customer);
@@ -570,10 +598,7 @@ impl<'a> Runner<'a> {
             // the customer ends as if the events had come in order. An
             // event no rule runs on changes nothing and rewinds nothing.
             let new_ids: HashSet<i64> = mine.iter().map(|e| e.id).collect();
-            let newest_before = events.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.occurred_at).max();
-            let late = newest_before
-                .and_then(|n| mine.iter().find(|e| e.occurred_at < n && (any_kind || kinds.contains(&e.kind))))
-                .copied();
+            let late = lates.get(&customer.id).copied();
             // Tag → the rule's rewound change that made its state (rule,
             // version, triggering event).
             let mut rewound: HashMap<i64, (i64, i32, i64)> = HashMap::new();
@@ -630,6 +655,10 @@ impl<'a> Runner<'a> {
             }
             // (change, triggering event), in order.
             let mut steps: Vec<(Planned, i64)> = Vec::new();
+            // The pending deferred actions of the replayed events, and
+            // those the replay decides again.
+            let waiting = pending.get(&customer.id);
+            let mut decided: HashSet<(i64, i64, i64, TagOp)> = HashSet::new();
             for (id, kind, occurred_at, judged) in triggers {
                 let trigger =
                     EventFact { id, kind, occurred_at, payload: serde_json::Value::Null, recorded_at: judged };
@@ -652,6 +681,10 @@ impl<'a> Runner<'a> {
                     .collect();
                 let mut tags = facts.tags.clone();
                 for change in firing.changes {
+                    let action = (id, change.rule_id, change.tag_id, change.op);
+                    if !own {
+                        decided.insert(action);
+                    }
                     if stays(change.tag_id)
                         || (change.op == TagOp::Add
                             && set.exclusive.siblings(change.tag_id).any(|t| kept_held.contains(&t)))
@@ -660,8 +693,7 @@ impl<'a> Runner<'a> {
                     }
                     let group = library.tags.get(&change.tag_id).map(|(_, g)| g.id);
                     if let Some(lock_id) = group.and_then(|g| locked.get(&(customer.id, g))) {
-                        let action = (id, change.rule_id, change.tag_id, change.op);
-                        if own || !pending.contains(&(customer.id, action)) {
+                        if own || !waiting.is_some_and(|w| w.contains_key(&action)) {
                             deferred.push(deferred_action(&change, customer.id, id, *lock_id, self.now));
                         }
                         continue;
@@ -681,6 +713,17 @@ impl<'a> Runner<'a> {
                     steps.push((change, id));
                 }
                 facts.tags = tags;
+            }
+            // A replayed event's action deferred by its first judgement,
+            // which the replay no longer decides (the late event broke the
+            // rule's condition, or changed what it does): in order it
+            // would never have been deferred, so it is closed without a
+            // change, even when its lock has ended and a scheduler round
+            // has yet to apply it.
+            for (action, rows) in waiting.into_iter().flatten() {
+                if !decided.contains(action) {
+                    self.closed.extend(rows);
+                }
             }
             if let Some(late) = late {
                 // Only the net effect is written: what the customer holds
@@ -768,23 +811,27 @@ impl<'a> Runner<'a> {
         for chunk in deferred.chunks(CHUNK) {
             rule_deferred_action::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
         }
+        mark_done(txn, &self.closed, self.now).await?;
         insert_events(txn, tag_events).await?;
         Ok(())
     }
 }
 
-/// The deferred actions still waiting for their lock, as (customer,
-/// (event, rule, tag, op)): a late event's replay of an earlier event does
-/// not defer its action twice. Read only when a lock covers the batch.
+/// A pending action of a rule, as (event, rule, tag, op).
+type RuleAction = (i64, i64, i64, TagOp);
+
+/// The deferred actions still waiting to be applied (their lock in force,
+/// or ended and not yet applied by a scheduler round) of the events a
+/// late event replays, per customer: action → its rows. A replay does not
+/// defer such an action twice, and closes one it no longer decides. Read
+/// only when the batch has a late event that replays events: one
+/// statement (chunks of customers on SQLite).
 async fn pending_deferrals(
     txn: &DatabaseTransaction,
-    locked: &HashMap<(i64, i64), i64>,
-) -> AppResult<HashSet<(i64, (i64, i64, i64, TagOp))>> {
-    let mut out = HashSet::new();
-    if locked.is_empty() {
-        return Ok(out);
-    }
-    let customers: BTreeSet<i64> = locked.keys().map(|(c, _)| *c).collect();
+    replayed: &HashMap<i64, HashSet<i64>>,
+) -> AppResult<HashMap<i64, HashMap<RuleAction, Vec<i64>>>> {
+    let mut out: HashMap<i64, HashMap<RuleAction, Vec<i64>>> = HashMap::new();
+    let customers: BTreeSet<i64> = replayed.iter().filter(|(_, events)| !events.is_empty()).map(|(c, _)| *c).collect();
     let customers: Vec<i64> = customers.into_iter().collect();
     let backend = txn.get_database_backend();
     for chunk in customers.chunks(ids_per_statement(backend)) {
@@ -795,13 +842,33 @@ async fn pending_deferrals(
             .all(txn)
             .await?
         {
-            let op = if row.op == TagOp::Remove.as_str() { TagOp::Remove } else { TagOp::Add };
-            if let Some(event) = row.event_id {
-                out.insert((row.customer_id, (event, row.rule_id, row.tag_id, op)));
+            let Some(event) = row.event_id else { continue };
+            if !replayed.get(&row.customer_id).is_some_and(|events| events.contains(&event)) {
+                continue;
             }
+            let op = if row.op == TagOp::Remove.as_str() { TagOp::Remove } else { TagOp::Add };
+            out.entry(row.customer_id)
+                .or_default()
+                .entry((event, row.rule_id, row.tag_id, op))
+                .or_default()
+                .push(row.id);
         }
     }
     Ok(out)
+}
+
+/// A customer's late event: the first of its new events (in the order
+/// they happened) that a rule reads and that happened before an event
+/// evaluated in an earlier batch. An event no rule runs on changes
+/// nothing and rewinds nothing.
+fn late_event<'m>(
+    mine: &[&'m customer_event::Model],
+    events: &[EventFact],
+    new_ids: &HashSet<i64>,
+    read: impl Fn(CustomerEventKind) -> bool,
+) -> Option<&'m customer_event::Model> {
+    let newest_before = events.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.occurred_at).max()?;
+    mine.iter().find(|e| e.occurred_at < newest_before && read(e.kind)).copied()
 }
 
 /// The tag event of a rule's change: source `RULE`, no acting person.
