@@ -506,8 +506,8 @@ fn print_tables(settings: &Settings, bench: &ApiBench, subject: &Subject, runs: 
         println!(
             "| {name} | {} | {} | {} |",
             spread(&of(|l| l.per_second), per_second),
-            spread(&of(|l| l.p50.as_secs_f64() * 1000.0), millis),
-            spread(&of(|l| l.p99.as_secs_f64() * 1000.0), millis),
+            spread(&of(|l| if l.per_second.is_nan() { f64::NAN } else { l.p50.as_secs_f64() * 1000.0 }), millis),
+            spread(&of(|l| if l.per_second.is_nan() { f64::NAN } else { l.p99.as_secs_f64() * 1000.0 }), millis),
         );
     }
     let of = |f: fn(&RunFigures) -> f64| runs.iter().map(f).collect::<Vec<_>>();

@@ -17,7 +17,7 @@ use entity::{
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    FromQueryResult, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -983,23 +983,23 @@ pub async fn find_event(
 
 /// An assignment with what deciding its visibility needs.
 #[derive(Debug, FromQueryResult)]
-struct AssignmentRow {
-    customer_id: i64,
-    tag_id: i64,
-    source: TagSource,
-    source_ref: Option<String>,
-    tagged_by: Option<i64>,
-    tagged_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
+struct TagVisibility {
+    id: i64,
     owner_staff_id: Option<i64>,
     visibility_class: Option<String>,
-    org_unit_id: i64,
 }
 
 /// The tags of the given customers that the caller may see, by customer,
-/// oldest assignment first (archived tags are retired and left out): other people's personal tags and tags of
-/// classes the caller may not read at the customer's unit are left out
-/// here, so they never reach the API layer. One statement.
+/// oldest assignment first (tags no longer in force are left out): other
+/// people's personal tags and tags of classes the caller may not read at
+/// the customer's unit are left out here, so they never reach the API
+/// layer.
+///
+/// Three single-table reads by id arrays (assignments, the customers'
+/// units, the tags with their groups' classes) rather than one join: on
+/// PostgreSQL at 1M customers, planning the join of `customer_tag` with
+/// `tag` and `customer` took 3–3.6 ms and running it 2.2–3 ms for a page
+/// of 20 customers, against about 1.5 ms for the three.
 ///
 /// # Errors
 /// Database errors.
@@ -1008,48 +1008,56 @@ pub async fn visible_assignments_of(
     principal: &Principal,
     customer_ids: &[i64],
 ) -> AppResult<BTreeMap<i64, Vec<customer_tag::Model>>> {
-    let ct = |c: customer_tag::Column| (customer_tag::Entity, c);
-    let query = Query::select()
-        .columns([
-            ct(customer_tag::Column::CustomerId),
-            ct(customer_tag::Column::TagId),
-            ct(customer_tag::Column::Source),
-            ct(customer_tag::Column::SourceRef),
-            ct(customer_tag::Column::TaggedBy),
-            ct(customer_tag::Column::TaggedAt),
-            ct(customer_tag::Column::ExpiresAt),
-        ])
-        .column((tag::Entity, tag::Column::OwnerStaffId))
-        .column((tag_group::Entity, tag_group::Column::VisibilityClass))
-        .column((customer::Entity, customer::Column::OrgUnitId))
-        .from(customer_tag::Entity)
-        .inner_join(tag::Entity, Expr::col((tag::Entity, tag::Column::Id)).equals(ct(customer_tag::Column::TagId)))
-        .left_join(
-            tag_group::Entity,
-            Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
-        )
-        .inner_join(
-            customer::Entity,
-            Expr::col((customer::Entity, customer::Column::Id)).equals(ct(customer_tag::Column::CustomerId)),
-        )
-        .and_where(Expr::col(ct(customer_tag::Column::CustomerId)).is_in(customer_ids.iter().copied()))
-        .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
-        .order_by(ct(customer_tag::Column::TaggedAt), Order::Asc)
-        .order_by(ct(customer_tag::Column::TagId), Order::Asc)
-        .to_owned();
-    let rows = AssignmentRow::find_by_statement(db.get_database_backend().build(&query)).all(db).await?;
+    let backend = db.get_database_backend();
+    let mut rows: Vec<customer_tag::Model> = Vec::new();
+    let mut unit_of: HashMap<i64, i64> = HashMap::new();
+    for chunk in customer_ids.chunks(ids_per_statement(backend)) {
+        rows.extend(
+            customer_tag::Entity::find()
+                .filter(id_in(backend, customer_tag::Column::CustomerId, chunk))
+                .order_by_asc(customer_tag::Column::TaggedAt)
+                .order_by_asc(customer_tag::Column::TagId)
+                .all(db)
+                .await?,
+        );
+        let units: Vec<(i64, i64)> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::Id)
+            .column(customer::Column::OrgUnitId)
+            .filter(id_in(backend, customer::Column::Id, chunk))
+            .into_tuple()
+            .all(db)
+            .await?;
+        unit_of.extend(units);
+    }
+    let mut tag_ids: Vec<i64> = rows.iter().map(|r| r.tag_id).collect();
+    tag_ids.sort_unstable();
+    tag_ids.dedup();
+    // Tag → (owner, class), for tags in force only.
+    let mut tags: HashMap<i64, (Option<i64>, Option<String>)> = HashMap::new();
+    for chunk in tag_ids.chunks(ids_per_statement(backend)) {
+        let query = Query::select()
+            .column((tag::Entity, tag::Column::Id))
+            .column((tag::Entity, tag::Column::OwnerStaffId))
+            .column((tag_group::Entity, tag_group::Column::VisibilityClass))
+            .from(tag::Entity)
+            .left_join(
+                tag_group::Entity,
+                Expr::col((tag_group::Entity, tag_group::Column::Id)).equals((tag::Entity, tag::Column::GroupId)),
+            )
+            .and_where(id_in(backend, (tag::Entity, tag::Column::Id), chunk))
+            .and_where(Expr::col((tag::Entity, tag::Column::Status)).is_in(tag_library::in_force()))
+            .to_owned();
+        let found = TagVisibility::find_by_statement(backend.build(&query)).all(db).await?;
+        tags.extend(found.into_iter().map(|t| (t.id, (t.owner_staff_id, t.visibility_class))));
+    }
     let mut out: BTreeMap<i64, Vec<customer_tag::Model>> = BTreeMap::new();
     for row in rows {
-        if on_customer_visible(principal, row.owner_staff_id, row.visibility_class.as_deref(), row.org_unit_id) {
-            out.entry(row.customer_id).or_default().push(customer_tag::Model {
-                customer_id: row.customer_id,
-                tag_id: row.tag_id,
-                source: row.source,
-                source_ref: row.source_ref,
-                tagged_by: row.tagged_by,
-                tagged_at: row.tagged_at,
-                expires_at: row.expires_at,
-            });
+        let (Some((owner, class)), Some(unit)) = (tags.get(&row.tag_id), unit_of.get(&row.customer_id)) else {
+            continue;
+        };
+        if on_customer_visible(principal, *owner, class.as_deref(), *unit) {
+            out.entry(row.customer_id).or_default().push(row);
         }
     }
     Ok(out)
