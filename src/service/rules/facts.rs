@@ -136,15 +136,21 @@ pub(crate) async fn tag_log_in_range(
     if tags.is_empty() {
         return Ok(out);
     }
+    // Named customers are read by the (customer, seq) index alone and
+    // their events of other tags dropped here: with the tags in the
+    // statement, PostgreSQL may walk the (tag, time) index instead when
+    // its statistics predate the tags' events (a rule's new tag): 478 ms
+    // against 8 ms for 500 customers at 1M, in `bench rules`.
+    let by_id = matches!(customers, Customers::Ids(_));
     for filter in customers.filters(db, tag_event::Column::CustomerId) {
-        for e in tag_event::Entity::find()
-            .filter(filter)
-            .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
-            .order_by_desc(tag_event::Column::Seq)
-            .all(db)
-            .await?
-        {
-            out.entry(e.customer_id).or_default().push(e);
+        let mut query = tag_event::Entity::find().filter(filter);
+        if !by_id {
+            query = query.filter(tag_event::Column::TagId.is_in(tags.iter().copied()));
+        }
+        for e in query.order_by_desc(tag_event::Column::Seq).all(db).await? {
+            if tags.contains(&e.tag_id) {
+                out.entry(e.customer_id).or_default().push(e);
+            }
         }
     }
     Ok(out)
