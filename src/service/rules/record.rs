@@ -641,7 +641,9 @@ impl<'a> Runner<'a> {
                 }
                 // A person's removal the rewind uncovered holds adds back.
                 facts.manual_removals = removed_by_people(kept);
-                for e in events.iter().filter(|e| !new_ids.contains(&e.id) && e.occurred_at > late.occurred_at) {
+                // The events the pre-pass found this late event replays.
+                let again = &replayed[&customer.id];
+                for e in events.iter().filter(|e| again.contains(&e.id)) {
                     triggers.push((e.id, e.kind, e.occurred_at, e.recorded_at));
                 }
                 triggers.sort_by_key(|(id, _, at, _)| (*at, *id));
