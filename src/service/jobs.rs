@@ -20,7 +20,7 @@
 //!   an instance taking it over extends them, and they are released when
 //!   the job ends however it ends (or they expire).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -126,14 +126,14 @@ fn check_request(limits: &Limits, req: &BulkTagRequest) -> AppResult<Vec<TagId>>
 }
 
 /// The snapshot: the customers the job will tag, in the caller's scope,
-/// ascending by id.
+/// ascending by id, and their org units.
 async fn snapshot(
     db: &DatabaseConnection,
     index: &SegmentIndex,
     principal: &Principal,
     limits: &Limits,
     customers: Customers,
-) -> AppResult<(Vec<i64>, &'static str)> {
+) -> AppResult<Snapshot> {
     let (ids, from) = match customers {
         Customers::Ids(ids) => {
             if ids.is_empty() {
@@ -142,24 +142,58 @@ async fn snapshot(
             let mut ids: Vec<i64> = ids.into_iter().map(|c| c.0).collect();
             ids.sort_unstable();
             ids.dedup();
-            if ids.len() <= limits.max_customers_per_job {
-                customer_service::require_visible_ids(db, principal, &ids).await?;
-            }
             (ids, "ids")
         }
         Customers::Segment(segment) => {
             let filter = CustomerFilter { segment: Some(*segment), ..Default::default() };
-            let ids = match super::segment::index_members(db, index, principal, &filter).await? {
+            let mut ids: Vec<i64> = match super::segment::index_members(db, index, principal, &filter).await? {
                 Some(members) => members.iter().map(i64::from).collect(),
                 None => customer_service::ids_in_scope(db, principal, &filter).await?,
             };
+            ids.sort_unstable();
             (ids, "segment")
         }
     };
     if ids.len() > limits.max_customers_per_job {
         return Err(AppError::LimitExceeded(format!("at most {} customers per job", limits.max_customers_per_job)));
     }
-    Ok((ids, from))
+    // One pass over the customers: that each named one is visible, and
+    // the units the job touches.
+    let mut units = BTreeSet::new();
+    let mut visible = 0usize;
+    let backend = db.get_database_backend();
+    for chunk in ids.chunks(ids_per_statement(backend)) {
+        let rows: Vec<(i64, i64)> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::OrgUnitId)
+            .column_as(customer::Column::Id.count(), "n")
+            .filter(id_in(backend, customer::Column::Id, chunk))
+            .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+            .filter(customer::Column::MergedIntoId.is_null())
+            .group_by(customer::Column::OrgUnitId)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (unit, n) in rows {
+            units.insert(unit);
+            visible += usize::try_from(n).unwrap_or_default();
+        }
+    }
+    if visible != ids.len() {
+        // Which one: the slow path, only on this error.
+        customer_service::require_visible_ids(db, principal, &ids).await?;
+    }
+    Ok(Snapshot { ids, units, from })
+}
+
+/// The customers a job tags, fixed when it is created.
+struct Snapshot {
+    /// Ascending.
+    ids: Vec<i64>,
+    /// The org units of those customers.
+    units: BTreeSet<i64>,
+    /// `ids` or `segment`.
+    from: &'static str,
 }
 
 /// Writes a job's snapshot: one statement over an array on PostgreSQL,
@@ -186,23 +220,6 @@ async fn insert_snapshot(txn: &DatabaseTransaction, job_id: i64, ids: &[i64]) ->
         .await?;
     }
     Ok(())
-}
-
-/// The org units of a job's snapshot.
-async fn snapshot_units(txn: &DatabaseTransaction, job_id: i64) -> AppResult<Vec<i64>> {
-    let in_snapshot = sea_orm::sea_query::Query::select()
-        .column(job_customer::Column::CustomerId)
-        .from(job_customer::Entity)
-        .and_where(job_customer::Column::JobId.eq(job_id))
-        .to_owned();
-    Ok(customer::Entity::find()
-        .select_only()
-        .column(customer::Column::OrgUnitId)
-        .distinct()
-        .filter(customer::Column::Id.in_subquery(in_snapshot))
-        .into_tuple()
-        .all(txn)
-        .await?)
 }
 
 /// Creates a bulk tagging job and returns it at once; an instance's worker
@@ -239,7 +256,7 @@ pub async fn submit_bulk_tag(
             return Err(AppError::validation("add", format!("two tags of the exclusive group {:?}", group.name)));
         }
     }
-    let (ids, from) = snapshot(db, index, principal, limits, req.customers.clone()).await?;
+    let Snapshot { ids, units, from } = snapshot(db, index, principal, limits, req.customers.clone()).await?;
     let input = JobInput {
         add: req.add.iter().map(|t| t.0).collect(),
         remove: req.remove.iter().map(|t| t.0).collect(),
@@ -278,7 +295,6 @@ pub async fn submit_bulk_tag(
     .exec_with_returning(&txn)
     .await?;
     insert_snapshot(&txn, inserted.id, &ids).await?;
-    let units = snapshot_units(&txn, inserted.id).await?;
     // The whole job as it would apply: every tag usable, and from the
     // customer's library, at every unit it touches.
     for unit in &units {
@@ -633,12 +649,18 @@ impl Worker {
         }
         let mut batches = 0u32;
         let mut retries = 0u32;
+        // The segment index catches up with each batch while the next one
+        // runs (the database writes one, the index reads the other's
+        // events), at most one catch-up behind; the job ends caught up.
+        let mut following = Following::default();
         loop {
             let current = job::Entity::find_by_id(job.id).one(&self.db).await?.unwrap_or(job.clone());
             if current.cancel_requested {
+                following.wait().await;
                 return self.finish(&job, JobStatus::Cancelled, None).await;
             }
             if job.done >= job.total {
+                following.wait().await;
                 return self.finish(&job, JobStatus::Succeeded, None).await;
             }
             match self.batch(&job, &principal, &input).await {
@@ -656,14 +678,15 @@ impl Worker {
                     continue;
                 }
                 Err(err) => {
+                    following.wait().await;
                     return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
             }
-            if let Err(err) = self.index.catch_up(&self.db).await {
-                tracing::warn!(error = %err, "segment index catch-up failed");
-            }
+            following.wait().await;
+            following.start(&self.index, &self.db);
             batches += 1;
             if self.limits.job_halt_after_batches.is_some_and(|k| batches >= k) {
+                following.wait().await;
                 tracing::warn!(job = job.id, batches, "bulk job worker halted (fault injection)");
                 return Ok(RunEnd::Halted);
             }
@@ -780,60 +803,50 @@ impl Worker {
         };
         let mut skipped = 0i64;
         // Customers out of the requester's scope now, or (unless approved)
-        // in a unit where it may no longer bulk-tag, are left out.
-        let mut units: Vec<(i64, i64)> = Vec::with_capacity(ids.len());
-        let backend = txn.get_database_backend();
-        for chunk in ids.chunks(ids_per_statement(backend)) {
-            let rows: Vec<(i64, i64)> = customer::Entity::find()
-                .select_only()
-                .columns([customer::Column::Id, customer::Column::OrgUnitId])
-                .filter(id_in(backend, customer::Column::Id, chunk))
-                .filter(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
-                .filter(customer::Column::MergedIntoId.is_null())
-                .into_tuple()
-                .all(&txn)
-                .await?;
-            units.extend(rows);
-        }
-        let in_scope: HashSet<i64> = units.iter().map(|(c, _)| *c).collect();
+        // in a unit where it may no longer bulk-tag, are left out. The
+        // rest are locked by the same statement that finds them, reading
+        // only their ids and units.
+        let scope = Condition::all()
+            .add(principal.scope(Action::CustomerRead).condition(customer::Column::OrgUnitId))
+            .add(customer::Column::MergedIntoId.is_null());
+        let found = tagging::lock_customer_units(&txn, &ids, scope).await?;
+        let in_scope: HashSet<i64> = found.iter().map(|c| c.id).collect();
         for c in ids.iter().filter(|c| !in_scope.contains(c)) {
             skipped += 1;
             skip(*c, "NOT_FOUND", "no longer in the requester's scope");
         }
         let approved = job.change_request_id.is_some();
-        let mut eligible: Vec<i64> = Vec::with_capacity(units.len());
-        for (c, unit) in &units {
-            if approved || principal.may(Action::CustomerTagBulk, *unit) {
-                eligible.push(*c);
+        let mut eligible: Vec<tagging::Locked> = Vec::with_capacity(found.len());
+        for c in found {
+            if approved || principal.may(Action::CustomerTagBulk, c.org_unit_id) {
+                eligible.push(c);
             } else {
                 skipped += 1;
-                skip(*c, "FORBIDDEN", "the requester may not bulk-tag at this customer's unit");
+                skip(c.id, "FORBIDDEN", "the requester may not bulk-tag at this customer's unit");
             }
         }
-        let tags: Vec<TagId> = input.tags(&input.add).into_iter().chain(input.tags(&input.remove)).collect();
-        let mut groups: Vec<i64> = tagging::named_tags(&txn, principal, &tags)
-            .await?
-            .iter()
-            .filter_map(|t| t.group.as_ref().map(|g| g.id))
-            .collect();
+        let adding = input.tags(&input.add);
+        let named = tagging::named_tags(&txn, principal, &[adding.clone(), input.tags(&input.remove)].concat()).await?;
+        let (add, remove): (Vec<_>, Vec<_>) = named.into_iter().partition(|t| adding.contains(&TagId(t.tag.id)));
+        let mut groups: Vec<i64> = add.iter().chain(&remove).filter_map(|t| t.group.as_ref().map(|g| g.id)).collect();
         groups.sort_unstable();
         groups.dedup();
-        let locked = locks::locked_customers(&txn, principal.staff.id, &groups, &eligible).await?;
+        let eligible_ids: Vec<i64> = eligible.iter().map(|c| c.id).collect();
+        let locked = locks::locked_customers(&txn, principal.staff.id, &groups, &eligible_ids).await?;
         if !locked.is_empty() {
-            for c in eligible.iter().filter(|c| locked.contains(c)) {
+            for c in eligible_ids.iter().filter(|c| locked.contains(c)) {
                 skipped += 1;
                 skip(*c, "LOCKED", "another staff member's modification lock covers this customer");
             }
-            eligible.retain(|c| !locked.contains(c));
+            eligible.retain(|c| !locked.contains(&c.id));
         }
-        eligible.sort_unstable();
         let outcome = tagging::apply_job_batch(
             &txn,
             principal,
             &self.limits,
-            eligible.into_iter().map(CustomerId).collect(),
-            &input.tags(&input.add),
-            &input.tags(&input.remove),
+            &eligible,
+            &add,
+            &remove,
             format!("job:{}", job.id),
         )
         .await?;
@@ -922,6 +935,31 @@ impl Worker {
         txn.commit().await?;
         tracing::info!(job = job.id, status = status.as_str(), done = ended.done, "bulk job ended");
         Ok(RunEnd::Finished(status))
+    }
+}
+
+/// The segment index's catch-up with a job's last batch, running beside
+/// the next batch.
+#[derive(Default)]
+struct Following(Option<tokio::task::JoinHandle<()>>);
+
+impl Following {
+    fn start(&mut self, index: &Arc<SegmentIndex>, db: &DatabaseConnection) {
+        let (index, db) = (index.clone(), db.clone());
+        self.0 = Some(tokio::spawn(async move {
+            if let Err(err) = index.catch_up(&db).await {
+                tracing::warn!(error = %err, "segment index catch-up failed");
+            }
+        }));
+    }
+
+    /// Until the running catch-up (if any) has ended.
+    async fn wait(&mut self) {
+        if let Some(running) = self.0.take()
+            && let Err(err) = running.await
+        {
+            tracing::warn!(error = %err, "segment index catch-up task");
+        }
     }
 }
 

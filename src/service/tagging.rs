@@ -155,6 +155,37 @@ pub(crate) async fn lock_customer_rows(
     Ok(out)
 }
 
+/// As [`lock_customer_rows`], reading only each locked customer's id and
+/// org unit (what tagging needs): the rows are locked, not loaded.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn lock_customer_units(
+    txn: &DatabaseTransaction,
+    ids: &[i64],
+    filter: Condition,
+) -> AppResult<Vec<Locked>> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::with_capacity(sorted.len());
+    let backend = txn.get_database_backend();
+    for chunk in sorted.chunks(ids_per_statement(backend)) {
+        let rows: Vec<(i64, i64)> = customer::Entity::find()
+            .select_only()
+            .columns([customer::Column::Id, customer::Column::OrgUnitId])
+            .filter(id_in(backend, customer::Column::Id, chunk))
+            .filter(filter.clone())
+            .order_by_asc(customer::Column::Id)
+            .lock_exclusive()
+            .into_tuple()
+            .all(txn)
+            .await?;
+        out.extend(rows.into_iter().map(|(id, org_unit_id)| Locked { id, org_unit_id }));
+    }
+    Ok(out)
+}
+
 /// A change tagbase makes itself, for a customer whose row the caller
 /// locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,10 +359,71 @@ async fn apply_tags_in(
     audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
-    let keep = &keep;
+    let locked: Vec<Locked> = customers.iter().map(Locked::of).collect();
+    let by = EventBy {
+        actor: Some(principal.staff.id),
+        source: req.source,
+        source_ref: req.source_ref.clone(),
+        at: Utc::now(),
+    };
+    let mut outcome = add_to_locked(txn, principal, limits, &locked, &tags, &keep, req.expires_at, &by).await?;
+    if audited {
+        let customer_ids: Vec<i64> = locked.iter().map(|c| c.id).collect();
+        audit::record(
+            txn,
+            batch_entry(principal, "customer.tag", &customers).with_detail(json!({
+                "customerIds": customer_ids,
+                "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
+                "added": outcome.added,
+                "replaced": outcome.removed,
+                "unchanged": outcome.unchanged,
+                "kept": outcome.kept,
+                "asOfEvent": keep.as_of,
+                "source": req.source,
+                "sourceRef": req.source_ref,
+            })),
+        )
+        .await?;
+    }
+    outcome.customers = customers;
+    Ok(outcome)
+}
 
+/// A customer whose row the transaction has locked: what tagging needs of
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Locked {
+    pub id: i64,
+    pub org_unit_id: i64,
+}
+
+impl Locked {
+    fn of(customer: &customer::Model) -> Self {
+        Self { id: customer.id, org_unit_id: customer.org_unit_id }
+    }
+}
+
+/// Puts `tags` on customers whose rows the caller locked: the checks of
+/// the tags (active, one per exclusive group) and of the caller's use of
+/// them at each customer's unit, then the exclusive replacements, the
+/// per-customer cap and alerts, and the writes (assignments and tag events
+/// as set-based statements). `outcome.customers` is left empty.
+///
+/// # Errors
+/// As [`apply_tags`]. Nothing is written on error.
+#[allow(clippy::too_many_arguments)]
+async fn add_to_locked(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    limits: &Limits,
+    customers: &[Locked],
+    tags: &[VisibleTag],
+    keep: &Keep,
+    expires_at: Option<DateTime<Utc>>,
+    by: &EventBy,
+) -> AppResult<TaggingOutcome> {
     let mut exclusive_seen: HashMap<i64, i64> = HashMap::new();
-    for VisibleTag { tag, group } in &tags {
+    for VisibleTag { tag, group } in tags {
         match tag.status {
             TagStatus::Active => {}
             TagStatus::Archived => {
@@ -353,8 +445,8 @@ async fn apply_tags_in(
             ));
         }
     }
-    for c in &customers {
-        for named in &tags {
+    for c in customers {
+        for named in tags {
             require_use(principal, named, c.org_unit_id)?;
             let VisibleTag { tag, group } = named;
             // An enterprise tag must come from the customer's effective
@@ -376,7 +468,7 @@ async fn apply_tags_in(
     // are read; the rest only counts (in force, against the cap and the
     // alert), and is counted by the database.
     let exclusive_groups: Vec<i64> = exclusive_seen.keys().copied().collect();
-    let existing = relevant_assignments(txn, &customer_ids, &tags, &exclusive_groups).await?;
+    let existing = relevant_assignments(txn, &customer_ids, tags, &exclusive_groups).await?;
     let counts = in_force_counts(txn, &customer_ids).await?;
     let mut exclusive_members: HashMap<i64, i64> = HashMap::new();
     let mut retired: HashSet<i64> = HashSet::new();
@@ -389,19 +481,17 @@ async fn apply_tags_in(
         }
     }
 
-    let now = Utc::now();
+    let now = by.at;
     let mut outcome = TaggingOutcome::default();
     let mut removals: Vec<(i64, i64)> = Vec::new();
     let mut additions: Vec<NewAssignment> = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
     let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
-    let by =
-        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
-    for c in &customers {
+    for c in customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = counts.get(&c.id).copied().unwrap_or(0);
         let mut after = before;
-        for VisibleTag { tag, group } in &tags {
+        for VisibleTag { tag, group } in tags {
             if keep.contains(c.id, tag.id) {
                 outcome.kept += 1;
                 continue;
@@ -420,7 +510,7 @@ async fn apply_tags_in(
                     }
                 }
             }
-            let expires_at = req.expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));
+            let expires_at = expires_at.or_else(|| tag.ttl_seconds.map(|s| now + Duration::seconds(s)));
             additions.push((c.id, tag.id, expires_at));
             events.push((c.id, tag.id, TagOp::Add));
             outcome.added += 1;
@@ -447,31 +537,11 @@ async fn apply_tags_in(
     outcome.alerts_raised = alerts.len() as u32;
 
     delete_assignments(txn, &removals).await?;
-    insert_assignments(txn, &by, &additions).await?;
-    insert_event_rows(txn, &by, &events).await?;
+    insert_assignments(txn, by, &additions).await?;
+    insert_event_rows(txn, by, &events).await?;
     if !alerts.is_empty() {
         tag_alert::Entity::insert_many(alerts).exec(txn).await?;
     }
-    if !audited {
-        outcome.customers = customers;
-        return Ok(outcome);
-    }
-    audit::record(
-        txn,
-        batch_entry(principal, "customer.tag", &customers).with_detail(json!({
-            "customerIds": customer_ids,
-            "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
-            "added": outcome.added,
-            "replaced": outcome.removed,
-            "unchanged": outcome.unchanged,
-            "kept": outcome.kept,
-            "asOfEvent": keep.as_of,
-            "source": req.source,
-            "sourceRef": req.source_ref,
-        })),
-    )
-    .await?;
-    outcome.customers = customers;
     Ok(outcome)
 }
 
@@ -512,23 +582,63 @@ async fn remove_tags_in(
     audited: bool,
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
-    let keep = &keep;
-    for c in &customers {
-        for t in &tags {
+    let locked: Vec<Locked> = customers.iter().map(Locked::of).collect();
+    let by = EventBy {
+        actor: Some(principal.staff.id),
+        source: req.source,
+        source_ref: req.source_ref.clone(),
+        at: Utc::now(),
+    };
+    let mut outcome = remove_from_locked(txn, principal, &locked, &tags, &keep, &by).await?;
+    if audited {
+        let ids: Vec<i64> = locked.iter().map(|c| c.id).collect();
+        audit::record(
+            txn,
+            batch_entry(principal, "customer.untag", &customers).with_detail(json!({
+                "customerIds": ids,
+                "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
+                "removed": outcome.removed,
+                "unchanged": outcome.unchanged,
+                "kept": outcome.kept,
+                "asOfEvent": keep.as_of,
+                "source": req.source,
+                "sourceRef": req.source_ref,
+            })),
+        )
+        .await?;
+    }
+    outcome.customers = customers;
+    Ok(outcome)
+}
+
+/// Takes `tags` off customers whose rows the caller locked (tags a
+/// customer does not hold are left alone), after checking the caller's use
+/// of each tag at each customer's unit. `outcome.customers` is left empty.
+///
+/// # Errors
+/// `FORBIDDEN` without the use of a tag at a customer's unit; database
+/// errors. Nothing is written on error.
+async fn remove_from_locked(
+    txn: &DatabaseTransaction,
+    principal: &Principal,
+    customers: &[Locked],
+    tags: &[VisibleTag],
+    keep: &Keep,
+    by: &EventBy,
+) -> AppResult<TaggingOutcome> {
+    for c in customers {
+        for t in tags {
             require_use(principal, t, c.org_unit_id)?;
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-    let existing = relevant_assignments(txn, &ids, &tags, &[]).await?;
-    let now = Utc::now();
+    let existing = relevant_assignments(txn, &ids, tags, &[]).await?;
     let mut outcome = TaggingOutcome::default();
     let mut removals = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
-    let by =
-        EventBy { actor: Some(principal.staff.id), source: req.source, source_ref: req.source_ref.clone(), at: now };
-    for c in &customers {
+    for c in customers {
         let held: HashSet<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
-        for t in &tags {
+        for t in tags {
             if keep.contains(c.id, t.tag.id) {
                 outcome.kept += 1;
             } else if held.contains(&t.tag.id) {
@@ -541,26 +651,7 @@ async fn remove_tags_in(
         }
     }
     delete_assignments(txn, &removals).await?;
-    insert_event_rows(txn, &by, &events).await?;
-    if !audited {
-        outcome.customers = customers;
-        return Ok(outcome);
-    }
-    audit::record(
-        txn,
-        batch_entry(principal, "customer.untag", &customers).with_detail(json!({
-            "customerIds": ids,
-            "tagIds": tags.iter().map(|t| t.tag.id).collect::<Vec<_>>(),
-            "removed": outcome.removed,
-            "unchanged": outcome.unchanged,
-            "kept": outcome.kept,
-            "asOfEvent": keep.as_of,
-            "source": req.source,
-            "sourceRef": req.source_ref,
-        })),
-    )
-    .await?;
-    outcome.customers = customers;
+    insert_event_rows(txn, by, &events).await?;
     Ok(outcome)
 }
 
@@ -850,8 +941,10 @@ pub async fn apply_approved(
 /// off and puts `add` on `customers` (source `BULK`, `source_ref` naming
 /// the job), with the per-customer rules of [`apply_tags`] (exclusive
 /// groups, cap, alerts) and one tag event per change. No audit row: the
-/// job writes one with its counts when it ends. The caller has left out
-/// customers out of scope or under somebody else's modification lock.
+/// job writes one with its counts when it ends. The caller locked the
+/// customers' rows ([`lock_customer_units`]) and left out customers out of
+/// scope or under somebody else's modification lock; `add` and `remove`
+/// are the job's tags as its requester sees them.
 ///
 /// # Errors
 /// As [`apply_tags`] and [`remove_tags`], for the whole batch.
@@ -859,29 +952,29 @@ pub(crate) async fn apply_job_batch(
     txn: &DatabaseTransaction,
     principal: &Principal,
     limits: &Limits,
-    customers: Vec<CustomerId>,
-    add: &[TagId],
-    remove: &[TagId],
+    customers: &[Locked],
+    add: &[VisibleTag],
+    remove: &[VisibleTag],
     source_ref: String,
 ) -> AppResult<TaggingOutcome> {
-    let request = |tags: &[TagId]| TagRequest {
-        customers: customers.clone(),
-        tags: tags.to_vec(),
-        expires_at: None,
-        source: TagSource::Bulk,
-        source_ref: Some(source_ref.clone()),
-    };
     let mut total = TaggingOutcome::default();
     if customers.is_empty() {
         return Ok(total);
     }
+    let by = EventBy {
+        actor: Some(principal.staff.id),
+        source: TagSource::Bulk,
+        source_ref: Some(source_ref),
+        at: Utc::now(),
+    };
+    let keep = Keep::default();
     if !remove.is_empty() {
-        let o = remove_tags_in(txn, principal, request(remove), None, false).await?;
+        let o = remove_from_locked(txn, principal, customers, remove, &keep, &by).await?;
         total.removed += o.removed;
         total.unchanged += o.unchanged;
     }
     if !add.is_empty() {
-        let o = apply_tags_in(txn, principal, limits, request(add), None, false).await?;
+        let o = add_to_locked(txn, principal, limits, customers, add, &keep, None, &by).await?;
         total.added += o.added;
         total.removed += o.removed;
         total.unchanged += o.unchanged;
