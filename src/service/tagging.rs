@@ -6,7 +6,7 @@
 //! (the new one replaces the old, as one change), and the per-customer cap
 //! is checked before anything is written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use entity::{
@@ -445,7 +445,10 @@ async fn add_to_locked(
             ));
         }
     }
-    for c in customers {
+    // The rights and libraries depend on the unit alone: each unit once
+    // (a bulk batch has thousands of customers in a few units).
+    let mut checked: HashSet<i64> = HashSet::new();
+    for c in customers.iter().filter(|c| checked.insert(c.org_unit_id)) {
         for named in tags {
             require_use(principal, named, c.org_unit_id)?;
             let VisibleTag { tag, group } = named;
@@ -485,7 +488,9 @@ async fn add_to_locked(
     let mut removals: Vec<(i64, i64)> = Vec::new();
     let mut additions: Vec<NewAssignment> = Vec::new();
     let mut events: Vec<NewEvent> = Vec::new();
-    let mut alerts: Vec<tag_alert::ActiveModel> = Vec::new();
+    // (customer, tags in force after the call) of those crossing the
+    // alert threshold.
+    let mut alerts: Vec<(i64, u32)> = Vec::new();
     for c in customers {
         let held: Vec<i64> = existing.get(&c.id).map(|a| a.iter().map(|a| a.tag_id).collect()).unwrap_or_default();
         let before = counts.get(&c.id).copied().unwrap_or(0);
@@ -522,15 +527,7 @@ async fn add_to_locked(
             )));
         }
         if before <= limits.tag_alert_threshold && after > limits.tag_alert_threshold {
-            alerts.push(tag_alert::ActiveModel {
-                id: NotSet,
-                customer_id: Set(c.id),
-                kind: Set(AlertKind::TagCountThreshold),
-                tag_count: Set(after as i32),
-                threshold: Set(limits.tag_alert_threshold as i32),
-                created_at: Set(now),
-                resolved_at: Set(None),
-            });
+            alerts.push((c.id, after));
         }
     }
     outcome.alerts_raised = alerts.len() as u32;
@@ -538,10 +535,51 @@ async fn add_to_locked(
     delete_assignments(txn, &removals).await?;
     insert_assignments(txn, by, &additions).await?;
     insert_event_rows(txn, by, &events).await?;
-    if !alerts.is_empty() {
-        tag_alert::Entity::insert_many(alerts).exec(txn).await?;
-    }
+    insert_alerts(txn, limits.tag_alert_threshold, now, &alerts).await?;
     Ok(outcome)
+}
+
+/// Raises the tag-count alerts of customers that crossed `threshold`
+/// ((customer, tags held after the call)): one statement over arrays on
+/// PostgreSQL (a bulk batch raises thousands), multi-row statements of
+/// [`CHUNK`] rows on SQLite.
+async fn insert_alerts(
+    txn: &DatabaseTransaction,
+    threshold: u32,
+    at: DateTime<Utc>,
+    alerts: &[(i64, u32)],
+) -> AppResult<()> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let threshold = i32::try_from(threshold).unwrap_or(i32::MAX);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let sql = "INSERT INTO tag_alert (customer_id, kind, tag_count, threshold, created_at) \
+                   SELECT u.c, $3, u.n, $4, $5 FROM unnest($1::text::bigint[], $2::text::int[]) AS u(c, n)";
+        let values: Vec<sea_orm::Value> = vec![
+            pg_array(alerts.iter().map(|a| Some(a.0))).into(),
+            pg_array(alerts.iter().map(|a| Some(a.1))).into(),
+            AlertKind::TagCountThreshold.as_str().into(),
+            threshold.into(),
+            at.into(),
+        ];
+        txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        return Ok(());
+    }
+    for chunk in alerts.chunks(CHUNK) {
+        tag_alert::Entity::insert_many(chunk.iter().map(|(customer_id, held)| tag_alert::ActiveModel {
+            id: NotSet,
+            customer_id: Set(*customer_id),
+            kind: Set(AlertKind::TagCountThreshold),
+            tag_count: Set(i32::try_from(*held).unwrap_or(i32::MAX)),
+            threshold: Set(threshold),
+            created_at: Set(at),
+            resolved_at: Set(None),
+        }))
+        .exec(txn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Removes tags from customers. Tags a customer does not hold are left
@@ -625,9 +663,10 @@ async fn remove_from_locked(
     keep: &Keep,
     by: &EventBy,
 ) -> AppResult<TaggingOutcome> {
-    for c in customers {
+    let units: BTreeSet<i64> = customers.iter().map(|c| c.org_unit_id).collect();
+    for unit in units {
         for t in tags {
-            require_use(principal, t, c.org_unit_id)?;
+            require_use(principal, t, unit)?;
         }
     }
     let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
