@@ -28,6 +28,7 @@ mod m20261204_000200_lean_assignment_index;
 mod m20261204_000210_assignment_writes_without_fk_checks;
 mod m20261204_000220_job_snapshot_without_fk_checks;
 mod m20261204_000230_tag_event_adds;
+mod m20261205_000240_actor_and_alert_writes_without_fk_checks;
 
 pub struct Migrator;
 
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000210_assignment_writes_without_fk_checks::Migration),
             Box::new(m20261204_000220_job_snapshot_without_fk_checks::Migration),
             Box::new(m20261204_000230_tag_event_adds::Migration),
+            Box::new(m20261205_000240_actor_and_alert_writes_without_fk_checks::Migration),
         ]
     }
 }

@@ -255,9 +255,10 @@ async fn every_postgres_connection_plans_for_its_parameters(app: TestApp) {
 
 on_both_databases!(every_postgres_connection_plans_for_its_parameters);
 
-/// Customers, tags and jobs are never deleted (a customer is merged, a tag
-/// archived or merged, a job kept as the account of a bulk run):
-/// assignments, tag events and job snapshots refer to them without a
+/// Customers, tags, jobs and staff are never deleted (a customer is
+/// merged, a tag archived or merged, a job kept as the account of a bulk
+/// run, a staff member deactivated): assignments, tag events, alerts and
+/// job snapshots refer to them without a
 /// per-row foreign-key check on PostgreSQL, so the database refuses the
 /// delete itself, whoever connects.
 async fn customers_and_tags_are_never_deleted(app: TestApp) {
@@ -276,6 +277,7 @@ async fn customers_and_tags_are_never_deleted(app: TestApp) {
         format!("DELETE FROM customer WHERE id = {}", crate::helpers::row_id(&customer)),
         format!("DELETE FROM tag WHERE id = {}", crate::helpers::row_id(&tag)),
         "DELETE FROM job".to_owned(),
+        "DELETE FROM staff WHERE login = 'admin'".to_owned(),
     ] {
         let err = app.db.execute_unprepared(&sql).await.expect_err(&sql);
         assert!(err.to_string().contains("are never deleted"), "{sql}: {err}");
