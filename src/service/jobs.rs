@@ -20,7 +20,7 @@
 //!   an instance taking it over extends them, and they are released when
 //!   the job ends however it ends (or they expire).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -647,15 +647,24 @@ impl Worker {
             // Taken over: the job's locks are handed on to this run.
             locks::extend(&self.db, &lock_ids(&job), self.lock_end()).await?;
         }
+        let principal = Arc::new(principal);
         let mut batches = 0u32;
         let mut retries = 0u32;
         // The segment index catches up with each batch while the next one
         // runs (the database writes one, the index reads the other's
         // events), at most one catch-up behind; the job ends caught up.
         let mut following = Following::default();
+        // A bulk job's batches on PostgreSQL run two at a time, each in its
+        // own transaction on its own connection (one backend's CPU was the
+        // bound), and commit in order: a batch commits its checkpoint only
+        // on the `done` its predecessor left, so `done` stays a prefix of
+        // the snapshot whatever fails or dies in between.
+        let depth = if job.kind == BULK_TAG && self.db.get_database_backend() == DbBackend::Postgres { 2 } else { 1 };
+        let mut ahead: VecDeque<(i64, tokio::task::JoinHandle<AppResult<Prepared>>)> = VecDeque::new();
         loop {
             let current = job::Entity::find_by_id(job.id).one(&self.db).await?.unwrap_or(job.clone());
             if current.cancel_requested {
+                drain(&mut ahead).await;
                 following.wait().await;
                 return self.finish(&job, JobStatus::Cancelled, None).await;
             }
@@ -663,21 +672,50 @@ impl Worker {
                 following.wait().await;
                 return self.finish(&job, JobStatus::Succeeded, None).await;
             }
-            match self.batch(&job, &principal, &input).await {
+            let step = if job.kind == BULK_TAG {
+                let mut next = ahead.back().map_or(job.done, |(start, _)| start + self.batch_size());
+                while ahead.len() < depth && next < job.total {
+                    let (worker, principal, input) = (self.clone(), principal.clone(), input.clone());
+                    let job_id = job.id;
+                    let approved = job.change_request_id.is_some();
+                    ahead.push_back((
+                        next,
+                        tokio::spawn(async move { worker.prepare(job_id, next, &principal, &input, approved).await }),
+                    ));
+                    next += self.batch_size();
+                }
+                match ahead.pop_front() {
+                    Some((_, prepared)) => match prepared.await {
+                        Ok(Ok(prepared)) => self.checkpoint(&job, prepared).await,
+                        Ok(Err(err)) => Err(err),
+                        Err(err) => Err(AppError::internal(err)),
+                    },
+                    None => Ok(None),
+                }
+            } else {
+                self.batch(&job, &principal).await
+            };
+            match step {
                 Ok(Some(next)) => {
                     job = next;
                     retries = 0;
                 }
-                Ok(None) => return Ok(RunEnd::LostLease),
+                Ok(None) => {
+                    drain(&mut ahead).await;
+                    return Ok(RunEnd::LostLease);
+                }
                 Err(err) if retries < BATCH_RETRIES && is_transient(&err) => {
-                    // The batch rolled back whole: running it again from
-                    // the same checkpoint applies it once.
+                    // The batch rolled back whole (and those prepared after
+                    // it with it): running them again from the same
+                    // checkpoint applies each once.
+                    drain(&mut ahead).await;
                     retries += 1;
                     tracing::warn!(job = job.id, retries, error = ?err, "bulk job batch rolled back; running it again");
                     tokio::time::sleep(StdDuration::from_millis(200 * u64::from(retries))).await;
                     continue;
                 }
                 Err(err) => {
+                    drain(&mut ahead).await;
                     following.wait().await;
                     return self.finish(&job, JobStatus::Failed, failure(&job, &err)).await;
                 }
@@ -686,11 +724,18 @@ impl Worker {
             following.start(&self.index, &self.db);
             batches += 1;
             if self.limits.job_halt_after_batches.is_some_and(|k| batches >= k) {
+                drain(&mut ahead).await;
                 following.wait().await;
                 tracing::warn!(job = job.id, batches, "bulk job worker halted (fault injection)");
                 return Ok(RunEnd::Halted);
             }
         }
+    }
+
+    /// Customers per batch. At most 20,000: one statement binds a whole
+    /// batch of ids on PostgreSQL.
+    fn batch_size(&self) -> i64 {
+        self.limits.job_batch_size.clamp(1, 20_000) as i64
     }
 
     fn lock_end(&self) -> DateTime<Utc> {
@@ -752,9 +797,10 @@ impl Worker {
         Ok(started)
     }
 
-    /// One batch and its checkpoint, in one transaction; `None` when the
-    /// lease is no longer this instance's (nothing written then).
-    async fn batch(&self, job: &job::Model, principal: &Principal, input: &JobInput) -> AppResult<Option<job::Model>> {
+    /// One batch of an import job and its checkpoint, in one transaction;
+    /// `None` when the lease is no longer this instance's (nothing written
+    /// then).
+    async fn batch(&self, job: &job::Model, principal: &Principal) -> AppResult<Option<job::Model>> {
         let txn = self.db.begin().await?;
         // First: renew the lease, only if the job is still ours and where
         // we left it. This also locks the job's row, so an instance that
@@ -772,29 +818,35 @@ impl Worker {
             txn.rollback().await?;
             return Ok(None);
         }
-        if txn.get_database_backend() == DbBackend::Postgres {
-            // A batch is no request: the request timeout (the connection's
-            // statement_timeout) does not bound its statements.
-            txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", BATCH_STATEMENT_TIMEOUT.as_millis()))
-                .await?;
-        }
-        share_event_log(&txn).await?;
-        // At most 20,000: one statement binds a whole batch of ids on PostgreSQL.
-        let size = self.limits.job_batch_size.clamp(1, 20_000) as i64;
-        if job.kind == super::import::IMPORT_CUSTOMERS {
-            return self.import_batch(txn, job, principal, size).await;
-        }
+        begin_batch(&txn).await?;
+        self.import_batch(txn, job, principal, self.batch_size()).await
+    }
+
+    /// The writes of a bulk job's batch from snapshot ordinal `start`, in a
+    /// transaction left open for [`Worker::checkpoint`]. It does not touch
+    /// the job's row, so the next batch can run beside it; a batch whose
+    /// checkpoint never comes rolls back whole.
+    async fn prepare(
+        &self,
+        job_id: i64,
+        start: i64,
+        principal: &Principal,
+        input: &JobInput,
+        approved: bool,
+    ) -> AppResult<Prepared> {
+        let txn = self.db.begin().await?;
+        begin_batch(&txn).await?;
         let ids: Vec<i64> = job_customer::Entity::find()
             .select_only()
             .column(job_customer::Column::CustomerId)
-            .filter(job_customer::Column::JobId.eq(job.id))
-            .filter(job_customer::Column::Ordinal.gte(job.done))
-            .filter(job_customer::Column::Ordinal.lt(job.done + size))
+            .filter(job_customer::Column::JobId.eq(job_id))
+            .filter(job_customer::Column::Ordinal.gte(start))
+            .filter(job_customer::Column::Ordinal.lt(start + self.batch_size()))
             .order_by_asc(job_customer::Column::Ordinal)
             .into_tuple()
             .all(&txn)
             .await?;
-        let mut errors: Vec<Value> = job.errors.as_array().cloned().unwrap_or_default();
+        let mut errors: Vec<Value> = Vec::new();
         let mut skip = |customer: i64, code: &str, message: &str| {
             if errors.len() < MAX_ERRORS {
                 errors
@@ -815,7 +867,6 @@ impl Worker {
             skipped += 1;
             skip(*c, "NOT_FOUND", "no longer in the requester's scope");
         }
-        let approved = job.change_request_id.is_some();
         let mut eligible: Vec<tagging::Locked> = Vec::with_capacity(found.len());
         for c in found {
             if approved || principal.may(Action::CustomerTagBulk, c.org_unit_id) {
@@ -847,21 +898,41 @@ impl Worker {
             &eligible,
             &add,
             &remove,
-            format!("job:{}", job.id),
+            format!("job:{job_id}"),
         )
         .await?;
+        Ok(Prepared { txn, start, count: ids.len() as i64, outcome, skipped, errors })
+    }
+
+    /// Commits a prepared batch with its checkpoint, if the job is still
+    /// this instance's and stands where the batch begins (its predecessor
+    /// committed); `None`, and the batch rolled back, otherwise. `job` is
+    /// the job as the predecessor's checkpoint left it.
+    async fn checkpoint(&self, job: &job::Model, prepared: Prepared) -> AppResult<Option<job::Model>> {
+        let Prepared { txn, start, count, outcome, skipped, mut errors } = prepared;
+        let mut all: Vec<Value> = job.errors.as_array().cloned().unwrap_or_default();
+        errors.truncate(MAX_ERRORS.saturating_sub(all.len()));
+        all.extend(errors);
         let now = Utc::now();
-        job::Entity::update_many()
-            .col_expr(job::Column::Done, Expr::value(job.done + ids.len() as i64))
+        let saved = job::Entity::update_many()
+            .col_expr(job::Column::Done, Expr::value(start + count))
             .col_expr(job::Column::Added, Expr::value(job.added + i64::from(outcome.added)))
             .col_expr(job::Column::Removed, Expr::value(job.removed + i64::from(outcome.removed)))
             .col_expr(job::Column::Unchanged, Expr::value(job.unchanged + i64::from(outcome.unchanged)))
             .col_expr(job::Column::Skipped, Expr::value(job.skipped + skipped))
-            .col_expr(job::Column::Errors, Expr::value(Value::Array(errors)))
+            .col_expr(job::Column::Errors, Expr::value(Value::Array(all)))
+            .col_expr(job::Column::LeaseUntil, Expr::value(self.lease_end()))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::Id.eq(job.id))
+            .filter(job::Column::Owner.eq(self.instance.clone()))
+            .filter(job::Column::Status.eq(JobStatus::Running))
+            .filter(job::Column::Done.eq(start))
             .exec(&txn)
             .await?;
+        if saved.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
         locks::extend(&txn, &lock_ids(job), self.lock_end()).await?;
         let next = job::Entity::find_by_id(job.id).one(&txn).await?;
         txn.commit().await?;
@@ -935,6 +1006,44 @@ impl Worker {
         txn.commit().await?;
         tracing::info!(job = job.id, status = status.as_str(), done = ended.done, "bulk job ended");
         Ok(RunEnd::Finished(status))
+    }
+}
+
+/// A bulk batch written in its open transaction, waiting for its
+/// checkpoint.
+struct Prepared {
+    txn: DatabaseTransaction,
+    /// The snapshot ordinal it begins at: the `done` it follows.
+    start: i64,
+    /// Customers of the snapshot it covers.
+    count: i64,
+    outcome: tagging::TaggingOutcome,
+    skipped: i64,
+    /// Its customers left out, with the reason.
+    errors: Vec<Value>,
+}
+
+/// What every batch's transaction sets first: no request timeout (a batch
+/// is no request: the connection's `statement_timeout` does not bound its
+/// statements), and the shared side of the governance lock.
+async fn begin_batch(txn: &DatabaseTransaction) -> AppResult<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", BATCH_STATEMENT_TIMEOUT.as_millis()))
+            .await?;
+    }
+    share_event_log(txn).await
+}
+
+/// Drops the batches prepared ahead: each rolls back (a finished one when
+/// its transaction is dropped, a running one when it is stopped).
+async fn drain(ahead: &mut VecDeque<(i64, tokio::task::JoinHandle<AppResult<Prepared>>)>) {
+    for (_, prepared) in ahead.drain(..) {
+        prepared.abort();
+        if let Ok(Ok(prepared)) = prepared.await
+            && let Err(err) = prepared.txn.rollback().await
+        {
+            tracing::warn!(error = %err, "rolling back a bulk batch prepared ahead");
+        }
     }
 }
 
