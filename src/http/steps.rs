@@ -128,13 +128,18 @@ fn selected_operation<'a>(
     }
 }
 
+/// async-graphql's answer to a subscription executed as a query: the
+/// operation passed validation and ran, though it answers like a refusal.
+const SUBSCRIPTION_NOT_ON_THIS_TRANSPORT: &str = "Subscriptions are not supported on this transport.";
+
 /// Whether the operation ran: a response refused before execution (parse,
 /// validation, limits) has no data and only errors without a path, as the
 /// HTTP reply judges it too.
 fn executed(response: &Response) -> bool {
-    !(matches!(response.data, async_graphql::Value::Null)
+    let refused = matches!(response.data, async_graphql::Value::Null)
         && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty()))
+        && response.errors.iter().all(|e| e.path.is_empty());
+    !refused || response.errors.iter().any(|e| e.message == SUBSCRIPTION_NOT_ON_THIS_TRANSPORT)
 }
 
 /// Executes one request as `principal` (its data already attached): the
@@ -179,4 +184,40 @@ pub(super) fn execute_stream(
     })
     .flatten()
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::parser::parse_query;
+    use async_graphql::{PathSegment, Pos, Response, ServerError};
+
+    use super::{SUBSCRIPTION_NOT_ON_THIS_TRANSPORT, executed, selected_operation};
+
+    /// The name and type of the operation `selected_operation` picks.
+    fn picked(document: &str, name: Option<&str>) -> Option<(Option<String>, String)> {
+        let document = parse_query(document).expect("test documents parse");
+        selected_operation(&document, name).map(|(name, op)| (name, op.node.ty.to_string()))
+    }
+
+    #[test]
+    fn the_operation_is_the_one_async_graphql_executes_with_the_name_it_reports() {
+        assert_eq!(picked("{ a }", None), Some((None, "query".to_owned())));
+        assert_eq!(picked("{ a }", Some("A")), None);
+        assert_eq!(picked("mutation M { a }", None), Some((Some("M".to_owned()), "mutation".to_owned())));
+        let two = "query Q { a } mutation M { a }";
+        assert_eq!(picked(two, Some("M")), Some((Some("M".to_owned()), "mutation".to_owned())));
+        assert_eq!(picked(two, Some("X")), None);
+        assert_eq!(picked(two, None), None);
+    }
+
+    #[test]
+    fn only_refusals_before_execution_count_as_not_executed() {
+        let refused = Response::from_errors(vec![ServerError::new("Unknown field", Some(Pos::default()))]);
+        assert!(!executed(&refused));
+        let mut field_error = ServerError::new("denied", None);
+        field_error.path = vec![PathSegment::Field("lockTagGroup".to_owned())];
+        assert!(executed(&Response::from_errors(vec![field_error])));
+        assert!(executed(&Response::new(async_graphql::Value::Null)));
+        assert!(executed(&Response::from_errors(vec![ServerError::new(SUBSCRIPTION_NOT_ON_THIS_TRANSPORT, None)])));
+    }
 }
