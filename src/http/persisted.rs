@@ -49,9 +49,7 @@ impl PersistedQueries {
             None => Ok(Self::Automatic(LruCacheStorage::new(settings.limits.persisted_query_cache.max(1)))),
         }
     }
-}
 
-impl PersistedQueries {
     /// Replaces a persisted-query hash by the document it stands for (the
     /// request then carries it parsed), registers a document sent with its
     /// hash (APQ), and refuses what trusted documents do not list.

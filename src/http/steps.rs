@@ -78,13 +78,15 @@ impl RequestSteps {
 /// from the document before async-graphql consumes it.
 #[derive(Debug, Default)]
 struct Outline {
-    /// The operation's name as async-graphql reports it to extensions.
+    /// The operation's name as async-graphql gives it to extensions.
     operation_name: Option<String>,
     /// The top-level fields of a mutation (none for other operations).
     denied: DeniedMutations,
 }
 
 impl Outline {
+    /// The outline of the operation the request selects; empty when it
+    /// selects none (async-graphql refuses the request then).
     fn of(request: &mut Request) -> Self {
         let name = request.operation_name.clone();
         let Ok(document) = request.parsed_query() else { return Self::default() };
