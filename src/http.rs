@@ -8,6 +8,7 @@ mod graphql;
 mod persisted;
 mod read_only;
 mod reply;
+mod steps;
 mod ws;
 
 use std::sync::Arc;
@@ -34,11 +35,12 @@ use tower_http::{
 };
 
 pub use persisted::{PersistedQueries, TrustedDocuments};
+pub use steps::RequestSteps;
 
 use crate::auth;
 use crate::authz::Principal;
 use crate::error::{AppError, ErrorCode};
-use crate::graphql::{AppSchema, AppSchemaBuilder, loaders_for_request};
+use crate::graphql::{AppSchema, loaders_for_request};
 use crate::observability;
 use crate::request_id;
 use crate::segment::BuildProgress;
@@ -120,13 +122,6 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// The schema builder with the extensions of the HTTP edge: persisted
-/// queries (automatic or trusted documents) first, so that the GET check
-/// after it sees the document a hash stands for.
-pub fn with_extensions(builder: AppSchemaBuilder, persisted: PersistedQueries) -> AppSchemaBuilder {
-    builder.extension(persisted).extension(read_only::QueriesOnlyOverGet)
-}
-
 async fn timed_out(headers: HeaderMap, err: BoxError, timeout: Duration) -> Response {
     let media = Media::negotiate(&headers);
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -185,11 +180,10 @@ pub async fn execute_stream(
     authorization: Option<&str>,
     request: async_graphql::Request,
 ) -> Result<futures_util::stream::BoxStream<'static, async_graphql::Response>, AppError> {
-    use futures_util::StreamExt as _;
     let caller = sign_in(app, authorization).await?;
     let loaders = loaders_for_request(app.db.clone(), caller.principal.clone());
     let request = request.data(caller.principal.clone()).data(caller.sign_in.clone()).data(loaders);
-    Ok(schema.execute_stream(request).boxed())
+    Ok(steps::execute_stream(app.clone(), schema.clone(), caller.principal, request))
 }
 
 /// A signed-in caller: who, and how they signed in.
@@ -213,7 +207,7 @@ async fn execute_as(
 ) -> async_graphql::Response {
     let loaders = loaders_for_request(app.db.clone(), caller.principal.clone());
     let request = request.data(caller.principal.clone()).data(caller.sign_in.clone()).data(loaders);
-    let mut response = schema.execute(request).await;
+    let mut response = steps::execute(app, schema, &caller.principal, request).await;
     for error in &mut response.errors {
         give_code(error);
     }

@@ -45,7 +45,7 @@ impl Application {
         if let Some(interval) = settings.index_follow_interval {
             index.spawn_follower(db.clone(), interval);
         }
-        let persisted = http::PersistedQueries::from_settings(&settings)?;
+        let steps = Arc::new(http::RequestSteps::from_settings(&settings)?);
         if let Some(interval) = settings.job_poll_interval {
             let worker = jobs::Worker {
                 db: db.clone(),
@@ -68,8 +68,8 @@ impl Application {
         }
         // Starts following the logs with its first subscriber.
         let realtime = Hub::new(db.clone(), settings.limits.realtime_poll_interval);
-        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index, realtime };
-        let schema = http::with_extensions(schema_builder(state.clone()), persisted).finish();
+        let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index, realtime, steps };
+        let schema = schema_builder(state.clone()).finish();
         Ok(Self { state, schema })
     }
 

@@ -7,6 +7,7 @@ use sea_orm::DatabaseConnection;
 use crate::auth::{Auth, JwtKeys};
 use crate::authz::Authz;
 use crate::config::Settings;
+use crate::http::RequestSteps;
 use crate::segment::SegmentIndex;
 use crate::service::realtime::Hub;
 
@@ -22,4 +23,7 @@ pub struct AppState {
     pub index: Arc<SegmentIndex>,
     /// The realtime hub of this instance (subscriptions).
     pub realtime: Arc<Hub>,
+    /// What runs around every GraphQL execution of this instance: its
+    /// persisted queries, per-staff rate limit and document limits.
+    pub steps: Arc<RequestSteps>,
 }

@@ -2,13 +2,15 @@
 //! attempts. Rows of successful changes are written by the services in the
 //! change's own transaction; nothing in the API updates or deletes a row.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo};
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{
-    ComplexObject, Context, ID, InputObject, Json, Object, Result, ServerResult, SimpleObject, Value as GqlValue,
+    ComplexObject, Context, ID, InputObject, Json, Name, Object, PathSegment, Result, SimpleObject, Value as GqlValue,
 };
 use entity::{audit_log, enums::AuditOutcome};
+use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
 use super::org::{OrgUnit, Staff, org_unit, staff_by_id};
@@ -19,7 +21,6 @@ use crate::domain::{
     encode_global,
 };
 use crate::service::audit::{self, AuditEntry, AuditFilter};
-use crate::state::AppState;
 
 /// One row of the audit log, with the values the reader may not see
 /// masked.
@@ -193,37 +194,47 @@ impl AuditQuery {
 /// somebody else's modification lock.
 const REFUSALS: &[&str] = &["FORBIDDEN", "FORBIDDEN_FIELD", "LOCKED"];
 
-/// Records every refused mutation attempt as a `DENIED` row. The
-/// mutation's own transaction rolled back, so the row is written on its
-/// own, filed under the caller's home unit.
-pub struct DeniedMutationAudit;
-
-impl ExtensionFactory for DeniedMutationAudit {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DeniedMutationAudit)
-    }
+/// Records every refused mutation attempt as a `DENIED` row, once the
+/// operation has run: an error with a refusal code at a top-level field's
+/// path (what that field's resolver answered) is one attempt, filed as
+/// `mutation.<field>` under the caller's home unit. The mutation's own
+/// transaction rolled back, so the row is written on its own. Errors
+/// deeper in a field's answer (a guarded field of the returned object) or
+/// without a path (refused before execution) are not attempts.
+#[derive(Debug, Default)]
+pub(crate) struct DeniedMutations {
+    /// The top-level fields of the mutation operation: response key (the
+    /// alias, or the name) → field name. Empty for other operations.
+    fields: HashMap<Name, Name>,
 }
 
-#[async_trait::async_trait]
-impl Extension for DeniedMutationAudit {
-    async fn resolve(
+impl DeniedMutations {
+    /// The top-level fields of a mutation operation, through its fragments.
+    pub(crate) fn of(doc: &ExecutableDocument, selection_set: &Positioned<SelectionSet>) -> Self {
+        let mut fields = HashMap::new();
+        top_level_fields(doc, selection_set, &mut Vec::new(), &mut fields);
+        Self { fields }
+    }
+
+    /// Writes one `DENIED` row per refused top-level field of the response.
+    pub(crate) async fn record(
         &self,
-        ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<GqlValue>> {
-        // Called for every field of every request: nothing but this test
-        // for fields other than the top-level mutation fields.
-        if info.parent_type != "Mutation" {
-            return next.run(ctx, info).await;
+        db: &DatabaseConnection,
+        principal: &Principal,
+        response: &async_graphql::Response,
+    ) {
+        if self.fields.is_empty() {
+            return;
         }
-        let field = info.name.to_owned();
-        let result = next.run(ctx, info).await;
-        if let Err(err) = &result
-            && let Some(code) = err.extensions.as_ref().and_then(|e| e.get("code")).and_then(string_of)
-            && REFUSALS.contains(&code.as_str())
-            && let (Some(principal), Some(state)) = (ctx.data_opt::<Arc<Principal>>(), ctx.data_opt::<AppState>())
-        {
+        for err in &response.errors {
+            let [PathSegment::Field(key)] = err.path.as_slice() else { continue };
+            let Some(field) = self.fields.get(key.as_str()) else { continue };
+            let Some(code) = err.extensions.as_ref().and_then(|e| e.get("code")).and_then(string_of) else {
+                continue;
+            };
+            if !REFUSALS.contains(&code.as_str()) {
+                continue;
+            }
             let mut detail = json!({ "code": code, "message": err.message });
             if let Some(lock) = err.extensions.as_ref().and_then(|e| e.get("lockId")).and_then(string_of) {
                 detail["lockId"] = json!(lock);
@@ -233,11 +244,44 @@ impl Extension for DeniedMutationAudit {
             entry.outcome = AuditOutcome::Denied;
             entry.object_id = None;
             entry.detail = detail;
-            if let Err(e) = audit::record_action(&state.db, entry, format!("mutation.{field}")).await {
+            // Boxed: the write's future would otherwise grow every
+            // request's future (and the stack of in-process callers).
+            if let Err(e) = Box::pin(audit::record_action(db, entry, format!("mutation.{field}"))).await {
                 tracing::error!(error = %e, "could not record a denied mutation attempt");
             }
         }
-        result
+    }
+}
+
+/// Collects response key → field name of the fields of `set`, through
+/// fragment spreads and inline fragments but not into fields. `seen`
+/// holds the fragments being expanded (validation refuses cycles, but the
+/// walk runs before it).
+fn top_level_fields<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a Positioned<SelectionSet>,
+    seen: &mut Vec<&'a Name>,
+    fields: &mut HashMap<Name, Name>,
+) {
+    for selection in &set.node.items {
+        match &selection.node {
+            Selection::Field(field) => {
+                let field = &field.node;
+                fields.entry(field.response_key().node.clone()).or_insert_with(|| field.name.node.clone());
+            }
+            Selection::FragmentSpread(spread) => {
+                let name = &spread.node.fragment_name.node;
+                if seen.contains(&name) {
+                    continue;
+                }
+                if let Some(fragment) = doc.fragments.get(name) {
+                    seen.push(name);
+                    top_level_fields(doc, &fragment.node.selection_set, seen, fields);
+                    seen.pop();
+                }
+            }
+            Selection::InlineFragment(inline) => top_level_fields(doc, &inline.node.selection_set, seen, fields),
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //! anything runs.
 //!
 //! Two parts:
-//! - [`DocumentLimits`], an extension that parses the document itself and
-//!   walks it once, with fragments expanded and a budget, before
-//!   async-graphql's own checks and validation see it: aliases, root
+//! - [`DocumentLimits`], a step before execution (see `http::steps`) that
+//!   parses the document itself and walks it once, with fragments expanded
+//!   and a budget, before async-graphql's own checks and validation see
+//!   it: aliases, root
 //!   fields, depth (introspection apart, under its own bound), nesting,
 //!   and the number of fields after expansion. A refusal answers
 //!   `LIMIT_EXCEEDED` and no resolver (hence no database statement) runs.
@@ -17,9 +18,6 @@
 //!   bounds the rows it can touch; async-graphql adds these up and refuses
 //!   documents above `max_query_complexity`.
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::parser::{self, Positioned};
 use async_graphql::{Name, Pos, Request, ServerError, ServerResult};
@@ -83,6 +81,7 @@ pub(crate) struct DocumentLimits {
 }
 
 impl DocumentLimits {
+    /// The bounds of the configured limits.
     pub(crate) fn new(limits: &Limits) -> Self {
         Self {
             max_aliases: limits.max_aliases,
@@ -104,6 +103,25 @@ impl DocumentLimits {
             walk.selection_set(&operation.node.selection_set, Level::default())?;
         }
         Ok(())
+    }
+
+    /// Parses the request's document (the request keeps it, and
+    /// async-graphql does not parse it again) and checks it. A persisted
+    /// query arrives already parsed.
+    ///
+    /// # Errors
+    /// The document does not parse, or crosses a bound (`LIMIT_EXCEEDED`).
+    pub(crate) fn check_request(&self, request: &mut Request) -> ServerResult<()> {
+        let doc = request.parsed_query().map_err(|err| {
+            // The parser's own bound on nesting (64) is the depth limit
+            // too, and answers like it.
+            if err.message == parser::Error::RecursionLimitExceeded.to_string() {
+                Refusal::nested_too_deep(Pos::default()).into_server_error()
+            } else {
+                err
+            }
+        })?;
+        self.check(doc).map_err(Refusal::into_server_error)
     }
 }
 
@@ -235,37 +253,6 @@ impl<'a> Walk<'a> {
     }
 }
 
-impl ExtensionFactory for DocumentLimits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(self.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for DocumentLimits {
-    /// Parses the document here (async-graphql keeps it and does not parse
-    /// again) and checks it. A persisted query arrives already parsed.
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        let mut request = next.run(ctx, request).await?;
-        let doc = request.parsed_query().map_err(|err| {
-            // The parser's own bound on nesting (64) is the depth limit
-            // too, and answers like it.
-            if err.message == parser::Error::RecursionLimitExceeded.to_string() {
-                Refusal::nested_too_deep(Pos::default()).into_server_error()
-            } else {
-                err
-            }
-        })?;
-        self.check(doc).map_err(Refusal::into_server_error)?;
-        Ok(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,8 +312,8 @@ mod tests {
     /// The cost async-graphql computes for a document with our schema.
     fn cost(query: &str) -> usize {
         use async_graphql::ValidationResult;
-        use async_graphql::extensions::NextValidation;
-        use std::sync::Mutex;
+        use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+        use std::sync::{Arc, Mutex};
 
         #[derive(Clone, Default)]
         struct Measure(Arc<Mutex<usize>>);

@@ -1,8 +1,17 @@
 //! Per-request DataLoaders: one batched query per kind of object, whatever
 //! the page size (no N+1). They live on the request, never on the schema,
 //! so nothing is cached across callers.
+//!
+//! A load waits the DataLoader's batching delay (1 ms) so that sibling
+//! fields add their keys to it. The delay stays: with none, the load's task
+//! can start on another worker thread while the siblings are still being
+//! polled (a task spawned from a worker goes to a queue other workers
+//! steal from whenever the LIFO slot is taken or off), and takes only the
+//! keys gathered so far. What knows all its keys at once ([`load_now`], used
+//! by [`prefetch_customers`]) calls the loader directly, without the wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
@@ -61,21 +70,43 @@ pub async fn prefetch_customers(
 ) -> Result<(), async_graphql::Error> {
     let mut staff_ids: Vec<i64> = customers.iter().filter_map(|c| c.owner_staff_id).collect();
     if what.tags {
-        let assignments = loaders.load_many(customers.iter().map(|c| TagsOfCustomer(c.id))).await?;
+        let assignments = load_now(loaders, customers.iter().map(|c| TagsOfCustomer(c.id))).await?;
         let tag_ids: Vec<i64> = assignments.values().flatten().map(|a| a.tag_id).collect();
         staff_ids.extend(assignments.values().flatten().filter_map(|a| a.tagged_by));
-        let tags = loaders.load_many(tag_ids.into_iter().map(TagById)).await?;
-        let canonical: Vec<TagById> = tags.values().filter_map(|t| t.canonical_tag_id).map(TagById).collect();
-        loaders.load_many(canonical).await?;
-        loaders.load_many(tags.values().filter_map(|t| t.group_id).map(GroupById)).await?;
+        let tags = load_now(loaders, tag_ids.into_iter().map(TagById)).await?;
+        let canonical: Vec<TagById> =
+            tags.values().filter_map(|t| t.canonical_tag_id).map(TagById).filter(|id| !tags.contains_key(id)).collect();
+        load_now(loaders, canonical).await?;
+        load_now(loaders, tags.values().filter_map(|t| t.group_id).map(GroupById)).await?;
     }
     if what.staff {
-        loaders.load_many(staff_ids.into_iter().map(StaffById)).await?;
+        load_now(loaders, staff_ids.into_iter().map(StaffById)).await?;
     }
     if what.external_ids {
-        loaders.load_many(customers.iter().map(|c| IdentitiesOfCustomer(c.id))).await?;
+        load_now(loaders, customers.iter().map(|c| IdentitiesOfCustomer(c.id))).await?;
     }
     Ok(())
+}
+
+/// Loads `keys` with one call of the loader, now, and keeps what it finds
+/// in the request's cache, where the fields look first. For keys all known
+/// at once: the batching delay would only wait for siblings that do not
+/// exist. No key, no statement.
+async fn load_now<K>(
+    loaders: &Loaders,
+    keys: impl IntoIterator<Item = K>,
+) -> LoadResult<K, <DbLoader as Loader<K>>::Value>
+where
+    K: Send + Sync + Hash + Eq + Clone + 'static,
+    DbLoader: Loader<K, Error = async_graphql::Error>,
+{
+    let keys: Vec<K> = keys.into_iter().collect::<HashSet<K>>().into_iter().collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let values = loaders.loader().load(&keys).await?;
+    loaders.feed_many(values.iter().map(|(key, value)| (key.clone(), value.clone()))).await;
+    Ok(values)
 }
 
 type LoadResult<K, V> = Result<HashMap<K, V>, async_graphql::Error>;

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
+pub(crate) use audit::DeniedMutations;
 pub(crate) use loaders::{CustomerPrefetch, prefetch_customers};
 pub use loaders::{Loaders, for_request as loaders_for_request};
 pub(crate) use relay::{PageInfo, page_args};
@@ -89,20 +90,21 @@ fn builder() -> AppSchemaBuilder {
 }
 
 /// The schema with its limits and the shared state, to be finished by the
-/// caller (the HTTP edge adds its extensions).
+/// caller.
+///
+/// No extension (but the optional field spans): with one, async-graphql
+/// runs the extension chain around every field it resolves. What
+/// extensions would do runs once per request instead, around execution
+/// (`http::steps`): the document limits (aliases, root fields, depth,
+/// introspection, expanded size) before async-graphql's own checks, for
+/// which the built-in depth limit stays as a backstop at the larger bound.
 pub fn schema_builder(state: AppState) -> AppSchemaBuilder {
     let limits = &state.settings.limits;
     let mut builder = builder()
-        // Aliases, root fields, depth (introspection under its own bound)
-        // and expanded size, before async-graphql's own checks; the
-        // built-in depth limit stays as a backstop at the larger bound.
-        .extension(limits::DocumentLimits::new(limits))
         .limit_depth(limits.max_query_depth.max(limits.max_introspection_depth))
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(limits.max_recursive_depth)
-        .limit_directives(limits.max_directives)
-        .extension(observability::GraphqlObserver::new(limits.rate_per_staff))
-        .extension(audit::DeniedMutationAudit);
+        .limit_directives(limits.max_directives);
     // Per-field spans cost a large share of a request's CPU at `info`:
     // only when the log filter asks for them.
     if observability::field_spans_enabled() {
@@ -133,5 +135,54 @@ pub(crate) fn env<'a>(ctx: &'a Context<'_>) -> Env<'a> {
         db: &state.db,
         limits: &state.settings.limits,
         loaders: ctx.data_unchecked::<Loaders>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`.
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// As soon as a schema has one extension, async-graphql runs the chain
+    /// around every field it resolves (a page of customers then serves a
+    /// fifth fewer requests). async-graphql does not say which extensions a
+    /// schema has, so this reads the code: outside test modules, nothing
+    /// defines an extension, and nothing adds one but the per-field spans
+    /// (only when the log asks for them). What extensions would do runs
+    /// once per request, in `http::steps`.
+    #[test]
+    fn the_schema_has_no_extensions() {
+        let defines = regex::Regex::new(r"impl\s*(<[^>]*>)?\s*[\w:]*Extension(Factory)?(<[^>]*>)?\s+for\b").unwrap();
+        let adds = regex::Regex::new(r"\.extension\(\s*([^)\s]|$)").unwrap();
+        let mut files = Vec::new();
+        rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        assert!(files.len() > 50, "the sources were read");
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read a source file");
+            // Test modules close the files; they may measure with one.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (number, line) in code.lines().enumerate() {
+                let spans = line.contains(".extension(async_graphql::extensions::Tracing)");
+                if defines.is_match(line) || (adds.is_match(line) && !spans) {
+                    found.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "schema extensions cost every field resolve; run the work in http::steps: {found:#?}"
+        );
     }
 }

@@ -1,19 +1,20 @@
 //! Persisted queries. By default, automatic persisted queries (APQ) as
-//! Apollo's and urql's persisted-query links speak them, through
-//! async-graphql's `ApolloPersistedQueries` over an in-memory LRU cache of
-//! this instance: a hash alone answers `PersistedQueryNotFound` until the
-//! client sends hash and query together. With a trusted-documents manifest,
-//! only the operations listed in it run.
+//! Apollo's and urql's persisted-query links speak them, answered as
+//! async-graphql's `ApolloPersistedQueries` extension answers them (same
+//! messages), over its in-memory LRU cache of this instance: a hash alone
+//! answers `PersistedQueryNotFound` until the client sends hash and query
+//! together. With a trusted-documents manifest, only the operations listed
+//! in it run. A step before execution (see `steps`), not a schema
+//! extension: extensions cost every field resolve.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_graphql::extensions::apollo_persisted_queries::{ApolloPersistedQueries, LruCacheStorage};
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
+use async_graphql::extensions::apollo_persisted_queries::{CacheStorage, LruCacheStorage};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Request, ServerResult};
+use async_graphql::{Request, ServerError, ServerResult};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -21,7 +22,7 @@ use super::reply::server_error;
 use crate::config::Settings;
 use crate::error::ErrorCode;
 
-/// The persisted-query mode of the schema (an extension factory).
+/// The persisted-query mode of this instance.
 #[derive(Clone)]
 pub enum PersistedQueries {
     /// APQ: any client registers any document (per instance, in memory).
@@ -48,15 +49,54 @@ impl PersistedQueries {
             None => Ok(Self::Automatic(LruCacheStorage::new(settings.limits.persisted_query_cache.max(1)))),
         }
     }
-}
 
-impl ExtensionFactory for PersistedQueries {
-    fn create(&self) -> Arc<dyn Extension> {
+    /// Replaces a persisted-query hash by the document it stands for (the
+    /// request then carries it parsed), registers a document sent with its
+    /// hash (APQ), and refuses what trusted documents do not list.
+    ///
+    /// # Errors
+    /// `PersistedQueryNotFound` for an unknown hash, a malformed
+    /// `persistedQuery` extension or a hash that is not the query's, a
+    /// document that does not parse (APQ registration) and, with trusted
+    /// documents, an operation not in the list.
+    pub(super) async fn resolve(&self, request: Request) -> ServerResult<Request> {
         match self {
-            Self::Automatic(cache) => ApolloPersistedQueries::new(cache.clone()).create(),
-            Self::Trusted(documents) => Arc::new(TrustedOnly(documents.clone())),
+            Self::Automatic(cache) => automatic(cache, request).await,
+            Self::Trusted(documents) => trusted(documents, request),
         }
     }
+}
+
+/// APQ, as async-graphql's `ApolloPersistedQueries` answers it.
+async fn automatic(cache: &LruCacheStorage, mut request: Request) -> ServerResult<Request> {
+    let Some(value) = request.extensions.remove("persistedQuery") else { return Ok(request) };
+    let persisted: PersistedQuery = async_graphql::from_value(value)
+        .map_err(|_| ServerError::new("Invalid \"PersistedQuery\" extension configuration.", None))?;
+    if persisted.version != 1 {
+        return Err(ServerError::new(
+            format!(
+                "Only the \"PersistedQuery\" extension of version \"1\" is supported, and the current version is \"{}\".",
+                persisted.version
+            ),
+            None,
+        ));
+    }
+    if request.query.is_empty() {
+        let Some(document) = cache.get(persisted.sha256_hash).await else {
+            return Err(ServerError::new("PersistedQueryNotFound", None));
+        };
+        request.set_parsed_query(document);
+        return Ok(request);
+    }
+    let hash = sha256_hex(&request.query);
+    if persisted.sha256_hash != hash {
+        return Err(ServerError::new("provided sha does not match query", None));
+    }
+    let document = async_graphql::parser::parse_query(&request.query)?;
+    cache.set(hash, document.clone()).await;
+    request.query = String::new();
+    request.set_parsed_query(document);
+    Ok(request)
 }
 
 /// The operations an operator allows, by SHA-256 (lowercase hex) of their
@@ -116,54 +156,44 @@ struct PersistedQuery {
     sha256_hash: String,
 }
 
-/// Runs a request only when its document is trusted: a hash from the list,
-/// or a query text whose hash is in it. Nothing is registered.
-struct TrustedOnly(Arc<TrustedDocuments>);
-
-#[async_trait::async_trait]
-impl Extension for TrustedOnly {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        let claimed = match request.extensions.0.remove("persistedQuery") {
-            Some(value) => match async_graphql::from_value::<PersistedQuery>(value) {
-                Ok(pq) if pq.version == 1 => Some(pq.sha256_hash.to_ascii_lowercase()),
-                _ => {
-                    return Err(server_error(
-                        ErrorCode::BadRequest,
-                        "the persistedQuery extension must be { version: 1, sha256Hash }",
-                    ));
-                }
-            },
-            None => None,
-        };
-        let hash = match claimed {
-            Some(hash) if request.query.is_empty() => {
-                if !self.0.documents.contains_key(&hash) {
-                    return Err(server_error(ErrorCode::PersistedQueryNotFound, "PersistedQueryNotFound"));
-                }
-                hash
+/// Lets a request through only when its document is trusted: a hash from
+/// the list, or a query text whose hash is in it. Nothing is registered.
+fn trusted(documents: &TrustedDocuments, mut request: Request) -> ServerResult<Request> {
+    let claimed = match request.extensions.0.remove("persistedQuery") {
+        Some(value) => match async_graphql::from_value::<PersistedQuery>(value) {
+            Ok(pq) if pq.version == 1 => Some(pq.sha256_hash.to_ascii_lowercase()),
+            _ => {
+                return Err(server_error(
+                    ErrorCode::BadRequest,
+                    "the persistedQuery extension must be { version: 1, sha256Hash }",
+                ));
             }
-            Some(hash) => {
-                if sha256_hex(&request.query) != hash {
-                    return Err(server_error(ErrorCode::BadRequest, "provided sha does not match query"));
-                }
-                hash
+        },
+        None => None,
+    };
+    let hash = match claimed {
+        Some(hash) if request.query.is_empty() => {
+            if !documents.documents.contains_key(&hash) {
+                return Err(server_error(ErrorCode::PersistedQueryNotFound, "PersistedQueryNotFound"));
             }
-            None => sha256_hex(&request.query),
-        };
-        let Some(document) = self.0.documents.get(&hash) else {
-            return Err(server_error(
-                ErrorCode::PersistedQueryNotInList,
-                "this server runs trusted documents only, and this operation is not one of them",
-            ));
-        };
-        request.set_parsed_query(document.clone());
-        next.run(ctx, request).await
-    }
+            hash
+        }
+        Some(hash) => {
+            if sha256_hex(&request.query) != hash {
+                return Err(server_error(ErrorCode::BadRequest, "provided sha does not match query"));
+            }
+            hash
+        }
+        None => sha256_hex(&request.query),
+    };
+    let Some(document) = documents.documents.get(&hash) else {
+        return Err(server_error(
+            ErrorCode::PersistedQueryNotInList,
+            "this server runs trusted documents only, and this operation is not one of them",
+        ));
+    };
+    request.set_parsed_query(document.clone());
+    Ok(request)
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
-//! GET runs queries only. The check is an extension rather than a look at
-//! the query string because a GET may carry only a persisted-query hash:
-//! it runs after the persisted-query extension, on the document the hash
-//! stands for.
+//! GET runs queries only. The check is a step before execution (see
+//! `steps`) rather than a look at the query string because a GET may carry
+//! only a persisted-query hash: it runs after the persisted-query step, on
+//! the document the hash stands for.
 
 use std::any::TypeId;
-use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{Request, ServerResult};
 
@@ -18,30 +16,15 @@ pub(super) struct OverGet;
 
 /// Refuses a mutation in a request marked [`OverGet`] (`METHOD_NOT_ALLOWED`,
 /// answered 405 with `Allow: POST`).
-pub(super) struct QueriesOnlyOverGet;
-
-impl ExtensionFactory for QueriesOnlyOverGet {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(QueriesOnlyOverGet)
+///
+/// # Errors
+/// `METHOD_NOT_ALLOWED` for a mutation by GET; the parser's error for a
+/// document that does not parse.
+pub(super) fn queries_only_over_get(request: &mut Request) -> ServerResult<()> {
+    if request.data.contains_key(&TypeId::of::<OverGet>()) && selects_mutation(request)? {
+        return Err(server_error(ErrorCode::MethodNotAllowed, "mutations are sent with POST; GET runs queries only"));
     }
-}
-
-#[async_trait::async_trait]
-impl Extension for QueriesOnlyOverGet {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        if request.data.contains_key(&TypeId::of::<OverGet>()) && selects_mutation(&mut request)? {
-            return Err(server_error(
-                ErrorCode::MethodNotAllowed,
-                "mutations are sent with POST; GET runs queries only",
-            ));
-        }
-        next.run(ctx, request).await
-    }
+    Ok(())
 }
 
 /// Whether the operation the request selects is a mutation. A document

@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::stream::SplitStream;
+use futures_util::stream::{BoxStream, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -36,7 +36,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use super::{HttpState, give_code};
 use crate::auth::{self, Authenticated};
 use crate::error::AppError;
-use crate::graphql::{AppSchema, loaders_for_request};
+use crate::graphql::loaders_for_request;
 use crate::service::realtime::{LivePrincipal, Refresh};
 use crate::state::AppState;
 
@@ -290,7 +290,13 @@ async fn session(
                             .data(caller.sign_in.clone())
                             .data(loaders)
                             .data(live.clone());
-                        let handle = ops.spawn(operation(state.schema.clone(), request, id.clone(), out.clone()));
+                        let responses = super::steps::execute_stream(
+                            app.clone(),
+                            state.schema.clone(),
+                            caller.principal.clone(),
+                            request,
+                        );
+                        let handle = ops.spawn(operation(responses, id.clone(), out.clone()));
                         running.insert(id, handle);
                     }
                     Some("complete") => {
@@ -308,20 +314,19 @@ async fn session(
     }
 }
 
-/// Runs one operation, sending its results as `next` and its end as
+/// Runs one operation (its responses, after the steps before execution),
+/// sending its results as `next` and its end as
 /// `complete`. A result without data (a refused request, or an error that
 /// ends a stream: `RESYNC_REQUIRED`, `SLOW_CONSUMER`) is sent as `error`,
 /// which ends the operation. Returns the operation's id, and the close
 /// frame the connection ends with when the stream ended with
 /// `SLOW_CONSUMER` (the consumer is disconnected, not only that stream).
 async fn operation(
-    schema: AppSchema,
-    request: async_graphql::Request,
+    mut responses: BoxStream<'static, async_graphql::Response>,
     id: String,
     out: mpsc::Sender<Outgoing>,
 ) -> (String, Option<Close>) {
-    let mut stream = schema.execute_stream(request);
-    while let Some(mut response) = stream.next().await {
+    while let Some(mut response) = responses.next().await {
         for error in &mut response.errors {
             give_code(error);
         }

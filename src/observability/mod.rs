@@ -4,23 +4,21 @@
 //! middleware.
 //!
 //! The HTTP middleware ([`layer`]) wraps a request. Inside it, a per-request
-//! [`Observation`] is reachable as a task-local, so that GraphQL execution
-//! ([`GraphqlObserver`] and [`record_response`]) can note the operation
-//! name, the staff member and the outcome without threading them through
-//! the handler. Everything is written once, when the response leaves.
+//! [`Observation`] is reachable as a task-local, so that the steps around
+//! GraphQL execution ([`GraphqlObserver`], [`note_operation`] and
+//! [`record_response`]) can note the operation name, the staff member and
+//! the outcome without threading them through the handler. Everything is written once, when the response leaves.
 
 pub mod access_log;
 pub mod metrics;
 pub mod otel;
 pub mod trace;
 
-use std::any::TypeId;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest};
 use async_graphql::{ServerError, ServerResult};
 use axum::{
     Json,
@@ -203,67 +201,48 @@ fn code_label(error: &ServerError) -> &str {
     }
 }
 
-/// The schema extension that notes the operation name (only of documents
-/// that parsed and validated) and the staff member, and applies the
-/// per-staff rate limit right after sign-in.
+/// The per-staff rate limit, applied right after sign-in, before anything
+/// else of a GraphQL request runs; it also notes the staff member.
 pub struct GraphqlObserver {
-    per_staff: Arc<KeyedLimit<i64>>,
+    per_staff: KeyedLimit<i64>,
 }
 
 impl GraphqlObserver {
+    /// A limit of `per_staff` for each staff member.
     pub fn new(per_staff: Rate) -> Self {
-        Self { per_staff: Arc::new(KeyedLimit::new(per_staff)) }
+        Self { per_staff: KeyedLimit::new(per_staff) }
     }
-}
 
-impl ExtensionFactory for GraphqlObserver {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(GraphqlObserverExtension { per_staff: self.per_staff.clone() })
-    }
-}
-
-struct GraphqlObserverExtension {
-    per_staff: Arc<KeyedLimit<i64>>,
-}
-
-#[async_trait::async_trait]
-impl Extension for GraphqlObserverExtension {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: async_graphql::Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<async_graphql::Request> {
-        let Some(observation) = current() else { return next.run(ctx, request).await };
-        let principal =
-            request.data.get(&TypeId::of::<Arc<Principal>>()).and_then(|d| d.downcast_ref::<Arc<Principal>>());
-        if let Some(principal) = principal {
-            let staff = principal.staff_id().0;
-            let _ = observation.staff_id.set(staff);
-            if let Err(wait) = self.per_staff.check(&staff) {
-                metrics::record_rate_limited("staff");
-                let _ = observation.retry_after.set(wait);
-                let message =
-                    format!("too many requests from this staff member; retry in {} s", retry_after_secs(wait));
-                let err: async_graphql::Error = AppError::LimitExceeded(message).into();
-                let mut server_error = ServerError::new(err.message, None);
-                server_error.extensions = err.extensions;
-                return Err(server_error);
-            }
+    /// Notes the staff member and takes one request from their allowance.
+    /// Does nothing outside the HTTP middleware (in-process execution,
+    /// WebSocket operations).
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` when the staff member is over the limit (the
+    /// middleware then answers 429 with `Retry-After`).
+    pub fn admit(&self, principal: &Principal) -> ServerResult<()> {
+        let Some(observation) = current() else { return Ok(()) };
+        let staff = principal.staff_id().0;
+        let _ = observation.staff_id.set(staff);
+        if let Err(wait) = self.per_staff.check(&staff) {
+            metrics::record_rate_limited("staff");
+            let _ = observation.retry_after.set(wait);
+            let message = format!("too many requests from this staff member; retry in {} s", retry_after_secs(wait));
+            let err: async_graphql::Error = AppError::LimitExceeded(message).into();
+            let mut server_error = ServerError::new(err.message, None);
+            server_error.extensions = err.extensions;
+            return Err(server_error);
         }
-        next.run(ctx, request).await
+        Ok(())
     }
+}
 
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> async_graphql::Response {
-        if let Some(observation) = current() {
-            let _ = observation.operation.set(metrics::operation_label(operation_name));
-        }
-        next.run(ctx, operation_name).await
+/// Notes the name of the operation that executed (only of documents that
+/// parsed and validated, so that a label never comes from a document the
+/// server refused). Does nothing outside the HTTP middleware.
+pub fn note_operation(operation_name: Option<&str>) {
+    if let Some(observation) = current() {
+        let _ = observation.operation.set(metrics::operation_label(operation_name));
     }
 }
 

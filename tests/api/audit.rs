@@ -312,6 +312,38 @@ async fn refused_mutations_are_logged(app: TestApp) {
     assert_eq!(denied.ok()["auditLog"]["totalCount"], 2);
 }
 
+/// A refused field is filed under its field name, not the alias it was
+/// asked under, through a fragment too: one row per refused field.
+async fn refused_aliased_mutations_are_logged_under_the_field_name(app: TestApp) {
+    let group = app.group_id("活动").await;
+    let before = app.snapshot().await;
+    let res = app
+        .gql(
+            "sz01.sales",
+            "mutation($g: ID!) { first: lockTagGroup(input: { groupId: $g, reason: \"一\" }) { lock { id } } ...Again }
+             fragment Again on Mutation { again: lockTagGroup(input: { groupId: $g, reason: \"二\" }) { lock { id } } }",
+            json!({ "g": group }),
+        )
+        .await;
+    let errors: Vec<(Value, Value)> = res.0["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].clone(), e["extensions"]["code"].clone()))
+        .collect();
+    assert_eq!(errors, [(json!(["first"]), json!("FORBIDDEN")), (json!(["again"]), json!("FORBIDDEN"))]);
+    assert_eq!(app.snapshot().await, before, "no change, no OK row");
+    let denied = log(&app, "hq.auditor", json!({ "outcome": "DENIED" })).await;
+    let seen = rows(&denied);
+    assert_eq!(seen.len(), 2);
+    for row in &seen {
+        assert_eq!(row["action"], "mutation.lockTagGroup");
+        assert_eq!(row["actor"]["login"], "sz01.sales");
+        assert_eq!(row["orgUnit"]["code"], "sz01");
+        assert_eq!(row["detail"]["code"], "FORBIDDEN");
+    }
+}
+
 /// Rows cannot be changed or removed, through the API (there is no such
 /// mutation) or behind its back (the database refuses).
 async fn rows_are_append_only(app: TestApp) {
@@ -345,6 +377,7 @@ on_both_databases!(
     readers_are_scoped,
     guarded_values_are_masked,
     refused_mutations_are_logged,
+    refused_aliased_mutations_are_logged_under_the_field_name,
     rows_are_append_only,
     tag_ids_the_reader_may_not_see_are_hidden,
 );

@@ -430,6 +430,30 @@ async fn trusted_documents_only_run_listed_operations(app: TestApp) {
 
 // -------------------------------------------------------------- batches
 
+/// When several refusals before execution apply, the first in a fixed
+/// order answers: persisted queries, then GET runs queries only, then the
+/// document limits.
+async fn the_first_refusal_before_execution_answers(app: TestApp) {
+    let token = app.token("admin");
+    let server = start(app).await;
+    let aliases: String = (0..=Limits::default().max_aliases).map(|i| format!("a{i}: __typename ")).collect();
+    let over_limits = format!("mutation {{ {aliases} }}");
+    // A mutation by GET over the limits: the method answers.
+    let answer = server.get(&token, GRAPHQL_RESPONSE, &[("query", &over_limits)]).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{}", answer.body);
+    assert_eq!(code(&answer.body), "METHOD_NOT_ALLOWED");
+    // By POST, the limits answer.
+    let answer = server.post_as(&token, GRAPHQL_RESPONSE, &json!({ "query": over_limits })).await;
+    assert_eq!(code(&answer.body), "LIMIT_EXCEEDED", "{}", answer.body);
+    // With a hash that is not its own: the persisted query answers.
+    let lying = json!({ "query": over_limits, "extensions": persisted(&sha256(ME)) });
+    let answer = server.post_as(&token, GRAPHQL_RESPONSE, &lying).await;
+    assert_eq!(answer.body["errors"][0]["message"], "provided sha does not match query");
+    let by_hash = persisted(&sha256(&over_limits)).to_string();
+    let answer = server.get(&token, GRAPHQL_RESPONSE, &[("extensions", &by_hash)]).await;
+    assert_eq!(code(&answer.body), "PERSISTED_QUERY_NOT_FOUND", "{}", answer.body);
+}
+
 async fn batches_run_each_operation_under_one_sign_in(app: TestApp) {
     let token = app.token("sz01.manager");
     let server = start(app).await;
@@ -483,6 +507,7 @@ on_both_databases!(
     responses_are_compressed_as_the_client_accepts,
     automatic_persisted_queries_register_and_run,
     trusted_documents_only_run_listed_operations,
+    the_first_refusal_before_execution_answers,
     batches_run_each_operation_under_one_sign_in,
 );
 
