@@ -891,16 +891,9 @@ impl Worker {
             }
             eligible.retain(|c| !locked.contains(&c.id));
         }
-        let outcome = tagging::apply_job_batch(
-            &txn,
-            principal,
-            &self.limits,
-            &eligible,
-            &add,
-            &remove,
-            format!("job:{job_id}"),
-        )
-        .await?;
+        let outcome =
+            tagging::apply_job_batch(&txn, principal, &self.limits, &eligible, &add, &remove, format!("job:{job_id}"))
+                .await?;
         Ok(Prepared { txn, start, count: ids.len() as i64, outcome, skipped, errors })
     }
 
