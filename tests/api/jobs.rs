@@ -471,7 +471,70 @@ async fn bad_requests_are_refused_and_write_nothing(app: TestApp) {
     assert_eq!(job::Entity::find().count(&app.db).await.unwrap(), 0);
 }
 
+/// Batches that run side by side (two at a time on PostgreSQL) commit in
+/// snapshot order: when the first batch fails, the batch prepared beside
+/// it, which would have succeeded on its own, rolls back with it, and the
+/// job's account says exactly what was applied: nothing.
+async fn a_batch_never_commits_before_the_one_before_it(app: TestApp) {
+    use sea_orm::{ActiveValue::Set, QueryOrder};
+    let inquiry = app.tag_id("活动", "询价").await;
+    let before = holders(&app, &inquiry).await;
+    let mut lacking: Vec<String> =
+        south_customers(&app).await.into_iter().filter(|c| !before.contains(&row_id(c))).collect();
+    lacking.sort_by_key(|c| row_id(c));
+    let customers: Vec<String> = lacking.into_iter().take(2 * BATCH).collect();
+    assert_eq!(customers.len(), 2 * BATCH, "two batches of customers lacking the tag");
+    // The first customer of the snapshot is given the most tags of them
+    // all; the cap is set to its count, so its batch alone fails.
+    let held = |c: i64| customer_tag::Entity::find().filter(customer_tag::Column::CustomerId.eq(c)).count(&app.db);
+    let mut most = 0;
+    for c in &customers[1..] {
+        most = most.max(held(row_id(c)).await.unwrap());
+    }
+    let first = row_id(&customers[0]);
+    let spare: Vec<i64> = entity::tag::Entity::find()
+        .filter(entity::tag::Column::Status.eq(entity::enums::TagStatus::Active))
+        .filter(entity::tag::Column::Id.ne(row_id(&inquiry)))
+        .order_by_asc(entity::tag::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut spare = spare.into_iter();
+    while held(first).await.unwrap() <= most {
+        let tag_id = spare.next().expect("enough tags to make the first customer the heaviest");
+        let exists = customer_tag::Entity::find_by_id((first, tag_id)).one(&app.db).await.unwrap().is_some();
+        if !exists {
+            customer_tag::Entity::insert(customer_tag::ActiveModel {
+                customer_id: Set(first),
+                tag_id: Set(tag_id),
+                source: Set(entity::enums::TagSource::Manual),
+                source_ref: Set(None),
+                tagged_by: Set(None),
+                tagged_at: Set(chrono::Utc::now()),
+                expires_at: Set(None),
+            })
+            .exec(&app.db)
+            .await
+            .unwrap();
+        }
+    }
+    let cap = u32::try_from(held(first).await.unwrap()).unwrap();
+    let id = job_adding(&app, "south.manager", &customers, &inquiry).await;
+    let a = worker(&app, "a", |l| l.max_tags_per_customer = cap);
+    assert_eq!(a.run_next().await.unwrap(), Some(RunEnd::Finished(JobStatus::Failed)));
+    let failed = job_of(&app, "south.manager", &id).await;
+    assert_eq!(failed["done"], 0, "{failed}");
+    assert_eq!(failed["added"], 0, "{failed}");
+    assert_eq!(failed["errors"][0]["code"], "LIMIT_EXCEEDED", "{failed}");
+    assert_eq!(events_of_job(&app, &id).await, 0, "the second batch rolled back with the first");
+    assert_eq!(holders(&app, &inquiry).await, before);
+}
+
 on_both_databases_in_batches!(
+    a_batch_never_commits_before_the_one_before_it,
     a_job_from_a_segment_tags_exactly_its_snapshot,
     a_job_moves_customers_inside_an_exclusive_group,
     progress_is_streamed_until_the_job_ends,
