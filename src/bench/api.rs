@@ -302,14 +302,39 @@ async fn find_subject(settings: &Settings, login: &str) -> anyhow::Result<Subjec
     Ok(Subject { token, customers: customers.first().copied().unwrap_or(0) as u64, segment, probe_tag, untagged })
 }
 
-/// Sends one GraphQL request; an error when the answer is not a success.
+/// Sends one GraphQL request; a [`Refused`] error when the answer is not a
+/// success.
 pub(super) async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
     let response = client.post(url).bearer_auth(token).json(body).send().await?;
     let status = response.status();
     let answer: Value = response.json().await?;
-    ensure!(status.is_success() && answer.get("errors").is_none(), "HTTP {status}: {answer}");
+    if !status.is_success() || answer.get("errors").is_some() {
+        return Err(Refused { status, answer }.into());
+    }
     Ok(answer)
 }
+
+/// A GraphQL answer that was not a success: its HTTP status and body.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub status: reqwest::StatusCode,
+    pub answer: Value,
+}
+
+impl Refused {
+    /// The code of the first error (`extensions.code`), if any.
+    pub fn code(&self) -> Option<&str> {
+        self.answer["errors"][0]["extensions"]["code"].as_str()
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}: {}", self.status, self.answer)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Makes the body of a worker's next request.
 type NextBody = Box<dyn FnMut() -> Value + Send>;
@@ -531,4 +556,28 @@ fn print_tables(settings: &Settings, bench: &ApiBench, subject: &Subject, runs: 
     println!("| server RSS once ready | {} |", spread(&of(|r| r.rss_ready as f64), mib));
     println!("| server RSS after the load (steady) | {} |", spread(&of(|r| r.rss_after as f64), mib));
     println!("| server RSS peak (VmHWM) | {} |", spread(&of(|r| r.rss_peak as f64), mib));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_code_of_its_first_error() {
+        let timeout = Refused {
+            status: reqwest::StatusCode::GATEWAY_TIMEOUT,
+            answer: serde_json::json!({ "errors": [{ "message": "the request took longer than 30 s",
+                "extensions": { "code": "TIMEOUT" } }] }),
+        };
+        assert_eq!(timeout.code(), Some("TIMEOUT"));
+        let wrapped: anyhow::Error = timeout.into();
+        assert_eq!(wrapped.downcast_ref::<Refused>().and_then(Refused::code), Some("TIMEOUT"));
+        // A message that merely mentions the word is no timeout.
+        let other = Refused {
+            status: reqwest::StatusCode::OK,
+            answer: serde_json::json!({ "errors": [{ "message": "TIMEOUT in a name",
+                "extensions": { "code": "VALIDATION" } }] }),
+        };
+        assert_eq!(other.code(), Some("VALIDATION"));
+    }
 }

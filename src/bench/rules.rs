@@ -359,7 +359,9 @@ async fn measure(
     // table says so); any other failure ends the bench.
     let answer = match answer {
         Ok(answer) => Some(answer),
-        Err(e) if e.to_string().contains("TIMEOUT") => None,
+        Err(e) if e.downcast_ref::<super::api::Refused>().and_then(super::api::Refused::code) == Some("TIMEOUT") => {
+            None
+        }
         Err(e) => return Err(e),
     };
     let run = answer.as_ref().map_or(&Value::Null, |a| &a["data"]["dryRunRule"]);
