@@ -357,6 +357,29 @@ async fn proposals_are_refused_as_the_direct_change_would_be(app: TestApp) {
     assert!(app.snapshot().await == before, "no request filed");
 }
 
+/// The per-customer cap counts every tag a customer holds, also those no
+/// rule reads: a customer already at the cap is not predicted to get the
+/// rule's tag, and enabling the rule then leaves it out too.
+async fn a_dry_run_leaves_out_an_add_beyond_the_cap_counting_tags_no_rule_reads(app: TestApp) {
+    let rule = price_rule(&app, false).await;
+    let now = Utc::now();
+    let customers = app.fresh_customers(5).await;
+    // Customer 0 holds two tags the rule never reads: the cap (2).
+    let (car, test_drive) = (app.tag_id("资产状况", "有车一族").await, app.tag_id("活动", "试驾预约").await);
+    app.tag_by_hand("admin", "tagCustomers", &[customers[0].as_str()], &[car.as_str(), test_drive.as_str()]).await;
+    record_histories(&app, &customers, "cap", now).await;
+    let res = app.gql("sz01.manager", DRY_RUN, json!({ "i": { "ruleId": rule } })).await;
+    let run = &res.ok()["dryRunRule"];
+    assert_eq!(run["wouldAdd"], 2, "{run}");
+    let predicted: BTreeSet<usize> = run["sample"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| customers.iter().position(|c| json!(c) == s["customerId"]).unwrap())
+        .collect();
+    assert_eq!(predicted, BTreeSet::from([2, 4]));
+}
+
 on_both_databases!(
     a_dry_run_predicts_exactly_what_enabling_the_rule_then_does,
     a_window_and_a_version_choose_what_is_replayed,
@@ -366,4 +389,9 @@ on_both_databases!(
     a_proposed_rule_shows_its_dry_run_and_approving_applies_it,
     a_proposed_enable_goes_stale_when_the_rule_changes_first,
     proposals_are_refused_as_the_direct_change_would_be,
+);
+
+crate::on_both_databases_with!(
+    a_dry_run_leaves_out_an_add_beyond_the_cap_counting_tags_no_rule_reads =>
+        tagbase::config::Limits { max_tags_per_customer: 2, ..tagbase::config::Limits::default() }
 );
