@@ -1279,12 +1279,15 @@ async fn held_and_counts(
     let concerned = concerned_tags(txn, tags, groups).await?;
     let sql = "SELECT ct.customer_id, \
                       count(*) FILTER (WHERE ct.tag_id <> ALL(ARRAY(SELECT id FROM tag WHERE status = $3))) AS held, \
-                      coalesce(string_agg(ct.tag_id::text, ',') FILTER (WHERE ct.tag_id = ANY($2::text::bigint[])), '') \
+                      coalesce(string_agg(ct.tag_id::text, ',') FILTER (WHERE ct.tag_id = ANY($2)), '') \
                         AS concerned \
-               FROM customer_tag ct WHERE ct.customer_id = ANY($1::text::bigint[]) GROUP BY ct.customer_id";
+               FROM customer_tag ct WHERE ct.customer_id = ANY($1) GROUP BY ct.customer_id";
+    // True `bigint[]` parameters: a text one cast to `bigint[]` in the
+    // filter is parsed again for every row read (~190,000 per 10,000
+    // customers).
     let values: Vec<sea_orm::Value> = vec![
-        pg_array(customer_ids.iter().map(|c| Some(*c))).into(),
-        pg_array(concerned.keys().map(|t| Some(*t))).into(),
+        customer_ids.to_vec().into(),
+        concerned.keys().copied().collect::<Vec<i64>>().into(),
         TagStatus::Archived.as_str().into(),
     ];
     let rows = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;

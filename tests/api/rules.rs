@@ -506,11 +506,27 @@ async fn statements_for_batch(app: &TestApp, n: usize, stores: &[&str], round: &
     }
     let events: Vec<Value> =
         customers.iter().enumerate().map(|(i, c)| message(c, &format!("{round}-{i}"), "想询价")).collect();
-    let before = app.statements();
+    // Counted between quiet moments: a call's tag changes reach this
+    // instance's segment index by a catch-up that may still be running
+    // when the call answers, and its statements are not the batch's.
+    let before = settled_statements(app).await;
     let res = app.gql("admin", RECORD, json!({ "e": events })).await;
-    let spent = app.statements() - before;
+    let spent = settled_statements(app).await - before;
     assert_eq!(res.ok()["recordEvents"]["tagChanges"], n);
     spent
+}
+
+/// The statement count once nothing has run for 100 ms.
+async fn settled_statements(app: &TestApp) -> usize {
+    let mut last = app.statements();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = app.statements();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 async fn a_batch_costs_the_same_statements_whatever_its_customers_and_units(app: TestApp) {
@@ -519,7 +535,14 @@ async fn a_batch_costs_the_same_statements_whatever_its_customers_and_units(app:
     statements_for_batch(&app, 1, &["sz01"], "warm").await;
     let small = statements_for_batch(&app, 2, &["sz01"], "small").await;
     let large = statements_for_batch(&app, 24, &["sz01", "gz01", "bj01"], "large").await;
-    assert_eq!(small, large, "statements for 2 customers in one store, then 24 in three");
+    // The segment index's catch-up after the commit is shared between
+    // concurrent callers and takes 0–2 statements more or less from one
+    // call to the next (seen: 23 and 25 for the same batch); a statement
+    // per customer or per unit would add at least 22 here.
+    assert!(
+        large <= small + 2 && small <= large + 2,
+        "statements for 2 customers in one store ({small}), then 24 in three ({large})"
+    );
 }
 
 on_both_databases!(
