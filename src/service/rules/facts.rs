@@ -16,7 +16,7 @@ use entity::{
     tag_event,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{IntoColumnRef, SimpleExpr},
 };
 
@@ -122,56 +122,6 @@ pub(crate) async fn held_in_range(
     Ok(out)
 }
 
-/// Of the tags the customers hold, those among `tags` by customer, and how
-/// many they hold in all (what the per-customer cap counts). On
-/// PostgreSQL one statement over the customers' primary-key entries,
-/// sending a row per customer instead of one per assignment (~19 each at
-/// 1M customers).
-///
-/// # Errors
-/// Database errors.
-pub(crate) async fn held_among(
-    db: &impl ConnectionTrait,
-    customers: Customers<'_>,
-    tags: &BTreeSet<i64>,
-) -> AppResult<(HashMap<i64, BTreeSet<i64>>, HashMap<i64, u32>)> {
-    let (mut held, mut counts) = (HashMap::new(), HashMap::new());
-    if db.get_database_backend() != DbBackend::Postgres {
-        for (customer, all) in held_in_range(db, customers, None).await? {
-            counts.insert(customer, u32::try_from(all.len()).unwrap_or(u32::MAX));
-            let among: BTreeSet<i64> = all.intersection(tags).copied().collect();
-            if !among.is_empty() {
-                held.insert(customer, among);
-            }
-        }
-        return Ok((held, counts));
-    }
-    let (filter, mut values): (&str, Vec<sea_orm::Value>) = match customers {
-        Customers::Ids(ids) => ("customer_id = ANY($2)", vec![ids.to_vec().into()]),
-        Customers::Range(first, last) => ("customer_id BETWEEN $2 AND $3", vec![first.into(), last.into()]),
-    };
-    // A true `bigint[]` parameter: a text one cast to `bigint[]` in the
-    // filter is parsed again for every row read (1.23 s against 0.11 s for
-    // 10,000 customers at 1M, `EXPLAIN ANALYZE`).
-    values.insert(0, tags.iter().copied().collect::<Vec<i64>>().into());
-    let sql = format!(
-        "SELECT customer_id, count(*) AS held, \
-                coalesce(string_agg(tag_id::text, ',') FILTER (WHERE tag_id = ANY($1)), '') AS among \
-         FROM customer_tag WHERE {filter} GROUP BY customer_id"
-    );
-    for row in db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await? {
-        let customer: i64 = row.try_get_by_index(0)?;
-        let all: i64 = row.try_get_by_index(1)?;
-        let among: String = row.try_get_by_index(2)?;
-        counts.insert(customer, u32::try_from(all).unwrap_or(u32::MAX));
-        let among: BTreeSet<i64> = among.split(',').filter_map(|t| t.parse().ok()).collect();
-        if !among.is_empty() {
-            held.insert(customer, among);
-        }
-    }
-    Ok((held, counts))
-}
-
 /// The customers' tag events of `tags`, newest first, by customer (none
 /// for no tags).
 ///
@@ -216,38 +166,12 @@ pub(crate) async fn manual_removals_in_range(
     customers: Customers<'_>,
     tags: &BTreeSet<i64>,
 ) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
-    let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
-    if tags.is_empty() {
-        return Ok(out);
-    }
-    // As `tag_log_in_range` reads (named customers by the (customer, seq)
-    // index alone), reading only what the answer needs: a tag's newest
-    // event decides, so each (customer, tag) is settled by the first seen.
-    let by_id = matches!(customers, Customers::Ids(_));
-    let mut seen: HashSet<(i64, i64)> = HashSet::new();
-    for filter in customers.filters(db, tag_event::Column::CustomerId) {
-        let mut query = tag_event::Entity::find()
-            .select_only()
-            .columns([tag_event::Column::CustomerId, tag_event::Column::TagId])
-            .columns([tag_event::Column::Op, tag_event::Column::Source])
-            .filter(filter);
-        if !by_id {
-            query = query.filter(tag_event::Column::TagId.is_in(tags.iter().copied()));
-        }
-        let rows: Vec<(i64, i64, TagOp, TagSource)> =
-            query.order_by_desc(tag_event::Column::Seq).into_tuple().all(db).await?;
-        for (customer, tag, op, source) in rows {
-            if tags.contains(&tag) && seen.insert((customer, tag)) && removed_by_a_person(op, source) {
-                out.entry(customer).or_default().insert(tag);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// True for a person taking a tag off (by hand or in bulk).
-fn removed_by_a_person(op: TagOp, source: TagSource) -> bool {
-    op == TagOp::Remove && matches!(source, TagSource::Manual | TagSource::Bulk)
+    Ok(tag_log_in_range(db, customers, tags)
+        .await?
+        .into_iter()
+        .map(|(customer, log)| (customer, removed_by_people(&log)))
+        .filter(|(_, removed)| !removed.is_empty())
+        .collect())
 }
 
 /// The customer's attributes that conditions may test.
@@ -268,7 +192,7 @@ pub(crate) fn removed_by_people<'a>(newest_first: impl IntoIterator<Item = &'a t
     let mut seen = HashSet::new();
     let mut out = BTreeSet::new();
     for e in newest_first {
-        if seen.insert(e.tag_id) && removed_by_a_person(e.op, e.source) {
+        if seen.insert(e.tag_id) && e.op == TagOp::Remove && matches!(e.source, TagSource::Manual | TagSource::Bulk) {
             out.insert(e.tag_id);
         }
     }
