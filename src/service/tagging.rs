@@ -55,6 +55,19 @@ pub struct TagRequest {
     pub source_ref: Option<String>,
 }
 
+impl TagRequest {
+    /// Who, how and when, for the call's tag events and assignments: the
+    /// caller, now.
+    fn by(&self, principal: &Principal) -> EventBy {
+        EventBy {
+            actor: Some(principal.staff.id),
+            source: self.source,
+            source_ref: self.source_ref.clone(),
+            at: Utc::now(),
+        }
+    }
+}
+
 /// What a tagging call changed.
 #[derive(Debug, Clone, Default)]
 pub struct TaggingOutcome {
@@ -360,12 +373,7 @@ async fn apply_tags_in(
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let locked: Vec<Locked> = customers.iter().map(Locked::of).collect();
-    let by = EventBy {
-        actor: Some(principal.staff.id),
-        source: req.source,
-        source_ref: req.source_ref.clone(),
-        at: Utc::now(),
-    };
+    let by = req.by(principal);
     let mut outcome = add_to_locked(txn, principal, limits, &locked, &tags, &keep, req.expires_at, &by).await?;
     if audited {
         let customer_ids: Vec<i64> = locked.iter().map(|c| c.id).collect();
@@ -620,12 +628,7 @@ async fn remove_tags_in(
 ) -> AppResult<TaggingOutcome> {
     let (customers, tags, keep) = begin_tagging(txn, principal, &req, as_of).await?;
     let locked: Vec<Locked> = customers.iter().map(Locked::of).collect();
-    let by = EventBy {
-        actor: Some(principal.staff.id),
-        source: req.source,
-        source_ref: req.source_ref.clone(),
-        at: Utc::now(),
-    };
+    let by = req.by(principal);
     let mut outcome = remove_from_locked(txn, principal, &locked, &tags, &keep, &by).await?;
     if audited {
         let ids: Vec<i64> = locked.iter().map(|c| c.id).collect();
