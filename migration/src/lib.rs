@@ -29,6 +29,7 @@ mod m20261204_000210_assignment_writes_without_fk_checks;
 mod m20261204_000220_job_snapshot_without_fk_checks;
 mod m20261204_000230_tag_event_adds;
 mod m20261205_000240_actor_and_alert_writes_without_fk_checks;
+mod m20261206_000250_manual_removals;
 
 pub struct Migrator;
 
@@ -58,6 +59,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000220_job_snapshot_without_fk_checks::Migration),
             Box::new(m20261204_000230_tag_event_adds::Migration),
             Box::new(m20261205_000240_actor_and_alert_writes_without_fk_checks::Migration),
+            Box::new(m20261206_000250_manual_removals::Migration),
         ]
     }
 }

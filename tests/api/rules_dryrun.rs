@@ -380,8 +380,77 @@ async fn a_dry_run_leaves_out_an_add_beyond_the_cap_counting_tags_no_rule_reads(
     assert_eq!(predicted, BTreeSet::from([2, 4]));
 }
 
+/// A rule does not put back a tag a person took off: the dry run holds
+/// back the add where the newest change of the tag was a person's (by hand
+/// or in bulk) removal, and not where a rule's change came after it, as
+/// the event path then does.
+async fn a_dry_run_holds_back_only_where_a_persons_removal_is_the_newest_change(app: TestApp) {
+    use entity::enums::{TagOp, TagSource};
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+
+    let rule = price_rule(&app, false).await;
+    let inquiry = row_id(&app.tag_id("活动", "询价").await);
+    let now = Utc::now();
+    let customers = app.fresh_customers(5).await;
+    record_histories(&app, &customers, "rm", now).await;
+    // Customers 0, 2 and 4 are the ones the rule tags (see `histories`).
+    let logs: [(usize, &[(TagOp, TagSource)]); 3] = [
+        (0, &[(TagOp::Add, TagSource::Manual), (TagOp::Remove, TagSource::Manual)]),
+        (
+            2,
+            &[
+                (TagOp::Add, TagSource::Manual),
+                (TagOp::Remove, TagSource::Manual),
+                (TagOp::Add, TagSource::Rule),
+                (TagOp::Remove, TagSource::Rule),
+            ],
+        ),
+        (4, &[(TagOp::Add, TagSource::Bulk), (TagOp::Remove, TagSource::Bulk)]),
+    ];
+    for (i, log) in logs {
+        for (op, source) in log {
+            entity::tag_event::Entity::insert(entity::tag_event::ActiveModel {
+                customer_id: Set(row_id(&customers[i])),
+                tag_id: Set(inquiry),
+                op: Set(*op),
+                source: Set(*source),
+                occurred_at: Set(now - Duration::days(20)),
+                ..Default::default()
+            })
+            .exec(&app.db)
+            .await
+            .unwrap();
+        }
+    }
+    let res = app.gql("sz01.manager", DRY_RUN, json!({ "i": { "ruleId": rule } })).await;
+    let run = &res.ok()["dryRunRule"];
+    assert_eq!((run["wouldAdd"].clone(), run["heldBack"].clone()), (json!(1), json!(2)), "{run}");
+    assert_eq!(run["sample"][0]["customerId"], json!(customers[2]), "{run}");
+
+    // Enabled, the event path holds back the same adds.
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": rule })).await.ok();
+    let mut events = Vec::new();
+    for i in [0, 2, 4] {
+        for j in 0..2 {
+            events.push(message(&customers[i], &format!("rm-again-{i}-{j}"), "价格", now - Duration::minutes(j)));
+        }
+    }
+    app.record_events("admin", events).await;
+    let tagged: Vec<usize> = {
+        let mut out = Vec::new();
+        for i in [0, 2, 4] {
+            if !tags_of(&app, &customers[i]).await.is_empty() {
+                out.push(i);
+            }
+        }
+        out
+    };
+    assert_eq!(tagged, vec![2]);
+}
+
 on_both_databases!(
     a_dry_run_predicts_exactly_what_enabling_the_rule_then_does,
+    a_dry_run_holds_back_only_where_a_persons_removal_is_the_newest_change,
     a_window_and_a_version_choose_what_is_replayed,
     an_unsaved_rule_is_dry_run_and_counts_only_customers_the_caller_reads,
     bad_dry_runs_are_refused_with_a_code,

@@ -17,7 +17,7 @@ use entity::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{IntoColumnRef, SimpleExpr},
+    sea_query::{Alias, Expr, ExprTrait, IntoColumnRef, Query, SimpleExpr},
 };
 
 use super::eval::{Attributes, EventFact};
@@ -159,6 +159,13 @@ pub(crate) async fn tag_log_in_range(
 /// Of `tags`, those a person took off each customer (and nobody put back
 /// since), by customer; customers with none are left out.
 ///
+/// Read from the partial index of people's removals
+/// (`ix_tag_event_manual_removals`): each such removal of the customers
+/// and tags with no later event of its (customer, tag), found by the
+/// `(customer_id, seq)` index. The same answer as [`removed_by_people`]
+/// over the customers' whole log, without reading it (a dry run's chunk of
+/// 10,000 customers read about 220,000 log rows for a few removals).
+///
 /// # Errors
 /// Database errors.
 pub(crate) async fn manual_removals_in_range(
@@ -166,12 +173,43 @@ pub(crate) async fn manual_removals_in_range(
     customers: Customers<'_>,
     tags: &BTreeSet<i64>,
 ) -> AppResult<HashMap<i64, BTreeSet<i64>>> {
-    Ok(tag_log_in_range(db, customers, tags)
-        .await?
-        .into_iter()
-        .map(|(customer, log)| (customer, removed_by_people(&log)))
-        .filter(|(_, removed)| !removed.is_empty())
-        .collect())
+    let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+    if tags.is_empty() {
+        return Ok(out);
+    }
+    let later = Alias::new("later");
+    let newer = Query::select()
+        .expr(Expr::val(1))
+        .from_as(tag_event::Entity, later.clone())
+        .and_where(
+            Expr::col((later.clone(), tag_event::Column::CustomerId))
+                .equals((tag_event::Entity, tag_event::Column::CustomerId)),
+        )
+        .and_where(
+            Expr::col((later.clone(), tag_event::Column::TagId)).equals((tag_event::Entity, tag_event::Column::TagId)),
+        )
+        .and_where(
+            Expr::col((later, tag_event::Column::Seq)).gt(Expr::col((tag_event::Entity, tag_event::Column::Seq))),
+        )
+        .to_owned();
+    for filter in customers.filters(db, tag_event::Column::CustomerId) {
+        let rows: Vec<(i64, i64)> = tag_event::Entity::find()
+            .select_only()
+            .column(tag_event::Column::CustomerId)
+            .column(tag_event::Column::TagId)
+            .filter(filter)
+            .filter(tag_event::Column::TagId.is_in(tags.iter().copied()))
+            // Literals, as the partial index is written: any plan may use it.
+            .filter(Expr::cust("tag_event.op = 'REMOVE' AND tag_event.source IN ('MANUAL', 'BULK')"))
+            .filter(Expr::exists(newer.clone()).not())
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (customer, tag) in rows {
+            out.entry(customer).or_default().insert(tag);
+        }
+    }
+    Ok(out)
 }
 
 /// The customer's attributes that conditions may test.
