@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use super::eval::{Action, EventFact, Facts, RuleSet, fire};
 use super::explain::sentence;
-use super::facts::{Customers, attributes_of, events_in_range, held_in_range, manual_removals_in_range};
+use super::facts::{
+    Customers, attributes_of, events_in_range, held_among_with_counts, held_in_range, manual_removals_in_range,
+};
 use super::library::{UnitLibrary, compile};
 use super::record::rule_sets_of_units;
 use super::slot::Schedule;
@@ -327,19 +329,32 @@ impl Replay<'_> {
         }
         let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
         let mut events = events_in_range(db, Customers::Ids(&ids), None, Some(self.to)).await?;
-        let mut tags = held_in_range(db, Customers::Ids(&ids), None).await?;
         self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
         let action_tags: BTreeSet<i64> = self
             .sets
             .values()
             .flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
             .collect();
+        // The tags the rules read or may change (with the other tags of an
+        // add's exclusive group); the others only count towards the cap.
+        let relevant: BTreeSet<i64> = self
+            .sets
+            .values()
+            .flat_map(|e| {
+                let set = &e.0;
+                set.rules.iter().flat_map(move |r| {
+                    r.reads().into_iter().chain(r.actions.iter().flat_map(move |a| set.exclusive.affected(a)))
+                })
+            })
+            .collect();
+        let mut tags = held_among_with_counts(db, &ids, &relevant).await?;
         let removals = manual_removals_in_range(db, Customers::Ids(&ids), &action_tags).await?;
         for customer in &customers {
             let history = events.remove(&customer.id).unwrap_or_default();
-            let held = tags.remove(&customer.id).unwrap_or_default();
+            let (held, count) = tags.remove(&customer.id).unwrap_or_default();
+            let others = count.saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX));
             let removed = removals.get(&customer.id).cloned().unwrap_or_default();
-            self.customer(customer, &history, held, removed);
+            self.customer(customer, &history, held, others, removed);
         }
         Ok(())
     }
@@ -352,6 +367,7 @@ impl Replay<'_> {
         customer: &customer::Model,
         history: &[EventFact],
         held: BTreeSet<i64>,
+        others: u32,
         manual_removals: BTreeSet<i64>,
     ) {
         let Some(entry) = self.sets.get(&customer.org_unit_id).cloned() else { return };
@@ -370,7 +386,7 @@ impl Replay<'_> {
             for change in firing.changes {
                 match change.op {
                     TagOp::Add => {
-                        if tags.len() as u32 >= self.max_tags {
+                        if tags.len() as u32 + others >= self.max_tags {
                             continue;
                         }
                         tags.insert(change.tag_id);

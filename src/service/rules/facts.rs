@@ -16,7 +16,7 @@ use entity::{
     tag_event,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
     sea_query::{Alias, Expr, ExprTrait, IntoColumnRef, Query, SimpleExpr},
 };
 
@@ -118,6 +118,48 @@ pub(crate) async fn held_in_range(
         for (customer, tag) in query.into_tuple::<(i64, i64)>().all(db).await? {
             out.entry(customer).or_default().insert(tag);
         }
+    }
+    Ok(out)
+}
+
+/// Of the customers (ids), the tags among `tags` each holds, with how many
+/// tags it holds in all (the tag cap counts every tag); customers with no
+/// tag are left out.
+///
+/// On PostgreSQL one grouped statement answers a row per customer: a
+/// dry run's chunk of 10,000 customers holds about 190,000 assignments,
+/// and decoding each as a row cost more than reading it.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn held_among_with_counts(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+    tags: &BTreeSet<i64>,
+) -> AppResult<HashMap<i64, (BTreeSet<i64>, u32)>> {
+    let mut out: HashMap<i64, (BTreeSet<i64>, u32)> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    if db.get_database_backend() != DbBackend::Postgres {
+        for (customer, held) in held_in_range(db, Customers::Ids(ids), None).await? {
+            let count = u32::try_from(held.len()).unwrap_or(u32::MAX);
+            out.insert(customer, (held.into_iter().filter(|t| tags.contains(t)).collect(), count));
+        }
+        return Ok(out);
+    }
+    let sql = "SELECT customer_id, count(*), \
+                      coalesce(string_agg(tag_id::text, ',') FILTER (WHERE tag_id = ANY($2)), '') \
+               FROM customer_tag WHERE customer_id = ANY($1) GROUP BY customer_id";
+    // True `bigint[]` parameters: text cast to `bigint[]` in the filter is
+    // parsed again for every row read.
+    let values: Vec<sea_orm::Value> = vec![ids.to_vec().into(), tags.iter().copied().collect::<Vec<i64>>().into()];
+    for row in db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await? {
+        let customer: i64 = row.try_get_by_index(0)?;
+        let count: i64 = row.try_get_by_index(1)?;
+        let listed: String = row.try_get_by_index(2)?;
+        let held = listed.split(',').filter_map(|t| t.parse::<i64>().ok()).collect();
+        out.insert(customer, (held, u32::try_from(count).unwrap_or(u32::MAX)));
     }
     Ok(out)
 }
