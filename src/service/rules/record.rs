@@ -30,7 +30,10 @@ use super::deferred::{locks_in_force, mark_done};
 use super::eval::{CompiledRule, EventFact, Facts, Planned, RuleSet, fire};
 use super::event::{CustomerRef, NewEvent, RawEvent};
 use super::explain::{parse_source_ref, source_ref};
-use super::facts::{Customers, attributes_of, events_in_range, held_in_range, removed_by_people, tag_log_in_range};
+use super::facts::{
+    Customers, attributes_of, events_in_range, held_among_with_counts, manual_removals_in_range, removed_by_people,
+    tag_log_in_range,
+};
 use super::library::{UnitLibrary, compile};
 use crate::authz::{Action, OrgTree, Principal};
 use crate::config::Limits;
@@ -535,8 +538,14 @@ impl<'a> Runner<'a> {
                 events.sort_by_key(|e| (e.occurred_at, e.id));
             }
         }
-        let mut held = held_in_range(txn, Customers::Ids(&ids), None).await?;
-        let removals = tag_log_in_range(txn, Customers::Ids(&ids), &action_tags).await?;
+        // The tags the rules read or may change, per customer, and how
+        // many it holds in all (the tag cap counts every tag).
+        let relevant: BTreeSet<i64> = units
+            .iter()
+            .flat_map(|u| self.sets[u].0.rules.iter().flat_map(|r| r.reads()))
+            .chain(action_tags.iter().copied())
+            .collect();
+        let mut held = held_among_with_counts(txn, &ids, &relevant).await?;
         let locked = locks_in_force(txn, &ids, &groups).await?;
 
         let mut new_events: HashMap<i64, Vec<&customer_event::Model>> = HashMap::new();
@@ -568,6 +577,12 @@ impl<'a> Runner<'a> {
             );
         }
         let pending = pending_deferrals(txn, &replayed).await?;
+        // A late event rewinds from the customer's tag log; the others
+        // need only people's removals, from their partial index.
+        let late_ids: Vec<i64> = lates.keys().copied().collect();
+        let removals = tag_log_in_range(txn, Customers::Ids(&late_ids), &action_tags).await?;
+        let punctual: Vec<i64> = ids.iter().copied().filter(|id| !lates.contains_key(id)).collect();
+        let mut removed = manual_removals_in_range(txn, Customers::Ids(&punctual), &action_tags).await?;
         let mut tag_events = Vec::new();
         let mut deferred = Vec::new();
         // (customer, tag) → its last change, and whether it was held before.
@@ -577,16 +592,18 @@ impl<'a> Runner<'a> {
             let entry = Arc::clone(&self.sets[&customer.org_unit_id]);
             let (set, library) = &*entry;
             let attributes = attributes_of(customer);
-            let before = held.remove(&customer.id).unwrap_or_default();
+            let (before, count) = held.remove(&customer.id).unwrap_or_default();
+            // Tags no rule here reads or changes: they count towards the cap.
+            let others = count.saturating_sub(u32::try_from(before.len()).unwrap_or(u32::MAX));
             let events = history.get(&customer.id).unwrap_or(&empty);
             let log: &[tag_event::Model] = removals.get(&customer.id).map_or(&[], Vec::as_slice);
-            let mut facts = Facts {
-                events,
-                attributes: &attributes,
-                tags: before.clone(),
-                manual_removals: removed_by_people(log),
-                offset: self.offset,
+            let manual_removals = if lates.contains_key(&customer.id) {
+                removed_by_people(log)
+            } else {
+                removed.remove(&customer.id).unwrap_or_default()
             };
+            let mut facts =
+                Facts { events, attributes: &attributes, tags: before.clone(), manual_removals, offset: self.offset };
             // (event, kind, when it happened, when it counts as judged):
             // the batch's own events are judged now.
             let mut triggers: Vec<(i64, CustomerEventKind, DateTime<Utc>, DateTime<Utc>)> =
@@ -702,7 +719,7 @@ impl<'a> Runner<'a> {
                     }
                     match change.op {
                         TagOp::Add => {
-                            if tags.len() as u32 >= self.limits.max_tags_per_customer {
+                            if tags.len() as u32 + others >= self.limits.max_tags_per_customer {
                                 self.over_cap += u32::from(own);
                                 continue;
                             }
