@@ -18,7 +18,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
     FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
-    sea_query::{Expr, ExprTrait, IntoColumnRef, Query},
+    sea_query::{Expr, ExprTrait, IntoColumnRef, LockBehavior, LockType, Query},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -149,21 +149,37 @@ pub(crate) async fn lock_customer_rows(
     ids: &[i64],
     filter: Condition,
 ) -> AppResult<Vec<customer::Model>> {
+    lock_customer_rows_with(txn, ids, filter, false).await
+}
+
+/// As [`lock_customer_rows`]; with `skip_locked`, the rows another
+/// transaction holds are left out instead of waited for (PostgreSQL's
+/// `SKIP LOCKED`; SQLite has one writer and never skips).
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn lock_customer_rows_with(
+    txn: &DatabaseTransaction,
+    ids: &[i64],
+    filter: Condition,
+    skip_locked: bool,
+) -> AppResult<Vec<customer::Model>> {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut out = Vec::with_capacity(sorted.len());
     let backend = txn.get_database_backend();
     for chunk in sorted.chunks(ids_per_statement(backend)) {
-        out.extend(
-            customer::Entity::find()
-                .filter(id_in(backend, customer::Column::Id, chunk))
-                .filter(filter.clone())
-                .order_by_asc(customer::Column::Id)
-                .lock_exclusive()
-                .all(txn)
-                .await?,
-        );
+        let query = customer::Entity::find()
+            .filter(id_in(backend, customer::Column::Id, chunk))
+            .filter(filter.clone())
+            .order_by_asc(customer::Column::Id);
+        let query = if skip_locked {
+            query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        } else {
+            query.lock_exclusive()
+        };
+        out.extend(query.all(txn).await?);
     }
     Ok(out)
 }

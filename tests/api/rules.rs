@@ -5,7 +5,7 @@
 
 use chrono::{Duration, FixedOffset, TimeZone, Utc};
 use entity::{customer_event, rule_deferred_action};
-use sea_orm::{EntityTrait, PaginatorTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 use tagbase::config::Limits;
 
@@ -545,7 +545,61 @@ async fn a_batch_costs_the_same_statements_whatever_its_customers_and_units(app:
     );
 }
 
+/// Concurrent batches that share customers: each customer's rules still
+/// run one batch after the other. Six batches, each with one message for
+/// each of five shared customers and one of its own, sent at once; a rule
+/// fires on the third message in a week. Every event is recorded once,
+/// and each shared customer gets the tag exactly once (had two batches
+/// judged a customer side by side, neither seeing the other's message,
+/// the counts would have come out wrong or the tag been put on twice).
+async fn concurrent_batches_sharing_customers_judge_each_customer_in_turn(mut app: TestApp) {
+    let login = app.connector().await;
+    let tag = app.tag_id("活动", "购车意向").await;
+    app.create_rule(
+        json!({ "orgUnitId": app.unit_id("hq"), "name": "三条消息", "condition": "count(message, 7d) >= 3",
+        "actions": [{ "op": "ADD", "tagId": tag }], "enabled": true, "priority": 0 }),
+    )
+    .await;
+    let shared = app.fresh_customers(5).await;
+    let own = app.fresh_customers(6).await;
+    // One time for all: whichever batch commits first, none is late.
+    let at = Utc::now() - Duration::minutes(1);
+    let batch = |b: usize| -> Vec<Value> {
+        let mut events: Vec<Value> = shared
+            .iter()
+            .enumerate()
+            .map(|(i, c)| crate::helpers::message_at(c, &format!("c-{b}-{i}"), "你好", at))
+            .collect();
+        events.push(crate::helpers::message_at(&own[b], &format!("c-{b}-own"), "你好", at));
+        events
+    };
+    let answers = futures_util::future::join_all((0..6).map(|b| app.record_events(login, batch(b)))).await;
+    for answer in &answers {
+        assert_eq!(answer["recorded"], 6, "{answer}");
+    }
+    let changes: u64 = answers.iter().map(|a| a["tagChanges"].as_u64().unwrap()).sum();
+    assert_eq!(changes, 5, "one add per shared customer, none for the others: {answers:?}");
+    for customer in &shared {
+        assert_eq!(app.tag_names(customer).await, ["购车意向"], "{customer}");
+        let adds = entity::tag_event::Entity::find()
+            .filter(entity::tag_event::Column::CustomerId.eq(row_id(customer)))
+            .filter(entity::tag_event::Column::TagId.eq(row_id(&tag)))
+            .count(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(adds, 1, "{customer}");
+        let events = customer_event::Entity::find()
+            .filter(customer_event::Column::CustomerId.eq(row_id(customer)))
+            .count(&app.db);
+        assert_eq!(events.await.unwrap(), 6);
+    }
+    for customer in &own {
+        assert!(app.tag_names(customer).await.is_empty());
+    }
+}
+
 on_both_databases!(
+    concurrent_batches_sharing_customers_judge_each_customer_in_turn,
     a_batch_costs_the_same_statements_whatever_its_customers_and_units,
     recorded_events_cannot_be_changed_or_deleted,
     the_demo_rules_have_fired_on_some_customers,

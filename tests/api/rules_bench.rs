@@ -27,7 +27,7 @@ fn bench(app: &TestApp) -> String {
 async fn the_rules_bench_runs_over_http_at_a_small_size(app: TestApp) {
     let stdout = bench(&app);
     for row in [
-        "| ingest through the API, events/s |",
+        "| ingest through the API, events/s (the probes' batches included) |",
         "| `recordEvents` batch p50 / p99 |",
         "| batch sent → tag visible to segments, p50 / p99 (3 probes) |",
         "| scheduled absence rule over all customers | see `tagbase bench schedule` |",

@@ -77,6 +77,9 @@ pub struct RecordOutcome {
     pub deferred: u32,
     /// Adds left out because the customer holds the most tags allowed.
     pub over_cap: u32,
+    /// Errors already counted in an audit row (a batch recorded in two
+    /// transactions writes two).
+    audited_errors: usize,
 }
 
 impl RecordOutcome {
@@ -121,26 +124,91 @@ pub async fn record_events(
     let mut items: Vec<Result<NewEvent, AppError>> = raws.iter().map(|r| r.parse(now)).collect();
     let customers = resolve_customers(db, principal, &mut items).await?;
 
+    let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
+    let mut good: Vec<(usize, NewEvent)> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(event) => good.push((index, event)),
+            Err(error) => outcome.errors.push(ItemError { index, error }),
+        }
+    }
+    // Concurrent batches for one customer run its rules one after the
+    // other, each seeing the other's events and tags once it commits: a
+    // batch locks its customers' rows. It does not wait for the customers
+    // another call holds: the customers free now are recorded in one
+    // transaction, the others (a few, when batches overlap) in a second
+    // that waits for them. Waiting with the whole batch's locks held made
+    // batches wait in chains, one after the other.
+    let contended = record_part(db, principal, limits, offset, now, &customers, good, Wait::No, &mut outcome).await?;
+    if !contended.is_empty() {
+        record_part(db, principal, limits, offset, now, &customers, contended, Wait::Yes, &mut outcome).await?;
+    }
+    outcome.errors.sort_by_key(|e| e.index);
+    Ok(outcome)
+}
+
+/// Whether a part of a batch waits for customers another call holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Records the events of the customers free now, and hands back the
+    /// others.
+    No,
+    /// Waits for every customer.
+    Yes,
+}
+
+/// Records the events `items` (index in the batch, event) in one
+/// transaction with one audit row, and runs the rules they trigger. With
+/// [`Wait::No`], the events of customers another call holds are handed
+/// back unrecorded.
+#[allow(clippy::too_many_arguments)]
+async fn record_part(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    limits: &Limits,
+    offset: FixedOffset,
+    now: DateTime<Utc>,
+    customers: &HashMap<CustomerRef, customer::Model>,
+    items: Vec<(usize, NewEvent)>,
+    wait: Wait,
+    outcome: &mut RecordOutcome,
+) -> AppResult<Vec<(usize, NewEvent)>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let txn = db.begin().await?;
     share_event_log(&txn).await?;
-    // Concurrent batches for one customer run its rules one after the
-    // other, each seeing the other's events and tags once it commits. The
-    // rows are locked in id order, and before any event is inserted: an
-    // inserted event holds a key-share lock on its customer, which a later
-    // `FOR UPDATE` of another batch would wait on in a cycle.
-    let ids: BTreeSet<i64> = customers.values().map(|c| c.id).collect();
+    // The rows are locked in id order, and before any event is inserted:
+    // an inserted event holds a key-share lock on its customer, which a
+    // later `FOR UPDATE` of another batch would wait on in a cycle.
+    let ids: BTreeSet<i64> = items.iter().map(|(_, e)| customers[&e.customer].id).collect();
     let ids: Vec<i64> = ids.into_iter().collect();
     let live = Condition::all().add(customer::Column::MergedIntoId.is_null());
-    let locked = crate::service::tagging::lock_customer_rows(&txn, &ids, live).await?;
+    let locked = crate::service::tagging::lock_customer_rows_with(&txn, &ids, live, wait == Wait::No).await?;
+    let mut items = items;
+    let mut contended = Vec::new();
     if locked.len() < ids.len() {
-        // Merged between the lookup and the lock: its events belong to the
-        // kept customer now, which the resent batch finds.
-        return Err(AppError::Conflict(
-            "a customer of the batch was merged meanwhile; send the batch again".to_owned(),
-        ));
+        if wait == Wait::Yes {
+            // Merged between the lookup and the lock: its events belong to
+            // the kept customer now, which the resent batch finds.
+            return Err(AppError::Conflict(
+                "a customer of the batch was merged meanwhile; send the batch again".to_owned(),
+            ));
+        }
+        // Held by another call (or merged meanwhile: the waiting part
+        // finds out).
+        let got: HashSet<i64> = locked.iter().map(|c| c.id).collect();
+        let (mine, theirs) = items.into_iter().partition(|(_, e)| got.contains(&customers[&e.customer].id));
+        items = mine;
+        contended = theirs;
+        if items.is_empty() {
+            return Ok(contended);
+        }
     }
-    let mut outcome = RecordOutcome { results: vec![ItemResult::Refused; items.len()], ..RecordOutcome::default() };
-    let keys: Vec<String> = items.iter().filter_map(|i| i.as_ref().ok().map(|e| e.key.clone())).collect();
+    let before = (outcome.recorded(), outcome.duplicates(), outcome.audited_errors);
+    let (changes, held_back, deferred, over_cap) =
+        (outcome.tag_changes, outcome.held_back, outcome.deferred, outcome.over_cap);
+    let keys: Vec<String> = items.iter().map(|(_, e)| e.key.clone()).collect();
     let mut known: HashMap<String, (String, i64, i64)> = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
         for row in customer_event::Entity::find()
@@ -156,14 +224,7 @@ pub async fn record_events(
     // Repeats inside the batch: (index, key of the first one).
     let mut repeats: Vec<(usize, String)> = Vec::new();
     let mut inserts = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let event = match item {
-            Ok(event) => event,
-            Err(error) => {
-                outcome.errors.push(ItemError { index, error });
-                continue;
-            }
-        };
+    for (index, event) in items {
         let customer = &customers[&event.customer];
         let fingerprint = event.fingerprint(customer.id);
         let conflict = || AppError::Conflict(format!("event key {:?} was recorded for another event", event.key));
@@ -222,7 +283,6 @@ pub async fn record_events(
     for (index, key) in repeats {
         outcome.results[index] = ItemResult::Duplicate(id_of_key[key.as_str()]);
     }
-    outcome.errors.sort_by_key(|e| e.index);
 
     let touched: Vec<&customer::Model> = {
         let ids: BTreeSet<i64> = recorded.iter().map(|e| e.customer_id).collect();
@@ -231,10 +291,10 @@ pub async fn record_events(
     };
     let mut runner = Runner::new(principal, limits, offset, now);
     runner.run_batch(&txn, &touched, &recorded).await?;
-    outcome.tag_changes = runner.changes;
-    outcome.held_back = runner.held_back;
-    outcome.deferred = runner.deferred;
-    outcome.over_cap = runner.over_cap;
+    outcome.tag_changes += runner.changes;
+    outcome.held_back += runner.held_back;
+    outcome.deferred += runner.deferred;
+    outcome.over_cap += runner.over_cap;
 
     let mut entry = AuditEntry::ok(principal.staff_id(), "customer_event.record", "customer_event", "");
     entry.object_id = None;
@@ -242,13 +302,14 @@ pub async fn record_events(
     audit::record(
         &txn,
         entry.with_detail(json!({
-            "recorded": outcome.recorded(),
-            "duplicates": outcome.duplicates(),
-            "refused": outcome.errors.len(),
+            "recorded": outcome.recorded() - before.0,
+            "duplicates": outcome.duplicates() - before.1,
+            "refused": outcome.errors.len() - before.2,
             "customerIds": touched.iter().map(|c| c.id).collect::<Vec<_>>(),
-            "tagChanges": outcome.tag_changes,
-            "heldBack": outcome.held_back,
-            "deferred": outcome.deferred,
+            "tagChanges": outcome.tag_changes - changes,
+            "heldBack": outcome.held_back - held_back,
+            "deferred": outcome.deferred - deferred,
+            "overCap": outcome.over_cap - over_cap,
             // Pending deferred actions of replayed events that a late
             // event's replay no longer decides, closed without a change.
             "deferredClosed": runner.closed,
@@ -256,7 +317,8 @@ pub async fn record_events(
     )
     .await?;
     txn.commit().await?;
-    Ok(outcome)
+    outcome.audited_errors = outcome.errors.len();
+    Ok(contended)
 }
 
 /// The customers merged into `customer_id`, directly or through a chain
