@@ -263,18 +263,9 @@ async fn record_part(
             recorded_by: Set(principal.staff.id),
         });
     }
-    let new_keys: Vec<String> = fresh.keys().cloned().collect();
-    for chunk in inserts.chunks(CHUNK) {
-        customer_event::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
-    }
     let mut recorded: Vec<customer_event::Model> = Vec::new();
-    for chunk in new_keys.chunks(CHUNK) {
-        recorded.extend(
-            customer_event::Entity::find()
-                .filter(customer_event::Column::EventKey.is_in(chunk.iter().cloned()))
-                .all(&txn)
-                .await?,
-        );
+    for chunk in inserts.chunks(CHUNK) {
+        recorded.extend(customer_event::Entity::insert_many(chunk.to_vec()).exec_with_returning(&txn).await?);
     }
     let id_of_key: HashMap<&str, i64> = recorded.iter().map(|e| (e.event_key.as_str(), e.id)).collect();
     for (key, (_, index)) in &fresh {
