@@ -32,7 +32,9 @@ use entity::{
     enums::{CustomerEventKind, RuleStatus, TagOp},
     rule, rule_version,
 };
-use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 
 use super::eval::{Action, EventFact, Facts, RuleSet, fire};
@@ -208,7 +210,7 @@ async fn subject_row(db: &impl ConnectionTrait, principal: &Principal, subject: 
 /// window longer than the configured days.
 #[tracing::instrument(skip_all, fields(staff = principal.staff.id))]
 pub async fn dry_run(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     principal: &Principal,
     limits: &Limits,
     offset: FixedOffset,
@@ -260,21 +262,90 @@ pub async fn dry_run(
         .all(db)
         .await?;
 
+    // Every unit's rule set up front (units with the same rules share
+    // one): then the tags the chunks read are known before the first.
+    let candidate_row = candidate.clone();
+    let sets = rule_sets_of_units(db, &principal.org, &units, move |rows| {
+        rows.retain(|r| r.id != candidate_row.id);
+        rows.push(candidate_row);
+    })
+    .await?;
+    let action_tags: BTreeSet<i64> =
+        sets.values().flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id))).collect();
+    // The tags the rules read or may change (with the other tags of an
+    // add's exclusive group); the others only count towards the cap.
+    let relevant: BTreeSet<i64> = sets
+        .values()
+        .flat_map(|e| {
+            let set = &e.0;
+            set.rules.iter().flat_map(move |r| {
+                r.reads().into_iter().chain(r.actions.iter().flat_map(move |a| set.exclusive.affected(a)))
+            })
+        })
+        .collect();
+    let reads = Arc::new(ChunkReads { units, to, relevant, action_tags });
     let mut replay = Replay {
         candidate: &candidate,
         offset,
         max_tags: limits.max_tags_per_customer,
         from,
-        to,
-        sets: HashMap::new(),
+        sets,
         sample_size,
         answer: empty,
     };
     let per = if db.get_database_backend() == DbBackend::Postgres { 10_000 } else { CUSTOMERS_PER_CHUNK };
-    for chunk in customer_ids.chunks(per) {
-        replay.chunk(db, principal, &units, chunk).await?;
+    // Each chunk's reads run on a task of their own while the chunk
+    // before is replayed here: the database and the replay work side by
+    // side (on PostgreSQL the reads of a chunk also run side by side, each
+    // on its connection).
+    let mut chunks = customer_ids.chunks(per).map(<[i64]>::to_vec);
+    let fetch = |ids: Vec<i64>| tokio::spawn(read_chunk(db.clone(), Arc::clone(&reads), ids));
+    let mut next = chunks.next().map(fetch);
+    while let Some(pending) = next.take() {
+        let data = pending.await.map_err(AppError::internal)??;
+        next = chunks.next().map(fetch);
+        replay.chunk(data);
     }
     Ok(replay.answer)
+}
+
+/// What every chunk of a dry run reads by.
+struct ChunkReads {
+    /// The units whose customers are replayed.
+    units: BTreeSet<i64>,
+    to: DateTime<Utc>,
+    relevant: BTreeSet<i64>,
+    action_tags: BTreeSet<i64>,
+}
+
+/// A chunk's customers (those of the units) and their facts.
+struct ChunkData {
+    customers: Vec<customer::Model>,
+    events: HashMap<i64, Vec<EventFact>>,
+    tags: HashMap<i64, (BTreeSet<i64>, u32)>,
+    removals: HashMap<i64, BTreeSet<i64>>,
+}
+
+/// Reads one chunk of customers' facts: four independent statements, run
+/// side by side (each takes a connection of the pool).
+async fn read_chunk(db: DatabaseConnection, reads: Arc<ChunkReads>, ids: Vec<i64>) -> AppResult<ChunkData> {
+    let customers = async {
+        AppResult::Ok(
+            customer::Entity::find()
+                .filter(id_in(db.get_database_backend(), customer::Column::Id, &ids))
+                .filter(customer::Column::OrgUnitId.is_in(reads.units.iter().copied()))
+                .order_by_asc(customer::Column::Id)
+                .all(&db)
+                .await?,
+        )
+    };
+    let (customers, events, tags, removals) = tokio::join!(
+        customers,
+        events_in_range(&db, Customers::Ids(&ids), None, Some(reads.to)),
+        held_among_with_counts(&db, &ids, &reads.relevant),
+        manual_removals_in_range(&db, Customers::Ids(&ids), &reads.action_tags),
+    );
+    Ok(ChunkData { customers: customers?, events: events?, tags: tags?, removals: removals? })
 }
 
 struct Replay<'a> {
@@ -282,7 +353,6 @@ struct Replay<'a> {
     offset: FixedOffset,
     max_tags: u32,
     from: DateTime<Utc>,
-    to: DateTime<Utc>,
     /// Rule sets (with the candidate put in) per org unit.
     sets: HashMap<i64, Arc<(RuleSet, UnitLibrary)>>,
     sample_size: usize,
@@ -290,73 +360,14 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// The rule sets (with the candidate put in) of the units not loaded yet.
-    async fn rule_sets(
-        &mut self,
-        db: &impl ConnectionTrait,
-        principal: &Principal,
-        units: BTreeSet<i64>,
-    ) -> AppResult<()> {
-        let missing: BTreeSet<i64> = units.into_iter().filter(|u| !self.sets.contains_key(u)).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let candidate = self.candidate.clone();
-        let loaded = rule_sets_of_units(db, &principal.org, &missing, move |rows| {
-            rows.retain(|r| r.id != candidate.id);
-            rows.push(candidate);
-        })
-        .await?;
-        self.sets.extend(loaded);
-        Ok(())
-    }
-
-    async fn chunk(
-        &mut self,
-        db: &impl ConnectionTrait,
-        principal: &Principal,
-        units: &BTreeSet<i64>,
-        ids: &[i64],
-    ) -> AppResult<()> {
-        let customers: Vec<customer::Model> = customer::Entity::find()
-            .filter(id_in(db.get_database_backend(), customer::Column::Id, ids))
-            .filter(customer::Column::OrgUnitId.is_in(units.iter().copied()))
-            .order_by_asc(customer::Column::Id)
-            .all(db)
-            .await?;
-        if customers.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = customers.iter().map(|c| c.id).collect();
-        let mut events = events_in_range(db, Customers::Ids(&ids), None, Some(self.to)).await?;
-        self.rule_sets(db, principal, customers.iter().map(|c| c.org_unit_id).collect()).await?;
-        let action_tags: BTreeSet<i64> = self
-            .sets
-            .values()
-            .flat_map(|e| e.0.rules.iter().flat_map(|r| r.actions.iter().map(|a| a.tag_id)))
-            .collect();
-        // The tags the rules read or may change (with the other tags of an
-        // add's exclusive group); the others only count towards the cap.
-        let relevant: BTreeSet<i64> = self
-            .sets
-            .values()
-            .flat_map(|e| {
-                let set = &e.0;
-                set.rules.iter().flat_map(move |r| {
-                    r.reads().into_iter().chain(r.actions.iter().flat_map(move |a| set.exclusive.affected(a)))
-                })
-            })
-            .collect();
-        let mut tags = held_among_with_counts(db, &ids, &relevant).await?;
-        let removals = manual_removals_in_range(db, Customers::Ids(&ids), &action_tags).await?;
-        for customer in &customers {
-            let history = events.remove(&customer.id).unwrap_or_default();
-            let (held, count) = tags.remove(&customer.id).unwrap_or_default();
+    fn chunk(&mut self, mut data: ChunkData) {
+        for customer in &data.customers {
+            let history = data.events.remove(&customer.id).unwrap_or_default();
+            let (held, count) = data.tags.remove(&customer.id).unwrap_or_default();
             let others = count.saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX));
-            let removed = removals.get(&customer.id).cloned().unwrap_or_default();
+            let removed = data.removals.remove(&customer.id).unwrap_or_default();
             self.customer(customer, &history, held, others, removed);
         }
-        Ok(())
     }
 
     /// Replays one customer's events of the window, as `recordEvents`

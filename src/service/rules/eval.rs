@@ -88,6 +88,10 @@ pub struct CompiledRule {
     pub actions: Vec<Action>,
     pub override_manual_removal: bool,
     regexes: HashMap<String, Regex>,
+    /// The condition's event kinds and the tags it reads, worked out once:
+    /// [`fire`] asks for them for every rule on every event.
+    kinds: Vec<CustomerEventKind>,
+    read_tags: BTreeSet<i64>,
 }
 
 impl CompiledRule {
@@ -122,17 +126,31 @@ impl CompiledRule {
         if let Some(what) = missing {
             return Err(format!("rule {id}: {what} cannot be evaluated"));
         }
-        Ok(Self { id, version, name, priority, condition, tag_ids, actions, override_manual_removal, regexes })
+        let kinds = condition.event_kinds();
+        let read_tags = tag_ids.values().copied().collect();
+        Ok(Self {
+            id,
+            version,
+            name,
+            priority,
+            condition,
+            tag_ids,
+            actions,
+            override_manual_removal,
+            regexes,
+            kinds,
+            read_tags,
+        })
     }
 
     /// Tags the condition reads.
     pub fn reads(&self) -> BTreeSet<i64> {
-        self.tag_ids.values().copied().collect()
+        self.read_tags.clone()
     }
 
     /// Event kinds that may change the condition's value.
-    fn kinds(&self) -> Vec<CustomerEventKind> {
-        self.condition.event_kinds()
+    fn kinds(&self) -> &[CustomerEventKind] {
+        &self.kinds
     }
 }
 
@@ -317,7 +335,7 @@ pub fn fire(set: &RuleSet, facts: &Facts<'_>, trigger: Option<&EventFact>, at: D
     for rule in &set.rules {
         let kinds = rule.kinds();
         let relevant = trigger.is_none_or(|t| kinds.is_empty() || kinds.contains(&t.kind))
-            || rule.reads().iter().any(|t| changed.contains(t));
+            || rule.read_tags.iter().any(|t| changed.contains(t));
         if !relevant {
             continue;
         }
