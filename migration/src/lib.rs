@@ -31,6 +31,7 @@ mod m20261204_000230_tag_event_adds;
 mod m20261205_000240_actor_and_alert_writes_without_fk_checks;
 mod m20261206_000250_manual_removals;
 mod m20261207_000260_event_writes_without_fk_checks;
+mod m20261207_000270_rule_revision;
 
 pub struct Migrator;
 
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000240_actor_and_alert_writes_without_fk_checks::Migration),
             Box::new(m20261206_000250_manual_removals::Migration),
             Box::new(m20261207_000260_event_writes_without_fk_checks::Migration),
+            Box::new(m20261207_000270_rule_revision::Migration),
         ]
     }
 }

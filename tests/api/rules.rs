@@ -531,8 +531,10 @@ async fn settled_statements(app: &TestApp) -> usize {
 
 async fn a_batch_costs_the_same_statements_whatever_its_customers_and_units(app: TestApp) {
     inquiry_rule(&app).await;
-    // The caller's first request builds its cached sign-in; count from the next.
-    statements_for_batch(&app, 1, &["sz01"], "warm").await;
+    // The caller's first request builds its cached sign-in, and the rule
+    // sets of the stores are compiled once per rule revision: count from
+    // the next.
+    statements_for_batch(&app, 3, &["sz01", "gz01", "bj01"], "warm").await;
     let small = statements_for_batch(&app, 2, &["sz01"], "small").await;
     let large = statements_for_batch(&app, 24, &["sz01", "gz01", "bj01"], "large").await;
     // The segment index's catch-up after the commit is shared between
@@ -598,7 +600,50 @@ async fn concurrent_batches_sharing_customers_judge_each_customer_in_turn(mut ap
     }
 }
 
+/// The event path compiles rule sets once per rule revision: every change
+/// to a rule, a tag or the org tree is seen by the very next batch. A rule
+/// fires, is edited, disabled, enabled again, and its tag is renamed.
+async fn the_next_batch_sees_every_change_to_rules_and_tags(mut app: TestApp) {
+    let login = app.connector().await;
+    let id = inquiry_rule(&app).await;
+    let names = |c: &str| {
+        let app = &app;
+        let c = c.to_owned();
+        async move { app.tag_names(&c).await }
+    };
+    let customers = app.fresh_customers(5).await;
+    let first = app.record_events(login, vec![message(&customers[0], "v-0", "想询价")]).await;
+    assert_eq!(first["tagChanges"], 1);
+    assert_eq!(names(&customers[0]).await, ["询价"]);
+    let update = "mutation($i: UpdateRuleInput!) { updateRule(input: $i) { version } }";
+    app.gql("admin", update, json!({ "i": { "id": id, "version": 1, "condition": "message contains \"报价\"" } }))
+        .await
+        .ok();
+    app.record_events(login, vec![message(&customers[1], "v-1", "想询价")]).await;
+    assert!(names(&customers[1]).await.is_empty(), "the old condition no longer fires");
+    app.record_events(login, vec![message(&customers[2], "v-2", "要报价")]).await;
+    assert_eq!(names(&customers[2]).await, ["询价"], "the new one does");
+    app.gql("admin", "mutation($id: ID!) { disableRule(id: $id) { status } }", json!({ "id": id })).await.ok();
+    app.record_events(login, vec![message(&customers[3], "v-3", "要报价")]).await;
+    assert!(names(&customers[3]).await.is_empty(), "a disabled rule does not fire");
+    app.gql("admin", "mutation($id: ID!) { enableRule(id: $id) { status } }", json!({ "id": id })).await.ok();
+    let tag = app.tag_id("活动", "询价").await;
+    let read = app.gql("admin", "query($t: ID!) { tag(id: $t) { version } }", json!({ "t": tag })).await;
+    let version = read.ok()["tag"]["version"].clone();
+    let rename = app
+        .gql(
+            "admin",
+            "mutation($i: UpdateTagInput!) { updateTag(input: $i) { tag { name } } }",
+            json!({ "i": { "id": tag, "expectedVersion": version, "name": "询价客户" } }),
+        )
+        .await;
+    assert_eq!(rename.ok()["updateTag"]["tag"]["name"], "询价客户");
+    app.record_events(login, vec![message(&customers[4], "v-4", "要报价")]).await;
+    assert_eq!(names(&customers[4]).await, ["询价客户"], "enabled again, with its tag's new name");
+}
+
 on_both_databases!(
+    the_next_batch_sees_every_change_to_rules_and_tags,
     concurrent_batches_sharing_customers_judge_each_customer_in_turn,
     a_batch_costs_the_same_statements_whatever_its_customers_and_units,
     recorded_events_cannot_be_changed_or_deleted,

@@ -21,8 +21,8 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QuerySelect, TransactionTrait,
 };
 use serde_json::json;
 
@@ -481,6 +481,81 @@ pub(super) async fn rule_sets_of_units(
     Ok(out)
 }
 
+/// Rule sets compiled by this process: database key → (rule revision,
+/// unit → its rule set).
+type CompiledSets = HashMap<String, (i64, HashMap<i64, Arc<(RuleSet, UnitLibrary)>>)>;
+
+static COMPILED: std::sync::LazyLock<std::sync::Mutex<CompiledSets>> = std::sync::LazyLock::new(Default::default);
+
+/// As [`rule_sets_of_units`] (no rule adjusted), compiled once per rule
+/// revision: the counter `rule_revision` moves with every change to rules,
+/// tags, tag groups and the org tree (by trigger, in the changing
+/// transaction), so a batch reads one row and compiles only the units it
+/// has not met at that revision. The row's database key, with the
+/// database's name and oid (its file on SQLite), keeps the rule sets of
+/// several databases served by one process apart.
+///
+/// # Errors
+/// Database errors.
+async fn cached_rule_sets(
+    txn: &DatabaseTransaction,
+    org: &OrgTree,
+    units: &BTreeSet<i64>,
+) -> AppResult<HashMap<i64, Arc<(RuleSet, UnitLibrary)>>> {
+    let backend = txn.get_database_backend();
+    // A copied database (a template, a file copy: the tests make theirs
+    // so) carries the same key: the database's own name and oid, or its
+    // file, tell copies apart.
+    let sql = if backend == DbBackend::Postgres {
+        "SELECT database_key || '/' || current_database() || '/' || \
+         (SELECT oid FROM pg_database WHERE datname = current_database())::text, revision \
+         FROM rule_revision WHERE id = 1"
+    } else {
+        "SELECT database_key || '/' || coalesce((SELECT file FROM pragma_database_list WHERE name = 'main'), ''), \
+         revision FROM rule_revision WHERE id = 1"
+    };
+    let row = txn
+        .query_one_raw(sea_orm::Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("rule_revision has no row")))?;
+    let key: String = row.try_get_by_index(0)?;
+    let revision: i64 = row.try_get_by_index(1)?;
+    let mut out = HashMap::new();
+    let missing: BTreeSet<i64> = {
+        let compiled = COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = compiled.get(&key).filter(|(at, _)| *at == revision).map(|(_, sets)| sets);
+        units
+            .iter()
+            .copied()
+            .filter(|unit| match known.and_then(|sets| sets.get(unit)) {
+                Some(set) => {
+                    out.insert(*unit, Arc::clone(set));
+                    false
+                }
+                None => true,
+            })
+            .collect()
+    };
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let loaded = rule_sets_of_units(txn, org, &missing, |_| {}).await?;
+    let mut compiled = COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A process serves one database (tests serve many, one after the other).
+    if compiled.len() >= 64 && !compiled.contains_key(&key) {
+        compiled.clear();
+    }
+    let entry = compiled.entry(key).or_insert_with(|| (revision, HashMap::new()));
+    if entry.0 < revision {
+        *entry = (revision, HashMap::new());
+    }
+    if entry.0 == revision {
+        entry.1.extend(loaded.iter().map(|(unit, set)| (*unit, Arc::clone(set))));
+    }
+    out.extend(loaded);
+    Ok(out)
+}
+
 /// Runs the rules for the customers of one batch, remembering compiled
 /// rule sets per org unit. Set-based: the batch's customers' events,
 /// tags, manual removals and locks are read in a few statements for the
@@ -530,7 +605,7 @@ impl<'a> Runner<'a> {
         recorded: &[customer_event::Model],
     ) -> AppResult<()> {
         let units: BTreeSet<i64> = touched.iter().map(|c| c.org_unit_id).collect();
-        self.sets = rule_sets_of_units(txn, &self.principal.org, &units, |_| {}).await?;
+        self.sets = cached_rule_sets(txn, &self.principal.org, &units).await?;
         let customers: Vec<&customer::Model> =
             touched.iter().copied().filter(|c| !self.sets[&c.org_unit_id].0.rules.is_empty()).collect();
         if customers.is_empty() {
