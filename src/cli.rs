@@ -487,6 +487,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trusted_documents: None,
             job_poll_interval: Some(std::time::Duration::from_millis(500)),
             schedule_interval: Some(cli.schedule_interval).filter(|d| !d.is_zero()),
+            rollup_interval: Some(std::time::Duration::from_secs(5)),
             limits: Limits {
                 max_query_complexity: cli.limits.max_query_complexity,
                 max_aliases: cli.limits.max_aliases,

@@ -62,6 +62,12 @@ pub struct Settings {
     /// of assignments, and rule actions deferred by a lock that ended.
     /// `None`: this instance runs no rounds (others do; tests call them).
     pub schedule_interval: Option<Duration>,
+    /// How often this instance folds new ADD events into the daily
+    /// roll-up the usage reports read (one folder at a time per
+    /// database). `None`: this instance does not fold (others do; the
+    /// reports stay exact either way, reading what is not folded yet from
+    /// the log).
+    pub rollup_interval: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -342,6 +348,7 @@ impl Settings {
             trusted_documents: None,
             job_poll_interval: Some(Duration::from_millis(500)),
             schedule_interval: Some(Duration::from_secs(30)),
+            rollup_interval: Some(Duration::from_secs(5)),
             limits: Limits::default(),
         }
     }

@@ -66,6 +66,9 @@ impl Application {
             };
             scheduler.spawn(interval);
         }
+        if let Some(interval) = settings.rollup_interval {
+            crate::service::reports::rollup::spawn_folder(db.clone(), interval);
+        }
         // Starts following the logs with its first subscriber.
         let realtime = Hub::new(db.clone(), settings.limits.realtime_poll_interval);
         let state = AppState { db, authz, keys, auth, settings: Arc::new(settings), index, realtime, steps };

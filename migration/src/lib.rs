@@ -32,6 +32,7 @@ mod m20261205_000240_actor_and_alert_writes_without_fk_checks;
 mod m20261206_000250_manual_removals;
 mod m20261207_000260_event_writes_without_fk_checks;
 mod m20261207_000270_rule_revision;
+mod m20261208_000280_tag_add_days;
 
 pub struct Migrator;
 
@@ -64,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000250_manual_removals::Migration),
             Box::new(m20261207_000260_event_writes_without_fk_checks::Migration),
             Box::new(m20261207_000270_rule_revision::Migration),
+            Box::new(m20261208_000280_tag_add_days::Migration),
         ]
     }
 }

@@ -409,6 +409,9 @@ impl TestApp {
         settings.job_poll_interval = None;
         // No scheduler rounds unless the test runs them (with its clock).
         settings.schedule_interval = None;
+        // No background fold of the report roll-up (tests fold when they
+        // mean to; statement counts stay exact).
+        settings.rollup_interval = None;
         configure(&mut settings);
         // No background follower: statement counts stay exact, and the
         // index is caught up below and after every write made through the
@@ -505,6 +508,7 @@ impl TestApp {
         settings.jwt_secret = Some(TEST_JWT_SECRET.to_owned());
         settings.job_poll_interval = None;
         settings.schedule_interval = None;
+        settings.rollup_interval = None;
         Application::with_database(settings, self.db.clone()).await.expect("second instance")
     }
 
@@ -516,6 +520,7 @@ impl TestApp {
         settings.index_follow_interval = None;
         settings.job_poll_interval = None;
         settings.schedule_interval = None;
+        settings.rollup_interval = None;
         configure(&mut settings);
         Application::with_database(settings, self.db.clone()).await.expect("instance")
     }

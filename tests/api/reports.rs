@@ -545,7 +545,10 @@ async fn all_pages(app: &TestApp, login: &str, unit: &str, order: Value) -> Vec<
 /// page's recency asked for its rows only), in recency order, as the
 /// zombie report and as its filter; and with the holders counted by SQL
 /// (a segment index that is not ready). Events sit on either side of the
-/// 30- and 90-day marks, and removed taggings count as taggings.
+/// 30- and 90-day marks, and removed taggings count as taggings. Half the
+/// log is folded into the daily roll-up before the other half is written,
+/// so the whole-base answers read the folded days, the days the marks
+/// cut and the events after the fold.
 async fn usage_and_zombies_equal_brute_force_over_a_random_log(app: TestApp) {
     use rand::{Rng, SeedableRng};
     use std::collections::HashSet;
@@ -572,7 +575,11 @@ async fn usage_and_zombies_equal_brute_force_over_a_random_log(app: TestApp) {
         .map(|r| (r.customer_id, r.tag_id))
         .collect();
     let hour = Duration::hours(1);
-    for _ in 0..400 {
+    for i in 0..400 {
+        // Half the log folded into the daily roll-up, half read after it.
+        if i == 200 {
+            tagbase::service::reports::rollup::fold(&app.db).await.unwrap();
+        }
         let c = customers[rng.random_range(0..customers.len())].id;
         let t = tags[rng.random_range(0..tags.len())].id;
         let side = if rng.random_bool(0.5) { hour } else { -hour };
@@ -718,7 +725,85 @@ async fn usage_and_zombies_equal_brute_force_over_a_random_log(app: TestApp) {
     assert!(zombies_seen.0 > 0 && zombies_seen.1 > 0, "some zombies and some live tags: {zombies_seen:?}");
 }
 
+/// The daily roll-up holds, per tag and UTC day, exactly the ADD events of
+/// the log, however the log is split between folds: a second fold with
+/// nothing new writes nothing, and on PostgreSQL an event whose
+/// transaction commits after a fold that began later is folded by the
+/// next fold, not skipped (its sequence number is below what was folded).
+async fn the_roll_up_folds_every_add_once(app: TestApp) {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    use tagbase::service::reports::rollup::fold;
+
+    let tags = hq_tags(&app).await;
+    let customers: Vec<customer::Model> = customer::Entity::find().all(&app.db).await.unwrap();
+    let now = Utc::now();
+    let mut n = 0_i64;
+    let mut event = |op: TagOp| {
+        n += 1;
+        let at = now - Duration::minutes(n * 977) + Duration::seconds(n % 7);
+        (customers[(n as usize * 7) % customers.len()].id, tags[(n as usize * 3) % tags.len()].id, op, at)
+    };
+    for i in 0..60 {
+        let (c, t, op, at) = event(if i % 5 == 0 { TagOp::Remove } else { TagOp::Add });
+        insert_event(&app, c, t, op, at).await;
+    }
+    fold(&app.db).await.unwrap();
+    assert_eq!(fold(&app.db).await.unwrap(), 0, "nothing new, nothing folded");
+    // A writer that drew its sequence number first and commits last.
+    let late = app.db.begin().await.unwrap();
+    let (c, t, op, at) = event(TagOp::Add);
+    tag_event::Entity::insert(tag_event::ActiveModel {
+        seq: NotSet,
+        customer_id: Set(c),
+        tag_id: Set(t),
+        op: Set(op),
+        source: Set(TagSource::Manual),
+        source_ref: Set(None),
+        actor_staff_id: Set(None),
+        occurred_at: Set(at),
+    })
+    .exec(&late)
+    .await
+    .unwrap();
+    if app.db.get_database_backend() == DbBackend::Postgres {
+        // Others write and fold while it is open.
+        for _ in 0..10 {
+            let (c, t, op, at) = event(TagOp::Add);
+            insert_event(&app, c, t, op, at).await;
+        }
+        fold(&app.db).await.unwrap();
+    }
+    late.commit().await.unwrap();
+    for _ in 0..10 {
+        let (c, t, op, at) = event(TagOp::Add);
+        insert_event(&app, c, t, op, at).await;
+    }
+    fold(&app.db).await.unwrap();
+
+    let mut want: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for e in tag_event::Entity::find().filter(tag_event::Column::Op.eq(TagOp::Add)).all(&app.db).await.unwrap() {
+        *want.entry((e.tag_id, e.occurred_at.timestamp().div_euclid(86_400))).or_default() += 1;
+    }
+    let backend = app.db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        "SELECT tag_id, CAST(day AS BIGINT) AS day, adds FROM tag_add_day"
+    } else {
+        "SELECT tag_id, day, adds FROM tag_add_day"
+    };
+    let rows = app.db.query_all_raw(Statement::from_string(backend, sql)).await.unwrap();
+    let got: BTreeMap<(i64, i64), i64> = rows
+        .iter()
+        .map(|r| {
+            let key = (r.try_get::<i64>("", "tag_id").unwrap(), r.try_get::<i64>("", "day").unwrap());
+            (key, r.try_get::<i64>("", "adds").unwrap())
+        })
+        .collect();
+    assert!(want.len() > 20, "events over many days: {}", want.len());
+    assert_eq!(got, want);
+}
+
 crate::on_both_databases!(
+    the_roll_up_folds_every_add_once,
     usage_counts_equal_a_brute_force_count,
     a_salesperson_sees_only_their_scope,
     zombie_tags_at_ten_percent_are_the_brute_force_ones,

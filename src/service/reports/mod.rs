@@ -23,6 +23,7 @@
 
 pub mod alerts;
 pub mod duplicates;
+pub mod rollup;
 pub mod time_travel;
 pub mod usage;
 pub mod zombie;

@@ -30,7 +30,7 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, Func, IntoColumnRef, Query, SimpleExpr},
 };
 
-use super::{ReportSettings, customer_scope, report_unit, settings_in_force};
+use super::{ReportSettings, customer_scope, report_unit, rollup, settings_in_force};
 use crate::authz::visibility::{class_units, on_customer_visible};
 use crate::authz::{Principal, Scope};
 use crate::domain::{Cursor, OrgUnitId, Page, PageArgs};
@@ -131,12 +131,12 @@ struct HolderRow {
 }
 
 #[derive(Debug, FromQueryResult)]
-struct EventRow {
-    tag_id: i64,
-    org_unit_id: i64,
-    last_at: Option<DateTime<Utc>>,
-    last_30: Option<i64>,
-    last_90: Option<i64>,
+pub(super) struct EventRow {
+    pub tag_id: i64,
+    pub org_unit_id: i64,
+    pub last_at: Option<DateTime<Utc>>,
+    pub last_30: Option<i64>,
+    pub last_90: Option<i64>,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -151,7 +151,7 @@ struct SourceRow {
 /// since)` on PostgreSQL, a quarter cheaper than `SUM(CASE …)` over 5M
 /// events (1.6 s against 2.1 s); `SUM(CASE …)` on SQLite (sea-query
 /// numbers the placeholders of a custom expression on PostgreSQL only).
-fn count_since(backend: DbBackend, since: DateTime<Utc>) -> SimpleExpr {
+pub(super) fn count_since(backend: DbBackend, since: DateTime<Utc>) -> SimpleExpr {
     let at = (tag_event::Entity, tag_event::Column::OccurredAt);
     if backend == DbBackend::Postgres {
         Expr::cust_with_exprs("COUNT(*) FILTER (WHERE $1 >= $2)", [Expr::col(at), Expr::val(since)])
@@ -337,7 +337,11 @@ async fn scope_events(
         }
         return Ok(out);
     }
-    for row in events_by_sql(db, tags, Whose::Everybody, since, now).await? {
+    let every = match rollup::every_customer(db, tags, since, now).await? {
+        Some(rows) => rows,
+        None => events_by_sql(db, tags, Whose::Everybody, since, now).await?,
+    };
+    for row in every {
         add(&mut out, row);
     }
     if outside.is_empty() {
