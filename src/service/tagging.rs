@@ -1469,6 +1469,60 @@ async fn insert_assignments(txn: &DatabaseTransaction, by: &EventBy, rows: &[New
     Ok(())
 }
 
+/// Writes assignments each with its own source, explanation and expiry
+/// (a rule's, per change): on PostgreSQL one statement over arrays
+/// (`unnest`), elsewhere multi-row statements of [`CHUNK`] rows.
+///
+/// # Errors
+/// Database errors.
+pub(crate) async fn insert_assignment_rows(
+    txn: &DatabaseTransaction,
+    rows: Vec<customer_tag::ActiveModel>,
+) -> AppResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let columns: Option<Vec<_>> = rows
+            .iter()
+            .map(|r| {
+                Some((
+                    *r.customer_id.try_as_ref()?,
+                    *r.tag_id.try_as_ref()?,
+                    r.source.try_as_ref()?.as_str(),
+                    r.source_ref.try_as_ref()?.clone(),
+                    *r.tagged_by.try_as_ref()?,
+                    *r.tagged_at.try_as_ref()?,
+                    *r.expires_at.try_as_ref()?,
+                ))
+            })
+            .collect();
+        if let Some(columns) = columns {
+            let sql = "INSERT INTO customer_tag \
+                       (customer_id, tag_id, source, source_ref, tagged_by, tagged_at, expires_at) \
+                       SELECT u.c, u.t, u.s, u.r, u.b, u.at, u.e \
+                       FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::text[], \
+                                   $5::text::bigint[], $6::text::timestamptz[], $7::text::timestamptz[]) \
+                       AS u(c, t, s, r, b, at, e)";
+            let values: Vec<sea_orm::Value> = vec![
+                pg_array(columns.iter().map(|r| Some(r.0))).into(),
+                pg_array(columns.iter().map(|r| Some(r.1))).into(),
+                pg_array(columns.iter().map(|r| Some(r.2))).into(),
+                pg_array(columns.iter().map(|r| r.3.as_deref())).into(),
+                pg_array(columns.iter().map(|r| r.4)).into(),
+                pg_array(columns.iter().map(|r| Some(pg_instant(r.5)))).into(),
+                pg_array(columns.iter().map(|r| r.6.map(pg_instant))).into(),
+            ];
+            txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+            return Ok(());
+        }
+    }
+    for chunk in rows.chunks(CHUNK) {
+        customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    Ok(())
+}
+
 /// Deletes (customer, tag) assignments: one statement over arrays on
 /// PostgreSQL, multi-row statements on SQLite.
 pub(crate) async fn delete_assignments(txn: &DatabaseTransaction, pairs: &[(i64, i64)]) -> AppResult<()> {

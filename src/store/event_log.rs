@@ -79,11 +79,52 @@ impl EventBy {
     }
 }
 
-/// Inserts tag events in multi-row statements.
+/// Inserts tag events, in the order given: on PostgreSQL one statement
+/// over arrays (`unnest`: a fixed seven parameters, where a multi-row
+/// insert binds seven per event and PostgreSQL parses each), elsewhere
+/// multi-row statements of [`super::CHUNK`] rows.
 ///
 /// # Errors
 /// Database errors.
 pub(crate) async fn insert_events(txn: &DatabaseTransaction, events: Vec<tag_event::ActiveModel>) -> AppResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let columns: Option<Vec<_>> = events
+            .iter()
+            .map(|e| {
+                Some((
+                    *e.customer_id.try_as_ref()?,
+                    *e.tag_id.try_as_ref()?,
+                    e.op.try_as_ref()?.as_str(),
+                    e.source.try_as_ref()?.as_str(),
+                    e.source_ref.try_as_ref()?.clone(),
+                    *e.actor_staff_id.try_as_ref()?,
+                    *e.occurred_at.try_as_ref()?,
+                ))
+            })
+            .collect();
+        if let Some(rows) = columns {
+            let sql = "INSERT INTO tag_event \
+                       (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at) \
+                       SELECT u.c, u.t, u.o, u.s, u.r, u.a, u.at \
+                       FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::text[], \
+                                   $5::text::text[], $6::text::bigint[], $7::text::timestamptz[]) \
+                       WITH ORDINALITY AS u(c, t, o, s, r, a, at, n) ORDER BY u.n";
+            let values: Vec<Value> = vec![
+                pg_array(rows.iter().map(|r| Some(r.0))).into(),
+                pg_array(rows.iter().map(|r| Some(r.1))).into(),
+                pg_array(rows.iter().map(|r| Some(r.2))).into(),
+                pg_array(rows.iter().map(|r| Some(r.3))).into(),
+                pg_array(rows.iter().map(|r| r.4.as_deref())).into(),
+                pg_array(rows.iter().map(|r| r.5)).into(),
+                pg_array(rows.iter().map(|r| Some(pg_instant(r.6)))).into(),
+            ];
+            txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+            return Ok(());
+        }
+    }
     for chunk in events.chunks(super::CHUNK) {
         tag_event::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }

@@ -951,9 +951,7 @@ impl<'a> Runner<'a> {
             }
         }
         crate::service::tagging::delete_assignments(txn, &removed).await?;
-        for chunk in added.chunks(CHUNK) {
-            customer_tag::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
-        }
+        crate::service::tagging::insert_assignment_rows(txn, added).await?;
         self.deferred += deferred.len() as u32;
         for chunk in deferred.chunks(CHUNK) {
             rule_deferred_action::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
