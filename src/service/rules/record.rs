@@ -40,7 +40,7 @@ use crate::config::Limits;
 use crate::domain::CustomerId;
 use crate::error::{AppError, AppResult};
 use crate::service::audit::{self, AuditEntry};
-use crate::store::event_log::{EventBy, insert_events, share_event_log};
+use crate::store::event_log::{EventBy, insert_events, pg_array, pg_instant, share_event_log};
 use crate::store::{CHUNK, id_in, ids_per_statement};
 
 /// A refused event of a batch.
@@ -250,23 +250,20 @@ async fn record_part(
             continue;
         }
         fresh.insert(event.key.clone(), (fingerprint.clone(), index));
-        inserts.push(customer_event::ActiveModel {
-            id: NotSet,
-            customer_id: Set(customer.id),
-            org_unit_id: Set(customer.org_unit_id),
-            kind: Set(event.kind),
-            event_key: Set(event.key.clone()),
-            fingerprint: Set(fingerprint),
-            payload: Set(event.payload.clone()),
-            occurred_at: Set(event.occurred_at),
-            recorded_at: Set(now),
-            recorded_by: Set(principal.staff.id),
+        inserts.push(customer_event::Model {
+            id: 0,
+            customer_id: customer.id,
+            org_unit_id: customer.org_unit_id,
+            kind: event.kind,
+            event_key: event.key.clone(),
+            fingerprint,
+            payload: event.payload.clone(),
+            occurred_at: event.occurred_at,
+            recorded_at: now,
+            recorded_by: principal.staff.id,
         });
     }
-    let mut recorded: Vec<customer_event::Model> = Vec::new();
-    for chunk in inserts.chunks(CHUNK) {
-        recorded.extend(customer_event::Entity::insert_many(chunk.to_vec()).exec_with_returning(&txn).await?);
-    }
+    let recorded = insert_customer_events(&txn, inserts).await?;
     let id_of_key: HashMap<&str, i64> = recorded.iter().map(|e| (e.event_key.as_str(), e.id)).collect();
     for (key, (_, index)) in &fresh {
         outcome.results[*index] = ItemResult::Recorded(id_of_key[key.as_str()]);
@@ -310,6 +307,61 @@ async fn record_part(
     txn.commit().await?;
     outcome.audited_errors = outcome.errors.len();
     Ok(contended)
+}
+
+/// Inserts the events (their `id` is ignored) and answers them with their
+/// ids: on PostgreSQL one statement over arrays (`unnest`, nine
+/// parameters, where a multi-row insert binds ten per event and reads
+/// every column back), elsewhere multi-row statements of [`CHUNK`] rows.
+async fn insert_customer_events(
+    txn: &DatabaseTransaction,
+    mut events: Vec<customer_event::Model>,
+) -> AppResult<Vec<customer_event::Model>> {
+    if events.is_empty() {
+        return Ok(events);
+    }
+    if txn.get_database_backend() != DbBackend::Postgres {
+        let mut recorded = Vec::with_capacity(events.len());
+        for chunk in events.chunks(CHUNK) {
+            let rows = chunk.iter().map(|e| {
+                let mut row = sea_orm::IntoActiveModel::into_active_model(e.clone());
+                row.id = NotSet;
+                row
+            });
+            recorded.extend(customer_event::Entity::insert_many(rows).exec_with_returning(txn).await?);
+        }
+        return Ok(recorded);
+    }
+    let (recorded_at, recorded_by) = (events[0].recorded_at, events[0].recorded_by);
+    let sql = "INSERT INTO customer_event \
+               (customer_id, org_unit_id, kind, event_key, fingerprint, payload, occurred_at, recorded_at, recorded_by) \
+               SELECT u.c, u.unit, u.k, u.key, u.f, u.p, u.o, $8, $9 \
+               FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::text[], $4::text::text[], \
+                           $5::text::text[], $6::text::json[], $7::text::timestamptz[]) \
+               WITH ORDINALITY AS u(c, unit, k, key, f, p, o, n) ORDER BY u.n \
+               RETURNING id, event_key";
+    let values: Vec<sea_orm::Value> = vec![
+        pg_array(events.iter().map(|e| Some(e.customer_id))).into(),
+        pg_array(events.iter().map(|e| Some(e.org_unit_id))).into(),
+        pg_array(events.iter().map(|e| Some(e.kind.as_str()))).into(),
+        pg_array(events.iter().map(|e| Some(e.event_key.as_str()))).into(),
+        pg_array(events.iter().map(|e| Some(e.fingerprint.as_str()))).into(),
+        pg_array(events.iter().map(|e| Some(e.payload.to_string()))).into(),
+        pg_array(events.iter().map(|e| Some(pg_instant(e.occurred_at)))).into(),
+        recorded_at.into(),
+        recorded_by.into(),
+    ];
+    let rows = txn.query_all_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        ids.insert(row.try_get("", "event_key")?, row.try_get("", "id")?);
+    }
+    for event in &mut events {
+        event.id = *ids
+            .get(&event.event_key)
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("event {:?} was not inserted", event.event_key)))?;
+    }
+    Ok(events)
 }
 
 /// The customers merged into `customer_id`, directly or through a chain
