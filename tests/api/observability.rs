@@ -236,6 +236,11 @@ async fn the_access_log_and_every_request_line_carry_the_trace_id(app: TestApp) 
     // The router runs on this thread (no spawn), so the thread's default
     // subscriber sees every line.
     let guard = tracing::subscriber::set_default(subscriber);
+    // Other tests register subscribers on their threads at the same time;
+    // a registration that began before ours can store callsite interests
+    // computed without ours after ours stored its own (once, in CI: no
+    // access line captured). Computed again now, with ours in place.
+    tracing::callsite::rebuild_interest_cache();
     let ok = app.app.router().oneshot(request(&token)).await.unwrap();
     let refused = app.app.router().oneshot(request("not-a-token")).await.unwrap();
     drop(guard);
