@@ -63,6 +63,10 @@ where
 /// One ADD event per bench assignment without one, in the year before
 /// its tagging time.
 async fn backfill_events(db: &sea_orm::DatabaseConnection, root_path: &str) -> anyhow::Result<u64> {
+    // Statistics of the fresh data first: planned on an empty log's
+    // defaults, the anti-join below rescanned the growing log for every
+    // assignment (250,000 events in 38 minutes).
+    db.execute_unprepared("ANALYZE customer_tag, customer, org_unit, tag_event").await?;
     let sql = "INSERT INTO tag_event (customer_id, tag_id, op, source, source_ref, actor_staff_id, occurred_at)
         SELECT ct.customer_id, ct.tag_id, 'ADD', ct.source, 'bench', NULL,
                ct.tagged_at - random() * interval '365 days'
