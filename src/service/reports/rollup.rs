@@ -12,8 +12,9 @@
 //!   The server folds every few seconds (`Settings::rollup_interval`).
 //! - [`every_customer`] answers exactly what the log would: the folded
 //!   days inside the window, the log itself for the two days the 30- and
-//!   90-day marks cut (folded events of those days from the mark on), and
-//!   the log for what committed after the fold (few rows, by the log's
+//!   90-day marks cut (every event of those days from the mark on, by the
+//!   partial index of ADD events alone), and the log for what committed
+//!   after the fold on the days after those (few rows, by the log's
 //!   `txid` index). When the fold is far behind (a database that has not
 //!   been folded yet), it answers `None` and the caller reads the log.
 
@@ -213,12 +214,17 @@ pub(super) async fn every_customer(
             )
             .from(Alias::new("tag_add_day"))
             .and_where(id_in(backend, (Alias::new("tag_add_day"), Alias::new("tag_id")), chunk))
+            .and_where(Expr::col(Alias::new("day")).gte(Ord::min(whole_from, d90 + 1)))
             .group_by_col(Alias::new("tag_id"))
             .to_owned();
         for row in EventRow::find_by_statement(backend.build(&days)).all(db).await? {
             add(row.tag_id, row.last_at, row.last_30.unwrap_or(0), row.last_90.unwrap_or(0));
         }
-        // The folded events of the days the marks cut, from the mark on.
+        // Every event of the days the marks cut, from the mark on, folded
+        // or not (the tail below counts from the next day on): the
+        // partial index alone answers, where asking which were folded
+        // reads each event's heap row for its `txid` (42 against 383 ms
+        // for the 30-day mark's day at 1M customers).
         for (mark, day) in [(t30, d30), (t90, d90)] {
             let cut = Query::select()
                 .column(ev(tag_event::Column::TagId))
@@ -229,7 +235,6 @@ pub(super) async fn every_customer(
                 .and_where(add_event())
                 .and_where(Expr::col(ev(tag_event::Column::OccurredAt)).gte(mark))
                 .and_where(Expr::col(ev(tag_event::Column::OccurredAt)).lt(start_of_day(day + 1)))
-                .and_where(seen_at(Log::TagEvents, &place))
                 .group_by_col(ev(tag_event::Column::TagId))
                 .to_owned();
             for row in DayRow::find_by_statement(backend.build(&cut)).all(db).await? {
@@ -238,13 +243,14 @@ pub(super) async fn every_customer(
                 add(row.tag_id, row.last_at, last_30, last_90);
             }
         }
-        // Committed after the fold.
+        // Committed after the fold: counted from the day after each cut
+        // day (the cut days were read whole above).
         let mut tail: SelectStatement = Query::select()
             .column(ev(tag_event::Column::TagId))
             .expr_as(Expr::val(0_i64), Alias::new("org_unit_id"))
             .expr_as(Func::max(Expr::col(ev(tag_event::Column::OccurredAt))), Alias::new("last_at"))
-            .expr_as(count_since(backend, t30), Alias::new("last_30"))
-            .expr_as(count_since(backend, t90), Alias::new("last_90"))
+            .expr_as(count_since(backend, start_of_day(d30 + 1)), Alias::new("last_30"))
+            .expr_as(count_since(backend, start_of_day(d90 + 1)), Alias::new("last_90"))
             .from(tag_event::Entity)
             .and_where(id_in(backend, ev(tag_event::Column::TagId), chunk))
             .and_where(add_event())
