@@ -133,7 +133,7 @@ pub async fn run(mut settings: Settings, bench: ReportsBench) -> anyhow::Result<
     println!(
         "| zombieTags, recency from the log (before the roll-up's first fold; one run) | {cell} | {zombies} tags |"
     );
-    let (cell, folded) = timed(1, || async { Ok(rollup::fold(&db).await.map_err(app_err)?) }).await?;
+    let (cell, folded) = timed(1, || async { rollup::fold(&db).await.map_err(app_err) }).await?;
     println!("| first fold of the whole log into the daily roll-up (one run) | {cell} | {folded} (tag, day) rows |");
     let (cell, rows) = timed(runs, || async {
         let p = usage::tag_usage(&db, index, &principal, unit, Default::default(), Default::default(), &page)

@@ -49,6 +49,9 @@ impl Customers<'_> {
     }
 }
 
+/// An event's customer, id, kind, time, payload and recording time.
+type EventColumns = (i64, i64, CustomerEventKind, DateTime<Utc>, serde_json::Value, DateTime<Utc>);
+
 /// The customers' events, oldest first (by `occurredAt`, then id) by
 /// customer: of `kinds` (every kind for `None`; nothing for none), and up
 /// to `up_to` when given.
@@ -75,7 +78,7 @@ pub(crate) async fn events_in_range(
         }
         // The columns the rules judge on: not the key, fingerprint or
         // recorder (about 110 bytes of each row).
-        let rows: Vec<(i64, i64, CustomerEventKind, DateTime<Utc>, serde_json::Value, DateTime<Utc>)> = query
+        let rows: Vec<EventColumns> = query
             .select_only()
             .columns([
                 customer_event::Column::CustomerId,
