@@ -22,10 +22,9 @@ use chrono::{DateTime, Duration, Utc};
 use entity::{enums::TagOp, tag_event};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, Func, Query, SelectStatement},
+    sea_query::{Alias, Expr, ExprTrait, Func, Query, SelectStatement, SimpleExpr},
 };
 
-use super::usage::{EventRow, count_since};
 use crate::error::AppResult;
 use crate::store::event_log::{Log, LogPosition, after, log_position, seen_at};
 use crate::store::{id_in, ids_per_statement};
@@ -39,6 +38,29 @@ const FOLD_LOCK: i64 = 0x0074_6167_726f_6c6c;
 const MAX_UNFOLDED: i64 = 200_000;
 
 const SECONDS_PER_DAY: i64 = 86_400;
+
+/// A tag's ADD events (per org unit where the statement groups by one).
+#[derive(Debug, FromQueryResult)]
+pub(super) struct EventRow {
+    pub tag_id: i64,
+    pub org_unit_id: i64,
+    pub last_at: Option<DateTime<Utc>>,
+    pub last_30: Option<i64>,
+    pub last_90: Option<i64>,
+}
+
+/// The events from `since` on: `COUNT(*) FILTER (WHERE occurred_at >=
+/// since)` on PostgreSQL, a quarter cheaper than `SUM(CASE …)` over 5M
+/// events (1.6 s against 2.1 s); `SUM(CASE …)` on SQLite (sea-query
+/// numbers the placeholders of a custom expression on PostgreSQL only).
+pub(super) fn count_since(backend: DbBackend, since: DateTime<Utc>) -> SimpleExpr {
+    let at = (tag_event::Entity, tag_event::Column::OccurredAt);
+    if backend == DbBackend::Postgres {
+        Expr::cust_with_exprs("COUNT(*) FILTER (WHERE $1 >= $2)", [Expr::col(at), Expr::val(since)])
+    } else {
+        Expr::expr(Expr::case(Expr::col(at).gte(since), Expr::val(1_i32)).finally(Expr::val(0_i32))).sum()
+    }
+}
 
 fn day_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(SECONDS_PER_DAY)
